@@ -1,0 +1,39 @@
+# The two commands a user needs: `make train` and `make test`. Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default: it needs no GPU and downloads nothing large. GPU users:
+#   make install TORCH=torch          (PyPI's default Linux build of torch is the CUDA one)
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test lint bench gpu-check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+train: install
+	$(VENV)/bin/mhaexp-train $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests experiments
+	$(VENV)/bin/ruff format --check src tests experiments
+
+bench: install
+	$(PY) -m mhaexp.bench $(ARGS)
+
+gpu-check: install
+	$(PY) -m mhaexp.gpu_check $(ARGS)
+
+clean:
+	rm -rf runs multirun outputs wandb .pytest_cache .ruff_cache bench_out
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,223 @@
+"""Our multi-head attention layer: MHA, GQA and MQA in one module.
+
+Grouping of key/value heads (stated once, used everywhere in mhaexp):
+
+* ``n_kv_heads == n_heads``      MHA: every query head has its own K/V head.
+* ``1 < n_kv_heads < n_heads``   GQA (Ainslie et al. 2023): query heads come in
+  ``n_heads // n_kv_heads`` -sized groups that share one K/V head.
+* ``n_kv_heads == 1``            MQA (Shazeer 2019): all query heads share one K/V head.
+
+Query head ``h`` reads K/V head ``h // (n_heads // n_kv_heads)``: consecutive
+query heads form a group, the layout of Llama and litgpt, so checkpoints and
+mean-pooled conversions line up with theirs.
+
+Two paths compute the same function:
+
+* ``need_weights=False`` (training): ``F.scaled_dot_product_attention`` with
+  ``enable_gqa``, so the (T, T) matrix is never built in Python and K/V are
+  never repeated by us.
+* ``need_weights=True`` (analysis only): the explicit softmax(QK^T/sqrt(d))V,
+  which also returns the post-softmax pattern ``[batch, head, query_pos, key_pos]``
+  and passes it through the ``hook_pattern`` hook point (TransformerLens naming).
+
+Per-head gates: ``head_gate`` is a buffer of ones, shape ``(n_heads,)``; head
+``h``'s output is multiplied by ``head_gate[h]`` before ``o_proj``. A gate of 0
+removes exactly that head's contribution; ``head_gate.requires_grad_(True)``
+exposes dL/dgate for gradient importance (Michel et al. 2019).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mhaexp.errors import ConfigError
+
+
+class HookPoint(nn.Identity):
+    """An identity module that gives a tensor a name: forward hooks on it read or edit that tensor."""
+
+
+def divisors(n: int) -> list[int]:
+    """The positive divisors of ``n``, ascending (used to list valid head counts)."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def resolve_head_dim(d_model: int, n_heads: int, head_dim: int | None, prefix: str = "") -> int:
+    """``head_dim``, or ``d_model // n_heads`` when unset, with a one-line error when that does not divide."""
+    if head_dim is not None:
+        if head_dim <= 0:
+            raise ConfigError(f"{prefix}head_dim", head_dim, "must be a positive integer (or null for d_model // n_heads)")
+        return head_dim
+    if d_model % n_heads != 0:
+        raise ConfigError(
+            f"{prefix}n_heads",
+            n_heads,
+            f"d_model={d_model} is not divisible by it; valid head counts are {divisors(d_model)} "
+            f"(or set {prefix}head_dim to decouple head size from width)",
+        )
+    return d_model // n_heads
+
+
+def check_heads(n_heads: int, n_kv_heads: int | None, prefix: str = "") -> int:
+    """Validate the query/KV head counts and return ``n_kv_heads`` (``None`` means MHA)."""
+    if not isinstance(n_heads, int) or n_heads <= 0:
+        raise ConfigError(f"{prefix}n_heads", n_heads, "must be a positive integer")
+    if n_kv_heads is None:
+        return n_heads
+    if not isinstance(n_kv_heads, int) or n_kv_heads <= 0:
+        raise ConfigError(f"{prefix}n_kv_heads", n_kv_heads, f"must be a positive divisor of n_heads={n_heads}: {divisors(n_heads)}")
+    if n_kv_heads > n_heads:
+        raise ConfigError(
+            f"{prefix}n_kv_heads", n_kv_heads, f"must not exceed n_heads={n_heads}; valid: {divisors(n_heads)}"
+        )
+    if n_heads % n_kv_heads != 0:
+        raise ConfigError(
+            f"{prefix}n_kv_heads", n_kv_heads, f"must divide n_heads={n_heads}; valid: {divisors(n_heads)}"
+        )
+    return n_kv_heads
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021), half-split layout as in GPT-NeoX/Llama."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2 != 0:
+            raise ConfigError("model.head_dim", head_dim, "must be even when model.pos=rope")
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
+        # Not persistent: they are a function of the config, and old checkpoints stay loadable.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, h, T, hs)
+        T = x.size(-2)
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return x * self.cos[:T].to(x.dtype) + rotated * self.sin[:T].to(x.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with grouped K/V heads, per-head gates and a pattern hook.
+
+    Args:
+        d_model: width of the residual stream.
+        n_heads: query heads.
+        n_kv_heads: key/value heads; ``None`` means ``n_heads`` (MHA), 1 is MQA.
+        head_dim: size of each head; ``None`` means ``d_model // n_heads``.
+        causal: mask future keys (decoder) or not (encoder).
+        bias: biases on the four projections.
+        dropout: dropout on the attention weights while training.
+        rope: rotate queries and keys (RoPE) instead of relying on absolute positions.
+        max_seq_len: longest sequence RoPE tables are built for.
+        rope_base: RoPE frequency base.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        causal: bool = True,
+        bias: bool = True,
+        dropout: float = 0.0,
+        rope: bool = False,
+        max_seq_len: int = 2048,
+        rope_base: float = 10000.0,
+    ) -> None:
+        super().__init__()
+        self.n_kv_heads = check_heads(n_heads, n_kv_heads)
+        self.n_heads = n_heads
+        self.head_dim = resolve_head_dim(d_model, n_heads, head_dim)
+        self.d_model = d_model
+        self.causal = causal
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        self.rotary = RotaryEmbedding(self.head_dim, max_seq_len, rope_base) if rope else None
+        self.register_buffer("head_gate", torch.ones(n_heads))
+        # Extra multiplicative gates (e.g. hard-concrete L0 gates while pruning); returns (n_heads,).
+        self.gate_fn: Callable[[], torch.Tensor] | None = None
+        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos], post-softmax
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per K/V head."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head_of(self, h: int) -> int:
+        """The K/V head that query head ``h`` reads."""
+        return h // self.group_size
+
+    def gates(self) -> torch.Tensor:
+        """The gate each head's output is multiplied by, shape ``(n_heads,)``."""
+        g = self.head_gate
+        if self.gate_fn is not None:
+            g = g * self.gate_fn()
+        return g
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        need_weights: bool = False,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend over ``x`` (B, T, d_model).
+
+        ``key_padding_mask`` (B, T) is True on real tokens. Causal models ignore
+        it: with right padding, a real query never sees a pad key anyway, and
+        leaving it out keeps SDPA on its ``is_causal`` kernels.
+
+        Returns ``(y, weights)``: y is (B, T, d_model); weights is None, or the
+        post-softmax pattern (B, n_heads, T, T) when ``need_weights``.
+        """
+        B, T, _ = x.shape
+        nh, nkv, hs = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        mask = None
+        if key_padding_mask is not None and not self.causal:
+            mask = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, T)
+        p = self.dropout if self.training else 0.0
+        if need_weights:
+            y, weights = self._explicit(q, k, v, mask, p)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=self.causal, enable_gqa=nkv != nh
+            )  # (B, nh, T, hs)
+            weights = None
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, nh*hs), heads side by side
+        # Scaling o_proj's input columns by the gate equals scaling each head's
+        # output, at weight-sized rather than activation-sized cost.
+        w_o = self.o_proj.weight * self.gates().to(self.o_proj.weight.dtype).repeat_interleave(hs)  # (d, nh*hs)
+        return F.linear(y, w_o, self.o_proj.bias), weights
+
+    def _explicit(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        B, nh, T, hs = q.shape
+        nkv, g = self.n_kv_heads, self.group_size
+        qg = q.view(B, nkv, g, T, hs)  # (B, nkv, g, T, hs): a group's queries share one K/V head
+        scores = (qg @ k.unsqueeze(2).transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nkv, g, T, T)
+        scores = scores.view(B, nh, T, T)
+        if self.causal:
+            future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))  # (B, nh, T, T)
+        dropped = F.dropout(weights, p) if p > 0 else weights
+        y = dropped.view(B, nkv, g, T, T) @ v.unsqueeze(2)  # (B, nkv, g, T, hs)
+        return y.view(B, nh, T, hs), weights

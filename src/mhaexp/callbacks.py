@@ -1,0 +1,61 @@
+"""Callbacks that keep a run's own record: sizes at the start, best metrics at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
+
+
+class RunRecord(pl.Callback):
+    """Logs parameter counts and KV-cache size once, tracks the best val loss, writes ``summary.json``.
+
+    The summary is what ``mhaexp-compare`` reads first, and what W&B shows as the run summary.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.best_val_loss = math.inf
+        self.summary: dict[str, Any] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model, cfg = pl_module.model, pl_module.model_cfg
+        counts = model.param_counts()
+        self.summary.update({f"params/{k}": v for k, v in counts.items()})
+        self.summary["kv_cache_bytes_per_token"] = cfg.kv_cache_bytes_per_token(2)
+        self.summary["n_heads_total"] = sum(cfg.heads_in_layer(i)[0] for i in range(cfg.n_layers))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.summary)
+        self._to_wandb(trainer, self.summary)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        val = trainer.callback_metrics.get("val/loss")
+        if val is not None and float(val) < self.best_val_loss:
+            self.best_val_loss = float(val)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        self.summary.update(last)
+        self.summary["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
+        self.summary["global_step"] = trainer.global_step
+        self._to_wandb(trainer, {"best_val_loss": self.summary["best_val_loss"]})
+        if trainer.is_global_zero:
+            self.write()
+
+    def write(self) -> None:
+        path = self.run_dir / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.summary, indent=2, sort_keys=True))
+        tmp.replace(path)
+
+    @staticmethod
+    def _to_wandb(trainer: pl.Trainer, values: dict[str, Any]) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(values)

@@ -1,0 +1,134 @@
+"""The LightningModule: objective (causal LM or masked LM), optimizer and schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from mhaexp.model import ModelConfig, Transformer
+
+IGNORE = -100
+CHECKPOINT_KEY = "mhaexp"  # marks a checkpoint as ours and carries what rebuilds the model
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; raised before the optimizer step can spread it into the weights."""
+
+
+class LMModule(pl.LightningModule):
+    """Trains a :class:`Transformer` on a causal-LM (``causal=True``) or masked-LM objective.
+
+    Args:
+        model: the model's shape; ``vocab_size`` must already match the data.
+        optim: ``lr``, ``weight_decay``, ``betas``, ``warmup_steps``, ``min_lr_ratio``.
+        pad_id / mask_id: special tokens of the data's tokenizer.
+        mlm_probability: share of real tokens masked when the model is bidirectional.
+        seed: makes the masked-LM choices a function of (seed, step), so a resumed run repeats them.
+    """
+
+    def __init__(
+        self,
+        model: ModelConfig | dict[str, Any],
+        optim: dict[str, Any],
+        pad_id: int = 0,
+        mask_id: int | None = None,
+        mlm_probability: float = 0.15,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
+        self.optim = dict(optim)
+        self.pad_id = pad_id
+        self.mask_id = mask_id
+        self.mlm_probability = mlm_probability
+        self.seed = seed
+        self.model = Transformer(self.model_cfg)
+        self.save_hyperparameters(
+            {"model": asdict(self.model_cfg), "optim": self.optim, "pad_id": pad_id, "mask_id": mask_id,
+             "mlm_probability": mlm_probability, "seed": seed}
+        )
+
+    # ---- objective ---------------------------------------------------------------------------
+    def inputs_and_targets(self, batch: dict[str, torch.Tensor], salt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model input, targets with IGNORE where no loss is taken), both (B, T)."""
+        ids, real = batch["input_ids"], batch["attention_mask"].bool()
+        if self.model_cfg.causal:
+            targets = ids.roll(-1, dims=1).masked_fill(~real.roll(-1, dims=1), IGNORE)
+            targets[:, -1] = IGNORE
+            return ids, targets
+        if self.mask_id is None:
+            raise ValueError("a bidirectional model needs the tokenizer's mask_id for masked-LM")
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + salt)
+        u = torch.rand(ids.shape, generator=gen).to(ids.device)
+        chosen = (u < self.mlm_probability) & real
+        chosen[:, 0] = False  # BOS stays visible: it is the sink/anchor position analysis looks at
+        targets = ids.masked_fill(~chosen, IGNORE)
+        # BERT's 80/10/10: mostly [MASK], sometimes a random token, sometimes unchanged.
+        r = torch.rand(ids.shape, generator=gen).to(ids.device)
+        rand_tok = torch.randint(0, self.model_cfg.vocab_size, ids.shape, generator=gen).to(ids.device)
+        inputs = torch.where(chosen & (r < 0.8), torch.full_like(ids, self.mask_id), ids)
+        inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), rand_tok, inputs)
+        return inputs, targets
+
+    def loss_and_accuracy(self, batch: dict[str, torch.Tensor], salt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = self.inputs_and_targets(batch, salt)
+        logits, _ = self.model(inputs, attention_mask=batch["attention_mask"])  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        scored = targets != IGNORE
+        acc = (logits.argmax(-1) == targets)[scored].float().mean()
+        return loss, acc
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, acc = self.loss_and_accuracy(batch, salt=self.global_step)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"train loss is {loss.item()} at step {self.global_step}; stopped before the optimizer step "
+                "(lower optim.lr or raise trainer.gradient_clip_val)"
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/acc", acc, on_step=True, on_epoch=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"] if self._trainer else 0.0, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, acc = self.loss_and_accuracy(batch, salt=-1 - batch_idx)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/acc", acc, sync_dist=True)
+
+    # ---- optimization ------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.get("weight_decay", 0.1)}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.get("lr", 3e-3),
+            betas=tuple(o.get("betas", (0.9, 0.95))),
+        )
+        total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 1000))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_cosine(o.get("warmup_steps", 100), total, o.get("min_lr_ratio", 0.1))
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"model": asdict(self.model_cfg), "version": 1}
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float):
+    """LR multiplier: linear warmup to 1 over ``warmup`` steps, then cosine down to ``min_ratio`` at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

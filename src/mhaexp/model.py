@@ -1,0 +1,221 @@
+"""A small pre-LN transformer built only from :class:`mhaexp.MultiHeadAttention`.
+
+The whole model fits on one screen on purpose: a researcher should be able to
+read exactly what a head sees. Shapes: B batch, T sequence, d d_model,
+V vocabulary, nh query heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mhaexp.attention import MultiHeadAttention, check_heads, resolve_head_dim
+from mhaexp.errors import ConfigError
+
+POSITIONS = ("learned", "rope", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that fixes the model's shape. Validated on construction.
+
+    ``head_dim=None`` means ``d_model // n_heads`` (fixed-width sweeps); an
+    explicit ``head_dim`` keeps head size fixed while the head count varies.
+    ``layer_n_heads`` / ``layer_n_kv_heads`` override the head counts per layer,
+    which is what a physically pruned model needs.
+    """
+
+    vocab_size: int = 256
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    d_ff: int | None = None
+    max_seq_len: int = 64
+    dropout: float = 0.0
+    pos: str = "learned"
+    attn_only: bool = False
+    causal: bool = True
+    bias: bool = True
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+    layer_n_heads: list[int] | None = None
+    layer_n_kv_heads: list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layers", "d_model", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model.{name}", value, "must be a positive integer")
+        if self.d_ff is not None and (not isinstance(self.d_ff, int) or self.d_ff <= 0):
+            raise ConfigError("model.d_ff", self.d_ff, "must be a positive integer (or null for 4*d_model)")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError("model.dropout", self.dropout, "must be in [0, 1)")
+        if self.pos not in POSITIONS:
+            raise ConfigError("model.pos", self.pos, f"choose one of {list(POSITIONS)}")
+        self.n_kv_heads = check_heads(self.n_heads, self.n_kv_heads, "model.")
+        self.head_dim = resolve_head_dim(self.d_model, self.n_heads, self.head_dim, "model.")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ConfigError("model.head_dim", self.head_dim, "must be even when model.pos=rope")
+        for name in ("layer_n_heads", "layer_n_kv_heads"):
+            value = getattr(self, name)
+            if value is not None:
+                value = list(value)
+                setattr(self, name, value)
+                if len(value) != self.n_layers:
+                    raise ConfigError(f"model.{name}", value, f"needs one entry per layer (n_layers={self.n_layers})")
+        for i in range(self.n_layers):
+            nh, nkv = self.heads_in_layer(i)
+            check_heads(nh, nkv, f"model.layer[{i}].")
+
+    def heads_in_layer(self, i: int) -> tuple[int, int]:
+        """(query heads, K/V heads) of layer ``i``."""
+        nh = self.layer_n_heads[i] if self.layer_n_heads else self.n_heads
+        nkv = self.layer_n_kv_heads[i] if self.layer_n_kv_heads else self.n_kv_heads
+        if self.layer_n_heads and not self.layer_n_kv_heads:
+            nkv = min(nkv, nh)
+        return nh, nkv
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    def kv_cache_bytes_per_token(self, bytes_per_value: int = 2) -> int:
+        """K and V cached per generated token, all layers, at ``bytes_per_value`` (2 for bf16)."""
+        kv_heads = sum(self.heads_in_layer(i)[1] for i in range(self.n_layers))
+        return 2 * kv_heads * self.head_dim * bytes_per_value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN block: x + attn(ln(x)), then x + mlp(ln(x)) unless attention-only."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        n_heads, n_kv_heads = cfg.heads_in_layer(layer)
+        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = MultiHeadAttention(
+            cfg.d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim=cfg.head_dim,
+            causal=cfg.causal,
+            bias=cfg.bias,
+            dropout=cfg.dropout,
+            rope=cfg.pos == "rope",
+            max_seq_len=cfg.max_seq_len,
+            rope_base=cfg.rope_base,
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.ln_2 = None if cfg.attn_only else nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = None if cfg.attn_only else MLP(cfg)
+
+    def forward(
+        self, x: torch.Tensor, need_weights: bool = False, key_padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, weights = self.attn(self.ln_1(x), need_weights=need_weights, key_padding_mask=key_padding_mask)
+        x = x + self.drop(a)
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln_2(x))
+        return x, weights
+
+
+class Transformer(nn.Module):
+    """Token (+ learned position) embedding, ``n_layers`` blocks, final LayerNorm, LM head."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections that write into the residual stream.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.o_proj.weight", "mlp.proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def attention_layers(self) -> list[MultiHeadAttention]:
+        return [b.attn for b in self.blocks]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """``idx`` (B, T) token ids -> logits (B, T, V), and the per-layer patterns
+        (each (B, nh, T, T)) when ``need_weights``, else None."""
+        B, T = idx.shape
+        if T > self.cfg.max_seq_len:
+            raise ConfigError("model.max_seq_len", self.cfg.max_seq_len, f"must be >= the sequence length {T}")
+        x = self.tok_emb(idx)  # (B, T, d)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))  # (T, d) broadcast over B
+        x = self.drop(x)
+        patterns: list[torch.Tensor] | None = [] if need_weights else None
+        for block in self.blocks:
+            x, w = block(x, need_weights=need_weights, key_padding_mask=attention_mask)
+            if patterns is not None:
+                patterns.append(w)
+        return self.lm_head(self.ln_f(x)), patterns  # (B, T, V)
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameters by part (tied weights counted once, in the embedding)."""
+        seen: set[int] = set()
+
+        def count(module: nn.Module | None) -> int:
+            if module is None:
+                return 0
+            total = 0
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+            return total
+
+        counts = {"embedding": count(self.tok_emb), "position": count(self.pos_emb)}
+        for i, b in enumerate(self.blocks):
+            counts[f"attention.L{i}"] = count(b.attn)
+        counts["attention"] = sum(v for k, v in counts.items() if k.startswith("attention.L"))
+        counts["mlp"] = sum(count(b.mlp) for b in self.blocks)
+        counts["norm"] = sum(count(b.ln_1) + count(b.ln_2) for b in self.blocks) + count(self.ln_f)
+        counts["lm_head"] = count(self.lm_head)
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts

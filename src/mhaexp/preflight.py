@@ -1,0 +1,143 @@
+"""Check the command line before Hydra starts a run: every job of a sweep, in one pass.
+
+Hydra reports an unknown group choice or a misspelt key as several lines and a
+hint about HYDRA_FULL_ERROR, and a bad value only when that job starts (an hour
+into a sweep). Here each problem becomes one line naming the field, the value
+and what is valid, and nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mhaexp.config import CONF_DIR, validate
+from mhaexp.errors import ConfigError
+
+# Flags of Hydra's CLI that take a value in the next argument.
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--info", "-i"}
+
+
+@dataclass
+class Invalid:
+    overrides: list[str]
+    error: ConfigError
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str], str]:
+    """(flags, overrides, config name) of a Hydra command line."""
+    flags, overrides, config_name = [], [], "train"
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("-"):
+            flags.append(arg)
+            if arg in VALUE_FLAGS and "=" not in arg:
+                value = next(it, "")
+                flags.append(value)
+                if arg in ("--config-name", "-cn"):
+                    config_name = value
+        else:
+            overrides.append(arg)
+    return flags, overrides, config_name
+
+
+@contextmanager
+def hydra_context() -> Iterator[None]:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="mhaexp"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def compose_job(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """Compose one job's config the way ``mhaexp-train`` would, with ``${hydra:...}`` resolvable."""
+    cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def check_override_names(overrides: list[str], config_name: str) -> None:
+    """Unknown group choices and misspelt keys, reported by name with the valid alternatives."""
+    loader = GlobalHydra.instance().config_loader()
+    groups = set(loader.list_groups(""))
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    group_choices = []
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_delete():
+            continue
+        if key in groups:
+            options = loader.get_group_options(key)
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            for value in values:
+                if value not in options and value != "null":
+                    raise ConfigError(key, value, f"no such {key} config; choose one of {options}")
+            group_choices.append(f"{key}={values[0]}")
+    base = compose_job(group_choices, config_name)
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra") or key in groups or o.is_add() or o.is_force_add() or o.is_delete():
+            continue
+        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            parent_key, _, leaf = key.rpartition(".")
+            parent = OmegaConf.select(base, parent_key) if parent_key else base
+            known = list(parent.keys()) if isinstance(parent, DictConfig) else []
+            close = difflib.get_close_matches(leaf, [str(k) for k in known], n=1)
+            hint = f"did you mean {parent_key + '.' if parent_key else ''}{close[0]}?" if close else (
+                f"valid keys here: {known}" if known else "no such key")
+            value = o.get_value_element_as_str() if not o.is_sweep_override() else ",".join(o.sweep_string_iterator())
+            raise ConfigError(key, value, f"no such key; {hint} (prefix with '+' to add a new key)")
+
+
+_MISSING = object()
+
+
+def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """One override list per job: the cartesian product of sweep values under ``-m``."""
+    if not multirun:
+        return [overrides]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
+    """Compose and validate every job ``argv`` would start; return (all jobs, the invalid ones).
+
+    A ConfigError raised here (an unknown group or key) applies to the whole command.
+    """
+    flags, overrides, config_name = split_argv(argv)
+    multirun = "-m" in flags or "--multirun" in flags
+    with hydra_context():
+        try:
+            check_override_names(overrides, config_name)
+            jobs = expand_jobs(overrides, multirun)
+        except HydraException as e:  # override syntax errors
+            raise ConfigError("override", " ".join(overrides), str(e).splitlines()[0]) from None
+        invalid = []
+        for job in jobs:
+            try:
+                validate(compose_job(job, config_name))
+            except ConfigError as e:
+                invalid.append(Invalid(job, e))
+            except HydraException as e:
+                invalid.append(Invalid(job, ConfigError("config", " ".join(job), str(e).splitlines()[0])))
+    return jobs, invalid
+
+
+def wants_check(argv: list[str]) -> bool:
+    flags, _, _ = split_argv(argv)
+    return not any(f in NO_CHECK_FLAGS for f in flags)
