@@ -106,10 +106,18 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
 _MISSING = object()
 
 
-def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """One override list per job: the cartesian product of sweep values under ``-m``."""
+def expand_jobs(overrides: list[str], multirun: bool, config_name: str = "train") -> list[list[str]]:
+    """One override list per job: the cartesian product of sweep values under ``-m``.
+
+    Sweep values come from the command line and from ``hydra.sweeper.params`` of
+    the composed config (experiment presets), the command line winning, as in Hydra.
+    """
     if not multirun:
         return [overrides]
+    hydra_cfg = compose(config_name, overrides=overrides, return_hydra_config=True).hydra
+    preset = OmegaConf.to_container(hydra_cfg.sweeper.get("params") or {}, resolve=False)
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    overrides = [f"{k}={v}" for k, v in preset.items() if k not in given] + overrides
     parsed = OverridesParser.create().parse_overrides(overrides)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
@@ -124,7 +132,7 @@ def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
     with hydra_context():
         try:
             check_override_names(overrides, config_name)
-            jobs = expand_jobs(overrides, multirun)
+            jobs = expand_jobs(overrides, multirun, config_name)
         except HydraException as e:  # override syntax errors
             raise ConfigError("override", " ".join(overrides), str(e).splitlines()[0]) from None
         invalid = []

@@ -1,0 +1,652 @@
+"""Per-head metrics computed from attention patterns.
+
+Every function here is pure: it reads the caller's tensors and never writes to them.
+
+Shared conventions
+------------------
+* ``patterns``: ``(batch, n_heads, T, T)`` post-softmax self-attention, rows summing to 1 over the keys
+  the query can see. Causal models have zeros above the diagonal; padded keys carry 0 weight.
+* ``mask``: ``(batch, T)`` bool, True on real tokens; pads sit at the end. ``None`` means "all real".
+  Padded queries are left out of every mean and padded keys are never candidates.
+* Position 0 holds BOS.
+* "Mean over queries" pools every real query of every sequence (each token weighs the same), as
+  Voita et al. (2019) do when they count "the fraction of times" a head does something.
+* ``causal``: metrics whose definition depends on which keys a query can see take ``causal``.
+  ``None`` infers it: the batch is causal when every head puts exactly zero weight above the
+  diagonal. A softmax over a bidirectional mask never produces exact zeros, so this only misfires on
+  hand-built bidirectional patterns; pass ``causal`` explicitly there.
+* Scores come back as one value per head, ``(H,)``, or ``(H, n_offsets)`` / ``(H, n_relations)``.
+  Undefined scores (no eligible query or dependent at all) are NaN rather than a made-up 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Direction = Literal["dep2head", "head2dep"]
+
+# Clark et al. (2019) smooth each attention row with 1e-4 of uniform mass before taking logs
+# ("smooth to avoid NaNs" in their General_Analysis notebook).
+CLARK_ENTROPY_SMOOTHING = 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _prepare(patterns: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Validate shapes; return float patterns and a bool ``(B, T)`` mask on the patterns' device."""
+    if patterns.dim() != 4:
+        raise ValueError(f"patterns must be (batch, heads, query, key); got shape {tuple(patterns.shape)}")
+    B, _, Q, K = patterns.shape
+    if Q != K:
+        raise ValueError(f"self-attention patterns must be square over (query, key); got {Q}x{K}")
+    if mask is None:
+        mask = torch.ones(B, K, dtype=torch.bool, device=patterns.device)
+    else:
+        if tuple(mask.shape) != (B, K):
+            raise ValueError(f"mask must be (batch, T) = {(B, K)}; got {tuple(mask.shape)}")
+        mask = mask.to(device=patterns.device, dtype=torch.bool)
+    # float() is a no-op for float32 and a copy otherwise: half-precision logs and sums are too coarse.
+    return patterns.float(), mask
+
+
+def is_causal(patterns: Tensor) -> bool:
+    """True when no head puts any weight above the diagonal (the inference behind ``causal=None``)."""
+    return not bool(torch.triu(patterns, diagonal=1).ne(0).any())
+
+
+def _resolve_causal(patterns: Tensor, causal: bool | None) -> bool:
+    return is_causal(patterns) if causal is None else causal
+
+
+def _visible(mask: Tensor, causal: bool) -> Tensor:
+    """``(B, Q, K)`` bool: key k is a real token the query may attend to."""
+    T = mask.shape[-1]
+    vis = mask[:, None, :].expand(-1, T, -1)
+    if causal:
+        vis = vis & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+    return vis
+
+
+def _mean_over_queries(values: Tensor, weight: Tensor) -> Tensor:
+    """Pool ``(B, H, Q)`` values over the queries where ``weight`` ``(B, Q)`` is True; ``(H,)``."""
+    w = weight.to(values.dtype)
+    total = (values * w[:, None, :]).sum(dim=(0, 2))
+    count = w.sum()
+    if count == 0:
+        return torch.full_like(total, float("nan"))
+    return total / count
+
+
+def _safe_ratio(num: Tensor, den: Tensor, empty: float) -> Tensor:
+    """``num / den`` with ``empty`` where ``den`` is zero."""
+    return torch.where(den > 0, num / den.clamp_min(1e-30), torch.full_like(num, empty))
+
+
+def _argmax_keys(patterns: Tensor) -> Tensor:
+    """Most-attended key per query, ``(B, H, Q)``; ties go to the lowest key index (torch's rule)."""
+    return patterns.argmax(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1-2. Entropy and confidence
+# ----------------------------------------------------------------------------------------------
+
+
+def _row_entropy(patterns: Tensor, vis: Tensor, smoothing: float) -> Tensor:
+    """Per-query entropy in nats, ``(B, H, Q)``, after Clark-style smoothing over the visible keys."""
+    n_vis = vis.sum(-1, keepdim=True).clamp_min(1).to(patterns.dtype)  # (B, Q, 1)
+    uniform = vis.to(patterns.dtype) / n_vis
+    # Smoothing only over visible keys keeps a uniform row exactly uniform and never puts mass on a
+    # key the model could not see (Clark et al. had no padding or causal mask, so "all keys" there
+    # is "visible keys" here).
+    smoothed = (1.0 - smoothing) * patterns + smoothing * uniform[:, None]
+    return -torch.special.xlogy(smoothed, smoothed).sum(-1)
+
+
+def entropy(
+    patterns: Tensor,
+    mask: Tensor | None = None,
+    *,
+    smoothing: float = CLARK_ENTROPY_SMOOTHING,
+    causal: bool | None = None,
+) -> Tensor:
+    """Mean attention entropy per head (Clark et al. 2019, "What Does BERT Look At?", Sec. 3.3).
+
+    For each real query q with attention row a over its visible keys V(q)::
+
+        a'_k   = (1 - s) * a_k + s / |V(q)|          (k in V(q); s = ``smoothing``)
+        H(q)   = - sum_k a'_k log a'_k                 (nats, 0 log 0 = 0)
+        score  = mean of H(q) over all real queries of the batch
+
+    Clark et al. smooth with s = 1e-4 "to avoid NaNs"; s = 0 gives the plain entropy.
+
+    Returns:
+        ``(H,)`` mean entropy in nats.
+    """
+    patterns, mask = _prepare(patterns, mask)
+    vis = _visible(mask, _resolve_causal(patterns, causal))
+    return _mean_over_queries(_row_entropy(patterns, vis, smoothing), mask)
+
+
+def normalized_entropy(
+    patterns: Tensor,
+    mask: Tensor | None = None,
+    *,
+    smoothing: float = CLARK_ENTROPY_SMOOTHING,
+    causal: bool | None = None,
+) -> Tensor:
+    """Mean per-query entropy divided by its maximum, log |V(q)| (Clark et al. 2019 entropy, normalized).
+
+    ``H(q) / log |V(q)|`` with ``H(q)`` as in :func:`entropy`, averaged over real queries that see at
+    least 2 keys (a query seeing one key has no choice to make, and log 1 = 0). 1 means uniform over
+    what the query can see, 0 means one-hot. Normalizing per query makes causal heads (whose early
+    queries see few keys) comparable to bidirectional ones.
+
+    Returns:
+        ``(H,)`` in [0, 1].
+    """
+    patterns, mask = _prepare(patterns, mask)
+    vis = _visible(mask, _resolve_causal(patterns, causal))
+    n_vis = vis.sum(-1)  # (B, Q)
+    eligible = mask & (n_vis > 1)
+    max_entropy = torch.log(n_vis.clamp_min(2).to(patterns.dtype))  # (B, Q)
+    per_query = _row_entropy(patterns, vis, smoothing) / max_entropy[:, None, :]
+    return _mean_over_queries(per_query, eligible)
+
+
+def confidence(patterns: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over real queries of the largest attention weight (Voita et al. 2019, "Analyzing Multi-Head
+    Self-Attention", Sec. 4: a head's "confidence").
+
+    Returns:
+        ``(H,)`` in (0, 1].
+    """
+    patterns, mask = _prepare(patterns, mask)
+    return _mean_over_queries(patterns.amax(dim=-1), mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Relative-position profile and positional heads
+# ----------------------------------------------------------------------------------------------
+
+
+def relative_position_profile(
+    patterns: Tensor,
+    mask: Tensor | None = None,
+    max_offset: int = 3,
+    *,
+    causal: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Where each head attends, by offset ``o = key_pos - query_pos`` for ``o`` in ``-k..+k``.
+
+    For offset o, the eligible queries are the real queries whose key ``q + o`` exists, is a real token
+    and is visible (so boundary queries that cannot attend there do not dilute the score, and causal
+    heads score 0 on future offsets):
+
+    * ``argmax_frac[h, o]``: share of eligible queries whose most-attended key (ties -> lowest index)
+      is ``q + o``. Voita et al. (2019, Sec. 5.1) call a head positional when one offset takes the
+      argmax for at least 90% of tokens. ``argmax_frac`` at o = -1 is the previous-token score in
+      their sense.
+    * ``mean_weight[h, o]``: mean attention weight ``a[q, q + o]`` over the eligible queries.
+
+    Offsets no query is eligible for score 0.
+
+    Returns:
+        ``(argmax_frac, mean_weight)``, each ``(H, 2k + 1)``; column ``i`` is offset ``i - k``.
+    """
+    if max_offset < 0:
+        raise ValueError(f"max_offset must be >= 0; got {max_offset}")
+    patterns, mask = _prepare(patterns, mask)
+    causal = _resolve_causal(patterns, causal)
+    B, H, T, _ = patterns.shape
+    device = patterns.device
+    offsets = torch.arange(-max_offset, max_offset + 1, device=device)  # (O,)
+    positions = torch.arange(T, device=device)
+    keys = positions[:, None] + offsets[None, :]  # (T, O)
+    in_range = (keys >= 0) & (keys < T)
+    if causal:
+        in_range = in_range & (offsets[None, :] <= 0)
+    keys_c = keys.clamp(0, T - 1)
+    # (B, T, O): real query, key exists, key is a real token.
+    eligible = mask[:, :, None] & in_range[None] & mask[:, keys_c]
+    weight = eligible.to(patterns.dtype)
+    count = weight.sum(dim=(0, 1))  # (O,)
+
+    at_offset = patterns.gather(-1, keys_c[None, None].expand(B, H, T, -1))  # (B, H, T, O)
+    mean_weight = (at_offset * weight[:, None]).sum(dim=(0, 2))
+    hits = (_argmax_keys(patterns)[..., None] == keys_c).to(patterns.dtype)  # (B, H, T, O)
+    argmax_frac = (hits * weight[:, None]).sum(dim=(0, 2))
+    return _safe_ratio(argmax_frac, count, 0.0), _safe_ratio(mean_weight, count, 0.0)
+
+
+def positional_heads(
+    patterns: Tensor,
+    mask: Tensor | None = None,
+    max_offset: int = 3,
+    threshold: float = 0.9,
+    *,
+    causal: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Positional heads (Voita et al. 2019, Sec. 5.1): one relative offset takes the argmax in at least
+    ``threshold`` (0.9 in the paper) of the queries, using ``argmax_frac`` of
+    :func:`relative_position_profile`.
+
+    Returns:
+        ``(is_positional (H,) bool, best_offset (H,) long, best_frac (H,))``; ties between offsets go
+        to the most negative offset.
+    """
+    argmax_frac, _ = relative_position_profile(patterns, mask, max_offset, causal=causal)
+    best_frac, best_idx = argmax_frac.max(dim=-1)
+    return best_frac >= threshold, best_idx - max_offset, best_frac
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. TransformerLens detect_head ("mul") scores
+# ----------------------------------------------------------------------------------------------
+
+
+def _detection_score(
+    patterns: Tensor,
+    detection: Tensor,
+    mask: Tensor,
+    exclude_bos: bool,
+    exclude_current_token: bool,
+) -> Tensor:
+    """TransformerLens ``compute_head_attention_similarity_score`` with ``error_measure="mul"``.
+
+    Per sequence ``sum(A' * P) / sum(A')`` over the real query x key area, where A' is A with column 0
+    and/or the diagonal zeroed; then the mean over sequences. TransformerLens zeroes those entries in
+    the caller's tensor in place; here a multiplicative keep-mask produces a new tensor instead.
+    Sequences whose A' sums to 0 (e.g. every query attends only to BOS with ``exclude_bos``) have no
+    defined score and are left out of the mean; NaN if that leaves none.
+    """
+    T = mask.shape[-1]
+    keep = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
+    if exclude_bos:
+        keep = keep & (torch.arange(T, device=mask.device) != 0)
+    if exclude_current_token:
+        keep = keep & ~torch.eye(T, dtype=torch.bool, device=mask.device)
+    kept = patterns * keep[:, None].to(patterns.dtype)
+    num = (kept * detection[:, None].to(patterns.dtype)).sum(dim=(-2, -1))  # (B, H)
+    den = kept.sum(dim=(-2, -1))
+    defined = (den > 0).to(patterns.dtype)
+    per_seq = _safe_ratio(num, den, 0.0)
+    n_defined = defined.sum(0)
+    return _safe_ratio((per_seq * defined).sum(0), n_defined, float("nan"))
+
+
+def _earlier(T: int, device: torch.device) -> Tensor:
+    """``(Q, K)`` bool, key strictly before the query."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril(diagonal=-1)
+
+
+def _check_tokens(tokens: Tensor, patterns: Tensor) -> Tensor:
+    if tuple(tokens.shape) != (patterns.shape[0], patterns.shape[-1]):
+        raise ValueError(f"tokens must be (batch, T) = {(patterns.shape[0], patterns.shape[-1])}; got {tuple(tokens.shape)}")
+    return tokens.to(patterns.device)
+
+
+def previous_token_score(
+    patterns: Tensor,
+    mask: Tensor | None = None,
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+) -> Tensor:
+    """TransformerLens ``detect_head(..., "previous_token_head", error_measure="mul")``.
+
+    Detection pattern ``P[q, k] = 1`` iff ``k = q - 1`` (the sub-diagonal). Score per sequence is
+    ``sum(A' * P) / sum(A')`` over real queries and keys (A' = A with column 0 zeroed when
+    ``exclude_bos``, diagonal zeroed when ``exclude_current_token``), averaged over the batch. The
+    caller's tensor is not modified. Same definition for causal and bidirectional patterns; attention
+    to later keys just counts in the denominator.
+
+    Returns:
+        ``(H,)`` in [0, 1].
+    """
+    patterns, mask = _prepare(patterns, mask)
+    T = patterns.shape[-1]
+    detection = torch.eye(T, dtype=torch.bool, device=patterns.device).roll(-1, dims=1).tril(diagonal=-1)
+    return _detection_score(patterns, detection[None], mask, exclude_bos, exclude_current_token)
+
+
+def _duplicate_pattern(tokens: Tensor) -> Tensor:
+    """``(B, Q, K)`` bool: key k < q holds the same token as query q (TransformerLens duplicate head)."""
+    same = tokens[:, :, None] == tokens[:, None, :]
+    return same & _earlier(tokens.shape[-1], tokens.device)
+
+
+def duplicate_token_score(
+    patterns: Tensor,
+    tokens: Tensor,
+    mask: Tensor | None = None,
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+) -> Tensor:
+    """TransformerLens ``detect_head(..., "duplicate_token_head", error_measure="mul")``.
+
+    Detection pattern ``P[q, k] = 1`` iff ``k < q`` and ``tokens[k] == tokens[q]`` (earlier copies of the
+    query's token). Scoring as in :func:`previous_token_score`. For bidirectional patterns the pattern
+    keeps the "earlier positions" definition (TransformerLens builds it with ``tril``); attention to a
+    later copy is not counted as a hit.
+
+    Returns:
+        ``(H,)`` in [0, 1].
+    """
+    patterns, mask = _prepare(patterns, mask)
+    tokens = _check_tokens(tokens, patterns)
+    return _detection_score(patterns, _duplicate_pattern(tokens), mask, exclude_bos, exclude_current_token)
+
+
+def induction_score(
+    patterns: Tensor,
+    tokens: Tensor,
+    mask: Tensor | None = None,
+    exclude_bos: bool = False,
+    exclude_current_token: bool = False,
+) -> Tensor:
+    """TransformerLens ``detect_head(..., "induction_head", error_measure="mul")`` (Olsson et al. 2022
+    prefix matching: attend to the token right after an earlier copy of the current token).
+
+    Detection pattern ``P[q, j + 1] = 1`` iff ``j < q`` and ``tokens[j] == tokens[q]``: the duplicate
+    pattern shifted one column right, so ``j + 1 <= q``. As in TransformerLens, ``j + 1 = q`` (the
+    current token, when the previous token equals it) is included. Scoring as in
+    :func:`previous_token_score`; bidirectional patterns keep the "earlier copy" definition.
+
+    Returns:
+        ``(H,)`` in [0, 1].
+    """
+    patterns, mask = _prepare(patterns, mask)
+    tokens = _check_tokens(tokens, patterns)
+    duplicate = _duplicate_pattern(tokens)
+    # Column j + 1 takes column j; column 0 has no left neighbour (TransformerLens zero-fills it).
+    detection = F.pad(duplicate[:, :, :-1], (1, 0), value=False)
+    return _detection_score(patterns, detection, mask, exclude_bos, exclude_current_token)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Attention sinks
+# ----------------------------------------------------------------------------------------------
+
+
+def _first_token_attention(patterns: Tensor) -> Tensor:
+    return patterns[..., 0]  # (B, H, Q)
+
+
+def sink_score(patterns: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean attention paid to position 0 (BOS) over all real queries, query 0 included.
+
+    This is Gu et al. (2024, "When Attention Sink Emerges in Language Models", Sec. 3) importance
+    score of the first token, ``alpha_1 = mean_t A[t, 1]``, pooled over the batch's queries.
+
+    Returns:
+        ``(H,)`` in [0, 1].
+    """
+    patterns, mask = _prepare(patterns, mask)
+    return _mean_over_queries(_first_token_attention(patterns), mask)
+
+
+def sink_rate(patterns: Tensor, mask: Tensor | None = None, eps: float = 0.3) -> Tensor:
+    """Share of sequences where the first token is a sink (Gu et al. 2024, Sec. 3, eps = 0.3).
+
+    Per sequence ``alpha = mean over real queries of A[q, 0]``; the head sinks in that sequence when
+    ``alpha > eps``. Gu et al. average the indicator over heads, layers and samples; here it is kept per
+    head and averaged over the batch only.
+
+    Returns:
+        ``(H,)`` in [0, 1].
+    """
+    patterns, mask = _prepare(patterns, mask)
+    w = mask.to(patterns.dtype)
+    alpha = (_first_token_attention(patterns) * w[:, None]).sum(-1) / w.sum(-1).clamp_min(1)[:, None]  # (B, H)
+    real = mask.any(-1)
+    if not bool(real.any()):
+        return torch.full((patterns.shape[1],), float("nan"), device=patterns.device)
+    return (alpha[real] > eps).to(patterns.dtype).mean(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Syntax: dependency and coreference accuracy
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_annotation(name: str, ann: Tensor, mask: Tensor) -> Tensor:
+    if tuple(ann.shape) != tuple(mask.shape):
+        raise ValueError(f"{name} must be (batch, T) = {tuple(mask.shape)}; got {tuple(ann.shape)}")
+    return ann.to(device=mask.device, dtype=torch.long)
+
+
+def _relation_hits(
+    pred: Tensor,
+    heads: Tensor,
+    rels: Tensor,
+    n_relations: int,
+    mask: Tensor,
+    direction: Direction,
+) -> tuple[Tensor, Tensor]:
+    """Count correct predictions per relation.
+
+    ``pred`` is ``(B, P, T)``: the key each query points to (-1 for "no prediction"), for P predictors.
+    Returns ``(hits (P, R), totals (R,))``.
+
+    * dep2head: one instance per real dependent d with a relation and a real gold head; hit when
+      ``pred[d] == heads[d]``.
+    * head2dep: one instance per (real token g, relation r) where g has at least one dependent of
+      relation r; hit when ``pred[g]`` is one of those dependents (Clark et al. 2019 count a hit on
+      any of them).
+    """
+    B, T = heads.shape
+    heads_c = heads.clamp(0, T - 1)
+    # An annotated arc needs a real dependent, a relation in range, and a real gold head.
+    arc = mask & (rels >= 0) & (rels < n_relations) & (heads >= 0) & (heads < T) & mask.gather(1, heads_c)
+    rel_onehot = F.one_hot(rels.clamp(0, n_relations - 1), n_relations).to(torch.float32) * arc[..., None]
+    pred_c = pred.clamp(0, T - 1)
+    has_pred = (pred >= 0) & (pred < T)
+    if direction == "dep2head":
+        hit = (has_pred & (pred == heads[:, None, :])).to(torch.float32)  # (B, P, T)
+        return torch.einsum("bpt,btr->pr", hit, rel_onehot), rel_onehot.sum(dim=(0, 1))
+    if direction == "head2dep":
+        # governs[b, g, d]: d is an annotated dependent of g.
+        governs = (F.one_hot(heads_c, T).transpose(1, 2) & arc[:, None, :]).to(torch.float32)  # (B, G, D)
+        totals = (torch.bmm(governs, rel_onehot) > 0).to(torch.float32).sum(dim=(0, 1))
+        pointed = torch.arange(T, device=heads.device)
+        batch_idx = torch.arange(B, device=heads.device)[:, None, None]
+        # Does the predicted key depend on the query? If so, the hit goes to that arc's relation.
+        lands_on_dep = governs[batch_idx, pointed[None, None, :], pred_c] * has_pred  # (B, P, G)
+        pred_rel = rel_onehot[batch_idx, pred_c]  # (B, P, G, R)
+        return torch.einsum("bpg,bpgr->pr", lands_on_dep, pred_rel), totals
+    raise ValueError(f"direction must be 'dep2head' or 'head2dep'; got {direction!r}")
+
+
+def dependency_accuracy(
+    patterns: Tensor,
+    heads: Tensor,
+    rels: Tensor,
+    n_relations: int,
+    mask: Tensor | None = None,
+    direction: Direction = "dep2head",
+) -> Tensor:
+    """Per-relation accuracy of a head's argmax as a dependency predictor (Clark et al. 2019, Sec. 4.2;
+    Voita et al. 2019, Sec. 5.2).
+
+    Each query's prediction is its most-attended key after excluding itself (the diagonal is masked
+    before the argmax, as Clark et al. do) and padded keys.
+
+    * ``"dep2head"``: query = dependent d; correct when the prediction is d's gold head. Accuracy for
+      relation r = correct dependents of r / dependents of r.
+    * ``"head2dep"``: query = head token g; one instance per (g, r) with g governing at least one
+      dependent of relation r; correct when the prediction is any of those dependents.
+
+    Args:
+        heads: ``(B, T)`` long, gold head position of each token, -1 for none (root, BOS, pads).
+        rels: ``(B, T)`` long, relation id of the arc into each token, -1 for none.
+        n_relations: number of relation ids.
+
+    Returns:
+        ``(H, n_relations)``; NaN for relations with no instance in the batch. For causal models a
+        dependent whose head comes later (or, head2dep, a head whose dependent comes later) can never
+        be hit: the query cannot see it.
+    """
+    patterns, mask = _prepare(patterns, mask)
+    heads = _check_annotation("heads", heads, mask)
+    rels = _check_annotation("rels", rels, mask)
+    T = patterns.shape[-1]
+    excluded = torch.eye(T, dtype=torch.bool, device=patterns.device)[None] | ~mask[:, None, :]  # (B, Q, K)
+    # masked_fill returns a new tensor: the caller's patterns are untouched.
+    pred = patterns.masked_fill(excluded[:, None], float("-inf")).argmax(dim=-1)
+    hits, totals = _relation_hits(pred, heads, rels, n_relations, mask, direction)
+    return _safe_ratio(hits, totals, float("nan"))
+
+
+def offset_baseline(
+    heads: Tensor,
+    rels: Tensor,
+    n_relations: int,
+    mask: Tensor | None = None,
+    max_offset: int = 3,
+    direction: Direction = "dep2head",
+    *,
+    causal: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Best fixed-offset predictor per relation: the baseline of Clark et al. (2019, Table 1) and Voita
+    et al. (2019, Sec. 5.2, "the most frequent relative position for each dependency type").
+
+    For each offset o in ``-k..k`` without 0, the predictor points query q at ``q + o`` (a miss when
+    that is outside the sequence or a pad; Clark et al. clamp to the sentence edge instead, which only
+    matters for the first/last words). Accuracy is scored exactly as in :func:`dependency_accuracy`.
+    With ``causal=True`` only negative offsets compete, since a causal head cannot attend forward.
+
+    Returns:
+        ``(accuracy (R,), best_offset (R,) long)``; ties go to the most negative offset. NaN accuracy
+        (and offset 0) for relations with no instance.
+    """
+    if mask is None:
+        mask = torch.ones_like(heads, dtype=torch.bool)
+    mask = mask.to(torch.bool)
+    heads = _check_annotation("heads", heads, mask)
+    rels = _check_annotation("rels", rels, mask)
+    B, T = heads.shape
+    offsets = [o for o in range(-max_offset, (0 if causal else max_offset) + 1) if o != 0]
+    if not offsets:
+        raise ValueError(f"max_offset must be >= 1; got {max_offset}")
+    positions = torch.arange(T, device=heads.device)
+    preds = []
+    for o in offsets:
+        target = positions + o
+        ok = (target >= 0) & (target < T)
+        ok = ok[None] & mask.gather(1, target.clamp(0, T - 1)[None].expand(B, -1))
+        preds.append(torch.where(ok, target[None], torch.full_like(ok, -1, dtype=torch.long)))
+    hits, totals = _relation_hits(torch.stack(preds, dim=1), heads, rels, n_relations, mask, direction)
+    acc = _safe_ratio(hits, totals, float("nan"))  # (O, R)
+    best_idx = acc.nan_to_num(-1.0).argmax(dim=0)
+    best = acc.gather(0, best_idx[None])[0]
+    offset_values = torch.tensor(offsets, device=heads.device)
+    return best, torch.where(totals > 0, offset_values[best_idx], torch.zeros_like(best_idx))
+
+
+def syntactic_heads(
+    patterns: Tensor,
+    heads: Tensor,
+    rels: Tensor,
+    n_relations: int,
+    mask: Tensor | None = None,
+    direction: Direction = "dep2head",
+    max_offset: int = 3,
+    margin: float = 0.10,
+    *,
+    causal: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Syntactic heads (Voita et al. 2019, Sec. 5.2): accuracy on relation r beats the best fixed-offset
+    baseline by at least ``margin`` (10 points in the paper).
+
+    Returns:
+        ``(is_syntactic (H, R) bool, accuracy - baseline (H, R))``; relations without instances are
+        NaN and never syntactic.
+    """
+    accuracy = dependency_accuracy(patterns, heads, rels, n_relations, mask, direction)
+    causal = _resolve_causal(patterns, causal)
+    baseline, _ = offset_baseline(heads, rels, n_relations, mask, max_offset, direction, causal=causal)
+    gain = accuracy - baseline.to(accuracy.device)
+    return gain >= margin, gain
+
+
+def antecedent_accuracy(patterns: Tensor, antecedent: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Coreference accuracy (Clark et al. 2019, Sec. 4.3): share of mentions whose most-attended other
+    token is their antecedent.
+
+    ``antecedent`` is ``(B, T)`` long, the antecedent position of each mention (-1 for tokens that
+    are not anaphoric mentions). This is :func:`dependency_accuracy` with a single relation and
+    ``heads = antecedent``; :func:`offset_baseline` with the same mapping gives a fixed-offset baseline.
+
+    Returns:
+        ``(H,)``; NaN when the batch has no mention.
+    """
+    rels = torch.where(antecedent >= 0, 0, -1)
+    return dependency_accuracy(patterns, antecedent, rels, 1, mask, "dep2head")[:, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Rare tokens
+# ----------------------------------------------------------------------------------------------
+
+
+def rare_token_score(
+    patterns: Tensor,
+    tokens: Tensor,
+    token_freq: Tensor,
+    mask: Tensor | None = None,
+    *,
+    causal: bool | None = None,
+) -> Tensor:
+    """Share of queries whose most-attended key holds the rarest token (Voita et al. 2019, Sec. 5.3).
+
+    Rarity is the training frequency ``token_freq[token]``. Candidates are the real, non-BOS keys the
+    query can see; for bidirectional patterns that is Voita et al.'s "least frequent token in the
+    sentence", for causal ones the rarest token of the visible prefix (the rest of the sentence is out
+    of the head's reach). Every key tied for the minimum frequency counts as the rarest. Queries with
+    no candidate (query 0 of a causal model) are left out. Ties in the argmax go to the lowest index.
+
+    Returns:
+        ``(H,)`` in [0, 1].
+    """
+    patterns, mask = _prepare(patterns, mask)
+    tokens = _check_tokens(tokens, patterns)
+    causal = _resolve_causal(patterns, causal)
+    T = patterns.shape[-1]
+    freq = token_freq.to(device=patterns.device, dtype=torch.float64)[tokens]  # (B, T)
+    not_bos = torch.arange(T, device=patterns.device) != 0
+    candidate = _visible(mask & not_bos, causal)  # (B, Q, K)
+    cand_freq = torch.where(candidate, freq[:, None, :], torch.full_like(candidate, math.inf, dtype=torch.float64))
+    rarest = candidate & (cand_freq == cand_freq.amin(dim=-1, keepdim=True))
+    eligible = mask & candidate.any(-1)
+    pred = _argmax_keys(patterns)  # (B, H, Q)
+    hit = rarest[:, None].expand(-1, patterns.shape[1], -1, -1).gather(-1, pred[..., None])[..., 0]
+    return _mean_over_queries(hit.to(patterns.dtype), eligible)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Head importance normalization
+# ----------------------------------------------------------------------------------------------
+
+
+def normalize_by_layer(scores: Tensor) -> Tensor:
+    """L2-normalize importance scores within each layer (Michel et al. 2019, "Are Sixteen Heads Really
+    Better than One?", Sec. 4.1): ``scores[l] / ||scores[l]||_2``. An all-zero layer stays zero.
+
+    Args:
+        scores: ``(L, H)``.
+
+    Returns:
+        ``(L, H)``.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (layers, heads); got shape {tuple(scores.shape)}")
+    norm = torch.linalg.vector_norm(scores, dim=-1, keepdim=True)
+    return torch.where(norm > 0, scores / norm.clamp_min(1e-30), torch.zeros_like(scores))

@@ -1,0 +1,514 @@
+"""A small English-like language whose every sentence carries gold dependency arcs.
+
+Each construction is built so that predicting some word *requires* looking at
+one specific earlier word, giving attention heads a reason to specialize:
+
+* determiner ↔ noun number ("a cat", "these cats");
+* adjective ↔ noun semantic class (animals are "fluffy", objects "heavy",
+  food "ripe", places "muddy", people "brave"; "big/small/little" fit all);
+* subject ↔ main verb NUMBER agreement across a relative clause and a PP
+  ("the cats that sat on the mat were fluffy"), with an object relative clause
+  putting a distracting noun in between ("the cat that the dogs chased was ...");
+* verb ↔ preposition (sit takes on/in/under/near, run takes to/from/with) and
+  preposition ↔ object (on the mat, in the box, to the park, with the dog);
+* "that" → the noun it modifies, and a pronoun (he/she/it/they) → the main
+  subject, agreeing in number, gender and animacy; what follows the pronoun
+  must also fit the antecedent's class ("... and it was hungry").
+
+Annotation (``Sentence``), all indices 0-based within the sentence's words:
+
+* ``heads[i]`` — index of word i's syntactic head, ``-1`` for the root.
+  Exactly one root per sentence; the arcs form a tree.
+* ``rels[i]`` — relation name of the arc word i → ``heads[i]``:
+
+  ==============  ==========================================================
+  ``root``        main verb or copula (head -1)
+  ``det``         determiner → its noun
+  ``amod``        attributive adjective → its noun
+  ``nsubj``       subject → its verb/copula (noun, pronoun, or subject "that")
+  ``obj``         direct object → its verb (noun, or object "that")
+  ``acomp``       predicate adjective → copula ("fluffy" → "was")
+  ``prep``        preposition → the verb it attaches to ("on" → "sat")
+  ``pobj``        object of a preposition → the preposition ("mat" → "on")
+  ``acl:relcl``   relative-clause verb → the noun it modifies ("sat" → "cat")
+  ``cc``          "and" → the verb of the clause it introduces
+  ``conj``        second clause's verb → the root verb
+  ==============  ==========================================================
+
+  The copula is the head of its clause (Stanford "basic" style rather than
+  UD's adjective-as-head) so that subject ↔ verb agreement is a direct arc.
+* ``coref[i]`` — index of the antecedent noun for pronouns and for the
+  relative "that", else ``-1``. It is a second annotation, not a second head,
+  so the syntactic tree stays a tree. Its relation name is ``coref``.
+
+``RELATIONS`` lists the tree relations followed by ``coref``; relation ids in
+batches index this list. ``arc_masks`` additionally derives ``amod:pred``
+(predicate adjective → the subject noun of its copula, "fluffy" → "cat").
+
+In batches every position is shifted by one for the leading BOS: ``heads`` and
+``coref`` hold sequence positions, ``-1`` for none/root/BOS/EOS/pad, and
+``rels`` holds ids into ``RELATIONS`` (``-1`` for none).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mhaexp.data.vocab import WordTokenizer
+from mhaexp.errors import ConfigError
+
+# Bump whenever generation changes: it is part of the cache fingerprint.
+GRAMMAR_VERSION = 1
+
+TREE_RELATIONS: tuple[str, ...] = (
+    "root", "det", "amod", "nsubj", "obj", "acomp", "prep", "pobj",
+    "acl:relcl", "cc", "conj",
+)
+RELATIONS: list[str] = [*TREE_RELATIONS, "coref"]
+DERIVED_RELATIONS: tuple[str, ...] = ("amod:pred",)
+
+SEED_TEXT = "the cat that sat on the mat was fluffy"
+
+# ----------------------------------------------------------------- lexicon --
+ANIMATE = frozenset({"animal", "male", "female"})
+PERSON = frozenset({"male", "female"})
+ALL_CLASSES = frozenset({"animal", "male", "female", "object", "food", "place"})
+
+NOUNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "animal": (("cat", "cats"), ("dog", "dogs"), ("bird", "birds"), ("horse", "horses"),
+               ("mouse", "mice"), ("rabbit", "rabbits"), ("fox", "foxes"), ("duck", "ducks")),
+    "male": (("man", "men"), ("boy", "boys"), ("king", "kings"), ("prince", "princes"),
+             ("father", "fathers")),
+    "female": (("woman", "women"), ("girl", "girls"), ("queen", "queens"),
+               ("princess", "princesses"), ("mother", "mothers")),
+    "object": (("mat", "mats"), ("box", "boxes"), ("cup", "cups"), ("chair", "chairs"),
+               ("table", "tables"), ("book", "books"), ("ball", "balls"), ("lamp", "lamps"),
+               ("basket", "baskets"), ("bed", "beds")),
+    "food": (("cake", "cakes"), ("cookie", "cookies"), ("pear", "pears"),
+             ("carrot", "carrots"), ("pie", "pies"), ("plum", "plums")),
+    "place": (("garden", "gardens"), ("house", "houses"), ("park", "parks"),
+              ("river", "rivers"), ("hill", "hills"), ("road", "roads"),
+              ("kitchen", "kitchens"), ("forest", "forests"), ("tree", "trees"),
+              ("bridge", "bridges")),
+}
+# Consonant-initial everywhere, so "a" never needs to become "an".
+ADJECTIVES: dict[frozenset[str], tuple[str, ...]] = {
+    frozenset({"animal"}): ("fluffy", "hungry", "furry", "wild", "sleepy"),
+    PERSON: ("happy", "tall", "kind", "brave", "tired"),
+    frozenset({"object"}): ("heavy", "broken", "wooden", "shiny", "clean"),
+    frozenset({"food"}): ("fresh", "sweet", "ripe", "tasty", "salty"),
+    frozenset({"place"}): ("quiet", "dark", "sunny", "muddy", "wide"),
+    ALL_CLASSES: ("big", "small", "little"),
+}
+DETERMINERS: dict[str, tuple[tuple[str, float], ...]] = {
+    "sg": (("the", 0.6), ("a", 0.25), ("this", 0.15)),
+    "pl": (("the", 0.6), ("these", 0.2), ("some", 0.2)),
+}
+COPULA = {("present", "sg"): "is", ("present", "pl"): "are",
+          ("past", "sg"): "was", ("past", "pl"): "were"}
+PRONOUNS = {"male": "he", "female": "she", "animal": "it", "object": "it",
+            "food": "it", "place": "it"}
+
+_CONTAINERS = ("box", "basket", "cup", "house", "garden", "park", "river", "kitchen", "forest")
+_DESTINATIONS = ("garden", "house", "park", "river", "hill", "kitchen", "forest")
+PREPOSITIONS: dict[str, tuple[str, ...]] = {
+    "on": ("mat", "chair", "table", "bed", "box", "hill", "road", "bridge"),
+    "in": _CONTAINERS,
+    "under": ("table", "chair", "bed", "tree", "bridge"),
+    "near": ("tree", "river", "house", "hill", "road", "bridge", "garden", "table"),
+    "to": _DESTINATIONS,
+    "from": _DESTINATIONS,
+    "with": tuple(sg for c in ("animal", "male", "female") for sg, _ in NOUNS[c]),
+}
+
+
+@dataclass(frozen=True)
+class Verb:
+    base: str  # plural present: "sit"
+    s3: str  # singular present: "sits"
+    past: str  # "sat" (does not agree)
+    subj: frozenset[str]  # noun classes allowed as subject
+    obj: frozenset[str] | None  # noun classes allowed as object; None = intransitive
+    preps: tuple[str, ...]  # prepositions this verb takes
+
+    def form(self, tense: str, number: str) -> str:
+        if tense == "past":
+            return self.past
+        return self.s3 if number == "sg" else self.base
+
+
+_OBJ = frozenset({"object", "food", "animal"})
+VERBS: tuple[Verb, ...] = (
+    Verb("sit", "sits", "sat", ANIMATE, None, ("on", "in", "under", "near")),
+    Verb("sleep", "sleeps", "slept", ANIMATE, None, ("on", "in", "under")),
+    Verb("run", "runs", "ran", ANIMATE, None, ("to", "from", "with")),
+    Verb("walk", "walks", "walked", ANIMATE, None, ("to", "from", "with")),
+    Verb("play", "plays", "played", ANIMATE, None, ("in", "with", "near")),
+    Verb("hide", "hides", "hid", ANIMATE, None, ("in", "under")),
+    Verb("fall", "falls", "fell", ANIMATE | {"object", "food"}, None, ("in", "on", "from")),
+    Verb("chase", "chases", "chased", ANIMATE, ANIMATE, ("to", "from", "in")),
+    Verb("eat", "eats", "ate", ANIMATE, frozenset({"food"}), ("in", "on", "near")),
+    Verb("carry", "carries", "carried", PERSON, _OBJ, ("to", "from")),
+    Verb("see", "sees", "saw", ANIMATE, ALL_CLASSES, ("in", "near", "on")),
+    Verb("find", "finds", "found", ANIMATE, _OBJ | PERSON, ("in", "under", "near")),
+    Verb("hold", "holds", "held", PERSON, _OBJ, ("in", "near")),
+    Verb("like", "likes", "liked", ANIMATE, ALL_CLASSES, ()),
+)
+
+# Word-level feature tables, used by tests, CoNLL-U export and analysis labels.
+NOUN_FEATS: dict[str, tuple[str, str]] = {
+    w: (cls, num) for cls, pairs in NOUNS.items() for pair in pairs
+    for w, num in zip(pair, ("sg", "pl"), strict=True)
+}
+ADJ_CLASSES: dict[str, frozenset[str]] = {a: cls for cls, adjs in ADJECTIVES.items() for a in adjs}
+VERB_NUMBER: dict[str, str | None] = {
+    **{v.s3: "sg" for v in VERBS}, **{v.base: "pl" for v in VERBS},
+    **{v.past: None for v in VERBS}, "is": "sg", "was": "sg", "are": "pl", "were": "pl",
+}
+PRONOUN_FEATS: dict[str, tuple[frozenset[str], str]] = {
+    "he": (frozenset({"male"}), "sg"), "she": (frozenset({"female"}), "sg"),
+    "it": (ALL_CLASSES - PERSON, "sg"), "they": (ALL_CLASSES, "pl"),
+}
+UPOS: dict[str, str] = {
+    **{w: "NOUN" for w in NOUN_FEATS}, **{a: "ADJ" for a in ADJ_CLASSES},
+    **{w: "VERB" for v in VERBS for w in (v.base, v.s3, v.past)},
+    **{c: "AUX" for c in COPULA.values()}, **{p: "ADP" for p in PREPOSITIONS},
+    **{d: "DET" for opts in DETERMINERS.values() for d, _ in opts},
+    **{p: "PRON" for p in PRONOUN_FEATS}, "that": "PRON", "and": "CCONJ",
+}
+VOCAB: list[str] = list(UPOS)
+
+# ---------------------------------------------------------- probabilities --
+SUBJECT_CLASS_WEIGHTS = {"animal": 0.3, "male": 0.15, "female": 0.15,
+                         "object": 0.2, "food": 0.1, "place": 0.1}
+P_PLURAL = 0.4
+P_ATTR_ADJ = 0.35
+P_GENERIC_ADJ = 0.15
+P_RELCL = 0.6
+P_OBJECT_RELCL = 0.3
+P_PP_INTRANSITIVE = 0.85
+P_PP_TRANSITIVE = 0.3
+P_COORD = 0.4
+PREDICATE_WEIGHTS = {"cop": 0.4, "intr": 0.35, "tr": 0.25}
+MAX_SENTENCE_LEN = 30  # longest the templates can produce: seq_len 32 never redraws
+MIN_SEQ_LEN = len(SEED_TEXT.split()) + 2  # BOS + seed sentence + EOS
+
+
+@dataclass(frozen=True)
+class Sentence:
+    tokens: tuple[str, ...]
+    heads: tuple[int, ...]
+    rels: tuple[str, ...]
+    coref: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.tokens)
+
+
+@dataclass(frozen=True)
+class _NP:
+    index: int
+    cls: str
+    number: str
+
+
+class _Builder:
+    """Appends words; heads may point forward, so they are filled in later."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.heads: list[int] = []
+        self.rels: list[str] = []
+        self.coref: list[int] = []
+
+    def add(self, word: str, head: int = -2, rel: str = "") -> int:
+        self.tokens.append(word)
+        self.heads.append(head)
+        self.rels.append(rel)
+        self.coref.append(-1)
+        return len(self.tokens) - 1
+
+    def attach(self, i: int, head: int, rel: str) -> None:
+        self.heads[i] = head
+        self.rels[i] = rel
+
+    def build(self) -> Sentence:
+        return Sentence(tuple(self.tokens), tuple(self.heads), tuple(self.rels), tuple(self.coref))
+
+
+def _weighted(rng: random.Random, options: Sequence[tuple[str, float]]) -> str:
+    return rng.choices([o for o, _ in options], weights=[w for _, w in options])[0]
+
+
+def _adjective(rng: random.Random, cls: str) -> str:
+    pool = ADJECTIVES[ALL_CLASSES] if rng.random() < P_GENERIC_ADJ else next(
+        adjs for classes, adjs in ADJECTIVES.items() if cls in classes and classes != ALL_CLASSES)
+    return rng.choice(pool)
+
+
+def _noun_phrase(b: _Builder, rng: random.Random, lemmas: Sequence[tuple[str, str, str]]) -> _NP:
+    """det [adj] noun; the noun's own head is set by the caller."""
+    sg, pl, cls = rng.choice(lemmas)
+    number = "pl" if rng.random() < P_PLURAL else "sg"
+    det = b.add(_weighted(rng, DETERMINERS[number]))
+    adj = b.add(_adjective(rng, cls)) if rng.random() < P_ATTR_ADJ else None
+    noun = b.add(pl if number == "pl" else sg)
+    b.attach(det, noun, "det")
+    if adj is not None:
+        b.attach(adj, noun, "amod")
+    return _NP(noun, cls, number)
+
+
+def _lemmas(classes: frozenset[str]) -> list[tuple[str, str, str]]:
+    return [(sg, pl, c) for c in sorted(classes) for sg, pl in NOUNS[c]]
+
+
+_LEMMA_CLASS = {sg: (sg, pl, c) for c, pairs in NOUNS.items() for sg, pl in pairs}
+
+
+def _prep_phrase(b: _Builder, rng: random.Random, verb: Verb, head: int) -> None:
+    prep = rng.choice(verb.preps)
+    p = b.add(prep, head, "prep")
+    obj = _noun_phrase(b, rng, [_LEMMA_CLASS[w] for w in PREPOSITIONS[prep]])
+    b.attach(obj.index, p, "pobj")
+
+
+def _predicate(b: _Builder, rng: random.Random, cls: str, number: str, tense: str,
+               kinds: Sequence[str] = ("cop", "intr", "tr")) -> int:
+    """Verb (or copula) plus complements for a subject of ``cls``; returns the verb."""
+    options = [(k, PREDICATE_WEIGHTS[k]) for k in kinds
+               if k == "cop" or any(_fits(v, k, cls) for v in VERBS)]
+    # Places can do nothing but "be": fall back to the copula.
+    options = options or [("cop", 1.0)]
+    kind = _weighted(rng, options)
+    if kind == "cop":
+        v = b.add(COPULA[(tense, number)])
+        b.add(_adjective(rng, cls), v, "acomp")
+        return v
+    verb = rng.choice([v for v in VERBS if _fits(v, kind, cls)])
+    v = b.add(verb.form(tense, number))
+    if kind == "tr":
+        assert verb.obj is not None
+        obj = _noun_phrase(b, rng, _lemmas(verb.obj))
+        b.attach(obj.index, v, "obj")
+    p_pp = P_PP_TRANSITIVE if kind == "tr" else P_PP_INTRANSITIVE
+    if verb.preps and rng.random() < p_pp:
+        _prep_phrase(b, rng, verb, v)
+    return v
+
+
+def _fits(verb: Verb, kind: str, cls: str) -> bool:
+    return cls in verb.subj and (verb.obj is None) == (kind == "intr")
+
+
+def _relative_clause(b: _Builder, rng: random.Random, noun: _NP, tense: str) -> None:
+    object_verbs = [v for v in VERBS if v.obj is not None and noun.cls in v.obj]
+    that = b.add("that")
+    b.coref[that] = noun.index
+    if object_verbs and rng.random() < P_OBJECT_RELCL:
+        # "the cat that the dogs chased": the RC subject is a distracting noun
+        # whose number may differ from the main subject's.
+        verb = rng.choice(object_verbs)
+        subj = _noun_phrase(b, rng, _lemmas(verb.subj))
+        v = b.add(verb.form(tense, subj.number))
+        b.attach(subj.index, v, "nsubj")
+        b.attach(that, v, "obj")
+    else:
+        v = _predicate(b, rng, noun.cls, noun.number, tense,
+                       kinds=("cop", "intr", "tr") if rng.random() < 0.2 else ("intr", "tr"))
+        b.attach(that, v, "nsubj")
+    b.attach(v, noun.index, "acl:relcl")
+
+
+def _sentence(rng: random.Random) -> Sentence:
+    b = _Builder()
+    tense = "past" if rng.random() < 0.5 else "present"
+    cls = _weighted(rng, list(SUBJECT_CLASS_WEIGHTS.items()))
+    subj = _noun_phrase(b, rng, _lemmas(frozenset({cls})))
+    if rng.random() < P_RELCL:
+        _relative_clause(b, rng, subj, tense)
+    root = _predicate(b, rng, cls, subj.number, tense)
+    b.attach(subj.index, root, "nsubj")
+    b.attach(root, -1, "root")
+    if rng.random() < P_COORD:
+        conj_word = b.add("and")
+        pron = b.add("they" if subj.number == "pl" else PRONOUNS[cls])
+        b.coref[pron] = subj.index
+        v2 = _predicate(b, rng, cls, subj.number, tense)
+        b.attach(conj_word, v2, "cc")
+        b.attach(pron, v2, "nsubj")
+        b.attach(v2, root, "conj")
+    return b.build()
+
+
+def generate_sentence(rng: random.Random, max_len: int | None = None) -> Sentence:
+    """One sentence drawn with ``rng`` (consumes it; same state → same sentence).
+
+    Sentences longer than ``max_len`` words are redrawn rather than cut, so
+    every kept sentence is complete and its tree intact.
+    """
+    if max_len is not None and max_len < len(SEED_TEXT.split()):
+        raise ValueError(f"max_len={max_len} is shorter than the seed sentence")
+    while True:
+        s = _sentence(rng)
+        if max_len is None or len(s) <= max_len:
+            return s
+
+
+def generate_corpus(n: int, seed: int, max_len: int | None = None) -> list[Sentence]:
+    rng = random.Random(seed)
+    return [generate_sentence(rng, max_len) for _ in range(n)]
+
+
+def seed_sentence() -> Sentence:
+    """"the cat that sat on the mat was fluffy", annotated as the grammar would."""
+    return Sentence(
+        tokens=tuple(SEED_TEXT.split()),
+        heads=(1, 7, 3, 1, 3, 6, 4, -1, 7),
+        rels=("det", "nsubj", "nsubj", "acl:relcl", "prep", "det", "pobj", "root", "acomp"),
+        coref=(-1, -1, 1, -1, -1, -1, -1, -1, -1),
+    )
+
+
+def relation_list(sentences: Sequence[Sentence], base: Sequence[str] = RELATIONS) -> list[str]:
+    """``base`` followed by any relation names the sentences use that it lacks."""
+    out = list(base)
+    known = set(out)
+    for s in sentences:
+        for r in s.rels:
+            if r and r not in known:
+                known.add(r)
+                out.append(r)
+    return out
+
+
+def encode_sentence(s: Sentence, tokenizer: WordTokenizer, relations: Sequence[str],
+                    seq_len: int) -> dict[str, list]:
+    """BOS + words + EOS, padded to ``seq_len``; annotations shifted by one for BOS."""
+    n = len(s)
+    if n + 2 > seq_len:
+        raise ValueError(f"sentence of {n} words does not fit seq_len={seq_len}")
+    rel_id = {r: i for i, r in enumerate(relations)}
+    pad = seq_len - n - 2
+    ids = [tokenizer.token_to_id(w) for w in s.tokens]
+
+    def shift(xs: Sequence[int]) -> list[int]:
+        return [-1] + [x + 1 if x >= 0 else -1 for x in xs] + [-1] * (pad + 1)
+
+    return {
+        "input_ids": [tokenizer.bos_id, *ids, tokenizer.eos_id] + [tokenizer.pad_id] * pad,
+        "attention_mask": [True] * (n + 2) + [False] * pad,
+        "heads": shift(s.heads),
+        "rels": [-1] + [rel_id[r] if r else -1 for r in s.rels] + [-1] * (pad + 1),
+        "coref": shift(s.coref),
+    }
+
+
+def arc_masks(heads: torch.Tensor, rels: torch.Tensor, coref: torch.Tensor,
+              relations: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Gold arcs per relation as BoolTensors (B, T, T): ``m[b, dep, head]``.
+
+    Includes ``coref`` (from the coref array) and the derived ``amod:pred``.
+    Arcs point dependent → head; a causal model can only attend from the later
+    of the two, so analysis usually symmetrizes ``m | m.transpose(1, 2)``.
+    """
+    B, T = heads.shape
+    out: dict[str, torch.Tensor] = {}
+
+    def scatter(sel: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        m = torch.zeros(B, T, T, dtype=torch.bool)
+        b, i = sel.nonzero(as_tuple=True)
+        m[b, i, target[b, i]] = True
+        return m
+
+    for r, name in enumerate(relations):
+        if name == "coref":
+            out[name] = scatter(coref >= 0, coref)
+        else:
+            out[name] = scatter((heads >= 0) & (rels == r), heads)
+    if "acomp" in relations and "nsubj" in relations:
+        acomp = (rels == relations.index("acomp")) & (heads >= 0)
+        nsubj = (rels == relations.index("nsubj")) & (heads >= 0)
+        same_head = heads.unsqueeze(2) == heads.unsqueeze(1)
+        out["amod:pred"] = acomp.unsqueeze(2) & nsubj.unsqueeze(1) & same_head
+    return out
+
+
+class GrammarSource:
+    """Feeds the datamodule: word tokenizer from the lexicon, seeded splits."""
+
+    kind = "grammar"
+
+    def __init__(self, seq_len: int, sizes: dict[str, int], seed: int,
+                 probe_conllu: str | None = None) -> None:
+        if seq_len < MIN_SEQ_LEN:
+            raise ConfigError("data.seq_len", seq_len,
+                              f"an int >= {MIN_SEQ_LEN} (BOS + '{SEED_TEXT}' + EOS)")
+        if probe_conllu is not None and not Path(probe_conllu).expanduser().is_file():
+            raise ConfigError("data.probe_conllu", probe_conllu,
+                              "null or an existing CoNLL-U file")
+        self.seq_len = seq_len
+        self.sizes = sizes
+        self.seed = seed
+        self.probe_conllu = probe_conllu
+        self.tokenizer = WordTokenizer(VOCAB)
+        self._user_probe: list[Sentence] | None = None
+
+    def _probe_sentences(self) -> list[Sentence]:
+        if self._user_probe is None:
+            from mhaexp.data.conllu_io import read_conllu
+
+            assert self.probe_conllu is not None
+            sents = read_conllu(Path(self.probe_conllu).expanduser(), self.tokenizer)
+            # A treebank sentence cut short would lose arcs; keep only whole ones.
+            fitting = [s for s in sents if len(s) + 2 <= self.seq_len]
+            if not fitting:
+                raise ConfigError("data.probe_conllu", self.probe_conllu,
+                                  f"a CoNLL-U file with a sentence of <= {self.seq_len - 2} words")
+            self._user_probe = fitting[: self.sizes["probe"]]
+        return self._user_probe
+
+    @property
+    def relations(self) -> list[str]:
+        if self.probe_conllu is None:
+            return list(RELATIONS)
+        return relation_list(self._probe_sentences())
+
+    def identity(self) -> dict:
+        ident: dict = {"grammar_version": GRAMMAR_VERSION}
+        if self.probe_conllu is not None:
+            st = Path(self.probe_conllu).expanduser().stat()
+            ident["probe_conllu"] = [str(Path(self.probe_conllu).resolve()), st.st_size,
+                                     st.st_mtime_ns]
+        return ident
+
+    def sentences(self, split: str) -> Iterator[Sentence]:
+        n = self.sizes[split]
+        if split == "probe" and self.probe_conllu is not None:
+            yield from self._probe_sentences()
+            return
+        # String seeds hash deterministically (unlike hash()), one stream per split.
+        rng = random.Random(f"mhaexp-grammar/{split}/{self.seed}")
+        if split == "probe":
+            yield seed_sentence()
+            n -= 1
+        for _ in range(n):
+            yield generate_sentence(rng, self.seq_len - 2)
+
+    def generate(self, split: str) -> Iterator[dict[str, list]]:
+        relations = self.relations
+        for s in self.sentences(split):
+            yield encode_sentence(s, self.tokenizer, relations, self.seq_len)
+
+    @property
+    def annotation_columns(self) -> tuple[str, ...]:
+        return ("heads", "rels", "coref")

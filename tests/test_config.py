@@ -1,0 +1,123 @@
+"""Config groups compose and build; bad input gives one clear line before anything runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mhaexp.config import CONF_DIR, validate
+from mhaexp.preflight import check_jobs, compose_job, hydra_context
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_option_composes_and_builds() -> None:
+    with hydra_context():
+        for group in ("model", "data", "trainer", "logger", "optim", "analysis", "pruning"):
+            for option in group_options(group):
+                overrides = [f"{group}={option}"]
+                if group == "data" and option == "text":
+                    overrides.append(f"data.path={ROOT / 'README.md'}")
+                cfg = compose_job(overrides)
+                if group == "trainer" and option in ("gpu", "fsdp") and not torch.cuda.is_available():
+                    continue
+                datamodule, model_cfg = validate(cfg)
+                assert model_cfg.vocab_size == datamodule.vocab_size
+                assert model_cfg.max_seq_len >= datamodule.seq_len
+
+
+def test_experiment_presets_compose() -> None:
+    with hydra_context():
+        for option in group_options("experiment"):
+            cfg = compose_job([f"experiment={option}"])
+            assert cfg.model.n_heads >= 1
+
+
+def test_sweep_is_expanded_and_every_job_checked() -> None:
+    jobs, invalid = check_jobs(["-m", "model.n_heads=1,3,4", "seed=0,1"])
+    assert len(jobs) == 6
+    bad = {(tuple(j.overrides), j.error.field) for j in invalid}
+    assert bad == {(("model.n_heads=3", "seed=0"), "model.n_heads"), (("model.n_heads=3", "seed=1"), "model.n_heads")}
+
+
+EMPTY = ROOT / "tests" / "data" / "empty.txt"
+
+# (overrides, the fragment the one error line must hold)
+BAD_INPUTS = [
+    (["model.d_model=512", "model.n_heads=7"], "model.n_heads=7 is invalid: d_model=512 is not divisible by it; "
+     "valid head counts are [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]"),
+    (["model.n_kv_heads=3"], "model.n_kv_heads=3 is invalid: must divide n_heads=8"),
+    (["model.n_kv_heads=16"], "model.n_kv_heads=16 is invalid: must not exceed n_heads=8"),
+    (["model.d_model=0"], "model.d_model=0 is invalid: must be a positive integer"),
+    (["model.n_layers=-1"], "model.n_layers=-1 is invalid"),
+    (["model.n_heads=0"], "model.n_heads=0 is invalid"),
+    (["model.head_dim=-4"], "model.head_dim=-4 is invalid"),
+    (["model.d_ff=0"], "model.d_ff=0 is invalid"),
+    (["model.max_seq_len=16"], "model.max_seq_len=16 is invalid: must be >= data.seq_len=32"),
+    (["model.pos=alibi"], "model.pos='alibi' is invalid: choose one of ['learned', 'rope', 'none']"),
+    (["model.pos=rope", "model.head_dim=15"], "model.head_dim=15 is invalid: must be even"),
+    (["model.dropout=1.5"], "model.dropout=1.5 is invalid"),
+    (["model=nosuch"], "model='nosuch' is invalid: no such model config; choose one of ['attn_only', 'base'"),
+    (["data=nosuch"], "data='nosuch' is invalid: no such data config; choose one of"),
+    (["trainer=nosuch"], "trainer='nosuch' is invalid: no such trainer config; choose one of ['cpu', 'ddp'"),
+    (["logger=nosuch"], "logger='nosuch' is invalid: no such logger config; choose one of ['csv', 'none', 'wandb']"),
+    (["model.n_hedas=4"], "model.n_hedas='4' is invalid: no such key; did you mean model.n_heads?"),
+    (["trainer.max_step=10"], "trainer.max_step='10' is invalid: no such key; did you mean trainer.max_steps?"),
+    (["data=text", "data.path=/no/such/file.txt"], "data.path='/no/such/file.txt' is invalid"),
+    (["data=text", f"data.path={EMPTY}"], "data.path="),
+    (["data.seq_len=0"], "seq_len=0 is invalid"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0 is invalid: must be a positive integer"),
+    (["logger.mode=sometimes"], "logger.mode='sometimes' is invalid: choose one of ['offline', 'online', 'disabled']"),
+    (["init_from=/no/such.ckpt"], "init_from='/no/such.ckpt' is invalid"),
+    (["resume=/no/such.ckpt"], "resume='/no/such.ckpt' is invalid"),
+    (["seed=abc"], "seed='abc' is invalid: must be an integer"),
+    (["model.n_heads=[1,"], "override="),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["trainer=gpu"], "trainer.accelerator='gpu' is invalid: no CUDA GPU is visible"))
+
+
+@pytest.mark.parametrize("overrides, expected", BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_bad_input_is_one_line_and_nothing_is_written(overrides: list[str], expected: str, tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([str(BIN / "mhaexp-train"), *overrides], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("mhaexp-train: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert list(tmp_path.iterdir()) == []  # no run directory, no wandb folder
+
+
+def test_info_prints_head_dim_and_parameter_parts() -> None:
+    proc = subprocess.run([str(BIN / "mhaexp-info"), "model.d_model=768", "model.n_heads=12"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "head_dim          64  (= d_model / n_heads)" in out
+    # 3 layers of MHA at d=768 with biases: 4 * (768*768 + 768) each.
+    assert f"{4 * (768 * 768 + 768):>14,}" in out
+    for part in ("embedding", "attention", "mlp", "total"):
+        assert part in out
+
+
+def test_info_bad_input_is_one_line() -> None:
+    proc = subprocess.run([str(BIN / "mhaexp-info"), "model.d_model=512", "model.n_heads=7"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "mhaexp-info: error: model.n_heads=7 is invalid: d_model=512 is not divisible by it; valid head counts are "
+        "[1, 2, 4, 8, 16, 32, 64, 128, 256, 512] (or set model.head_dim to decouple head size from width)"
+    ]
