@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -87,18 +89,38 @@ if not torch.cuda.is_available():
     BAD_INPUTS.append((["trainer=gpu"], "trainer.accelerator='gpu' is invalid: no CUDA GPU is visible"))
 
 
-@pytest.mark.parametrize("overrides, expected", BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
-def test_bad_input_is_one_line_and_nothing_is_written(overrides: list[str], expected: str, tmp_path: Path) -> None:
+def run_cli(overrides: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([str(BIN / "mhaexp-train"), *overrides], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("mhaexp-train: error: ") and expected in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert list(tmp_path.iterdir()) == []  # no run directory, no wandb folder
+    start = time.monotonic()
+    proc = subprocess.run([str(BIN / "mhaexp-train"), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=180)
+    return proc, time.monotonic() - start
+
+
+def test_bad_inputs_end_to_end_one_line_each_and_nothing_written(tmp_path: Path) -> None:
+    """The real CLI, one process per bad input (run three at a time to keep the suite short)."""
+    dirs = [tmp_path / str(i) for i in range(len(BAD_INPUTS))]
+    for d in dirs:
+        d.mkdir()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(run_cli, [o for o, _ in BAD_INPUTS], dirs))
+    failures = []
+    for (overrides, expected), (proc, seconds), cwd in zip(BAD_INPUTS, results, dirs):
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        ok = (
+            proc.returncode == 2
+            and len(lines) == 1
+            and lines[0].startswith("mhaexp-train: error: ")
+            and expected in lines[0]
+            and "Traceback" not in proc.stderr + proc.stdout
+            and list(cwd.iterdir()) == []  # no run directory, no wandb folder
+        )
+        print(f"{seconds:5.1f}s  {' '.join(overrides):<45} -> {lines[0] if lines else proc.stderr!r}")
+        if not ok:
+            failures.append((overrides, proc.returncode, proc.stderr[-2000:]))
+    assert len(BAD_INPUTS) >= 20
+    assert not failures, failures
 
 
 def test_info_prints_head_dim_and_parameter_parts() -> None:

@@ -30,7 +30,8 @@ def instantiate_plain(node: DictConfig, **extra: Any) -> Any:
     """
     kwargs = OmegaConf.to_container(node, resolve=True)
     target = kwargs.pop("_target_")
-    return get_class(target)(**kwargs, **extra)
+    kwargs.update(extra)
+    return get_class(target)(**kwargs)
 
 
 def build_model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:

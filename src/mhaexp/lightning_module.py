@@ -50,7 +50,8 @@ class LMModule(pl.LightningModule):
         self.model = Transformer(self.model_cfg)
         self.save_hyperparameters(
             {"model": asdict(self.model_cfg), "optim": self.optim, "pad_id": pad_id, "mask_id": mask_id,
-             "mlm_probability": mlm_probability, "seed": seed}
+             "mlm_probability": mlm_probability, "seed": seed},
+            logger=False,  # the loggers get the whole resolved Hydra config instead
         )
 
     # ---- objective ---------------------------------------------------------------------------

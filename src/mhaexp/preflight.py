@@ -114,8 +114,10 @@ def expand_jobs(overrides: list[str], multirun: bool, config_name: str = "train"
     """
     if not multirun:
         return [overrides]
-    hydra_cfg = compose(config_name, overrides=overrides, return_hydra_config=True).hydra
-    preset = OmegaConf.to_container(hydra_cfg.sweeper.get("params") or {}, resolve=False)
+    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
+    hydra_cfg = compose(config_name, overrides=fixed, return_hydra_config=True).hydra
+    params = hydra_cfg.sweeper.get("params")
+    preset = OmegaConf.to_container(params, resolve=False) if params else {}
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     overrides = [f"{k}={v}" for k, v in preset.items() if k not in given] + overrides
     parsed = OverridesParser.create().parse_overrides(overrides)

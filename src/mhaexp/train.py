@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ from mhaexp.loggers import build_loggers, wandb_always_finished, wandb_run_dir
 from mhaexp.preflight import check_jobs, wants_check
 
 PROG = "mhaexp-train"
+# Hydra's own files share the run directory with the CSV log by design; and a deprecation inside
+# Lightning is not the user's to act on.
+warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 _UID = uuid.uuid4().hex[:6]
 # One id per process: two sweeps started in the same second still get different directories.
 OmegaConf.register_new_resolver("mhaexp_uid", lambda: _UID, replace=True)
@@ -62,8 +67,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         record,
     ]
     loggers = build_loggers(cfg, run_dir, sweep_group())
+    # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
+    progress = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     trainer = instantiate_plain(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                default_root_dir=str(run_dir))
+                                default_root_dir=str(run_dir), enable_progress_bar=progress)
     with wandb_always_finished():
         trainer.fit(module, datamodule=datamodule)
     if trainer.is_global_zero:
@@ -78,8 +85,9 @@ def report(run_dir: Path, summary: dict[str, Any]) -> None:
         lines.append(f"best val loss : {summary['best_val_loss']:.4f}")
     wb = wandb_run_dir(run_dir)
     if wb is not None:
-        lines += [f"W&B run       : {wb}", f"  browse      : .venv/bin/wandb leet {wb}",
-                  f"  upload      : .venv/bin/wandb sync {wb}"]
+        wandb_bin = Path(sys.executable).parent / "wandb"
+        lines += [f"W&B run       : {wb}  (offline)" if "offline-run" in wb.name else f"W&B run       : {wb}",
+                  f"  browse      : {wandb_bin} leet {wb}", f"  upload      : {wandb_bin} sync {wb}"]
     print("\n".join(lines))
 
 

@@ -54,16 +54,28 @@ def _prepare(patterns: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
             raise ValueError(f"mask must be (batch, T) = {(B, K)}; got {tuple(mask.shape)}")
         mask = mask.to(device=patterns.device, dtype=torch.bool)
     # float() is a no-op for float32 and a copy otherwise: half-precision logs and sums are too coarse.
-    return patterns.float(), mask
+    patterns = patterns.float()
+    if not bool(mask.all()):
+        # Pad rows may hold anything (NaN from a softmax over no key, attention to real tokens); zeroing
+        # pad rows and columns here, out of place, lets every metric below use plain sums.
+        real = mask[:, None, :, None] & mask[:, None, None, :]
+        patterns = torch.where(real, patterns, torch.zeros((), dtype=patterns.dtype, device=patterns.device))
+    return patterns, mask
 
 
-def is_causal(patterns: Tensor) -> bool:
-    """True when no head puts any weight above the diagonal (the inference behind ``causal=None``)."""
+def is_causal(patterns: Tensor, mask: Tensor | None = None) -> bool:
+    """True when no real query puts any weight on a later real key (the inference behind ``causal=None``)."""
+    patterns, _ = _prepare(patterns, mask)
+    return _upper_is_zero(patterns)
+
+
+def _upper_is_zero(patterns: Tensor) -> bool:
     return not bool(torch.triu(patterns, diagonal=1).ne(0).any())
 
 
 def _resolve_causal(patterns: Tensor, causal: bool | None) -> bool:
-    return is_causal(patterns) if causal is None else causal
+    """``causal``, or inferred from already-prepared (pad-zeroed) patterns."""
+    return _upper_is_zero(patterns) if causal is None else causal
 
 
 def _visible(mask: Tensor, causal: bool) -> Tensor:
@@ -283,14 +295,15 @@ def _detection_score(
     return _safe_ratio((per_seq * defined).sum(0), n_defined, float("nan"))
 
 
-def _earlier(T: int, device: torch.device) -> Tensor:
+def _earlier(n: int, device: torch.device) -> Tensor:
     """``(Q, K)`` bool, key strictly before the query."""
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril(diagonal=-1)
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril(diagonal=-1)
 
 
 def _check_tokens(tokens: Tensor, patterns: Tensor) -> Tensor:
-    if tuple(tokens.shape) != (patterns.shape[0], patterns.shape[-1]):
-        raise ValueError(f"tokens must be (batch, T) = {(patterns.shape[0], patterns.shape[-1])}; got {tuple(tokens.shape)}")
+    expected = (patterns.shape[0], patterns.shape[-1])
+    if tuple(tokens.shape) != expected:
+        raise ValueError(f"tokens must be (batch, T) = {expected}; got {tuple(tokens.shape)}")
     return tokens.to(patterns.device)
 
 
@@ -313,7 +326,7 @@ def previous_token_score(
     """
     patterns, mask = _prepare(patterns, mask)
     T = patterns.shape[-1]
-    detection = torch.eye(T, dtype=torch.bool, device=patterns.device).roll(-1, dims=1).tril(diagonal=-1)
+    detection = torch.diag(torch.ones(T - 1, dtype=torch.bool, device=patterns.device), -1)
     return _detection_score(patterns, detection[None], mask, exclude_bos, exclude_current_token)
 
 
@@ -439,8 +452,7 @@ def _relation_hits(
     * dep2head: one instance per real dependent d with a relation and a real gold head; hit when
       ``pred[d] == heads[d]``.
     * head2dep: one instance per (real token g, relation r) where g has at least one dependent of
-      relation r; hit when ``pred[g]`` is one of those dependents (Clark et al. 2019 count a hit on
-      any of them).
+      relation r; hit when ``pred[g]`` is any one of those dependents.
     """
     B, T = heads.shape
     heads_c = heads.clamp(0, T - 1)
@@ -482,7 +494,9 @@ def dependency_accuracy(
     * ``"dep2head"``: query = dependent d; correct when the prediction is d's gold head. Accuracy for
       relation r = correct dependents of r / dependents of r.
     * ``"head2dep"``: query = head token g; one instance per (g, r) with g governing at least one
-      dependent of relation r; correct when the prediction is any of those dependents.
+      dependent of relation r; correct when the prediction is any of those dependents (Voita et al.'s
+      "or the reverse"). Clark et al.'s notebook scores this direction differently, per dependent,
+      with the argmax over the transposed map (which query attends most to the dependent).
 
     Args:
         heads: ``(B, T)`` long, gold head position of each token, -1 for none (root, BOS, pads).
@@ -529,7 +543,7 @@ def offset_baseline(
     """
     if mask is None:
         mask = torch.ones_like(heads, dtype=torch.bool)
-    mask = mask.to(torch.bool)
+    mask = mask.to(device=heads.device, dtype=torch.bool)
     heads = _check_annotation("heads", heads, mask)
     rels = _check_annotation("rels", rels, mask)
     B, T = heads.shape
@@ -571,7 +585,7 @@ def syntactic_heads(
         NaN and never syntactic.
     """
     accuracy = dependency_accuracy(patterns, heads, rels, n_relations, mask, direction)
-    causal = _resolve_causal(patterns, causal)
+    causal = is_causal(patterns, mask) if causal is None else causal
     baseline, _ = offset_baseline(heads, rels, n_relations, mask, max_offset, direction, causal=causal)
     gain = accuracy - baseline.to(accuracy.device)
     return gain >= margin, gain
@@ -620,7 +634,8 @@ def rare_token_score(
     tokens = _check_tokens(tokens, patterns)
     causal = _resolve_causal(patterns, causal)
     T = patterns.shape[-1]
-    freq = token_freq.to(device=patterns.device, dtype=torch.float64)[tokens]  # (B, T)
+    # Pad ids may lie outside the vocabulary (e.g. -100); pads are never candidates, so clamp to look up.
+    freq = token_freq.to(device=patterns.device, dtype=torch.float64)[tokens.clamp(0, token_freq.numel() - 1)]
     not_bos = torch.arange(T, device=patterns.device) != 0
     candidate = _visible(mask & not_bos, causal)  # (B, Q, K)
     cand_freq = torch.where(candidate, freq[:, None, :], torch.full_like(candidate, math.inf, dtype=torch.float64))

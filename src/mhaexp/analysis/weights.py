@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 
-def copying_score(W_E: Tensor, W_U: Tensor, W_V: Tensor, W_O: Tensor) -> Tensor:
+# Capitalised names follow the paper notation (W_E, W_U, W_V, W_O).
+def copying_score(W_E: Tensor, W_U: Tensor, W_V: Tensor, W_O: Tensor) -> Tensor:  # noqa: N803
     """Copying score of each head's OV circuit (Elhage et al. 2021, "A Mathematical Framework for
     Transformer Circuits", section "Copying / Primitive Retrieval").
 

@@ -66,8 +66,17 @@ from mhaexp.errors import ConfigError
 GRAMMAR_VERSION = 1
 
 TREE_RELATIONS: tuple[str, ...] = (
-    "root", "det", "amod", "nsubj", "obj", "acomp", "prep", "pobj",
-    "acl:relcl", "cc", "conj",
+    "root",
+    "det",
+    "amod",
+    "nsubj",
+    "obj",
+    "acomp",
+    "prep",
+    "pobj",
+    "acl:relcl",
+    "cc",
+    "conj",
 )
 RELATIONS: list[str] = [*TREE_RELATIONS, "coref"]
 DERIVED_RELATIONS: tuple[str, ...] = ("amod:pred",)
@@ -80,21 +89,56 @@ PERSON = frozenset({"male", "female"})
 ALL_CLASSES = frozenset({"animal", "male", "female", "object", "food", "place"})
 
 NOUNS: dict[str, tuple[tuple[str, str], ...]] = {
-    "animal": (("cat", "cats"), ("dog", "dogs"), ("bird", "birds"), ("horse", "horses"),
-               ("mouse", "mice"), ("rabbit", "rabbits"), ("fox", "foxes"), ("duck", "ducks")),
-    "male": (("man", "men"), ("boy", "boys"), ("king", "kings"), ("prince", "princes"),
-             ("father", "fathers")),
-    "female": (("woman", "women"), ("girl", "girls"), ("queen", "queens"),
-               ("princess", "princesses"), ("mother", "mothers")),
-    "object": (("mat", "mats"), ("box", "boxes"), ("cup", "cups"), ("chair", "chairs"),
-               ("table", "tables"), ("book", "books"), ("ball", "balls"), ("lamp", "lamps"),
-               ("basket", "baskets"), ("bed", "beds")),
-    "food": (("cake", "cakes"), ("cookie", "cookies"), ("pear", "pears"),
-             ("carrot", "carrots"), ("pie", "pies"), ("plum", "plums")),
-    "place": (("garden", "gardens"), ("house", "houses"), ("park", "parks"),
-              ("river", "rivers"), ("hill", "hills"), ("road", "roads"),
-              ("kitchen", "kitchens"), ("forest", "forests"), ("tree", "trees"),
-              ("bridge", "bridges")),
+    "animal": (
+        ("cat", "cats"),
+        ("dog", "dogs"),
+        ("bird", "birds"),
+        ("horse", "horses"),
+        ("mouse", "mice"),
+        ("rabbit", "rabbits"),
+        ("fox", "foxes"),
+        ("duck", "ducks"),
+    ),
+    "male": (("man", "men"), ("boy", "boys"), ("king", "kings"), ("prince", "princes"), ("father", "fathers")),
+    "female": (
+        ("woman", "women"),
+        ("girl", "girls"),
+        ("queen", "queens"),
+        ("princess", "princesses"),
+        ("mother", "mothers"),
+    ),
+    "object": (
+        ("mat", "mats"),
+        ("box", "boxes"),
+        ("cup", "cups"),
+        ("chair", "chairs"),
+        ("table", "tables"),
+        ("book", "books"),
+        ("ball", "balls"),
+        ("lamp", "lamps"),
+        ("basket", "baskets"),
+        ("bed", "beds"),
+    ),
+    "food": (
+        ("cake", "cakes"),
+        ("cookie", "cookies"),
+        ("pear", "pears"),
+        ("carrot", "carrots"),
+        ("pie", "pies"),
+        ("plum", "plums"),
+    ),
+    "place": (
+        ("garden", "gardens"),
+        ("house", "houses"),
+        ("park", "parks"),
+        ("river", "rivers"),
+        ("hill", "hills"),
+        ("road", "roads"),
+        ("kitchen", "kitchens"),
+        ("forest", "forests"),
+        ("tree", "trees"),
+        ("bridge", "bridges"),
+    ),
 }
 # Consonant-initial everywhere, so "a" never needs to become "an".
 ADJECTIVES: dict[frozenset[str], tuple[str, ...]] = {
@@ -109,10 +153,8 @@ DETERMINERS: dict[str, tuple[tuple[str, float], ...]] = {
     "sg": (("the", 0.6), ("a", 0.25), ("this", 0.15)),
     "pl": (("the", 0.6), ("these", 0.2), ("some", 0.2)),
 }
-COPULA = {("present", "sg"): "is", ("present", "pl"): "are",
-          ("past", "sg"): "was", ("past", "pl"): "were"}
-PRONOUNS = {"male": "he", "female": "she", "animal": "it", "object": "it",
-            "food": "it", "place": "it"}
+COPULA = {("present", "sg"): "is", ("present", "pl"): "are", ("past", "sg"): "was", ("past", "pl"): "were"}
+PRONOUNS = {"male": "he", "female": "she", "animal": "it", "object": "it", "food": "it", "place": "it"}
 
 _CONTAINERS = ("box", "basket", "cup", "house", "garden", "park", "river", "kitchen", "forest")
 _DESTINATIONS = ("garden", "house", "park", "river", "hill", "kitchen", "forest")
@@ -162,30 +204,39 @@ VERBS: tuple[Verb, ...] = (
 
 # Word-level feature tables, used by tests, CoNLL-U export and analysis labels.
 NOUN_FEATS: dict[str, tuple[str, str]] = {
-    w: (cls, num) for cls, pairs in NOUNS.items() for pair in pairs
-    for w, num in zip(pair, ("sg", "pl"), strict=True)
+    w: (cls, num) for cls, pairs in NOUNS.items() for pair in pairs for w, num in zip(pair, ("sg", "pl"), strict=True)
 }
 ADJ_CLASSES: dict[str, frozenset[str]] = {a: cls for cls, adjs in ADJECTIVES.items() for a in adjs}
 VERB_NUMBER: dict[str, str | None] = {
-    **{v.s3: "sg" for v in VERBS}, **{v.base: "pl" for v in VERBS},
-    **{v.past: None for v in VERBS}, "is": "sg", "was": "sg", "are": "pl", "were": "pl",
+    **{v.s3: "sg" for v in VERBS},
+    **{v.base: "pl" for v in VERBS},
+    **{v.past: None for v in VERBS},
+    "is": "sg",
+    "was": "sg",
+    "are": "pl",
+    "were": "pl",
 }
 PRONOUN_FEATS: dict[str, tuple[frozenset[str], str]] = {
-    "he": (frozenset({"male"}), "sg"), "she": (frozenset({"female"}), "sg"),
-    "it": (ALL_CLASSES - PERSON, "sg"), "they": (ALL_CLASSES, "pl"),
+    "he": (frozenset({"male"}), "sg"),
+    "she": (frozenset({"female"}), "sg"),
+    "it": (ALL_CLASSES - PERSON, "sg"),
+    "they": (ALL_CLASSES, "pl"),
 }
 UPOS: dict[str, str] = {
-    **{w: "NOUN" for w in NOUN_FEATS}, **{a: "ADJ" for a in ADJ_CLASSES},
+    **{w: "NOUN" for w in NOUN_FEATS},
+    **{a: "ADJ" for a in ADJ_CLASSES},
     **{w: "VERB" for v in VERBS for w in (v.base, v.s3, v.past)},
-    **{c: "AUX" for c in COPULA.values()}, **{p: "ADP" for p in PREPOSITIONS},
+    **{c: "AUX" for c in COPULA.values()},
+    **{p: "ADP" for p in PREPOSITIONS},
     **{d: "DET" for opts in DETERMINERS.values() for d, _ in opts},
-    **{p: "PRON" for p in PRONOUN_FEATS}, "that": "PRON", "and": "CCONJ",
+    **{p: "PRON" for p in PRONOUN_FEATS},
+    "that": "PRON",
+    "and": "CCONJ",
 }
 VOCAB: list[str] = list(UPOS)
 
 # ---------------------------------------------------------- probabilities --
-SUBJECT_CLASS_WEIGHTS = {"animal": 0.3, "male": 0.15, "female": 0.15,
-                         "object": 0.2, "food": 0.1, "place": 0.1}
+SUBJECT_CLASS_WEIGHTS = {"animal": 0.3, "male": 0.15, "female": 0.15, "object": 0.2, "food": 0.1, "place": 0.1}
 P_PLURAL = 0.4
 P_ATTR_ADJ = 0.35
 P_GENERIC_ADJ = 0.15
@@ -250,8 +301,11 @@ def _weighted(rng: random.Random, options: Sequence[tuple[str, float]]) -> str:
 
 
 def _adjective(rng: random.Random, cls: str) -> str:
-    pool = ADJECTIVES[ALL_CLASSES] if rng.random() < P_GENERIC_ADJ else next(
-        adjs for classes, adjs in ADJECTIVES.items() if cls in classes and classes != ALL_CLASSES)
+    pool = (
+        ADJECTIVES[ALL_CLASSES]
+        if rng.random() < P_GENERIC_ADJ
+        else next(adjs for classes, adjs in ADJECTIVES.items() if cls in classes and classes != ALL_CLASSES)
+    )
     return rng.choice(pool)
 
 
@@ -282,11 +336,11 @@ def _prep_phrase(b: _Builder, rng: random.Random, verb: Verb, head: int) -> None
     b.attach(obj.index, p, "pobj")
 
 
-def _predicate(b: _Builder, rng: random.Random, cls: str, number: str, tense: str,
-               kinds: Sequence[str] = ("cop", "intr", "tr")) -> int:
+def _predicate(
+    b: _Builder, rng: random.Random, cls: str, number: str, tense: str, kinds: Sequence[str] = ("cop", "intr", "tr")
+) -> int:
     """Verb (or copula) plus complements for a subject of ``cls``; returns the verb."""
-    options = [(k, PREDICATE_WEIGHTS[k]) for k in kinds
-               if k == "cop" or any(_fits(v, k, cls) for v in VERBS)]
+    options = [(k, PREDICATE_WEIGHTS[k]) for k in kinds if k == "cop" or any(_fits(v, k, cls) for v in VERBS)]
     # Places can do nothing but "be": fall back to the copula.
     options = options or [("cop", 1.0)]
     kind = _weighted(rng, options)
@@ -323,8 +377,9 @@ def _relative_clause(b: _Builder, rng: random.Random, noun: _NP, tense: str) -> 
         b.attach(subj.index, v, "nsubj")
         b.attach(that, v, "obj")
     else:
-        v = _predicate(b, rng, noun.cls, noun.number, tense,
-                       kinds=("cop", "intr", "tr") if rng.random() < 0.2 else ("intr", "tr"))
+        v = _predicate(
+            b, rng, noun.cls, noun.number, tense, kinds=("cop", "intr", "tr") if rng.random() < 0.2 else ("intr", "tr")
+        )
         b.attach(that, v, "nsubj")
     b.attach(v, noun.index, "acl:relcl")
 
@@ -370,7 +425,7 @@ def generate_corpus(n: int, seed: int, max_len: int | None = None) -> list[Sente
 
 
 def seed_sentence() -> Sentence:
-    """"the cat that sat on the mat was fluffy", annotated as the grammar would."""
+    """ "the cat that sat on the mat was fluffy", annotated as the grammar would."""
     return Sentence(
         tokens=tuple(SEED_TEXT.split()),
         heads=(1, 7, 3, 1, 3, 6, 4, -1, 7),
@@ -391,8 +446,7 @@ def relation_list(sentences: Sequence[Sentence], base: Sequence[str] = RELATIONS
     return out
 
 
-def encode_sentence(s: Sentence, tokenizer: WordTokenizer, relations: Sequence[str],
-                    seq_len: int) -> dict[str, list]:
+def encode_sentence(s: Sentence, tokenizer: WordTokenizer, relations: Sequence[str], seq_len: int) -> dict[str, list]:
     """BOS + words + EOS, padded to ``seq_len``; annotations shifted by one for BOS."""
     n = len(s)
     if n + 2 > seq_len:
@@ -413,8 +467,9 @@ def encode_sentence(s: Sentence, tokenizer: WordTokenizer, relations: Sequence[s
     }
 
 
-def arc_masks(heads: torch.Tensor, rels: torch.Tensor, coref: torch.Tensor,
-              relations: Sequence[str]) -> dict[str, torch.Tensor]:
+def arc_masks(
+    heads: torch.Tensor, rels: torch.Tensor, coref: torch.Tensor, relations: Sequence[str]
+) -> dict[str, torch.Tensor]:
     """Gold arcs per relation as BoolTensors (B, T, T): ``m[b, dep, head]``.
 
     Includes ``coref`` (from the coref array) and the derived ``amod:pred``.
@@ -448,14 +503,11 @@ class GrammarSource:
 
     kind = "grammar"
 
-    def __init__(self, seq_len: int, sizes: dict[str, int], seed: int,
-                 probe_conllu: str | None = None) -> None:
+    def __init__(self, seq_len: int, sizes: dict[str, int], seed: int, probe_conllu: str | None = None) -> None:
         if seq_len < MIN_SEQ_LEN:
-            raise ConfigError("data.seq_len", seq_len,
-                              f"an int >= {MIN_SEQ_LEN} (BOS + '{SEED_TEXT}' + EOS)")
+            raise ConfigError("data.seq_len", seq_len, f"an int >= {MIN_SEQ_LEN} (BOS + '{SEED_TEXT}' + EOS)")
         if probe_conllu is not None and not Path(probe_conllu).expanduser().is_file():
-            raise ConfigError("data.probe_conllu", probe_conllu,
-                              "null or an existing CoNLL-U file")
+            raise ConfigError("data.probe_conllu", probe_conllu, "null or an existing CoNLL-U file")
         self.seq_len = seq_len
         self.sizes = sizes
         self.seed = seed
@@ -472,8 +524,11 @@ class GrammarSource:
             # A treebank sentence cut short would lose arcs; keep only whole ones.
             fitting = [s for s in sents if len(s) + 2 <= self.seq_len]
             if not fitting:
-                raise ConfigError("data.probe_conllu", self.probe_conllu,
-                                  f"a CoNLL-U file with a sentence of <= {self.seq_len - 2} words")
+                raise ConfigError(
+                    "data.probe_conllu",
+                    self.probe_conllu,
+                    f"a CoNLL-U file with a sentence of <= {self.seq_len - 2} words",
+                )
             self._user_probe = fitting[: self.sizes["probe"]]
         return self._user_probe
 
@@ -487,8 +542,7 @@ class GrammarSource:
         ident: dict = {"grammar_version": GRAMMAR_VERSION}
         if self.probe_conllu is not None:
             st = Path(self.probe_conllu).expanduser().stat()
-            ident["probe_conllu"] = [str(Path(self.probe_conllu).resolve()), st.st_size,
-                                     st.st_mtime_ns]
+            ident["probe_conllu"] = [str(Path(self.probe_conllu).resolve()), st.st_size, st.st_mtime_ns]
         return ident
 
     def sentences(self, split: str) -> Iterator[Sentence]:

@@ -125,8 +125,7 @@ class HFTokenizer:
         from transformers import AutoTokenizer  # optional dependency
 
         tok: Any = AutoTokenizer.from_pretrained(name)
-        wanted = {"pad_token": PAD, "bos_token": BOS, "eos_token": EOS,
-                  "mask_token": MASK, "unk_token": UNK}
+        wanted = {"pad_token": PAD, "bos_token": BOS, "eos_token": EOS, "mask_token": MASK, "unk_token": UNK}
         missing = {k: v for k, v in wanted.items() if getattr(tok, k, None) is None}
         if missing:
             tok.add_special_tokens(missing)

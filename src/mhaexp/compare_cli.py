@@ -1,0 +1,123 @@
+"""``mhaexp-compare``: compare the runs of a sweep (or of a W&B group) in one table, plots and a report.
+
+mhaexp-compare multirun/2025-01-01/12-00-00_ab12cd
+mhaexp-compare runs/a runs/b --out cmp --format html --metric val/loss
+mhaexp-compare --wandb my-team/mhaexp --group 12-00-00_ab12cd
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+PROG = "mhaexp-compare"
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    # First line only: a wrapped library error must not become a traceback-sized message.
+    first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
+    print(f"{PROG}: error: {first}", file=sys.stderr)
+    sys.exit(code)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, like every mhaexp command, not usage + error
+        fail(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Compare mhaexp runs: a table over seeds, plots and a Markdown/HTML report.")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="sweep directories (searched recursively) or run directories",
+    )
+    p.add_argument("--out", type=Path, help="report directory (default: <first PATH>/compare)")
+    p.add_argument("--format", choices=("md", "html"), default="md", help="report format (default: md)")
+    p.add_argument(
+        "--metric",
+        default="best_val_loss",
+        help="summary key to aggregate over seeds and plot against n_heads (default: best_val_loss)",
+    )
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from the W&B API instead of directories")
+    p.add_argument("--group", help="with --wandb: only runs of this W&B group (a sweep's directory name)")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.wandb and args.paths:
+        fail("give run directories or --wandb ENTITY/PROJECT, not both")
+    if args.group and not args.wandb:
+        fail("--group needs --wandb ENTITY/PROJECT")
+    if not args.wandb and not args.paths:
+        fail("no runs given: pass a sweep directory or run directories, or --wandb ENTITY/PROJECT --group G")
+    if args.wandb and (args.wandb.count("/") != 1 or not all(args.wandb.split("/"))):
+        fail(f"--wandb wants ENTITY/PROJECT, got {args.wandb!r}")
+    for path in args.paths:
+        if not path.exists():
+            fail(f"no such file or directory: {path}")
+        if not path.is_dir():
+            fail(f"not a directory: {path}")
+
+
+def load(args: argparse.Namespace):  # -> RunSet; imports deferred so argument errors stay instant
+    if args.wandb:
+        import wandb
+
+        from mhaexp.compare.wandb_source import load_wandb_runs
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        try:
+            return load_wandb_runs(wandb.Api(timeout=30), args.wandb, args.group)
+        except Exception as e:  # network, auth, unknown project: all end the command the same way
+            fail(f"W&B: {type(e).__name__}: {e}", code=1)
+    from mhaexp.compare.runs import load_runs
+
+    try:
+        return load_runs(args.paths)
+    except OSError as e:
+        fail(str(e))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    runset = load(args)
+    for warning in runset.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    where = (
+        f"W&B {args.wandb}" + (f" group {args.group}" if args.group else "")
+        if args.wandb
+        else ", ".join(map(str, args.paths))
+    )
+    if runset.runs.empty:
+        if runset.warnings:
+            fail(f"none of the {len(runset.warnings)} runs in {where} could be read", code=1)
+        fail(f"no runs found in {where}")
+    if args.metric not in runset.runs.columns:
+        known = [c for c in ("best_val_loss", "val/loss", "val/acc", "train/loss") if c in runset.runs.columns]
+        fail(f"--metric {args.metric!r} is not a summary key of these runs (e.g. {', '.join(known) or 'none'})")
+
+    from mhaexp.compare.report import terminal_summary, write_report
+
+    print(terminal_summary(runset, args.metric))
+    if args.out is not None:
+        out = args.out
+    elif args.wandb:
+        out = Path("compare") / (args.group or args.wandb.replace("/", "_"))
+    else:
+        out = args.paths[0] / "compare"
+    report = write_report(runset, out, metric=args.metric, fmt=args.format, source=where)
+    print(f"\nreport: {report.path}")
+    for plot in report.plots:
+        print(f"  plot: {plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""One LightningDataModule for every data source, chosen by ``kind``.
+
+The source (grammar, induction, text) knows its tokenizer and how to produce
+examples; this module caches them with ``datasets`` and serves batches:
+``input_ids`` LongTensor (B, T) starting with BOS and padded with PAD,
+``attention_mask`` BoolTensor (B, T), and for val/probe batches of the grammar
+also ``heads``, ``rels``, ``coref`` LongTensors (B, T) (see ``grammar``).
+
+The cache lives in ``cache_dir``, else ``$MHAEXP_CACHE``, else
+``~/.cache/mhaexp``, under a name fingerprinted from every setting that
+changes the data, so a rerun with the same config loads instead of generating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from mhaexp.data.grammar import GrammarSource
+from mhaexp.data.induction import InductionSource
+from mhaexp.data.text import TextSource
+from mhaexp.errors import ConfigError
+
+SOURCES: dict[str, type] = {"grammar": GrammarSource, "induction": InductionSource, "text": TextSource}
+SPLITS = ("train", "val", "probe")
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("MHAEXP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mhaexp"
+
+
+def _positive_int(field: str, value: object, minimum: int = 1) -> int:
+    # bool is an int subclass; "seq_len: true" is a typo, not 1.
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"data.{field}", value, f"an int >= {minimum}")
+    return value
+
+
+class LMDataModule(pl.LightningDataModule):
+    """Batches for language modelling and head analysis.
+
+    ``vocab_size``, ``seq_len``, ``tokenizer`` and ``relations`` are set at
+    construction without generating any data; bad settings raise ConfigError.
+    Extra keyword arguments go to the source (``grammar.GrammarSource``,
+    ``induction.InductionSource``, ``text.TextSource``).
+    """
+
+    def __init__(
+        self,
+        kind: str = "grammar",
+        seq_len: int = 32,
+        batch_size: int = 64,
+        n_train: int = 20000,
+        n_val: int = 1000,
+        n_probe: int = 256,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+        **source_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if kind not in SOURCES:
+            raise ConfigError("data.kind", kind, f"one of {', '.join(SOURCES)}")
+        self.seq_len = _positive_int("seq_len", seq_len)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.sizes = {
+            "train": _positive_int("n_train", n_train),
+            "val": _positive_int("n_val", n_val),
+            "probe": _positive_int("n_probe", n_probe),
+        }
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError("data.seed", seed, "an int")
+        self.num_workers = _positive_int("num_workers", num_workers, minimum=0)
+        self.kind, self.seed = kind, seed
+        try:
+            self.source = SOURCES[kind](seq_len=seq_len, sizes=self.sizes, seed=seed, **source_kwargs)
+        except TypeError as e:
+            # An unexpected key (typo, or a key of another kind) lands here.
+            bad = re.search(r"argument '(\w+)'", str(e))
+            key = bad.group(1) if bad else ",".join(sorted(source_kwargs))
+            accepted = [p for p in inspect.signature(SOURCES[kind]).parameters if p not in ("seq_len", "sizes", "seed")]
+            raise ConfigError(
+                f"data.{key}", source_kwargs.get(key), f"not a key of kind={kind}; it takes {', '.join(accepted)}"
+            ) from e
+        self.tokenizer = self.source.tokenizer
+        self.vocab_size: int = self.tokenizer.vocab_size
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.save_hyperparameters()
+        self._data: dict[str, datasets.Dataset] = {}
+        self._train_targets: torch.Tensor | None = None
+
+    @property
+    def relations(self) -> list[str]:
+        return list(self.source.relations)
+
+    # ------------------------------------------------------------ caching --
+    @property
+    def fingerprint(self) -> str:
+        config = {
+            "kind": self.kind,
+            "seq_len": self.seq_len,
+            "sizes": self.sizes,
+            "seed": self.seed,
+            "source": self.source.identity(),
+            "relations": self.relations,
+        }
+        blob = json.dumps(config, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_root / f"{self.kind}-{self.fingerprint}"
+
+    def _features(self) -> datasets.Features:
+        ints = datasets.Sequence(datasets.Value("int64"))
+        cols = {"input_ids": ints, "attention_mask": datasets.Sequence(datasets.Value("bool"))}
+        cols.update({c: ints for c in self.source.annotation_columns})
+        return datasets.Features(cols)
+
+    def prepare_data(self) -> None:
+        final = self.cache_path
+        if (final / "dataset_dict.json").exists():
+            return
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=self.cache_root))
+        # Three tiny splits would print six progress bars into every run's log.
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            splits = {
+                split: datasets.Dataset.from_generator(
+                    _generate,
+                    features=self._features(),
+                    cache_dir=str(work / "gen"),
+                    gen_kwargs={"source": self.source, "split": split},
+                    fingerprint=f"{self.fingerprint}-{split}",
+                )
+                for split in SPLITS
+            }
+            datasets.DatasetDict(splits).save_to_disk(str(work / "data"))
+            # Rename last, so a crash or a concurrent run never leaves a
+            # half-written dataset under the final name.
+            try:
+                os.replace(work / "data", final)
+            except OSError:
+                if not (final / "dataset_dict.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if bars:
+                datasets.enable_progress_bars()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._data:
+            return
+        if not (self.cache_path / "dataset_dict.json").exists():
+            # Single-process use (notebooks, tests) may skip prepare_data.
+            self.prepare_data()
+        loaded = datasets.load_from_disk(str(self.cache_path))
+        self._data = {split: loaded[split].with_format("torch") for split in SPLITS}
+
+    def dataset(self, split: str) -> datasets.Dataset:
+        self.setup()
+        ds = self._data[split]
+        if split == "train":
+            # Training never reads the annotations; skip decoding them.
+            ds = ds.with_format("torch", columns=["input_ids", "attention_mask"])
+        return ds
+
+    # -------------------------------------------------------- dataloaders --
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def probe_dataloader(self) -> DataLoader:
+        return self._loader("probe", shuffle=False)
+
+    def probe_batch(self) -> dict[str, torch.Tensor]:
+        """The whole probe set as one batch (it is small by design)."""
+        return self.dataset("probe")[:]
+
+    # ------------------------------------------------------ token statistics --
+    def _columns(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.dataset(split)[:]
+        return rows["input_ids"], rows["attention_mask"]
+
+    def token_frequencies(self) -> torch.Tensor:
+        """Counts (vocab_size,) of every real token (BOS/EOS included) in train."""
+        ids, mask = self._columns("train")
+        return torch.bincount(ids[mask], minlength=self.vocab_size)
+
+    def unigram_loss(self) -> float:
+        """Cross-entropy (nats) on val next-token targets of a unigram fit on train targets.
+
+        Targets are the real tokens after position 0 (BOS is never predicted).
+        Add-one smoothing keeps a token unseen in training at a finite loss.
+        """
+        ids, mask = self._columns("train")
+        counts = torch.bincount(ids[:, 1:][mask[:, 1:]], minlength=self.vocab_size)
+        logp = torch.log((counts.double() + 1) / (counts.sum() + self.vocab_size))
+        val_ids, val_mask = self._columns("val")
+        targets = val_ids[:, 1:][val_mask[:, 1:]]
+        if targets.numel() == 0:
+            return math.nan
+        return float(-logp[targets].mean())
+
+
+def _generate(source: Any, split: str) -> Any:
+    # Module-level so datasets can pickle it for from_generator.
+    yield from source.generate(split)

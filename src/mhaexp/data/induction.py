@@ -1,0 +1,89 @@
+"""Repeated random sequences, the induction-head protocol of Olsson et al. (2022).
+
+``repeat``: BOS + x + x, with x a random sequence of L tokens (seq_len = 1 + 2L).
+A model can only predict the second half by finding the earlier occurrence of
+the current token and copying its successor, which is what induction heads do.
+``copy``:   BOS + x + <sep> + x (seq_len = 2 + 2L): the same with a marked boundary.
+``random``: BOS + 2L random tokens: the control with nothing to copy.
+
+Within one half the tokens are drawn without replacement while L <= n_tokens,
+so every second-half token has exactly one earlier occurrence to attend to.
+An odd leftover position (seq_len not matching the formula) is padding.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from mhaexp.data.vocab import WordTokenizer
+from mhaexp.errors import ConfigError
+
+VARIANTS = ("repeat", "random", "copy")
+SEP = "<sep>"
+
+
+def induction_sequence(
+    rng: random.Random, variant: str, half_len: int, first_id: int, n_tokens: int, bos_id: int, sep_id: int
+) -> list[int]:
+    """One unpadded sequence of ids (random tokens are ``first_id .. first_id+n_tokens-1``)."""
+
+    def draw(k: int) -> list[int]:
+        if k <= n_tokens:
+            return [first_id + t for t in rng.sample(range(n_tokens), k)]
+        return [first_id + rng.randrange(n_tokens) for _ in range(k)]
+
+    if variant == "random":
+        return [bos_id, *[first_id + rng.randrange(n_tokens) for _ in range(2 * half_len)]]
+    x = draw(half_len)
+    middle = [sep_id] if variant == "copy" else []
+    return [bos_id, *x, *middle, *x]
+
+
+class InductionSource:
+    """Feeds the datamodule with token ids ``t0 .. t{n_tokens-1}`` plus ``<sep>``."""
+
+    kind = "induction"
+    relations: list[str] = []
+
+    def __init__(
+        self, seq_len: int, sizes: dict[str, int], seed: int, variant: str = "repeat", n_tokens: int = 100
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ConfigError("data.variant", variant, f"one of {', '.join(VARIANTS)}")
+        if not isinstance(n_tokens, int) or n_tokens < 2:
+            raise ConfigError("data.n_tokens", n_tokens, "an int >= 2")
+        overhead = 2 if variant == "copy" else 1
+        if seq_len < overhead + 2:
+            raise ConfigError("data.seq_len", seq_len, f"an int >= {overhead + 2} for variant={variant}")
+        self.seq_len = seq_len
+        self.sizes = sizes
+        self.seed = seed
+        self.variant = variant
+        self.n_tokens = n_tokens
+        self.half_len = (seq_len - overhead) // 2
+        self.tokenizer = WordTokenizer([f"t{i}" for i in range(n_tokens)], extra_specials=(SEP,))
+        self.sep_id = self.tokenizer.token_to_id(SEP)
+        self.first_id = self.tokenizer.token_to_id("t0")
+
+    @property
+    def repeat_offset(self) -> int | None:
+        """Distance back to a token's earlier copy in the second half (None: no copy)."""
+        if self.variant == "random":
+            return None
+        return self.half_len + (1 if self.variant == "copy" else 0)
+
+    def identity(self) -> dict:
+        return {"variant": self.variant, "n_tokens": self.n_tokens}
+
+    def generate(self, split: str) -> Iterator[dict[str, list]]:
+        rng = random.Random(f"mhaexp-induction/{split}/{self.seed}")
+        tok = self.tokenizer
+        for _ in range(self.sizes[split]):
+            ids = induction_sequence(
+                rng, self.variant, self.half_len, self.first_id, self.n_tokens, tok.bos_id, self.sep_id
+            )
+            pad = self.seq_len - len(ids)
+            yield {"input_ids": ids + [tok.pad_id] * pad, "attention_mask": [True] * len(ids) + [False] * pad}
+
+    annotation_columns: tuple[str, ...] = ()

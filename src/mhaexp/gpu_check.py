@@ -1,0 +1,604 @@
+"""``python -m mhaexp.gpu_check``: does mhaexp work, and work fast, on this machine's CUDA GPUs?
+
+Written for a GPU lent for a few minutes: every section is small, runs under
+its own time limit, and reports PASS or FAIL without stopping the others; the
+whole check stays under about three minutes on one H100. Sections:
+
+* ``env``           torch / CUDA / cuDNN / NCCL versions, the devices, bf16 support.
+* ``layer``         our layer forward + backward in bf16; fast (SDPA) path against the
+                    explicit path in fp32 (TF32 off); ours against nanoGPT's layer, timed.
+* ``sdpa``          which SDPA backend our fast path runs on, and whether it runs with
+                    only FLASH_ATTENTION allowed, for MHA and for GQA (``enable_gqa``).
+* ``throughput``    training tokens/s and MFU (bf16 autocast) of model=small and of a
+                    GPT-2-small shape, ours beside a nanoGPT model of the same shape.
+* ``ddp``           NCCL all-reduce and one DDP step of our model on every visible GPU
+                    (torch.multiprocessing spawn; world size 1 works too).
+* ``cli``           the real ``mhaexp-train trainer=ddp`` for 30 steps; reported, never
+                    fatal (the CLI may be mid-development).
+
+Exit code: 0 when every required section passed, 1 otherwise (and at once, with
+"no CUDA device", when there is no GPU). Results also go to ``--out`` as JSON
+(default ``$OUT/gpu_check.json`` when ``OUT`` is set, else ``gpu_check.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEADLINE_S = 170.0  # the whole check; sections that would start past it are skipped
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets (no sparsity), by a substring of the device name.
+DATASHEET_BF16_TFLOPS = [
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 70.0),
+]
+
+
+class SectionTimeoutError(Exception):
+    """A section ran past its own time limit."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise SectionTimeoutError in the main thread after ``seconds`` (checked between CUDA calls)."""
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise SectionTimeoutError(f"over its {seconds:.0f}s limit")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1.0))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def cuda_time(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
+    """Median seconds per call over ``iters`` calls, each bracketed by CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def datasheet_peak(name: str) -> float | None:
+    """Dense bf16 FLOP/s of a device by its name, or None when we do not know it."""
+    for key, tflops in DATASHEET_BF16_TFLOPS:
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+# ---- sections -----------------------------------------------------------------------------------
+
+
+def check_env() -> dict[str, Any]:
+    n = torch.cuda.device_count()
+    devices = []
+    for i in range(n):
+        p = torch.cuda.get_device_properties(i)
+        devices.append(
+            {
+                "index": i,
+                "name": p.name,
+                "capability": f"{p.major}.{p.minor}",
+                "memory_gib": round(p.total_memory / 2**30, 1),
+                "sms": p.multi_processor_count,
+            }
+        )
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
+        "device_count": n,
+        "devices": devices,
+        "bf16_supported": torch.cuda.is_bf16_supported(),
+        "flash_sdp_enabled": torch.backends.cuda.flash_sdp_enabled(),
+        "python": sys.version.split()[0],
+    }
+    try:  # read-only query; the card's settings are left alone
+        q = "name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu,memory.used"
+        smi = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+        info["nvidia_smi"] = smi.stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError) as e:
+        info["nvidia_smi"] = f"unavailable: {e}"
+    info["ok"] = n > 0 and info["bf16_supported"]
+    return info
+
+
+def _fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, need_weights: bool = False) -> list[torch.Tensor]:
+    """Output, dL/dx and dL/dW_q of one forward + backward with a fixed upstream gradient."""
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_(True)
+    y, _ = layer(x, need_weights=need_weights)
+    g = torch.Generator(device=x.device).manual_seed(1)
+    y.backward(torch.randn(y.shape, generator=g, device=x.device, dtype=y.dtype))
+    return [y.detach(), x.grad, layer.q_proj.weight.grad]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def check_layer() -> dict[str, Any]:
+    from mhaexp.attention import MultiHeadAttention
+    from mhaexp.bench import NanoCausalSelfAttention, copy_into_nano_attention
+
+    dev = torch.device("cuda")
+    out: dict[str, Any] = {}
+    ok = True
+    B, T, d, nh = 8, 1024, 768, 12
+    for label, nkv in (("MHA", nh), ("GQA", nh // 4)):
+        torch.manual_seed(0)
+        layer = MultiHeadAttention(d, nh, nkv).to(dev)
+        x = torch.randn(B, T, d, device=dev)
+        # fp32 with TF32 off: the two paths must agree to fp32 rounding.
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            fast = _fwd_bwd(layer, x)
+            explicit = _fwd_bwd(layer, x, need_weights=True)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        diffs = {
+            name: {"max_abs": (a - b).abs().max().item(), "rel": _rel(a, b)}
+            for name, a, b in zip(("y", "dx", "dWq"), fast, explicit, strict=True)
+        }
+        # bf16: the fast path against the fp32 explicit one; bf16 rounding allows ~1e-2 relative.
+        bf = _fwd_bwd(layer.to(torch.bfloat16), x.to(torch.bfloat16))
+        bf_rel = {name: _rel(a, b) for name, a, b in zip(("y", "dx", "dWq"), bf, explicit, strict=True)}
+        finite = all(torch.isfinite(t).all().item() for t in bf)
+        passed = finite and all(v["rel"] < 1e-4 for v in diffs.values()) and all(v < 3e-2 for v in bf_rel.values())
+        ok &= passed
+        out[label] = {"fp32_fast_vs_explicit": diffs, "bf16_fast_vs_fp32_explicit_rel": bf_rel, "ok": passed}
+    # Timed beside nanoGPT's layer, bf16, at the default model's shape and at GPT-2 small's.
+    timing = {}
+    for B, T, d, nh in ((64, 32, 128, 8), (8, 1024, 768, 12)):
+        torch.manual_seed(0)
+        ours = MultiHeadAttention(d, nh).to(dev, torch.bfloat16)
+        nano = NanoCausalSelfAttention(d, nh).to(dev, torch.bfloat16)
+        copy_into_nano_attention(ours, nano)
+        x = torch.randn(B, T, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        g = torch.randn(B, T, d, device=dev, dtype=torch.bfloat16)
+
+        def step_ours(ours: torch.nn.Module = ours, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+            ours(x)[0].backward(g)
+
+        def step_nano(nano: torch.nn.Module = nano, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+            nano(x).backward(g)
+
+        t_ours, t_nano = [], []
+        for _ in range(5):  # interleaved repeats: the ratio per repeat cancels clock drift
+            t_ours.append(cuda_time(step_ours, 20))
+            t_nano.append(cuda_time(step_nano, 20))
+        ratios = sorted(a / b for a, b in zip(t_ours, t_nano, strict=True))
+        timing[f"B{B} T{T} d{d} h{nh}"] = {
+            "ours_ms": sorted(t_ours)[2] * 1e3,
+            "nanoGPT_ms": sorted(t_nano)[2] * 1e3,
+            "ours/nanoGPT": {"min": ratios[0], "median": ratios[2], "max": ratios[-1]},
+        }
+    out["fwd_bwd_bf16"] = timing
+    out["ok"] = ok
+    return out
+
+
+def _backend_kernels(fn: Callable[[], object]) -> list[str]:
+    """Names of the attention kernels ``fn`` launches (profiler), to tell which SDPA backend ran."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    keys = ("flash", "fmha", "attention", "attn", "sdpa", "cudnn", "softmax")
+    names = {e.key for e in prof.key_averages() if any(k in e.key.lower() for k in keys)}
+    return sorted(n[:120] for n in names)
+
+
+def _classify(kernels: list[str]) -> str:
+    joined = " ".join(kernels).lower()
+    if "cudnn" in joined:
+        return "CUDNN_ATTENTION"
+    if "flash" in joined:
+        return "FLASH_ATTENTION"
+    if "fmha" in joined or "efficient" in joined or "cutlass" in joined:
+        return "EFFICIENT_ATTENTION"
+    return "MATH (no fused attention kernel seen)"
+
+
+def check_sdpa() -> dict[str, Any]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from mhaexp.attention import MultiHeadAttention
+
+    dev = torch.device("cuda")
+    B, T, d, nh = 8, 1024, 768, 12
+    out: dict[str, Any] = {}
+    for label, nkv in (("MHA", nh), ("GQA", nh // 4)):
+        torch.manual_seed(0)
+        layer = MultiHeadAttention(d, nh, nkv).to(dev, torch.bfloat16)
+        x = torch.randn(B, T, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
+
+        def step(layer: torch.nn.Module = layer, x: torch.Tensor = x) -> None:
+            layer(x)[0].sum().backward()
+
+        res: dict[str, Any] = {}
+        step()
+        default_kernels = _backend_kernels(step)
+        res["default"] = {"backend": _classify(default_kernels), "kernels": default_kernels}
+        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+            try:
+                with sdpa_kernel(backend):
+                    step()
+                    kernels = _backend_kernels(step)
+                    ms = cuda_time(step, 10) * 1e3
+                res[backend.name] = {"runs": True, "ms_fwd_bwd": ms, "kernels": kernels}
+            except Exception as e:  # refusal is an answer here, not a failure of the check
+                res[backend.name] = {"runs": False, "error": str(e).strip().splitlines()[0][:300]}
+        out[label] = res
+    out["flash_runs_mha"] = out["MHA"]["FLASH_ATTENTION"]["runs"]
+    out["flash_runs_gqa"] = out["GQA"]["FLASH_ATTENTION"]["runs"]
+    out["gqa_default_backend"] = out["GQA"]["default"]["backend"]
+    out["ok"] = out["flash_runs_mha"] and "MATH" not in out["MHA"]["default"]["backend"]
+    return out
+
+
+def _throughput_case(cfg_kw: dict[str, Any], batch: int, seq: int, steps: int, peak: float | None) -> dict[str, Any]:
+    from mhaexp.bench import NanoGPT, matmul_flops_per_token, train_step_fn
+    from mhaexp.model import ModelConfig, Transformer
+
+    dev = torch.device("cuda")
+    cfg = ModelConfig(**cfg_kw)
+    res: dict[str, Any] = {"shape": {**cfg_kw, "batch": batch, "seq_len": seq}}
+    models = {
+        "ours": Transformer(cfg),
+        "nanoGPT": NanoGPT(cfg.vocab_size, cfg.max_seq_len, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.ffn_dim),
+    }
+    for name, model in models.items():
+        torch.manual_seed(0)
+        model = model.to(dev)
+        step = train_step_fn(model, batch, seq, cfg.vocab_size, dev, torch.bfloat16)
+        warm = max(3, steps // 4)
+        for _ in range(warm):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps - warm):
+            step()
+        torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / (steps - warm)
+        fpt = matmul_flops_per_token(model, cfg.n_layers, seq, cfg.n_heads * cfg.head_dim)
+        tok_s = batch * seq / dt
+        res[name] = {
+            "step_ms": dt * 1e3,
+            "tokens_per_s": tok_s,
+            "flops_per_token": fpt,
+            "achieved_tflops": fpt * tok_s / 1e12,
+            "mfu_datasheet": fpt * tok_s / peak if peak else None,
+        }
+        del model, step
+        torch.cuda.empty_cache()
+    res["ours/nanoGPT tokens_per_s"] = res["ours"]["tokens_per_s"] / res["nanoGPT"]["tokens_per_s"]
+    return res
+
+
+def check_throughput() -> dict[str, Any]:
+    dev = torch.device("cuda")
+    name = torch.cuda.get_device_name(0)
+    peak = datasheet_peak(name)
+    # The measured ceiling: a large bf16 matmul on random data (zeros run faster and flatter the card).
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    c = torch.empty_like(a)
+    measured = 2 * 8192**3 / cuda_time(lambda: torch.mm(a, b, out=c), 10)
+    out: dict[str, Any] = {
+        "device": name,
+        "datasheet_bf16_tflops": peak and peak / 1e12,
+        "measured_bf16_matmul_tflops": measured / 1e12,
+    }
+    small = {"vocab_size": 150, "n_layers": 3, "d_model": 128, "n_heads": 8, "d_ff": 512, "max_seq_len": 64}
+    gpt2 = {"vocab_size": 50304, "n_layers": 12, "d_model": 768, "n_heads": 12, "max_seq_len": 1024}
+    out["model_small"] = _throughput_case(small, 64, 32, 20, peak)
+    out["gpt2_small_shape"] = _throughput_case(gpt2, 8, 1024, 20, peak)
+    for case in ("model_small", "gpt2_small_shape"):
+        for m in ("ours", "nanoGPT"):
+            out[case][m]["mfu_measured"] = out[case][m]["achieved_tflops"] * 1e12 / measured
+    out["ok"] = all(math.isfinite(out[c]["ours"]["tokens_per_s"]) for c in ("model_small", "gpt2_small_shape"))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, result_dir: str) -> None:
+    """One rank: an NCCL all-reduce with a known answer, then one DDP step of a small model of ours."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mhaexp.model import ModelConfig, Transformer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.cuda.set_device(rank)
+    dev = torch.device("cuda", rank)
+    res: dict[str, Any] = {"rank": rank}
+    dist.init_process_group("nccl", rank=rank, world_size=world, device_id=dev)
+    try:
+        t = torch.full((1024,), float(rank + 1), device=dev)
+        dist.all_reduce(t)
+        res["all_reduce"] = t[0].item()
+        res["all_reduce_expected"] = world * (world + 1) / 2
+        torch.manual_seed(0)  # same initial weights on every rank
+        cfg = ModelConfig(vocab_size=150, n_layers=2, d_model=128, n_heads=8, n_kv_heads=2, max_seq_len=64)
+        model = DistributedDataParallel(Transformer(cfg).to(dev), device_ids=[rank])
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        torch.manual_seed(100 + rank)  # different data on every rank
+        ids = torch.randint(150, (16, 33), device=dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits, _ = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        # After DDP's all-reduce every rank must hold the same gradient.
+        gnorm = torch.stack([p.grad.norm() for p in model.parameters()]).norm()
+        gathered = [torch.zeros_like(gnorm) for _ in range(world)]
+        dist.all_gather(gathered, gnorm)
+        opt.step()
+        res["loss"] = loss.item()
+        res["grad_norms"] = [g.item() for g in gathered]
+        res["ok"] = res["all_reduce"] == res["all_reduce_expected"] and max(res["grad_norms"]) - min(
+            res["grad_norms"]
+        ) <= 1e-6 * max(res["grad_norms"])
+    finally:
+        dist.destroy_process_group()
+        Path(result_dir, f"rank{rank}.json").write_text(json.dumps(res))
+
+
+def check_ddp(limit: float) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    world = torch.cuda.device_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        ctx = mp.start_processes(
+            _ddp_worker, args=(world, _free_port(), tmp), nprocs=world, join=False, start_method="spawn"
+        )
+        done = False
+        while not done and time.perf_counter() - t0 < limit:
+            done = ctx.join(timeout=1)
+        if not done:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.terminate()
+            raise SectionTimeoutError(f"DDP workers still running after {limit:.0f}s")
+        ranks = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("rank*.json"))]
+    return {
+        "world_size": world,
+        "seconds": time.perf_counter() - t0,
+        "ranks": ranks,
+        "ok": len(ranks) == world and all(r.get("ok") for r in ranks),
+    }
+
+
+def check_cli(limit: float) -> dict[str, Any]:
+    exe = Path(sys.executable).parent / "mhaexp-train"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mhaexp.train"]
+    cmd += [
+        "trainer=ddp",
+        "trainer.devices=-1",
+        "trainer.max_steps=30",
+        "logger=csv",
+        "analysis=off",
+        "data.n_train=2000",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:  # Hydra's run directories go here, not into the checkout
+        env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "disabled"}
+        src = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=limit)
+            rc, text = p.returncode, p.stdout + p.stderr
+        except subprocess.TimeoutExpired as e:
+            rc = "timeout"
+            text = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+    return {
+        "command": " ".join(cmd),
+        "exit_code": rc,
+        "seconds": time.perf_counter() - t0,
+        "tail": text.strip().splitlines()[-15:],
+        "ok": rc == 0,
+    }
+
+
+# ---- driver -------------------------------------------------------------------------------------
+
+
+def default_out() -> Path:
+    return Path(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else Path("gpu_check.json")
+
+
+def short(value: Any) -> str:
+    """One line of a section's result for the summary."""
+    text = json.dumps(value, default=str)
+    return text if len(text) < 400 else text[:400] + " ..."
+
+
+def _g(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def report(results: dict[str, Any]) -> list[str]:
+    """The figures a report needs, one line each (the JSON holds everything)."""
+    lines: list[str] = []
+    env = results.get("env", {})
+    if "torch" in env:
+        names = ", ".join(d["name"] for d in env["devices"])
+        lines.append(
+            f"env: torch {env['torch']} CUDA {env['cuda']} cuDNN {env['cudnn']} NCCL {env['nccl']}; "
+            f"{env['device_count']} x [{names}]; bf16 {env['bf16_supported']}"
+        )
+    for label in ("MHA", "GQA"):
+        lay = _g(results, "layer", label)
+        if lay:
+            fp = lay["fp32_fast_vs_explicit"]
+            bf = " ".join(f"{k} {v:.1e}" for k, v in lay["bf16_fast_vs_fp32_explicit_rel"].items())
+            lines.append(
+                f"layer {label}: fp32 fast-vs-explicit max|diff| y {fp['y']['max_abs']:.2e} "
+                f"dx {fp['dx']['max_abs']:.2e} dWq {fp['dWq']['max_abs']:.2e}; bf16-vs-fp32 rel {bf}"
+            )
+    for shape, t in (_g(results, "layer", "fwd_bwd_bf16") or {}).items():
+        r = t["ours/nanoGPT"]
+        lines.append(
+            f"layer fwd+bwd bf16 {shape}: ours {t['ours_ms']:.3f} ms, nanoGPT {t['nanoGPT_ms']:.3f} ms, "
+            f"ours/nanoGPT {r['min']:.3f}-{r['median']:.3f}-{r['max']:.3f}"
+        )
+    for label in ("MHA", "GQA"):
+        sd = _g(results, "sdpa", label)
+        if sd:
+            parts = [f"default={sd['default']['backend']}"]
+            for b in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
+                r = sd.get(b, {})
+                parts.append(
+                    f"{b}=" + (f"runs {r['ms_fwd_bwd']:.2f}ms" if r.get("runs") else f"refused ({r.get('error')})")
+                )
+            lines.append(f"sdpa {label}: " + "; ".join(parts))
+    th = results.get("throughput", {})
+    if "measured_bf16_matmul_tflops" in th:
+        lines.append(
+            f"peak bf16: datasheet {th['datasheet_bf16_tflops']} TFLOP/s, measured matmul "
+            f"{th['measured_bf16_matmul_tflops']:.0f} TFLOP/s"
+        )
+        for case in ("model_small", "gpt2_small_shape"):
+            c = th.get(case)
+            if not c:
+                continue
+            for m in ("ours", "nanoGPT"):
+                r = c[m]
+                mfu_d = f"{r['mfu_datasheet']:.1%}" if r["mfu_datasheet"] is not None else "n/a"
+                lines.append(
+                    f"train {case} {m}: {r['tokens_per_s']:,.0f} tok/s, {r['step_ms']:.2f} ms/step, "
+                    f"{r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu_d} of datasheet, {r['mfu_measured']:.1%} of measured"
+                )
+            lines.append(f"train {case} ours/nanoGPT tokens/s: {c['ours/nanoGPT tokens_per_s']:.3f}")
+    ddp = results.get("ddp", {})
+    if "ranks" in ddp:
+        reduced = ", ".join(f"r{r['rank']}={r.get('all_reduce')}/{r.get('all_reduce_expected')}" for r in ddp["ranks"])
+        norms = [round(g, 6) for g in ddp["ranks"][0].get("grad_norms", [])] if ddp["ranks"] else []
+        lines.append(f"ddp: world {ddp['world_size']}, {ddp['seconds']:.1f}s, all_reduce {reduced}, grad norms {norms}")
+    cli = results.get("cli", {})
+    if "exit_code" in cli:
+        lines.append(f"cli: exit {cli['exit_code']} after {cli['seconds']:.0f}s: {' | '.join(cli['tail'][-3:])}")
+    for name, res in results.items():
+        if isinstance(res, dict) and "error" in res:
+            lines.append(f"{name} error: {res['error']}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mhaexp.gpu_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=None, help="JSON results (default $OUT/gpu_check.json or ./)")
+    p.add_argument("--skip", default="", help="comma-separated sections to leave out, e.g. cli")
+    ns = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"gpu_check: no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda})")
+        return 1
+    started = time.perf_counter()
+    skip = {s.strip() for s in ns.skip.split(",") if s.strip()}
+    # (name, function, its own time limit in seconds, required for exit code 0)
+    sections: list[tuple[str, Callable[..., dict[str, Any]], float, bool]] = [
+        ("env", check_env, 20, True),
+        ("layer", check_layer, 30, True),
+        ("sdpa", check_sdpa, 25, True),
+        ("throughput", check_throughput, 40, True),
+        ("ddp", check_ddp, 45, True),
+        ("cli", check_cli, 60, False),
+    ]
+    results: dict[str, Any] = {}
+    status: dict[str, str] = {}
+    for name, fn, limit, _ in sections:
+        left = DEADLINE_S - (time.perf_counter() - started)
+        if name in skip or left < 5:
+            status[name] = "SKIP"
+            results[name] = {"skipped": "asked" if name in skip else "out of time"}
+            print(f"[{name}] SKIP", flush=True)
+            continue
+        limit = min(limit, left)
+        t0 = time.perf_counter()
+        try:
+            if name in ("ddp", "cli"):  # they wait on child processes with their own timeouts
+                res = fn(limit)
+            else:
+                with time_limit(limit):
+                    res = fn()
+            status[name] = "PASS" if res.get("ok") else "FAIL"
+        except Exception as e:  # every section reports; none stops the others
+            res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc().splitlines()[-6:]}
+            status[name] = "FAIL"
+        finally:
+            torch.cuda.empty_cache()
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        results[name] = res
+        print(f"[{name}] {status[name]} ({res['seconds']}s) {short(res)}", flush=True)
+    required = [name for name, _, _, req in sections if req and name not in skip]
+    ok = all(status[n] == "PASS" for n in required)
+    try:
+        print("\n" + "\n".join(report(results)))
+    except Exception as e:  # the JSON below still has everything
+        print(f"(report failed: {type(e).__name__}: {e})")
+    print(
+        "\nsummary: "
+        + "  ".join(f"{n}={s}" for n, s in status.items())
+        + f"  total={time.perf_counter() - started:.0f}s"
+    )
+    out = ns.out or default_out()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"status": status, "ok": ok, "results": results}, indent=2, default=str))
+    print(f"wrote {out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    # Run the importable module's main: spawned DDP workers unpickle mhaexp.gpu_check._ddp_worker,
+    # which must not be a __main__ attribute.
+    from mhaexp.gpu_check import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,90 @@
+"""``mhaexp-prune``: physically remove heads from a checkpoint, or convert its K/V heads (GQA/MQA).
+
+Usage::
+
+    mhaexp-prune ckpt=runs/.../last.ckpt heads=L0H1,L1H3 out=small.ckpt
+    mhaexp-prune ckpt=runs/.../last.ckpt heads=0:1,1:3            # out defaults to <ckpt>_pruned.ckpt
+    mhaexp-prune ckpt=runs/.../last.ckpt                          # remove the heads masked in it
+    mhaexp-prune ckpt=mha.ckpt n_kv_heads=2 gqa_init=mean out=gqa.ckpt   # Ainslie et al. 2023, no uptraining
+
+Keys: ``ckpt`` (required), ``heads`` (``L0H1,L1H3`` or ``0:1,1:3``; default: heads whose gate is 0
+in the checkpoint), ``out``, ``uneven`` (``pad`` | ``split``, how unequal GQA groups are kept
+valid; see :mod:`mhaexp.pruning.surgery`), ``n_kv_heads`` and ``gqa_init`` (``mean`` | ``first`` |
+``random``) for K/V conversion. The output loads with ``LMModule.load_from_checkpoint`` or
+``mhaexp.pruning.load_model`` and trains with ``mhaexp-train init_from=<out> model.layer_n_heads=...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mhaexp.errors import ConfigError
+
+PROG = "mhaexp-prune"
+KEYS = ("ckpt", "heads", "out", "uneven", "n_kv_heads", "gqa_init", "seed")
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """``key=value`` words -> dict; ConfigError for anything else."""
+    args: dict[str, str] = {}
+    for word in argv:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise ConfigError("argument", word, f"write key=value with keys {', '.join(KEYS)}")
+        if key not in KEYS:
+            raise ConfigError(key, value, f"unknown key; valid keys: {', '.join(KEYS)}")
+        args[key] = value
+    if "ckpt" not in args:
+        raise ConfigError("ckpt", None, "required: the checkpoint to prune (ckpt=path/to/last.ckpt)")
+    return args
+
+
+def run(argv: list[str]) -> str:
+    """Do what ``argv`` asks; return the lines to print."""
+    from mhaexp.pruning import surgery
+
+    args = parse_args(argv)
+    src = args["ckpt"]
+    if "n_kv_heads" in args:
+        if "heads" in args:
+            raise ConfigError("heads", args["heads"], "prune and convert in two calls (n_kv_heads is also given)")
+        try:
+            n_kv = int(args["n_kv_heads"])
+        except ValueError:
+            raise ConfigError("n_kv_heads", args["n_kv_heads"], "must be an integer") from None
+        out = Path(args.get("out") or Path(src).with_name(Path(src).stem + f"_kv{n_kv}.ckpt"))
+        ckpt = surgery.read_checkpoint(src, "ckpt")
+        model = surgery.load_model(src)
+        new = surgery.convert_to_gqa(model, n_kv, args.get("gqa_init", "mean"), int(args.get("seed", 0)))
+        meta = {"converted_from": src, "gqa_init": args.get("gqa_init", "mean")}
+        surgery.save_checkpoint(surgery.checkpoint_for(new, ckpt, extra=meta), out)
+        return (f"converted K/V heads {model.cfg.n_kv_heads} -> {n_kv} ({meta['gqa_init']}); "
+                f"parameters {model.param_counts()['total']} -> {new.param_counts()['total']}\nwrote {out}")
+    heads = surgery.parse_heads(args["heads"]) if args.get("heads") else None
+    out = Path(args.get("out") or Path(src).with_name(Path(src).stem + "_pruned.ckpt"))
+    if out.resolve() == Path(src).resolve():
+        raise ConfigError("out", str(out), "must differ from ckpt (the source is kept)")
+    report = surgery.prune_checkpoint(src, heads, out, args.get("uneven", "pad"))
+    lines = [f"removed {len(report.removed)} heads: {surgery.format_heads(report.removed) or '(none)'}",
+             report.summary(), f"wrote {out}"]
+    if report.padded:
+        lines.insert(1, f"note: {len(report.padded)} removed heads stay in the file gated 0 so that every GQA group "
+                     "keeps the same size (uneven=split duplicates K/V heads instead)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    try:
+        print(run(argv))
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
