@@ -427,7 +427,29 @@ def test_html_report_and_metric_choice(tmp_path: Path, capsys: pytest.CaptureFix
     assert "val/acc (mean ± std)" in out
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "<img src='loss_vs_heads.png'" in html and "<table" in html
+    # val/acc = 0.9 - best_val_loss / 10: 0.65 and 0.64 for the 1-head runs.
+    assert f"<td>{mean_std([0.65, 0.64])}</td>" in html and "<td>0.6450 ± 0.0071</td>" in html
     assert not (tmp_path / "cmp" / "pruning_curves.png").exists()  # no curve among these runs
+
+
+def test_pruning_curve_as_mhaexp_pruning_writes_it(tmp_path: Path) -> None:
+    from mhaexp.compare.runs import load_runs
+
+    sweep = make_sweep(tmp_path)
+    # mhaexp.pruning.curves.write_curve_csv's columns (CURVE_COLUMNS), written here so that this test does
+    # not need torch and Lightning: "fraction_pruned", and no criterion on the unpruned first point.
+    (sweep / RUNS[5].dirname / "pruning_curve.csv").write_text(
+        "step,fraction_pruned,heads_pruned,heads_remaining,val_loss,val_acc,criterion\n"
+        "200,0.0,0,8,2.16,0.68,\n"
+        "200,0.25,2,6,2.2,0.66,iterative/importance\n"
+        "200,0.5,4,4,2.4,0.6,iterative/importance\n"
+    )
+    curves = load_runs([sweep]).pruning
+    own = curves[curves["run"] == RUNS[5].dirname]
+    assert own["frac_pruned"].tolist() == [0.0, 0.25, 0.5]
+    assert own["heads_remaining"].tolist() == [8, 6, 4]
+    # An empty criterion is the run's pruning kind.
+    assert own["criterion"].tolist() == ["none", "iterative/importance", "iterative/importance"]
 
 
 def test_corrupt_and_missing_files_skip_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -624,3 +646,12 @@ def test_wandb_source_matches_local_source(
         by_config(pd.read_csv(out / "role_history.csv"), wandb_runs),
     )
     assert (out / "role_emergence.png").stat().st_size > 1024
+
+    # The pruning steps logged to W&B are the local curve of the same criterion.
+    curve_cols = ["frac_pruned", "heads_remaining", "val_loss", "val_acc"]
+    local_curve = pd.read_csv(sweep / "compare" / "pruning.csv").query("criterion == 'importance'")
+    pd.testing.assert_frame_equal(
+        local_curve[curve_cols].reset_index(drop=True),
+        pd.read_csv(out / "pruning.csv")[curve_cols],
+        check_dtype=False,
+    )

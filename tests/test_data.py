@@ -230,7 +230,10 @@ def test_grammar_datamodule(tmp_path: Path) -> None:
 
 
 def test_training_order_is_seeded(tmp_path: Path) -> None:
-    a, b = make(tmp_path), make(tmp_path)
+    a, b = make(tmp_path / "a"), make(tmp_path / "b")  # generated twice, independently
+    for split in ("train", "val", "probe"):
+        rows_a, rows_b = a.dataset(split)[:], b.dataset(split)[:]
+        assert all(torch.equal(rows_a[k], rows_b[k]) for k in rows_a)
     first_a = next(iter(a.train_dataloader()))["input_ids"]
     first_b = next(iter(b.train_dataloader()))["input_ids"]
     assert torch.equal(first_a, first_b)
@@ -256,6 +259,22 @@ def test_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert marker.stat().st_mtime_ns == stamp
     assert torch.equal(again.dataset("val")[:]["input_ids"], dm.dataset("val")[:]["input_ids"])
     assert make(tmp_path, n_val=61).cache_path != dm.cache_path
+
+
+def test_user_treebank_as_probe(tmp_path: Path) -> None:
+    user = Sentence(("the", "cat", "purred"), (1, 2, -1), ("det", "nsubj:pass", "root"), (-1, -1, -1))
+    path = tmp_path / "user.conllu"
+    write_conllu(path, [user, seed_sentence()])
+    dm = make(tmp_path, probe_conllu=str(path))
+    assert dm.relations == [*RELATIONS, "nsubj:pass"]
+    probe = dm.probe_batch()
+    assert probe["input_ids"].shape == (2, 32)
+    tok = dm.tokenizer
+    assert [tok.id_to_token(int(i)) for i in probe["input_ids"][0, :5]] == ["<bos>", "the", "cat", "<unk>", "<eos>"]
+    assert probe["heads"][0, :4].tolist() == [-1, 2, 3, -1]
+    assert dm.relations[probe["rels"][0, 2]] == "nsubj:pass"
+    with pytest.raises(ConfigError, match="data.probe_conllu"):
+        make(tmp_path, probe_conllu=str(tmp_path / "nope.conllu"))
 
 
 def test_cache_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,16 +351,14 @@ def test_text_directory(tmp_path: Path) -> None:
     assert dm.tokenizer.decode(rows[0, 1:].tolist()) == "alpha alpha alph"
 
 
-@pytest.mark.parametrize(
-    "make_path",
-    [
-        lambda p: p / "missing.txt",
-        lambda p: (p / "empty.txt").write_text("") and None or p / "empty.txt",
-        lambda p: (p / "nodocs").mkdir() or p / "nodocs",
-    ],
-)
-def test_text_bad_path(tmp_path: Path, make_path) -> None:
-    path = make_path(tmp_path)
+@pytest.mark.parametrize("case", ["missing", "empty", "dir-without-txt"])
+def test_text_bad_path(tmp_path: Path, case: str) -> None:
+    path = tmp_path / case
+    if case == "empty":
+        path.write_text("")
+    elif case == "dir-without-txt":
+        path.mkdir()
+        (path / "notes.md").write_text("not a .txt file")
     with pytest.raises(ConfigError) as err:
         make(tmp_path, kind="text", path=str(path))
     assert err.value.field == "data.path" and str(path) in str(err.value)

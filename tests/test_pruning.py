@@ -225,8 +225,9 @@ def test_gradient_importance_is_mean_abs_gate_gradient() -> None:
         for layer, g in zip(model.attention_layers, gates, strict=True):
             layer.head_gate = g
         x, y = causal_lm_objective(b)
-        loss = F.cross_entropy(model(x, attention_mask=b["attention_mask"])[0].flatten(0, 1), y.flatten(),
-                               ignore_index=IGNORE)
+        loss = F.cross_entropy(
+            model(x, attention_mask=b["attention_mask"])[0].flatten(0, 1), y.flatten(), ignore_index=IGNORE
+        )
         for w, gr in zip(want, torch.autograd.grad(loss, gates), strict=True):
             w += gr.abs() / len(HELD_OUT)
     for g, w in zip(got, want, strict=True):
@@ -266,25 +267,42 @@ class GateRecorder(pl.Callback):
         self.zeros[trainer.global_step] = [int((a.head_gate == 0).sum()) for a in pl_module.model.attention_layers]
 
 
-def run_fit(cfg: dict[str, Any], tmp: Path, steps: int, model_cfg: ModelConfig | None = None,
-            ckpt_path: str | None = None, extra: list[pl.Callback] | None = None, logger: Any = False
-            ) -> tuple[LMModule, PruningCallback, GateRecorder, pl.Trainer]:
+def run_fit(
+    cfg: dict[str, Any],
+    tmp: Path,
+    steps: int,
+    model_cfg: ModelConfig | None = None,
+    ckpt_path: str | None = None,
+    extra: list[pl.Callback] | None = None,
+    logger: Any = False,
+) -> tuple[LMModule, PruningCallback, GateRecorder, pl.Trainer]:
     pl.seed_everything(0, verbose=False)
     model_cfg = model_cfg or tiny()
     module = LMModule(model_cfg, {"lr": 1e-2, "warmup_steps": 1})
     cb = build_pruning_callback(cfg, model_cfg, steps, tmp, batches=HELD_OUT)
     rec = GateRecorder()
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=logger, enable_checkpointing=bool(extra),
-                         callbacks=[cb, rec, *(extra or [])], enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(tmp), log_every_n_steps=1)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=logger,
+        enable_checkpointing=bool(extra),
+        callbacks=[cb, rec, *(extra or [])],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(tmp),
+        log_every_n_steps=1,
+    )
     trainer.fit(module, train_dataloaders=loader(), ckpt_path=ckpt_path)
     return module, cb, rec, trainer
 
 
 def test_one_shot_masks_at_step_and_writes_outputs(tmp_path: Path) -> None:
     logger = CSVLogger(str(tmp_path), name="", version="")
-    module, cb, rec, _ = run_fit({"kind": "one_shot", "at_step": 2, "count": 3, "criterion": "ablation"},
-                                 tmp_path, 4, logger=logger)
+    module, cb, rec, _ = run_fit(
+        {"kind": "one_shot", "at_step": 2, "count": 3, "criterion": "ablation"}, tmp_path, 4, logger=logger
+    )
     assert [sum(rec.zeros[s]) for s in range(4)] == [0, 0, 3, 3]
     assert len(cb.pruned) == 3 and cb.events[0]["step"] == 2
     for name in ("pruned.ckpt", "pruning_curve.csv", "pruning_curve.png", "pruning.json"):
@@ -293,8 +311,9 @@ def test_one_shot_masks_at_step_and_writes_outputs(tmp_path: Path) -> None:
     assert sum(a.n_heads for a in small.attention_layers) == 5
     data = HELD_OUT[0]
     with torch.no_grad():
-        torch.testing.assert_close(small(data["input_ids"])[0], module.model.eval()(data["input_ids"])[0],
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            small(data["input_ids"])[0], module.model.eval()(data["input_ids"])[0], atol=1e-5, rtol=1e-5
+        )
     curve = read_curve_csv(tmp_path / "pruning_curve.csv")
     assert [p["heads_pruned"] for p in curve] == [0.0, 3.0]
     logged = list(csv.DictReader((tmp_path / "metrics.csv").open()))
@@ -305,8 +324,14 @@ def test_one_shot_masks_at_step_and_writes_outputs(tmp_path: Path) -> None:
 
 
 def test_gradual_schedule_in_training(tmp_path: Path) -> None:
-    cfg = {"kind": "gradual", "fraction": 0.75, "start_step": 1, "end_step": 5, "criterion": "random",
-           "physical": False}
+    cfg = {
+        "kind": "gradual",
+        "fraction": 0.75,
+        "start_step": 1,
+        "end_step": 5,
+        "criterion": "random",
+        "physical": False,
+    }
     _, cb, rec, _ = run_fit(cfg, tmp_path, 6)
     want = [sch.gradual_target(s, 8, 1, 5, 6) for s in range(6)]
     assert [sum(rec.zeros[s]) for s in range(6)] == want and want[-1] == 6 and want[1] == 0
@@ -314,16 +339,33 @@ def test_gradual_schedule_in_training(tmp_path: Path) -> None:
 
 
 def test_iterative_with_finetuning_and_per_layer_floor(tmp_path: Path) -> None:
-    cfg = {"kind": "iterative", "fraction": 0.5, "step_fraction": 0.25, "at_step": 1, "finetune_steps": 2,
-           "criterion": "importance", "normalize_by_layer": True, "scope": "per_layer", "min_heads_per_layer": 2}
+    cfg = {
+        "kind": "iterative",
+        "fraction": 0.5,
+        "step_fraction": 0.25,
+        "at_step": 1,
+        "finetune_steps": 2,
+        "criterion": "importance",
+        "normalize_by_layer": True,
+        "scope": "per_layer",
+        "min_heads_per_layer": 2,
+    }
     _, cb, rec, _ = run_fit(cfg, tmp_path, 5)
     assert [rec.zeros[s] for s in range(5)] == [[0, 0], [1, 1], [1, 1], [2, 2], [2, 2]]
     assert cb.finished and cb.iteration == 2
 
 
 def test_iterative_quality_floor_undoes_the_step(tmp_path: Path) -> None:
-    cfg = {"kind": "iterative", "fraction": 0.5, "step_fraction": 0.25, "at_step": 0, "criterion": "random",
-           "quality_floor": 1.0, "floor_relative": False, "physical": False}
+    cfg = {
+        "kind": "iterative",
+        "fraction": 0.5,
+        "step_fraction": 0.25,
+        "at_step": 0,
+        "criterion": "random",
+        "quality_floor": 1.0,
+        "floor_relative": False,
+        "physical": False,
+    }
     module, cb, rec, _ = run_fit(cfg, tmp_path, 2)
     assert cb.pruned == [] and sum(rec.zeros[0]) == 0 and cb.finished
     assert cb.curve[-1]["event"].endswith("_undone_below_floor")
@@ -337,8 +379,13 @@ def test_resume_restores_the_pruned_set(tmp_path: Path) -> None:
     first = list(cb.pruned)
     assert len(first) == 2
     # Resume into a fresh module (all gates 1) and a fresh callback: both must come back.
-    _, cb2, rec2, _ = run_fit(cfg, tmp_path / "resumed", 3, ckpt_path=str(ckpts / "last.ckpt"),
-                              extra=[ModelCheckpoint(dirpath=tmp_path / "ck2")])
+    _, cb2, rec2, _ = run_fit(
+        cfg,
+        tmp_path / "resumed",
+        3,
+        ckpt_path=str(ckpts / "last.ckpt"),
+        extra=[ModelCheckpoint(dirpath=tmp_path / "ck2")],
+    )
     assert cb2.pruned == first and cb2.finished and len(cb2.events) == 1
     assert sum(rec2.zeros[2]) == 2
 
@@ -362,8 +409,9 @@ def test_l0_gates_train_and_come_back_on_resume(tmp_path: Path) -> None:
     la = state["model.blocks.0.attn.gate_fn.log_alpha"]
     assert (la < 2.5).all()  # the penalty pushed every gate towards closed
     # a fresh L0 callback on resume reattaches the gates before the state loads
-    module, _, _, _ = run_fit(cfg, tmp_path / "r", 3, ckpt_path=str(ck / "last.ckpt"),
-                              extra=[ModelCheckpoint(dirpath=tmp_path / "ck2")])
+    module, _, _, _ = run_fit(
+        cfg, tmp_path / "r", 3, ckpt_path=str(ck / "last.ckpt"), extra=[ModelCheckpoint(dirpath=tmp_path / "ck2")]
+    )
     assert load_model(ck / "last.ckpt").attention_layers[0].n_heads == 4  # our loader folds gates
 
 
@@ -376,10 +424,24 @@ def test_roles_provider_labels_pruned_heads(tmp_path: Path) -> None:
     model_cfg = tiny()
     module = LMModule(model_cfg, {"lr": 1e-2, "warmup_steps": 1})
     roles = [{"layer": i, "head": h, "role": "induction"} for i in range(2) for h in (0, 1)]
-    cb = build_pruning_callback({"kind": "one_shot", "at_step": 0, "count": 4, "criterion": "role"}, model_cfg, 1,
-                                tmp_path, batches=HELD_OUT, roles_provider=lambda model, batches: roles)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, callbacks=[cb],
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    cb = build_pruning_callback(
+        {"kind": "one_shot", "at_step": 0, "count": 4, "criterion": "role"},
+        model_cfg,
+        1,
+        tmp_path,
+        batches=HELD_OUT,
+        roles_provider=lambda model, batches: roles,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, train_dataloaders=loader())
     assert cb.pruned == [(0, 2), (0, 3), (1, 2), (1, 3)]
 
@@ -409,29 +471,34 @@ def test_curves_overlay_and_csv(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cfg, field", [
-    ({"kind": "one_shot", "count": 9}, "pruning.count"),
-    ({"kind": "one_shot", "fraction": 1.0}, "pruning.fraction"),
-    ({"kind": "one_shot", "fraction": -0.1}, "pruning.fraction"),
-    ({"kind": "one_shot"}, "pruning.count"),
-    ({"kind": "one_shot", "count": 7}, "pruning.min_heads_per_layer"),
-    ({"kind": "one_shot", "fraction": 0.5, "min_heads_per_layer": 3}, "pruning.min_heads_per_layer"),
-    ({"kind": "one_shot", "count": 1, "min_heads_per_layer": 0}, "pruning.min_heads_per_layer"),
-    ({"kind": "one_shot", "count": 1, "at_step": 101}, "pruning.at_step"),
-    ({"kind": "gradual", "fraction": 0.5, "start_step": 10, "end_step": 200}, "pruning.end_step"),
-    ({"kind": "gradual", "fraction": 0.5, "start_step": 10, "end_step": 5}, "pruning.end_step"),
-    ({"kind": "iterative", "fraction": 0.5, "step_fraction": 0.125, "at_step": 50, "finetune_steps": 20},
-     "pruning.finetune_steps"),
-    ({"kind": "iterative", "fraction": 0.5, "step_fraction": 0.0}, "pruning.step_fraction"),
-    ({"kind": "iterative", "fraction": 0.5, "finetune_steps": 5}, "pruning.finetune_steps"),
-    ({"kind": "l0", "l0_lambda": 0}, "pruning.l0_lambda"),
-    ({"kind": "l0", "stretch": [0.1, 1.1]}, "pruning.stretch"),
-    ({"kind": "l0", "fraction": 0.5}, "pruning.fraction"),
-    ({"kind": "one_shot", "count": 1, "criterion": "magnitude"}, "pruning.criterion"),
-    ({"kind": "one_shot", "count": 1, "scope": "layer"}, "pruning.scope"),
-    ({"kind": "one_shot", "count": 1, "heads": 2}, "pruning.heads"),
-    ({"kind": "prune"}, "pruning.kind"),
-])
+@pytest.mark.parametrize(
+    "cfg, field",
+    [
+        ({"kind": "one_shot", "count": 9}, "pruning.count"),
+        ({"kind": "one_shot", "fraction": 1.0}, "pruning.fraction"),
+        ({"kind": "one_shot", "fraction": -0.1}, "pruning.fraction"),
+        ({"kind": "one_shot"}, "pruning.count"),
+        ({"kind": "one_shot", "count": 7}, "pruning.min_heads_per_layer"),
+        ({"kind": "one_shot", "fraction": 0.5, "min_heads_per_layer": 3}, "pruning.min_heads_per_layer"),
+        ({"kind": "one_shot", "count": 1, "min_heads_per_layer": 0}, "pruning.min_heads_per_layer"),
+        ({"kind": "one_shot", "count": 1, "at_step": 101}, "pruning.at_step"),
+        ({"kind": "gradual", "fraction": 0.5, "start_step": 10, "end_step": 200}, "pruning.end_step"),
+        ({"kind": "gradual", "fraction": 0.5, "start_step": 10, "end_step": 5}, "pruning.end_step"),
+        (
+            {"kind": "iterative", "fraction": 0.5, "step_fraction": 0.125, "at_step": 50, "finetune_steps": 20},
+            "pruning.finetune_steps",
+        ),
+        ({"kind": "iterative", "fraction": 0.5, "step_fraction": 0.0}, "pruning.step_fraction"),
+        ({"kind": "iterative", "fraction": 0.5, "finetune_steps": 5}, "pruning.finetune_steps"),
+        ({"kind": "l0", "l0_lambda": 0}, "pruning.l0_lambda"),
+        ({"kind": "l0", "stretch": [0.1, 1.1]}, "pruning.stretch"),
+        ({"kind": "l0", "fraction": 0.5}, "pruning.fraction"),
+        ({"kind": "one_shot", "count": 1, "criterion": "magnitude"}, "pruning.criterion"),
+        ({"kind": "one_shot", "count": 1, "scope": "layer"}, "pruning.scope"),
+        ({"kind": "one_shot", "count": 1, "heads": 2}, "pruning.heads"),
+        ({"kind": "prune"}, "pruning.kind"),
+    ],
+)
 def test_bad_pruning_config(cfg: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as e:
         validate_pruning(cfg, tiny(), max_steps=100)
@@ -441,5 +508,21 @@ def test_bad_pruning_config(cfg: dict[str, Any], field: str) -> None:
 def test_good_configs_and_none() -> None:
     assert build_pruning_callback({"kind": "none"}, tiny(), 100, None) is None
     assert validate_pruning({"kind": "one_shot", "count": 6}, tiny(), 100).target_count(8) == 6
-    assert validate_pruning({"kind": "iterative", "fraction": 0.5, "at_step": 0, "finetune_steps": 25,
-                             "step_fraction": 0.125}, tiny(), 100).kind == "iterative"
+    assert (
+        validate_pruning(
+            {"kind": "iterative", "fraction": 0.5, "at_step": 0, "finetune_steps": 25, "step_fraction": 0.125},
+            tiny(),
+            100,
+        ).kind
+        == "iterative"
+    )
+
+
+@pytest.mark.parametrize("name", ["none", "one_shot", "iterative", "gradual", "l0"])
+def test_shipped_configs_validate(name: str) -> None:
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "pruning" / f"{name}.yaml"
+    small = ModelConfig(vocab_size=V, n_layers=3, d_model=128, n_heads=8, d_ff=512)  # conf/model/small.yaml
+    cfg = validate_pruning(OmegaConf.load(conf), small, max_steps=1500)  # conf/trainer/cpu.yaml
+    assert cfg.kind == name

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from mhaexp import ConfigError, ModelConfig, Transformer
 from mhaexp.lightning_module import LMModule
+from mhaexp.prune_cli import main as prune_main
 from mhaexp.pruning import surgery
 from mhaexp.pruning.surgery import (
     apply_mask,
@@ -24,7 +25,6 @@ from mhaexp.pruning.surgery import (
     save_checkpoint,
     validate_init,
 )
-from mhaexp.prune_cli import main as prune_main
 
 V, T = 32, 10
 
@@ -62,9 +62,18 @@ def loader(n: int = 8) -> DataLoader:
 
 
 def fit(module: pl.LightningModule, tmp: Path, steps: int = 1, **kw) -> pl.Trainer:
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, default_root_dir=str(tmp), **kw)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(tmp),
+        **kw,
+    )
     trainer.fit(module, train_dataloaders=loader())
     return trainer
 
@@ -76,18 +85,43 @@ def fit(module: pl.LightningModule, tmp: Path, steps: int = 1, **kw) -> pl.Train
 CASES = {
     "mha": (dict(), [(0, 1), (1, 0), (1, 3)], "pad", [3, 2], [3, 2]),
     # L0: groups {0..3} keeps 1, {4..7} keeps 4 -> padded back to 4 each; L1: group 1 empty -> its KV head goes.
-    "gqa_uneven_pad": (dict(n_heads=8, n_kv_heads=2), [(0, 0), (0, 1), (0, 2), (1, 4), (1, 5), (1, 6), (1, 7)],
-                       "pad", [8, 4], [2, 1]),
-    "gqa_even": (dict(n_heads=8, n_kv_heads=2), [(0, 0), (0, 4), (1, 1), (1, 2), (1, 5), (1, 6)], "pad",
-                 [6, 4], [2, 2]),
-    "gqa_uneven_split": (dict(n_heads=8, n_kv_heads=2), [(0, 0), (0, 1), (0, 2), (1, 4), (1, 5)], "split",
-                         [5, 6], [5, 3]),
+    "gqa_uneven_pad": (
+        dict(n_heads=8, n_kv_heads=2),
+        [(0, 0), (0, 1), (0, 2), (1, 4), (1, 5), (1, 6), (1, 7)],
+        "pad",
+        [8, 4],
+        [2, 1],
+    ),
+    "gqa_even": (
+        dict(n_heads=8, n_kv_heads=2),
+        [(0, 0), (0, 4), (1, 1), (1, 2), (1, 5), (1, 6)],
+        "pad",
+        [6, 4],
+        [2, 2],
+    ),
+    "gqa_uneven_split": (
+        dict(n_heads=8, n_kv_heads=2),
+        [(0, 0), (0, 1), (0, 2), (1, 4), (1, 5)],
+        "split",
+        [5, 6],
+        [5, 3],
+    ),
     "mqa": (dict(n_heads=4, n_kv_heads=1), [(0, 0), (0, 3), (1, 2)], "pad", [2, 3], [1, 1]),
-    "rope_encoder": (dict(n_heads=8, n_kv_heads=4, pos="rope", causal=False), [(0, 0), (0, 1), (1, 6)], "pad",
-                     [6, 8], [3, 4]),
+    "rope_encoder": (
+        dict(n_heads=8, n_kv_heads=4, pos="rope", causal=False),
+        [(0, 0), (0, 1), (1, 6)],
+        "pad",
+        [6, 8],
+        [3, 4],
+    ),
     "layer_emptied": (dict(), [(1, 0), (1, 1), (1, 2), (1, 3)], "pad", [4, 1], [4, 1]),
-    "per_layer_counts": (dict(n_heads=8, layer_n_heads=[8, 4], layer_n_kv_heads=[2, 4], head_dim=8),
-                         [(0, 1), (0, 2), (0, 5), (0, 6), (1, 3)], "pad", [4, 3], [2, 3]),
+    "per_layer_counts": (
+        dict(n_heads=8, layer_n_heads=[8, 4], layer_n_kv_heads=[2, 4], head_dim=8),
+        [(0, 1), (0, 2), (0, 5), (0, 6), (1, 3)],
+        "pad",
+        [4, 3],
+        [2, 3],
+    ),
 }
 
 
@@ -176,12 +210,20 @@ def test_cli_removes_masked_heads_by_default(trained_ckpt: Path, tmp_path: Path)
     assert load_model(tmp_path / "masked_pruned.ckpt").cfg.layer_n_heads == [8, 6]
 
 
-@pytest.mark.parametrize("argv, field", [(["heads=L0H1"], "ckpt"), (["ckpt={ck}", "heads=L9H0"], "heads"),
-                                         (["ckpt={ck}", "heads=L0H99"], "heads"), (["ckpt={ck}", "heads=x"], "heads"),
-                                         (["ckpt={ck}", "bogus=1"], "bogus"),
-                                         (["ckpt={ck}", "heads=L0H0", "uneven=drop"], "uneven")])
-def test_cli_bad_input(argv: list[str], field: str, trained_ckpt: Path, tmp_path: Path,
-                       capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["heads=L0H1"], "ckpt"),
+        (["ckpt={ck}", "heads=L9H0"], "heads"),
+        (["ckpt={ck}", "heads=L0H99"], "heads"),
+        (["ckpt={ck}", "heads=x"], "heads"),
+        (["ckpt={ck}", "bogus=1"], "bogus"),
+        (["ckpt={ck}", "heads=L0H0", "uneven=drop"], "uneven"),
+    ],
+)
+def test_cli_bad_input(
+    argv: list[str], field: str, trained_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = [a.format(ck=trained_ckpt) for a in argv] + [f"out={tmp_path / 'o.ckpt'}"]
     with pytest.raises(SystemExit) as e:
         prune_main(argv)
@@ -218,8 +260,8 @@ def test_gqa_of_already_grouped_kv_is_exact(init: str, groups: int) -> None:
             for proj in (layer.k_proj, layer.v_proj):
                 for h in range(4):
                     src = (h // size) * size
-                    proj.weight[h * hs:(h + 1) * hs] = proj.weight[src * hs:(src + 1) * hs]
-                    proj.bias[h * hs:(h + 1) * hs] = proj.bias[src * hs:(src + 1) * hs]
+                    proj.weight[h * hs : (h + 1) * hs] = proj.weight[src * hs : (src + 1) * hs]
+                    proj.bias[h * hs : (h + 1) * hs] = proj.bias[src * hs : (src + 1) * hs]
     data = batch()
     gqa = convert_to_gqa(model, groups, init)
     assert gqa.attention_layers[0].n_kv_heads == groups
@@ -232,13 +274,14 @@ def test_gqa_mean_pools_and_expansion_is_exact() -> None:
     gqa = convert_to_gqa(model, 2, "mean")
     hs = model.cfg.head_dim
     w, g = model.blocks[0].attn.k_proj.weight, gqa.blocks[0].attn.k_proj.weight
-    torch.testing.assert_close(g[:hs], (w[:hs] + w[hs:2 * hs]) / 2)
-    torch.testing.assert_close(g[hs:], (w[2 * hs:3 * hs] + w[3 * hs:]) / 2)
+    torch.testing.assert_close(g[:hs], (w[:hs] + w[hs : 2 * hs]) / 2)
+    torch.testing.assert_close(g[hs:], (w[2 * hs : 3 * hs] + w[3 * hs :]) / 2)
     back = convert_to_gqa(gqa, 4)  # GQA -> MHA copies each K/V head: same function
     data = batch()
     torch.testing.assert_close(logits(back, data), logits(gqa, data), atol=1e-5, rtol=1e-5)
     rand = convert_to_gqa(model, 2, "random", seed=3)
-    assert rand.blocks[0].attn.k_proj.weight.shape == g.shape and not torch.allclose(rand.blocks[0].attn.k_proj.weight, g)
+    rk = rand.blocks[0].attn.k_proj.weight
+    assert rk.shape == g.shape and not torch.allclose(rk, g)
 
 
 def test_load_init_converts_mha_checkpoint(trained_ckpt: Path) -> None:

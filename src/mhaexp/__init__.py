@@ -1,8 +1,25 @@
 """mhaexp: config-driven experiments on how attention heads specialize."""
 
-from mhaexp.attention import HookPoint, MultiHeadAttention
-from mhaexp.errors import ConfigError
-from mhaexp.model import ModelConfig, Transformer
+from __future__ import annotations
 
-__all__ = ["ConfigError", "HookPoint", "ModelConfig", "MultiHeadAttention", "Transformer"]
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# Imported on first use, so that `mhaexp-train` can reject a bad command line before paying
+# for torch: the names below are what `from mhaexp import X` offers.
+_LAZY = {
+    "HookPoint": "mhaexp.attention",
+    "MultiHeadAttention": "mhaexp.attention",
+    "ModelConfig": "mhaexp.model_config",
+    "Transformer": "mhaexp.model",
+    "ConfigError": "mhaexp.errors",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mhaexp' has no attribute {name!r}")

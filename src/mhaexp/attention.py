@@ -36,50 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mhaexp.errors import ConfigError
+from mhaexp.shapes import check_heads, divisors, resolve_head_dim
+
+__all__ = ["HookPoint", "MultiHeadAttention", "RotaryEmbedding", "check_heads", "divisors", "resolve_head_dim"]
 
 
 class HookPoint(nn.Identity):
     """An identity module that gives a tensor a name: forward hooks on it read or edit that tensor."""
-
-
-def divisors(n: int) -> list[int]:
-    """The positive divisors of ``n``, ascending (used to list valid head counts)."""
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def resolve_head_dim(d_model: int, n_heads: int, head_dim: int | None, prefix: str = "") -> int:
-    """``head_dim``, or ``d_model // n_heads`` when unset, with a one-line error when that does not divide."""
-    if head_dim is not None:
-        if head_dim <= 0:
-            raise ConfigError(f"{prefix}head_dim", head_dim, "must be a positive integer (or null for d_model // n_heads)")
-        return head_dim
-    if d_model % n_heads != 0:
-        raise ConfigError(
-            f"{prefix}n_heads",
-            n_heads,
-            f"d_model={d_model} is not divisible by it; valid head counts are {divisors(d_model)} "
-            f"(or set {prefix}head_dim to decouple head size from width)",
-        )
-    return d_model // n_heads
-
-
-def check_heads(n_heads: int, n_kv_heads: int | None, prefix: str = "") -> int:
-    """Validate the query/KV head counts and return ``n_kv_heads`` (``None`` means MHA)."""
-    if not isinstance(n_heads, int) or n_heads <= 0:
-        raise ConfigError(f"{prefix}n_heads", n_heads, "must be a positive integer")
-    if n_kv_heads is None:
-        return n_heads
-    if not isinstance(n_kv_heads, int) or n_kv_heads <= 0:
-        raise ConfigError(f"{prefix}n_kv_heads", n_kv_heads, f"must be a positive divisor of n_heads={n_heads}: {divisors(n_heads)}")
-    if n_kv_heads > n_heads:
-        raise ConfigError(
-            f"{prefix}n_kv_heads", n_kv_heads, f"must not exceed n_heads={n_heads}; valid: {divisors(n_heads)}"
-        )
-    if n_heads % n_kv_heads != 0:
-        raise ConfigError(
-            f"{prefix}n_kv_heads", n_kv_heads, f"must divide n_heads={n_heads}; valid: {divisors(n_heads)}"
-        )
-    return n_kv_heads
 
 
 class RotaryEmbedding(nn.Module):

@@ -12,7 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from mhaexp.compare.runs import RunSet
 
 PROG = "mhaexp-compare"
 
@@ -38,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="sweep directories (searched recursively) or run directories",
     )
-    p.add_argument("--out", type=Path, help="report directory (default: <first PATH>/compare)")
+    p.add_argument(
+        "--out", type=Path, help="report directory (default: <first PATH>/compare; with --wandb: ./compare/<group>)"
+    )
     p.add_argument("--format", choices=("md", "html"), default="md", help="report format (default: md)")
     p.add_argument(
         "--metric",
@@ -66,7 +71,8 @@ def check_args(args: argparse.Namespace) -> None:
             fail(f"not a directory: {path}")
 
 
-def load(args: argparse.Namespace):  # -> RunSet; imports deferred so argument errors stay instant
+def load(args: argparse.Namespace) -> RunSet:
+    # Imports deferred: an argument error should not wait for pandas, matplotlib or wandb.
     if args.wandb:
         import wandb
 

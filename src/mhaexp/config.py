@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from mhaexp.data.spec import DataSpec
 from mhaexp.errors import ConfigError
-from mhaexp.model import ModelConfig
+from mhaexp.model_config import ModelConfig
 
 CONF_DIR = Path(os.environ.get("MHAEXP_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
 LOGGER_KINDS = ("wandb", "csv", "none")
@@ -40,13 +40,25 @@ def build_model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
     return ModelConfig(**model)
 
 
+def cuda_available() -> bool:
+    import torch  # only here: most checks should not pay for importing torch
+
+    return torch.cuda.is_available()
+
+
+def cuda_built() -> bool:
+    import torch
+
+    return torch.version.cuda is not None
+
+
 def check_trainer(cfg: DictConfig) -> None:
     t = cfg.trainer
     accelerator = str(t.get("accelerator", "cpu"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    if accelerator in ("gpu", "cuda") and not cuda_available():
         raise ConfigError(
             "trainer.accelerator", accelerator, "no CUDA GPU is visible on this machine (and torch was built "
-            f"{'without' if torch.version.cuda is None else 'with'} CUDA); use trainer=cpu, or install CUDA torch "
+            f"{'with' if cuda_built() else 'without'} CUDA); use trainer=cpu, or install CUDA torch "
             "with `make install TORCH=torch`",
         )
     max_steps = t.get("max_steps", -1)
@@ -76,15 +88,13 @@ def check_paths(cfg: DictConfig) -> None:
         raise ConfigError("seed", cfg.get("seed"), "must be an integer")
 
 
-def validate(cfg: DictConfig) -> tuple[Any, ModelConfig]:
-    """Check a composed config; return the (not yet prepared) datamodule and the model config."""
+def validate(cfg: DictConfig) -> tuple[DataSpec, ModelConfig]:
+    """Check a composed config; return the data settings (vocabulary, sequence length) and the model config."""
     check_logger(cfg)
     check_trainer(cfg)
     check_paths(cfg)
-    datamodule = instantiate_plain(cfg.data)
-    model_cfg = build_model_config(cfg, datamodule.vocab_size)
-    if model_cfg.max_seq_len < datamodule.seq_len:
-        raise ConfigError(
-            "model.max_seq_len", model_cfg.max_seq_len, f"must be >= data.seq_len={datamodule.seq_len}"
-        )
-    return datamodule, model_cfg
+    data = DataSpec.from_config(OmegaConf.to_container(cfg.data, resolve=True))
+    model_cfg = build_model_config(cfg, data.vocab_size)
+    if model_cfg.max_seq_len < data.seq_len:
+        raise ConfigError("model.max_seq_len", model_cfg.max_seq_len, f"must be >= data.seq_len={data.seq_len}")
+    return data, model_cfg

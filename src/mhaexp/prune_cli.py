@@ -59,18 +59,26 @@ def run(argv: list[str]) -> str:
         new = surgery.convert_to_gqa(model, n_kv, args.get("gqa_init", "mean"), int(args.get("seed", 0)))
         meta = {"converted_from": src, "gqa_init": args.get("gqa_init", "mean")}
         surgery.save_checkpoint(surgery.checkpoint_for(new, ckpt, extra=meta), out)
-        return (f"converted K/V heads {model.cfg.n_kv_heads} -> {n_kv} ({meta['gqa_init']}); "
-                f"parameters {model.param_counts()['total']} -> {new.param_counts()['total']}\nwrote {out}")
+        return (
+            f"converted K/V heads {model.cfg.n_kv_heads} -> {n_kv} ({meta['gqa_init']}); "
+            f"parameters {model.param_counts()['total']} -> {new.param_counts()['total']}\nwrote {out}"
+        )
     heads = surgery.parse_heads(args["heads"]) if args.get("heads") else None
     out = Path(args.get("out") or Path(src).with_name(Path(src).stem + "_pruned.ckpt"))
     if out.resolve() == Path(src).resolve():
         raise ConfigError("out", str(out), "must differ from ckpt (the source is kept)")
     report = surgery.prune_checkpoint(src, heads, out, args.get("uneven", "pad"))
-    lines = [f"removed {len(report.removed)} heads: {surgery.format_heads(report.removed) or '(none)'}",
-             report.summary(), f"wrote {out}"]
+    lines = [
+        f"removed {len(report.removed)} heads: {surgery.format_heads(report.removed) or '(none)'}",
+        report.summary(),
+        f"wrote {out}",
+    ]
     if report.padded:
-        lines.insert(1, f"note: {len(report.padded)} removed heads stay in the file gated 0 so that every GQA group "
-                     "keeps the same size (uneven=split duplicates K/V heads instead)")
+        lines.insert(
+            1,
+            f"note: {len(report.padded)} removed heads stay in the file gated 0 so that every GQA group "
+            "keeps the same size (uneven=split duplicates K/V heads instead)",
+        )
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """``mhaexp-train``: the thin entry point. Check the command line, then let Hydra run each job.
 
-Composition, validation and printing live here; the model, data, loggers and
-callbacks live in their own modules.
+What one job does lives in :mod:`mhaexp.run`; this module only decides whether
+to start, and what a job's failure means for the rest of a sweep.
 """
 
 from __future__ import annotations
@@ -15,18 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from mhaexp.callbacks import RunRecord
-from mhaexp.config import CONF_DIR, instantiate_plain, validate
+from mhaexp.config import CONF_DIR
 from mhaexp.errors import ConfigError
-from mhaexp.lightning_module import LMModule
-from mhaexp.loggers import build_loggers, wandb_always_finished, wandb_run_dir
 from mhaexp.preflight import check_jobs, wants_check
 
 PROG = "mhaexp-train"
@@ -53,44 +47,6 @@ def sweep_group() -> str | None:
     return Path(HydraConfig.get().sweep.dir).name if is_multirun() else None
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train one job of ``cfg`` into ``run_dir``; return its summary."""
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model_cfg = validate(cfg)
-    tok = datamodule.tokenizer
-    module = LMModule(model_cfg, dict(cfg.optim), pad_id=tok.pad_id, mask_id=tok.mask_id, seed=cfg.seed)
-    record = RunRecord(run_dir)
-    every = int(cfg.trainer.get("val_check_interval") or 250)
-    callbacks: list[pl.Callback] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
-                        every_n_train_steps=every, save_last=True, save_top_k=1),
-        record,
-    ]
-    loggers = build_loggers(cfg, run_dir, sweep_group())
-    # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
-    progress = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
-    trainer = instantiate_plain(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                default_root_dir=str(run_dir), enable_progress_bar=progress)
-    with wandb_always_finished():
-        trainer.fit(module, datamodule=datamodule)
-    if trainer.is_global_zero:
-        report(run_dir, record.summary)
-    return record.summary
-
-
-def report(run_dir: Path, summary: dict[str, Any]) -> None:
-    """Where the run went and how to look at it: the last thing `make train` prints."""
-    lines = [f"run directory : {run_dir}"]
-    if summary.get("best_val_loss") is not None:
-        lines.append(f"best val loss : {summary['best_val_loss']:.4f}")
-    wb = wandb_run_dir(run_dir)
-    if wb is not None:
-        wandb_bin = Path(sys.executable).parent / "wandb"
-        lines += [f"W&B run       : {wb}  (offline)" if "offline-run" in wb.name else f"W&B run       : {wb}",
-                  f"  browse      : {wandb_bin} leet {wb}", f"  upload      : {wandb_bin} sync {wb}"]
-    print("\n".join(lines))
-
-
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "status.json").write_text(json.dumps({"status": status, **extra}, indent=2))
@@ -98,9 +54,11 @@ def write_status(run_dir: Path, status: str, **extra: Any) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def run_job(cfg: DictConfig) -> dict[str, Any] | None:
+    from mhaexp.run import train  # torch and Lightning load only once a job really starts
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = train(cfg, run_dir)
+        summary = train(cfg, run_dir, group=sweep_group())
     except ConfigError as e:
         write_status(run_dir, "invalid", error=str(e))
         if is_multirun():
@@ -119,7 +77,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | None:
 
 def main() -> None:
     argv = sys.argv[1:]
-    torch.set_float32_matmul_precision("high")
     if wants_check(argv):
         try:
             jobs, invalid = check_jobs(argv)

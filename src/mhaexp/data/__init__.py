@@ -1,37 +1,39 @@
-"""Data sources for head-specialization studies: synthetic grammar, induction, text."""
+"""Data sources for head-specialization studies: synthetic grammar, induction, text.
 
-from mhaexp.data.conllu_io import read_conllu, to_conllu, write_conllu
-from mhaexp.data.datamodule import LMDataModule, default_cache_dir
-from mhaexp.data.grammar import (
-    RELATIONS,
-    SEED_TEXT,
-    Sentence,
-    arc_masks,
-    generate_corpus,
-    generate_sentence,
-    seed_sentence,
-)
-from mhaexp.data.induction import InductionSource
-from mhaexp.data.text import TextSource
-from mhaexp.data.vocab import ByteTokenizer, HFTokenizer, Tokenizer, WordTokenizer
+Names load on first use: checking a config (``mhaexp.data.spec``) must not pay for
+importing Lightning and ``datasets``.
+"""
 
-__all__ = [
-    "RELATIONS",
-    "SEED_TEXT",
-    "ByteTokenizer",
-    "HFTokenizer",
-    "InductionSource",
-    "LMDataModule",
-    "Sentence",
-    "TextSource",
-    "Tokenizer",
-    "WordTokenizer",
-    "arc_masks",
-    "default_cache_dir",
-    "generate_corpus",
-    "generate_sentence",
-    "read_conllu",
-    "seed_sentence",
-    "to_conllu",
-    "write_conllu",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "read_conllu": "conllu_io",
+    "to_conllu": "conllu_io",
+    "write_conllu": "conllu_io",
+    "LMDataModule": "datamodule",
+    "default_cache_dir": "datamodule",
+    "DataSpec": "spec",
+    "RELATIONS": "grammar",
+    "SEED_TEXT": "grammar",
+    "Sentence": "grammar",
+    "arc_masks": "grammar",
+    "generate_corpus": "grammar",
+    "generate_sentence": "grammar",
+    "seed_sentence": "grammar",
+    "InductionSource": "induction",
+    "TextSource": "text",
+    "ByteTokenizer": "vocab",
+    "HFTokenizer": "vocab",
+    "Tokenizer": "vocab",
+    "WordTokenizer": "vocab",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"mhaexp.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'mhaexp.data' has no attribute {name!r}")

@@ -14,11 +14,9 @@ changes the data, so a rerun with the same config loads instead of generating.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,25 +27,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from mhaexp.data.grammar import GrammarSource
-from mhaexp.data.induction import InductionSource
-from mhaexp.data.text import TextSource
-from mhaexp.errors import ConfigError
+from mhaexp.data.spec import DataSpec
 
-SOURCES: dict[str, type] = {"grammar": GrammarSource, "induction": InductionSource, "text": TextSource}
 SPLITS = ("train", "val", "probe")
 
 
 def default_cache_dir() -> Path:
     env = os.environ.get("MHAEXP_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mhaexp"
-
-
-def _positive_int(field: str, value: object, minimum: int = 1) -> int:
-    # bool is an int subclass; "seq_len: true" is a typo, not 1.
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"data.{field}", value, f"an int >= {minimum}")
-    return value
 
 
 class LMDataModule(pl.LightningDataModule):
@@ -73,29 +60,9 @@ class LMDataModule(pl.LightningDataModule):
         **source_kwargs: Any,
     ) -> None:
         super().__init__()
-        if kind not in SOURCES:
-            raise ConfigError("data.kind", kind, f"one of {', '.join(SOURCES)}")
-        self.seq_len = _positive_int("seq_len", seq_len)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.sizes = {
-            "train": _positive_int("n_train", n_train),
-            "val": _positive_int("n_val", n_val),
-            "probe": _positive_int("n_probe", n_probe),
-        }
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError("data.seed", seed, "an int")
-        self.num_workers = _positive_int("num_workers", num_workers, minimum=0)
-        self.kind, self.seed = kind, seed
-        try:
-            self.source = SOURCES[kind](seq_len=seq_len, sizes=self.sizes, seed=seed, **source_kwargs)
-        except TypeError as e:
-            # An unexpected key (typo, or a key of another kind) lands here.
-            bad = re.search(r"argument '(\w+)'", str(e))
-            key = bad.group(1) if bad else ",".join(sorted(source_kwargs))
-            accepted = [p for p in inspect.signature(SOURCES[kind]).parameters if p not in ("seq_len", "sizes", "seed")]
-            raise ConfigError(
-                f"data.{key}", source_kwargs.get(key), f"not a key of kind={kind}; it takes {', '.join(accepted)}"
-            ) from e
+        spec = DataSpec(kind, seq_len, batch_size, n_train, n_val, n_probe, seed, num_workers, source_kwargs)
+        self.kind, self.seed, self.seq_len, self.batch_size = spec.kind, spec.seed, spec.seq_len, spec.batch_size
+        self.sizes, self.num_workers, self.source = spec.sizes, spec.num_workers, spec.source
         self.tokenizer = self.source.tokenizer
         self.vocab_size: int = self.tokenizer.vocab_size
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()

@@ -56,11 +56,13 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from mhaexp.data.vocab import WordTokenizer
 from mhaexp.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 # Bump whenever generation changes: it is part of the cache fingerprint.
 GRAMMAR_VERSION = 1
@@ -476,6 +478,8 @@ def arc_masks(
     Arcs point dependent → head; a causal model can only attend from the later
     of the two, so analysis usually symmetrizes ``m | m.transpose(1, 2)``.
     """
+    import torch  # here, not at the top: generating and checking data needs no torch
+
     B, T = heads.shape
     out: dict[str, torch.Tensor] = {}
 

@@ -1,73 +1,63 @@
 """Head pruning (masked and physical) and MHA -> GQA/MQA conversion.
 
-* :mod:`.schedules` - when to prune how many heads, and which (pure step math).
+* :mod:`.schedules` - when to prune how many heads, and which (pure step math), and the checked
+  pruning config (:func:`validate_pruning`; torch-free, for the CLI's sweep check).
 * :mod:`.importance` - head rankings: gradient importance, ablation, entropy, random, role.
 * :mod:`.l0` - hard-concrete gates with an expected-L0 penalty (Voita et al. 2019).
 * :mod:`.surgery` - physical removal (GQA-aware), K/V head conversion, checkpoint loading.
-* :mod:`.callback` - the Lightning callback driven by ``conf/pruning/*.yaml``.
+* :mod:`.callback` - the Lightning callbacks driven by ``conf/pruning/*.yaml`` and ``init_from``.
 * :mod:`.curves` - pruning curves (CSV, PNG, overlays).
+* :mod:`.bench` - the ``pruning`` section of ``python -m mhaexp.bench``.
+
+Names are imported on first use, so ``from mhaexp.pruning import validate_pruning`` does not
+import torch.
 """
 
-from mhaexp.pruning.callback import (
-    InitQualityCallback,
-    PruningCallback,
-    PruningConfig,
-    build_pruning_callback,
-    validate_pruning,
-)
-from mhaexp.pruning.curves import compute_pruning_curve, plot_pruning_curves, write_curve_csv
-from mhaexp.pruning.importance import (
-    ablation_importance,
-    entropy_scores,
-    evaluate,
-    gradient_importance,
-    head_scores,
-    random_scores,
-    role_scores,
-)
-from mhaexp.pruning.l0 import HardConcreteGate, attach_l0_gates, fold_l0_gates
-from mhaexp.pruning.schedules import gradual_fraction, iterative_counts, select_heads
-from mhaexp.pruning.surgery import (
-    apply_mask,
-    convert_to_gqa,
-    load_init,
-    load_model,
-    load_module,
-    parse_heads,
-    prune_checkpoint,
-    prune_heads,
-    validate_init,
-)
+from __future__ import annotations
 
-__all__ = [
-    "HardConcreteGate",
-    "InitQualityCallback",
-    "PruningCallback",
-    "PruningConfig",
-    "ablation_importance",
-    "apply_mask",
-    "attach_l0_gates",
-    "build_pruning_callback",
-    "compute_pruning_curve",
-    "convert_to_gqa",
-    "entropy_scores",
-    "evaluate",
-    "fold_l0_gates",
-    "gradient_importance",
-    "gradual_fraction",
-    "head_scores",
-    "iterative_counts",
-    "load_init",
-    "load_model",
-    "load_module",
-    "parse_heads",
-    "plot_pruning_curves",
-    "prune_checkpoint",
-    "prune_heads",
-    "random_scores",
-    "role_scores",
-    "select_heads",
-    "validate_init",
-    "validate_pruning",
-    "write_curve_csv",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "InitQualityCallback": "callback",
+    "PruningCallback": "callback",
+    "build_pruning_callback": "callback",
+    "PruningConfig": "schedules",
+    "validate_pruning": "schedules",
+    "gradual_fraction": "schedules",
+    "iterative_counts": "schedules",
+    "select_heads": "schedules",
+    "compute_pruning_curve": "curves",
+    "plot_pruning_curves": "curves",
+    "write_curve_csv": "curves",
+    "ablation_importance": "importance",
+    "entropy_scores": "importance",
+    "evaluate": "importance",
+    "gradient_importance": "importance",
+    "head_scores": "importance",
+    "random_scores": "importance",
+    "role_scores": "importance",
+    "HardConcreteGate": "l0",
+    "attach_l0_gates": "l0",
+    "fold_l0_gates": "l0",
+    "apply_mask": "surgery",
+    "convert_to_gqa": "surgery",
+    "load_init": "surgery",
+    "load_model": "surgery",
+    "load_module": "surgery",
+    "parse_heads": "surgery",
+    "prune_checkpoint": "surgery",
+    "prune_heads": "surgery",
+    "validate_init": "surgery",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"mhaexp.pruning.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'mhaexp.pruning' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -18,9 +18,8 @@ section and is restored on resume. At the end of training the callback writes
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from mhaexp.model import ModelConfig
 from mhaexp.pruning import l0 as l0mod
 from mhaexp.pruning.curves import curve_xy, plot_pruning_curves, write_curve_csv
 from mhaexp.pruning.importance import (
-    CRITERIA,
     Batch,
     Objective,
     RolesProvider,
@@ -43,171 +41,28 @@ from mhaexp.pruning.importance import (
     roles_by_head,
 )
 from mhaexp.pruning.schedules import (
-    SCOPES,
     Head,
-    fraction_to_count,
+    PruningConfig,
     gradual_target,
     iterative_counts,
-    max_prunable,
     select_heads,
+    validate_pruning,
 )
-from mhaexp.pruning.surgery import UNEVEN, apply_mask, checkpoint_for, format_heads, masked_heads, prune_heads
+from mhaexp.pruning.surgery import apply_mask, checkpoint_for, format_heads, masked_heads, prune_heads
 from mhaexp.pruning.surgery import load_module as load_checkpoint_module
 from mhaexp.pruning.surgery import save_checkpoint as write_checkpoint
 
-KINDS = ("none", "one_shot", "iterative", "gradual", "l0")
 BatchSource = Sequence[Batch] | Callable[[pl.Trainer], Sequence[Batch]] | None
 
 
-@dataclass
-class PruningConfig:
-    """``conf/pruning/*.yaml`` as a checked object; the YAML files document every key."""
-
-    kind: str = "none"
-    criterion: str = "importance"
-    scope: str = "global"
-    normalize_by_layer: bool = False
-    min_heads_per_layer: int = 1
-    count: int | None = None  # heads to prune in all (one_shot, iterative, gradual) ...
-    fraction: float | None = None  # ... or the fraction of all heads, in [0, 1)
-    at_step: int | None = None  # one_shot / iterative: first pruning step; null = end of training
-    step_fraction: float = 0.1  # iterative: share of all heads pruned per step
-    finetune_steps: int = 0  # iterative: training steps between pruning steps (0 = all at once)
-    exact: bool = True  # iterative: re-rank before every step
-    quality_floor: float | None = None  # iterative: stop (and undo the step) below this val accuracy
-    floor_relative: bool = True  # quality_floor is a share of the unpruned accuracy
-    start_step: int = 0  # gradual: t0
-    end_step: int | None = None  # gradual: t1
-    every: int = 1  # gradual: dt
-    initial_fraction: float = 0.0  # gradual: s_i
-    l0_lambda: float = 0.01  # l0: weight of the expected-L0 penalty
-    temperature: float = l0mod.DEFAULT_TEMPERATURE
-    stretch: tuple[float, float] = l0mod.DEFAULT_STRETCH
-    log_alpha_init: float = 2.5
-    n_batches: int = 4  # held-out batches for rankings and quality
-    max_rows: int = 256  # ablation: sequences per batched forward
-    seed: int = 0  # random criterion and random tie-breaks
-    role_tiebreak: str = "random"  # role criterion: order within role holders / non-holders
-    physical: bool = True  # write pruned.ckpt with the heads removed at the end
-    uneven: str = "pad"  # GQA groups left unequal: pad (keep masked heads) or split (copy K/V)
-
-    def target_count(self, total: int) -> int:
-        """Heads pruned in all at the end of a one_shot / iterative / gradual schedule."""
-        if self.count is not None:
-            return int(self.count)
-        return fraction_to_count(float(self.fraction or 0.0), total)
-
-
-def _field_names() -> list[str]:
-    return [f.name for f in fields(PruningConfig)]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def validate_pruning(pruning_cfg: Mapping[str, Any] | None, model_cfg: ModelConfig, max_steps: int) -> PruningConfig:
-    """Check ``cfg.pruning`` against the model and ``trainer.max_steps``; one ConfigError line per problem.
-
-    Call it from ``mhaexp.config.validate`` so a sweep's bad jobs fail before any job trains.
-    """
-    raw = dict(pruning_cfg or {})
-    names = _field_names()
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"pruning.{key}", raw[key], f"unknown key; valid keys: {', '.join(names)}")
-    kind = raw.get("kind", "none")
-    if kind not in KINDS:
-        raise ConfigError("pruning.kind", kind, f"choose one of {list(KINDS)}")
-    if "stretch" in raw and raw["stretch"] is not None:
-        raw["stretch"] = tuple(raw["stretch"])
-    cfg = PruningConfig(**raw)
-    if kind == "none":
-        return cfg
-
-    def need(name: str, ok: bool, valid: str) -> None:
-        if not ok:
-            raise ConfigError(f"pruning.{name}", getattr(cfg, name), valid)
-
-    sizes = [model_cfg.heads_in_layer(i)[0] for i in range(model_cfg.n_layers)]
-    total = sum(sizes)
-    need("criterion", cfg.criterion in CRITERIA, f"choose one of {list(CRITERIA)}")
-    need("role_tiebreak", cfg.role_tiebreak in CRITERIA and cfg.role_tiebreak != "role",
-         f"choose one of {[c for c in CRITERIA if c != 'role']}")
-    need("scope", cfg.scope in SCOPES, f"choose one of {list(SCOPES)}")
-    need("uneven", cfg.uneven in UNEVEN, f"choose one of {list(UNEVEN)}")
-    for flag in ("normalize_by_layer", "exact", "floor_relative", "physical"):
-        need(flag, isinstance(getattr(cfg, flag), bool), "must be true or false")
-    need("min_heads_per_layer", _is_int(cfg.min_heads_per_layer) and 1 <= cfg.min_heads_per_layer <= min(sizes),
-         f"must be an integer from 1 to {min(sizes)} (the smallest layer's head count)")
-    need("n_batches", _is_int(cfg.n_batches) and cfg.n_batches >= 1, "must be a positive integer")
-    need("max_rows", _is_int(cfg.max_rows) and cfg.max_rows >= 1, "must be a positive integer")
-    need("seed", _is_int(cfg.seed), "must be an integer")
-
-    if kind == "l0":
-        for name in ("count", "fraction", "at_step"):
-            need(name, getattr(cfg, name) is None, "must be null for kind=l0 (the penalty decides how many heads go)")
-        need("l0_lambda", _is_num(cfg.l0_lambda) and cfg.l0_lambda > 0, "must be a positive number")
-        need("temperature", _is_num(cfg.temperature) and cfg.temperature > 0, "must be a positive number (1/3 in "
-             "Voita et al. 2019)")
-        need("stretch", len(cfg.stretch) == 2 and all(_is_num(v) for v in cfg.stretch)
-             and cfg.stretch[0] < 0 and cfg.stretch[1] > 1, "must be [l, r] with l < 0 and r > 1, e.g. [-0.1, 1.1]")
-        need("log_alpha_init", _is_num(cfg.log_alpha_init), "must be a finite number")
-        return cfg
-
-    # one_shot / iterative / gradual: how many heads in all
-    if (cfg.count is None) == (cfg.fraction is None):
-        raise ConfigError("pruning.count", cfg.count, f"give exactly one of pruning.count (heads) or pruning.fraction "
-                          f"(fraction={cfg.fraction}) for kind={kind}")
-    if cfg.fraction is not None:
-        need("fraction", _is_num(cfg.fraction) and 0.0 <= cfg.fraction < 1.0, "must be in [0, 1)")
-    else:
-        need("count", _is_int(cfg.count) and 0 <= cfg.count <= total,
-             f"cannot prune more heads than the model has ({total}: {sizes} per layer)")
-    target = cfg.target_count(total)
-    prunable = max_prunable(sizes, cfg.min_heads_per_layer)
-    if target > prunable:
-        what = f"count={cfg.count}" if cfg.count is not None else f"fraction={cfg.fraction} of {total} = {target}"
-        raise ConfigError("pruning.min_heads_per_layer", cfg.min_heads_per_layer,
-                          f"impossible for the target ({what} heads): keeping it in each layer of {sizes} leaves "
-                          f"only {prunable} prunable")
-    if kind in ("one_shot", "iterative"):
-        need("at_step", cfg.at_step is None or (_is_int(cfg.at_step) and 0 <= cfg.at_step <= max_steps),
-             f"must be a step in 0..trainer.max_steps={max_steps}, or null for the end of training")
-    if kind == "iterative":
-        need("step_fraction", _is_num(cfg.step_fraction) and 0 < cfg.step_fraction < 1, "must be in (0, 1)")
-        need("finetune_steps", _is_int(cfg.finetune_steps) and cfg.finetune_steps >= 0, "must be an integer >= 0")
-        if cfg.quality_floor is not None:
-            hi = "1" if cfg.floor_relative else "1 (an accuracy)"
-            need("quality_floor", _is_num(cfg.quality_floor) and 0 <= cfg.quality_floor <= 1,
-                 f"must be null or in [0, {hi}]")
-        n = len(iterative_counts(total, cfg.step_fraction, target))
-        if cfg.at_step is not None and cfg.finetune_steps > 0:
-            end = cfg.at_step + n * cfg.finetune_steps
-            need("finetune_steps", end <= max_steps,
-                 f"the schedule ({n} pruning steps from step {cfg.at_step}, {cfg.finetune_steps} steps apart) ends "
-                 f"at step {end}, after trainer.max_steps={max_steps}")
-        if cfg.at_step is None:
-            need("finetune_steps", cfg.finetune_steps == 0,
-                 "must be 0 when pruning.at_step is null (pruning at the end of training leaves no steps to fine-tune)")
-    if kind == "gradual":
-        need("start_step", _is_int(cfg.start_step) and cfg.start_step >= 0, "must be an integer >= 0")
-        need("end_step", _is_int(cfg.end_step) and cfg.end_step > cfg.start_step,
-             f"must be an integer > pruning.start_step={cfg.start_step}")
-        need("end_step", cfg.end_step <= max_steps, f"the schedule must end by trainer.max_steps={max_steps}")
-        need("every", _is_int(cfg.every) and cfg.every >= 1, "must be a positive integer")
-        need("initial_fraction", _is_num(cfg.initial_fraction) and 0 <= cfg.initial_fraction <= target / total,
-             f"must be in [0, final fraction={target / total:.3g}]")
-    return cfg
-
-
-def build_pruning_callback(cfg_pruning: Mapping[str, Any] | None, model_cfg: ModelConfig, max_steps: int,
-                           run_dir: str | Path | None, batches: BatchSource = None,
-                           roles_provider: RolesProvider | None = None) -> pl.Callback | None:
+def build_pruning_callback(
+    cfg_pruning: Mapping[str, Any] | None,
+    model_cfg: ModelConfig,
+    max_steps: int,
+    run_dir: str | Path | None,
+    batches: BatchSource = None,
+    roles_provider: RolesProvider | None = None,
+) -> pl.Callback | None:
     """The callback for ``cfg.pruning`` (``None`` for ``kind: none``).
 
     Args:
@@ -265,8 +120,15 @@ def _wandb_experiments(trainer: pl.Trainer) -> list[Any]:
 class PruningCallback(pl.Callback):
     """Masks heads on the schedule of a :class:`PruningConfig`; see the module docstring for outputs."""
 
-    def __init__(self, cfg: PruningConfig, model_cfg: ModelConfig, max_steps: int, run_dir: str | Path | None = None,
-                 batches: BatchSource = None, roles_provider: RolesProvider | None = None) -> None:
+    def __init__(
+        self,
+        cfg: PruningConfig,
+        model_cfg: ModelConfig,
+        max_steps: int,
+        run_dir: str | Path | None = None,
+        batches: BatchSource = None,
+        roles_provider: RolesProvider | None = None,
+    ) -> None:
         self.cfg = cfg
         self.max_steps = max_steps
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -287,9 +149,16 @@ class PruningCallback(pl.Callback):
 
     # ---- checkpoint state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"version": 1, "pruned": [list(h) for h in self.pruned], "curve": self.curve, "events": self.events,
-                "iteration": self.iteration, "finished": self.finished, "scores": self.scores,
-                "kind": self.cfg.kind}
+        return {
+            "version": 1,
+            "pruned": [list(h) for h in self.pruned],
+            "curve": self.curve,
+            "events": self.events,
+            "iteration": self.iteration,
+            "finished": self.finished,
+            "scores": self.scores,
+            "kind": self.cfg.kind,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruned = [(int(a), int(b)) for a, b in state_dict.get("pruned", [])]
@@ -318,8 +187,12 @@ class PruningCallback(pl.Callback):
         if sizes != self.sizes:
             raise ConfigError("model", sizes, f"the pruning schedule was built for heads per layer {self.sizes}")
         if self.cfg.criterion == "role" and self.roles_provider is None and self.cfg.kind != "l0":
-            raise ConfigError("pruning.criterion", "role", "needs a roles provider (build_pruning_callback(..., "
-                              "roles_provider=...)); choose importance, ablation, random or entropy")
+            raise ConfigError(
+                "pruning.criterion",
+                "role",
+                "needs a roles provider (build_pruning_callback(..., "
+                "roles_provider=...)); choose importance, ablation, random or entropy",
+            )
         # Heads masked in an init_from checkpoint are pruned already; masks restored on resume agree.
         known = set(self.pruned)
         self.pruned += [h for h in masked_heads(model) if h not in known]
@@ -329,8 +202,9 @@ class PruningCallback(pl.Callback):
         if not self.curve:
             self._point(trainer, pl_module, "start")
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         c, step = self.cfg, trainer.global_step
         if self.finished or c.kind == "l0":
             return
@@ -345,8 +219,9 @@ class PruningCallback(pl.Callback):
         elif c.kind == "iterative" and c.at_step is not None and step >= c.at_step + self.iteration * c.finetune_steps:
             self._iterate(trainer, pl_module, all_at_once=c.finetune_steps == 0)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.cfg.kind != "l0":
             return
         model = pl_module.model
@@ -394,17 +269,23 @@ class PruningCallback(pl.Callback):
     def _point(self, trainer: pl.Trainer, pl_module: pl.LightningModule, label: str) -> dict[str, Any]:
         loss, acc = evaluate(pl_module.model, self._batches(trainer, pl_module), module_objective(pl_module))
         n = len(self.pruned)
-        point = {"step": trainer.global_step, "fraction_pruned": n / self.total, "heads_pruned": n,
-                 "heads_remaining": self.total - n, "val_loss": loss, "val_acc": acc, "criterion": self._label(),
-                 "event": label}
+        point = {
+            "step": trainer.global_step,
+            "fraction_pruned": n / self.total,
+            "heads_pruned": n,
+            "heads_remaining": self.total - n,
+            "val_loss": loss,
+            "val_acc": acc,
+            "criterion": self._label(),
+            "event": label,
+        }
         self.curve.append(point)
         return point
 
     def _label(self) -> str:
         return "l0" if self.cfg.kind == "l0" else f"{self.cfg.kind}/{self.cfg.criterion}"
 
-    def _prune_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: int, reason: str
-                  ) -> list[Head]:
+    def _prune_to(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: int, reason: str) -> list[Head]:
         c = self.cfg
         model = pl_module.model
         batches = self._batches(trainer, pl_module)
@@ -412,9 +293,16 @@ class PruningCallback(pl.Callback):
             self._point(trainer, pl_module, "start")
         roles = self._roles(pl_module, batches)
         if self.scores is None or c.kind != "iterative" or c.exact:
-            scores = head_scores(c.criterion, model, batches, module_objective(pl_module), seed=c.seed,
-                                 roles=roles if c.criterion == "role" else None, role_tiebreak=c.role_tiebreak,
-                                 max_rows=c.max_rows)
+            scores = head_scores(
+                c.criterion,
+                model,
+                batches,
+                module_objective(pl_module),
+                seed=c.seed,
+                roles=roles if c.criterion == "role" else None,
+                role_tiebreak=c.role_tiebreak,
+                max_rows=c.max_rows,
+            )
             self.scores = [s.tolist() for s in scores]
         scores = [torch.tensor(s) for s in self.scores]
         new = select_heads(scores, self.pruned, target, c.scope, c.min_heads_per_layer, c.normalize_by_layer)
@@ -425,14 +313,27 @@ class PruningCallback(pl.Callback):
         self._record(trainer, new, roles, point, reason, {h: scores[h[0]][h[1]].item() for h in new})
         return new
 
-    def _record(self, trainer: pl.Trainer, new: Sequence[Head], roles: dict[Head, list[str]], point: dict[str, Any],
-                reason: str, scores: dict[Head, float] | None = None) -> None:
+    def _record(
+        self,
+        trainer: pl.Trainer,
+        new: Sequence[Head],
+        roles: dict[Head, list[str]],
+        point: dict[str, Any],
+        reason: str,
+        scores: dict[Head, float] | None = None,
+    ) -> None:
         per_layer = [n - sum(1 for layer, _ in self.pruned if layer == i) for i, n in enumerate(self.sizes)]
-        event = {"step": trainer.global_step, "reason": reason, "heads": format_heads(new),
-                 "roles": {format_heads([h]): roles.get(h, []) for h in new},
-                 "scores": {format_heads([h]): s for h, s in (scores or {}).items()},
-                 "heads_remaining_per_layer": per_layer, "val_loss": point["val_loss"], "val_acc": point["val_acc"],
-                 "fraction_pruned": point["fraction_pruned"]}
+        event = {
+            "step": trainer.global_step,
+            "reason": reason,
+            "heads": format_heads(new),
+            "roles": {format_heads([h]): roles.get(h, []) for h in new},
+            "scores": {format_heads([h]): s for h, s in (scores or {}).items()},
+            "heads_remaining_per_layer": per_layer,
+            "val_loss": point["val_loss"],
+            "val_acc": point["val_acc"],
+            "fraction_pruned": point["fraction_pruned"],
+        }
         self.events.append(event)
         metrics: dict[str, Any] = {
             "pruning/heads_pruned": float(len(self.pruned)),
@@ -503,9 +404,14 @@ class PruningCallback(pl.Callback):
             small, rep = prune_heads(model, self.pruned, self.cfg.uneven)
             report = rep.to_dict()
             self.report = report
-            _log(trainer, {"pruning/params_before": float(rep.params_before),
-                           "pruning/params_after": float(rep.params_after),
-                           "pruning/heads_kept_masked": float(len(rep.padded))})
+            _log(
+                trainer,
+                {
+                    "pruning/params_before": float(rep.params_before),
+                    "pruning/params_after": float(rep.params_after),
+                    "pruning/heads_kept_masked": float(len(rep.padded)),
+                },
+            )
         if not trainer.is_global_zero or self.run_dir is None:
             return
         run_dir = self.run_dir
@@ -516,17 +422,26 @@ class PruningCallback(pl.Callback):
             base = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
             write_checkpoint(checkpoint_for(small, base, hparams=hp, extra=meta), run_dir / "pruned.ckpt")
         write_curve_csv(self.curve, run_dir / "pruning_curve.csv")
-        png = plot_pruning_curves({self._label(): curve_xy(self.curve)}, run_dir / "pruning_curve.png",
-                                  title=f"Pruning curve ({self._label()})")
-        summary = {"config": asdict(self.cfg), "pruned": format_heads(self.pruned), "events": self.events,
-                   "curve": self.curve, "physical": report}
+        png = plot_pruning_curves(
+            {self._label(): curve_xy(self.curve)},
+            run_dir / "pruning_curve.png",
+            title=f"Pruning curve ({self._label()})",
+        )
+        summary = {
+            "config": asdict(self.cfg),
+            "pruned": format_heads(self.pruned),
+            "events": self.events,
+            "curve": self.curve,
+            "physical": report,
+        }
         (run_dir / "pruning.json").write_text(json.dumps(summary, indent=2))
         for run in _wandb_experiments(trainer):
             log_curve_to_wandb(run, self.curve, png, self.events)
 
 
-def log_curve_to_wandb(run: Any, curve: Sequence[Mapping[str, Any]], png: Path | None = None,
-                       events: Sequence[Mapping[str, Any]] = ()) -> None:
+def log_curve_to_wandb(
+    run: Any, curve: Sequence[Mapping[str, Any]], png: Path | None = None, events: Sequence[Mapping[str, Any]] = ()
+) -> None:
     """A W&B line plot of accuracy and loss vs fraction pruned, the PNG, and a table of pruned heads."""
     import wandb
 
@@ -534,15 +449,20 @@ def log_curve_to_wandb(run: Any, curve: Sequence[Mapping[str, Any]], png: Path |
     table = wandb.Table(columns=cols, data=[[float(p[c]) for c in cols] for p in curve])
     payload: dict[str, Any] = {
         "pruning/curve_acc": wandb.plot.line(table, "fraction_pruned", "val_acc", title="val acc vs fraction pruned"),
-        "pruning/curve_loss": wandb.plot.line(table, "fraction_pruned", "val_loss",
-                                              title="val loss vs fraction pruned"),
+        "pruning/curve_loss": wandb.plot.line(
+            table, "fraction_pruned", "val_loss", title="val loss vs fraction pruned"
+        ),
     }
     if png is not None:
         payload["pruning/curve_image"] = wandb.Image(str(png))
-    rows = [[e["step"], h, "+".join(e["roles"].get(h, [])), e["val_acc"], e["reason"]]
-            for e in events for h in (e["heads"].split(",") if e["heads"] else [])]
-    payload["pruning/pruned_heads"] = wandb.Table(columns=["step", "head", "roles", "val_acc_after", "reason"],
-                                                  data=rows)
+    rows = [
+        [e["step"], h, "+".join(e["roles"].get(h, [])), e["val_acc"], e["reason"]]
+        for e in events
+        for h in (e["heads"].split(",") if e["heads"] else [])
+    ]
+    payload["pruning/pruned_heads"] = wandb.Table(
+        columns=["step", "head", "roles", "val_acc_after", "reason"], data=rows
+    )
     run.log(payload)
 
 
@@ -554,8 +474,14 @@ class InitQualityCallback(pl.Callback):
     also written to ``init_conversion.json`` in the run directory.
     """
 
-    def __init__(self, init_from: str | Path, report: dict[str, Any] | None = None, run_dir: str | Path | None = None,
-                 n_batches: int = 4, batches: BatchSource = None) -> None:
+    def __init__(
+        self,
+        init_from: str | Path,
+        report: dict[str, Any] | None = None,
+        run_dir: str | Path | None = None,
+        n_batches: int = 4,
+        batches: BatchSource = None,
+    ) -> None:
         self.init_from = str(init_from)
         self.report = dict(report or {})
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -571,8 +497,12 @@ class InitQualityCallback(pl.Callback):
         s_loss, s_acc = evaluate(source.model, batches, module_objective(source))
         del source
         c_loss, c_acc = evaluate(pl_module.model, batches, module_objective(pl_module))
-        self.result = {"init/source_val_loss": s_loss, "init/source_val_acc": s_acc,
-                       "init/converted_val_loss": c_loss, "init/converted_val_acc": c_acc}
+        self.result = {
+            "init/source_val_loss": s_loss,
+            "init/source_val_acc": s_acc,
+            "init/converted_val_loss": c_loss,
+            "init/converted_val_acc": c_acc,
+        }
         _log(trainer, self.result, step=0)
         if trainer.is_global_zero and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,12 @@ from mhaexp.pruning.surgery import apply_mask, masked_heads
 CURVE_COLUMNS = ("step", "fraction_pruned", "heads_pruned", "heads_remaining", "val_loss", "val_acc", "criterion")
 
 
-def plot_pruning_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike[str],
-                        metric: str = "val_acc", title: str = "Pruning curve") -> Path:
+def plot_pruning_curves(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | os.PathLike[str],
+    metric: str = "val_acc",
+    title: str = "Pruning curve",
+) -> Path:
     """Draw one line per named curve of ``(fraction pruned, metric)`` points and save a PNG.
 
     Matplotlib's Agg backend is used, so this works without a display (and in a sweep's workers).
@@ -77,10 +81,19 @@ def curve_xy(points: Sequence[Mapping[str, Any]], metric: str = "val_acc") -> li
     return [(float(p["fraction_pruned"]), float(p[metric])) for p in points]
 
 
-def compute_pruning_curve(model: Transformer, batches: Sequence[Batch], criterion: str = "importance",
-                          step_fraction: float = 0.1, objective: Objective = causal_lm_objective,
-                          scope: str = "global", min_heads_per_layer: int = 1, normalize: bool = False,
-                          exact: bool = True, seed: int = 0, roles: Any = None) -> list[dict[str, Any]]:
+def compute_pruning_curve(
+    model: Transformer,
+    batches: Sequence[Batch],
+    criterion: str = "importance",
+    step_fraction: float = 0.1,
+    objective: Objective = causal_lm_objective,
+    scope: str = "global",
+    min_heads_per_layer: int = 1,
+    normalize: bool = False,
+    exact: bool = True,
+    seed: int = 0,
+    roles: Any = None,
+) -> list[dict[str, Any]]:
     """Prune ``model`` step by step without fine-tuning and evaluate after each step (Michel et al.
     2019, Fig. 3): ``step_fraction`` of all heads per step, re-ranking each step when ``exact``.
 
@@ -93,8 +106,17 @@ def compute_pruning_curve(model: Transformer, batches: Sequence[Batch], criterio
     limit = max_prunable(sizes, min_heads_per_layer)
     d = max(1, fraction_to_count(step_fraction, total))
     loss, acc = evaluate(model, batches, objective)
-    points = [{"step": 0, "fraction_pruned": len(pruned) / total, "heads_pruned": len(pruned),
-               "heads_remaining": total - len(pruned), "val_loss": loss, "val_acc": acc, "criterion": criterion}]
+    points = [
+        {
+            "step": 0,
+            "fraction_pruned": len(pruned) / total,
+            "heads_pruned": len(pruned),
+            "heads_remaining": total - len(pruned),
+            "val_loss": loss,
+            "val_acc": acc,
+            "criterion": criterion,
+        }
+    ]
     scores = None
     try:
         while len(pruned) < limit:
@@ -106,9 +128,17 @@ def compute_pruning_curve(model: Transformer, batches: Sequence[Batch], criterio
             apply_mask(model, new)
             pruned += new
             loss, acc = evaluate(model, batches, objective)
-            points.append({"step": len(points), "fraction_pruned": len(pruned) / total, "heads_pruned": len(pruned),
-                           "heads_remaining": total - len(pruned), "val_loss": loss, "val_acc": acc,
-                           "criterion": criterion})
+            points.append(
+                {
+                    "step": len(points),
+                    "fraction_pruned": len(pruned) / total,
+                    "heads_pruned": len(pruned),
+                    "heads_remaining": total - len(pruned),
+                    "val_loss": loss,
+                    "val_acc": acc,
+                    "criterion": criterion,
+                }
+            )
     finally:
         for layer, g in zip(model.attention_layers, saved, strict=True):
             layer.head_gate.copy_(g)

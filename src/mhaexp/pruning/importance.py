@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mhaexp.model import Transformer
+from mhaexp.pruning.schedules import CRITERIA
 
 Batch = dict[str, Tensor]
 # (batch, index of the batch in the held-out list) -> (model input ids, targets with IGNORE). The
@@ -45,7 +46,6 @@ Roles = Mapping[tuple[int, int], Any] | Iterable[Any]
 RolesProvider = Callable[[Transformer, Sequence[Batch]], Roles]
 
 IGNORE = -100
-CRITERIA = ("importance", "ablation", "random", "entropy", "role")
 
 
 def causal_lm_objective(batch: Batch, index: int = 0) -> tuple[Tensor, Tensor]:
@@ -82,8 +82,9 @@ def _token_losses(model: Transformer, batch: Batch, index: int, objective: Objec
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
-             ) -> tuple[float, float]:
+def evaluate(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+) -> tuple[float, float]:
     """Token-weighted mean loss and accuracy over ``batches`` (every scored token weighs the same)."""
     total = correct = count = 0.0
     with eval_mode(model):
@@ -101,8 +102,9 @@ def batch_loss(model: Transformer, batch: Batch, index: int = 0, objective: Obje
     return loss[scored].sum() / scored.sum().clamp_min(1)
 
 
-def gradient_importance(model: Transformer, batches: Sequence[Batch],
-                        objective: Objective = causal_lm_objective) -> list[Tensor]:
+def gradient_importance(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+) -> list[Tensor]:
     """Michel et al. 2019's head importance ``I_h = E_x |dL/dxi_h|``, ``xi_h`` = ``head_gate[h]``."""
     layers = model.attention_layers
     acc = [torch.zeros(layer.n_heads) for layer in layers]
@@ -123,8 +125,9 @@ def gradient_importance(model: Transformer, batches: Sequence[Batch],
 
 
 @torch.no_grad()
-def ablation_importance(model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective,
-                        max_rows: int = 256) -> list[Tensor]:
+def ablation_importance(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective, max_rows: int = 256
+) -> list[Tensor]:
     """Loss increase when each head alone is gated to 0, token-weighted over ``batches``.
 
     Exact, and cheaper than one full forward per head: the residual stream entering block ``l`` is
@@ -145,15 +148,18 @@ def ablation_importance(model: Transformer, batches: Sequence[Batch], objective:
             if n_scored == 0:
                 continue
             cached: list[Tensor] = []
-            hooks = [b.register_forward_pre_hook(lambda m, args, kw, c=cached: c.append(args[0]), with_kwargs=True)
-                     for b in blocks]
+            hooks = [
+                b.register_forward_pre_hook(lambda m, args, kw, c=cached: c.append(args[0]), with_kwargs=True)
+                for b in blocks
+            ]
             try:
                 logits, _ = model(inputs, attention_mask=mask)
             finally:
                 for h in hooks:
                     h.remove()
-            clean = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
-                                    reduction="sum")
+            clean = F.cross_entropy(
+                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+            )
             B = inputs.shape[0]
             for li, block in enumerate(blocks):
                 attn = block.attn
@@ -164,8 +170,8 @@ def ablation_importance(model: Transformer, batches: Sequence[Batch], objective:
                 contrib = _head_contributions(attn, block.ln_1(cached[li]), mask, heads)  # (n, B, T, d)
                 chunk = max(1, max_rows // B)
                 for start in range(0, len(heads), chunk):
-                    part = heads[start:start + chunk]
-                    delta = contrib[start:start + len(part)].flatten(0, 1)  # (n*B, T, d), copy-major
+                    part = heads[start : start + chunk]
+                    delta = contrib[start : start + len(part)].flatten(0, 1)  # (n*B, T, d), copy-major
                     n = len(part)
                     hook = attn.register_forward_hook(lambda m, a, out, d=delta: (out[0] - d, out[1]))
                     try:
@@ -176,8 +182,16 @@ def ablation_importance(model: Transformer, batches: Sequence[Batch], objective:
                         out = model.lm_head(model.ln_f(x))  # (n*B, T, V)
                     finally:
                         hook.remove()
-                    loss = F.cross_entropy(out.flatten(0, 1).float(), targets.repeat(n, 1).flatten(),
-                                           ignore_index=IGNORE, reduction="none").view(n, -1).sum(1)
+                    loss = (
+                        F.cross_entropy(
+                            out.flatten(0, 1).float(),
+                            targets.repeat(n, 1).flatten(),
+                            ignore_index=IGNORE,
+                            reduction="none",
+                        )
+                        .view(n, -1)
+                        .sum(1)
+                    )
                     for k, h in enumerate(part):
                         scores[li][h] += float(loss[k] - clean)
             count += n_scored
@@ -215,8 +229,9 @@ def attention_entropy(patterns: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 @torch.no_grad()
-def entropy_scores(model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
-                   ) -> list[Tensor]:
+def entropy_scores(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+) -> list[Tensor]:
     """Minus the mean attention entropy of each head (pruning the most diffuse heads first)."""
     sums = [torch.zeros(layer.n_heads) for layer in model.attention_layers]
     with eval_mode(model):
@@ -265,14 +280,21 @@ def role_scores(roles: Roles, sizes: Sequence[int], tiebreak: Sequence[Tensor] |
     out, start = [], 0
     for i, n in enumerate(sizes):
         has = torch.tensor([float((i, h) in held) for h in range(n)])
-        out.append(has + rank[start:start + n])
+        out.append(has + rank[start : start + n])
         start += n
     return out
 
 
-def head_scores(criterion: str, model: Transformer, batches: Sequence[Batch],
-                objective: Objective = causal_lm_objective, seed: int = 0, roles: Roles | None = None,
-                role_tiebreak: str = "random", max_rows: int = 256) -> list[Tensor]:
+def head_scores(
+    criterion: str,
+    model: Transformer,
+    batches: Sequence[Batch],
+    objective: Objective = causal_lm_objective,
+    seed: int = 0,
+    roles: Roles | None = None,
+    role_tiebreak: str = "random",
+    max_rows: int = 256,
+) -> list[Tensor]:
     """Dispatch to the criterion's scoring function (see the module docstring)."""
     sizes = layer_sizes(model)
     if criterion == "importance":

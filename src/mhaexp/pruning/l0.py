@@ -26,14 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from mhaexp.model import Transformer
-
-# Voita et al. 2019, Sec. 6.1 ("we use the same values as Louizos et al. (2018)" for the stretch).
-DEFAULT_TEMPERATURE = 1.0 / 3.0
-DEFAULT_STRETCH = (-0.1, 1.1)
+from mhaexp.pruning.schedules import L0_STRETCH as DEFAULT_STRETCH
+from mhaexp.pruning.schedules import L0_TEMPERATURE as DEFAULT_TEMPERATURE
 
 
-def prob_open(log_alpha: Tensor, temperature: float = DEFAULT_TEMPERATURE,
-              stretch: tuple[float, float] = DEFAULT_STRETCH) -> Tensor:
+def prob_open(
+    log_alpha: Tensor, temperature: float = DEFAULT_TEMPERATURE, stretch: tuple[float, float] = DEFAULT_STRETCH
+) -> Tensor:
     """``P(z != 0) = sigmoid(log_alpha - beta * log(-l / r))`` per gate (Louizos et al. 2018, eq. 12)."""
     l, r = stretch
     return torch.sigmoid(log_alpha - temperature * math.log(-l / r))
@@ -45,8 +44,12 @@ def deterministic_gate(log_alpha: Tensor, stretch: tuple[float, float] = DEFAULT
     return (torch.sigmoid(log_alpha) * (r - l) + l).clamp(0.0, 1.0)
 
 
-def sample_gate(log_alpha: Tensor, u: Tensor, temperature: float = DEFAULT_TEMPERATURE,
-                stretch: tuple[float, float] = DEFAULT_STRETCH) -> Tensor:
+def sample_gate(
+    log_alpha: Tensor,
+    u: Tensor,
+    temperature: float = DEFAULT_TEMPERATURE,
+    stretch: tuple[float, float] = DEFAULT_STRETCH,
+) -> Tensor:
     """The stretched, clamped hard-concrete sample for uniform noise ``u`` in (0, 1) (Louizos et al. 2018, eq. 10)."""
     l, r = stretch
     s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / temperature)
@@ -73,8 +76,13 @@ class HardConcreteGate(nn.Module):
     temperature: Tensor
     stretch: Tensor
 
-    def __init__(self, n: int, temperature: float = DEFAULT_TEMPERATURE,
-                 stretch: tuple[float, float] = DEFAULT_STRETCH, log_alpha_init: float = 2.5) -> None:
+    def __init__(
+        self,
+        n: int,
+        temperature: float = DEFAULT_TEMPERATURE,
+        stretch: tuple[float, float] = DEFAULT_STRETCH,
+        log_alpha_init: float = 2.5,
+    ) -> None:
         super().__init__()
         self.log_alpha = nn.Parameter(torch.full((n,), float(log_alpha_init)))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
@@ -106,9 +114,12 @@ class HardConcreteGate(nn.Module):
         return self.prob_open().sum()
 
 
-def attach_l0_gates(model: Transformer, temperature: float = DEFAULT_TEMPERATURE,
-                    stretch: tuple[float, float] = DEFAULT_STRETCH, log_alpha_init: float = 2.5
-                    ) -> list[HardConcreteGate]:
+def attach_l0_gates(
+    model: Transformer,
+    temperature: float = DEFAULT_TEMPERATURE,
+    stretch: tuple[float, float] = DEFAULT_STRETCH,
+    log_alpha_init: float = 2.5,
+) -> list[HardConcreteGate]:
     """Give every attention layer a :class:`HardConcreteGate` as its ``gate_fn``; return them.
 
     The gate becomes a submodule (``blocks.i.attn.gate_fn.log_alpha``), so the optimizer built

@@ -44,16 +44,19 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from mhaexp.attention import divisors
 from mhaexp.errors import ConfigError
 from mhaexp.model import ModelConfig, Transformer
 from mhaexp.pruning.l0 import HardConcreteGate, fold_l0_state
+from mhaexp.pruning.schedules import UNEVEN
 
 Head = tuple[int, int]
-UNEVEN = ("pad", "split")
 GQA_INITS = ("mean", "first", "random")
 CHECKPOINT_KEY = "mhaexp"  # == mhaexp.lightning_module.CHECKPOINT_KEY (not imported: keeps this module light)
-ATTN_PARAMS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def divisors(n: int) -> list[int]:
+    """Positive divisors of ``n`` (the valid K/V head counts for ``n`` query heads)."""
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,8 +104,12 @@ def check_heads_exist(heads: Iterable[Head], sizes: Sequence[int], field_name: s
 
 def masked_heads(model: Transformer) -> list[Head]:
     """Heads whose ``head_gate`` is exactly 0."""
-    return [(i, h) for i, layer in enumerate(model.attention_layers) for h in range(layer.n_heads)
-            if float(layer.head_gate[h]) == 0.0]
+    return [
+        (i, h)
+        for i, layer in enumerate(model.attention_layers)
+        for h in range(layer.n_heads)
+        if float(layer.head_gate[h]) == 0.0
+    ]
 
 
 @torch.no_grad()
@@ -142,8 +149,13 @@ class LayerPlan:
         return len(self.q_src), len(self.kv_src)
 
 
-def plan_layer(n_heads: int, n_kv_heads: int, remove: Iterable[int], gates: Sequence[float] | Tensor | None = None,
-               uneven: str = "pad") -> LayerPlan:
+def plan_layer(
+    n_heads: int,
+    n_kv_heads: int,
+    remove: Iterable[int],
+    gates: Sequence[float] | Tensor | None = None,
+    uneven: str = "pad",
+) -> LayerPlan:
     """The GQA-aware layout of one layer after removing query heads ``remove`` (see module docstring)."""
     if uneven not in UNEVEN:
         raise ConfigError("uneven", uneven, f"choose one of {list(UNEVEN)}")
@@ -169,8 +181,8 @@ def plan_layer(n_heads: int, n_kv_heads: int, remove: Iterable[int], gates: Sequ
         width = functools.reduce(math.gcd, [len(keep[j]) for j in live])
         for j in live:
             for start in range(0, len(keep[j]), width):
-                plan.q_src += keep[j][start:start + width]
-                plan.q_gate += [gates[h] for h in keep[j][start:start + width]]
+                plan.q_src += keep[j][start : start + width]
+                plan.q_gate += [gates[h] for h in keep[j][start : start + width]]
                 plan.kv_src.append(j)
         plan.kv_duplicated = sorted({j for j in plan.kv_src if plan.kv_src.count(j) > 1})
     plan.kv_removed = [j for j in range(n_kv_heads) if j not in plan.kv_src]
@@ -221,14 +233,21 @@ class PruneReport:
     params_after: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"removed": format_heads(self.removed), "padded": format_heads(self.padded),
-                "layers": self.layers, "params_before": self.params_before, "params_after": self.params_after}
+        return {
+            "removed": format_heads(self.removed),
+            "padded": format_heads(self.padded),
+            "layers": self.layers,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+        }
 
     def summary(self) -> str:
         lines = []
         for row in self.layers:
-            line = (f"L{row['layer']}: heads {row['heads_before']} -> {row['heads_after']}, "
-                    f"kv heads {row['kv_heads_before']} -> {row['kv_heads_after']}")
+            line = (
+                f"L{row['layer']}: heads {row['heads_before']} -> {row['heads_after']}, "
+                f"kv heads {row['kv_heads_before']} -> {row['kv_heads_after']}"
+            )
             if row["padded"]:
                 line += f" (kept gated 0 to keep groups equal: {row['padded']})"
             lines.append(line)
@@ -236,8 +255,9 @@ class PruneReport:
         return "\n".join(lines)
 
 
-def prune_model_state(state: dict[str, Tensor], cfg: ModelConfig, heads: Iterable[Head], uneven: str = "pad"
-                      ) -> tuple[dict[str, Tensor], ModelConfig, list[LayerPlan]]:
+def prune_model_state(
+    state: dict[str, Tensor], cfg: ModelConfig, heads: Iterable[Head], uneven: str = "pad"
+) -> tuple[dict[str, Tensor], ModelConfig, list[LayerPlan]]:
     """Physical removal on a model ``state_dict`` (keys without ``model.``): new state, config, plans."""
     state = fold_l0_state(state)
     heads = list(heads)
@@ -269,10 +289,19 @@ def prune_heads(model: Transformer, heads: Iterable[Head], uneven: str = "pad") 
     layers = []
     padded = []
     for i, plan in enumerate(plans):
-        layers.append({"layer": i, "heads_before": plan.n_heads, "heads_after": plan.new_heads[0],
-                       "kv_heads_before": plan.n_kv_heads, "kv_heads_after": plan.new_heads[1],
-                       "removed": plan.removed, "padded": plan.padded, "kv_removed": plan.kv_removed,
-                       "kv_duplicated": plan.kv_duplicated})
+        layers.append(
+            {
+                "layer": i,
+                "heads_before": plan.n_heads,
+                "heads_after": plan.new_heads[0],
+                "kv_heads_before": plan.n_kv_heads,
+                "kv_heads_after": plan.new_heads[1],
+                "removed": plan.removed,
+                "padded": plan.padded,
+                "kv_removed": plan.kv_removed,
+                "kv_duplicated": plan.kv_duplicated,
+            }
+        )
         padded += [(i, h) for h in plan.padded]
     report = PruneReport(heads, padded, layers, model.param_counts()["total"], new.param_counts()["total"])
     return new, report
@@ -283,8 +312,16 @@ def prune_heads(model: Transformer, heads: Iterable[Head], uneven: str = "pad") 
 # ---------------------------------------------------------------------------------------------
 
 
-def convert_kv(t: Tensor, n_src: int, n_tgt: int, head_dim: int, init: str = "mean",
-               generator: torch.Generator | None = None, is_bias: bool = False, name: str = "k_proj") -> Tensor:
+def convert_kv(
+    t: Tensor,
+    n_src: int,
+    n_tgt: int,
+    head_dim: int,
+    init: str = "mean",
+    generator: torch.Generator | None = None,
+    is_bias: bool = False,
+    name: str = "k_proj",
+) -> Tensor:
     """K or V projection rows (``n_src * head_dim``, ...) -> (``n_tgt * head_dim``, ...).
 
     Fewer heads: group ``t`` pools source heads ``t*r .. t*r + r - 1`` (``r = n_src / n_tgt``), by
@@ -304,13 +341,19 @@ def convert_kv(t: Tensor, n_src: int, n_tgt: int, head_dim: int, init: str = "me
         elif init == "first":
             out = grouped[:, 0]
         else:
-            out = torch.zeros_like(grouped[:, 0]) if is_bias else torch.empty_like(grouped[:, 0]).normal_(
-                0.0, 0.02, generator=generator)
+            out = (
+                torch.zeros_like(grouped[:, 0])
+                if is_bias
+                else torch.empty_like(grouped[:, 0]).normal_(0.0, 0.02, generator=generator)
+            )
     elif n_tgt % n_src == 0:
         out = heads.repeat_interleave(n_tgt // n_src, dim=0)
     else:
-        raise ConfigError("model.n_kv_heads", n_tgt, f"cannot convert {name} from {n_src} K/V heads: the new count "
-                          f"must divide {n_src} or be a multiple of it")
+        raise ConfigError(
+            "model.n_kv_heads",
+            n_tgt,
+            f"cannot convert {name} from {n_src} K/V heads: the new count must divide {n_src} or be a multiple of it",
+        )
     return out.reshape(n_tgt * head_dim, *rest).contiguous()
 
 
@@ -332,9 +375,16 @@ def _shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def convert_state(src: dict[str, Tensor], src_cfg: ModelConfig, tgt_cfg: ModelConfig,
-                  tgt_shapes: dict[str, tuple[int, ...]], gqa_init: str = "mean", seed: int = 0,
-                  field_name: str = "init_from", source: str = "") -> dict[str, Tensor]:
+def convert_state(
+    src: dict[str, Tensor],
+    src_cfg: ModelConfig,
+    tgt_cfg: ModelConfig,
+    tgt_shapes: dict[str, tuple[int, ...]],
+    gqa_init: str = "mean",
+    seed: int = 0,
+    field_name: str = "init_from",
+    source: str = "",
+) -> dict[str, Tensor]:
     """Source model state -> a state for ``tgt_cfg``, converting K/V heads where the counts differ.
 
     Raises ConfigError (``field_name=source``) naming the first parameter whose shape cannot match
@@ -349,8 +399,11 @@ def convert_state(src: dict[str, Tensor], src_cfg: ModelConfig, tgt_cfg: ModelCo
         raise ConfigError("model.n_layers", tgt_cfg.n_layers, f"the checkpoint {source} has {src_cfg.n_layers} layers")
     for key, shape in tgt_shapes.items():
         if key not in src:
-            raise ConfigError(field_name, source, f"parameter {key} is missing from the checkpoint (compare "
-                              "model.* with the checkpoint's config)")
+            raise ConfigError(
+                field_name,
+                source,
+                f"parameter {key} is missing from the checkpoint (compare model.* with the checkpoint's config)",
+            )
         value = src[key]
         parts = key.split(".")
         if len(parts) == 5 and parts[0] == "blocks" and parts[2] == "attn" and parts[3] in ("k_proj", "v_proj"):
@@ -359,16 +412,25 @@ def convert_state(src: dict[str, Tensor], src_cfg: ModelConfig, tgt_cfg: ModelCo
             if nkv_s != nkv_t and nh_s == nh_t and src_cfg.head_dim == tgt_cfg.head_dim:
                 if nh_t % nkv_t:
                     raise ConfigError("model.n_kv_heads", nkv_t, f"must divide n_heads={nh_t}: {divisors(nh_t)}")
-                value = convert_kv(value, nkv_s, nkv_t, tgt_cfg.head_dim, gqa_init, gen,
-                                   is_bias=parts[4] == "bias", name=key)
+                value = convert_kv(
+                    value, nkv_s, nkv_t, tgt_cfg.head_dim, gqa_init, gen, is_bias=parts[4] == "bias", name=key
+                )
         if tuple(value.shape) != tuple(shape):
-            raise ConfigError(field_name, source, f"parameter {key} has shape {tuple(value.shape)} in the checkpoint "
-                              f"but {tuple(shape)} in the model being built (check model.* against the checkpoint)")
+            raise ConfigError(
+                field_name,
+                source,
+                f"parameter {key} has shape {tuple(value.shape)} in the checkpoint "
+                f"but {tuple(shape)} in the model being built (check model.* against the checkpoint)",
+            )
         out[key] = value
     extra = sorted(set(src) - set(tgt_shapes))
     if extra:
-        raise ConfigError(field_name, source, f"parameter {extra[0]} is in the checkpoint but not in the model "
-                          f"being built ({len(extra)} such; check model.* against the checkpoint's config)")
+        raise ConfigError(
+            field_name,
+            source,
+            f"parameter {extra[0]} is in the checkpoint but not in the model "
+            f"being built ({len(extra)} such; check model.* against the checkpoint's config)",
+        )
     return out
 
 
@@ -394,8 +456,12 @@ def read_checkpoint(path: str | os.PathLike[str], field_name: str = "init_from")
     except Exception as e:  # noqa: BLE001 - any unreadable file is a bad value of this field
         raise ConfigError(field_name, str(path), f"cannot be read as a torch checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(field_name, str(path), f"is not an mhaexp checkpoint (no '{CHECKPOINT_KEY}' entry); "
-                          "use a .ckpt written by mhaexp-train or mhaexp-prune")
+        raise ConfigError(
+            field_name,
+            str(path),
+            f"is not an mhaexp checkpoint (no '{CHECKPOINT_KEY}' entry); "
+            "use a .ckpt written by mhaexp-train or mhaexp-prune",
+        )
     return ckpt
 
 
@@ -406,7 +472,7 @@ def checkpoint_config(ckpt: dict[str, Any]) -> ModelConfig:
 
 def model_state(ckpt: dict[str, Any]) -> dict[str, Tensor]:
     """The Transformer's state (``model.`` prefix stripped), L0 gates folded into ``head_gate``."""
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     return fold_l0_state(state)
 
 
@@ -439,8 +505,13 @@ def validate_init(path: str | os.PathLike[str], model_cfg: ModelConfig, gqa_init
     convert_state(model_state(ckpt), checkpoint_config(ckpt), model_cfg, shapes, gqa_init, source=str(path))
 
 
-def load_init(module: pl.LightningModule, path: str | os.PathLike[str], target_model_cfg: ModelConfig,
-              gqa_init: str = "mean", seed: int = 0) -> dict[str, Any]:
+def load_init(
+    module: pl.LightningModule,
+    path: str | os.PathLike[str],
+    target_model_cfg: ModelConfig,
+    gqa_init: str = "mean",
+    seed: int = 0,
+) -> dict[str, Any]:
     """Load a checkpoint's weights into ``module.model`` (``init_from=``), converting K/V heads.
 
     When the checkpoint has a different number of K/V heads in a layer (e.g. an MHA checkpoint and
@@ -454,18 +525,28 @@ def load_init(module: pl.LightningModule, path: str | os.PathLike[str], target_m
     ckpt = read_checkpoint(path, "init_from")
     src_cfg = checkpoint_config(ckpt)
     model = module.model
-    state = convert_state(model_state(ckpt), src_cfg, target_model_cfg, _shapes(model), gqa_init, seed,
-                          source=str(path))
+    state = convert_state(
+        model_state(ckpt), src_cfg, target_model_cfg, _shapes(model), gqa_init, seed, source=str(path)
+    )
     model.load_state_dict(state)
-    converted = [i for i in range(src_cfg.n_layers)
-                 if src_cfg.heads_in_layer(i)[1] != target_model_cfg.heads_in_layer(i)[1]]
-    return {"init_from": str(path), "gqa_init": gqa_init if converted else None, "converted_layers": converted,
-            "kv_heads_before": [src_cfg.heads_in_layer(i)[1] for i in range(src_cfg.n_layers)],
-            "kv_heads_after": [target_model_cfg.heads_in_layer(i)[1] for i in range(target_model_cfg.n_layers)]}
+    converted = [
+        i for i in range(src_cfg.n_layers) if src_cfg.heads_in_layer(i)[1] != target_model_cfg.heads_in_layer(i)[1]
+    ]
+    return {
+        "init_from": str(path),
+        "gqa_init": gqa_init if converted else None,
+        "converted_layers": converted,
+        "kv_heads_before": [src_cfg.heads_in_layer(i)[1] for i in range(src_cfg.n_layers)],
+        "kv_heads_after": [target_model_cfg.heads_in_layer(i)[1] for i in range(target_model_cfg.n_layers)],
+    }
 
 
-def checkpoint_for(model: Transformer, base: dict[str, Any] | None = None, hparams: dict[str, Any] | None = None,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def checkpoint_for(
+    model: Transformer,
+    base: dict[str, Any] | None = None,
+    hparams: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A checkpoint dict for ``model`` that both ``LMModule.load_from_checkpoint`` and :func:`load_model` read.
 
     ``base`` (a source checkpoint) gives step counters and hyper-parameters; optimizer and loop
@@ -499,8 +580,9 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def prune_checkpoint(path: str | os.PathLike[str], heads: Iterable[Head] | None, out: str | os.PathLike[str],
-                     uneven: str = "pad") -> PruneReport:
+def prune_checkpoint(
+    path: str | os.PathLike[str], heads: Iterable[Head] | None, out: str | os.PathLike[str], uneven: str = "pad"
+) -> PruneReport:
     """Physically remove ``heads`` (``None``: the heads masked in the checkpoint) and save to ``out``."""
     ckpt = read_checkpoint(path, "ckpt")
     model = load_model(path)

@@ -1,0 +1,374 @@
+"""From a model and probe batches to one tensor per metric: the glue between the model and the pure metrics.
+
+Layout of the result (:class:`HeadMetrics`):
+
+* ``metrics[key]``: ``(L, H)`` or ``(L, H, R)`` with ``H = max`` heads over layers. Layers with fewer
+  heads (physically pruned models) are padded with NaN; ``n_heads[l]`` says how many are real.
+  The keys of :mod:`mhaexp.analysis.roles` are all here (when the data allows), so ``metrics`` goes
+  straight into ``classify_heads``, together with the baselines ``syntactic_baseline`` ``(R,)`` and
+  ``coreference_baseline`` (scalar).
+* ``layer_metrics[key]``: ``(L,)`` per-layer values (GQA group diversity).
+* ``js`` ``(N, N)`` / ``mds`` ``(N, 2)``: over all real heads, head ``k`` is ``head_index[k]``.
+
+Two tiers, so that periodic analysis stays cheap (see ``expensive_every`` in conf/analysis):
+
+* cheap: one explicit-attention forward per probe batch and one on repeated random sequences,
+  the pattern metrics, copying score (weights only) and gradient importance (one backward per batch);
+* expensive (``expensive=True``): ablation importance, JS divergence between all heads, MDS and GQA
+  group diversity.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mhaexp.analysis import metrics as M
+from mhaexp.analysis.similarity import gqa_group_diversity, js_divergence_matrix, mds_embedding
+from mhaexp.analysis.weights import copying_score
+from mhaexp.pruning.importance import (
+    Objective,
+    ablation_importance,
+    causal_lm_objective,
+    eval_mode,
+    gradient_importance,
+)
+
+Batch = dict[str, Tensor]
+
+# Defaults for analysis keys an older or partial config may lack (conf/analysis/default.yaml wins).
+DEFAULTS: dict[str, Any] = {
+    "max_offset": 3,
+    "direction": "auto",
+    "induction_sequences": 32,
+    "js_sequences": 64,
+    "seed": 0,
+}
+
+
+@dataclass
+class ProbeData:
+    """Everything about the probe set the metrics need, independent of where it came from.
+
+    ``batches`` hold ``input_ids``/``attention_mask`` and optionally ``heads``/``rels``/``coref`` (CPU).
+    ``repeated``: the probe sequences already are BOS + x + x, so induction is scored on them directly.
+    """
+
+    batches: list[Batch]
+    relations: list[str]
+    id_to_token: Callable[[int], str]
+    special_ids: frozenset[int]
+    bos_id: int
+    vocab_size: int
+    token_freq: Tensor | None = None
+    repeated: bool = False
+    objective: Objective = causal_lm_objective
+
+    @property
+    def has_syntax(self) -> bool:
+        return bool(self.relations) and all("heads" in b and "rels" in b for b in self.batches)
+
+    @property
+    def has_coref(self) -> bool:
+        return all("coref" in b for b in self.batches)
+
+    def tokens(self, index: int = 0) -> list[str]:
+        """Token strings of probe example ``index`` (its real positions only)."""
+        b = self.batches[0]
+        ids = b["input_ids"][index][b["attention_mask"][index].bool()]
+        return [self.id_to_token(int(i)) for i in ids]
+
+
+@dataclass
+class HeadMetrics:
+    """Per-head analysis of one model on one probe set (see the module docstring for shapes)."""
+
+    metrics: dict[str, Tensor]
+    n_heads: list[int]
+    relation_names: list[str] = field(default_factory=list)
+    syntactic_direction: list[str] = field(default_factory=list)
+    layer_metrics: dict[str, Tensor] = field(default_factory=dict)
+    js: Tensor | None = None
+    mds: Tensor | None = None
+    example_patterns: list[Tensor] = field(default_factory=list)  # per layer (H_l, T, T), probe example 0
+    example_tokens: list[str] = field(default_factory=list)
+    expensive: bool = False
+
+    @property
+    def head_index(self) -> list[tuple[int, int]]:
+        return [(layer, h) for layer, n in enumerate(self.n_heads) for h in range(n)]
+
+
+def objective_for(module: Any) -> Objective:
+    """The module's own training objective as an :data:`Objective` (masked-LM for bidirectional models).
+
+    Salts are negative and distinct from the validation loop's (-1 - batch_idx), so importance is
+    scored on the same masks at every analysis step without reusing validation's draws.
+    """
+    if module is None or getattr(module.model_cfg, "causal", True):
+        return causal_lm_objective
+    return lambda batch, index: module.inputs_and_targets(batch, salt=-100_000 - index)
+
+
+def probe_from_datamodule(datamodule: Any, n_batches: int, objective: Objective = causal_lm_objective) -> ProbeData:
+    """Take the first ``n_batches`` probe batches of an :class:`~mhaexp.data.LMDataModule`."""
+    datamodule.setup()
+    batches: list[Batch] = []
+    for batch in datamodule.probe_dataloader():
+        batches.append({k: v for k, v in batch.items() if isinstance(v, Tensor)})
+        if len(batches) >= max(1, n_batches):
+            break
+    tok = datamodule.tokenizer
+    source = getattr(datamodule, "source", None)
+    try:
+        freq = datamodule.token_frequencies()
+    except Exception:  # a datamodule without a train split still has everything else
+        freq = None
+    return ProbeData(
+        batches=batches,
+        relations=list(getattr(datamodule, "relations", []) or []),
+        id_to_token=tok.id_to_token,
+        special_ids=special_ids(tok),
+        bos_id=tok.bos_id,
+        vocab_size=datamodule.vocab_size,
+        token_freq=freq,
+        repeated=getattr(source, "repeat_offset", None) is not None,
+        objective=objective,
+    )
+
+
+def special_ids(tok: Any) -> frozenset[int]:
+    return frozenset(int(getattr(tok, n)) for n in ("pad_id", "bos_id", "eos_id", "mask_id", "unk_id")
+                     if getattr(tok, n, None) is not None)
+
+
+def repeated_random_batch(probe: ProbeData, seq_len: int, n: int, seed: int = 0) -> Batch:
+    """Olsson et al. (2022) induction protocol: BOS + x + x, x drawn without replacement from the
+    non-special vocabulary with a fixed seed (the same sequences at every analysis step)."""
+    half = (seq_len - 1) // 2
+    pool = [i for i in range(probe.vocab_size) if i not in probe.special_ids]
+    rng = random.Random(f"mhaexp-analysis-induction/{seed}")
+    rows = []
+    for _ in range(n):
+        x = rng.sample(pool, half) if half <= len(pool) else [rng.choice(pool) for _ in range(half)]
+        rows.append([probe.bos_id, *x, *x])
+    ids = torch.tensor(rows, dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool)}
+
+
+@torch.no_grad()
+def collect_patterns(model: torch.nn.Module, batch: Mapping[str, Tensor]) -> list[Tensor]:
+    """One eval-mode forward with ``need_weights=True``: per-layer patterns ``(B, nh_l, T, T)``.
+
+    The model's train/eval mode is restored afterwards. Inputs are the raw ids (no masked-LM
+    corruption): heads are analysed on the text itself, as Clark et al. (2019) do for BERT.
+    """
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        _, patterns = model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                            need_weights=True)
+    return [p.float() for p in patterns]
+
+
+def _cat_batches(batches: Sequence[Batch]) -> Batch:
+    """One batch from several, right-padding to the longest T (pads are masked out everywhere)."""
+    T = max(b["input_ids"].shape[1] for b in batches)
+    fill = {"attention_mask": False, "heads": -1, "rels": -1, "coref": -1}
+    keys = set.intersection(*(set(b) for b in batches))
+    out = {}
+    for k in keys:
+        parts = [F.pad(b[k], (0, T - b[k].shape[1]), value=fill.get(k, 0)) for b in batches]
+        out[k] = torch.cat(parts)
+    return out
+
+
+def _per_layer(values: Sequence[Tensor], width: int) -> Tensor:
+    """Stack per-layer ``(H_l, ...)`` results into ``(L, H, ...)``, NaN where a layer has fewer heads."""
+    rest = values[0].shape[1:]
+    out = torch.full((len(values), width, *rest), float("nan"))
+    for layer, v in enumerate(values):
+        out[layer, : v.shape[0]] = v.detach().float().cpu()
+    return out
+
+
+def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, causal: bool, mode: str) -> list[str]:
+    """Per relation, ``dep2head`` or ``head2dep``.
+
+    ``auto`` on a causal model takes the direction a head can see: dep2head when most gold heads
+    precede their dependent ("prep" -> its verb), head2dep otherwise (the verb looks back at its
+    "nsubj"); either fixed direction would leave half the relations unscorable (accuracy 0 for
+    every head and for the baseline). Bidirectional models see both ways: dep2head, as Clark et al.
+    """
+    if mode in ("dep2head", "head2dep"):
+        return [mode] * n_rel
+    if mode != "auto":
+        raise ValueError(f"analysis.direction must be auto, dep2head or head2dep; got {mode!r}")
+    if not causal:
+        return ["dep2head"] * n_rel
+    pos = torch.arange(heads.shape[1])
+    arc = mask & (heads >= 0) & (rels >= 0)
+    backward = arc & (heads < pos)
+    out = []
+    for r in range(n_rel):
+        sel = arc & (rels == r)
+        out.append("dep2head" if int((backward & sel).sum()) * 2 >= int(sel.sum()) else "head2dep")
+    return out
+
+
+def _copying(model: Any) -> list[Tensor]:
+    W_E = model.tok_emb.weight.detach()
+    W_U = model.lm_head.weight.detach().T
+    out = []
+    for attn in model.attention_layers:
+        d, hs = attn.d_model, attn.head_dim
+        W_V = attn.v_proj.weight.detach().view(attn.n_kv_heads, hs, d).transpose(1, 2)
+        # The gate scales the head's output: a gated-off head has a zero OV circuit (NaN score).
+        W_O = attn.o_proj.weight.detach().view(d, attn.n_heads, hs).permute(1, 2, 0)
+        W_O = W_O * attn.gates().detach().to(W_O.dtype)[:, None, None]
+        out.append(copying_score(W_E, W_U, W_V, W_O))
+    return out
+
+
+def compute_head_metrics(
+    model: Any,
+    probe: ProbeData,
+    analysis_cfg: Mapping[str, Any],
+    *,
+    expensive: bool = True,
+    importance: bool = True,
+) -> HeadMetrics:
+    """Every per-head metric of ``model`` on ``probe`` (see the module docstring).
+
+    ``analysis_cfg`` is ``conf/analysis`` (``max_offset``, ``thresholds.positional``, ``direction``,
+    ``induction_sequences``, ``js_sequences``, ``seed``). ``model`` is a :class:`~mhaexp.model.Transformer`.
+    """
+    cfg = {**DEFAULTS, **dict(analysis_cfg)}
+    thresholds = cfg.get("thresholds") or {}
+    max_offset = int(cfg["max_offset"])
+    layers = model.attention_layers
+    n_heads = [a.n_heads for a in layers]
+    H = max(n_heads)
+    causal = bool(model.cfg.causal)
+    batch = _cat_batches(probe.batches)
+    mask = batch["attention_mask"].bool()
+    patterns = []
+    for b in probe.batches:
+        ps = collect_patterns(model, b)
+        T = b["input_ids"].shape[1]
+        patterns.append([F.pad(p, (0, batch["input_ids"].shape[1] - T) * 2) for p in ps])
+    per_layer = [torch.cat([ps[layer] for ps in patterns]) for layer in range(len(layers))]
+    device = per_layer[0].device
+    mask_d, tokens_d = mask.to(device), batch["input_ids"].to(device)
+
+    values: dict[str, list[Tensor]] = {}
+
+    def put(key: str, value: Tensor) -> None:
+        values.setdefault(key, []).append(value)
+
+    for p in per_layer:
+        _, offset, frac = M.positional_heads(p, mask_d, max_offset, float(thresholds.get("positional", 0.9)),
+                                             causal=causal)
+        put("positional_frac", frac)
+        put("positional_offset", offset.float())
+        put("normalized_entropy", M.normalized_entropy(p, mask_d, causal=causal))
+        put("entropy", M.entropy(p, mask_d, causal=causal))
+        put("confidence", M.confidence(p, mask_d))
+        put("prev_token_attn", M.previous_token_score(p, mask_d))
+        put("sink", M.sink_score(p, mask_d))
+        put("sink_rate", M.sink_rate(p, mask_d))
+        if probe.token_freq is not None:
+            put("rare_word", M.rare_token_score(p, tokens_d, probe.token_freq, mask_d, causal=causal))
+
+    out: dict[str, Tensor] = {k: _per_layer(v, H) for k, v in values.items()}
+    relation_names: list[str] = []
+    directions: list[str] = []
+    if probe.has_syntax:
+        heads, rels = batch["heads"].long(), batch["rels"].long()
+        n_rel = len(probe.relations)
+        directions = _pick_directions(heads, mask, rels, n_rel, causal, str(cfg["direction"]))
+        wanted = sorted(set(directions))
+        acc: dict[str, list[Tensor]] = {d: [] for d in wanted}
+        base: dict[str, Tensor] = {}
+        for d in wanted:
+            for p in per_layer:
+                acc[d].append(M.dependency_accuracy(p, heads.to(device), rels.to(device), n_rel, mask_d, d))
+            base[d] = M.offset_baseline(heads, rels, n_rel, mask, max_offset, d, causal=causal)[0]
+        pick = torch.tensor([wanted.index(d) for d in directions])
+        stacked = torch.stack([_per_layer(acc[d], H) for d in wanted])  # (D, L, H, R)
+        out["syntactic_accuracy"] = stacked.gather(0, pick.view(1, 1, 1, -1).expand(1, *stacked.shape[1:]))[0]
+        out["syntactic_baseline"] = torch.stack([base[d].float().cpu() for d in wanted]).gather(0, pick[None])[0]
+        relation_names = list(probe.relations)
+    if probe.has_coref:
+        coref = batch["coref"].long()
+        if bool((coref >= 0).any()):
+            out["coreference"] = _per_layer([M.antecedent_accuracy(p, coref.to(device), mask_d) for p in per_layer], H)
+            one = torch.where(coref >= 0, 0, -1)
+            out["coreference_baseline"] = M.offset_baseline(coref, one, 1, mask, max_offset, causal=causal)[0][0].cpu()
+
+    # Induction and duplicate-token heads need repeats to look at.
+    rep = batch if probe.repeated else repeated_random_batch(
+        probe, batch["input_ids"].shape[1], int(cfg["induction_sequences"]), int(cfg["seed"]))
+    rep_patterns = per_layer if probe.repeated else collect_patterns(model, rep)
+    rep_ids, rep_mask = rep["input_ids"].to(device), rep["attention_mask"].bool().to(device)
+    out["induction"] = _per_layer([M.induction_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
+    out["duplicate"] = _per_layer([M.duplicate_token_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
+    out["copying"] = _per_layer(_copying(model), H)
+
+    if importance:
+        out["importance"] = _per_layer(gradient_importance(model, _to(probe.batches, device), probe.objective), H)
+    result = HeadMetrics(out, n_heads, relation_names, directions, expensive=expensive)
+    result.example_patterns = [p[0, :, : int(mask[0].sum()), : int(mask[0].sum())].cpu() for p in per_layer]
+    result.example_tokens = probe.tokens(0)
+    if expensive:
+        _expensive(model, probe, per_layer, mask_d, cfg, result, H)
+    return result
+
+
+def _to(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
+    return [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+
+def _expensive(model: Any, probe: ProbeData, per_layer: list[Tensor], mask: Tensor, cfg: Mapping[str, Any],
+               result: HeadMetrics, width: int) -> None:
+    """Ablation, JS divergence + MDS, GQA group diversity (into ``result``)."""
+    result.metrics["ablation"] = _per_layer(ablation_importance(model, _to(probe.batches, mask.device),
+                                                                probe.objective), width)
+    # JS compares every pair of heads on every query: O(N^2 B T^2); a subset of sequences is plenty.
+    n = max(1, int(cfg["js_sequences"]))
+    flat = torch.cat([p[:n] for p in per_layer], dim=1)  # (n, N, T, T), head l*H_l + h in layer order
+    js = js_divergence_matrix(flat, mask[:n]).cpu()
+    result.js = js
+    result.mds = mds_embedding(js.clamp_min(0).sqrt(), dim=2) if js.shape[0] >= 2 else None
+    nearest = js + torch.diag(torch.full((js.shape[0],), float("inf")))
+    nearest_by_head = nearest.min(dim=1).values if js.shape[0] >= 2 else torch.full((js.shape[0],), float("nan"))
+    per, start = [], 0
+    ratio, within, across = [], [], []
+    for attn in model.attention_layers:
+        k = attn.n_heads
+        per.append(nearest_by_head[start:start + k])
+        if attn.n_kv_heads < k:
+            div = gqa_group_diversity(js[start:start + k, start:start + k], attn.n_kv_heads)
+        else:
+            div = {"within": float("nan"), "across": float("nan"), "ratio": float("nan")}
+        within.append(div["within"])
+        across.append(div["across"])
+        ratio.append(div["ratio"])
+        start += k
+    result.metrics["js_nearest"] = _per_layer(per, width)
+    if result.mds is not None:
+        xs, ys, start = [], [], 0
+        for k in result.n_heads:
+            xs.append(result.mds[start:start + k, 0])
+            ys.append(result.mds[start:start + k, 1])
+            start += k
+        result.metrics["mds_x"] = _per_layer(xs, width)
+        result.metrics["mds_y"] = _per_layer(ys, width)
+    if any(a.n_kv_heads < a.n_heads for a in model.attention_layers):
+        result.layer_metrics = {"gqa_within": torch.tensor(within), "gqa_across": torch.tensor(across),
+                                "gqa_ratio": torch.tensor(ratio)}

@@ -1,0 +1,88 @@
+"""Benchmark section ``pruning``: attention forward + backward after physically removing half the heads.
+
+Run with ``python -m mhaexp.bench --sections pruning`` (``mhaexp.bench`` imports this module as a
+plugin). For each of the bench's attention shapes, an MHA layer and a GQA layer (``n_heads / 4``
+K/V heads) are timed unpruned, masked (half the gates at 0: same cost as unpruned, for
+orientation) and physically pruned, interleaved as every section is. Heads are removed evenly from
+every K/V group, so the GQA layout shrinks without padding.
+
+Target: ``pruned/unpruned <= 0.6`` at 50% of heads removed. The work of the q/k/v/o projections
+and of the attention itself is proportional to the head count, so the ideal is 0.5; the rest is
+fixed per-call cost.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mhaexp.bench import Args, Row, attention_shapes, fwd_bwd_step, ratio_row, register, shape_name, time_interleaved
+from mhaexp.bench import time_row as _time_row
+from mhaexp.model import ModelConfig, Transformer
+from mhaexp.pruning.surgery import apply_mask, prune_heads
+
+FRACTION = 0.5
+TARGET = "<= 0.6"
+
+
+def half_of_every_group(n_heads: int, n_kv_heads: int, fraction: float = FRACTION) -> list[tuple[int, int]]:
+    """``fraction`` of layer 0's query heads, removed so that no group is left unequal: the same
+    number from every K/V group when that divides evenly, else whole groups (always so for MHA)."""
+    size = n_heads // n_kv_heads
+    total = int(fraction * n_heads + 0.5)
+    if size > 1 and total % n_kv_heads == 0:
+        k = total // n_kv_heads
+        return [(0, g * size + i) for g in range(n_kv_heads) for i in range(k)]
+    return [(0, h) for h in range(total // size * size)]
+
+
+def _call(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m(x)[0]
+
+
+@register("pruning")
+def bench_pruning(args: Args) -> list[Row]:
+    """Attention fwd+bwd: unpruned vs masked vs physically pruned (50% of heads)."""
+    rows: list[Row] = []
+    dev, dt = args.torch_device, args.torch_dtype
+    for B, T, d, nh in attention_shapes(args):
+        for nkv in (nh, max(1, nh // 4)):
+            torch.manual_seed(args.seed)
+            cfg = ModelConfig(
+                vocab_size=8,
+                n_layers=1,
+                d_model=d,
+                n_heads=nh,
+                n_kv_heads=nkv,
+                max_seq_len=T,
+                attn_only=True,
+                pos="none",
+            )
+            model = Transformer(cfg)
+            heads = half_of_every_group(nh, nkv)
+            small, report = prune_heads(model, heads)
+            masked = Transformer(cfg)
+            masked.load_state_dict(model.state_dict())
+            apply_mask(masked, heads)
+            layers = {"unpruned": model.blocks[0].attn, "masked": masked.blocks[0].attn, "pruned": small.blocks[0].attn}
+            x = torch.randn(B, T, d, device=dev, dtype=dt, requires_grad=True)
+            fns = {name: fwd_bwd_step(m.to(dev, dt), x, _call) for name, m in layers.items()}
+            t = time_interleaved(fns, args)
+            case = (
+                shape_name(B, T, d, nh, nkv) + f" -> h{report.layers[0]['heads_after']}"
+                f" kv{report.layers[0]['kv_heads_after']}"
+            )
+            for name, secs in t.items():
+                rows.append(_time_row("pruning", case, name, secs))
+            rows.append(
+                ratio_row(
+                    "pruning",
+                    case,
+                    "pruned/unpruned",
+                    t["pruned"],
+                    t["unpruned"],
+                    target=TARGET,
+                    extra={"heads_removed": len(heads)},
+                )
+            )
+            rows.append(ratio_row("pruning", case, "masked/unpruned", t["masked"], t["unpruned"]))
+    return rows
