@@ -526,3 +526,39 @@ def test_shipped_configs_validate(name: str) -> None:
     small = ModelConfig(vocab_size=V, n_layers=3, d_model=128, n_heads=8, d_ff=512)  # conf/model/small.yaml
     cfg = validate_pruning(OmegaConf.load(conf), small, max_steps=1500)  # conf/trainer/cpu.yaml
     assert cfg.kind == name
+
+
+class ModuleWithExtraLosses(LMModule):
+    """What LMModule looks like with the proposed ``extra_losses`` patch."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.extra_losses: dict[str, Any] = {}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss + sum(fn() for fn in self.extra_losses.values())
+
+
+def test_l0_penalty_goes_through_extra_losses(tmp_path: Path) -> None:
+    model_cfg = tiny()
+    module = ModuleWithExtraLosses(model_cfg, {"lr": 1e-2, "warmup_steps": 1})
+    cb = build_pruning_callback({"kind": "l0", "l0_lambda": 1.0, "physical": False}, model_cfg, 2, None, HELD_OUT)
+    seen: list[float] = []
+
+    class Spy(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+            seen.append(float(pl_module.model.blocks[0].attn.gate_fn.log_alpha.mean()))
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[cb, Spy()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=loader())
+    assert cb._penalty_in_loss and seen[-1] < 2.5 and module.extra_losses == {}

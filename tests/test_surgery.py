@@ -313,3 +313,18 @@ def test_init_errors(trained_ckpt: Path, tmp_path: Path) -> None:
     assert msg.startswith("init_from=") and "blocks.0.mlp.fc.weight" in msg and "(32, 32)" in msg and "(48, 32)" in msg
     with pytest.raises(ConfigError, match=r"^gqa_init="):
         validate_init(trained_ckpt, tiny(n_heads=8, n_kv_heads=2), "median")
+
+
+def test_init_quality_callback_logs_before_and_after(trained_ckpt: Path, tmp_path: Path) -> None:
+    from mhaexp.pruning.callback import InitQualityCallback
+    from mhaexp.pruning.importance import evaluate
+
+    target = tiny(n_heads=8, n_kv_heads=1)  # MQA from the MHA checkpoint
+    module = LMModule(target, {"lr": 1e-3, "warmup_steps": 1})
+    report = load_init(module, trained_ckpt, target)
+    held_out = [batch(4, seed=s) for s in (5, 6)]
+    cb = InitQualityCallback(trained_ckpt, report, run_dir=tmp_path, batches=held_out)
+    fit(module, tmp_path, steps=1, callbacks=[cb])
+    assert cb.result["init/source_val_loss"] == pytest.approx(evaluate(load_model(trained_ckpt), held_out)[0])
+    assert cb.result["init/converted_val_loss"] != cb.result["init/source_val_loss"]
+    assert (tmp_path / "init_conversion.json").is_file()

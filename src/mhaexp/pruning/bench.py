@@ -35,6 +35,15 @@ def half_of_every_group(n_heads: int, n_kv_heads: int, fraction: float = FRACTIO
     return [(0, h) for h in range(total // size * size)]
 
 
+def pruning_shapes(args: Args) -> list[tuple[int, int, int, int]]:
+    """(B, T, d_model, n_heads): the attention section's shapes, plus GPT-2-small-sized layers on a GPU,
+    where the small ones are bound by kernel launches rather than by the heads' work."""
+    shapes = attention_shapes(args)
+    if args.torch_device.type == "cuda":
+        shapes = shapes + [(8, 1024, 768, 12)] + ([] if args.quick else [(4, 2048, 1024, 16)])
+    return shapes
+
+
 def _call(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m(x)[0]
 
@@ -44,7 +53,7 @@ def bench_pruning(args: Args) -> list[Row]:
     """Attention fwd+bwd: unpruned vs masked vs physically pruned (50% of heads)."""
     rows: list[Row] = []
     dev, dt = args.torch_device, args.torch_dtype
-    for B, T, d, nh in attention_shapes(args):
+    for B, T, d, nh in pruning_shapes(args):
         for nkv in (nh, max(1, nh // 4)):
             torch.manual_seed(args.seed)
             cfg = ModelConfig(

@@ -529,6 +529,7 @@ def load_init(
         model_state(ckpt), src_cfg, target_model_cfg, _shapes(model), gqa_init, seed, source=str(path)
     )
     model.load_state_dict(state)
+    _read.cache_clear()  # the file was cached for validate_init -> load_init; training needs the memory
     converted = [
         i for i in range(src_cfg.n_layers) if src_cfg.heads_in_layer(i)[1] != target_model_cfg.heads_in_layer(i)[1]
     ]
@@ -553,13 +554,13 @@ def checkpoint_for(
     states are dropped (they describe the old shapes).
     """
     base = base or {}
-    hp = copy.deepcopy(dict(hparams if hparams is not None else base.get("hyper_parameters") or {}))
+    hp = _plain(copy.deepcopy(dict(hparams if hparams is not None else base.get("hyper_parameters") or {})))
     hp["model"] = asdict(model.cfg)
     hp.setdefault("optim", {})
     if any(isinstance(layer.gate_fn, HardConcreteGate) for layer in model.attention_layers):
         raise ValueError("fold the L0 gates (fold_l0_gates) before saving a pruned checkpoint")
     meta = {"model": asdict(model.cfg), "version": 1}
-    meta.update(extra or {})
+    meta.update(_plain(extra or {}))
     return {
         "state_dict": {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()},
         "hyper_parameters": hp,
@@ -568,6 +569,21 @@ def checkpoint_for(
         "epoch": base.get("epoch", 0),
         "global_step": base.get("global_step", 0),
     }
+
+
+def _plain(x: Any) -> Any:
+    """OmegaConf containers -> dicts and lists, so the file loads with ``torch.load(weights_only=True)``."""
+    try:
+        from omegaconf import Container, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        Container = ()  # noqa: N806
+    if Container and isinstance(x, Container):
+        return OmegaConf.to_container(x, resolve=True)
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    return x
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> Path:
