@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mhaexp.config import CONF_DIR
 from mhaexp.errors import ConfigError
@@ -28,9 +27,8 @@ PROG = "mhaexp-train"
 # Lightning is not the user's to act on.
 warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-_UID = uuid.uuid4().hex[:6]
-# One id per process: two sweeps started in the same second still get different directories.
-OmegaConf.register_new_resolver("mhaexp_uid", lambda: _UID, replace=True)
+
+
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "max_offset": 3,
     "direction": "auto",
     "induction_sequences": 32,
-    "js_sequences": 64,
+    "js_sequences": 16,
     "seed": 0,
 }
 

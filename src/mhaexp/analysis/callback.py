@@ -1,0 +1,173 @@
+"""The analysis callback: per-head metrics and roles on the fixed probe set while a model trains.
+
+Cadence: at the start of training, every ``every_n_steps`` optimizer steps, and at the end of fit.
+Every analysis computes the cheap tier (pattern metrics, copying score, gradient importance, roles);
+every ``expensive_every``-th one, and the last, also the expensive tier (ablation, JS + MDS, GQA
+diversity) and the pictures (see :mod:`mhaexp.analysis.collect`).
+
+Only this callback asks the model for attention patterns (``need_weights=True``), and only on probe
+batches: training and validation steps stay on the fused SDPA path.
+
+Distributed: everything runs on global rank 0 only, on the unwrapped ``pl_module.model`` (so no DDP
+hook and no collective is involved), and only rank 0 writes or logs. The other ranks return at once;
+they wait for rank 0 at the next gradient all-reduce, so nothing deadlocks. Under FSDP the weights
+are sharded and rank 0 alone cannot run the model: the callback warns once and does nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
+
+from mhaexp.analysis import export, plots, wandb_log
+from mhaexp.analysis.collect import HeadMetrics, ProbeData, compute_head_metrics, objective_for, probe_from_datamodule
+from mhaexp.analysis.roles import HeadRole, classify_heads
+
+# Keys conf/analysis/default.yaml has; a partial config (analysis=off, old run configs) falls back to these.
+DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "every_n_steps": 100,
+    "expensive_every": 5,
+    "at_start": True,
+    "max_pictures": 8,
+    "probe_batches": 1,
+    "max_offset": 3,
+}
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return dict(OmegaConf.to_container(cfg, resolve=True))
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra, a dependency
+        pass
+    return dict(cfg)
+
+
+def analysis_settings(analysis_cfg: Any) -> dict[str, Any]:
+    """``conf/analysis`` as a plain dict with every key the analysis reads."""
+    return {**DEFAULTS, **_plain(analysis_cfg)}
+
+
+def run_analysis(model: Any, probe: ProbeData, cfg: Mapping[str, Any], out_dir: Path, step: int, *,
+                 expensive: bool, pictures: bool, skip_metrics: set[str] | None = None,
+                 history: bool = True) -> tuple[HeadMetrics, list[HeadRole], list[dict[str, Any]], dict[str, Path]]:
+    """One analysis step into ``out_dir`` (CSV tables, summary, markdown, PNGs); shared with the CLI.
+
+    ``skip_metrics``: metric names already in ``head_metrics.csv`` for this step (not written again).
+    Returns the metrics, the roles, the tidy rows written and the pictures.
+    """
+    hm = compute_head_metrics(model, probe, cfg, expensive=expensive)
+    roles = export.real_roles(classify_heads(hm.metrics, cfg.get("thresholds") or {}, hm.relation_names),
+                              hm.n_heads)
+    rows = export.tidy_rows(step, hm)
+    if skip_metrics:
+        rows = [r for r in rows if r["metric"] not in skip_metrics]
+    export.append_metrics(out_dir, rows)
+    export.write_roles(out_dir, step, roles, history=history)
+    export.write_summary(out_dir, step, roles)
+    images = plots.all_figures(hm, roles, out_dir, int(cfg["max_pictures"]), step) if pictures else {}
+    if pictures or not (out_dir / "analysis.md").exists():
+        export.write_markdown(out_dir, step, roles, hm, images)
+    return hm, roles, rows, images
+
+
+class AnalysisCallback(pl.Callback):
+    """Runs :func:`run_analysis` on the probe set during ``fit`` and logs it (see the module docstring).
+
+    After fit, ``role_counts`` holds ``{family: heads}`` of the final analysis and ``summary`` the
+    ``roles/<family>`` entries for the run's summary; ``seconds`` the wall time the analysis took.
+    """
+
+    def __init__(self, analysis_cfg: Any, datamodule: Any, run_dir: str | Path) -> None:
+        self.cfg = analysis_settings(analysis_cfg)
+        self.every = int(self.cfg["every_n_steps"])
+        if self.every <= 0:
+            raise ValueError(f"analysis.every_n_steps must be a positive integer; got {self.every}")
+        self.expensive_every = max(1, int(self.cfg["expensive_every"]))
+        self.datamodule = datamodule
+        self.out_dir = Path(run_dir) / "analysis"
+        self.probe: ProbeData | None = None
+        self.role_counts: dict[str, int] = {}
+        self.summary: dict[str, Any] = {}
+        self.seconds = 0.0
+        self.analyses = 0
+        self._last: tuple[int, bool] | None = None  # (step, expensive) of the latest analysis
+        self._written: set[str] = set()  # metric names written at the latest step
+        self._disabled = False
+
+    # ------------------------------------------------------------------ hooks --
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if _is_fsdp(trainer):
+            self._disabled = True
+            rank_zero_warn("analysis: skipped under FSDP (the model's weights are sharded across ranks)")
+        if self.cfg.get("at_start", True):
+            self._analyse(trainer, pl_module, expensive=False)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step <= 0 or step % self.every != 0 or (self._last and self._last[0] == step):
+            return
+        last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
+        self._analyse(trainer, pl_module, expensive=last or (step // self.every) % self.expensive_every == 0)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Stopped other than at a full analysis (max_epochs, early stopping): finish with one.
+        if self._last is None or self._last != (trainer.global_step, True):
+            self._analyse(trainer, pl_module, expensive=True)
+        if trainer.is_global_zero and not self._disabled:
+            logger = wandb_log.find_wandb(trainer)
+            if logger is not None:
+                wandb_log.log_summary(logger, self.role_counts)
+
+    # ------------------------------------------------------------------ work --
+    def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, expensive: bool) -> None:
+        if self._disabled or not trainer.is_global_zero:
+            return
+        start = time.perf_counter()
+        step = trainer.global_step
+        if self.probe is None:
+            self.probe = probe_from_datamodule(self.datamodule, int(self.cfg["probe_batches"]),
+                                               objective_for(pl_module))
+        again = self._last is not None and self._last[0] == step
+        skip = self._written if again else set()
+        _, roles, rows, images = run_analysis(pl_module.model, self.probe, self.cfg, self.out_dir, step,
+                                              expensive=expensive, pictures=expensive, skip_metrics=skip,
+                                              history=not again)
+        self._written = skip | {r["metric"] for r in rows}
+        counts = export.all_role_counts(roles)
+        self.role_counts = counts
+        self.summary = {f"roles/{k}": v for k, v in counts.items()}
+        logger = wandb_log.find_wandb(trainer)
+        if logger is not None:
+            wandb_log.log_analysis(logger, step, rows, roles, counts, images)
+        # Role counts are few and readable: every other logger (the CSV log) gets them too; per-head
+        # scalars stay out of metrics.csv, head_metrics.csv holds them.
+        for other in trainer.loggers:
+            if other is not logger:
+                other.log_metrics({f"roles/{k}": float(v) for k, v in counts.items()}, step=step)
+        self._last = (step, expensive)
+        self.analyses += 1
+        self.seconds += time.perf_counter() - start
+
+
+def _is_fsdp(trainer: pl.Trainer) -> bool:
+    return type(trainer.strategy).__name__.startswith("FSDP")
+
+
+def build_analysis_callback(analysis_cfg: Any, datamodule: Any, run_dir: str | Path) -> pl.Callback | None:
+    """The callback for ``conf/analysis`` (``cfg.analysis``), or None when ``enabled`` is false."""
+    cfg = analysis_settings(analysis_cfg)
+    if not cfg.get("enabled", True):
+        return None
+    return AnalysisCallback(cfg, datamodule, run_dir)

@@ -1,0 +1,162 @@
+"""The analysis record in the run directory, ``<run_dir>/analysis/``:
+
+* ``head_metrics.csv``: tidy long table, one row per (step, layer, head, metric, value), appended at
+  every analysis step. Per-relation metrics are named ``syntactic_accuracy/<relation>``; relations
+  with no instance in the probe set are left out. Rows that are not per head use ``head = -1``
+  (per-layer values such as ``gqa_ratio``) or ``layer = head = -1`` (``syntactic_baseline/<rel>``,
+  ``coreference_baseline``). NaN values are written as empty cells.
+* ``head_roles_history.csv``: columns ``step, layer, head, role, family, score, margin``, the roles
+  of every head at every analysis step (``unassigned`` with empty score/margin if it has none);
+  ``head_roles.csv``: the same for the latest step only (the final roles once training ended).
+* ``summary.json``: heads per role family (``roles/<family>``, zeros included) at the latest step.
+* ``analysis.md``: each head with its roles, and the role grid picture; the PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mhaexp.analysis.collect import HeadMetrics
+from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole, role_counts
+
+METRIC_COLUMNS = ("step", "layer", "head", "metric", "value")
+ROLE_COLUMNS = ("step", "layer", "head", "role", "family", "score", "margin")
+
+
+def tidy_rows(step: int, hm: HeadMetrics) -> list[dict[str, Any]]:
+    """Every number of ``hm`` as (step, layer, head, metric, value) rows; pruned-away heads are left out."""
+    rows: list[dict[str, Any]] = []
+
+    def add(layer: int, head: int, metric: str, value: float) -> None:
+        rows.append({"step": step, "layer": layer, "head": head, "metric": metric, "value": value})
+
+    names = hm.relation_names
+    for key, value in hm.metrics.items():
+        if key.endswith("_baseline"):
+            continue
+        if value.dim() == 3:
+            keep = _present_relations(hm)
+            for layer, n in enumerate(hm.n_heads):
+                for h in range(n):
+                    for r in keep:
+                        add(layer, h, f"{key}/{names[r]}", float(value[layer, h, r]))
+        else:
+            for layer, n in enumerate(hm.n_heads):
+                for h in range(n):
+                    add(layer, h, key, float(value[layer, h]))
+    if "syntactic_baseline" in hm.metrics:
+        for r in _present_relations(hm):
+            add(-1, -1, f"syntactic_baseline/{names[r]}", float(hm.metrics["syntactic_baseline"][r]))
+    if "coreference_baseline" in hm.metrics:
+        add(-1, -1, "coreference_baseline", float(hm.metrics["coreference_baseline"]))
+    for key, value in hm.layer_metrics.items():
+        for layer in range(value.shape[0]):
+            add(layer, -1, key, float(value[layer]))
+    return rows
+
+
+def _present_relations(hm: HeadMetrics) -> list[int]:
+    """Relations with at least one instance in the probe set (their baseline is not NaN)."""
+    base = hm.metrics.get("syntactic_baseline")
+    if base is None:
+        return []
+    return [r for r in range(base.shape[0]) if not bool(torch.isnan(base[r])) and r < len(hm.relation_names)]
+
+
+def real_roles(roles: Iterable[HeadRole], n_heads: Sequence[int]) -> list[HeadRole]:
+    """Drop the rows classify_heads made for NaN-padded heads a pruned layer does not have."""
+    return [r for r in roles if r.head < n_heads[r.layer]]
+
+
+def role_rows(step: int, roles: Iterable[HeadRole]) -> list[dict[str, Any]]:
+    return [{"step": step, "layer": r.layer, "head": r.head, "role": r.role, "family": r.family,
+             "score": r.score, "margin": r.margin} for r in roles]
+
+
+def all_role_counts(roles: Sequence[HeadRole]) -> dict[str, int]:
+    """Heads per role family, every family present (0 for none): the ``roles/<family>`` values."""
+    counts = role_counts(roles)
+    return {f: int(counts.get(f, 0)) for f in ROLE_FAMILIES}
+
+
+def _append_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Append rows with one ``write`` call, header first if the file is new; fsync so that a crash
+    afterwards never leaves the step half written."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    text = pd.DataFrame(list(rows), columns=list(columns)).to_csv(index=False, header=new)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def append_metrics(out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    path = out_dir / "head_metrics.csv"
+    _append_csv(path, rows, METRIC_COLUMNS)
+    return path
+
+
+def write_roles(out_dir: Path, step: int, roles: Sequence[HeadRole], history: bool = True) -> None:
+    """``head_roles.csv`` (replaced: latest step) and, when ``history``, one more step of
+    ``head_roles_history.csv``."""
+    rows = role_rows(step, roles)
+    if history:
+        _append_csv(out_dir / "head_roles_history.csv", rows, ROLE_COLUMNS)
+    _write_atomic(out_dir / "head_roles.csv", pd.DataFrame(rows, columns=list(ROLE_COLUMNS)).to_csv(index=False))
+
+
+def write_summary(out_dir: Path, step: int, roles: Sequence[HeadRole]) -> dict[str, Any]:
+    summary: dict[str, Any] = {f"roles/{k}": v for k, v in all_role_counts(roles).items()}
+    summary["analysis_step"] = step
+    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def _fmt(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:.3f}"
+
+
+def write_markdown(out_dir: Path, step: int, roles: Sequence[HeadRole], hm: HeadMetrics,
+                   images: Mapping[str, Path] | None = None) -> Path:
+    """``analysis.md``: the role grid, role counts and one table row per head with all its roles."""
+    images = images or {}
+    lines = [f"# Head analysis at step {step}", ""]
+    if "role_grid" in images:
+        lines += [f"![role grid]({Path(images['role_grid']).name})", ""]
+    counts = {k: v for k, v in all_role_counts(roles).items() if v}
+    lines += ["Heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
+    if hm.relation_names and hm.syntactic_direction:
+        dirs = ", ".join(f"{n} {d}" for n, d in zip(hm.relation_names, hm.syntactic_direction, strict=False))
+        lines += [f"Syntactic accuracy direction per relation: {dirs}.", ""]
+    lines += ["| layer | head | roles (score / margin) |", "|---:|---:|---|"]
+    by_head: dict[tuple[int, int], list[HeadRole]] = {}
+    for r in roles:
+        by_head.setdefault((r.layer, r.head), []).append(r)
+    for (layer, head), held in sorted(by_head.items()):
+        cell = "; ".join(r.role if r.role == "unassigned" else f"{r.role} ({_fmt(r.score)} / {_fmt(r.margin)})"
+                         for r in held)
+        lines.append(f"| {layer} | {head} | {cell} |")
+    others = [k for k in images if k != "role_grid"]
+    if others:
+        lines += ["", "## Pictures", ""] + [f"![{k}]({Path(images[k]).name})" for k in others]
+    path = out_dir / "analysis.md"
+    _write_atomic(path, "\n".join(lines) + "\n")
+    return path
