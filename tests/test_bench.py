@@ -31,8 +31,9 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     data = json.loads(out.read_text())
     assert {"env", "sections", "skipped", "errors", "missed"} <= data.keys()
-    assert set(data["sections"]) == {"attention", "gqa", "train"}
-    assert data["errors"] == {}
+    # Sections other modules register (PLUGINS) may run too; these three are this module's own.
+    assert {"attention", "gqa", "train"} <= set(data["sections"])
+    assert not {"attention", "gqa", "train"} & set(data["errors"]), data["errors"]
     assert data["env"]["threads"] == 1
     metrics = {(r["section"], r["metric"]) for rows in data["sections"].values() for r in rows}
     assert {
@@ -45,8 +46,8 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
         ("train", "nanoGPT MFU"),
         ("train", "ours/nanoGPT MFU"),
     } <= metrics
-    for rows in data["sections"].values():
-        for r in rows:
+    for name in ("attention", "gqa", "train"):
+        for r in data["sections"][name]:
             assert {"case", "metric", "median", "min", "max", "unit", "target", "ok"} <= r.keys()
             for key in ("median", "min", "max"):
                 assert math.isfinite(r[key]) and r[key] > 0, r

@@ -415,7 +415,7 @@ def test_l0_gates_train_and_come_back_on_resume(tmp_path: Path) -> None:
     assert load_model(ck / "last.ckpt").attention_layers[0].n_heads == 4  # our loader folds gates
 
 
-def test_role_criterion_without_provider_fails_at_fit_start(tmp_path: Path) -> None:
+def test_role_criterion_without_provider_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^pruning\.criterion='role'"):
         run_fit({"kind": "one_shot", "count": 1, "criterion": "role"}, tmp_path, 1)
 

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -261,7 +262,9 @@ def check_sdpa() -> dict[str, Any]:
         res["default"] = {"backend": _classify(default_kernels), "kernels": default_kernels}
         for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
             try:
-                with sdpa_kernel(backend):
+                # A refusing backend explains itself in several UserWarnings; its error message is enough.
+                with sdpa_kernel(backend), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
                     step()
                     kernels = _backend_kernels(step)
                     ms = cuda_time(step, 10) * 1e3

@@ -77,24 +77,51 @@ class LMModule(pl.LightningModule):
         return inputs, targets
 
     def loss_and_accuracy(self, batch: dict[str, torch.Tensor], salt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean token loss and accuracy of one batch on this process."""
+        total, correct, count = self._sums(batch, salt)
+        n = count.clamp(min=1)
+        return total / n, correct / n
+
+    def _sums(self, batch: dict[str, torch.Tensor], salt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(summed token loss, correct predictions, scored tokens) of one batch."""
         inputs, targets = self.inputs_and_targets(batch, salt)
         logits, _ = self.model(inputs, attention_mask=batch["attention_mask"])  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
         scored = targets != IGNORE
-        acc = (logits.argmax(-1) == targets)[scored].float().mean()
-        return loss, acc
+        correct = (logits.argmax(-1) == targets)[scored].sum().float()
+        return total, correct, scored.sum().float()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, acc = self.loss_and_accuracy(batch, salt=self.global_step)
-        if not torch.isfinite(loss):
+        total, correct, count = self._sums(batch, salt=self.global_step)
+        world = self.trainer.world_size
+        if world > 1:
+            # Normalize by the tokens of the whole global batch, not this rank's share: DDP then
+            # averages gradients into exactly the single-process gradient of that batch.
+            sums = self.trainer.strategy.reduce(torch.stack([total.detach(), correct, count]), reduce_op="sum")
+            global_total, global_correct, global_count = sums.unbind()
+        else:
+            global_total, global_correct, global_count = total.detach(), correct, count
+        loss = total * world / global_count.clamp(min=1)
+        shown = global_total / global_count.clamp(min=1)
+        if not torch.isfinite(shown):
             raise NonFiniteLossError(
-                f"train loss is {loss.item()} at step {self.global_step}; stopped before the optimizer step "
-                "(lower optim.lr or raise trainer.gradient_clip_val)"
+                f"train loss is {shown.item()} at step {self.global_step}; stopped before the optimizer step "
+                "(lower optim.lr or set trainer.gradient_clip_val)"
             )
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/acc", acc, on_step=True, on_epoch=False)
-        self.log("lr", self.optimizers().param_groups[0]["lr"] if self._trainer else 0.0, on_step=True, on_epoch=False)
+        self.log("train/loss", shown, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+        self.log("train/acc", global_correct / global_count.clamp(min=1), on_step=True, on_epoch=False,
+                 rank_zero_only=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, rank_zero_only=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        bad = [n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite gradient at step {self.global_step} in {bad[0]}"
+                + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+                + "; stopped before the optimizer step (lower optim.lr or set trainer.gradient_clip_val)"
+            )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, acc = self.loss_and_accuracy(batch, salt=-1 - batch_idx)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+RUN_ID_FILE = "wandb_run_id"  # in the run directory: a resumed job logs into the same W&B run
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
@@ -27,17 +31,43 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
     return config
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, group: str | None, run_id: str | None = None) -> list[Logger]:
+def csv_logger(run_dir: Path, resume_step: int | None) -> CSVLogger:
+    """``metrics.csv`` in the run directory, written through at every log call.
+
+    Lightning's CSVLogger deletes an existing file; a resumed run instead keeps the
+    rows logged before its checkpoint's step (later ones are about to be logged again).
+    """
+    path = run_dir / "metrics.csv"
+    header: list[str] = []
+    kept: list[dict[str, str]] = []
+    if resume_step is not None and path.is_file():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = sorted(reader.fieldnames or [])
+            kept = [row for row in reader if row.get("step") and int(float(row["step"])) < resume_step]
+    logger = CSVLogger(save_dir=str(run_dir), name="", version="", flush_logs_every_n_steps=1)
+    writer = logger.experiment
+    if kept and hasattr(writer, "metrics_keys"):  # rank 0 only: other ranks hold a dummy
+        with path.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=header)
+            out.writeheader()
+            out.writerows(kept)
+        writer.metrics_keys = header
+    return logger
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, group: str | None, run_id: str | None = None,
+                  resume_step: int | None = None) -> list[Logger]:
     """A CSV logger always (the run directory's own record), plus W&B unless ``logger=csv|none``."""
     kind = cfg.logger.kind
     if kind == "none":
         return []
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list[Logger] = [csv_logger(run_dir, resume_step)]
     if kind == "wandb":
         lc = cfg.logger
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(
-            WandbLogger(
+            FallbackWandbLogger(
                 project=lc.project,
                 entity=lc.entity,
                 name=lc.name,
@@ -52,6 +82,43 @@ def build_loggers(cfg: DictConfig, run_dir: Path, group: str | None, run_id: str
             )
         )
     return loggers
+
+
+class FallbackWandbLogger(WandbLogger):
+    """A WandbLogger that, when ``mode=online`` cannot reach the server, goes on offline.
+
+    The run is then written under the run directory like any offline run, and
+    ``wandb sync`` uploads it later; training never waits longer than ``init_timeout``.
+    """
+
+    @property
+    def experiment(self) -> Any:
+        try:
+            return super().experiment
+        except Exception as e:
+            if self._wandb_init.get("mode") != "online":
+                raise
+            import wandb
+
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"mhaexp-train: notice: W&B is unreachable ({first}); logging offline instead. "
+                  f"Upload later with `wandb sync {self.save_dir}/wandb/offline-run-*`", file=sys.stderr)
+            wandb.teardown()
+            self._wandb_init["mode"] = "offline"
+            self._experiment = None
+            return super().experiment
+
+
+def saved_run_id(run_dir: Path) -> str | None:
+    path = run_dir / RUN_ID_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def remember_run_id(run_dir: Path, loggers: list[Logger]) -> None:
+    """Write the W&B run id beside the checkpoints, so ``resume`` continues the same W&B run."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            (run_dir / RUN_ID_FILE).write_text(str(logger.experiment.id))
 
 
 def wandb_settings(lc: DictConfig) -> Any:

@@ -68,15 +68,18 @@ def run(argv: list[str]) -> str:
     if out.resolve() == Path(src).resolve():
         raise ConfigError("out", str(out), "must differ from ckpt (the source is kept)")
     report = surgery.prune_checkpoint(src, heads, out, args.get("uneven", "pad"))
+    cfg = surgery.load_model(out).cfg
     lines = [
-        f"removed {len(report.removed)} heads: {surgery.format_heads(report.removed) or '(none)'}",
+        f"removed {len(report.removed)} head(s): {surgery.format_heads(report.removed) or '(none)'}",
         report.summary(),
         f"wrote {out}",
+        f"fine-tune it with: mhaexp-train init_from={out} model.head_dim={cfg.head_dim} "
+        f"'model.layer_n_heads={cfg.layer_n_heads}' 'model.layer_n_kv_heads={cfg.layer_n_kv_heads}'",
     ]
     if report.padded:
         lines.insert(
             1,
-            f"note: {len(report.padded)} removed heads stay in the file gated 0 so that every GQA group "
+            f"note: {len(report.padded)} removed head(s) stay in the file gated 0 so that every GQA group "
             "keeps the same size (uneven=split duplicates K/V heads instead)",
         )
     return "\n".join(lines)

@@ -7,13 +7,34 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mhaexp.callbacks import RunRecord
+from mhaexp.checkpointing import AtomicCheckpointIO, RNGState, check_checkpoint, newest_good_checkpoint
 from mhaexp.config import instantiate_plain, validate
 from mhaexp.lightning_module import LMModule
-from mhaexp.loggers import build_loggers, wandb_always_finished, wandb_run_dir
+from mhaexp.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` or ``<run>/hpc_ckpt_1.ckpt``)."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int | None]:
+    """(checkpoint, its global step) to continue from.
+
+    ``resume=auto``: the newest good checkpoint in this run directory, if any (also what
+    a requeued SLURM job finds); a path: that file, checked.
+    """
+    resume = cfg.get("resume")
+    if resume is None:
+        return None, None
+    path = newest_good_checkpoint(run_dir) if resume == "auto" else Path(resume)
+    if path is None:
+        return None, None
+    return path, int(check_checkpoint(path).get("global_step", 0))
 
 
 def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
@@ -22,21 +43,30 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
     _, model_cfg = validate(cfg)
     datamodule = instantiate_plain(cfg.data)
     tok = datamodule.tokenizer
-    module = LMModule(model_cfg, dict(cfg.optim), pad_id=tok.pad_id, mask_id=tok.mask_id, seed=cfg.seed)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    module = LMModule(model_cfg, optim, pad_id=tok.pad_id, mask_id=tok.mask_id, seed=cfg.seed)
     record = RunRecord(run_dir)
     every = int(cfg.trainer.get("val_check_interval") or 250)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
                         every_n_train_steps=every, save_last=True, save_top_k=1),
+        RNGState(),
         record,
     ]
-    loggers = build_loggers(cfg, run_dir, group)
+    ckpt, step = resume_checkpoint(cfg, run_dir)
+    run_id = saved_run_id(run_dir_of(ckpt)) if ckpt is not None else saved_run_id(run_dir)
+    loggers = build_loggers(cfg, run_dir, group, run_id=run_id, resume_step=step)
     # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
     progress = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     trainer = instantiate_plain(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                default_root_dir=str(run_dir), enable_progress_bar=progress)
+                                default_root_dir=str(run_dir), enable_progress_bar=progress,
+                                plugins=[AtomicCheckpointIO()])
     with wandb_always_finished():
-        trainer.fit(module, datamodule=datamodule)
+        if trainer.is_global_zero:
+            remember_run_id(run_dir, loggers)
+        if ckpt is not None:
+            print(f"mhaexp-train: resuming from {ckpt}", file=sys.stderr)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt is not None else None)
     if trainer.is_global_zero:
         report(run_dir, record.summary)
     return record.summary

@@ -2,11 +2,17 @@
 
 What one job does lives in :mod:`mhaexp.run`; this module only decides whether
 to start, and what a job's failure means for the rest of a sweep.
+
+Exit codes: 0 every job finished (jobs left out by ``sweep.skip_invalid=true`` do not
+count against it); 1 at least one job failed, was invalid or did not finish (the other
+jobs of the sweep still ran; ``sweep_summary.json`` says which); 2 the command line or
+config is invalid and nothing was started.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -15,20 +21,20 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from mhaexp.config import CONF_DIR
+from mhaexp import sweep
+from mhaexp.config import CONF_DIR, validate
 from mhaexp.errors import ConfigError
-from mhaexp.preflight import check_jobs, wants_check
+from mhaexp.preflight import check_jobs, compose_job, hydra_context, split_argv, wants_check
 
 PROG = "mhaexp-train"
 # Hydra's own files share the run directory with the CSV log by design; and a deprecation inside
 # Lightning is not the user's to act on.
 warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -50,45 +56,97 @@ def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     (run_dir / "status.json").write_text(json.dumps({"status": status, **extra}, indent=2))
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def run_job(cfg: DictConfig) -> dict[str, Any] | None:
-    from mhaexp.run import train  # torch and Lightning load only once a job really starts
+def objective(cfg: DictConfig, summary: dict[str, Any] | None) -> float:
+    """The number a model-based sweeper (Optuna) minimizes: ``sweep.objective`` of the summary.
 
+    NaN for a failed job or a missing metric: the Optuna sweeper records a NaN trial as
+    failed and goes on, where ``None`` would abort the whole study.
+    """
+    value = (summary or {}).get(cfg.sweep.objective)
+    return float(value) if value is not None else math.nan
+
+
+def wants_objective(cfg: DictConfig) -> bool:
+    return bool(OmegaConf.select(cfg, "sweep.objective", default=None))
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def run_job(cfg: DictConfig) -> dict[str, Any] | float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        validate(cfg)  # before torch loads: an invalid job (one preflight let through) costs nothing
+        from mhaexp.run import train  # torch and Lightning load only once a job really starts
+
         summary = train(cfg, run_dir, group=sweep_group())
     except ConfigError as e:
         write_status(run_dir, "invalid", error=str(e))
         if is_multirun():
-            print(f"{PROG}: skipped job: {e}", file=sys.stderr)
-            return None
+            print(f"{PROG}: invalid job: {e}", file=sys.stderr)
+            return objective(cfg, None) if wants_objective(cfg) else None
         fail(str(e))
     except Exception as e:
         write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         if is_multirun() and not os.environ.get("HYDRA_FULL_ERROR"):
             print(f"{PROG}: job failed: {type(e).__name__}: {e}", file=sys.stderr)
-            return None
+            return objective(cfg, None) if wants_objective(cfg) else None
         raise
     write_status(run_dir, "ok", best_val_loss=summary.get("best_val_loss"))
-    return summary
+    return objective(cfg, summary) if wants_objective(cfg) else summary
+
+
+def skip_invalid_requested(argv: list[str], jobs: list[list[str]]) -> bool:
+    """``sweep.skip_invalid`` as the sweep's jobs compose it (a preset may set it too)."""
+    flags, _, config_name = split_argv(argv)
+    if not ("-m" in flags or "--multirun" in flags):
+        return False
+    with hydra_context():
+        for job in jobs:
+            try:
+                return bool(compose_job(job, config_name).get("sweep", {}).get("skip_invalid", False))
+            except HydraException:
+                continue
+    return False
+
+
+def preflight(argv: list[str]) -> None:
+    """Exit 2 with one line per invalid job, unless the sweep asked to skip them."""
+    try:
+        jobs, invalid = check_jobs(argv)
+    except ConfigError as e:
+        fail(str(e))
+    if not invalid:
+        return
+    sweeping = len(jobs) > 1
+    skip = sweeping and len(invalid) < len(jobs) and skip_invalid_requested(argv, jobs)
+    verb = "skipping" if skip else "error"
+    for bad in invalid:
+        prefix = f"[{' '.join(bad.overrides)}] " if sweeping else ""
+        print(f"{PROG}: {verb}: {prefix}{bad.error}", file=sys.stderr)
+    if skip:
+        print(
+            f"{PROG}: {len(invalid)} of {len(jobs)} sweep jobs are invalid; running the other "
+            f"{len(jobs) - len(invalid)}",
+            file=sys.stderr,
+        )
+        # The SweepSummary callback leaves them out of the launch and reports them.
+        sweep.note_skipped([(bad.overrides, str(bad.error)) for bad in invalid])
+        return
+    if sweeping:
+        hint = "" if len(invalid) == len(jobs) else " (sweep.skip_invalid=true runs the valid ones)"
+        print(
+            f"{PROG}: {len(invalid)} of {len(jobs)} sweep jobs are invalid; nothing was started{hint}", file=sys.stderr
+        )
+    sys.exit(2)
 
 
 def main() -> None:
     argv = sys.argv[1:]
     if wants_check(argv):
-        try:
-            jobs, invalid = check_jobs(argv)
-        except ConfigError as e:
-            fail(str(e))
-        if invalid:
-            for bad in invalid:
-                prefix = f"[{' '.join(bad.overrides)}] " if len(jobs) > 1 else ""
-                print(f"{PROG}: error: {prefix}{bad.error}", file=sys.stderr)
-            if len(jobs) > 1:
-                print(f"{PROG}: {len(invalid)} of {len(jobs)} sweep jobs are invalid; nothing was started",
-                      file=sys.stderr)
-            sys.exit(2)
+        preflight(argv)
     run_job()
+    # Set by the SweepSummary callback once every job of a multirun has reported.
+    if sweep.any_failing(sweep.last_summary):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

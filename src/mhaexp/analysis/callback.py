@@ -58,17 +58,25 @@ def analysis_settings(analysis_cfg: Any) -> dict[str, Any]:
     return {**DEFAULTS, **_plain(analysis_cfg)}
 
 
-def run_analysis(model: Any, probe: ProbeData, cfg: Mapping[str, Any], out_dir: Path, step: int, *,
-                 expensive: bool, pictures: bool, skip_metrics: set[str] | None = None,
-                 history: bool = True) -> tuple[HeadMetrics, list[HeadRole], list[dict[str, Any]], dict[str, Path]]:
+def run_analysis(
+    model: Any,
+    probe: ProbeData,
+    cfg: Mapping[str, Any],
+    out_dir: Path,
+    step: int,
+    *,
+    expensive: bool,
+    pictures: bool,
+    skip_metrics: set[str] | None = None,
+    history: bool = True,
+) -> tuple[HeadMetrics, list[HeadRole], list[dict[str, Any]], dict[str, Path]]:
     """One analysis step into ``out_dir`` (CSV tables, summary, markdown, PNGs); shared with the CLI.
 
     ``skip_metrics``: metric names already in ``head_metrics.csv`` for this step (not written again).
     Returns the metrics, the roles, the tidy rows written and the pictures.
     """
     hm = compute_head_metrics(model, probe, cfg, expensive=expensive)
-    roles = export.real_roles(classify_heads(hm.metrics, cfg.get("thresholds") or {}, hm.relation_names),
-                              hm.n_heads)
+    roles = export.real_roles(classify_heads(hm.metrics, cfg.get("thresholds") or {}, hm.relation_names), hm.n_heads)
     rows = export.tidy_rows(step, hm)
     if skip_metrics:
         rows = [r for r in rows if r["metric"] not in skip_metrics]
@@ -101,6 +109,7 @@ class AnalysisCallback(pl.Callback):
         self.summary: dict[str, Any] = {}
         self.seconds = 0.0
         self.analyses = 0
+        self.timings: list[tuple[int, bool, float]] = []  # (step, expensive, seconds) per analysis
         self._last: tuple[int, bool] | None = None  # (step, expensive) of the latest analysis
         self._written: set[str] = set()  # metric names written at the latest step
         self._disabled = False
@@ -110,11 +119,16 @@ class AnalysisCallback(pl.Callback):
         if _is_fsdp(trainer):
             self._disabled = True
             rank_zero_warn("analysis: skipped under FSDP (the model's weights are sharded across ranks)")
-        if self.cfg.get("at_start", True):
+        if trainer.global_step > 0:
+            # Resumed: the step was analysed before the interruption; later rows are from a rolled-back past.
+            if trainer.is_global_zero and not self._disabled:
+                export.drop_after(self.out_dir, trainer.global_step)
+        elif self.cfg.get("at_start", True):
             self._analyse(trainer, pl_module, expensive=False)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if step <= 0 or step % self.every != 0 or (self._last and self._last[0] == step):
             return
@@ -137,13 +151,22 @@ class AnalysisCallback(pl.Callback):
         start = time.perf_counter()
         step = trainer.global_step
         if self.probe is None:
-            self.probe = probe_from_datamodule(self.datamodule, int(self.cfg["probe_batches"]),
-                                               objective_for(pl_module))
+            self.probe = probe_from_datamodule(
+                self.datamodule, int(self.cfg["probe_batches"]), objective_for(pl_module)
+            )
         again = self._last is not None and self._last[0] == step
         skip = self._written if again else set()
-        _, roles, rows, images = run_analysis(pl_module.model, self.probe, self.cfg, self.out_dir, step,
-                                              expensive=expensive, pictures=expensive, skip_metrics=skip,
-                                              history=not again)
+        _, roles, rows, images = run_analysis(
+            pl_module.model,
+            self.probe,
+            self.cfg,
+            self.out_dir,
+            step,
+            expensive=expensive,
+            pictures=expensive,
+            skip_metrics=skip,
+            history=not again,
+        )
         self._written = skip | {r["metric"] for r in rows}
         counts = export.all_role_counts(roles)
         self.role_counts = counts
@@ -157,8 +180,10 @@ class AnalysisCallback(pl.Callback):
             if other is not logger:
                 other.log_metrics({f"roles/{k}": float(v) for k, v in counts.items()}, step=step)
         self._last = (step, expensive)
+        took = time.perf_counter() - start
         self.analyses += 1
-        self.seconds += time.perf_counter() - start
+        self.seconds += took
+        self.timings.append((step, expensive, took))
 
 
 def _is_fsdp(trainer: pl.Trainer) -> bool:

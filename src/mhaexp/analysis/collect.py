@@ -144,8 +144,11 @@ def probe_from_datamodule(datamodule: Any, n_batches: int, objective: Objective 
 
 
 def special_ids(tok: Any) -> frozenset[int]:
-    return frozenset(int(getattr(tok, n)) for n in ("pad_id", "bos_id", "eos_id", "mask_id", "unk_id")
-                     if getattr(tok, n, None) is not None)
+    return frozenset(
+        int(getattr(tok, n))
+        for n in ("pad_id", "bos_id", "eos_id", "mask_id", "unk_id")
+        if getattr(tok, n, None) is not None
+    )
 
 
 def repeated_random_batch(probe: ProbeData, seq_len: int, n: int, seed: int = 0) -> Batch:
@@ -171,8 +174,9 @@ def collect_patterns(model: torch.nn.Module, batch: Mapping[str, Tensor]) -> lis
     """
     device = next(model.parameters()).device
     with eval_mode(model):
-        _, patterns = model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                            need_weights=True)
+        _, patterns = model(
+            batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), need_weights=True
+        )
     return [p.float() for p in patterns]
 
 
@@ -198,17 +202,21 @@ def _per_layer(values: Sequence[Tensor], width: int) -> Tensor:
 
 
 def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, causal: bool, mode: str) -> list[str]:
-    """Per relation, ``dep2head`` or ``head2dep``.
+    """Per relation, ``dep2head``, ``head2dep`` or ``predictive``.
 
     ``auto`` on a causal model takes the direction a head can see: dep2head when most gold heads
     precede their dependent ("prep" -> its verb), head2dep otherwise (the verb looks back at its
     "nsubj"); either fixed direction would leave half the relations unscorable (accuracy 0 for
     every head and for the baseline). Bidirectional models see both ways: dep2head, as Clark et al.
+    ``predictive`` (causal models only; bidirectional ones fall back to ``auto``): see
+    :func:`predictive_arcs`.
     """
+    if mode == "predictive" and causal:
+        return [mode] * n_rel
     if mode in ("dep2head", "head2dep"):
         return [mode] * n_rel
-    if mode != "auto":
-        raise ValueError(f"analysis.direction must be auto, dep2head or head2dep; got {mode!r}")
+    if mode not in ("auto", "predictive"):
+        raise ValueError(f"analysis.direction must be auto, dep2head, head2dep or predictive; got {mode!r}")
     if not causal:
         return ["dep2head"] * n_rel
     pos = torch.arange(heads.shape[1])
@@ -219,6 +227,112 @@ def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, caus
         sel = arc & (rels == r)
         out.append("dep2head" if int((backward & sel).sum()) * 2 >= int(sel.sum()) else "head2dep")
     return out
+
+
+def predictive_arcs(target: Tensor) -> Tensor:
+    """Arcs ``d -> target[d]`` re-anchored at the query that predicts the later of their two words.
+
+    A causal LM needs the earlier word of an arc when it predicts the later one, i.e. at query
+    ``later - 1`` ("the cats that sat on the mat were": the verb's number is decided at "mat", by
+    looking at "cats"). Returns ``(B, T)``: at query ``q`` the position of the earlier word of an arc
+    whose later word is ``q + 1``, else -1. Arcs whose earlier word is ``q`` itself (adjacent words)
+    are dropped: a head attending to its own query is no evidence of anything (the diagonal is
+    excluded from the argmax). One arc per query: with several, the last one written wins.
+    """
+    B, T = target.shape
+    pos = torch.arange(T, device=target.device).expand(B, T)
+    earlier, later = torch.minimum(pos, target), torch.maximum(pos, target)
+    query = later - 1
+    valid = (target >= 0) & (earlier < query)
+    out = torch.full_like(target, -1)
+    b, d = valid.nonzero(as_tuple=True)
+    out[b, query[b, d]] = earlier[b, d]
+    return out
+
+
+def derived_amod_pred(heads: Tensor, rels: Tensor, relations: Sequence[str]) -> Tensor | None:
+    """``amod:pred`` arcs (:func:`mhaexp.data.grammar.arc_masks`): predicate adjective -> the subject of
+    its copula ("fluffy" -> "cat" in "the cat ... was fluffy"), the noun <-> adjective class agreement
+    across the sentence. ``(B, T)`` subject position per adjective, -1 elsewhere; None without the
+    relations it derives from."""
+    if "acomp" not in relations or "nsubj" not in relations:
+        return None
+    B, T = heads.shape
+    acomp = (rels == relations.index("acomp")) & (heads >= 0)
+    nsubj = (rels == relations.index("nsubj")) & (heads >= 0)
+    subject_of = torch.full((B, T), -1, dtype=torch.long)
+    b, s = nsubj.nonzero(as_tuple=True)
+    subject_of[b, heads[b, s]] = s
+    out = torch.full((B, T), -1, dtype=torch.long)
+    b, j = acomp.nonzero(as_tuple=True)
+    out[b, j] = subject_of[b, heads[b, j]]
+    return out
+
+
+def _single(
+    per_layer: Sequence[Tensor], target: Tensor, mask: Tensor, direction: str, max_offset: int, causal: bool
+) -> tuple[list[Tensor], Tensor]:
+    """Accuracy ``(H,)`` per layer and the fixed-offset baseline (scalar) of one relation's arcs."""
+    if direction == "predictive":
+        target, direction = predictive_arcs(target), "dep2head"
+    one = torch.where(target >= 0, 0, -1)
+    device = per_layer[0].device
+    acc = [
+        M.dependency_accuracy(p, target.to(device), one.to(device), 1, mask.to(device), direction)[:, 0]
+        for p in per_layer
+    ]
+    return acc, M.offset_baseline(target, one, 1, mask, max_offset, direction, causal=causal)[0][0]
+
+
+def _syntax_metrics(
+    per_layer: Sequence[Tensor],
+    batch: Batch,
+    relations: Sequence[str],
+    cfg: Mapping[str, Any],
+    causal: bool,
+    width: int,
+) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    """``syntactic_accuracy`` (L, H, R) and ``syntactic_baseline`` (R,), relation names, directions.
+
+    The probe's relations, plus ``amod:pred`` when the grammar's relations allow deriving it.
+    """
+    mask = batch["attention_mask"].bool()
+    heads, rels = batch["heads"].long(), batch["rels"].long()
+    max_offset = int(cfg["max_offset"])
+    names = list(relations)
+    directions = _pick_directions(heads, mask, rels, len(names), causal, str(cfg["direction"]))
+    targets = [torch.where(rels == r, heads, -1) for r in range(len(names))]
+    derived = derived_amod_pred(heads, rels, names)
+    if derived is not None and "amod:pred" not in names:
+        names.append("amod:pred")
+        directions.append(
+            _pick_directions(derived, mask, torch.where(derived >= 0, 0, -1), 1, causal, str(cfg["direction"]))[0]
+        )
+        targets.append(derived)
+    accs, bases = [], []
+    for target, direction in zip(targets, directions, strict=True):
+        if not bool((target >= 0).any()):
+            accs.append([torch.full((p.shape[1],), float("nan")) for p in per_layer])
+            bases.append(torch.tensor(float("nan")))
+            continue
+        acc, base = _single(per_layer, target, mask, direction, max_offset, causal)
+        accs.append(acc)
+        bases.append(base.float().cpu())
+    per_layer_acc = [torch.stack([a[layer].float().cpu() for a in accs], dim=-1) for layer in range(len(per_layer))]
+    out = {"syntactic_accuracy": _per_layer(per_layer_acc, width), "syntactic_baseline": torch.stack(bases)}
+    return out, names, directions
+
+
+def _coref_metrics(
+    per_layer: Sequence[Tensor], batch: Batch, cfg: Mapping[str, Any], causal: bool, width: int
+) -> dict[str, Tensor]:
+    """``coreference`` (L, H) and its fixed-offset baseline: mention -> antecedent (Clark et al. 2019),
+    or, with ``direction: predictive`` on a causal model, the query predicting the mention."""
+    mask = batch["attention_mask"].bool()
+    coref = batch["coref"].long()
+    direction = "predictive" if causal and cfg["direction"] == "predictive" else "dep2head"
+    acc, base = _single(per_layer, coref, mask, direction, int(cfg["max_offset"]), causal)
+    return {"coreference": _per_layer(acc, width), "coreference_baseline": base.float().cpu()}
 
 
 def _copying(model: Any) -> list[Tensor]:
@@ -272,8 +386,9 @@ def compute_head_metrics(
         values.setdefault(key, []).append(value)
 
     for p in per_layer:
-        _, offset, frac = M.positional_heads(p, mask_d, max_offset, float(thresholds.get("positional", 0.9)),
-                                             causal=causal)
+        _, offset, frac = M.positional_heads(
+            p, mask_d, max_offset, float(thresholds.get("positional", 0.9)), causal=causal
+        )
         put("positional_frac", frac)
         put("positional_offset", offset.float())
         put("normalized_entropy", M.normalized_entropy(p, mask_d, causal=causal))
@@ -289,31 +404,19 @@ def compute_head_metrics(
     relation_names: list[str] = []
     directions: list[str] = []
     if probe.has_syntax:
-        heads, rels = batch["heads"].long(), batch["rels"].long()
-        n_rel = len(probe.relations)
-        directions = _pick_directions(heads, mask, rels, n_rel, causal, str(cfg["direction"]))
-        wanted = sorted(set(directions))
-        acc: dict[str, list[Tensor]] = {d: [] for d in wanted}
-        base: dict[str, Tensor] = {}
-        for d in wanted:
-            for p in per_layer:
-                acc[d].append(M.dependency_accuracy(p, heads.to(device), rels.to(device), n_rel, mask_d, d))
-            base[d] = M.offset_baseline(heads, rels, n_rel, mask, max_offset, d, causal=causal)[0]
-        pick = torch.tensor([wanted.index(d) for d in directions])
-        stacked = torch.stack([_per_layer(acc[d], H) for d in wanted])  # (D, L, H, R)
-        out["syntactic_accuracy"] = stacked.gather(0, pick.view(1, 1, 1, -1).expand(1, *stacked.shape[1:]))[0]
-        out["syntactic_baseline"] = torch.stack([base[d].float().cpu() for d in wanted]).gather(0, pick[None])[0]
-        relation_names = list(probe.relations)
-    if probe.has_coref:
-        coref = batch["coref"].long()
-        if bool((coref >= 0).any()):
-            out["coreference"] = _per_layer([M.antecedent_accuracy(p, coref.to(device), mask_d) for p in per_layer], H)
-            one = torch.where(coref >= 0, 0, -1)
-            out["coreference_baseline"] = M.offset_baseline(coref, one, 1, mask, max_offset, causal=causal)[0][0].cpu()
+        syntax, relation_names, directions = _syntax_metrics(per_layer, batch, probe.relations, cfg, causal, H)
+        out.update(syntax)
+    if probe.has_coref and bool((batch["coref"] >= 0).any()):
+        out.update(_coref_metrics(per_layer, batch, cfg, causal, H))
 
     # Induction and duplicate-token heads need repeats to look at.
-    rep = batch if probe.repeated else repeated_random_batch(
-        probe, batch["input_ids"].shape[1], int(cfg["induction_sequences"]), int(cfg["seed"]))
+    rep = (
+        batch
+        if probe.repeated
+        else repeated_random_batch(
+            probe, batch["input_ids"].shape[1], int(cfg["induction_sequences"]), int(cfg["seed"])
+        )
+    )
     rep_patterns = per_layer if probe.repeated else collect_patterns(model, rep)
     rep_ids, rep_mask = rep["input_ids"].to(device), rep["attention_mask"].bool().to(device)
     out["induction"] = _per_layer([M.induction_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
@@ -334,11 +437,19 @@ def _to(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
     return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 
-def _expensive(model: Any, probe: ProbeData, per_layer: list[Tensor], mask: Tensor, cfg: Mapping[str, Any],
-               result: HeadMetrics, width: int) -> None:
+def _expensive(
+    model: Any,
+    probe: ProbeData,
+    per_layer: list[Tensor],
+    mask: Tensor,
+    cfg: Mapping[str, Any],
+    result: HeadMetrics,
+    width: int,
+) -> None:
     """Ablation, JS divergence + MDS, GQA group diversity (into ``result``)."""
-    result.metrics["ablation"] = _per_layer(ablation_importance(model, _to(probe.batches, mask.device),
-                                                                probe.objective), width)
+    result.metrics["ablation"] = _per_layer(
+        ablation_importance(model, _to(probe.batches, mask.device), probe.objective), width
+    )
     # JS compares every pair of heads on every query: O(N^2 B T^2); a subset of sequences is plenty.
     n = max(1, int(cfg["js_sequences"]))
     flat = torch.cat([p[:n] for p in per_layer], dim=1)  # (n, N, T, T), head l*H_l + h in layer order
@@ -351,9 +462,9 @@ def _expensive(model: Any, probe: ProbeData, per_layer: list[Tensor], mask: Tens
     ratio, within, across = [], [], []
     for attn in model.attention_layers:
         k = attn.n_heads
-        per.append(nearest_by_head[start:start + k])
+        per.append(nearest_by_head[start : start + k])
         if attn.n_kv_heads < k:
-            div = gqa_group_diversity(js[start:start + k, start:start + k], attn.n_kv_heads)
+            div = gqa_group_diversity(js[start : start + k, start : start + k], attn.n_kv_heads)
         else:
             div = {"within": float("nan"), "across": float("nan"), "ratio": float("nan")}
         within.append(div["within"])
@@ -364,11 +475,14 @@ def _expensive(model: Any, probe: ProbeData, per_layer: list[Tensor], mask: Tens
     if result.mds is not None:
         xs, ys, start = [], [], 0
         for k in result.n_heads:
-            xs.append(result.mds[start:start + k, 0])
-            ys.append(result.mds[start:start + k, 1])
+            xs.append(result.mds[start : start + k, 0])
+            ys.append(result.mds[start : start + k, 1])
             start += k
         result.metrics["mds_x"] = _per_layer(xs, width)
         result.metrics["mds_y"] = _per_layer(ys, width)
     if any(a.n_kv_heads < a.n_heads for a in model.attention_layers):
-        result.layer_metrics = {"gqa_within": torch.tensor(within), "gqa_across": torch.tensor(across),
-                                "gqa_ratio": torch.tensor(ratio)}
+        result.layer_metrics = {
+            "gqa_within": torch.tensor(within),
+            "gqa_across": torch.tensor(across),
+            "gqa_ratio": torch.tensor(ratio),
+        }

@@ -77,8 +77,18 @@ def real_roles(roles: Iterable[HeadRole], n_heads: Sequence[int]) -> list[HeadRo
 
 
 def role_rows(step: int, roles: Iterable[HeadRole]) -> list[dict[str, Any]]:
-    return [{"step": step, "layer": r.layer, "head": r.head, "role": r.role, "family": r.family,
-             "score": r.score, "margin": r.margin} for r in roles]
+    return [
+        {
+            "step": step,
+            "layer": r.layer,
+            "head": r.head,
+            "role": r.role,
+            "family": r.family,
+            "score": r.score,
+            "margin": r.margin,
+        }
+        for r in roles
+    ]
 
 
 def all_role_counts(roles: Sequence[HeadRole]) -> dict[str, int]:
@@ -123,6 +133,17 @@ def write_roles(out_dir: Path, step: int, roles: Sequence[HeadRole], history: bo
     _write_atomic(out_dir / "head_roles.csv", pd.DataFrame(rows, columns=list(ROLE_COLUMNS)).to_csv(index=False))
 
 
+def drop_after(out_dir: Path, step: int) -> None:
+    """Resuming from a checkpoint at ``step``: rows of later steps describe weights that no longer exist
+    (the run went back to ``step``) and would be written again; drop them from the appended tables."""
+    for name in ("head_metrics.csv", "head_roles_history.csv"):
+        path = out_dir / name
+        if path.exists() and path.stat().st_size:
+            table = pd.read_csv(path)
+            if (table["step"] > step).any():
+                _write_atomic(path, table[table["step"] <= step].to_csv(index=False))
+
+
 def write_summary(out_dir: Path, step: int, roles: Sequence[HeadRole]) -> dict[str, Any]:
     summary: dict[str, Any] = {f"roles/{k}": v for k, v in all_role_counts(roles).items()}
     summary["analysis_step"] = step
@@ -134,8 +155,9 @@ def _fmt(x: float) -> str:
     return "" if math.isnan(x) else f"{x:.3f}"
 
 
-def write_markdown(out_dir: Path, step: int, roles: Sequence[HeadRole], hm: HeadMetrics,
-                   images: Mapping[str, Path] | None = None) -> Path:
+def write_markdown(
+    out_dir: Path, step: int, roles: Sequence[HeadRole], hm: HeadMetrics, images: Mapping[str, Path] | None = None
+) -> Path:
     """``analysis.md``: the role grid, role counts and one table row per head with all its roles."""
     images = images or {}
     lines = [f"# Head analysis at step {step}", ""]
@@ -151,8 +173,9 @@ def write_markdown(out_dir: Path, step: int, roles: Sequence[HeadRole], hm: Head
     for r in roles:
         by_head.setdefault((r.layer, r.head), []).append(r)
     for (layer, head), held in sorted(by_head.items()):
-        cell = "; ".join(r.role if r.role == "unassigned" else f"{r.role} ({_fmt(r.score)} / {_fmt(r.margin)})"
-                         for r in held)
+        cell = "; ".join(
+            r.role if r.role == "unassigned" else f"{r.role} ({_fmt(r.score)} / {_fmt(r.margin)})" for r in held
+        )
         lines.append(f"| {layer} | {head} | {cell} |")
     others = [k for k in images if k != "role_grid"]
     if others:

@@ -58,14 +58,26 @@ def roles_table(roles: Sequence[HeadRole]) -> Any:
         by_head.setdefault((r.layer, r.head), []).append(r)
     data = []
     for (layer, head), held in sorted(by_head.items()):
-        data.append([layer, head, ", ".join(r.role for r in held),
-                     ", ".join("" if math.isnan(r.score) else f"{r.score:.3f}" for r in held),
-                     ", ".join("" if math.isnan(r.margin) else f"{r.margin:.3f}" for r in held)])
+        data.append(
+            [
+                layer,
+                head,
+                ", ".join(r.role for r in held),
+                ", ".join("" if math.isnan(r.score) else f"{r.score:.3f}" for r in held),
+                ", ".join("" if math.isnan(r.margin) else f"{r.margin:.3f}" for r in held),
+            ]
+        )
     return wandb.Table(columns=TABLE_COLUMNS, data=data)
 
 
-def log_analysis(logger: WandbLogger, step: int, rows: Sequence[Mapping[str, Any]], roles: Sequence[HeadRole],
-                 counts: Mapping[str, int], images: Mapping[str, Path] | None = None) -> None:
+def log_analysis(
+    logger: WandbLogger,
+    step: int,
+    rows: Sequence[Mapping[str, Any]],
+    roles: Sequence[HeadRole],
+    counts: Mapping[str, int],
+    images: Mapping[str, Path] | None = None,
+) -> None:
     """Everything of one analysis step as one history row at ``trainer/global_step = step``."""
     import wandb
 

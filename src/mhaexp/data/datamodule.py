@@ -27,7 +27,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from mhaexp.data.sampler import GlobalBatchSampler
 from mhaexp.data.spec import DataSpec
+from mhaexp.errors import ConfigError
 
 SPLITS = ("train", "val", "probe")
 
@@ -149,25 +151,43 @@ class LMDataModule(pl.LightningDataModule):
         return ds
 
     # -------------------------------------------------------- dataloaders --
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+    def _loader(self, split: str) -> DataLoader:
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            shuffle=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """Shuffled global batches of ``batch_size``, split evenly over the DDP ranks.
+
+        ``batch_size`` is the global batch, so changing the device count keeps the
+        optimization the same; a run restored at step k continues with batch k.
+        """
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        step = trainer.global_step if trainer is not None else 0
+        if self.batch_size % world:
+            raise ConfigError("data.batch_size", self.batch_size, f"must be divisible by the {world} processes")
+        ds = self.dataset("train")
+        sampler = GlobalBatchSampler(len(ds), self.batch_size, self.seed, rank, world, start_step=step)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size // world,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def probe_dataloader(self) -> DataLoader:
-        return self._loader("probe", shuffle=False)
+        return self._loader("probe")
 
     def probe_batch(self) -> dict[str, torch.Tensor]:
         """The whole probe set as one batch (it is small by design)."""

@@ -8,7 +8,10 @@ every K/V group, so the GQA layout shrinks without padding.
 
 Target: ``pruned/unpruned <= 0.6`` at 50% of heads removed. The work of the q/k/v/o projections
 and of the attention itself is proportional to the head count, so the ideal is 0.5; the rest is
-fixed per-call cost.
+fixed per-call cost. On a GPU the attention section's small shapes are bound by kernel launches
+(about 1.5 ms per fwd+bwd on an H200 whatever the head count), so there they are reported without
+a target; the GPT-2-sized shapes carry it. Seen on an H200 in fp32: 0.54-0.59 on those; in bf16
+even B4 T2048 d1024 stayed launch-bound (ratio ~1).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def bench_pruning(args: Args) -> list[Row]:
     """Attention fwd+bwd: unpruned vs masked vs physically pruned (50% of heads)."""
     rows: list[Row] = []
     dev, dt = args.torch_device, args.torch_dtype
+    launch_bound = set(attention_shapes(args)) if args.torch_device.type == "cuda" else set()
     for B, T, d, nh in pruning_shapes(args):
         for nkv in (nh, max(1, nh // 4)):
             torch.manual_seed(args.seed)
@@ -89,7 +93,7 @@ def bench_pruning(args: Args) -> list[Row]:
                     "pruned/unpruned",
                     t["pruned"],
                     t["unpruned"],
-                    target=TARGET,
+                    target=None if (B, T, d, nh) in launch_bound else TARGET,
                     extra={"heads_removed": len(heads)},
                 )
             )

@@ -74,7 +74,18 @@ def build_pruning_callback(
     cfg = validate_pruning(cfg_pruning, model_cfg, max_steps)
     if cfg.kind == "none":
         return None
+    _check_roles(cfg, roles_provider)
     return PruningCallback(cfg, model_cfg, max_steps, run_dir, batches, roles_provider)
+
+
+def _check_roles(cfg: PruningConfig, roles_provider: RolesProvider | None) -> None:
+    if cfg.criterion == "role" and roles_provider is None and cfg.kind != "l0":
+        raise ConfigError(
+            "pruning.criterion",
+            "role",
+            "needs a roles provider (build_pruning_callback(..., roles_provider=...)); "
+            "choose importance, ablation, random or entropy",
+        )
 
 
 def module_objective(pl_module: pl.LightningModule) -> Objective:
@@ -180,19 +191,20 @@ class PruningCallback(pl.Callback):
         if isinstance(extra, dict):
             extra["l0_penalty"] = lambda: c.l0_lambda * l0mod.expected_l0(pl_module.model)
             self._penalty_in_loss = True
+        elif trainer.world_size > 1:
+            # The fallback's second backward would fight DDP's gradient hooks.
+            raise ConfigError(
+                "pruning.kind",
+                "l0",
+                "on several devices needs LMModule.extra_losses (the L0 penalty must be part of the training loss)",
+            )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = pl_module.model
         sizes = [layer.n_heads for layer in model.attention_layers]
         if sizes != self.sizes:
             raise ConfigError("model", sizes, f"the pruning schedule was built for heads per layer {self.sizes}")
-        if self.cfg.criterion == "role" and self.roles_provider is None and self.cfg.kind != "l0":
-            raise ConfigError(
-                "pruning.criterion",
-                "role",
-                "needs a roles provider (build_pruning_callback(..., "
-                "roles_provider=...)); choose importance, ablation, random or entropy",
-            )
+        _check_roles(self.cfg, self.roles_provider)
         # Heads masked in an init_from checkpoint are pruned already; masks restored on resume agree.
         known = set(self.pruned)
         self.pruned += [h for h in masked_heads(model) if h not in known]

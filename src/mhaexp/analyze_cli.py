@@ -1,0 +1,217 @@
+"""``mhaexp-analyze``: the training-time head analysis, offline, on a saved checkpoint.
+
+Usage::
+
+    mhaexp-analyze ckpt=runs/.../checkpoints/last.ckpt                   # probe data of the run, or data=grammar
+    mhaexp-analyze ckpt=last.ckpt data=induction out=induction_analysis
+    mhaexp-analyze ckpt=last.ckpt conllu=treebank.conllu                 # score heads on your own sentences
+    mhaexp-analyze ckpt=last.ckpt probe_batches=4 thresholds.positional=0.8 data.n_probe=512
+
+Keys: ``ckpt`` (required), ``data`` (a ``conf/data`` choice; default: the run's own data config when
+the checkpoint sits in a run directory, else ``grammar``), ``conllu`` (a CoNLL-U file used as the probe
+set; needs a model trained on the grammar's vocabulary), ``out`` (default
+``<ckpt dir>/analysis-<ckpt name>``). Any other ``key=value`` is an override of the composed
+``conf/train.yaml``; keys of ``conf/analysis`` may drop the ``analysis.`` prefix.
+
+Writes into ``out`` what training writes into ``<run>/analysis``: ``head_metrics.csv``,
+``head_roles.csv`` (= ``head_roles_history.csv``, one step), ``summary.json``, the PNGs and
+``analysis.md`` (see :mod:`mhaexp.analysis.export`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from mhaexp.errors import ConfigError
+
+PROG = "mhaexp-analyze"
+OWN_KEYS = ("ckpt", "data", "conllu", "out")
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(our keys, Hydra overrides); ConfigError for a word that is not key=value or a missing ckpt."""
+    from mhaexp.config import CONF_DIR
+
+    analysis_keys = _analysis_keys(CONF_DIR / "analysis" / "default.yaml")
+    own: dict[str, str] = {}
+    overrides: list[str] = []
+    for word in argv:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ConfigError("argument", word, f"write key=value (keys {', '.join(OWN_KEYS)} or config overrides)")
+        prefix = key[0] if key[0] in "+~" else ""
+        bare = key[len(prefix) :]
+        if key in OWN_KEYS:
+            own[key] = value
+        elif bare.split(".")[0] in analysis_keys:
+            overrides.append(f"{prefix}analysis.{bare}={value}")
+        else:
+            overrides.append(word)
+    if not own.get("ckpt"):
+        raise ConfigError("ckpt", None, "required: the checkpoint to analyse (ckpt=path/to/last.ckpt)")
+    if "data" in own and "conllu" in own:
+        raise ConfigError("conllu", own["conllu"], "give data= or conllu=, not both")
+    return own, overrides
+
+
+def _analysis_keys(path: Path) -> set[str]:
+    import yaml
+
+    return set(yaml.safe_load(path.read_text()) or {})
+
+
+def _run_data_node(ckpt: Path) -> Any:
+    """The data config of the run a checkpoint belongs to (``<run>/checkpoints/x.ckpt``), if any."""
+    from omegaconf import OmegaConf
+
+    for run_dir in (ckpt.parent.parent, ckpt.parent):
+        config = run_dir / ".hydra" / "config.yaml"
+        if config.is_file():
+            node = OmegaConf.load(config).get("data")
+            if node is not None:
+                return node
+    return None
+
+
+def compose(own: dict[str, str], overrides: list[str]) -> Any:
+    """The composed train config with ``data=`` and the overrides applied; ConfigError for bad ones."""
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+
+    from mhaexp.preflight import check_override_names, compose_job, hydra_context
+
+    words = ([f"data={own['data']}"] if own.get("data") else []) + overrides
+    with hydra_context():
+        check_override_names(words, "train")
+        try:
+            cfg = compose_job(words)
+        except HydraException as e:
+            raise ConfigError("override", " ".join(words), str(e).splitlines()[0]) from None
+    user_data = any(w.split("=")[0].lstrip("+~").split(".")[0] == "data" for w in words)
+    run_data = None if user_data or own.get("conllu") else _run_data_node(Path(own["ckpt"]))
+    if run_data is not None:
+        with open_dict(cfg):
+            cfg.data = run_data
+    return cfg
+
+
+def conllu_probe(path: str, module: Any, batch_size: int, n_probe: int) -> Any:
+    """Probe batches from a CoNLL-U file, encoded as the grammar data would encode them."""
+    import torch
+
+    from mhaexp.analysis.collect import ProbeData, objective_for, special_ids
+    from mhaexp.data.conllu_io import read_conllu
+    from mhaexp.data.grammar import VOCAB, encode_sentence, relation_list
+    from mhaexp.data.vocab import WordTokenizer
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError("conllu", path, "no such file; give the path of a CoNLL-U treebank")
+    tok = WordTokenizer(VOCAB)
+    vocab = module.model.cfg.vocab_size
+    if vocab != tok.vocab_size:
+        raise ConfigError(
+            "conllu",
+            path,
+            f"needs a model trained on data=grammar (vocabulary {tok.vocab_size}); "
+            f"this checkpoint's vocabulary has {vocab} tokens",
+        )
+    try:
+        sentences = read_conllu(p, tok)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a bad value of this field
+        raise ConfigError("conllu", path, f"cannot be read as CoNLL-U ({type(e).__name__}: {e})") from None
+    seq_len = module.model.cfg.max_seq_len
+    sentences = [s for s in sentences if len(s) + 2 <= seq_len][:n_probe]
+    if not sentences:
+        raise ConfigError("conllu", path, f"holds no sentence of at most {seq_len - 2} words")
+    relations = relation_list(sentences)
+    T = max(len(s) for s in sentences) + 2
+    rows = [encode_sentence(s, tok, relations, T) for s in sentences]
+    cols = {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
+    batches = [{k: v[i : i + batch_size] for k, v in cols.items()} for i in range(0, len(rows), batch_size)]
+    ids, mask = cols["input_ids"], cols["attention_mask"].bool()
+    # Rarity from the probe text itself: the treebank is all the text this analysis knows.
+    freq = torch.bincount(ids[mask], minlength=tok.vocab_size)
+    return ProbeData(
+        batches=batches,
+        relations=relations,
+        id_to_token=tok.id_to_token,
+        special_ids=special_ids(tok),
+        bos_id=tok.bos_id,
+        vocab_size=tok.vocab_size,
+        token_freq=freq,
+        objective=objective_for(module),
+    )
+
+
+def run(argv: list[str]) -> str:
+    """Do what ``argv`` asks; return the lines to print."""
+    from omegaconf import OmegaConf
+
+    from mhaexp.analysis.callback import analysis_settings, run_analysis
+    from mhaexp.analysis.collect import objective_for, probe_from_datamodule
+    from mhaexp.analysis.export import all_role_counts
+    from mhaexp.config import instantiate_plain
+    from mhaexp.pruning.surgery import load_module, read_checkpoint
+
+    own, overrides = parse_args(argv)
+    ckpt_path = Path(own["ckpt"])
+    module = load_module(ckpt_path, "ckpt")
+    step = int(read_checkpoint(ckpt_path, "ckpt").get("global_step", 0))
+    cfg = compose(own, overrides)
+    acfg = analysis_settings(OmegaConf.to_container(cfg.analysis, resolve=True))
+    n_batches = int(acfg["probe_batches"])
+    if own.get("conllu"):
+        probe = conllu_probe(
+            own["conllu"], module, int(cfg.data.get("batch_size", 64)), n_batches * int(cfg.data.get("batch_size", 64))
+        )
+        source = f"conllu={own['conllu']}"
+    else:
+        datamodule = instantiate_plain(cfg.data)
+        if datamodule.vocab_size != module.model.cfg.vocab_size:
+            raise ConfigError(
+                "data",
+                cfg.data.get("kind"),
+                f"its vocabulary has {datamodule.vocab_size} tokens, the "
+                f"checkpoint's model {module.model.cfg.vocab_size}: pass the data= it was trained on",
+            )
+        if datamodule.seq_len > module.model.cfg.max_seq_len:
+            raise ConfigError(
+                "data.seq_len", datamodule.seq_len, f"must be <= the model's max_seq_len={module.model.cfg.max_seq_len}"
+            )
+        datamodule.prepare_data()
+        probe = probe_from_datamodule(datamodule, n_batches, objective_for(module))
+        source = f"data={cfg.data.get('kind')}"
+    out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("head_metrics.csv", "head_roles_history.csv"):  # appended to by run_analysis: start fresh
+        (out / name).unlink(missing_ok=True)
+    _, roles, rows, images = run_analysis(module.model, probe, acfg, out, step, expensive=True, pictures=True)
+    counts = {k: v for k, v in all_role_counts(roles).items() if v}
+    return "\n".join(
+        [
+            f"analysed {ckpt_path} (step {step}) on {source}: {sum(len(b['input_ids']) for b in probe.batches)} "
+            "probe sequences",
+            "heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+            f"wrote {len(rows)} metric values, head roles and {len(images)} pictures to {out}",
+            f"report: {out / 'analysis.md'}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    try:
+        print(run(argv))
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

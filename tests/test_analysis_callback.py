@@ -1,0 +1,257 @@
+"""The analysis callback inside a real (tiny) training run, read back from the offline W&B run and the
+run directory; the offline CLI on the checkpoint that run saved."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WANDB = Path(sys.executable).parent / "wandb"
+DATA = {"kind": "grammar", "seq_len": 16, "n_train": 200, "n_val": 32, "n_probe": 24, "batch_size": 16}
+STEPS, EVERY, PROBE_BATCHES = 20, 10, 2
+
+
+def analysis_cfg(**kw: Any) -> dict[str, Any]:
+    cfg = yaml.safe_load((ROOT / "conf" / "analysis" / "default.yaml").read_text())
+    # Expensive tier (and pictures) only at the end: the test stays well under a minute.
+    cfg.update(every_n_steps=EVERY, expensive_every=100, probe_batches=PROBE_BATCHES, max_pictures=1)
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import pytorch_lightning as pl
+    import wandb
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    from mhaexp.analysis.callback import AnalysisCallback, build_analysis_callback
+    from mhaexp.data import LMDataModule
+    from mhaexp.lightning_module import LMModule
+    from mhaexp.model import ModelConfig
+
+    root = tmp_path_factory.mktemp("run")
+    pl.seed_everything(0, verbose=False)
+    dm = LMDataModule(**DATA, cache_dir=str(root / "cache"))
+    cfg = ModelConfig(vocab_size=dm.vocab_size, n_layers=2, d_model=32, n_heads=4, d_ff=64, max_seq_len=32)
+    module = LMModule(cfg, {"lr": 3e-3, "warmup_steps": 5}, pad_id=dm.tokenizer.pad_id, mask_id=dm.tokenizer.mask_id)
+    callback = build_analysis_callback(analysis_cfg(), dm, root)
+    assert isinstance(callback, AnalysisCallback)
+    # Every explicit-attention forward passes the pattern through hook_pattern: count them.
+    calls: list[int] = []
+    for layer in module.model.attention_layers:
+        layer.hook_pattern.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    loggers = [
+        CSVLogger(save_dir=str(root), name="", version=""),
+        WandbLogger(project="mhaexp-test", save_dir=str(root), mode="offline"),
+    ]
+    trainer = pl.Trainer(
+        max_steps=STEPS,
+        accelerator="cpu",
+        devices=1,
+        logger=loggers,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=5,
+        check_val_every_n_epoch=None,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        log_every_n_steps=5,
+    )
+    try:
+        trainer.fit(module, datamodule=dm)
+        trainer.save_checkpoint(root / "last.ckpt")
+    finally:
+        wandb.finish()
+    [wandb_dir] = list((root / "wandb").glob("offline-run-*"))
+    out = subprocess.run(
+        [str(WANDB), "leet", "inspect", "--json", str(wandb_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    return {
+        "root": root,
+        "callback": callback,
+        "calls": calls,
+        "records": records,
+        "wandb_dir": wandb_dir,
+        "data": dm,
+        "n_layers": cfg.n_layers,
+    }
+
+
+def history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+
+
+def analysis_rows(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """History rows that carry the analysis, by trainer/global_step."""
+    return {int(h["trainer/global_step"]): h for h in history(records) if "roles/unassigned" in h}
+
+
+def test_analysis_steps_and_probe_only_patterns(run: dict[str, Any]) -> None:
+    cb = run["callback"]
+    assert [(s, e) for s, e, _ in cb.timings] == [(0, False), (10, False), (20, True)]
+    # Only the callback asks for patterns, and only on probe batches: per analysis, one forward per probe
+    # batch plus one on the repeated random sequences (induction), through every layer. Training and
+    # validation batches (16 sequences, like the first probe batch) never reach hook_pattern.
+    per_analysis = (PROBE_BATCHES + 1) * run["n_layers"]
+    assert len(run["calls"]) == cb.analyses * per_analysis
+    probe_sizes = [16, 8]  # 24 probe sentences in batches of 16
+    induction = analysis_cfg()["induction_sequences"]
+    assert sorted(set(run["calls"])) == sorted({*probe_sizes, induction})
+
+
+def test_wandb_holds_per_head_scalars_table_and_images(run: dict[str, Any]) -> None:
+    rows = analysis_rows(run["records"])
+    assert sorted(rows) == [0, 10, 20]
+    final = rows[20]
+    for key in (
+        "heads/L00H00/induction",
+        "heads/L01H03/positional_frac",
+        "heads/L00H02/importance",
+        "heads/L01H01/syntactic_accuracy/nsubj",
+        "heads/L00H01/ablation",
+        "heads/L01H00/copying",
+        "baselines/syntactic_baseline/nsubj",
+        "roles/positional",
+        "roles/unassigned",
+    ):
+        assert key in final, key
+    assert "heads/L00H00/ablation" not in rows[10]  # expensive tier only at the end here
+    assert final["analysis/head_roles._type"] == "table-file"
+    assert final["analysis/head_roles.ncols"] == 5 and final["analysis/head_roles.nrows"] >= 8
+    for image in ("role_grid", "heatmaps", "patterns_L00", "mds", "syntactic"):
+        assert final[f"analysis/{image}._type"] == "image-file", image
+        assert (run["wandb_dir"] / "files" / final[f"analysis/{image}.path"]).is_file()
+    assert "analysis/patterns_L01._type" not in final  # max_pictures=1
+    table = json.loads((run["wandb_dir"] / "files" / final["analysis/head_roles.path"]).read_text())
+    assert table["columns"] == ["layer", "head", "roles", "scores", "margins"]
+    assert sorted((r[0], r[1]) for r in table["data"]) == [(layer, h) for layer in range(2) for h in range(4)]
+    summaries = [r["summary"]["update"] for r in run["records"] if r.get("type") == "summary"]
+    last = {k: v for s in summaries for k, v in s.items()}
+    assert sum(last[f"roles/{f}"] for f in ("unassigned",)) >= 0 and "roles/broad" in last
+
+
+def test_tidy_table_matches_wandb(run: dict[str, Any]) -> None:
+    analysis = run["root"] / "analysis"
+    tidy = pd.read_csv(analysis / "head_metrics.csv")
+    assert list(tidy.columns) == ["step", "layer", "head", "metric", "value"]
+    rows = analysis_rows(run["records"])
+    checked = 0
+    for step, layer, head, metric in [
+        (0, 0, 0, "entropy"),
+        (10, 1, 3, "induction"),
+        (20, 0, 1, "prev_token_attn"),
+        (20, 1, 2, "syntactic_accuracy/det"),
+        (20, 0, 3, "ablation"),
+    ]:
+        # tidy["head"], not tidy.head: DataFrame.head is a method.
+        sel = tidy[
+            (tidy["step"] == step) & (tidy["layer"] == layer) & (tidy["head"] == head) & (tidy["metric"] == metric)
+        ]
+        assert len(sel) == 1
+        key = f"heads/L{layer:02d}H{head:02d}/{metric}"
+        value = float(sel.value.iloc[0])
+        if math.isnan(value):
+            assert key not in rows[step]
+        else:
+            assert rows[step][key] == pytest.approx(value, rel=1e-6, abs=1e-9)
+            checked += 1
+    assert checked >= 3
+    # One write per step and metric: no duplicates although the end of fit re-ran step 20 expensively.
+    assert not tidy.duplicated(["step", "layer", "head", "metric"]).any()
+
+
+def test_run_dir_tables_markdown_and_csv_log(run: dict[str, Any]) -> None:
+    analysis = run["root"] / "analysis"
+    roles = pd.read_csv(analysis / "head_roles.csv")
+    assert list(roles.columns) == ["step", "layer", "head", "role", "family", "score", "margin"]
+    assert set(roles.step) == {20} and {(r.layer, r.head) for r in roles.itertuples()} == {
+        (layer, h) for layer in range(2) for h in range(4)
+    }
+    history_roles = pd.read_csv(analysis / "head_roles_history.csv")
+    assert sorted(set(history_roles.step)) == [0, 10, 20]
+    assert not history_roles.duplicated(["step", "layer", "head", "role"]).any()
+    summary = json.loads((analysis / "summary.json").read_text())
+    assert summary == {"analysis_step": 20, **{f"roles/{k}": v for k, v in run["callback"].role_counts.items()}}
+    md = (analysis / "analysis.md").read_text()
+    assert "![role grid](role_grid.png)" in md and "| 1 | 3 |" in md
+    metrics = pd.read_csv(run["root"] / "metrics.csv")
+    assert "roles/unassigned" in metrics.columns
+    assert not any(c.startswith("heads/") for c in metrics.columns)  # per-head scalars stay in the tidy table
+
+
+def test_analysis_off_builds_no_callback(tmp_path: Path) -> None:
+    from mhaexp.analysis.callback import build_analysis_callback
+
+    off = yaml.safe_load((ROOT / "conf" / "analysis" / "off.yaml").read_text())
+    assert build_analysis_callback(off, object(), tmp_path) is None
+
+
+def test_analyze_cli_on_the_checkpoint(run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mhaexp.analyze_cli import main
+    from mhaexp.data import generate_corpus, write_conllu
+
+    ckpt = run["root"] / "last.ckpt"
+    data = [f"data.{k}={v}" for k, v in DATA.items() if k != "kind"] + [f"data.cache_dir={run['root'] / 'cache'}"]
+    main([f"ckpt={ckpt}", f"out={tmp_path / 'a'}", "max_pictures=0", "probe_batches=2", *data])
+    printed = capsys.readouterr().out
+    assert "step 20" in printed and "24 probe sequences" in printed
+    roles = pd.read_csv(tmp_path / "a" / "head_roles.csv")
+    tidy = pd.read_csv(tmp_path / "a" / "head_metrics.csv")
+    assert set(roles.step) == {20} and {"ablation", "induction", "js_nearest"} <= set(tidy.metric)
+    # Same checkpoint, same probe set and settings as the final in-training analysis: same numbers.
+    trained = pd.read_csv(run["root"] / "analysis" / "head_metrics.csv")
+    key = ["step", "layer", "head", "metric"]
+    both = trained[trained.step == 20].merge(tidy, on=key, suffixes=("_fit", "_cli"))
+    sel = both[both.metric.isin(["induction", "entropy", "syntactic_accuracy/nsubj", "copying"])].dropna()
+    assert len(sel) >= 24 and (sel.value_fit - sel.value_cli).abs().max() < 1e-5
+    assert (tmp_path / "a" / "role_grid.png").is_file() and (tmp_path / "a" / "analysis.md").is_file()
+
+    conllu = tmp_path / "probe.conllu"
+    write_conllu(conllu, generate_corpus(6, seed=3, max_len=12))
+    main([f"ckpt={ckpt}", f"conllu={conllu}", f"out={tmp_path / 'c'}", "max_pictures=0"])
+    assert "conllu=" in capsys.readouterr().out
+    assert "syntactic_accuracy/nsubj" in set(pd.read_csv(tmp_path / "c" / "head_metrics.csv").metric)
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["ckpt={tmp}/missing.ckpt"], "ckpt"),
+        (["ckpt={tmp}/notours.ckpt"], "ckpt"),
+        (["ckpt={ckpt}", "conllu={tmp}/missing.conllu"], "conllu"),
+        (["ckpt={ckpt}", "data=nope"], "data"),
+        (["out=x"], "ckpt"),
+    ],
+)
+def test_analyze_cli_errors(
+    run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], field: str
+) -> None:
+    from mhaexp.analyze_cli import main
+
+    torch.save({"state_dict": {}}, tmp_path / "notours.ckpt")
+    argv = [a.format(tmp=tmp_path, ckpt=run["root"] / "last.ckpt") for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mhaexp-analyze: error: {field}=") and " is invalid: " in err[0]
