@@ -156,3 +156,16 @@ def test_unreachable_wandb_falls_back_offline_and_training_completes(tmp_path: P
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     assert json.loads((run / "summary.json").read_text())["global_step"] == 10
     print(f"online->offline fallback run took {elapsed:.1f}s")
+
+
+def test_two_process_ddp_matches_one_process_loss_curve(tmp_path: Path) -> None:
+    """Same global batch (data.batch_size is global): 2 gloo ranks reproduce the 1-process curve."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [*BASE, "trainer.max_steps=20", "trainer.val_check_interval=20"]
+    train([*args, f"hydra.run.dir={one}"], tmp_path)
+    train([*args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={two}"], tmp_path)
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == list(range(20))
+    worst = max(abs(a[s] - b[s]) for s in a)
+    print(f"max |loss_1proc - loss_2proc| over 20 steps: {worst:.2e}")
+    assert worst < 1e-5

@@ -562,3 +562,15 @@ def test_l0_penalty_goes_through_extra_losses(tmp_path: Path) -> None:
     )
     trainer.fit(module, train_dataloaders=loader())
     assert cb._penalty_in_loss and seen[-1] < 2.5 and module.extra_losses == {}
+
+
+def test_bench_section_runs() -> None:
+    from mhaexp.bench import SECTIONS, Args
+    from mhaexp.pruning import bench as pruning_bench
+
+    assert SECTIONS["pruning"] is pruning_bench.bench_pruning
+    assert pruning_bench.half_of_every_group(12, 3) == [(0, 0), (0, 1), (0, 4), (0, 5), (0, 8), (0, 9)]
+    assert pruning_bench.half_of_every_group(8, 8) == [(0, h) for h in range(4)]
+    rows = pruning_bench.bench_pruning(Args(quick=True, repeats=1, min_block_s=0.0, warmup=1))
+    ratios = [r for r in rows if r.metric == "pruned/unpruned"]
+    assert len(ratios) == 2 and all(r.target == "<= 0.6" and "-> h4" in r.case for r in ratios)
