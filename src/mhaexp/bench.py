@@ -578,7 +578,10 @@ def resolve_sections(requested: list[str] | None) -> tuple[list[str], dict[str, 
             try:
                 importlib.import_module(PLUGINS[name])
             except ModuleNotFoundError as e:
-                skipped[name] = f"module {PLUGINS[name]} not available ({e.name})"
+                # Absent (not written yet) is quiet; present but missing one of its own imports is a failure.
+                absent = e.name is not None and PLUGINS[name].startswith(e.name)
+                why = "not available" if absent else "failed to import"
+                skipped[name] = f"module {PLUGINS[name]} {why} (no module {e.name})"
                 continue
             except Exception as e:  # a broken plugin must not stop the others
                 skipped[name] = f"module {PLUGINS[name]} failed to import: {type(e).__name__}: {e}"

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mhaexp.data.spec import DataSpec
 from mhaexp.errors import ConfigError
 from mhaexp.model_config import ModelConfig
+from mhaexp.pruning.schedules import validate_pruning
 from mhaexp.resolvers import run_key  # noqa: F401  (registers ${mhaexp_run_key:})
 
 CONF_DIR = Path(os.environ.get("MHAEXP_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
@@ -96,6 +97,12 @@ def validate(cfg: DictConfig) -> tuple[DataSpec, ModelConfig]:
     check_paths(cfg)
     data = DataSpec.from_config(OmegaConf.to_container(cfg.data, resolve=True))
     model_cfg = build_model_config(cfg, data.vocab_size)
+    validate_pruning(OmegaConf.to_container(cfg.get("pruning") or {"kind": "none"}, resolve=True),
+                     model_cfg, int(cfg.trainer.max_steps))
+    if cfg.get("init_from") is not None:
+        from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
+
+        validate_init(cfg.init_from, model_cfg, cfg.get("gqa_init", "mean"))
     if model_cfg.max_seq_len < data.seq_len:
         raise ConfigError("model.max_seq_len", model_cfg.max_seq_len, f"must be >= data.seq_len={data.seq_len}")
     return data, model_cfg

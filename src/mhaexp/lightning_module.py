@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -48,6 +49,8 @@ class LMModule(pl.LightningModule):
         self.mlm_probability = mlm_probability
         self.seed = seed
         self.model = Transformer(self.model_cfg)
+        # Extra training-loss terms by name (e.g. the L0 penalty of mhaexp.pruning); callbacks fill it.
+        self.extra_losses: dict[str, Callable[[], torch.Tensor]] = {}
         self.save_hyperparameters(
             {"model": asdict(self.model_cfg), "optim": self.optim, "pad_id": pad_id, "mask_id": mask_id,
              "mlm_probability": mlm_probability, "seed": seed},
@@ -103,6 +106,10 @@ class LMModule(pl.LightningModule):
             global_total, global_correct, global_count = total.detach(), correct, count
         loss = total * world / global_count.clamp(min=1)
         shown = global_total / global_count.clamp(min=1)
+        for name, fn in self.extra_losses.items():
+            extra = fn()
+            self.log(f"train/{name}", extra.detach(), on_step=True, on_epoch=False, rank_zero_only=True)
+            loss = loss + extra
         if not torch.isfinite(shown):
             raise NonFiniteLossError(
                 f"train loss is {shown.item()} at step {self.global_step}; stopped before the optimizer step "

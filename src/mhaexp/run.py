@@ -15,6 +15,8 @@ from mhaexp.checkpointing import AtomicCheckpointIO, RNGState, check_checkpoint,
 from mhaexp.config import instantiate_plain, validate
 from mhaexp.lightning_module import LMModule
 from mhaexp.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
+from mhaexp.pruning import build_pruning_callback, load_init
+from mhaexp.pruning.callback import InitQualityCallback
 
 
 def run_dir_of(ckpt: Path) -> Path:
@@ -54,6 +56,13 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
         record,
     ]
     ckpt, step = resume_checkpoint(cfg, run_dir)
+    if cfg.get("init_from") and ckpt is None:  # a resumed run takes its weights from its checkpoint
+        init = load_init(module, cfg.init_from, model_cfg, gqa_init=cfg.get("gqa_init", "mean"), seed=cfg.seed)
+        callbacks.append(InitQualityCallback(cfg.init_from, init, run_dir))
+    pruning = build_pruning_callback(OmegaConf.to_container(cfg.pruning, resolve=True), model_cfg,
+                                     int(cfg.trainer.max_steps), run_dir, roles_provider=None)
+    if pruning is not None:
+        callbacks.append(pruning)
     run_id = saved_run_id(run_dir_of(ckpt)) if ckpt is not None else saved_run_id(run_dir)
     loggers = build_loggers(cfg, run_dir, group, run_id=run_id, resume_step=step)
     # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
