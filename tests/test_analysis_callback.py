@@ -255,3 +255,78 @@ def test_analyze_cli_errors(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"mhaexp-analyze: error: {field}=") and " is invalid: " in err[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces of the collection, without training
+# ------------------------------------------------------------------------------------------------
+
+
+def test_predictive_arcs_and_derived_amod_pred() -> None:
+    from mhaexp.analysis.collect import derived_amod_pred, predictive_arcs
+    from mhaexp.data.grammar import RELATIONS
+
+    # <bos> the cats that sat on the mat were fluffy <eos>
+    #   0    1   2    3    4  5   6   7    8     9     10
+    heads = torch.tensor([[-1, 2, 8, 4, 2, 4, 7, 5, -1, 8, -1]])
+    names = ["", "det", "nsubj", "nsubj", "acl:relcl", "prep", "det", "pobj", "root", "acomp", ""]
+    rels = torch.tensor([[RELATIONS.index(n) if n else -1 for n in names]])
+    nsubj = torch.where(rels == RELATIONS.index("nsubj"), heads, -1)
+    # "were" (8) is predicted at "mat" (7), which needs "cats" (2); "that" -> "sat" is adjacent: dropped.
+    assert predictive_arcs(nsubj).tolist() == [[-1, -1, -1, -1, -1, -1, -1, 2, -1, -1, -1]]
+    pobj = torch.where(rels == RELATIONS.index("pobj"), heads, -1)
+    assert predictive_arcs(pobj).tolist() == [[-1, -1, -1, -1, -1, -1, 5, -1, -1, -1, -1]]  # "the" -> "on"
+    # The predicate adjective agrees with the copula's subject: "fluffy" -> "cats".
+    assert derived_amod_pred(heads, rels, RELATIONS).tolist() == [[-1] * 9 + [2, -1]]
+
+
+def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
+    from mhaexp.analysis.callback import analysis_settings, run_analysis
+    from mhaexp.analysis.collect import probe_from_datamodule
+    from mhaexp.data import LMDataModule
+    from mhaexp.model import ModelConfig, Transformer
+
+    dm = LMDataModule(**{**DATA, "n_train": 40, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
+    cfg = ModelConfig(
+        vocab_size=dm.vocab_size,
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=8,
+        layer_n_heads=[4, 2],
+        layer_n_kv_heads=[2, 1],
+        d_ff=64,
+        max_seq_len=32,
+    )
+    model = Transformer(cfg)
+    hm, roles, rows, images = run_analysis(
+        model,
+        probe_from_datamodule(dm, 1),
+        analysis_settings(analysis_cfg()),
+        tmp_path / "a",
+        0,
+        expensive=True,
+        pictures=True,
+    )
+    assert hm.n_heads == [4, 2] and hm.metrics["induction"].shape == (2, 4)
+    assert torch.isnan(hm.metrics["induction"][1, 2:]).all() and not torch.isnan(hm.metrics["induction"][0]).any()
+    assert hm.js is not None and hm.js.shape == (6, 6) and hm.mds is not None and hm.mds.shape == (6, 2)
+    assert {(r.layer, r.head) for r in roles} == {(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1)}
+    assert {(r["layer"], r["head"]) for r in rows if r["head"] >= 0} == {(r.layer, r.head) for r in roles}
+    # GQA group diversity per layer (layer 1 is MQA: one group, so nothing "across").
+    assert {"gqa_within", "gqa_across", "gqa_ratio"} <= set(hm.layer_metrics)
+    assert math.isnan(float(hm.layer_metrics["gqa_across"][1]))
+    assert {"role_grid", "heatmaps", "mds", "patterns_L00"} <= set(images)
+    # Gates: a head switched off has no OV circuit.
+    model.blocks[0].attn.head_gate[1] = 0.0
+    hm2, *_ = run_analysis(
+        model,
+        probe_from_datamodule(dm, 1),
+        analysis_settings(analysis_cfg()),
+        tmp_path / "b",
+        0,
+        expensive=False,
+        pictures=False,
+    )
+    assert math.isnan(float(hm2.metrics["copying"][0, 1]))

@@ -150,7 +150,6 @@ def wandb_always_finished() -> Iterator[None]:
 
 
 def _finish(exit_code: int) -> None:
-    import wandb
-
-    if wandb.run is not None:
+    wandb = sys.modules.get("wandb")  # never imported: no W&B run to close (logger=csv|none)
+    if wandb is not None and wandb.run is not None:
         wandb.run.finish(exit_code=exit_code)
