@@ -38,20 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# Display and sort order of role families within one head.
-ROLE_FAMILIES: tuple[str, ...] = (
-    "positional",
-    "previous_token",
-    "syntactic",
-    "coreference",
-    "induction",
-    "duplicate",
-    "copying",
-    "sink",
-    "rare_word",
-    "broad",
-    "unassigned",
-)
+from mhaexp.role_families import ROLE_FAMILIES
 
 # Roles decided by "score >= threshold": (role, metric key, threshold key).
 _AT_LEAST: tuple[tuple[str, str, str], ...] = (

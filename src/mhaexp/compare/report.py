@@ -17,22 +17,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mhaexp.compare.runs import GROUP_KEYS, ROLE_PREFIX, RunSet
+from mhaexp.role_families import ROLE_FAMILIES
 
-# Display order of roles: mhaexp.analysis.roles.ROLE_FAMILIES (not imported: that module needs torch,
-# and a report should not). Roles not listed here follow alphabetically.
-ROLE_ORDER: tuple[str, ...] = (
-    "positional",
-    "previous_token",
-    "syntactic",
-    "coreference",
-    "induction",
-    "duplicate",
-    "copying",
-    "sink",
-    "rare_word",
-    "broad",
-    "unassigned",
-)
+ROLE_ORDER = ROLE_FAMILIES  # roles not listed there follow alphabetically
 DPI = 110
 
 
