@@ -330,3 +330,8 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
         pictures=False,
     )
     assert math.isnan(float(hm2.metrics["copying"][0, 1]))
+    # The same classification feeds the pruner's role criterion.
+    from mhaexp.analysis.callback import build_roles_provider
+
+    provided = build_roles_provider(analysis_cfg(), dm)(model, [])
+    assert {(r.layer, r.head) for r in provided} == {(r.layer, r.head) for r in roles}

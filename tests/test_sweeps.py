@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -103,7 +103,7 @@ def test_sweep_gives_each_job_its_own_dir_and_wandb_run_grouped_by_sweep(tmp_pat
     assert len(jobs) == 4
     runs = {job: wandb_run(job) for job in jobs}
     assert len({run["run_id"] for run, _ in runs.values()}) == 4
-    assert {run["group"] for run, _ in runs.values()} == {sweep_dir.name}
+    assert {run["run_group"] for run, _ in runs.values()} == {sweep_dir.name}
     for job, (_, config) in runs.items():
         assert job.name.endswith(f"_h{config['n_heads']}")  # each W&B run carries its own job's config
     summary = summary_of(sweep_dir)
@@ -152,7 +152,7 @@ def two_sweeps(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Iterato
 
 def sweep_of(cwd: Path, marker: str) -> Path:
     """The sweep directory whose jobs were given the override ``marker``."""
-    found = [d for d in sweep_dirs(cwd) if marker in (d / "multirun.yaml").read_text()]
+    found = [d for d in sweep_dirs(cwd) if f"- {marker}\n" in (d / "multirun.yaml").read_text()]
     assert len(found) == 1, found
     return found[0]
 
@@ -162,7 +162,7 @@ def test_skip_invalid_runs_the_valid_jobs_and_reports_the_skipped(two_sweeps: di
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "mhaexp-train: skipping: [" in proc.stderr and "model.n_heads=3 is invalid" in proc.stderr
     assert "mhaexp-train: 1 of 2 sweep jobs are invalid; running the other 1" in proc.stderr
-    sweep_dir = sweep_of(two_sweeps["cwd"], "skip_invalid")
+    sweep_dir = sweep_of(two_sweeps["cwd"], "sweep.skip_invalid=true")
     [job] = job_dirs(sweep_dir)  # the invalid job never got a run directory
     assert job.name.endswith("_h4")
     summary = summary_of(sweep_dir)
@@ -176,7 +176,7 @@ def test_a_failing_job_does_not_stop_the_others_and_the_exit_code_says_so(two_sw
     proc = two_sweeps["fail"]
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "mhaexp-train: job failed: NonFiniteLossError" in proc.stderr
-    summary = summary_of(sweep_of(two_sweeps["cwd"], "1e12"))
+    summary = summary_of(sweep_of(two_sweeps["cwd"], "optim.lr=3e-3,1e12"))
     assert summary["counts"]["ok"] == 1 and summary["counts"]["failed"] == 1
     by_status = {j["status"]: j for j in summary["jobs"]}
     assert "optim.lr=0.003" in by_status["ok"]["overrides"]
@@ -189,7 +189,7 @@ def test_a_failing_job_does_not_stop_the_others_and_the_exit_code_says_so(two_sw
 
 def test_sweeps_started_together_never_share_a_directory(two_sweeps: dict) -> None:
     cwd = two_sweeps["cwd"]
-    skip, fail = sweep_of(cwd, "skip_invalid"), sweep_of(cwd, "1e12")
+    skip, fail = sweep_of(cwd, "sweep.skip_invalid=true"), sweep_of(cwd, "optim.lr=3e-3,1e12")
     assert skip != fail and len(sweep_dirs(cwd)) == 2
     print(f"sweep dirs: {skip.relative_to(cwd)}  {fail.relative_to(cwd)}")
     for sweep_dir, marker in ((skip, "sweep.skip_invalid"), (fail, "optim.lr=")):
@@ -197,10 +197,10 @@ def test_sweeps_started_together_never_share_a_directory(two_sweeps: dict) -> No
             assert marker in (job / ".hydra" / "overrides.yaml").read_text(), job
 
 
-def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:  # noqa: ANN001
+def wait_for(predicate: Callable[[], object], timeout: float, proc: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        if proc is not None and proc.poll() is not None:
+        if proc.poll() is not None:
             raise AssertionError(f"process ended (rc {proc.returncode}) while waiting for {what}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -217,7 +217,7 @@ def test_slurm_requeue_saves_hpc_checkpoint_and_rerun_resumes_from_it(tmp_path: 
     cwd = tmp_path / "work"
     cwd.mkdir()
     env = {**cli_env(cache), **SLURM_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    args = [*TINY, "trainer.max_steps=60", "trainer.val_check_interval=20"]
+    args = [*TINY, "trainer.max_steps=40", "trainer.val_check_interval=10"]
 
     first = subprocess.Popen(
         [str(BIN / "mhaexp-train"), *args],
@@ -241,19 +241,21 @@ def test_slurm_requeue_saves_hpc_checkpoint_and_rerun_resumes_from_it(tmp_path: 
     import torch
 
     hpc_step = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)["global_step"]
-    assert 20 <= hpc_step < 60
+    assert 10 <= hpc_step < 40
 
+    # Set the first attempt's log aside, so metrics.csv holds only what the rerun logs.
+    (run_dir / "metrics.csv").rename(run_dir / "metrics.first.csv")
     again = train(args, cwd, env)
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
     assert list(cwd.glob("runs/*")) == [run_dir]  # same job id, same run directory
-    assert "hpc_ckpt_1.ckpt" in out  # Lightning: "Restoring states from the checkpoint path at ..."
-    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 60
-    steps = pd.read_csv(run_dir / "metrics.csv")["step"][lambda s: s.notna()].astype(int).tolist()
-    # The rerun continued at the checkpoint's step: no second pass over the first steps ...
-    assert steps.count(min(steps)) == 1, steps
-    # ... and it logged right after the checkpoint, through to the end.
-    assert any(hpc_step <= s < hpc_step + 5 for s in steps) and max(steps) == 59, (hpc_step, steps)
+    assert f"Restored all states from the checkpoint at {run_dir / 'hpc_ckpt_1.ckpt'}" in out, out[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 40
+    log = pd.read_csv(run_dir / "metrics.csv")
+    train_steps = log["step"][log["train/loss"].notna()].astype(int).tolist()
+    # The rerun continued at the checkpoint's step (steps are logged 0-based, every 5th) through to the end.
+    assert train_steps[0] >= hpc_step and train_steps[0] < hpc_step + 5, (hpc_step, train_steps)
+    assert train_steps == list(range(train_steps[0], 40, 5)), train_steps
     assert json.loads((run_dir / "status.json").read_text())["status"] == "ok"
 
 

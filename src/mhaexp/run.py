@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -31,6 +32,10 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int 
     a requeued SLURM job finds); a path: that file, checked.
     """
     resume = cfg.get("resume")
+    if resume is None and SLURMEnvironment.detect() and any(run_dir.glob("hpc_ckpt_*.ckpt")):
+        # A requeued SLURM job: Lightning would restore the hpc checkpoint by itself, but the
+        # loggers must know its step too (metrics.csv keeps its history, W&B its run).
+        resume = "auto"
     if resume is None:
         return None, None
     path = newest_good_checkpoint(run_dir) if resume == "auto" else Path(resume)

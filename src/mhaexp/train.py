@@ -56,14 +56,14 @@ def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     (run_dir / "status.json").write_text(json.dumps({"status": status, **extra}, indent=2))
 
 
-def objective(cfg: DictConfig, summary: dict[str, Any] | None) -> float:
+def objective(cfg: DictConfig, summary: dict[str, Any] | None) -> float | None:
     """The number a model-based sweeper (Optuna) minimizes: ``sweep.objective`` of the summary.
 
-    NaN for a failed job or a missing metric: the Optuna sweeper records a NaN trial as
-    failed and goes on, where ``None`` would abort the whole study.
+    None for a failed job or a missing metric: hydra-optuna-sweeper 1.3 records a trial whose
+    value is not float-castable as failed and goes on, whereas NaN makes it abort the study.
     """
     value = (summary or {}).get(cfg.sweep.objective)
-    return float(value) if value is not None else math.nan
+    return None if value is None or math.isnan(float(value)) else float(value)
 
 
 def wants_objective(cfg: DictConfig) -> bool:
@@ -82,20 +82,20 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | float | None:
         write_status(run_dir, "invalid", error=str(e))
         if is_multirun():
             print(f"{PROG}: invalid job: {e}", file=sys.stderr)
-            return objective(cfg, None) if wants_objective(cfg) else None
+            return None
         fail(str(e))
     except Exception as e:
         write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         if is_multirun() and not os.environ.get("HYDRA_FULL_ERROR"):
             print(f"{PROG}: job failed: {type(e).__name__}: {e}", file=sys.stderr)
-            return objective(cfg, None) if wants_objective(cfg) else None
+            return None
         raise
     write_status(run_dir, "ok", best_val_loss=summary.get("best_val_loss"))
     return objective(cfg, summary) if wants_objective(cfg) else summary
 
 
 def skip_invalid_requested(argv: list[str], jobs: list[list[str]]) -> bool:
-    """``sweep.skip_invalid`` as the sweep's jobs compose it (a preset may set it too)."""
+    """``sweep.skip_invalid`` as the sweep's jobs compose it (command line or a config file)."""
     flags, _, config_name = split_argv(argv)
     if not ("-m" in flags or "--multirun" in flags):
         return False

@@ -17,7 +17,7 @@ are sharded and rank 0 alone cannot run the model: the callback warns once and d
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,25 @@ class AnalysisCallback(pl.Callback):
 
 def _is_fsdp(trainer: pl.Trainer) -> bool:
     return type(trainer.strategy).__name__.startswith("FSDP")
+
+
+def build_roles_provider(analysis_cfg: Any, datamodule: Any) -> Callable[[Any, Sequence[Any]], list[HeadRole]]:
+    """A roles provider for :mod:`mhaexp.pruning` (``criterion=role``): the heads' roles on the probe set.
+
+    The batches the pruner passes are ignored: roles are defined on the fixed, annotated probe set, the
+    same one the callback uses. Only the cheap tier is computed (roles need nothing else).
+    """
+    cfg = analysis_settings(analysis_cfg)
+    cache: dict[str, ProbeData] = {}
+
+    def provide(model: Any, batches: Sequence[Any]) -> list[HeadRole]:
+        if "probe" not in cache:
+            cache["probe"] = probe_from_datamodule(datamodule, int(cfg["probe_batches"]))
+        hm = compute_head_metrics(model, cache["probe"], cfg, expensive=False, importance=False)
+        roles = classify_heads(hm.metrics, cfg.get("thresholds") or {}, hm.relation_names)
+        return export.real_roles(roles, hm.n_heads)
+
+    return provide
 
 
 def build_analysis_callback(analysis_cfg: Any, datamodule: Any, run_dir: str | Path) -> pl.Callback | None:

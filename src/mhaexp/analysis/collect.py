@@ -69,6 +69,8 @@ class ProbeData:
     token_freq: Tensor | None = None
     repeated: bool = False
     objective: Objective = causal_lm_objective
+    # Results that depend on the probe alone (gold arcs, baselines), filled on first use.
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def has_syntax(self) -> bool:
@@ -201,24 +203,33 @@ def _per_layer(values: Sequence[Tensor], width: int) -> Tensor:
     return out
 
 
-def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, causal: bool, mode: str) -> list[str]:
-    """Per relation, ``dep2head``, ``head2dep`` or ``predictive``.
+DIRECTIONS = ("auto", "predictive", "visible", "dep2head", "head2dep")
 
-    ``auto`` on a causal model takes the direction a head can see: dep2head when most gold heads
-    precede their dependent ("prep" -> its verb), head2dep otherwise (the verb looks back at its
-    "nsubj"); either fixed direction would leave half the relations unscorable (accuracy 0 for
-    every head and for the baseline). Bidirectional models see both ways: dep2head, as Clark et al.
-    ``predictive`` (causal models only; bidirectional ones fall back to ``auto``): see
-    :func:`predictive_arcs`.
+
+def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, causal: bool, mode: str) -> list[str]:
+    """Per relation, how its arcs are scored: ``dep2head``, ``head2dep`` or ``predictive``.
+
+    * ``dep2head`` / ``head2dep``: Clark et al. (2019) / Voita et al. (2019), query = dependent / head.
+    * ``predictive`` (causal models): query = the position that predicts the later word of the arc,
+      target = the earlier word (:func:`predictive_arcs`).
+    * ``visible`` (causal models): per relation, the one of dep2head / head2dep a causal head can see
+      (dep2head when most gold heads precede their dependent, "prep" -> its verb; head2dep otherwise,
+      the verb looking back at its "nsubj").
+    * ``auto``: ``predictive`` on a causal model, ``dep2head`` on a bidirectional one. A causal LM
+      uses an arc when it predicts the arc's later word, one position before that word; scored at
+      the word itself, subject-verb agreement heads are invisible (see the ``direction`` comment in
+      conf/analysis/default.yaml).
+
+    ``predictive`` and ``visible`` mean nothing for bidirectional models, which fall back to dep2head.
     """
-    if mode == "predictive" and causal:
-        return [mode] * n_rel
+    if mode not in DIRECTIONS:
+        raise ValueError(f"analysis.direction must be one of {', '.join(DIRECTIONS)}; got {mode!r}")
     if mode in ("dep2head", "head2dep"):
         return [mode] * n_rel
-    if mode not in ("auto", "predictive"):
-        raise ValueError(f"analysis.direction must be auto, dep2head, head2dep or predictive; got {mode!r}")
     if not causal:
         return ["dep2head"] * n_rel
+    if mode in ("auto", "predictive"):
+        return ["predictive"] * n_rel
     pos = torch.arange(heads.shape[1])
     arc = mask & (heads >= 0) & (rels >= 0)
     backward = arc & (heads < pos)
@@ -269,69 +280,106 @@ def derived_amod_pred(heads: Tensor, rels: Tensor, relations: Sequence[str]) -> 
     return out
 
 
-def _single(
-    per_layer: Sequence[Tensor], target: Tensor, mask: Tensor, direction: str, max_offset: int, causal: bool
-) -> tuple[list[Tensor], Tensor]:
-    """Accuracy ``(H,)`` per layer and the fixed-offset baseline (scalar) of one relation's arcs."""
-    if direction == "predictive":
-        target, direction = predictive_arcs(target), "dep2head"
-    one = torch.where(target >= 0, 0, -1)
-    device = per_layer[0].device
-    acc = [
-        M.dependency_accuracy(p, target.to(device), one.to(device), 1, mask.to(device), direction)[:, 0]
-        for p in per_layer
-    ]
-    return acc, M.offset_baseline(target, one, 1, mask, max_offset, direction, causal=causal)[0][0]
+def argmax_keys(patterns: Tensor, mask: Tensor) -> Tensor:
+    """Each query's most-attended other real key, ``(B, H, T)``: the prediction
+    :func:`~mhaexp.analysis.metrics.dependency_accuracy` scores (diagonal and pads excluded)."""
+    T = patterns.shape[-1]
+    excluded = torch.eye(T, dtype=torch.bool, device=patterns.device)[None] | ~mask[:, None, :]
+    return patterns.float().masked_fill(excluded[:, None], float("-inf")).argmax(dim=-1)
+
+
+def dep2head_accuracy(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """:func:`~mhaexp.analysis.metrics.dependency_accuracy` with ``direction="dep2head"`` for R relations
+    at once, each with its own target array (so arcs of different relations may share a query).
+
+    Args:
+        pred: ``(B, H, T)`` from :func:`argmax_keys`.
+        targets: ``(R, B, T)``, the gold key of each query per relation, -1 for none.
+
+    Returns:
+        ``(H, R)``; NaN for relations without an arc.
+    """
+    T = targets.shape[-1]
+    safe = targets.clamp(0, T - 1)
+    key_real = mask[None].expand_as(targets).gather(2, safe)
+    valid = (targets >= 0) & (targets < T) & mask[None] & key_real  # (R, B, T)
+    hits = ((pred[None] == safe[:, :, None, :]) & valid[:, :, None, :]).sum(dim=(1, 3))  # (R, H)
+    totals = valid.sum(dim=(1, 2))  # (R,)
+    acc = hits.float() / totals.clamp_min(1)[:, None].float()
+    return torch.where(totals[:, None] > 0, acc, torch.full_like(acc, float("nan"))).T
+
+
+def _syntax_setup(
+    batch: Batch, relations: Sequence[str], cfg: Mapping[str, Any], causal: bool
+) -> tuple[list[str], list[str], Tensor, Tensor]:
+    """Relation names, per-relation directions, the ``(R, B, T)`` query -> gold key arrays (predictive
+    arcs already re-anchored) and the fixed-offset baselines ``(R,)``. A function of the probe only."""
+    mask = batch["attention_mask"].bool()
+    heads, rels = batch["heads"].long(), batch["rels"].long()
+    names = list(relations)
+    mode = str(cfg["direction"])
+    directions = _pick_directions(heads, mask, rels, len(names), causal, mode)
+    targets = [torch.where(rels == r, heads, -1) for r in range(len(names))]
+    derived = derived_amod_pred(heads, rels, names)
+    if derived is not None and "amod:pred" not in names:
+        names.append("amod:pred")
+        directions += _pick_directions(derived, mask, torch.where(derived >= 0, 0, -1), 1, causal, mode)
+        targets.append(derived)
+    targets = [predictive_arcs(t) if d == "predictive" else t for t, d in zip(targets, directions, strict=True)]
+    bases = []
+    for t, d in zip(targets, directions, strict=True):
+        one = torch.where(t >= 0, 0, -1)
+        scored = "head2dep" if d == "head2dep" else "dep2head"
+        base = M.offset_baseline(t, one, 1, mask, int(cfg["max_offset"]), scored, causal=causal)[0][0]
+        bases.append(base.float())
+    return names, directions, torch.stack(targets), torch.stack(bases)
 
 
 def _syntax_metrics(
     per_layer: Sequence[Tensor],
     batch: Batch,
-    relations: Sequence[str],
+    probe: ProbeData,
     cfg: Mapping[str, Any],
     causal: bool,
     width: int,
 ) -> tuple[dict[str, Tensor], list[str], list[str]]:
     """``syntactic_accuracy`` (L, H, R) and ``syntactic_baseline`` (R,), relation names, directions.
 
-    The probe's relations, plus ``amod:pred`` when the grammar's relations allow deriving it.
+    The probe's relations, plus ``amod:pred`` when the grammar's relations allow deriving it. What
+    depends on the probe alone (arcs, baselines) is computed once per probe and direction setting.
     """
-    mask = batch["attention_mask"].bool()
-    heads, rels = batch["heads"].long(), batch["rels"].long()
-    max_offset = int(cfg["max_offset"])
-    names = list(relations)
-    directions = _pick_directions(heads, mask, rels, len(names), causal, str(cfg["direction"]))
-    targets = [torch.where(rels == r, heads, -1) for r in range(len(names))]
-    derived = derived_amod_pred(heads, rels, names)
-    if derived is not None and "amod:pred" not in names:
-        names.append("amod:pred")
-        directions.append(
-            _pick_directions(derived, mask, torch.where(derived >= 0, 0, -1), 1, causal, str(cfg["direction"]))[0]
-        )
-        targets.append(derived)
-    accs, bases = [], []
-    for target, direction in zip(targets, directions, strict=True):
-        if not bool((target >= 0).any()):
-            accs.append([torch.full((p.shape[1],), float("nan")) for p in per_layer])
-            bases.append(torch.tensor(float("nan")))
-            continue
-        acc, base = _single(per_layer, target, mask, direction, max_offset, causal)
-        accs.append(acc)
-        bases.append(base.float().cpu())
-    per_layer_acc = [torch.stack([a[layer].float().cpu() for a in accs], dim=-1) for layer in range(len(per_layer))]
-    out = {"syntactic_accuracy": _per_layer(per_layer_acc, width), "syntactic_baseline": torch.stack(bases)}
-    return out, names, directions
+    key = ("syntax", str(cfg["direction"]), int(cfg["max_offset"]), causal)
+    if key not in probe.cache:
+        probe.cache[key] = _syntax_setup(batch, probe.relations, cfg, causal)
+    names, directions, targets, bases = probe.cache[key]
+    device = per_layer[0].device
+    mask = batch["attention_mask"].bool().to(device)
+    targets = targets.to(device)
+    by_h2d = [r for r, d in enumerate(directions) if d == "head2dep"]
+    per_layer_acc = []
+    for p in per_layer:
+        acc = dep2head_accuracy(argmax_keys(p, mask), targets, mask)  # (H, R)
+        for r in by_h2d:
+            one = torch.where(targets[r] >= 0, 0, -1)
+            acc[:, r] = M.dependency_accuracy(p, targets[r], one, 1, mask, "head2dep")[:, 0]
+        per_layer_acc.append(acc)
+    out = {"syntactic_accuracy": _per_layer(per_layer_acc, width), "syntactic_baseline": bases.clone()}
+    return out, list(names), list(directions)
 
 
 def _coref_metrics(
     per_layer: Sequence[Tensor], batch: Batch, cfg: Mapping[str, Any], causal: bool, width: int
 ) -> dict[str, Tensor]:
-    """``coreference`` (L, H) and its fixed-offset baseline: mention -> antecedent (Clark et al. 2019),
-    or, with ``direction: predictive`` on a causal model, the query predicting the mention."""
-    mask = batch["attention_mask"].bool()
-    coref = batch["coref"].long()
-    direction = "predictive" if causal and cfg["direction"] == "predictive" else "dep2head"
-    acc, base = _single(per_layer, coref, mask, direction, int(cfg["max_offset"]), causal)
+    """``coreference`` (L, H) and its fixed-offset baseline: mention -> antecedent (Clark et al. 2019) in
+    every ``direction`` mode; the antecedent always comes first, so causal heads can see it."""
+    device = per_layer[0].device
+    mask, coref = batch["attention_mask"].bool(), batch["coref"].long()
+    one = torch.where(coref >= 0, 0, -1)
+    acc = [
+        dep2head_accuracy(argmax_keys(p, mask.to(device)), coref[None].to(device), mask.to(device))[:, 0]
+        for p in per_layer
+    ]
+    base = M.offset_baseline(coref, one, 1, mask, int(cfg["max_offset"]), causal=causal)[0][0]
     return {"coreference": _per_layer(acc, width), "coreference_baseline": base.float().cpu()}
 
 
@@ -404,7 +452,7 @@ def compute_head_metrics(
     relation_names: list[str] = []
     directions: list[str] = []
     if probe.has_syntax:
-        syntax, relation_names, directions = _syntax_metrics(per_layer, batch, probe.relations, cfg, causal, H)
+        syntax, relation_names, directions = _syntax_metrics(per_layer, batch, probe, cfg, causal, H)
         out.update(syntax)
     if probe.has_coref and bool((batch["coref"] >= 0).any()):
         out.update(_coref_metrics(per_layer, batch, cfg, causal, H))
