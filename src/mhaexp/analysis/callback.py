@@ -2,7 +2,7 @@
 
 Cadence: at the start of training, every ``every_n_steps`` optimizer steps, and at the end of fit.
 Every analysis computes the cheap tier (pattern metrics, copying score, gradient importance, roles);
-every ``expensive_every``-th one, and the last, also the expensive tier (ablation, JS + MDS, GQA
+every ``expensive_every``-th one (0: none), and the last, also the expensive tier (ablation, JS + MDS, GQA
 diversity) and the pictures (see :mod:`mhaexp.analysis.collect`).
 
 Only this callback asks the model for attention patterns (``need_weights=True``), and only on probe
@@ -32,7 +32,7 @@ from mhaexp.analysis.roles import HeadRole, classify_heads
 DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "every_n_steps": 100,
-    "expensive_every": 5,
+    "expensive_every": 10,
     "at_start": True,
     "max_pictures": 8,
     "probe_batches": 1,
@@ -101,7 +101,7 @@ class AnalysisCallback(pl.Callback):
         self.every = int(self.cfg["every_n_steps"])
         if self.every <= 0:
             raise ValueError(f"analysis.every_n_steps must be a positive integer; got {self.every}")
-        self.expensive_every = max(1, int(self.cfg["expensive_every"]))
+        self.expensive_every = max(0, int(self.cfg["expensive_every"]))  # 0: only at the end
         self.datamodule = datamodule
         self.out_dir = Path(run_dir) / "analysis"
         self.probe: ProbeData | None = None
@@ -133,7 +133,8 @@ class AnalysisCallback(pl.Callback):
         if step <= 0 or step % self.every != 0 or (self._last and self._last[0] == step):
             return
         last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
-        self._analyse(trainer, pl_module, expensive=last or (step // self.every) % self.expensive_every == 0)
+        periodic = self.expensive_every > 0 and (step // self.every) % self.expensive_every == 0
+        self._analyse(trainer, pl_module, expensive=last or periodic)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Stopped other than at a full analysis (max_epochs, early stopping): finish with one.

@@ -498,10 +498,13 @@ def _expensive(
     result.metrics["ablation"] = _per_layer(
         ablation_importance(model, _to(probe.batches, mask.device), probe.objective), width
     )
-    # JS compares every pair of heads on every query: O(N^2 B T^2); a subset of sequences is plenty.
+    # JS compares every pair of heads on every query: O(N^2 B T^2). A subset of sequences is plenty, and
+    # cutting the padding columns off (right padding: nothing real lies past the longest sequence)
+    # divides the cost by (T / longest)^2 without changing a value.
     n = max(1, int(cfg["js_sequences"]))
-    flat = torch.cat([p[:n] for p in per_layer], dim=1)  # (n, N, T, T), head l*H_l + h in layer order
-    js = js_divergence_matrix(flat, mask[:n]).cpu()
+    t = max(1, int(mask[:n].sum(dim=1).max()))
+    flat = torch.cat([p[:n, :, :t, :t] for p in per_layer], dim=1)  # (n, N, t, t), head l*H_l + h in layer order
+    js = js_divergence_matrix(flat, mask[:n, :t]).cpu()
     result.js = js
     result.mds = mds_embedding(js.clamp_min(0).sqrt(), dim=2) if js.shape[0] >= 2 else None
     nearest = js + torch.diag(torch.full((js.shape[0],), float("inf")))
