@@ -24,8 +24,9 @@ STEPS, EVERY, PROBE_BATCHES = 20, 10, 2
 
 def analysis_cfg(**kw: Any) -> dict[str, Any]:
     cfg = yaml.safe_load((ROOT / "conf" / "analysis" / "default.yaml").read_text())
-    # Expensive tier (and pictures) only at the end: the test stays well under a minute.
-    cfg.update(every_n_steps=EVERY, expensive_every=100, probe_batches=PROBE_BATCHES, max_pictures=1)
+    # Expensive tier (ablation, JS, pictures) at every periodic analysis (10) and at the end (20); the
+    # analysis at the start is always cheap.
+    cfg.update(every_n_steps=EVERY, expensive_every=1, probe_batches=PROBE_BATCHES, max_pictures=1)
     cfg.update(kw)
     return cfg
 
@@ -108,7 +109,7 @@ def analysis_rows(records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 def test_analysis_steps_and_probe_only_patterns(run: dict[str, Any]) -> None:
     cb = run["callback"]
-    assert [(s, e) for s, e, _ in cb.timings] == [(0, False), (10, False), (20, True)]
+    assert [(s, e) for s, e, _ in cb.timings] == [(0, False), (10, True), (20, True)]
     # Only the callback asks for patterns, and only on probe batches: per analysis, one forward per probe
     # batch plus one on the repeated random sequences (induction), through every layer. Training and
     # validation batches (16 sequences, like the first probe batch) never reach hook_pattern.
@@ -135,7 +136,8 @@ def test_wandb_holds_per_head_scalars_table_and_images(run: dict[str, Any]) -> N
         "roles/unassigned",
     ):
         assert key in final, key
-    assert "heads/L00H00/ablation" not in rows[10]  # expensive tier only at the end here
+    assert "heads/L00H00/ablation" in rows[10] and "heads/L00H00/ablation" not in rows[0]  # cheap at the start
+    assert "analysis/role_grid._type" in rows[10] and "analysis/role_grid._type" not in rows[0]
     assert final["analysis/head_roles._type"] == "table-file"
     assert final["analysis/head_roles.ncols"] == 5 and final["analysis/head_roles.nrows"] >= 8
     for image in ("role_grid", "heatmaps", "patterns_L00", "mds", "syntactic"):
@@ -335,3 +337,78 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
 
     provided = build_roles_provider(analysis_cfg(), dm)(model, [])
     assert {(r.layer, r.head) for r in provided} == {(r.layer, r.head) for r in roles}
+
+
+def test_stop_at_a_cheap_step_finishes_expensive_without_duplicates(tmp_path: Path) -> None:
+    """max_epochs ends fit at step 10, which got a cheap analysis: the end adds the expensive tier only."""
+    import pytorch_lightning as pl
+
+    from mhaexp.analysis.callback import build_analysis_callback
+    from mhaexp.analysis.export import drop_after
+    from mhaexp.data import LMDataModule
+    from mhaexp.lightning_module import LMModule
+    from mhaexp.model import ModelConfig
+
+    dm = LMDataModule(**{**DATA, "n_train": 160, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
+    cfg = ModelConfig(vocab_size=dm.vocab_size, n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32)
+    cb = build_analysis_callback(analysis_cfg(expensive_every=0, at_start=False, max_pictures=0), dm, tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[cb],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(LMModule(cfg, {"lr": 1e-3}), datamodule=dm)
+    assert [(s, e) for s, e, _ in cb.timings] == [(10, False), (10, True)]
+    tidy = pd.read_csv(tmp_path / "analysis" / "head_metrics.csv")
+    assert not tidy.duplicated(["step", "layer", "head", "metric"]).any() and "ablation" in set(tidy["metric"])
+    history = pd.read_csv(tmp_path / "analysis" / "head_roles_history.csv")
+    assert set(history["step"]) == {10} and not history.duplicated(["layer", "head", "role"]).any()
+    # Resuming from an earlier checkpoint drops the rows written after it.
+    drop_after(tmp_path / "analysis", 5)
+    assert pd.read_csv(tmp_path / "analysis" / "head_metrics.csv").empty
+
+
+def test_analysis_does_not_change_training(tmp_path: Path) -> None:
+    """Same weights with and without the callback: a masked-LM model with dropout, so every random draw
+    of training (masks, dropout, shuffling) would show a shifted generator."""
+    import pytorch_lightning as pl
+
+    from mhaexp.analysis.callback import build_analysis_callback
+    from mhaexp.data import LMDataModule
+    from mhaexp.lightning_module import LMModule
+    from mhaexp.model import ModelConfig
+
+    weights = []
+    for analyse in (False, True):
+        dm = LMDataModule(**{**DATA, "n_train": 96, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
+        pl.seed_everything(0, verbose=False)
+        cfg = ModelConfig(
+            vocab_size=dm.vocab_size,
+            n_layers=1,
+            d_model=16,
+            n_heads=2,
+            d_ff=32,
+            max_seq_len=32,
+            dropout=0.1,
+            causal=False,
+        )
+        module = LMModule(cfg, {"lr": 1e-3}, pad_id=dm.tokenizer.pad_id, mask_id=dm.tokenizer.mask_id)
+        callbacks = [build_analysis_callback(analysis_cfg(every_n_steps=3, max_pictures=0), dm, tmp_path)]
+        trainer = pl.Trainer(
+            max_steps=6,
+            accelerator="cpu",
+            logger=False,
+            callbacks=callbacks if analyse else [],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, datamodule=dm)
+        weights.append(module.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

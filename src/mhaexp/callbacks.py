@@ -42,6 +42,9 @@ class RunRecord(pl.Callback):
         self.summary.update(last)
         self.summary["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         self.summary["global_step"] = trainer.global_step
+        analysis = self.run_dir / "analysis" / "summary.json"
+        if analysis.is_file():  # heads per role at the end, from the analysis callback
+            self.summary.update(json.loads(analysis.read_text()))
         self._to_wandb(trainer, {"best_val_loss": self.summary["best_val_loss"]})
         if trainer.is_global_zero:
             self.write()

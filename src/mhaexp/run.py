@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from mhaexp.analysis.callback import build_analysis_callback, build_roles_provider
 from mhaexp.callbacks import RunRecord
 from mhaexp.checkpointing import AtomicCheckpointIO, RNGState, check_checkpoint, newest_good_checkpoint
 from mhaexp.config import instantiate_plain, validate
@@ -58,16 +60,20 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
                         every_n_train_steps=every, save_last=True, save_top_k=1),
         RNGState(),
-        record,
     ]
     ckpt, step = resume_checkpoint(cfg, run_dir)
     if cfg.get("init_from") and ckpt is None:  # a resumed run takes its weights from its checkpoint
         init = load_init(module, cfg.init_from, model_cfg, gqa_init=cfg.get("gqa_init", "mean"), seed=cfg.seed)
         callbacks.append(InitQualityCallback(cfg.init_from, init, run_dir))
+    analysis = build_analysis_callback(cfg.analysis, datamodule, run_dir)
+    if analysis is not None:
+        callbacks.append(analysis)
     pruning = build_pruning_callback(OmegaConf.to_container(cfg.pruning, resolve=True), model_cfg,
-                                     int(cfg.trainer.max_steps), run_dir, roles_provider=None)
+                                     int(cfg.trainer.max_steps), run_dir,
+                                     roles_provider=build_roles_provider(cfg.analysis, datamodule))
     if pruning is not None:
         callbacks.append(pruning)
+    callbacks.append(record)  # last: its summary gathers what the others found at the end
     run_id = saved_run_id(run_dir_of(ckpt)) if ckpt is not None else saved_run_id(run_dir)
     loggers = build_loggers(cfg, run_dir, group, run_id=run_id, resume_step=step)
     # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
@@ -86,9 +92,26 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
     return record.summary
 
 
+def role_table(run_dir: Path) -> list[str]:
+    """One line per head with its roles (score, margin over the bar) from ``analysis/head_roles.csv``."""
+    path = run_dir / "analysis" / "head_roles.csv"
+    if not path.is_file():
+        return []
+    heads: dict[tuple[int, int], list[str]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            key = (int(row["layer"]), int(row["head"]))
+            role = row["role"]
+            if row.get("score"):
+                role += f" {float(row['score']):.2f} (+{float(row['margin']):.2f})"
+            heads.setdefault(key, []).append(role)
+    lines = [f"  L{layer}H{head:<3} {', '.join(roles)}" for (layer, head), roles in sorted(heads.items())]
+    return ["head roles    :", *lines]
+
+
 def report(run_dir: Path, summary: dict[str, Any]) -> None:
     """Where the run went and how to look at it: the last thing `make train` prints."""
-    lines = [f"run directory : {run_dir}"]
+    lines = role_table(run_dir) + [f"run directory : {run_dir}"]
     if summary.get("best_val_loss") is not None:
         lines.append(f"best val loss : {summary['best_val_loss']:.4f}")
     wb = wandb_run_dir(run_dir)

@@ -16,12 +16,16 @@ are sharded and rank 0 alone cannot run the model: the callback warns once and d
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from mhaexp.analysis import export, plots, wandb_log
@@ -32,7 +36,7 @@ from mhaexp.analysis.roles import HeadRole, classify_heads
 DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "every_n_steps": 100,
-    "expensive_every": 10,
+    "expensive_every": 0,
     "at_start": True,
     "max_pictures": 8,
     "probe_batches": 1,
@@ -149,6 +153,12 @@ class AnalysisCallback(pl.Callback):
     def _analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule, expensive: bool) -> None:
         if self._disabled or not trainer.is_global_zero:
             return
+        # Analysis must not change training: iterating a DataLoader draws a seed from torch's global
+        # generator, for one. Rank 0 alone analyses, so a shifted stream would also desynchronize ranks.
+        with preserved_rng(pl_module.device):
+            self._analyse_now(trainer, pl_module, expensive)
+
+    def _analyse_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule, expensive: bool) -> None:
         start = time.perf_counter()
         step = trainer.global_step
         if self.probe is None:
@@ -185,6 +195,21 @@ class AnalysisCallback(pl.Callback):
         self.analyses += 1
         self.seconds += took
         self.timings.append((step, expensive, took))
+
+
+@contextmanager
+def preserved_rng(device: torch.device) -> Iterator[None]:
+    """Every random state training reads (torch CPU and CUDA, Python, NumPy) as it was before."""
+    py, np_state = random.getstate(), np.random.get_state()
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
 
 
 def _is_fsdp(trainer: pl.Trainer) -> bool:

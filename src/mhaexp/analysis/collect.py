@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "direction": "auto",
     "induction_sequences": 32,
     "js_sequences": 16,
+    "position_baseline": True,
     "seed": 0,
 }
 
@@ -309,11 +310,49 @@ def dep2head_accuracy(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     return torch.where(totals[:, None] > 0, acc, torch.full_like(acc, float("nan"))).T
 
 
+def position_baseline(targets: Tensor, mask: Tensor, causal: bool) -> Tensor:
+    """Best fixed-position predictor per relation: every query points at absolute position k (a key it
+    can see), the best k per relation. ``targets`` ``(R, B, T)`` as in :func:`dep2head_accuracy`.
+
+    The fixed-offset baseline of Voita et al. (2019) misses a structure this grammar has: the main
+    subject always sits at position 2 or 3 ("<bos> the [adj] cat"), so a head that merely looks at the
+    start of the sentence tracks "the subject" at any distance. Returns ``(R,)``, NaN without arcs.
+    """
+    R, B, T = targets.shape
+    safe = targets.clamp(0, T - 1)
+    valid = (targets >= 0) & (targets < T) & mask[None] & mask[None].expand_as(targets).gather(2, safe)
+    if causal:  # a fixed position can only be predicted by queries that see it
+        valid_hit = valid & (safe < torch.arange(T, device=targets.device))
+    else:
+        valid_hit = valid
+    hits = (F.one_hot(safe, T).bool() & valid_hit[..., None]).sum(dim=(1, 2))  # (R, T): hits of position k
+    totals = valid.sum(dim=(1, 2))
+    best = hits.max(dim=-1).values.float() / totals.clamp_min(1).float()
+    return torch.where(totals > 0, best, torch.full_like(best, float("nan")))
+
+
+def _baselines(
+    targets: Tensor, directions: Sequence[str], mask: Tensor, cfg: Mapping[str, Any], causal: bool
+) -> dict[str, Tensor]:
+    """``offset`` (R,), ``position`` (R,) and their maximum, ``combined``: the bar a head must clear.
+    Head2dep relations have no position baseline (NaN): a governor has several dependents."""
+    offset = []
+    for t, d in zip(targets, directions, strict=True):
+        one = torch.where(t >= 0, 0, -1)
+        scored = "head2dep" if d == "head2dep" else "dep2head"
+        offset.append(M.offset_baseline(t, one, 1, mask, int(cfg["max_offset"]), scored, causal=causal)[0][0].float())
+    off = torch.stack(offset)
+    pos = position_baseline(targets, mask, causal)
+    pos = torch.where(torch.tensor([d == "head2dep" for d in directions]), torch.full_like(pos, float("nan")), pos)
+    combined = torch.fmax(off, pos) if cfg.get("position_baseline", True) else off
+    return {"offset": off, "position": pos, "combined": combined}
+
+
 def _syntax_setup(
     batch: Batch, relations: Sequence[str], cfg: Mapping[str, Any], causal: bool
-) -> tuple[list[str], list[str], Tensor, Tensor]:
+) -> tuple[list[str], list[str], Tensor, dict[str, Tensor]]:
     """Relation names, per-relation directions, the ``(R, B, T)`` query -> gold key arrays (predictive
-    arcs already re-anchored) and the fixed-offset baselines ``(R,)``. A function of the probe only."""
+    arcs already re-anchored) and the baselines (:func:`_baselines`). A function of the probe only."""
     mask = batch["attention_mask"].bool()
     heads, rels = batch["heads"].long(), batch["rels"].long()
     names = list(relations)
@@ -326,13 +365,8 @@ def _syntax_setup(
         directions += _pick_directions(derived, mask, torch.where(derived >= 0, 0, -1), 1, causal, mode)
         targets.append(derived)
     targets = [predictive_arcs(t) if d == "predictive" else t for t, d in zip(targets, directions, strict=True)]
-    bases = []
-    for t, d in zip(targets, directions, strict=True):
-        one = torch.where(t >= 0, 0, -1)
-        scored = "head2dep" if d == "head2dep" else "dep2head"
-        base = M.offset_baseline(t, one, 1, mask, int(cfg["max_offset"]), scored, causal=causal)[0][0]
-        bases.append(base.float())
-    return names, directions, torch.stack(targets), torch.stack(bases)
+    stacked = torch.stack(targets)
+    return names, directions, stacked, _baselines(stacked, directions, mask, cfg, causal)
 
 
 def _syntax_metrics(
@@ -348,7 +382,7 @@ def _syntax_metrics(
     The probe's relations, plus ``amod:pred`` when the grammar's relations allow deriving it. What
     depends on the probe alone (arcs, baselines) is computed once per probe and direction setting.
     """
-    key = ("syntax", str(cfg["direction"]), int(cfg["max_offset"]), causal)
+    key = ("syntax", str(cfg["direction"]), int(cfg["max_offset"]), bool(cfg.get("position_baseline", True)), causal)
     if key not in probe.cache:
         probe.cache[key] = _syntax_setup(batch, probe.relations, cfg, causal)
     names, directions, targets, bases = probe.cache[key]
@@ -363,24 +397,33 @@ def _syntax_metrics(
             one = torch.where(targets[r] >= 0, 0, -1)
             acc[:, r] = M.dependency_accuracy(p, targets[r], one, 1, mask, "head2dep")[:, 0]
         per_layer_acc.append(acc)
-    out = {"syntactic_accuracy": _per_layer(per_layer_acc, width), "syntactic_baseline": bases.clone()}
+    out = {
+        "syntactic_accuracy": _per_layer(per_layer_acc, width),
+        "syntactic_baseline": bases["combined"].clone(),
+        "syntactic_offset_baseline": bases["offset"].clone(),
+        "syntactic_position_baseline": bases["position"].clone(),
+    }
     return out, list(names), list(directions)
 
 
 def _coref_metrics(
     per_layer: Sequence[Tensor], batch: Batch, cfg: Mapping[str, Any], causal: bool, width: int
 ) -> dict[str, Tensor]:
-    """``coreference`` (L, H) and its fixed-offset baseline: mention -> antecedent (Clark et al. 2019) in
-    every ``direction`` mode; the antecedent always comes first, so causal heads can see it."""
+    """``coreference`` (L, H) and its baselines: mention -> antecedent (Clark et al. 2019) in every
+    ``direction`` mode; the antecedent always comes first, so causal heads can see it."""
     device = per_layer[0].device
     mask, coref = batch["attention_mask"].bool(), batch["coref"].long()
-    one = torch.where(coref >= 0, 0, -1)
     acc = [
         dep2head_accuracy(argmax_keys(p, mask.to(device)), coref[None].to(device), mask.to(device))[:, 0]
         for p in per_layer
     ]
-    base = M.offset_baseline(coref, one, 1, mask, int(cfg["max_offset"]), causal=causal)[0][0]
-    return {"coreference": _per_layer(acc, width), "coreference_baseline": base.float().cpu()}
+    bases = _baselines(coref[None], ["dep2head"], mask, cfg, causal)
+    return {
+        "coreference": _per_layer(acc, width),
+        "coreference_baseline": bases["combined"][0].cpu(),
+        "coreference_offset_baseline": bases["offset"][0].cpu(),
+        "coreference_position_baseline": bases["position"][0].cpu(),
+    }
 
 
 def _copying(model: Any) -> list[Tensor]:

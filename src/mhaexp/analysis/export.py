@@ -3,8 +3,9 @@
 * ``head_metrics.csv``: tidy long table, one row per (step, layer, head, metric, value), appended at
   every analysis step. Per-relation metrics are named ``syntactic_accuracy/<relation>``; relations
   with no instance in the probe set are left out. Rows that are not per head use ``head = -1``
-  (per-layer values such as ``gqa_ratio``) or ``layer = head = -1`` (``syntactic_baseline/<rel>``,
-  ``coreference_baseline``). NaN values are written as empty cells.
+  (per-layer values such as ``gqa_ratio``) or ``layer = head = -1`` (the baselines:
+  ``syntactic_baseline/<rel>``, the bar of the role rule, is the larger of ``syntactic_offset_baseline``
+  and ``syntactic_position_baseline``; the same three for ``coreference``). NaN values are written as empty cells.
 * ``head_roles_history.csv``: columns ``step, layer, head, role, family, score, margin``, the roles
   of every head at every analysis step (``unassigned`` with empty score/margin if it has none);
   ``head_roles.csv``: the same for the latest step only (the final roles once training ended).
@@ -52,11 +53,14 @@ def tidy_rows(step: int, hm: HeadMetrics) -> list[dict[str, Any]]:
             for layer, n in enumerate(hm.n_heads):
                 for h in range(n):
                     add(layer, h, key, float(value[layer, h]))
-    if "syntactic_baseline" in hm.metrics:
-        for r in _present_relations(hm):
-            add(-1, -1, f"syntactic_baseline/{names[r]}", float(hm.metrics["syntactic_baseline"][r]))
-    if "coreference_baseline" in hm.metrics:
-        add(-1, -1, "coreference_baseline", float(hm.metrics["coreference_baseline"]))
+    for key, value in hm.metrics.items():
+        if not key.endswith("_baseline"):
+            continue
+        if value.dim() == 1:
+            for r in _present_relations(hm):
+                add(-1, -1, f"{key}/{names[r]}", float(value[r]))
+        else:
+            add(-1, -1, key, float(value))
     for key, value in hm.layer_metrics.items():
         for layer in range(value.shape[0]):
             add(layer, -1, key, float(value[layer]))
