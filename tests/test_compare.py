@@ -28,6 +28,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from mhaexp.role_families import ROLE_FAMILIES
+
 ROOT = Path(__file__).resolve().parents[1]
 WANDB_DATA = Path(__file__).resolve().parent / "data" / "wandb_api"
 PROG = "mhaexp-compare"
@@ -36,19 +38,6 @@ SWEEP = "12-00-00_ab12cd"  # multirun/<date>/<time>_<uid>; also the W&B group of
 WANDB_PATH = "mhaexp-lab/mhaexp"
 D_MODEL, N_LAYERS = 64, 2
 STEPS = (0, 100, 200)  # analysis steps; the last is the end of training
-ROLE_FAMILIES = (
-    "positional",
-    "previous_token",
-    "syntactic",
-    "coreference",
-    "induction",
-    "duplicate",
-    "copying",
-    "sink",
-    "rare_word",
-    "broad",
-    "unassigned",
-)
 ROLE_CYCLE = ("positional", "syntactic", "induction", "unassigned")
 PARAMS_ATTENTION = N_LAYERS * (4 * D_MODEL * D_MODEL + 4 * D_MODEL)  # fixed width: same for every n_heads
 PARAMS_TOTAL = PARAMS_ATTENTION + 70_000

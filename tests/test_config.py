@@ -9,7 +9,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 import torch
 
 from mhaexp.config import CONF_DIR, validate
@@ -106,7 +105,7 @@ def test_bad_inputs_end_to_end_one_line_each_and_nothing_written(tmp_path: Path)
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(run_cli, [o for o, _ in BAD_INPUTS], dirs))
     failures = []
-    for (overrides, expected), (proc, seconds), cwd in zip(BAD_INPUTS, results, dirs):
+    for (overrides, expected), (proc, seconds), cwd in zip(BAD_INPUTS, results, dirs, strict=True):
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         ok = (
             proc.returncode == 2

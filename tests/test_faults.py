@@ -42,7 +42,7 @@ def train(args: list[str], tmp_path: Path, check: bool = True) -> subprocess.Com
 def losses(run_dir: Path) -> dict[int, float]:
     """train/loss by step; a step logged twice (before a kill and again after resume) keeps its last value."""
     df = pd.read_csv(run_dir / "metrics.csv").dropna(subset=["train/loss"])
-    return {int(s): float(v) for s, v in zip(df["step"], df["train/loss"])}
+    return {int(s): float(v) for s, v in zip(df["step"], df["train/loss"], strict=True)}
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_curve(tmp_path: Path) -> None:

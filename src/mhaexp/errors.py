@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
 
 class ConfigError(ValueError):
     """A config value, override, file or checkpoint that cannot be used.
@@ -15,3 +19,21 @@ class ConfigError(ValueError):
         self.value = value
         self.valid = valid
         super().__init__(f"{field}={value!r} is invalid: {valid}")
+
+
+def fail(prog: str, message: object, code: int = 2) -> NoReturn:
+    """Print ``<prog>: error: <message>`` as the one line a user sees, and exit."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def key_value_main(prog: str, doc: str | None, run: Callable[[list[str]], str], argv: list[str] | None) -> None:
+    """The ``key=value`` commands' shared shape: help on no arguments, one error line on bad input."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(doc)
+        return
+    try:
+        print(run(argv))
+    except ConfigError as e:
+        fail(prog, e)

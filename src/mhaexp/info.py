@@ -10,7 +10,7 @@ import sys
 import torch
 
 from mhaexp.config import validate
-from mhaexp.errors import ConfigError
+from mhaexp.errors import ConfigError, fail
 from mhaexp.model import ModelConfig, Transformer
 from mhaexp.preflight import check_override_names, compose_job, hydra_context, split_argv
 
@@ -48,8 +48,7 @@ def main() -> None:
             check_override_names(overrides, config_name)
             _, model_cfg = validate(compose_job(overrides, config_name))
     except ConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(PROG, e)
     print(describe(model_cfg))
 
 

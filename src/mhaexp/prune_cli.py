@@ -16,10 +16,9 @@ valid; see :mod:`mhaexp.pruning.surgery`), ``n_kv_heads`` and ``gqa_init`` (``me
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from mhaexp.errors import ConfigError
+from mhaexp.errors import ConfigError, key_value_main
 
 PROG = "mhaexp-prune"
 KEYS = ("ckpt", "heads", "out", "uneven", "n_kv_heads", "gqa_init", "seed")
@@ -86,15 +85,7 @@ def run(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    try:
-        print(run(argv))
-    except ConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    key_value_main(PROG, __doc__, run, argv)
 
 
 if __name__ == "__main__":

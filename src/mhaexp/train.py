@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mhaexp import sweep
 from mhaexp.config import CONF_DIR, validate
-from mhaexp.errors import ConfigError
+from mhaexp.errors import ConfigError, fail
 from mhaexp.preflight import check_jobs, compose_job, hydra_context, split_argv, wants_check
 
 PROG = "mhaexp-train"
@@ -35,11 +35,6 @@ PROG = "mhaexp-train"
 # Lightning is not the user's to act on.
 warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
-def fail(message: str, code: int = 2) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def is_multirun() -> bool:
@@ -83,7 +78,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | float | None:
         if is_multirun():
             print(f"{PROG}: invalid job: {e}", file=sys.stderr)
             return None
-        fail(str(e))
+        fail(PROG, e)
     except Exception as e:
         write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         if is_multirun() and not os.environ.get("HYDRA_FULL_ERROR"):
@@ -113,7 +108,7 @@ def preflight(argv: list[str]) -> None:
     try:
         jobs, invalid = check_jobs(argv)
     except ConfigError as e:
-        fail(str(e))
+        fail(PROG, e)
     if not invalid:
         return
     sweeping = len(jobs) > 1
