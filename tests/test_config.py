@@ -55,8 +55,11 @@ EMPTY = ROOT / "tests" / "data" / "empty.txt"
 
 # (overrides, the fragment the one error line must hold)
 BAD_INPUTS = [
-    (["model.d_model=512", "model.n_heads=7"], "model.n_heads=7 is invalid: d_model=512 is not divisible by it; "
-     "valid head counts are [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]"),
+    (
+        ["model.d_model=512", "model.n_heads=7"],
+        "model.n_heads=7 is invalid: d_model=512 is not divisible by it; "
+        "valid head counts are [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]",
+    ),
     (["model.n_kv_heads=3"], "model.n_kv_heads=3 is invalid: must divide n_heads=8"),
     (["model.n_kv_heads=16"], "model.n_kv_heads=16 is invalid: must not exceed n_heads=8"),
     (["model.d_model=0"], "model.d_model=0 is invalid: must be a positive integer"),
@@ -92,8 +95,9 @@ def run_cli(overrides: list[str], cwd: Path) -> tuple[subprocess.CompletedProces
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
     start = time.monotonic()
-    proc = subprocess.run([str(BIN / "mhaexp-train"), *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [str(BIN / "mhaexp-train"), *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
+    )
     return proc, time.monotonic() - start
 
 
@@ -123,8 +127,9 @@ def test_bad_inputs_end_to_end_one_line_each_and_nothing_written(tmp_path: Path)
 
 
 def test_info_prints_head_dim_and_parameter_parts() -> None:
-    proc = subprocess.run([str(BIN / "mhaexp-info"), "model.d_model=768", "model.n_heads=12"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(BIN / "mhaexp-info"), "model.d_model=768", "model.n_heads=12"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "head_dim          64  (= d_model / n_heads)" in out
@@ -135,8 +140,9 @@ def test_info_prints_head_dim_and_parameter_parts() -> None:
 
 
 def test_info_bad_input_is_one_line() -> None:
-    proc = subprocess.run([str(BIN / "mhaexp-info"), "model.d_model=512", "model.n_heads=7"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(BIN / "mhaexp-info"), "model.d_model=512", "model.n_heads=7"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "mhaexp-info: error: model.n_heads=7 is invalid: d_model=512 is not divisible by it; valid head counts are "

@@ -20,9 +20,19 @@ from mhaexp.checkpointing import check_checkpoint
 from mhaexp.errors import ConfigError
 
 BIN = Path(sys.executable).parent
-BASE = ["model=tiny", "data.n_train=640", "data.n_val=64", "data.n_probe=16", "data.batch_size=32",
-        "trainer.max_steps=60", "trainer.val_check_interval=10", "trainer.log_every_n_steps=1",
-        "trainer.limit_val_batches=1", "analysis=off", "logger=csv"]
+BASE = [
+    "model=tiny",
+    "data.n_train=640",
+    "data.n_val=64",
+    "data.n_probe=16",
+    "data.batch_size=32",
+    "trainer.max_steps=60",
+    "trainer.val_check_interval=10",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=1",
+    "analysis=off",
+    "logger=csv",
+]
 
 
 def env_for(tmp_path: Path) -> dict[str, str]:
@@ -32,8 +42,14 @@ def env_for(tmp_path: Path) -> dict[str, str]:
 
 
 def train(args: list[str], tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "mhaexp-train"), *args], cwd=tmp_path, env=env_for(tmp_path),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "mhaexp-train"), *args],
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -49,8 +65,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_curve(tmp_path: Path) -> No
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     train([*BASE, f"hydra.run.dir={whole}"], tmp_path)
     kill_after = random.Random().randint(22, 48)
-    proc = subprocess.Popen([str(BIN / "mhaexp-train"), *BASE, f"hydra.run.dir={broken}"], cwd=tmp_path,
-                            env=env_for(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "mhaexp-train"), *BASE, f"hydra.run.dir={broken}"],
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         metrics = broken / "metrics.csv"
@@ -93,8 +114,11 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(io: str, tmp_path:
     # Kill once bytes of the new checkpoint are on disk: the atomic writer's temporary file,
     # or the plain writer's target itself.
     while time.monotonic() < deadline:
-        writing = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"] if io == "atomic" else (
-            [path] if path.stat().st_size != size else [])
+        writing = (
+            [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+            if io == "atomic"
+            else ([path] if path.stat().st_size != size else [])
+        )
         if writing and writing[0].exists() and writing[0].stat().st_size > 0:
             break
         time.sleep(0.002)
@@ -140,15 +164,21 @@ def closed_port() -> int:
 
 
 def test_unreachable_wandb_falls_back_offline_and_training_completes(tmp_path: Path) -> None:
-    env = {**env_for(tmp_path), "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}",
-           "WANDB_API_KEY": "x" * 40}
+    env = {**env_for(tmp_path), "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}", "WANDB_API_KEY": "x" * 40}
     env.pop("WANDB_MODE")
     run = tmp_path / "run"
-    args = [*BASE, "logger=wandb", "logger.mode=online", "logger.init_timeout=5", "trainer.max_steps=10",
-            f"hydra.run.dir={run}"]
+    args = [
+        *BASE,
+        "logger=wandb",
+        "logger.mode=online",
+        "logger.init_timeout=5",
+        "trainer.max_steps=10",
+        f"hydra.run.dir={run}",
+    ]
     start = time.monotonic()
-    proc = subprocess.run([str(BIN / "mhaexp-train"), *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "mhaexp-train"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "W&B is unreachable" in proc.stderr and "logging offline" in proc.stderr

@@ -18,14 +18,23 @@ from mhaexp.lightning_module import LMModule
 from mhaexp.model import ModelConfig
 
 BIN = Path(sys.executable).parent
-TINY = ["model=tiny", "data.n_train=1000", "data.n_val=128", "data.n_probe=16", "trainer.max_steps=30",
-        "trainer.val_check_interval=15", "trainer.log_every_n_steps=5", "analysis=off"]
+TINY = [
+    "model=tiny",
+    "data.n_train=1000",
+    "data.n_val=128",
+    "data.n_probe=16",
+    "trainer.max_steps=30",
+    "trainer.val_check_interval=15",
+    "trainer.log_every_n_steps=5",
+    "analysis=off",
+]
 
 
 def train_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(cwd / "cache")}
-    proc = subprocess.run([str(BIN / "mhaexp-train"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [str(BIN / "mhaexp-train"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -39,8 +48,13 @@ def only_run_dir(cwd: Path) -> Path:
 def wandb_records(run_dir: Path) -> list[dict]:
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, offline
-    out = subprocess.run([str(BIN / "wandb"), "leet", "inspect", "--json", str(offline[0])],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [str(BIN / "wandb"), "leet", "inspect", "--json", str(offline[0])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -87,20 +101,40 @@ def test_same_seed_same_curve_other_seed_other_curve(tmp_path: Path) -> None:
 
 
 def test_two_process_cpu_ddp_run_finishes(tmp_path: Path) -> None:
-    train_cli([*TINY, "logger=csv", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-               "trainer.max_steps=10", "trainer.val_check_interval=5"], tmp_path)
+    train_cli(
+        [
+            *TINY,
+            "logger=csv",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_steps=10",
+            "trainer.val_check_interval=5",
+        ],
+        tmp_path,
+    )
     run_dir = only_run_dir(tmp_path)
     assert (run_dir / "train_ddp_process_1.log").exists()  # the second rank really ran
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 10
 
 
 def fit(dm: LMDataModule, model_cfg: ModelConfig, steps: int, tmp_path: Path) -> pl.Trainer:
-    module = LMModule(model_cfg, {"lr": 3e-3, "warmup_steps": 30}, pad_id=dm.tokenizer.pad_id,
-                      mask_id=dm.tokenizer.mask_id)
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=4,
-                         val_check_interval=steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-                         default_root_dir=tmp_path)
+    module = LMModule(
+        model_cfg, {"lr": 3e-3, "warmup_steps": 30}, pad_id=dm.tokenizer.pad_id, mask_id=dm.tokenizer.mask_id
+    )
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=4,
+        val_check_interval=steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -119,8 +153,9 @@ def test_tiny_model_learns_the_grammar_beyond_unigram(tmp_path: Path) -> None:
 def test_bidirectional_encoder_trains_with_masked_lm(tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     dm = LMDataModule(kind="grammar", n_train=1000, n_val=128, n_probe=8, cache_dir=str(tmp_path))
-    cfg = ModelConfig(vocab_size=dm.vocab_size, n_layers=1, d_model=32, n_heads=4, d_ff=64, max_seq_len=32,
-                      causal=False, pos="rope")
+    cfg = ModelConfig(
+        vocab_size=dm.vocab_size, n_layers=1, d_model=32, n_heads=4, d_ff=64, max_seq_len=32, causal=False, pos="rope"
+    )
     trainer = fit(dm, cfg, 40, tmp_path)
     loss = float(trainer.callback_metrics["val/loss"])
     assert torch.isfinite(torch.tensor(loss)) and loss < torch.log(torch.tensor(float(dm.vocab_size)))

@@ -59,7 +59,9 @@ def check_trainer(cfg: DictConfig) -> None:
     accelerator = str(t.get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda") and not cuda_available():
         raise ConfigError(
-            "trainer.accelerator", accelerator, "no CUDA GPU is visible on this machine (and torch was built "
+            "trainer.accelerator",
+            accelerator,
+            "no CUDA GPU is visible on this machine (and torch was built "
             f"{'with' if cuda_built() else 'without'} CUDA); use trainer=cpu, or install CUDA torch "
             "with `make install TORCH=torch`",
         )
@@ -97,8 +99,11 @@ def validate(cfg: DictConfig) -> tuple[DataSpec, ModelConfig]:
     check_paths(cfg)
     data = DataSpec.from_config(OmegaConf.to_container(cfg.data, resolve=True))
     model_cfg = build_model_config(cfg, data.vocab_size)
-    validate_pruning(OmegaConf.to_container(cfg.get("pruning") or {"kind": "none"}, resolve=True),
-                     model_cfg, int(cfg.trainer.max_steps))
+    validate_pruning(
+        OmegaConf.to_container(cfg.get("pruning") or {"kind": "none"}, resolve=True),
+        model_cfg,
+        int(cfg.trainer.max_steps),
+    )
     if cfg.get("init_from") is not None:
         from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
 

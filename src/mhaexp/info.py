@@ -1,6 +1,6 @@
 """``mhaexp-info``: the shape of a configured model, without training it.
 
-    mhaexp-info model.d_model=768 model.n_heads=12
+mhaexp-info model.d_model=768 model.n_heads=12
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ def describe(cfg: ModelConfig) -> str:
         f"{'causal LM' if cfg.causal else 'bidirectional, masked LM'}, positions: {cfg.pos})",
         f"d_model           {cfg.d_model}",
         f"n_heads           {cfg.n_heads}",
-        f"head_dim          {cfg.head_dim}" + ("  (= d_model / n_heads)" if cfg.head_dim * cfg.n_heads == cfg.d_model
-                                                else f"  (heads span {cfg.head_dim * cfg.n_heads}, not d_model)"),
+        f"head_dim          {cfg.head_dim}"
+        + (
+            "  (= d_model / n_heads)"
+            if cfg.head_dim * cfg.n_heads == cfg.d_model
+            else f"  (heads span {cfg.head_dim * cfg.n_heads}, not d_model)"
+        ),
         f"n_kv_heads        {cfg.n_kv_heads}  ({kind}; {cfg.n_heads // cfg.n_kv_heads} query heads per K/V head)",
         f"kv cache / token  {cfg.kv_cache_bytes_per_token(2):,} bytes (bf16, all layers)",
         "parameters:",

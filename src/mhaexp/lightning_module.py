@@ -52,8 +52,14 @@ class LMModule(pl.LightningModule):
         # Extra training-loss terms by name (e.g. the L0 penalty of mhaexp.pruning); callbacks fill it.
         self.extra_losses: dict[str, Callable[[], torch.Tensor]] = {}
         self.save_hyperparameters(
-            {"model": asdict(self.model_cfg), "optim": self.optim, "pad_id": pad_id, "mask_id": mask_id,
-             "mlm_probability": mlm_probability, "seed": seed},
+            {
+                "model": asdict(self.model_cfg),
+                "optim": self.optim,
+                "pad_id": pad_id,
+                "mask_id": mask_id,
+                "mlm_probability": mlm_probability,
+                "seed": seed,
+            },
             logger=False,  # the loggers get the whole resolved Hydra config instead
         )
 
@@ -116,8 +122,9 @@ class LMModule(pl.LightningModule):
                 "(lower optim.lr or set trainer.gradient_clip_val)"
             )
         self.log("train/loss", shown, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
-        self.log("train/acc", global_correct / global_count.clamp(min=1), on_step=True, on_epoch=False,
-                 rank_zero_only=True)
+        self.log(
+            "train/acc", global_correct / global_count.clamp(min=1), on_step=True, on_epoch=False, rank_zero_only=True
+        )
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, rank_zero_only=True)
         return loss
 

@@ -56,8 +56,9 @@ def csv_logger(run_dir: Path, resume_step: int | None) -> CSVLogger:
     return logger
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, group: str | None, run_id: str | None = None,
-                  resume_step: int | None = None) -> list[Logger]:
+def build_loggers(
+    cfg: DictConfig, run_dir: Path, group: str | None, run_id: str | None = None, resume_step: int | None = None
+) -> list[Logger]:
     """A CSV logger always (the run directory's own record), plus W&B unless ``logger=csv|none``."""
     kind = cfg.logger.kind
     if kind == "none":
@@ -101,8 +102,11 @@ class FallbackWandbLogger(WandbLogger):
             import wandb
 
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"mhaexp-train: notice: W&B is unreachable ({first}); logging offline instead. "
-                  f"Upload later with `wandb sync {self.save_dir}/wandb/offline-run-*`", file=sys.stderr)
+            print(
+                f"mhaexp-train: notice: W&B is unreachable ({first}); logging offline instead. "
+                f"Upload later with `wandb sync {self.save_dir}/wandb/offline-run-*`",
+                file=sys.stderr,
+            )
             wandb.teardown()
             self._wandb_init["mode"] = "offline"
             self._experiment = None

@@ -19,6 +19,7 @@ from mhaexp.model_config import ModelConfig
 
 __all__ = ["ModelConfig", "Transformer"]
 
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

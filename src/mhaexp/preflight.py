@@ -25,8 +25,21 @@ from mhaexp.config import CONF_DIR, validate
 from mhaexp.errors import ConfigError
 
 # Flags of Hydra's CLI that take a value in the next argument.
-VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-               "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "-i",
+    "--experimental-rerun",
+}
 NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--info", "-i"}
 
 
@@ -97,8 +110,11 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
             parent = OmegaConf.select(base, parent_key) if parent_key else base
             known = list(parent.keys()) if isinstance(parent, DictConfig) else []
             close = difflib.get_close_matches(leaf, [str(k) for k in known], n=1)
-            hint = f"did you mean {parent_key + '.' if parent_key else ''}{close[0]}?" if close else (
-                f"valid keys here: {known}" if known else "no such key")
+            hint = (
+                f"did you mean {parent_key + '.' if parent_key else ''}{close[0]}?"
+                if close
+                else (f"valid keys here: {known}" if known else "no such key")
+            )
             value = o.get_value_element_as_str() if not o.is_sweep_override() else ",".join(o.sweep_string_iterator())
             raise ConfigError(key, value, f"no such key; {hint} (prefix with '+' to add a new key)")
 

@@ -57,8 +57,14 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
     record = RunRecord(run_dir)
     every = int(cfg.trainer.get("val_check_interval") or 250)
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
-                        every_n_train_steps=every, save_last=True, save_top_k=1),
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="step{step}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every,
+            save_last=True,
+            save_top_k=1,
+        ),
         RNGState(),
     ]
     ckpt, step = resume_checkpoint(cfg, run_dir)
@@ -68,9 +74,13 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
     analysis = build_analysis_callback(cfg.analysis, datamodule, run_dir)
     if analysis is not None:
         callbacks.append(analysis)
-    pruning = build_pruning_callback(OmegaConf.to_container(cfg.pruning, resolve=True), model_cfg,
-                                     int(cfg.trainer.max_steps), run_dir,
-                                     roles_provider=build_roles_provider(cfg.analysis, datamodule))
+    pruning = build_pruning_callback(
+        OmegaConf.to_container(cfg.pruning, resolve=True),
+        model_cfg,
+        int(cfg.trainer.max_steps),
+        run_dir,
+        roles_provider=build_roles_provider(cfg.analysis, datamodule),
+    )
     if pruning is not None:
         callbacks.append(pruning)
     callbacks.append(record)  # last: its summary gathers what the others found at the end
@@ -78,9 +88,14 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
     loggers = build_loggers(cfg, run_dir, group, run_id=run_id, resume_step=step)
     # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
     progress = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
-    trainer = instantiate_plain(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                default_root_dir=str(run_dir), enable_progress_bar=progress,
-                                plugins=[AtomicCheckpointIO()])
+    trainer = instantiate_plain(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=progress,
+        plugins=[AtomicCheckpointIO()],
+    )
     with wandb_always_finished():
         if trainer.is_global_zero:
             remember_run_id(run_dir, loggers)
@@ -117,6 +132,9 @@ def report(run_dir: Path, summary: dict[str, Any]) -> None:
     wb = wandb_run_dir(run_dir)
     if wb is not None:
         wandb_bin = Path(sys.executable).parent / "wandb"
-        lines += [f"W&B run       : {wb}  (offline)" if "offline-run" in wb.name else f"W&B run       : {wb}",
-                  f"  browse      : {wandb_bin} leet {wb}", f"  upload      : {wandb_bin} sync {wb}"]
+        lines += [
+            f"W&B run       : {wb}  (offline)" if "offline-run" in wb.name else f"W&B run       : {wb}",
+            f"  browse      : {wandb_bin} leet {wb}",
+            f"  upload      : {wandb_bin} sync {wb}",
+        ]
     print("\n".join(lines))

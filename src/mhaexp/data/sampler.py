@@ -25,8 +25,9 @@ class GlobalBatchSampler(Sampler[int]):
         start_step: optimizer steps already taken (a resumed run); that many global batches are skipped.
     """
 
-    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start_step: int = 0) -> None:
+    def __init__(
+        self, n: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0
+    ) -> None:
         self.n, self.global_batch, self.seed = n, global_batch, seed
         self.rank, self.world_size = rank, world_size
         self.local_batch = global_batch // world_size
