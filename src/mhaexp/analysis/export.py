@@ -170,7 +170,7 @@ def write_markdown(
     counts = {k: v for k, v in all_role_counts(roles).items() if v}
     lines += ["Heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
     if hm.relation_names and hm.syntactic_direction:
-        dirs = ", ".join(f"{n} {d}" for n, d in zip(hm.relation_names, hm.syntactic_direction, strict=False))
+        dirs = ", ".join(f"{hm.relation_names[r]} {hm.syntactic_direction[r]}" for r in _present_relations(hm))
         lines += [f"Syntactic accuracy direction per relation: {dirs}.", ""]
     lines += ["| layer | head | roles (score / margin) |", "|---:|---:|---|"]
     by_head: dict[tuple[int, int], list[HeadRole]] = {}

@@ -130,7 +130,13 @@ def runs_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def role_counts(roles: pd.DataFrame) -> pd.DataFrame:
-    """Heads per (step, role) from ``head_roles*.csv`` rows; a head holding two roles counts in both."""
+    """Heads per (step, role family) from ``head_roles*.csv`` rows; a head holding two roles counts in both.
+
+    Families (``syntactic``, not ``syntactic:nsubj``) keep the plots readable and match the
+    ``roles/<family>`` counts of the run summary.
+    """
+    if "family" in roles.columns:
+        roles = roles.assign(role=roles["family"].fillna(roles["role"]))
     heads = roles.drop_duplicates(["step", "role", "layer", "head"])
     counts = heads.groupby(["step", "role"], sort=True).size().rename("heads").reset_index()
     counts["heads"] = counts["heads"].astype(int)
