@@ -79,7 +79,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
         model_cfg,
         int(cfg.trainer.max_steps),
         run_dir,
-        roles_provider=build_roles_provider(cfg.analysis, datamodule),
+        # Roles need the analysis thresholds: with analysis=off, criterion=role is refused up front.
+        roles_provider=build_roles_provider(cfg.analysis, datamodule) if analysis is not None else None,
     )
     if pruning is not None:
         callbacks.append(pruning)

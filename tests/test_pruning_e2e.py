@@ -1,0 +1,67 @@
+"""A pruning run the way a user starts one: the real CLI, the real offline W&B run, the files it leaves."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mhaexp.pruning.surgery import load_model
+
+BIN = Path(sys.executable).parent
+
+
+def test_iterative_pruning_run_writes_curve_pruned_checkpoint_and_wandb_records(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [
+        "model=tiny",
+        "data.n_train=640",
+        "data.n_val=64",
+        "data.n_probe=16",
+        "trainer.max_steps=40",
+        "trainer.val_check_interval=20",
+        "analysis=off",
+        "pruning=iterative",
+        "pruning.fraction=0.5",
+        "pruning.step_fraction=0.25",
+        "pruning.at_step=20",
+        "pruning.finetune_steps=5",
+        f"hydra.run.dir={run}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [str(BIN / "mhaexp-train"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curve = pd.read_csv(run / "pruning_curve.csv")
+    # 8 heads, 2 per step, to half: the unpruned point plus 2 steps.
+    assert curve["fraction_pruned"].tolist() == [0.0, 0.25, 0.5]
+    assert (run / "pruning_curve.png").stat().st_size > 1000
+    pruned = load_model(run / "pruned.ckpt")
+    assert sum(a.n_heads for a in pruned.attention_layers) == 4
+    with torch.no_grad():
+        logits, _ = pruned(torch.randint(4, 50, (2, 16)))
+    assert torch.isfinite(logits).all()
+    offline = next((run / "wandb").glob("offline-run-*"))
+    out = subprocess.run(
+        [str(BIN / "wandb"), "leet", "inspect", "--json", str(offline)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    history = [
+        json.loads(line)["history"]["item"]
+        for line in out.splitlines()
+        if '"type":"history"' in line or '"type": "history"' in line
+    ]
+    remaining = [h["pruning/heads_remaining"] for h in history if "pruning/heads_remaining" in h]
+    assert remaining == [6.0, 4.0]
+    # Media are flattened into history keys (pruning/curve_image.path, ...), the PNG into a files record.
+    assert any(k.startswith("pruning/curve_image") for h in history for k in h)
+    assert "media/images/pruning/curve_image" in out
