@@ -245,16 +245,24 @@ def test_slurm_requeue_saves_hpc_checkpoint_and_rerun_resumes_from_it(tmp_path: 
 
     # Set the first attempt's log aside, so metrics.csv holds only what the rerun logs.
     (run_dir / "metrics.csv").rename(run_dir / "metrics.first.csv")
+    # The first attempt may outlive the signal and write a later step checkpoint (SLURM kills it only
+    # at the time limit); the requeued job must continue from the newest one, the hpc one or later.
+    from mhaexp.checkpointing import newest_good_checkpoint
+
+    newest = newest_good_checkpoint(run_dir)
+    assert newest is not None
+    resume_step = torch.load(newest, map_location="cpu", weights_only=False)["global_step"]
+    assert resume_step >= hpc_step
     again = train(args, cwd, env)
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
     assert list(cwd.glob("runs/*")) == [run_dir]  # same job id, same run directory
-    assert f"Restored all states from the checkpoint at {run_dir / 'hpc_ckpt_1.ckpt'}" in out, out[-3000:]
+    assert f"Restored all states from the checkpoint at {newest}" in out, out[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 40
     log = pd.read_csv(run_dir / "metrics.csv")
     train_steps = log["step"][log["train/loss"].notna()].astype(int).tolist()
     # The rerun continued at the checkpoint's step (steps are logged 0-based, every 5th) through to the end.
-    assert train_steps[0] >= hpc_step and train_steps[0] < hpc_step + 5, (hpc_step, train_steps)
+    assert train_steps[0] >= resume_step and train_steps[0] < resume_step + 5, (resume_step, train_steps)
     assert train_steps == list(range(train_steps[0], 40, 5)), train_steps
     assert json.loads((run_dir / "status.json").read_text())["status"] == "ok"
 
