@@ -199,3 +199,23 @@ def test_two_process_ddp_matches_one_process_loss_curve(tmp_path: Path) -> None:
     worst = max(abs(a[s] - b[s]) for s in a)
     print(f"max |loss_1proc - loss_2proc| over 20 steps: {worst:.2e}")
     assert worst < 1e-5
+
+
+def test_non_finite_loss_stops_with_one_line_naming_the_step_and_fails_the_wandb_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [*BASE, "logger=wandb", "optim.lr=1e12", "trainer.gradient_clip_val=null", f"hydra.run.dir={run}"]
+    proc = train(args, tmp_path, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mhaexp-train: error:")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(errors) == 1 and "train loss is nan at step" in errors[0] and "before the optimizer step" in errors[0]
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    offline = next((run / "wandb").glob("offline-run-*"))
+    out = subprocess.run(
+        [str(BIN / "wandb"), "leet", "inspect", "--json", str(offline)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    exits = [json.loads(line)["exit"] for line in out.splitlines() if '"type":"exit"' in line]
+    assert exits and exits[-1]["exit_code"] == 1  # the W&B run is marked failed

@@ -21,6 +21,10 @@ class ConfigError(ValueError):
         super().__init__(f"{field}={value!r} is invalid: {valid}")
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss or a gradient became NaN or inf; raised before the optimizer step can spread it into the weights."""
+
+
 def fail(prog: str, message: object, code: int = 2) -> NoReturn:
     """Print ``<prog>: error: <message>`` as the one line a user sees, and exit."""
     print(f"{prog}: error: {message}", file=sys.stderr)

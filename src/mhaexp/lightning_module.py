@@ -11,14 +11,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from mhaexp.errors import NonFiniteLossError
 from mhaexp.model import ModelConfig, Transformer
+
+__all__ = ["CHECKPOINT_KEY", "IGNORE", "LMModule", "NonFiniteLossError", "warmup_cosine"]
 
 IGNORE = -100
 CHECKPOINT_KEY = "mhaexp"  # marks a checkpoint as ours and carries what rebuilds the model
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; raised before the optimizer step can spread it into the weights."""
 
 
 class LMModule(pl.LightningModule):

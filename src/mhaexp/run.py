@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,13 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
         if ckpt is not None:
             print(f"mhaexp-train: resuming from {ckpt}", file=sys.stderr)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt is not None else None)
+    summary = record.summary
+    if not summary.get("global_step") and (run_dir / "summary.json").is_file():
+        # ddp_spawn: the callbacks ran in the spawned ranks; rank 0 wrote the summary file.
+        summary = json.loads((run_dir / "summary.json").read_text())
     if trainer.is_global_zero:
-        report(run_dir, record.summary)
-    return record.summary
+        report(run_dir, summary)
+    return summary
 
 
 def role_table(run_dir: Path) -> list[str]:

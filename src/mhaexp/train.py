@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mhaexp import sweep
 from mhaexp.config import CONF_DIR, validate
-from mhaexp.errors import ConfigError, fail
+from mhaexp.errors import ConfigError, NonFiniteLossError, fail
 from mhaexp.preflight import check_jobs, compose_job, hydra_context, split_argv, wants_check
 
 PROG = "mhaexp-train"
@@ -84,6 +84,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | float | None:
         if is_multirun() and not os.environ.get("HYDRA_FULL_ERROR"):
             print(f"{PROG}: job failed: {type(e).__name__}: {e}", file=sys.stderr)
             return None
+        if isinstance(e, NonFiniteLossError) and not os.environ.get("HYDRA_FULL_ERROR"):
+            # A diagnosis, not a bug: one line, the step, what to change; the traceback adds nothing.
+            fail(PROG, e, code=1)
         raise
     write_status(run_dir, "ok", best_val_loss=summary.get("best_val_loss"))
     return objective(cfg, summary) if wants_objective(cfg) else summary
