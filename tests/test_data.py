@@ -304,7 +304,7 @@ def test_bad_config_raises(tmp_path: Path, kwargs: dict, field: str) -> None:
 
 @pytest.mark.parametrize("variant", ["repeat", "copy", "random"])
 def test_induction(tmp_path: Path, variant: str) -> None:
-    dm = make(tmp_path, kind="induction", seq_len=21, variant=variant, n_tokens=30)
+    dm = make(tmp_path, kind="induction", seq_len=21, variant=variant, n_tokens=30, fixed_length=True)
     assert dm.vocab_size == 5 + 1 + 30
     ids = dm.dataset("train")[:]["input_ids"]
     assert ids.shape == (300, 21) and (ids[:, 0] == dm.tokenizer.bos_id).all()
@@ -321,6 +321,16 @@ def test_induction(tmp_path: Path, variant: str) -> None:
         assert (ids[:, 1 : 1 + L] != ids[:, 1 + L :]).float().mean() > 0.9
     if variant != "random":  # no repeats inside a half: one earlier copy to find
         assert all(len(set(row[1 : 1 + L].tolist())) == L for row in ids)
+
+
+def test_induction_lengths_vary_so_a_fixed_offset_cannot_copy(tmp_path: Path) -> None:
+    dm = make(tmp_path, kind="induction", seq_len=21, variant="repeat", n_tokens=30)
+    rows = dm.dataset("train")[:]
+    lengths = (rows["attention_mask"].sum(1) - 1) // 2
+    assert set(lengths.tolist()) == set(range(5, 11))  # half of the longest (10) up to it
+    for ids, k in zip(rows["input_ids"], lengths.tolist(), strict=True):
+        assert torch.equal(ids[1 : 1 + k], ids[1 + k : 1 + 2 * k])
+    assert dm.source.repeat_offset == (5, 10)
 
 
 def test_text_local_file(tmp_path: Path) -> None:

@@ -9,6 +9,12 @@ the current token and copying its successor, which is what induction heads do.
 Within one half the tokens are drawn without replacement while L <= n_tokens,
 so every second-half token has exactly one earlier occurrence to attend to.
 An odd leftover position (seq_len not matching the formula) is padding.
+
+By default L varies per sequence (``fixed_length: false``), from about half the
+longest that fits up to it, the rest padded. With one fixed L the copy is always
+exactly L positions back, and a single layer with learned positions solves the
+task by attending to that offset, no induction head needed; varying L removes
+that shortcut, so only content-based (induction) attention predicts the repeat.
 """
 
 from __future__ import annotations
@@ -47,7 +53,13 @@ class InductionSource:
     relations: list[str] = []
 
     def __init__(
-        self, seq_len: int, sizes: dict[str, int], seed: int, variant: str = "repeat", n_tokens: int = 100
+        self,
+        seq_len: int,
+        sizes: dict[str, int],
+        seed: int,
+        variant: str = "repeat",
+        n_tokens: int = 100,
+        fixed_length: bool = False,
     ) -> None:
         if variant not in VARIANTS:
             raise ConfigError("data.variant", variant, f"one of {', '.join(VARIANTS)}")
@@ -62,27 +74,29 @@ class InductionSource:
         self.variant = variant
         self.n_tokens = n_tokens
         self.half_len = (seq_len - overhead) // 2
+        self.fixed_length = bool(fixed_length)
+        self.min_half_len = self.half_len if self.fixed_length else max(2, self.half_len // 2)
         self.tokenizer = WordTokenizer([f"t{i}" for i in range(n_tokens)], extra_specials=(SEP,))
         self.sep_id = self.tokenizer.token_to_id(SEP)
         self.first_id = self.tokenizer.token_to_id("t0")
 
     @property
-    def repeat_offset(self) -> int | None:
-        """Distance back to a token's earlier copy in the second half (None: no copy)."""
+    def repeat_offset(self) -> tuple[int, int] | None:
+        """(shortest, longest) distance back to a token's earlier copy in the second half (None: no copy)."""
         if self.variant == "random":
             return None
-        return self.half_len + (1 if self.variant == "copy" else 0)
+        extra = 1 if self.variant == "copy" else 0
+        return self.min_half_len + extra, self.half_len + extra
 
     def identity(self) -> dict:
-        return {"variant": self.variant, "n_tokens": self.n_tokens}
+        return {"variant": self.variant, "n_tokens": self.n_tokens, "fixed_length": self.fixed_length}
 
     def generate(self, split: str) -> Iterator[dict[str, list]]:
         rng = random.Random(f"mhaexp-induction/{split}/{self.seed}")
         tok = self.tokenizer
         for _ in range(self.sizes[split]):
-            ids = induction_sequence(
-                rng, self.variant, self.half_len, self.first_id, self.n_tokens, tok.bos_id, self.sep_id
-            )
+            half = self.half_len if self.fixed_length else rng.randint(self.min_half_len, self.half_len)
+            ids = induction_sequence(rng, self.variant, half, self.first_id, self.n_tokens, tok.bos_id, self.sep_id)
             pad = self.seq_len - len(ids)
             yield {"input_ids": ids + [tok.pad_id] * pad, "attention_mask": [True] * len(ids) + [False] * pad}
 
