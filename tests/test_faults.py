@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from wandb_offline import inspect_records
 
 from mhaexp.checkpointing import check_checkpoint
 from mhaexp.errors import ConfigError
@@ -209,13 +210,6 @@ def test_non_finite_loss_stops_with_one_line_naming_the_step_and_fails_the_wandb
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(errors) == 1 and "train loss is nan at step" in errors[0] and "before the optimizer step" in errors[0]
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
-    offline = next((run / "wandb").glob("offline-run-*"))
-    out = subprocess.run(
-        [str(BIN / "wandb"), "leet", "inspect", "--json", str(offline)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    exits = [json.loads(line)["exit"] for line in out.splitlines() if '"type":"exit"' in line]
+    records = inspect_records(next((run / "wandb").glob("offline-run-*")))
+    exits = [r["exit"] for r in records if r["type"] == "exit"]
     assert exits and exits[-1]["exit_code"] == 1  # the W&B run is marked failed

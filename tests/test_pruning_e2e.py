@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from wandb_offline import inspect_records
 
 from mhaexp.pruning.surgery import load_model
 
@@ -47,21 +48,10 @@ def test_iterative_pruning_run_writes_curve_pruned_checkpoint_and_wandb_records(
     with torch.no_grad():
         logits, _ = pruned(torch.randint(4, 50, (2, 16)))
     assert torch.isfinite(logits).all()
-    offline = next((run / "wandb").glob("offline-run-*"))
-    out = subprocess.run(
-        [str(BIN / "wandb"), "leet", "inspect", "--json", str(offline)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    history = [
-        json.loads(line)["history"]["item"]
-        for line in out.splitlines()
-        if '"type":"history"' in line or '"type": "history"' in line
-    ]
+    records = inspect_records(next((run / "wandb").glob("offline-run-*")))
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
     remaining = [h["pruning/heads_remaining"] for h in history if "pruning/heads_remaining" in h]
     assert remaining == [6.0, 4.0]
     # Media are flattened into history keys (pruning/curve_image.path, ...), the PNG into a files record.
     assert any(k.startswith("pruning/curve_image") for h in history for k in h)
-    assert "media/images/pruning/curve_image" in out
+    assert "media/images/pruning/curve_image" in json.dumps(records)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from wandb_offline import inspect_records, only_offline_run
 
 from mhaexp.preflight import check_jobs
 
@@ -75,16 +76,7 @@ def summary_of(sweep_dir: Path) -> dict:
 
 def wandb_run(run_dir: Path) -> tuple[dict, dict]:
     """(the run record, the merged config) of the job's one offline W&B run."""
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1, offline
-    out = subprocess.run(
-        [str(BIN / "wandb"), "leet", "inspect", "--json", str(offline[0])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    records = inspect_records(only_offline_run(run_dir))
     run = next(r["run"] for r in records if r["type"] == "run")
     config = dict(run.get("config", {}).get("update", {}))
     for r in records:

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from wandb_offline import inspect_records, only_offline_run
 
 from mhaexp.data import LMDataModule
 from mhaexp.lightning_module import LMModule
@@ -46,16 +47,7 @@ def only_run_dir(cwd: Path) -> Path:
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1, offline
-    out = subprocess.run(
-        [str(BIN / "wandb"), "leet", "inspect", "--json", str(offline[0])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    return inspect_records(only_offline_run(run_dir))
 
 
 def test_cli_run_reaches_wandb_with_config_and_loss_history(tmp_path: Path) -> None:

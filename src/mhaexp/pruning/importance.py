@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mhaexp.analysis.metrics import entropy
 from mhaexp.model import Transformer
 from mhaexp.pruning.schedules import CRITERIA
 
@@ -218,14 +219,9 @@ def _head_contributions(attn: Any, x: Tensor, mask: Tensor | None, heads: Sequen
 def attention_entropy(patterns: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean entropy (nats) of each head's attention rows over real queries: ``(B, H, T, T) -> (H,)``.
 
-    ``H(p) = -sum_k p_k log p_k`` with ``0 log 0 = 0``; padded query rows are left out.
+    The plain entropy (no smoothing) of :func:`mhaexp.analysis.metrics.entropy`.
     """
-    p = patterns.float()
-    ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (B, H, T)
-    if mask is None:
-        return ent.mean(dim=(0, 2))
-    real = mask.bool()[:, None, :].expand_as(ent)
-    return (ent * real).sum(dim=(0, 2)) / real.sum(dim=(0, 2)).clamp_min(1)
+    return entropy(patterns.float(), mask, smoothing=0.0)
 
 
 @torch.no_grad()
