@@ -100,8 +100,29 @@ def test_coreference_links(corpus: list[Sentence]) -> None:
     assert n_pron > 100
 
 
+def test_second_clause_repeats_an_earlier_noun_phrase(corpus: list[Sentence]) -> None:
+    """A re-mentioned subject copies an earlier noun phrase word for word, and not always the main subject."""
+    n_repeat = n_not_main = 0
+    for s in corpus:
+        if "and" not in s.tokens:
+            continue
+        start = s.tokens.index("and") + 1
+        if s.tokens[start] in g.PRONOUN_FEATS:
+            continue
+        noun = next(i for i in range(start, len(s)) if s.tokens[i] in g.NOUN_FEATS)
+        copy = s.tokens[start : noun + 1]
+        earlier = [i for i in range(start - len(copy)) if s.tokens[i : i + len(copy)] == copy]
+        assert earlier, s.text
+        assert s.rels[noun] == "nsubj" and s.coref[noun] == -1, s.text
+        n_repeat += 1
+        arcs = enumerate(zip(s.heads, s.rels, strict=True))
+        main_subject = next(i for i, (h, r) in arcs if r == "nsubj" and s.rels[h] == "root")
+        n_not_main += all(i + len(copy) - 1 != main_subject for i in earlier)
+    assert n_repeat > 100 and n_not_main > 30, (n_repeat, n_not_main)
+
+
 def test_agreement_and_selection(corpus: list[Sentence]) -> None:
-    checks = {"subj-verb": 0, "adj": 0, "det": 0, "prep": 0, "distant": 0}
+    checks = {"subj-verb": 0, "adj": 0, "det": 0, "prep": 0, "distant": 0, "fronted": 0, "tense": 0}
     for s in corpus:
         for i, (w, h, r) in enumerate(zip(s.tokens, s.heads, s.rels, strict=True)):
             if r == "nsubj" and g.VERB_NUMBER.get(s.tokens[h]) is not None:
@@ -123,9 +144,18 @@ def test_agreement_and_selection(corpus: list[Sentence]) -> None:
                 checks["det"] += 1
             if r == "pobj":
                 assert LEMMA[w] in g.PREPOSITIONS[s.tokens[h]], s.text
-            if r == "prep":
+            if r == "prep" and h > i:  # fronted place PP: attaches to whatever the main predicate is
+                assert i == 0 and w in g.FRONTED_PREPS, s.text
+                checks["fronted"] += 1
+            elif r == "prep":
                 assert w in VERB_BY_FORM[s.tokens[h]].preps, s.text
                 checks["prep"] += 1
+            if r == "advmod":  # the fronted time adverb fixes the tense of every verb
+                assert i == 0 and s.rels[h] == "root", s.text
+                past = {v.past for v in g.VERBS} | {"was", "were"}
+                verbs = [t for t in s.tokens if t in g.VERB_NUMBER]
+                assert all((t in past) == (g.TIME_ADVERBS[w] == "past") for t in verbs), s.text
+                checks["tense"] += 1
     assert min(checks.values()) > 50, checks
 
 
@@ -382,5 +412,5 @@ def test_yaml_configs_instantiate(tmp_path: Path, name: str) -> None:
     overrides = {"cache_dir": str(tmp_path / "c"), "path": str(doc)} if name == "text" else {}
     dm = instantiate(OmegaConf.merge(cfg, overrides))
     assert isinstance(dm, LMDataModule) and dm.kind == name
-    assert dm.vocab_size == {"grammar": 185, "induction": 106, "text": 261}[name]
+    assert dm.vocab_size == {"grammar": 189, "induction": 36, "text": 261}[name]
     assert dm.seq_len == cfg.seq_len

@@ -12,6 +12,7 @@ from mhaexp.analysis import (
     confidence,
     copying_score,
     dependency_accuracy,
+    duplicate_matching_score,
     duplicate_token_score,
     entropy,
     gqa_group_diversity,
@@ -23,6 +24,7 @@ from mhaexp.analysis import (
     normalized_entropy,
     offset_baseline,
     positional_heads,
+    prefix_matching_score,
     previous_token_score,
     rare_token_score,
     relative_position_profile,
@@ -227,6 +229,28 @@ def test_planted_induction_and_duplicate_heads() -> None:
     assert induction_score(A, REP_TOKENS)[0].item() == pytest.approx(N_REP / T_REP)
     dup = duplicate_token_score(A, REP_TOKENS, exclude_bos=True, exclude_current_token=True)
     assert dup.tolist() == [0.0, 1.0]
+
+
+def test_prefix_matching_scores_only_queries_with_an_earlier_copy() -> None:
+    # Olsson et al.'s score: a perfect induction head scores 1 whatever its first half does, where
+    # the TransformerLens ratio above gives n / (2n + 1) < 0.5 for the same head.
+    A = onehot_pattern([induction_targets("bos"), induction_targets("self"), duplicate_targets(), prev_targets(T_REP)])
+    assert prefix_matching_score(A, REP_TOKENS).tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert duplicate_matching_score(A, REP_TOKENS).tolist() == [0.0, 0.0, 1.0, 0.0]
+    # Half the second copy's weight on the target, half on BOS: 0.5.
+    half = 0.5 * onehot_pattern([induction_targets("bos")]) + 0.5 * onehot_pattern([[0] * T_REP])
+    assert prefix_matching_score(half, REP_TOKENS).item() == pytest.approx(0.5)
+    # No repeats: nothing to score.
+    assert prefix_matching_score(A[:, :1, :5, :5], torch.tensor([[0, 1, 2, 3, 4]])).isnan().all()
+
+
+def test_prefix_matching_ignores_padding() -> None:
+    A = onehot_pattern([induction_targets("bos"), duplicate_targets()])
+    padded, mask, tokens = pad(A, 4, REP_TOKENS)
+    # Pad ids equal to real tokens must not create targets.
+    tokens[:, T_REP:] = REP_TOKENS[0, 1]
+    torch.testing.assert_close(prefix_matching_score(padded, tokens, mask), prefix_matching_score(A, REP_TOKENS))
+    torch.testing.assert_close(duplicate_matching_score(padded, tokens, mask), duplicate_matching_score(A, REP_TOKENS))
 
 
 def test_detection_scores_do_not_modify_inputs() -> None:

@@ -14,11 +14,11 @@ from mhaexp.analysis import (
     classify_heads,
     copying_score,
     dependency_accuracy,
-    duplicate_token_score,
-    induction_score,
+    duplicate_matching_score,
     normalized_entropy,
     offset_baseline,
     positional_heads,
+    prefix_matching_score,
     rare_token_score,
     role_counts,
     roles_table,
@@ -61,7 +61,7 @@ def test_rules_margins_and_unassigned() -> None:
         "syntactic_baseline": torch.tensor([0.1, 0.85]),
         "coreference": torch.tensor([[0.0, 0.7, 0.0]]),
         "coreference_baseline": torch.tensor(0.55),
-        "induction": torch.tensor([[nan, 0.0, 0.0]]),
+        "prefix_matching": torch.tensor([[nan, 0.0, 0.0]]),
         "sink": torch.tensor([[0.3, 0.31, 0.0]]),  # strictly above eps only
         "copying": torch.tensor([[0.5, -0.9, 0.0]]),
     }
@@ -97,7 +97,7 @@ def test_rules_margins_and_unassigned() -> None:
 
 def test_missing_threshold_or_baseline_is_a_clear_error() -> None:
     with pytest.raises(KeyError, match="induction"):
-        classify_heads({"induction": torch.ones(1, 2)}, {})
+        classify_heads({"prefix_matching": torch.ones(1, 2)}, {})
     # A raw accuracy is not a syntactic role: the baseline is required.
     with pytest.raises(KeyError, match="syntactic_baseline"):
         classify_heads({"syntactic_accuracy": torch.ones(1, 2, 3)}, THRESHOLDS)
@@ -175,9 +175,8 @@ def layer_metrics(attn: torch.Tensor) -> dict[str, torch.Tensor]:
         "positional_frac": frac,
         "positional_offset": offset,
         "syntactic_accuracy": dependency_accuracy(attn, DEP_HEADS, DEP_RELS, 2),
-        # Exclusions as TransformerLens users do for heads that park attention on BOS or themselves.
-        "induction": induction_score(attn, TOKENS, exclude_bos=True, exclude_current_token=True),
-        "duplicate": duplicate_token_score(attn, TOKENS, exclude_bos=True, exclude_current_token=True),
+        "prefix_matching": prefix_matching_score(attn, TOKENS),
+        "duplicate_matching": duplicate_matching_score(attn, TOKENS),
         "sink": sink_score(attn),
         "rare_word": rare_token_score(attn, TOKENS, TOKEN_FREQ),
         "normalized_entropy": normalized_entropy(attn),

@@ -512,6 +512,8 @@ def compute_head_metrics(
     rep_ids, rep_mask = rep["input_ids"].to(device), rep["attention_mask"].bool().to(device)
     out["induction"] = _per_layer([M.induction_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
     out["duplicate"] = _per_layer([M.duplicate_token_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
+    out["prefix_matching"] = _per_layer([M.prefix_matching_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
+    out["duplicate_matching"] = _per_layer([M.duplicate_matching_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
     out["copying"] = _per_layer(_copying(model), H)
 
     if importance:

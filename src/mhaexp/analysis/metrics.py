@@ -384,6 +384,48 @@ def induction_score(
     return _detection_score(patterns, detection, mask, exclude_bos, exclude_current_token)
 
 
+def _target_attention(patterns: Tensor, detection: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the real queries that have at least one real target key of the attention on targets.
+
+    Unlike the TransformerLens ratio, queries with nothing to find (the first half of a repeated
+    sequence) are left out instead of counting as misses, so a perfect head scores 1, not ~0.5.
+    """
+    real = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
+    targets = detection & real
+    has_target = targets.any(-1)  # (B, Q)
+    on_target = (patterns * targets[:, None].to(patterns.dtype)).sum(-1)  # (B, H, Q)
+    weight = has_target[:, None].to(patterns.dtype)
+    return _safe_ratio((on_target * weight).sum(dim=(0, 2)), weight.sum(dim=(0, 2)), float("nan"))
+
+
+def prefix_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Olsson et al. (2022) prefix-matching score: the attention a query pays to the tokens right after
+    earlier copies of its own token, averaged over the queries that have such an earlier copy (on
+    BOS + x + x: the second repeat). Same targets as :func:`induction_score`; that score divides by
+    all queries instead, so on BOS + x + x a perfect induction head gets L / (2L + 1) < 0.5 there and
+    1.0 here. Olsson et al. call heads above 0.5 of this score induction heads.
+
+    Returns:
+        ``(H,)`` in [0, 1]; NaN if no query has an earlier copy.
+    """
+    patterns, mask = _prepare(patterns, mask)
+    tokens = _check_tokens(tokens, patterns)
+    detection = F.pad(_duplicate_pattern(tokens)[:, :, :-1], (1, 0), value=False)
+    return _target_attention(patterns, detection, mask)
+
+
+def duplicate_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Attention a query pays to earlier copies of its own token, averaged over the queries that have
+    one: :func:`duplicate_token_score`'s targets with :func:`prefix_matching_score`'s averaging.
+
+    Returns:
+        ``(H,)`` in [0, 1]; NaN if no query has an earlier copy.
+    """
+    patterns, mask = _prepare(patterns, mask)
+    tokens = _check_tokens(tokens, patterns)
+    return _target_attention(patterns, _duplicate_pattern(tokens), mask)
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. Attention sinks
 # ----------------------------------------------------------------------------------------------

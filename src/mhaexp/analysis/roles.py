@@ -17,8 +17,8 @@ key                         shape        source
 ``syntactic_baseline``      (R,)         ``offset_baseline(...)[0]`` (anything broadcastable)
 ``coreference``             (L, H)       ``antecedent_accuracy``
 ``coreference_baseline``    scalar       ``offset_baseline(antecedent, ...)[0]`` (broadcastable)
-``induction``               (L, H)       ``induction_score``
-``duplicate``               (L, H)       ``duplicate_token_score``
+``prefix_matching``         (L, H)       ``prefix_matching_score``
+``duplicate_matching``      (L, H)       ``duplicate_matching_score``
 ``copying``                 (L, H)       ``copying_score``
 ``sink``                    (L, H)       ``sink_score``
 ``rare_word``               (L, H)       ``rare_token_score``
@@ -42,8 +42,10 @@ from mhaexp.role_families import ROLE_FAMILIES
 
 # Roles decided by "score >= threshold": (role, metric key, threshold key).
 _AT_LEAST: tuple[tuple[str, str, str], ...] = (
-    ("induction", "induction", "induction"),
-    ("duplicate", "duplicate", "duplicate"),
+    # Olsson et al.'s score, over the queries that have an earlier copy: the TransformerLens ratios
+    # (``induction``, ``duplicate``) divide by every query and stay below 0.5 even for perfect heads.
+    ("induction", "prefix_matching", "induction"),
+    ("duplicate", "duplicate_matching", "duplicate"),
     ("copying", "copying", "copying"),
     ("rare_word", "rare_word", "rare_word"),
     ("broad", "normalized_entropy", "broad"),

@@ -13,7 +13,15 @@ one specific earlier word, giving attention heads a reason to specialize:
   preposition ↔ object (on the mat, in the box, to the park, with the dog);
 * "that" → the noun it modifies, and a pronoun (he/she/it/they) → the main
   subject, agreeing in number, gender and animacy; what follows the pronoun
-  must also fit the antecedent's class ("... and it was hungry").
+  must also fit the antecedent's class ("... and it was hungry");
+* a repeated mention: the second clause may re-use any earlier noun phrase word
+  for word ("the cat sat on the wooden mat and the wooden mat was ..."), so
+  copying what followed an earlier copy of the current word pays, which is
+  the job of previous-token and induction heads in natural text (Olsson et
+  al. 2022); a re-mention is a repetition, not an entry in ``coref``;
+* a fronted time adverb → the main verb's tense ("yesterday the cats ... were"),
+  or a fronted place PP ("near the river the cat sat"): both move the main
+  subject, so no fixed absolute position finds it.
 
 Annotation (``Sentence``), all indices 0-based within the sentence's words:
 
@@ -33,6 +41,7 @@ Annotation (``Sentence``), all indices 0-based within the sentence's words:
   ``acl:relcl``   relative-clause verb → the noun it modifies ("sat" → "cat")
   ``cc``          "and" → the verb of the clause it introduces
   ``conj``        second clause's verb → the root verb
+  ``advmod``      fronted time adverb → the root verb ("yesterday" → "sat")
   ==============  ==========================================================
 
   The copula is the head of its clause (Stanford "basic" style rather than
@@ -65,7 +74,7 @@ if TYPE_CHECKING:
     import torch
 
 # Bump whenever generation changes: it is part of the cache fingerprint.
-GRAMMAR_VERSION = 1
+GRAMMAR_VERSION = 2
 
 TREE_RELATIONS: tuple[str, ...] = (
     "root",
@@ -79,6 +88,7 @@ TREE_RELATIONS: tuple[str, ...] = (
     "acl:relcl",
     "cc",
     "conj",
+    "advmod",
 )
 RELATIONS: list[str] = [*TREE_RELATIONS, "coref"]
 DERIVED_RELATIONS: tuple[str, ...] = ("amod:pred",)
@@ -156,6 +166,8 @@ DETERMINERS: dict[str, tuple[tuple[str, float], ...]] = {
     "pl": (("the", 0.6), ("these", 0.2), ("some", 0.2)),
 }
 COPULA = {("present", "sg"): "is", ("present", "pl"): "are", ("past", "sg"): "was", ("past", "pl"): "were"}
+# Fronted time adverbs fix the tense of the whole sentence.
+TIME_ADVERBS: dict[str, str] = {"yesterday": "past", "then": "past", "today": "present", "now": "present"}
 PRONOUNS = {"male": "he", "female": "she", "animal": "it", "object": "it", "food": "it", "place": "it"}
 
 _CONTAINERS = ("box", "basket", "cup", "house", "garden", "park", "river", "kitchen", "forest")
@@ -232,6 +244,7 @@ UPOS: dict[str, str] = {
     **{p: "ADP" for p in PREPOSITIONS},
     **{d: "DET" for opts in DETERMINERS.values() for d, _ in opts},
     **{p: "PRON" for p in PRONOUN_FEATS},
+    **{a: "ADV" for a in TIME_ADVERBS},
     "that": "PRON",
     "and": "CCONJ",
 }
@@ -247,8 +260,14 @@ P_OBJECT_RELCL = 0.3
 P_PP_INTRANSITIVE = 0.85
 P_PP_TRANSITIVE = 0.3
 P_COORD = 0.4
+P_REMENTION = 0.5  # of second clauses: subject is a copy of an earlier noun phrase, else a pronoun
+# A fronted adverb or place PP shifts the main subject by 1 or 3 words, so a head that finds the subject by
+# content beats one that attends to a fixed absolute position (Voita et al.'s baselines are positional).
+P_FRONTED_ADVERB = 0.25
+P_FRONTED_PP = 0.25
+FRONTED_PREPS = ("in", "near", "under")
 PREDICATE_WEIGHTS = {"cop": 0.4, "intr": 0.35, "tr": 0.25}
-MAX_SENTENCE_LEN = 30  # longest the templates can produce: seq_len 32 never redraws
+MAX_SENTENCE_LEN = 35  # longest the templates can produce: seq_len 37 never redraws
 MIN_SEQ_LEN = len(SEED_TEXT.split()) + 2  # BOS + seed sentence + EOS
 
 
@@ -272,6 +291,7 @@ class _NP:
     index: int
     cls: str
     number: str
+    start: int  # first word (the determiner)
 
 
 class _Builder:
@@ -282,6 +302,7 @@ class _Builder:
         self.heads: list[int] = []
         self.rels: list[str] = []
         self.coref: list[int] = []
+        self.nps: list[_NP] = []
 
     def add(self, word: str, head: int = -2, rel: str = "") -> int:
         self.tokens.append(word)
@@ -321,7 +342,23 @@ def _noun_phrase(b: _Builder, rng: random.Random, lemmas: Sequence[tuple[str, st
     b.attach(det, noun, "det")
     if adj is not None:
         b.attach(adj, noun, "amod")
-    return _NP(noun, cls, number)
+    np = _NP(noun, cls, number, det)
+    b.nps.append(np)
+    return np
+
+
+def _repeat_noun_phrase(b: _Builder, np: _NP) -> _NP:
+    """An exact copy of an earlier noun phrase, with its own det/amod arcs; the noun's head is the caller's."""
+    words = b.tokens[np.start : np.index + 1]
+    first = len(b.tokens)
+    for w in words:
+        b.add(w)
+    noun = first + len(words) - 1
+    for i in range(first, noun):
+        b.attach(i, noun, "det" if i == first else "amod")
+    copy = _NP(noun, np.cls, np.number, first)
+    b.nps.append(copy)
+    return copy
 
 
 def _lemmas(classes: frozenset[str]) -> list[tuple[str, str, str]]:
@@ -386,9 +423,29 @@ def _relative_clause(b: _Builder, rng: random.Random, noun: _NP, tense: str) -> 
     b.attach(v, noun.index, "acl:relcl")
 
 
+def _fronted(b: _Builder, rng: random.Random) -> tuple[list[int], str | None]:
+    """An optional sentence-initial adverb or place PP: (words to attach to the root, tense it fixes)."""
+    u = rng.random()
+    if u < P_FRONTED_ADVERB:
+        adverb = rng.choice(sorted(TIME_ADVERBS))
+        return [b.add(adverb, rel="advmod")], TIME_ADVERBS[adverb]
+    if u < P_FRONTED_ADVERB + P_FRONTED_PP:
+        prep = rng.choice(FRONTED_PREPS)
+        p = b.add(prep, rel="prep")
+        # No adjective: keeps the longest sentence at MAX_SENTENCE_LEN.
+        det = b.add("the")
+        word = rng.choice(PREPOSITIONS[prep])
+        noun = b.add(word, p, "pobj")
+        b.attach(det, noun, "det")
+        b.nps.append(_NP(noun, NOUN_FEATS[word][0], "sg", det))
+        return [p], None
+    return [], None
+
+
 def _sentence(rng: random.Random) -> Sentence:
     b = _Builder()
-    tense = "past" if rng.random() < 0.5 else "present"
+    front, fixed_tense = _fronted(b, rng)
+    tense = fixed_tense or ("past" if rng.random() < 0.5 else "present")
     cls = _weighted(rng, list(SUBJECT_CLASS_WEIGHTS.items()))
     subj = _noun_phrase(b, rng, _lemmas(frozenset({cls})))
     if rng.random() < P_RELCL:
@@ -396,13 +453,21 @@ def _sentence(rng: random.Random) -> Sentence:
     root = _predicate(b, rng, cls, subj.number, tense)
     b.attach(subj.index, root, "nsubj")
     b.attach(root, -1, "root")
+    for w in front:
+        b.attach(w, root, b.rels[w])
     if rng.random() < P_COORD:
         conj_word = b.add("and")
-        pron = b.add("they" if subj.number == "pl" else PRONOUNS[cls])
-        b.coref[pron] = subj.index
-        v2 = _predicate(b, rng, cls, subj.number, tense)
+        if rng.random() < P_REMENTION:
+            # Any earlier noun phrase, not just the subject: only a general copy mechanism predicts it.
+            mention = _repeat_noun_phrase(b, rng.choice(b.nps))
+            subj2, cls2, number2 = mention.index, mention.cls, mention.number
+        else:
+            subj2 = b.add("they" if subj.number == "pl" else PRONOUNS[cls])
+            b.coref[subj2] = subj.index
+            cls2, number2 = cls, subj.number
+        v2 = _predicate(b, rng, cls2, number2, tense)
         b.attach(conj_word, v2, "cc")
-        b.attach(pron, v2, "nsubj")
+        b.attach(subj2, v2, "nsubj")
         b.attach(v2, root, "conj")
     return b.build()
 
