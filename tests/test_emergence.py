@@ -38,7 +38,8 @@ def final_metric(run_dir: Path, metric: str) -> pd.DataFrame:
 @pytest.mark.parametrize("n_layers", [2, 1])
 def test_induction_heads_need_two_layers(tmp_path: Path, n_layers: int) -> None:
     run_dir = tmp_path / "run"
-    train_cli([*SMALL_INDUCTION, f"model.n_layers={n_layers}", f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = train_cli([*SMALL_INDUCTION, f"model.n_layers={n_layers}", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert "head roles    :" in proc.stdout and "seed table" not in proc.stdout  # the seed's table is about syntax
     prefix = final_metric(run_dir, "prefix_matching")
     roles = pd.read_csv(run_dir / "analysis" / "head_roles.csv")
     induction = roles[roles.role == "induction"]

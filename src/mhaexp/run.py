@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from mhaexp.lightning_module import LMModule
 from mhaexp.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
 from mhaexp.pruning import build_pruning_callback, load_init
 from mhaexp.pruning.callback import InitQualityCallback
+from mhaexp.seed_table import fill, format_table, read_roles
 
 
 def run_dir_of(ckpt: Path) -> Path:
@@ -109,30 +109,34 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
         # ddp_spawn: the callbacks ran in the spawned ranks; rank 0 wrote the summary file.
         summary = json.loads((run_dir / "summary.json").read_text())
     if trainer.is_global_zero:
-        report(run_dir, summary)
+        report(run_dir, summary, seed_table=datamodule.kind == "grammar")
     return summary
 
 
 def role_table(run_dir: Path) -> list[str]:
     """One line per head with its roles (score, margin over the bar) from ``analysis/head_roles.csv``."""
-    path = run_dir / "analysis" / "head_roles.csv"
-    if not path.is_file():
+    rows = read_roles(run_dir)
+    if not rows:
         return []
     heads: dict[tuple[int, int], list[str]] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            key = (int(row["layer"]), int(row["head"]))
-            role = row["role"]
-            if row.get("score"):
-                role += f" {float(row['score']):.2f} (+{float(row['margin']):.2f})"
-            heads.setdefault(key, []).append(role)
+    for row in rows:
+        key = (int(row["layer"]), int(row["head"]))
+        role = row["role"]
+        if row.get("score"):
+            role += f" {float(row['score']):.2f} (+{float(row['margin']):.2f})"
+        heads.setdefault(key, []).append(role)
     lines = [f"  L{layer}H{head:<3} {', '.join(roles)}" for (layer, head), roles in sorted(heads.items())]
     return ["head roles    :", *lines]
 
 
-def report(run_dir: Path, summary: dict[str, Any]) -> None:
-    """Where the run went and how to look at it: the last thing `make train` prints."""
-    lines = role_table(run_dir) + [f"run directory : {run_dir}"]
+def report(run_dir: Path, summary: dict[str, Any], seed_table: bool = False) -> None:
+    """Where the run went and how to look at it: the last thing `make train` prints. ``seed_table``:
+    also the seed document's five heads, as found by the analysis (grammar runs)."""
+    lines = role_table(run_dir)
+    roles = read_roles(run_dir)
+    if seed_table and roles:
+        lines += format_table(fill([(run_dir.name, roles)]))
+    lines.append(f"run directory : {run_dir}")
     if summary.get("best_val_loss") is not None:
         lines.append(f"best val loss : {summary['best_val_loss']:.4f}")
     wb = wandb_run_dir(run_dir)

@@ -1,0 +1,107 @@
+"""The seed document's table "What Different Heads Learn", filled in from measured head roles.
+
+The seed names five heads on "the cat that sat on the mat was fluffy". Each row maps to roles of
+:mod:`mhaexp.analysis.roles`; a row is reproduced when some head holds one of them, i.e. clears the
+role's bar (a syntactic role: 10 points over the best fixed-offset/position baseline; positional: one
+offset takes the argmax for 90% of queries). The best such head (largest margin) is shown.
+
+    python -m mhaexp.seed_table RUN_DIR [RUN_DIR ...]     # best head per row across runs
+
+Reads only ``<run>/analysis/head_roles.csv``; no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SeedRow:
+    label: str
+    roles: frozenset[str]  # any of these roles reproduces the row
+
+    def matches(self, role: str) -> bool:
+        return role in self.roles
+
+
+# The seed's examples: "cat" <-> "was"; each token -> previous/next token; "cat" <-> "fluffy";
+# "that" <-> "cat"; "sat" <-> "on" <-> "mat".
+SEED_ROWS: tuple[SeedRow, ...] = (
+    SeedRow("syntactic: subject-verb", frozenset({"syntactic:nsubj"})),
+    SeedRow("positional: adjacent", frozenset({"positional:-1", "positional:1"})),
+    SeedRow("noun-adjective", frozenset({"syntactic:amod:pred", "syntactic:amod"})),
+    SeedRow("coreference", frozenset({"coreference"})),
+    SeedRow("prepositional", frozenset({"syntactic:pobj", "syntactic:prep"})),
+)
+
+
+@dataclass(frozen=True)
+class Found:
+    run: str
+    layer: int
+    head: int
+    role: str
+    score: float
+    margin: float
+
+
+def read_roles(run_dir: Path) -> list[dict[str, str]]:
+    """The final roles of a run (``analysis/head_roles.csv``); [] when the run has none."""
+    path = Path(run_dir) / "analysis" / "head_roles.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def fill(runs: Iterable[tuple[str, Sequence[dict[str, str]]]]) -> list[tuple[SeedRow, Found | None]]:
+    """Per seed row, the head with the largest margin among the runs' roles that match it."""
+    best: dict[str, Found] = {}
+    for name, rows in runs:
+        for row in rows:
+            if not row.get("margin"):
+                continue
+            for seed in SEED_ROWS:
+                if seed.matches(row["role"]):
+                    layer, head = int(row["layer"]), int(row["head"])
+                    found = Found(name, layer, head, row["role"], float(row["score"]), float(row["margin"]))
+                    if seed.label not in best or found.margin > best[seed.label].margin:
+                        best[seed.label] = found
+    return [(seed, best.get(seed.label)) for seed in SEED_ROWS]
+
+
+def format_table(filled: Sequence[tuple[SeedRow, Found | None]], show_run: bool = False) -> list[str]:
+    """Printable lines: one per seed row, the head that reproduces it or "not found"."""
+    n = sum(found is not None for _, found in filled)
+    lines = [f'seed table    : "What Different Heads Learn", {n} of {len(filled)} rows reproduced']
+    for seed, found in filled:
+        if found is None:
+            lines.append(f"  {seed.label:<24} not found")
+            continue
+        where = f"{found.run}: " if show_run else ""
+        lines.append(
+            f"  {seed.label:<24} {where}L{found.layer}H{found.head} {found.role} "
+            f"{found.score:.2f} (+{found.margin:.2f})"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: python -m mhaexp.seed_table RUN_DIR [RUN_DIR ...]", file=sys.stderr)
+        raise SystemExit(2)
+    missing = [a for a in args if not (Path(a) / "analysis" / "head_roles.csv").is_file()]
+    if missing:
+        hint = "a run directory trained with analysis on (it has analysis/head_roles.csv)"
+        print(f"error: run_dir={missing[0]} is invalid: must be {hint}", file=sys.stderr)
+        raise SystemExit(2)
+    print("\n".join(format_table(fill((a, read_roles(Path(a))) for a in args), show_run=len(args) > 1)))
+
+
+if __name__ == "__main__":
+    main()
