@@ -67,7 +67,7 @@ BAD_INPUTS = [
     (["model.n_heads=0"], "model.n_heads=0 is invalid"),
     (["model.head_dim=-4"], "model.head_dim=-4 is invalid"),
     (["model.d_ff=0"], "model.d_ff=0 is invalid"),
-    (["model.max_seq_len=16"], "model.max_seq_len=16 is invalid: must be >= data.seq_len=32"),
+    (["model.max_seq_len=16"], "model.max_seq_len=16 is invalid: must be >= data.seq_len=37"),
     (["model.pos=alibi"], "model.pos='alibi' is invalid: choose one of ['learned', 'rope', 'none']"),
     (["model.pos=rope", "model.head_dim=15"], "model.head_dim=15 is invalid: must be even"),
     (["model.dropout=1.5"], "model.dropout=1.5 is invalid"),
