@@ -56,6 +56,15 @@ def train(args: list[str], tmp_path: Path, check: bool = True) -> subprocess.Com
     return proc
 
 
+def logged_steps(run_dir: Path) -> list[int]:
+    """Steps in a live run's metrics.csv; [] while it is missing or half-written (the CSV logger rewrites
+    the whole file when a new column, such as the first val/loss, appears)."""
+    try:
+        return list(losses(run_dir))
+    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError, KeyError, ValueError):
+        return []
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     """train/loss by step; a step logged twice (before a kill and again after resume) keeps its last value."""
     df = pd.read_csv(run_dir / "metrics.csv").dropna(subset=["train/loss"])
@@ -75,8 +84,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_curve(tmp_path: Path) -> No
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        metrics = broken / "metrics.csv"
-        if metrics.exists() and max(losses(metrics.parent), default=-1) >= kill_after:
+        if max(logged_steps(broken), default=-1) >= kill_after:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
