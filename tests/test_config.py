@@ -73,6 +73,8 @@ BAD_INPUTS = [
     (["model.dropout=1.5"], "model.dropout=1.5 is invalid"),
     (["model=nosuch"], "model='nosuch' is invalid: no such model config; choose one of ['attn_only', 'base'"),
     (["data=nosuch"], "data='nosuch' is invalid: no such data config; choose one of"),
+    (["experiment=null"], "experiment='null' is invalid: choose one of ['gqa_sweep', "),
+    (["model=null"], "model='null' is invalid: choose one of ['attn_only', 'base', "),
     (["trainer=nosuch"], "trainer='nosuch' is invalid: no such trainer config; choose one of ['cpu', 'ddp'"),
     (["logger=nosuch"], "logger='nosuch' is invalid: no such logger config; choose one of ['csv', 'none', 'wandb']"),
     (["model.n_hedas=4"], "model.n_hedas='4' is invalid: no such key; did you mean model.n_heads?"),

@@ -23,6 +23,7 @@ SMALL_INDUCTION = [
     "data.n_val=128",
     "data.n_probe=64",
     "optim.lr=2e-3",
+    "optim.min_lr_ratio=1.0",  # held constant: the phase change comes sooner
     "trainer.max_steps=1200",
     "trainer.val_check_interval=600",
     "analysis.every_n_steps=600",

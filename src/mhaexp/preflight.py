@@ -97,7 +97,9 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
             options = loader.get_group_options(key)
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             for value in values:
-                if value not in options and value != "null":
+                if value == "null":  # Hydra rejects it with a traceback; "~group" is how to drop a group
+                    raise ConfigError(key, value, f"choose one of {options}, or drop the group with ~{key}")
+                if value not in options:
                     raise ConfigError(key, value, f"no such {key} config; choose one of {options}")
             group_choices.append(f"{key}={values[0]}")
     base = compose_job(group_choices, config_name)
