@@ -15,10 +15,10 @@ one specific earlier word, giving attention heads a reason to specialize:
   subject, agreeing in number, gender and animacy; what follows the pronoun
   must also fit the antecedent's class ("... and it was hungry");
 * a repeated mention: the second clause may re-use any earlier noun phrase word
-  for word ("the cat sat on the wooden mat and the wooden mat was ..."), so
-  copying what followed an earlier copy of the current word pays, which is
-  the job of previous-token and induction heads in natural text (Olsson et
-  al. 2022); a re-mention is a repetition, not an entry in ``coref``;
+  for word ("the cat sat on the wooden mat and the wooden mat was ..."), so a
+  head that copies what followed an earlier copy of the current word (an
+  induction head, Olsson et al. 2022) can predict it, as with names repeated
+  in natural text; a re-mention is a repetition, not an entry in ``coref``;
 * a fronted time adverb → the main verb's tense ("yesterday the cats ... were"),
   or a fronted place PP ("near the river the cat sat"): both move the main
   subject, so no fixed absolute position finds it.
