@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from wandb_offline import inspect_records
 
 ROOT = Path(__file__).resolve().parents[1]
-WANDB = Path(sys.executable).parent / "wandb"
 DATA = {"kind": "grammar", "seq_len": 16, "n_train": 200, "n_val": 32, "n_probe": 24, "batch_size": 16}
 STEPS, EVERY, PROBE_BATCHES = 20, 10, 2
 
@@ -79,14 +77,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     finally:
         wandb.finish()
     [wandb_dir] = list((root / "wandb").glob("offline-run-*"))
-    out = subprocess.run(
-        [str(WANDB), "leet", "inspect", "--json", str(wandb_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    records = inspect_records(wandb_dir)
     return {
         "root": root,
         "callback": callback,

@@ -2,7 +2,7 @@
 
 A 2-layer attention-only model on repeated random sequences forms induction heads in its second layer;
 a 1-layer model cannot (an induction head needs a previous-token head in an earlier layer to compose
-with). Scaled down from ``experiment=induction`` so that both runs take well under a minute on 2 cores;
+with). Scaled down from ``experiment=induction`` so that each run takes under a minute on 2 cores;
 the full-size figures are in ``experiments/olsson2022.sh``.
 """
 

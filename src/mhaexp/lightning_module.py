@@ -133,12 +133,11 @@ class LMModule(pl.LightningModule):
         if not grads or bool(torch.stack([g.isfinite().all() for _, g in grads]).all()):
             return
         bad = [n for n, g in grads if not bool(g.isfinite().all())]
-        if bad:
-            raise NonFiniteLossError(
-                f"non-finite gradient at step {self.global_step} in {bad[0]}"
-                + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-                + "; stopped before the optimizer step (lower optim.lr or set trainer.gradient_clip_val)"
-            )
+        raise NonFiniteLossError(
+            f"non-finite gradient at step {self.global_step} in {bad[0]}"
+            + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+            + "; stopped before the optimizer step (lower optim.lr or set trainer.gradient_clip_val)"
+        )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, acc = self.loss_and_accuracy(batch, salt=-1 - batch_idx)

@@ -113,9 +113,8 @@ def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str,
     return summary
 
 
-def role_table(run_dir: Path) -> list[str]:
-    """One line per head with its roles (score, margin over the bar) from ``analysis/head_roles.csv``."""
-    rows = read_roles(run_dir)
+def role_table(rows: list[dict[str, str]]) -> list[str]:
+    """One line per head with its roles (score, margin over the bar): the rows of ``analysis/head_roles.csv``."""
     if not rows:
         return []
     heads: dict[tuple[int, int], list[str]] = {}
@@ -132,8 +131,8 @@ def role_table(run_dir: Path) -> list[str]:
 def report(run_dir: Path, summary: dict[str, Any], seed_table: bool = False) -> None:
     """Where the run went and how to look at it: the last thing `make train` prints. ``seed_table``:
     also the seed document's five heads, as found by the analysis (grammar runs)."""
-    lines = role_table(run_dir)
     roles = read_roles(run_dir)
+    lines = role_table(roles)
     if seed_table and roles:
         lines += format_table(fill([(run_dir.name, roles)]))
     lines.append(f"run directory : {run_dir}")
