@@ -27,12 +27,13 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check src tests experiments
 	$(VENV)/bin/ruff format --check src tests experiments
+	$(VENV)/bin/lint-imports
 
 bench: install
-	$(PY) -m mhaexp.bench $(ARGS)
+	$(PY) -m mhaexp.tools.bench $(ARGS)
 
 gpu-check: install
-	$(PY) -m mhaexp.gpu_check $(ARGS)
+	$(PY) -m mhaexp.tools.gpu_check $(ARGS)
 
 clean:
 	rm -rf runs multirun outputs wandb .pytest_cache .ruff_cache bench_out

@@ -9,4 +9,4 @@ causal_log=$(mktemp)
 encoder_log=$(mktemp)
 $BIN/mhaexp-train logger.tags=[seed_table] | tee "$causal_log"
 $BIN/mhaexp-train model=encoder logger.tags=[seed_table] | tee "$encoder_log"
-$BIN/python -m mhaexp.seed_table "$(run_dir_of "$causal_log")" "$(run_dir_of "$encoder_log")"
+$BIN/python -m mhaexp.analysis.seed_table "$(run_dir_of "$causal_log")" "$(run_dir_of "$encoder_log")"

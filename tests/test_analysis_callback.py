@@ -38,8 +38,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     from mhaexp.analysis.callback import AnalysisCallback, build_analysis_callback
     from mhaexp.data import LMDataModule
-    from mhaexp.lightning_module import LMModule
-    from mhaexp.model import ModelConfig
+    from mhaexp.nn.model import ModelConfig
+    from mhaexp.training.module import LMModule
 
     root = tmp_path_factory.mktemp("run")
     pl.seed_everything(0, verbose=False)
@@ -200,7 +200,7 @@ def test_analysis_off_builds_no_callback(tmp_path: Path) -> None:
 
 
 def test_analyze_cli_on_the_checkpoint(run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from mhaexp.analyze_cli import main
+    from mhaexp.cli.analyze import main
     from mhaexp.data import generate_corpus, write_conllu
 
     ckpt = run["root"] / "last.ckpt"
@@ -239,7 +239,7 @@ def test_analyze_cli_on_the_checkpoint(run: dict[str, Any], tmp_path: Path, caps
 def test_analyze_cli_errors(
     run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], field: str
 ) -> None:
-    from mhaexp.analyze_cli import main
+    from mhaexp.cli.analyze import main
 
     torch.save({"state_dict": {}}, tmp_path / "notours.ckpt")
     argv = [a.format(tmp=tmp_path, ckpt=run["root"] / "last.ckpt") for a in args]
@@ -277,7 +277,7 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     from mhaexp.analysis.callback import analysis_settings, run_analysis
     from mhaexp.analysis.collect import probe_from_datamodule
     from mhaexp.data import LMDataModule
-    from mhaexp.model import ModelConfig, Transformer
+    from mhaexp.nn.model import ModelConfig, Transformer
 
     dm = LMDataModule(**{**DATA, "n_train": 40, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
     cfg = ModelConfig(
@@ -337,8 +337,8 @@ def test_stop_at_a_cheap_step_finishes_expensive_without_duplicates(tmp_path: Pa
     from mhaexp.analysis.callback import build_analysis_callback
     from mhaexp.analysis.export import drop_after
     from mhaexp.data import LMDataModule
-    from mhaexp.lightning_module import LMModule
-    from mhaexp.model import ModelConfig
+    from mhaexp.nn.model import ModelConfig
+    from mhaexp.training.module import LMModule
 
     dm = LMDataModule(**{**DATA, "n_train": 160, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
     cfg = ModelConfig(vocab_size=dm.vocab_size, n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32)
@@ -371,8 +371,8 @@ def test_analysis_does_not_change_training(tmp_path: Path) -> None:
 
     from mhaexp.analysis.callback import build_analysis_callback
     from mhaexp.data import LMDataModule
-    from mhaexp.lightning_module import LMModule
-    from mhaexp.model import ModelConfig
+    from mhaexp.nn.model import ModelConfig
+    from mhaexp.training.module import LMModule
 
     weights = []
     for analyse in (False, True):

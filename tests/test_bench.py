@@ -29,7 +29,7 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
     # One thread: on a loaded machine two OpenMP threads can stall on each other and take minutes.
     # Only this module's sections: the ones other modules register are theirs to test, and take minutes.
     args = ["--quick", "--threads", "1", "--sections", "attention,gqa,train", "--out", str(out)]
-    p = run_module("mhaexp.bench", *args, timeout=120)
+    p = run_module("mhaexp.tools.bench", *args, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     data = json.loads(out.read_text())
     assert {"env", "sections", "skipped", "errors", "missed"} <= data.keys()
@@ -59,13 +59,13 @@ def test_bench_quick_writes_json(tmp_path: Path) -> None:
 
 
 def test_bench_unknown_section_is_a_usage_error(tmp_path: Path) -> None:
-    p = run_module("mhaexp.bench", "--sections", "nope", timeout=60)
+    p = run_module("mhaexp.tools.bench", "--sections", "nope", timeout=60)
     assert p.returncode == 2
     assert "unknown section" in p.stderr
 
 
 def test_bench_register_adds_a_section() -> None:
-    from mhaexp import bench
+    from mhaexp.tools import bench
 
     @bench.register("test_only")
     def fake(args: bench.Args) -> list[bench.Row]:
@@ -82,7 +82,7 @@ def test_bench_register_adds_a_section() -> None:
 
 
 def test_flops_per_token_formula() -> None:
-    from mhaexp.bench import NanoGPT, matmul_flops_per_token
+    from mhaexp.tools.bench import NanoGPT, matmul_flops_per_token
 
     model = NanoGPT(vocab_size=100, block_size=16, n_layer=2, n_embd=32, n_head=4)
     weights = 2 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32) + 100 * 32  # per block: c_attn, c_proj, c_fc, c_proj
@@ -91,7 +91,7 @@ def test_flops_per_token_formula() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_gpu_check_without_cuda_exits_1_quickly(tmp_path: Path) -> None:
-    p = run_module("mhaexp.gpu_check", "--out", str(tmp_path / "g.json"), timeout=60)
+    p = run_module("mhaexp.tools.gpu_check", "--out", str(tmp_path / "g.json"), timeout=60)
     assert p.returncode == 1
     assert "no CUDA device" in p.stdout + p.stderr
     assert not (tmp_path / "g.json").exists()

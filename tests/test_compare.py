@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mhaexp.role_families import ROLE_FAMILIES
+from mhaexp.analysis.role_families import ROLE_FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 WANDB_DATA = Path(__file__).resolve().parent / "data" / "wandb_api"
@@ -260,7 +260,7 @@ def make_sweep(root: Path) -> Path:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mhaexp.compare_cli", *args],
+        [sys.executable, "-m", "mhaexp.cli.compare", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -395,7 +395,7 @@ def test_report_and_plots_written(local_run: tuple[Path, subprocess.CompletedPro
 
 
 def call_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from mhaexp.compare_cli import main
+    from mhaexp.cli.compare import main
 
     try:
         main(list(args))

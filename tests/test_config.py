@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from mhaexp.cli.preflight import check_jobs, compose_job, hydra_context
 from mhaexp.config import CONF_DIR, validate
-from mhaexp.preflight import check_jobs, compose_job, hydra_context
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -23,13 +23,15 @@ from mhaexp.data import (
     write_conllu,
 )
 from mhaexp.data import grammar as g
-from mhaexp.data.grammar import Sentence, relation_list
+from mhaexp.data import lexicon as lex
+from mhaexp.data.grammar import relation_list
+from mhaexp.data.lexicon import Sentence
 from mhaexp.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 SMALL = {"n_train": 300, "n_val": 60, "n_probe": 12, "batch_size": 16}
-VERB_BY_FORM = {f: v for v in g.VERBS for f in (v.base, v.s3, v.past)}
-LEMMA = {w: pair[0] for pairs in g.NOUNS.values() for pair in pairs for w in pair}
+VERB_BY_FORM = {f: v for v in lex.VERBS for f in (v.base, v.s3, v.past)}
+LEMMA = {w: pair[0] for pairs in lex.NOUNS.values() for pair in pairs for w in pair}
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +64,8 @@ def tree_problems(s: Sentence) -> list[str]:
 def subject_features(s: Sentence, i: int) -> tuple[frozenset[str], str]:
     """Noun classes and number a subject word stands for (pronoun/that via coref)."""
     w = s.tokens[i]
-    if w in g.NOUN_FEATS:
-        cls, num = g.NOUN_FEATS[w]
+    if w in lex.NOUN_FEATS:
+        cls, num = lex.NOUN_FEATS[w]
         return frozenset({cls}), num
     assert s.coref[i] >= 0, f"{w!r} in {s.text!r} has no antecedent"
     return subject_features(s, s.coref[i])
@@ -86,14 +88,14 @@ def test_coreference_links(corpus: list[Sentence]) -> None:
     for s in corpus:
         for i, ante in enumerate(s.coref):
             w = s.tokens[i]
-            if w in g.PRONOUN_FEATS or w == "that":
-                assert 0 <= ante < i and s.tokens[ante] in g.NOUN_FEATS, s.text
+            if w in lex.PRONOUN_FEATS or w == "that":
+                assert 0 <= ante < i and s.tokens[ante] in lex.NOUN_FEATS, s.text
             else:
                 assert ante == -1, s.text
-            if w in g.PRONOUN_FEATS:
+            if w in lex.PRONOUN_FEATS:
                 n_pron += 1
-                classes, number = g.PRONOUN_FEATS[w]
-                cls, ante_number = g.NOUN_FEATS[s.tokens[ante]]
+                classes, number = lex.PRONOUN_FEATS[w]
+                cls, ante_number = lex.NOUN_FEATS[s.tokens[ante]]
                 assert cls in classes and number == ante_number, s.text
             if w == "that":  # "that" refers to the noun its clause modifies
                 assert s.heads[s.heads[i]] == ante and s.rels[s.heads[i]] == "acl:relcl"
@@ -107,9 +109,9 @@ def test_second_clause_repeats_an_earlier_noun_phrase(corpus: list[Sentence]) ->
         if "and" not in s.tokens:
             continue
         start = s.tokens.index("and") + 1
-        if s.tokens[start] in g.PRONOUN_FEATS:
+        if s.tokens[start] in lex.PRONOUN_FEATS:
             continue
-        noun = next(i for i in range(start, len(s)) if s.tokens[i] in g.NOUN_FEATS)
+        noun = next(i for i in range(start, len(s)) if s.tokens[i] in lex.NOUN_FEATS)
         copy = s.tokens[start : noun + 1]
         earlier = [i for i in range(start - len(copy)) if s.tokens[i : i + len(copy)] == copy]
         assert earlier, s.text
@@ -125,25 +127,25 @@ def test_agreement_and_selection(corpus: list[Sentence]) -> None:
     checks = {"subj-verb": 0, "adj": 0, "det": 0, "prep": 0, "distant": 0, "fronted": 0, "tense": 0}
     for s in corpus:
         for i, (w, h, r) in enumerate(zip(s.tokens, s.heads, s.rels, strict=True)):
-            if r == "nsubj" and g.VERB_NUMBER.get(s.tokens[h]) is not None:
+            if r == "nsubj" and lex.VERB_NUMBER.get(s.tokens[h]) is not None:
                 classes, number = subject_features(s, i)
-                assert number == g.VERB_NUMBER[s.tokens[h]], s.text
+                assert number == lex.VERB_NUMBER[s.tokens[h]], s.text
                 checks["subj-verb"] += 1
-                between = [g.NOUN_FEATS[t][1] for t in s.tokens[i + 1 : h] if t in g.NOUN_FEATS]
+                between = [lex.NOUN_FEATS[t][1] for t in s.tokens[i + 1 : h] if t in lex.NOUN_FEATS]
                 checks["distant"] += any(n != number for n in between)
             if r == "amod":
-                assert g.NOUN_FEATS[s.tokens[h]][0] in g.ADJ_CLASSES[w], s.text
+                assert lex.NOUN_FEATS[s.tokens[h]][0] in lex.ADJ_CLASSES[w], s.text
                 checks["adj"] += 1
             if r == "acomp":
                 subj = [j for j, hj in enumerate(s.heads) if hj == h and s.rels[j] == "nsubj"]
                 classes, _ = subject_features(s, subj[0])
-                assert classes & g.ADJ_CLASSES[w], s.text
+                assert classes & lex.ADJ_CLASSES[w], s.text
                 checks["adj"] += 1
             if r == "det" and w != "the":
-                assert g.NOUN_FEATS[s.tokens[h]][1] == ("sg" if w in ("a", "this") else "pl")
+                assert lex.NOUN_FEATS[s.tokens[h]][1] == ("sg" if w in ("a", "this") else "pl")
                 checks["det"] += 1
             if r == "pobj":
-                assert LEMMA[w] in g.PREPOSITIONS[s.tokens[h]], s.text
+                assert LEMMA[w] in lex.PREPOSITIONS[s.tokens[h]], s.text
             if r == "prep" and h > i:  # fronted place PP: attaches to whatever the main predicate is
                 assert i == 0 and w in g.FRONTED_PREPS, s.text
                 checks["fronted"] += 1
@@ -152,9 +154,9 @@ def test_agreement_and_selection(corpus: list[Sentence]) -> None:
                 checks["prep"] += 1
             if r == "advmod":  # the fronted time adverb fixes the tense of every verb
                 assert i == 0 and s.rels[h] == "root", s.text
-                past = {v.past for v in g.VERBS} | {"was", "were"}
-                verbs = [t for t in s.tokens if t in g.VERB_NUMBER]
-                assert all((t in past) == (g.TIME_ADVERBS[w] == "past") for t in verbs), s.text
+                past = {v.past for v in lex.VERBS} | {"was", "were"}
+                verbs = [t for t in s.tokens if t in lex.VERB_NUMBER]
+                assert all((t in past) == (lex.TIME_ADVERBS[w] == "past") for t in verbs), s.text
                 checks["tense"] += 1
     assert min(checks.values()) > 50, checks
 
@@ -185,7 +187,7 @@ def test_conllu_round_trip(tmp_path: Path, corpus: list[Sentence]) -> None:
     sents = [seed_sentence(), *corpus[:60]]
     path = tmp_path / "gold.conllu"
     write_conllu(path, sents)
-    assert read_conllu(path, WordTokenizer(g.VOCAB)) == sents
+    assert read_conllu(path, WordTokenizer(lex.VOCAB)) == sents
     text = to_conllu([seed_sentence()])
     assert "2\tcat\t_\tNOUN\t_\tNumber=Sing\t8\tnsubj" in text
     assert "Antecedent=2" in text
@@ -203,7 +205,7 @@ def test_read_user_treebank(tmp_path: Path) -> None:
     ]
     path = tmp_path / "user.conllu"
     path.write_text("\n".join(rows) + "\n\n")
-    vocab = WordTokenizer(g.VOCAB)
+    vocab = WordTokenizer(lex.VOCAB)
     [s] = read_conllu(path, vocab)
     assert s.tokens == ("the", "<unk>", "cat", "slept", "<unk>")
     assert s.heads == (1, 2, 3, -1, 3)
@@ -219,7 +221,7 @@ def make(tmp_path: Path, **kw: object) -> LMDataModule:
 
 def test_grammar_datamodule(tmp_path: Path) -> None:
     dm = make(tmp_path)
-    assert dm.vocab_size == len(g.VOCAB) + 5 and dm.seq_len == 32
+    assert dm.vocab_size == len(lex.VOCAB) + 5 and dm.seq_len == 32
     assert not (tmp_path / "cache").exists()  # nothing generated yet
     dm.prepare_data()
     dm.setup("fit")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from wandb_offline import inspect_records
 
-from mhaexp.checkpointing import check_checkpoint
+from mhaexp.checkpoint import read_checkpoint
 from mhaexp.errors import ConfigError
 
 BIN = Path(sys.executable).parent
@@ -103,7 +103,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_curve(tmp_path: Path) -> No
 
 SAVER = """
 import sys, torch
-from mhaexp.checkpointing import AtomicCheckpointIO
+from mhaexp.training.checkpointing import AtomicCheckpointIO
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 io = AtomicCheckpointIO() if sys.argv[2] == "atomic" else TorchCheckpointIO()
 print("saving", flush=True)
@@ -155,7 +155,7 @@ def test_truncated_or_empty_checkpoint_is_named_and_auto_skips_it(tmp_path: Path
     empty.write_bytes(b"")
     for bad in (truncated, empty):
         with pytest.raises(ConfigError) as err:
-            check_checkpoint(bad)
+            read_checkpoint(bad, "resume")
         assert str(bad) in str(err.value)
         proc = train([*BASE, f"resume={bad}"], tmp_path, check=False)
         lines = proc.stderr.strip().splitlines()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mhaexp.analysis import (
+from mhaexp.heads import (
     antecedent_accuracy,
     confidence,
     copying_score,
@@ -415,8 +415,13 @@ def test_copying_score_signs_and_gqa() -> None:
 
 
 def test_normalize_by_layer() -> None:
-    out = normalize_by_layer(torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]]))
-    torch.testing.assert_close(out, torch.tensor([[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]]))
+    out = normalize_by_layer([torch.tensor([3.0, 4.0]), torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0, 2.0])])
+    torch.testing.assert_close(out[0], torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(out[1], torch.tensor([0.0, 0.0]))  # an all-zero layer stays zero
+    torch.testing.assert_close(out[2], torch.tensor([1.0, 0.0, 2.0]) / 5**0.5)  # ragged layers
+    # Pruned heads are left out of the norm (Michel et al. re-rank the live heads only).
+    live = [torch.tensor([True, False]), torch.tensor([True, True]), torch.tensor([True, True, True])]
+    torch.testing.assert_close(normalize_by_layer([torch.tensor([3.0, 4.0])], live[:1])[0], torch.tensor([1.0, 4 / 3]))
 
 
 # ------------------------------------------------------------------------------------------------

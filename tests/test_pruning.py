@@ -17,22 +17,15 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from mhaexp import ConfigError, ModelConfig, Transformer
-from mhaexp.lightning_module import LMModule
+from mhaexp.heads.importance import ablation_importance, attention_entropy, entropy_scores, gradient_importance
+from mhaexp.nn.objectives import IGNORE, causal_lm_objective
 from mhaexp.pruning import l0 as l0mod
 from mhaexp.pruning import schedules as sch
 from mhaexp.pruning.callback import PruningCallback, build_pruning_callback, validate_pruning
+from mhaexp.pruning.criteria import random_scores, role_scores
 from mhaexp.pruning.curves import compute_pruning_curve, plot_pruning_curves, read_curve_csv, write_curve_csv
-from mhaexp.pruning.importance import (
-    IGNORE,
-    ablation_importance,
-    attention_entropy,
-    causal_lm_objective,
-    entropy_scores,
-    gradient_importance,
-    random_scores,
-    role_scores,
-)
 from mhaexp.pruning.surgery import apply_mask, load_model
+from mhaexp.training.module import LMModule
 
 V, T = 32, 10
 
@@ -565,8 +558,8 @@ def test_l0_penalty_goes_through_extra_losses(tmp_path: Path) -> None:
 
 
 def test_bench_section_runs() -> None:
-    from mhaexp.bench import SECTIONS, Args
-    from mhaexp.pruning import bench as pruning_bench
+    from mhaexp.tools import bench_pruning as pruning_bench
+    from mhaexp.tools.bench import SECTIONS, Args
 
     assert SECTIONS["pruning"] is pruning_bench.bench_pruning
     assert pruning_bench.half_of_every_group(12, 3) == [(0, 0), (0, 1), (0, 4), (0, 5), (0, 8), (0, 9)]

@@ -9,9 +9,8 @@ import pytest
 import torch
 import yaml
 
-from mhaexp.analysis import (
-    HeadRole,
-    classify_heads,
+from mhaexp.analysis import HeadRole, classify_heads, role_counts, roles_table
+from mhaexp.heads import (
     copying_score,
     dependency_accuracy,
     duplicate_matching_score,
@@ -20,8 +19,6 @@ from mhaexp.analysis import (
     positional_heads,
     prefix_matching_score,
     rare_token_score,
-    role_counts,
-    roles_table,
     sink_score,
 )
 

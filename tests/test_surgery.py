@@ -10,9 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mhaexp import ConfigError, ModelConfig, Transformer
-from mhaexp.lightning_module import LMModule
-from mhaexp.prune_cli import main as prune_main
-from mhaexp.pruning import surgery
+from mhaexp.checkpoint import atomic_save, read_checkpoint
+from mhaexp.cli.prune import main as prune_main
 from mhaexp.pruning.surgery import (
     apply_mask,
     checkpoint_for,
@@ -22,9 +21,9 @@ from mhaexp.pruning.surgery import (
     parse_heads,
     plan_layer,
     prune_heads,
-    save_checkpoint,
     validate_init,
 )
+from mhaexp.training.module import LMModule
 
 V, T = 32, 10
 
@@ -205,7 +204,7 @@ def test_cli_removes_masked_heads_by_default(trained_ckpt: Path, tmp_path: Path)
     model = load_model(trained_ckpt)
     apply_mask(model, [(1, 0), (1, 1)])
     masked = tmp_path / "masked.ckpt"
-    save_checkpoint(checkpoint_for(model, surgery.read_checkpoint(trained_ckpt)), masked)
+    atomic_save(checkpoint_for(model, read_checkpoint(trained_ckpt)), masked)
     prune_main([f"ckpt={masked}"])
     assert load_model(tmp_path / "masked_pruned.ckpt").cfg.layer_n_heads == [8, 6]
 
@@ -316,8 +315,8 @@ def test_init_errors(trained_ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_init_quality_callback_logs_before_and_after(trained_ckpt: Path, tmp_path: Path) -> None:
-    from mhaexp.pruning.callback import InitQualityCallback
-    from mhaexp.pruning.importance import evaluate
+    from mhaexp.heads.importance import evaluate
+    from mhaexp.training.init_from import InitQualityCallback
 
     target = tiny(n_heads=8, n_kv_heads=1)  # MQA from the MHA checkpoint
     module = LMModule(target, {"lr": 1e-3, "warmup_steps": 1})

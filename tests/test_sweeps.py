@@ -17,7 +17,7 @@ import pytest
 import yaml
 from wandb_offline import inspect_records, only_offline_run
 
-from mhaexp.preflight import check_jobs
+from mhaexp.cli.preflight import check_jobs
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +239,7 @@ def test_slurm_requeue_saves_hpc_checkpoint_and_rerun_resumes_from_it(tmp_path: 
     (run_dir / "metrics.csv").rename(run_dir / "metrics.first.csv")
     # The first attempt may outlive the signal and write a later step checkpoint (SLURM kills it only
     # at the time limit); the requeued job must continue from the newest one, the hpc one or later.
-    from mhaexp.checkpointing import newest_good_checkpoint
+    from mhaexp.training.checkpointing import newest_good_checkpoint
 
     newest = newest_good_checkpoint(run_dir)
     assert newest is not None
@@ -294,7 +294,7 @@ def test_slurm_launcher_preset_renders_the_sbatch_lines_requeue_needs(
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from mhaexp.preflight import hydra_context
+    from mhaexp.cli.preflight import hydra_context
 
     (tmp_path / "srun").write_text("#!/bin/sh\n")  # submitit's SLURM executor looks for srun
     (tmp_path / "srun").chmod(0o755)

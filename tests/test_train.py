@@ -15,8 +15,8 @@ import torch
 from wandb_offline import inspect_records, only_offline_run
 
 from mhaexp.data import LMDataModule
-from mhaexp.lightning_module import LMModule
-from mhaexp.model import ModelConfig
+from mhaexp.nn.model import ModelConfig
+from mhaexp.training.module import LMModule
 
 BIN = Path(sys.executable).parent
 TINY = [

@@ -10,10 +10,10 @@ __version__ = "0.1.0"
 # Imported on first use, so that `mhaexp-train` can reject a bad command line before paying
 # for torch: the names below are what `from mhaexp import X` offers.
 _LAZY = {
-    "HookPoint": "mhaexp.attention",
-    "MultiHeadAttention": "mhaexp.attention",
-    "ModelConfig": "mhaexp.model_config",
-    "Transformer": "mhaexp.model",
+    "HookPoint": "mhaexp.nn.attention",
+    "MultiHeadAttention": "mhaexp.nn.attention",
+    "ModelConfig": "mhaexp.nn.config",
+    "Transformer": "mhaexp.nn.model",
     "ConfigError": "mhaexp.errors",
 }
 __all__ = sorted(_LAZY)

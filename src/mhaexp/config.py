@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mhaexp.data.spec import DataSpec
 from mhaexp.errors import ConfigError
-from mhaexp.model_config import ModelConfig
+from mhaexp.nn.config import ModelConfig
 from mhaexp.pruning.schedules import validate_pruning
-from mhaexp.resolvers import run_key  # noqa: F401  (registers ${mhaexp_run_key:})
+from mhaexp.rundir import run_key  # noqa: F401  (registers ${mhaexp_run_key:})
 
 CONF_DIR = Path(os.environ.get("MHAEXP_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
 LOGGER_KINDS = ("wandb", "csv", "none")

@@ -29,18 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mhaexp.analysis import metrics as M
-from mhaexp.analysis.similarity import gqa_group_diversity, js_divergence_matrix, mds_embedding
-from mhaexp.analysis.weights import copying_score
-from mhaexp.pruning.importance import (
-    Objective,
-    ablation_importance,
-    causal_lm_objective,
-    eval_mode,
-    gradient_importance,
-)
-
-Batch = dict[str, Tensor]
+from mhaexp.heads import patterns as M
+from mhaexp.heads.importance import ablation_importance, eval_mode, gradient_importance
+from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_matrix, mds_embedding
+from mhaexp.heads.weights import copying_score
+from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 
 # Defaults for analysis keys an older or partial config may lack (conf/analysis/default.yaml wins).
 DEFAULTS: dict[str, Any] = {
@@ -283,14 +276,14 @@ def derived_amod_pred(heads: Tensor, rels: Tensor, relations: Sequence[str]) -> 
 
 def argmax_keys(patterns: Tensor, mask: Tensor) -> Tensor:
     """Each query's most-attended other real key, ``(B, H, T)``: the prediction
-    :func:`~mhaexp.analysis.metrics.dependency_accuracy` scores (diagonal and pads excluded)."""
+    :func:`~mhaexp.heads.patterns.dependency_accuracy` scores (diagonal and pads excluded)."""
     T = patterns.shape[-1]
     excluded = torch.eye(T, dtype=torch.bool, device=patterns.device)[None] | ~mask[:, None, :]
     return patterns.float().masked_fill(excluded[:, None], float("-inf")).argmax(dim=-1)
 
 
 def dep2head_accuracy(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
-    """:func:`~mhaexp.analysis.metrics.dependency_accuracy` with ``direction="dep2head"`` for R relations
+    """:func:`~mhaexp.heads.patterns.dependency_accuracy` with ``direction="dep2head"`` for R relations
     at once, each with its own target array (so arcs of different relations may share a query).
 
     Args:
@@ -451,7 +444,7 @@ def compute_head_metrics(
     """Every per-head metric of ``model`` on ``probe`` (see the module docstring).
 
     ``analysis_cfg`` is ``conf/analysis`` (``max_offset``, ``thresholds.positional``, ``direction``,
-    ``induction_sequences``, ``js_sequences``, ``seed``). ``model`` is a :class:`~mhaexp.model.Transformer`.
+    ``induction_sequences``, ``js_sequences``, ``seed``). ``model`` is a :class:`~mhaexp.nn.model.Transformer`.
     """
     cfg = {**DEFAULTS, **dict(analysis_cfg)}
     thresholds = cfg.get("thresholds") or {}

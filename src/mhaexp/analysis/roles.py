@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mhaexp.role_families import ROLE_FAMILIES
+from mhaexp.analysis.role_families import ROLE_FAMILIES
 
 # Roles decided by "score >= threshold": (role, metric key, threshold key).
 _AT_LEAST: tuple[tuple[str, str, str], ...] = (

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mhaexp.analysis.role_families import ROLE_FAMILIES
 from mhaexp.compare.runs import GROUP_KEYS, ROLE_PREFIX, RunSet
-from mhaexp.role_families import ROLE_FAMILIES
 
 ROLE_ORDER = ROLE_FAMILIES  # roles not listed there follow alphabetically
 DPI = 110

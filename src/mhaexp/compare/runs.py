@@ -80,9 +80,9 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def derived_columns(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The head layout of a flattened config, with the nulls resolved as ``mhaexp.model`` resolves them.
+    """The head layout of a flattened config, with the nulls resolved as ``mhaexp.nn.model`` resolves them.
 
-    Same rules as ``mhaexp.loggers.flat_config`` so that a W&B config and a run directory agree.
+    Same rules as ``mhaexp.training.loggers.flat_config`` so that a W&B config and a run directory agree.
     """
     n_heads = _int_or_none(config.get("model.n_heads", config.get("n_heads")))
     d_model = _int_or_none(config.get("model.d_model", config.get("d_model")))

@@ -18,17 +18,17 @@ _LAZY = {
     "DataSpec": "spec",
     "RELATIONS": "grammar",
     "SEED_TEXT": "grammar",
-    "Sentence": "grammar",
+    "Sentence": "lexicon",
     "arc_masks": "grammar",
     "generate_corpus": "grammar",
     "generate_sentence": "grammar",
     "seed_sentence": "grammar",
     "InductionSource": "induction",
     "TextSource": "text",
-    "ByteTokenizer": "vocab",
-    "HFTokenizer": "vocab",
-    "Tokenizer": "vocab",
-    "WordTokenizer": "vocab",
+    "ByteTokenizer": "tokenizers",
+    "HFTokenizer": "tokenizers",
+    "Tokenizer": "tokenizers",
+    "WordTokenizer": "tokenizers",
 }
 __all__ = sorted(_LAZY)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import conllu
 from conllu.models import Token, TokenList
 
-from mhaexp.data.grammar import NOUN_FEATS, PRONOUN_FEATS, UPOS, VERB_NUMBER, Sentence
-from mhaexp.data.vocab import WordTokenizer
+from mhaexp.data.lexicon import NOUN_FEATS, PRONOUN_FEATS, UPOS, VERB_NUMBER, Sentence
+from mhaexp.data.tokenizers import WordTokenizer
 
 _NUMBER = {"sg": "Sing", "pl": "Plur"}
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from mhaexp.data.vocab import WordTokenizer
+from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.errors import ConfigError
 
 VARIANTS = ("repeat", "random", "copy")

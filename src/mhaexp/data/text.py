@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mhaexp.data.vocab import ByteTokenizer, HFTokenizer
+from mhaexp.data.tokenizers import ByteTokenizer, HFTokenizer
 from mhaexp.errors import ConfigError
 
 PATH_VALID = "an existing non-empty text file, or a directory holding non-empty .txt files"

@@ -2,12 +2,11 @@
 
 * :mod:`.schedules` - when to prune how many heads, and which (pure step math), and the checked
   pruning config (:func:`validate_pruning`; torch-free, for the CLI's sweep check).
-* :mod:`.importance` - head rankings: gradient importance, ablation, entropy, random, role.
+* :mod:`.criteria` - pruning criteria by name (the measures are :mod:`mhaexp.heads.importance`).
 * :mod:`.l0` - hard-concrete gates with an expected-L0 penalty (Voita et al. 2019).
-* :mod:`.surgery` - physical removal (GQA-aware), K/V head conversion, checkpoint loading.
-* :mod:`.callback` - the Lightning callbacks driven by ``conf/pruning/*.yaml`` and ``init_from``.
+* :mod:`.surgery` - physical removal (GQA-aware), K/V head conversion.
+* :mod:`.callback` - the Lightning callback driven by ``conf/pruning/*.yaml``.
 * :mod:`.curves` - pruning curves (CSV, PNG, overlays).
-* :mod:`.bench` - the ``pruning`` section of ``python -m mhaexp.bench``.
 
 Names are imported on first use, so ``from mhaexp.pruning import validate_pruning`` does not
 import torch.
@@ -19,7 +18,6 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "InitQualityCallback": "callback",
     "PruningCallback": "callback",
     "build_pruning_callback": "callback",
     "PruningConfig": "schedules",
@@ -30,13 +28,9 @@ _LAZY = {
     "compute_pruning_curve": "curves",
     "plot_pruning_curves": "curves",
     "write_curve_csv": "curves",
-    "ablation_importance": "importance",
-    "entropy_scores": "importance",
-    "evaluate": "importance",
-    "gradient_importance": "importance",
-    "head_scores": "importance",
-    "random_scores": "importance",
-    "role_scores": "importance",
+    "head_scores": "criteria",
+    "random_scores": "criteria",
+    "role_scores": "criteria",
     "HardConcreteGate": "l0",
     "attach_l0_gates": "l0",
     "fold_l0_gates": "l0",
@@ -44,7 +38,6 @@ _LAZY = {
     "convert_to_gqa": "surgery",
     "load_init": "surgery",
     "load_model": "surgery",
-    "load_module": "surgery",
     "parse_heads": "surgery",
     "prune_checkpoint": "surgery",
     "prune_heads": "surgery",

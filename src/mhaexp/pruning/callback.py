@@ -27,19 +27,14 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from mhaexp.checkpoint import atomic_save
 from mhaexp.errors import ConfigError
-from mhaexp.model import ModelConfig
+from mhaexp.heads.importance import evaluate
+from mhaexp.nn.model import ModelConfig
+from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 from mhaexp.pruning import l0 as l0mod
+from mhaexp.pruning.criteria import RolesProvider, head_scores, roles_by_head
 from mhaexp.pruning.curves import curve_xy, plot_pruning_curves, write_curve_csv
-from mhaexp.pruning.importance import (
-    Batch,
-    Objective,
-    RolesProvider,
-    causal_lm_objective,
-    evaluate,
-    head_scores,
-    roles_by_head,
-)
 from mhaexp.pruning.schedules import (
     Head,
     PruningConfig,
@@ -49,8 +44,6 @@ from mhaexp.pruning.schedules import (
     validate_pruning,
 )
 from mhaexp.pruning.surgery import apply_mask, checkpoint_for, format_heads, masked_heads, prune_heads
-from mhaexp.pruning.surgery import load_module as load_checkpoint_module
-from mhaexp.pruning.surgery import save_checkpoint as write_checkpoint
 
 BatchSource = Sequence[Batch] | Callable[[pl.Trainer], Sequence[Batch]] | None
 
@@ -68,7 +61,7 @@ def build_pruning_callback(
     Args:
         batches: held-out batches for rankings and quality, or ``f(trainer) -> batches``; default:
             the first ``n_batches`` of ``trainer.datamodule.val_dataloader()``.
-        roles_provider: ``f(model, batches) -> roles`` (see :func:`mhaexp.pruning.importance.roles_by_head`),
+        roles_provider: ``f(model, batches) -> roles`` (see :func:`mhaexp.heads.importance.roles_by_head`),
             needed by ``criterion: role`` and used to label pruned heads in the logs.
     """
     cfg = validate_pruning(cfg_pruning, model_cfg, max_steps)
@@ -432,7 +425,7 @@ class PruningCallback(pl.Callback):
             hp = dict(pl_module.hparams) if hasattr(pl_module, "hparams") else {}
             meta = {"pruning": {"config": asdict(self.cfg), "pruned": format_heads(self.pruned), "report": report}}
             base = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
-            write_checkpoint(checkpoint_for(small, base, hparams=hp, extra=meta), run_dir / "pruned.ckpt")
+            atomic_save(checkpoint_for(small, base, hparams=hp, extra=meta), run_dir / "pruned.ckpt")
         write_curve_csv(self.curve, run_dir / "pruning_curve.csv")
         png = plot_pruning_curves(
             {self._label(): curve_xy(self.curve)},
@@ -476,46 +469,3 @@ def log_curve_to_wandb(
         columns=["step", "head", "roles", "val_acc_after", "reason"], data=rows
     )
     run.log(payload)
-
-
-class InitQualityCallback(pl.Callback):
-    """Logs quality before and after ``init_from`` conversion (e.g. MHA -> GQA mean-pooling).
-
-    At the start of a fresh fit: ``init/source_val_loss|acc`` (the checkpoint's own model) and
-    ``init/converted_val_loss|acc`` (the model just built from it), on the same held-out batches;
-    also written to ``init_conversion.json`` in the run directory.
-    """
-
-    def __init__(
-        self,
-        init_from: str | Path,
-        report: dict[str, Any] | None = None,
-        run_dir: str | Path | None = None,
-        n_batches: int = 4,
-        batches: BatchSource = None,
-    ) -> None:
-        self.init_from = str(init_from)
-        self.report = dict(report or {})
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.n_batches = n_batches
-        self.batch_source = batches
-        self.result: dict[str, Any] | None = None
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step > 0:  # a resumed run measured this when it started
-            return
-        batches = held_out_batches(trainer, self.n_batches, pl_module.device, self.batch_source)
-        source = load_checkpoint_module(self.init_from, "init_from").to(pl_module.device)
-        s_loss, s_acc = evaluate(source.model, batches, module_objective(source))
-        del source
-        c_loss, c_acc = evaluate(pl_module.model, batches, module_objective(pl_module))
-        self.result = {
-            "init/source_val_loss": s_loss,
-            "init/source_val_acc": s_acc,
-            "init/converted_val_loss": c_loss,
-            "init/converted_val_acc": c_acc,
-        }
-        _log(trainer, self.result, step=0)
-        if trainer.is_global_zero and self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "init_conversion.json").write_text(json.dumps({**self.report, **self.result}, indent=2))

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mhaexp.model import Transformer
-from mhaexp.pruning.importance import Batch, Objective, causal_lm_objective, evaluate, head_scores, layer_sizes
+from mhaexp.heads.importance import evaluate, layer_sizes
+from mhaexp.nn.model import Transformer
+from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
+from mhaexp.pruning.criteria import head_scores
 from mhaexp.pruning.schedules import fraction_to_count, max_prunable, select_heads
 from mhaexp.pruning.surgery import apply_mask, masked_heads
 

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from mhaexp.model import Transformer
+from mhaexp.nn.model import Transformer
 from mhaexp.pruning.schedules import L0_STRETCH as DEFAULT_STRETCH
 from mhaexp.pruning.schedules import L0_TEMPERATURE as DEFAULT_TEMPERATURE
 

@@ -33,7 +33,7 @@ from mhaexp.errors import ConfigError
 if TYPE_CHECKING:  # torch stays unimported: the CLI validates whole sweeps with this module
     from torch import Tensor
 
-    from mhaexp.model_config import ModelConfig
+    from mhaexp.nn.config import ModelConfig
 
 Head = tuple[int, int]
 SCOPES = ("global", "per_layer")
@@ -127,21 +127,6 @@ def allocate_per_layer(count: int, layer_sizes: Sequence[int], min_heads_per_lay
     return alloc
 
 
-def normalize_by_layer(scores: Sequence[Tensor], pruned: Iterable[Head] = ()) -> list[Tensor]:
-    """Divide each layer's scores by their L2 norm over its live heads (Michel et al. 2019, Sec. 4.2:
-    "we normalize the importance scores by layer (using the l2 norm)"), so global ranking does not
-    simply empty the layer whose gradients are smallest."""
-    import torch
-
-    dead = set(pruned)
-    out = []
-    for i, s in enumerate(scores):
-        live = torch.tensor([(i, h) not in dead for h in range(len(s))], dtype=torch.bool)
-        norm = s[live].float().norm() if live.any() else torch.tensor(0.0)
-        out.append(s.float() / (norm + 1e-20))
-    return out
-
-
 def select_heads(
     scores: Sequence[Tensor],
     pruned: Iterable[Head],
@@ -170,7 +155,12 @@ def select_heads(
     dead = set(pruned)
     sizes = [len(s) for s in scores]
     if normalize:
-        scores = normalize_by_layer(scores, dead)
+        import torch
+
+        from mhaexp.heads.importance import normalize_by_layer  # torch: this module stays light for preflight
+
+        live = [torch.tensor([(i, h) not in dead for h in range(len(s))]) for i, s in enumerate(scores)]
+        scores = normalize_by_layer(scores, live)
     live = [n - sum((i, h) in dead for h in range(n)) for i, n in enumerate(sizes)]
     chosen: list[Head] = []
 

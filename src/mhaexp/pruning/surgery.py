@@ -37,31 +37,21 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from mhaexp.checkpoint import CHECKPOINT_KEY, atomic_save, read_checkpoint
 from mhaexp.errors import ConfigError
-from mhaexp.model import ModelConfig, Transformer
+from mhaexp.nn.model import ModelConfig, Transformer
+from mhaexp.nn.shapes import divisors
 from mhaexp.pruning.l0 import HardConcreteGate, fold_l0_state
 from mhaexp.pruning.schedules import UNEVEN
 
 Head = tuple[int, int]
 GQA_INITS = ("mean", "first", "random")
-CHECKPOINT_KEY = "mhaexp"  # == mhaexp.lightning_module.CHECKPOINT_KEY (not imported: keeps this module light)
-
-
-def divisors(n: int) -> list[int]:
-    """Positive divisors of ``n`` (the valid K/V head counts for ``n`` query heads)."""
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Head lists
-# ---------------------------------------------------------------------------------------------
 
 
 def parse_heads(spec: str | Iterable[Any], field_name: str = "heads") -> list[Head]:
@@ -439,32 +429,6 @@ def convert_state(
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=2)
-def _read(path: str, mtime: float) -> dict[str, Any]:
-    # Our own checkpoints carry plain hyper-parameter dicts next to the tensors; Lightning loads
-    # them the same way (weights_only=False for local files).
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def read_checkpoint(path: str | os.PathLike[str], field_name: str = "init_from") -> dict[str, Any]:
-    """Load one of our checkpoints (cached by path and mtime); ConfigError if missing or not ours."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(field_name, str(path), "no such file; give the path of an mhaexp checkpoint (.ckpt)")
-    try:
-        ckpt = _read(str(p.resolve()), p.stat().st_mtime)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a bad value of this field
-        raise ConfigError(field_name, str(path), f"cannot be read as a torch checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(
-            field_name,
-            str(path),
-            f"is not an mhaexp checkpoint (no '{CHECKPOINT_KEY}' entry); "
-            "use a .ckpt written by mhaexp-train or mhaexp-prune",
-        )
-    return ckpt
-
-
 def checkpoint_config(ckpt: dict[str, Any]) -> ModelConfig:
     """The model config stored under the checkpoint's ``mhaexp`` key."""
     return ModelConfig(**ckpt[CHECKPOINT_KEY]["model"])
@@ -482,19 +446,6 @@ def load_model(path: str | os.PathLike[str], field_name: str = "ckpt") -> Transf
     model = Transformer(checkpoint_config(ckpt))
     model.load_state_dict(model_state(ckpt))
     return model.eval()
-
-
-def load_module(path: str | os.PathLike[str], field_name: str = "ckpt") -> pl.LightningModule:
-    """Rebuild the ``LMModule`` of a checkpoint (objective, tokens ids and all) with its weights."""
-    from mhaexp.lightning_module import LMModule
-
-    ckpt = read_checkpoint(path, field_name)
-    hp = dict(ckpt.get("hyper_parameters") or {})
-    hp["model"] = ckpt[CHECKPOINT_KEY]["model"]
-    hp.setdefault("optim", {})
-    module = LMModule(**hp)
-    module.model.load_state_dict(model_state(ckpt))
-    return module.eval()
 
 
 def validate_init(path: str | os.PathLike[str], model_cfg: ModelConfig, gqa_init: str = "mean") -> None:
@@ -529,7 +480,6 @@ def load_init(
         model_state(ckpt), src_cfg, target_model_cfg, _shapes(model), gqa_init, seed, source=str(path)
     )
     model.load_state_dict(state)
-    _read.cache_clear()  # the file was cached for validate_init -> load_init; training needs the memory
     converted = [
         i for i in range(src_cfg.n_layers) if src_cfg.heads_in_layer(i)[1] != target_model_cfg.heads_in_layer(i)[1]
     ]
@@ -586,16 +536,6 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write atomically (a crash never leaves half a checkpoint under the final name)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-    return path
-
-
 def prune_checkpoint(
     path: str | os.PathLike[str], heads: Iterable[Head] | None, out: str | os.PathLike[str], uneven: str = "pad"
 ) -> PruneReport:
@@ -605,5 +545,5 @@ def prune_checkpoint(
     heads = masked_heads(model) if heads is None else list(heads)
     check_heads_exist(heads, [layer.n_heads for layer in model.attention_layers])
     new, report = prune_heads(model, heads, uneven)
-    save_checkpoint(checkpoint_for(new, ckpt, extra={"pruned_from": str(path), "pruning": report.to_dict()}), out)
+    atomic_save(checkpoint_for(new, ckpt, extra={"pruned_from": str(path), "pruning": report.to_dict()}), out)
     return report

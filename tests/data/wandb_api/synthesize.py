@@ -35,7 +35,7 @@ from test_compare import (  # noqa: E402
     summary,
 )
 
-from mhaexp.loggers import flat_config  # noqa: E402
+from mhaexp.training.loggers import flat_config  # noqa: E402
 
 ENTITY, PROJECT = "mhaexp-lab", "mhaexp"
 T0 = 1735732800.0  # 2025-01-01T12:00:00Z

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mhaexp.errors import ConfigError
-from mhaexp.shapes import check_heads, divisors, resolve_head_dim
+from mhaexp.nn.shapes import check_heads, divisors, resolve_head_dim
 
 __all__ = ["HookPoint", "MultiHeadAttention", "RotaryEmbedding", "check_heads", "divisors", "resolve_head_dim"]
 

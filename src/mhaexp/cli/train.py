@@ -1,6 +1,6 @@
 """``mhaexp-train``: the thin entry point. Check the command line, then let Hydra run each job.
 
-What one job does lives in :mod:`mhaexp.run`; this module only decides whether
+What one job does lives in :mod:`mhaexp.training.run`; this module only decides whether
 to start, and what a job's failure means for the rest of a sweep.
 
 Exit codes: 0 every job finished (jobs left out by ``sweep.skip_invalid=true`` do not
@@ -25,10 +25,10 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mhaexp import sweep
+from mhaexp.cli.preflight import check_jobs, compose_job, hydra_context, split_argv, wants_check
 from mhaexp.config import CONF_DIR, validate
 from mhaexp.errors import ConfigError, NonFiniteLossError, fail
-from mhaexp.preflight import check_jobs, compose_job, hydra_context, split_argv, wants_check
+from mhaexp.training import sweep
 
 PROG = "mhaexp-train"
 # Hydra's own files share the run directory with the CSV log by design; and a deprecation inside
@@ -70,7 +70,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)  # before torch loads: an invalid job (one preflight let through) costs nothing
-        from mhaexp.run import train  # torch and Lightning load only once a job really starts
+        from mhaexp.training.run import train  # torch and Lightning load only once a job really starts
 
         summary = train(cfg, run_dir, group=sweep_group())
     except ConfigError as e:

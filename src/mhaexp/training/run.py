@@ -13,14 +13,16 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mhaexp.analysis.callback import build_analysis_callback, build_roles_provider
-from mhaexp.callbacks import RunRecord
-from mhaexp.checkpointing import AtomicCheckpointIO, RNGState, check_checkpoint, newest_good_checkpoint
+from mhaexp.analysis.seed_table import fill, format_table, read_roles
+from mhaexp.checkpoint import read_checkpoint
 from mhaexp.config import instantiate_plain, validate
-from mhaexp.lightning_module import LMModule
-from mhaexp.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
-from mhaexp.pruning import build_pruning_callback, load_init
-from mhaexp.pruning.callback import InitQualityCallback
-from mhaexp.seed_table import fill, format_table, read_roles
+from mhaexp.pruning.callback import build_pruning_callback
+from mhaexp.pruning.surgery import load_init
+from mhaexp.training.checkpointing import AtomicCheckpointIO, RNGState, newest_good_checkpoint
+from mhaexp.training.init_from import InitQualityCallback
+from mhaexp.training.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
+from mhaexp.training.module import LMModule
+from mhaexp.training.record import RunRecord
 
 
 def run_dir_of(ckpt: Path) -> Path:
@@ -44,7 +46,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int 
     path = newest_good_checkpoint(run_dir) if resume == "auto" else Path(resume)
     if path is None:
         return None, None
-    return path, int(check_checkpoint(path).get("global_step", 0))
+    return path, int(read_checkpoint(path, "resume").get("global_step", 0))
 
 
 def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Benchmark section ``pruning``: attention forward + backward after physically removing half the heads.
 
-Run with ``python -m mhaexp.bench --sections pruning`` (``mhaexp.bench`` imports this module as a
+Run with ``python -m mhaexp.tools.bench --sections pruning`` (``mhaexp.tools.bench`` imports this module as a
 plugin). For each of the bench's attention shapes, an MHA layer and a GQA layer (``n_heads / 4``
 K/V heads) are timed unpruned, masked (half the gates at 0: same cost as unpruned, for
 orientation) and physically pruned, interleaved as every section is. Heads are removed evenly from
@@ -18,10 +18,19 @@ from __future__ import annotations
 
 import torch
 
-from mhaexp.bench import Args, Row, attention_shapes, fwd_bwd_step, ratio_row, register, shape_name, time_interleaved
-from mhaexp.bench import time_row as _time_row
-from mhaexp.model import ModelConfig, Transformer
+from mhaexp.nn.model import ModelConfig, Transformer
 from mhaexp.pruning.surgery import apply_mask, prune_heads
+from mhaexp.tools.bench import (
+    Args,
+    Row,
+    attention_shapes,
+    fwd_bwd_step,
+    ratio_row,
+    register,
+    shape_name,
+    time_interleaved,
+)
+from mhaexp.tools.bench import time_row as _time_row
 
 FRACTION = 0.5
 TARGET = "<= 0.6"

@@ -1,4 +1,4 @@
-"""``python -m mhaexp.gpu_check``: does mhaexp work, and work fast, on this machine's CUDA GPUs?
+"""``python -m mhaexp.tools.gpu_check``: does mhaexp work, and work fast, on this machine's CUDA GPUs?
 
 Written for a GPU lent for a few minutes: every section is small, runs under
 its own time limit, and reports PASS or FAIL without stopping the others; the
@@ -156,8 +156,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_layer() -> dict[str, Any]:
-    from mhaexp.attention import MultiHeadAttention
-    from mhaexp.bench import NanoCausalSelfAttention, copy_into_nano_attention
+    from mhaexp.nn.attention import MultiHeadAttention
+    from mhaexp.tools.bench import NanoCausalSelfAttention, copy_into_nano_attention
 
     dev = torch.device("cuda")
     out: dict[str, Any] = {}
@@ -243,7 +243,7 @@ def _classify(kernels: list[str]) -> str:
 def check_sdpa() -> dict[str, Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from mhaexp.attention import MultiHeadAttention
+    from mhaexp.nn.attention import MultiHeadAttention
 
     dev = torch.device("cuda")
     B, T, d, nh = 8, 1024, 768, 12
@@ -280,8 +280,8 @@ def check_sdpa() -> dict[str, Any]:
 
 
 def _throughput_case(cfg_kw: dict[str, Any], batch: int, seq: int, steps: int, peak: float | None) -> dict[str, Any]:
-    from mhaexp.bench import NanoGPT, matmul_flops_per_token, train_step_fn
-    from mhaexp.model import ModelConfig, Transformer
+    from mhaexp.nn.model import ModelConfig, Transformer
+    from mhaexp.tools.bench import NanoGPT, matmul_flops_per_token, train_step_fn
 
     dev = torch.device("cuda")
     cfg = ModelConfig(**cfg_kw)
@@ -354,7 +354,7 @@ def _ddp_worker(rank: int, world: int, port: int, result_dir: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from mhaexp.model import ModelConfig, Transformer
+    from mhaexp.nn.model import ModelConfig, Transformer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.cuda.set_device(rank)
@@ -419,7 +419,7 @@ def check_ddp(limit: float) -> dict[str, Any]:
 
 def check_cli(limit: float) -> dict[str, Any]:
     exe = Path(sys.executable).parent / "mhaexp-train"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mhaexp.train"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mhaexp.cli.train"]
     cmd += [
         "trainer=ddp",
         "trainer.devices=-1",
@@ -537,7 +537,7 @@ def report(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mhaexp.gpu_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mhaexp.tools.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="JSON results (default $OUT/gpu_check.json or ./)")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out, e.g. cli")
     ns = p.parse_args(argv)
@@ -600,8 +600,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main: spawned DDP workers unpickle mhaexp.gpu_check._ddp_worker,
+    # Run the importable module's main: spawned DDP workers unpickle mhaexp.tools.gpu_check._ddp_worker,
     # which must not be a __main__ attribute.
-    from mhaexp.gpu_check import main as _main
+    from mhaexp.tools.gpu_check import main as _main
 
     sys.exit(_main())

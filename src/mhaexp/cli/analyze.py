@@ -79,7 +79,7 @@ def compose(own: dict[str, str], overrides: list[str]) -> Any:
     from hydra.errors import HydraException
     from omegaconf import open_dict
 
-    from mhaexp.preflight import check_override_names, compose_job, hydra_context
+    from mhaexp.cli.preflight import check_override_names, compose_job, hydra_context
 
     words = ([f"data={own['data']}"] if own.get("data") else []) + overrides
     with hydra_context():
@@ -102,8 +102,9 @@ def conllu_probe(path: str, module: Any, batch_size: int, n_probe: int) -> Any:
 
     from mhaexp.analysis.collect import ProbeData, objective_for, special_ids
     from mhaexp.data.conllu_io import read_conllu
-    from mhaexp.data.grammar import VOCAB, encode_sentence, relation_list
-    from mhaexp.data.vocab import WordTokenizer
+    from mhaexp.data.grammar import encode_sentence, relation_list
+    from mhaexp.data.lexicon import VOCAB
+    from mhaexp.data.tokenizers import WordTokenizer
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -152,8 +153,9 @@ def run(argv: list[str]) -> str:
     from mhaexp.analysis.callback import analysis_settings, run_analysis
     from mhaexp.analysis.collect import objective_for, probe_from_datamodule
     from mhaexp.analysis.export import all_role_counts
+    from mhaexp.checkpoint import read_checkpoint
     from mhaexp.config import instantiate_plain
-    from mhaexp.pruning.surgery import load_module, read_checkpoint
+    from mhaexp.training.module import load_module
 
     own, overrides = parse_args(argv)
     ckpt_path = Path(own["ckpt"])

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mhaexp.attention import MultiHeadAttention
 from mhaexp.errors import ConfigError
-from mhaexp.model_config import ModelConfig
+from mhaexp.nn.attention import MultiHeadAttention
+from mhaexp.nn.config import ModelConfig
 
 __all__ = ["ModelConfig", "Transformer"]
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mhaexp.errors import ConfigError
-from mhaexp.shapes import check_heads, resolve_head_dim
+from mhaexp.nn.shapes import check_heads, resolve_head_dim
 
 POSITIONS = ("learned", "rope", "none")
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from mhaexp.analysis.metrics import _prepare
+from mhaexp.heads.patterns import _prepare
 
 
 def _kl_terms(p: Tensor, m: Tensor) -> Tensor:

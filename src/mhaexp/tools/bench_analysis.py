@@ -1,6 +1,6 @@
 """Benchmark section ``analysis``: what the analysis callback adds to training wall time.
 
-``python -m mhaexp.bench --sections analysis``. The default run (conf/model/small.yaml on the default
+``python -m mhaexp.tools.bench --sections analysis``. The default run (conf/model/small.yaml on the default
 grammar data, 1500 steps) is fitted twice with ``Trainer.fit``: without and with
 :class:`~mhaexp.analysis.callback.AnalysisCallback` at the default cadence (conf/analysis/default.yaml).
 No loggers, checkpoints or validation: the callback is the only difference.
@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from mhaexp.bench import Args, Row, default_model_config, register
+from mhaexp.tools.bench import Args, Row, default_model_config, register
 
 CONF = Path(__file__).resolve().parents[3] / "conf" / "analysis" / "default.yaml"
 DEFAULT_RUN_STEPS = 1500  # conf/trainer/cpu.yaml max_steps
@@ -37,7 +37,7 @@ TARGET = "<= 0.05"
 def _fit(datamodule: Any, steps: int, callback: Any, device: str, seed: int) -> float:
     import pytorch_lightning as pl
 
-    from mhaexp.lightning_module import LMModule
+    from mhaexp.training.module import LMModule
 
     pl.seed_everything(seed, verbose=False)
     model_cfg, _ = default_model_config(datamodule.vocab_size)

@@ -4,7 +4,7 @@
 of a multirun it reads each job's ``status.json`` rather than Hydra's in-memory job
 returns, so it works the same for the local launcher and for submitit/SLURM (where the
 jobs ran in other processes) and can be rerun by hand on a sweep whose submitting
-process died: ``python -m mhaexp.sweep multirun/<date>/<time>_<id>``.
+process died: ``python -m mhaexp.training.sweep multirun/<date>/<time>_<id>``.
 
 Job states:
   ok          finished; ``best_val_loss`` is copied from its status
@@ -31,9 +31,9 @@ STATES = ("ok", "failed", "invalid", "skipped", "unfinished")
 # States a CI script should treat as a broken sweep. Skipped jobs were left out on request.
 FAILING = ("failed", "invalid", "unfinished")
 
-# Set by mhaexp.train before Hydra starts (same process), read when the sweep starts.
+# Set by mhaexp.cli.train before Hydra starts (same process), read when the sweep starts.
 _skipped: list[dict[str, Any]] = []
-# The last summary written in this process: mhaexp.train turns it into the exit code.
+# The last summary written in this process: mhaexp.cli.train turns it into the exit code.
 last_summary: dict[str, Any] | None = None
 
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     """Rebuild a sweep's summary by hand (a SLURM sweep whose submitting process did not wait)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python -m mhaexp.sweep <sweep dir>", file=sys.stderr)
+        print("usage: python -m mhaexp.training.sweep <sweep dir>", file=sys.stderr)
         sys.exit(2)
     summary = write_summary(Path(args[0]))
     print(format_table(summary))

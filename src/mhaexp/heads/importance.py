@@ -1,6 +1,6 @@
-"""Head rankings: one score per head, higher = more important = pruned later.
+"""Head importance measures: one score per head, higher = more important = pruned later.
 
-Every function takes a :class:`~mhaexp.model.Transformer` and a list of held-out batches (dicts with
+Every function takes a :class:`~mhaexp.nn.model.Transformer` and a list of held-out batches (dicts with
 ``input_ids`` (B, T) and ``attention_mask`` (B, T) bool, True on real tokens) and returns one 1-D
 tensor per layer (layers may have different head counts). The model is put in eval mode for the
 estimate and given back in the mode it was in; parameters' ``.grad`` is never touched, so a
@@ -17,16 +17,14 @@ Criteria:
   ``l..L-1``, stacked along the batch dimension.
 * ``entropy``: minus the head's mean attention entropy over real queries, so the most diffuse heads
   (near-uniform attention, Clark et al. 2019's "broad" heads) go first.
-* ``random``: i.i.d. uniform scores from a seeded generator; the same seed gives the same order,
-  and re-ranking gives nested pruned sets.
-* ``role``: heads that hold a role (from a roles provider, e.g. :mod:`mhaexp.analysis.roles`) score
-  above every head without one; a second criterion orders heads within each class (Voita et al.
-  2019 keep the "specialized" positional, syntactic and rare-word heads).
+
+The criteria that need no model (``random``, ``role``) and the dispatch by name live in
+:mod:`mhaexp.pruning.criteria`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,27 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mhaexp.analysis.metrics import entropy
-from mhaexp.model import Transformer
-from mhaexp.pruning.schedules import CRITERIA
-
-Batch = dict[str, Tensor]
-# (batch, index of the batch in the held-out list) -> (model input ids, targets with IGNORE). The
-# index lets a masked-LM objective draw the same masks every time the same batch is re-scored.
-Objective = Callable[[Batch, int], tuple[Tensor, Tensor]]
-# Roles: {(layer, head): role or [roles]}, or objects / dicts with layer, head, role (HeadRole rows).
-Roles = Mapping[tuple[int, int], Any] | Iterable[Any]
-RolesProvider = Callable[[Transformer, Sequence[Batch]], Roles]
-
-IGNORE = -100
-
-
-def causal_lm_objective(batch: Batch, index: int = 0) -> tuple[Tensor, Tensor]:
-    """Next-token targets, IGNORE where the next token is padding (same rule as ``LMModule``)."""
-    ids, real = batch["input_ids"], batch["attention_mask"].bool()
-    targets = ids.roll(-1, dims=1).masked_fill(~real.roll(-1, dims=1), IGNORE)
-    targets[:, -1] = IGNORE
-    return ids, targets
+from mhaexp.heads.patterns import entropy
+from mhaexp.nn.model import Transformer
+from mhaexp.nn.objectives import IGNORE, Batch, Objective, causal_lm_objective
 
 
 def layer_sizes(model: Transformer) -> list[int]:
@@ -219,7 +199,7 @@ def _head_contributions(attn: Any, x: Tensor, mask: Tensor | None, heads: Sequen
 def attention_entropy(patterns: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean entropy (nats) of each head's attention rows over real queries: ``(B, H, T, T) -> (H,)``.
 
-    The plain entropy (no smoothing) of :func:`mhaexp.analysis.metrics.entropy`.
+    The plain entropy (no smoothing) of :func:`mhaexp.heads.patterns.entropy`.
     """
     return entropy(patterns.float(), mask, smoothing=0.0)
 
@@ -239,73 +219,18 @@ def entropy_scores(
     return [-s / max(1, len(batches)) for s in sums]
 
 
-def random_scores(sizes: Sequence[int], seed: int = 0) -> list[Tensor]:
-    """Seeded uniform scores; one generator for all layers so the order is a function of the seed."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return [torch.rand(n, generator=gen) for n in sizes]
+def normalize_by_layer(scores: Sequence[Tensor], live: Sequence[Tensor] | None = None) -> list[Tensor]:
+    """Divide each layer's scores by their L2 norm over its live heads.
 
-
-def roles_by_head(roles: Roles) -> dict[tuple[int, int], list[str]]:
-    """Normalize a roles description to ``{(layer, head): [role, ...]}``, dropping ``unassigned``."""
-    out: dict[tuple[int, int], list[str]] = {}
-    if isinstance(roles, Mapping):
-        items = [((int(k[0]), int(k[1])), v) for k, v in roles.items()]
-        pairs = [(k, r) for k, v in items for r in ([v] if isinstance(v, str) else list(v))]
-    else:
-        pairs = []
-        for row in roles:
-            get = row.get if isinstance(row, Mapping) else lambda name, row=row: getattr(row, name)
-            pairs.append(((int(get("layer")), int(get("head"))), str(get("role"))))
-    for key, role in pairs:
-        if role and role != "unassigned":
-            out.setdefault(key, []).append(role)
-    return out
-
-
-def role_scores(roles: Roles, sizes: Sequence[int], tiebreak: Sequence[Tensor] | None = None) -> list[Tensor]:
-    """1 + (tiebreak rank in [0, 0.5)) for heads holding a role, the same minus 1 for the others.
-
-    The rank, not the raw tie-break score, is added, so any tie-break criterion orders heads within
-    a class without ever lifting a role-less head above a role holder.
+    Michel, Levy & Neubig 2019, "Are Sixteen Heads Really Better than One?", Sec. 4.1: "we normalize the
+    importance scores by layer (using the l2 norm)", so a global ranking does not simply empty the layer
+    whose gradients are smallest. ``live[l]`` (bool, one per head) leaves pruned heads out of the norm;
+    a layer whose live scores are all zero stays zero. Layers may have different head counts.
     """
-    held = roles_by_head(roles)
-    flat = torch.cat([t.float() for t in tiebreak]) if tiebreak is not None else torch.zeros(sum(sizes))
-    rank = torch.empty_like(flat)
-    rank[torch.argsort(flat, stable=True)] = torch.arange(len(flat), dtype=flat.dtype)
-    rank = 0.5 * rank / max(1, len(flat))
-    out, start = [], 0
-    for i, n in enumerate(sizes):
-        has = torch.tensor([float((i, h) in held) for h in range(n)])
-        out.append(has + rank[start : start + n])
-        start += n
+    out = []
+    for i, s in enumerate(scores):
+        s = s.float()
+        mask = live[i] if live is not None else torch.ones(len(s), dtype=torch.bool)
+        norm = torch.linalg.vector_norm(s[mask]) if bool(mask.any()) else s.new_zeros(())
+        out.append(s / norm if norm > 0 else torch.zeros_like(s))
     return out
-
-
-def head_scores(
-    criterion: str,
-    model: Transformer,
-    batches: Sequence[Batch],
-    objective: Objective = causal_lm_objective,
-    seed: int = 0,
-    roles: Roles | None = None,
-    role_tiebreak: str = "random",
-    max_rows: int = 256,
-) -> list[Tensor]:
-    """Dispatch to the criterion's scoring function (see the module docstring)."""
-    sizes = layer_sizes(model)
-    if criterion == "importance":
-        return gradient_importance(model, batches, objective)
-    if criterion == "ablation":
-        return ablation_importance(model, batches, objective, max_rows=max_rows)
-    if criterion == "entropy":
-        return entropy_scores(model, batches, objective)
-    if criterion == "random":
-        return random_scores(sizes, seed)
-    if criterion == "role":
-        if roles is None:
-            raise ValueError("criterion 'role' needs roles (a roles provider)")
-        if role_tiebreak == "role":
-            raise ValueError("role_tiebreak cannot be 'role'")
-        tiebreak = head_scores(role_tiebreak, model, batches, objective, seed, max_rows=max_rows)
-        return role_scores(roles, sizes, tiebreak)
-    raise ValueError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")

@@ -1,4 +1,4 @@
-"""``python -m mhaexp.bench``: our attention layer and model against plain references, side by side.
+"""``python -m mhaexp.tools.bench``: our attention layer and model against plain references, side by side.
 
 Method, for every section: the candidates are built in this one process and
 timed interleaved (A B B A A B ... so neither always runs first), after
@@ -10,7 +10,7 @@ interleaved blocks are what carries over between machines.
 
 Sections live in :data:`SECTIONS`; another module adds one with::
 
-    from mhaexp.bench import Args, Row, register
+    from mhaexp.tools.bench import Args, Row, register
 
     @register("analysis")
     def bench_analysis(args: Args) -> list[Row]: ...
@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mhaexp.attention import MultiHeadAttention
-from mhaexp.model import ModelConfig, Transformer
+from mhaexp.nn.attention import MultiHeadAttention
+from mhaexp.nn.model import ModelConfig, Transformer
 
 # ---- results ------------------------------------------------------------------------------------
 
@@ -96,7 +96,7 @@ class Args:
 Section = Callable[[Args], list[Row]]
 SECTIONS: dict[str, Section] = {}
 # Sections that live in other engineers' modules: imported on demand, skipped while they do not exist.
-PLUGINS: dict[str, str] = {"analysis": "mhaexp.analysis.bench", "pruning": "mhaexp.pruning.bench"}
+PLUGINS: dict[str, str] = {"analysis": "mhaexp.tools.bench_analysis", "pruning": "mhaexp.tools.bench_pruning"}
 BUILTIN = ("attention", "gqa", "train")
 
 
@@ -641,7 +641,7 @@ def environment(args: Args) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Args, list[str] | None, Path | None]:
-    p = argparse.ArgumentParser(prog="python -m mhaexp.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mhaexp.tools.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few, short repeats: a smoke test, not a measurement")
     p.add_argument("--sections", help=f"comma-separated, default all: {','.join([*BUILTIN, *PLUGINS])}")
     p.add_argument("--out", type=Path, help="also write the results here as JSON")
@@ -713,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this __main__ copy: sections that other modules add with
-    # `from mhaexp.bench import register` then land in the same SECTIONS dict that main reads.
-    from mhaexp.bench import main as _main
+    # `from mhaexp.tools.bench import register` then land in the same SECTIONS dict that main reads.
+    from mhaexp.tools.bench import main as _main
 
     sys.exit(_main())

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +12,8 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from mhaexp.checkpoint import atomic_save, read_checkpoint
 from mhaexp.errors import ConfigError
-from mhaexp.lightning_module import CHECKPOINT_KEY
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -26,30 +24,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def check_checkpoint(path: str | Path, field: str = "resume") -> dict[str, Any]:
-    """Load a checkpoint on the CPU, or raise a one-line ConfigError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(field, str(path), "no such checkpoint file")
-    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
-        raise ConfigError(field, str(path), "the file is empty or truncated, not a loadable checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a damaged archive fails in many ways inside torch.load
-        raise ConfigError(field, str(path), f"the checkpoint could not be read ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise ConfigError(field, str(path), "not an mhaexp checkpoint (no 'mhaexp' entry)")
-    return ckpt
+        atomic_save(
+            checkpoint,
+            path,
+            lambda obj, tmp: super(AtomicCheckpointIO, self).save_checkpoint(obj, tmp, storage_options),
+        )
 
 
 def candidates(run_dir: Path) -> list[Path]:
@@ -62,7 +41,7 @@ def newest_good_checkpoint(run_dir: Path) -> Path | None:
     """The newest checkpoint of ``run_dir`` that loads; damaged ones are reported and passed over."""
     for path in candidates(run_dir):
         try:
-            check_checkpoint(path)
+            read_checkpoint(path, "resume")
         except ConfigError as e:
             print(f"mhaexp-train: warning: skipping {e}", file=sys.stderr)
             continue

@@ -9,10 +9,10 @@ import sys
 
 import torch
 
+from mhaexp.cli.preflight import check_override_names, compose_job, hydra_context, split_argv
 from mhaexp.config import validate
 from mhaexp.errors import ConfigError, fail
-from mhaexp.model import ModelConfig, Transformer
-from mhaexp.preflight import check_override_names, compose_job, hydra_context, split_argv
+from mhaexp.nn.model import ModelConfig, Transformer
 
 PROG = "mhaexp-info"
 

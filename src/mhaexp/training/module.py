@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -11,13 +12,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from mhaexp.errors import NonFiniteLossError
-from mhaexp.model import ModelConfig, Transformer
+from mhaexp.nn.model import ModelConfig, Transformer
+from mhaexp.nn.objectives import IGNORE, causal_targets
+from mhaexp.pruning.surgery import model_state
 
-__all__ = ["CHECKPOINT_KEY", "IGNORE", "LMModule", "NonFiniteLossError", "warmup_cosine"]
-
-IGNORE = -100
-CHECKPOINT_KEY = "mhaexp"  # marks a checkpoint as ours and carries what rebuilds the model
+__all__ = ["LMModule", "warmup_cosine"]
 
 
 class LMModule(pl.LightningModule):
@@ -67,8 +68,7 @@ class LMModule(pl.LightningModule):
         """(model input, targets with IGNORE where no loss is taken), both (B, T)."""
         ids, real = batch["input_ids"], batch["attention_mask"].bool()
         if self.model_cfg.causal:
-            targets = ids.roll(-1, dims=1).masked_fill(~real.roll(-1, dims=1), IGNORE)
-            targets[:, -1] = IGNORE
+            targets = causal_targets(ids, real)
             return ids, targets
         if self.mask_id is None:
             raise ValueError("a bidirectional model needs the tokenizer's mask_id for masked-LM")
@@ -176,3 +176,14 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def load_module(path: str | os.PathLike[str], field: str = "ckpt") -> LMModule:
+    """Rebuild the ``LMModule`` of one of our checkpoints (objective, token ids and all) with its weights."""
+    ckpt = read_checkpoint(path, field)
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    hp["model"] = ckpt[CHECKPOINT_KEY]["model"]
+    hp.setdefault("optim", {})
+    module = LMModule(**hp)
+    module.model.load_state_dict(model_state(ckpt))
+    return module.eval()

@@ -41,6 +41,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
 
 def run(argv: list[str]) -> str:
     """Do what ``argv`` asks; return the lines to print."""
+    from mhaexp.checkpoint import atomic_save, read_checkpoint
     from mhaexp.pruning import surgery
 
     args = parse_args(argv)
@@ -53,11 +54,11 @@ def run(argv: list[str]) -> str:
         except ValueError:
             raise ConfigError("n_kv_heads", args["n_kv_heads"], "must be an integer") from None
         out = Path(args.get("out") or Path(src).with_name(Path(src).stem + f"_kv{n_kv}.ckpt"))
-        ckpt = surgery.read_checkpoint(src, "ckpt")
+        ckpt = read_checkpoint(src, "ckpt")
         model = surgery.load_model(src)
         new = surgery.convert_to_gqa(model, n_kv, args.get("gqa_init", "mean"), int(args.get("seed", 0)))
         meta = {"converted_from": src, "gqa_init": args.get("gqa_init", "mean")}
-        surgery.save_checkpoint(surgery.checkpoint_for(new, ckpt, extra=meta), out)
+        atomic_save(surgery.checkpoint_for(new, ckpt, extra=meta), out)
         return (
             f"converted K/V heads {model.cfg.n_kv_heads} -> {n_kv} ({meta['gqa_init']}); "
             f"parameters {model.param_counts()['total']} -> {new.param_counts()['total']}\nwrote {out}"

@@ -691,19 +691,3 @@ def rare_token_score(
 # ----------------------------------------------------------------------------------------------
 # 9. Head importance normalization
 # ----------------------------------------------------------------------------------------------
-
-
-def normalize_by_layer(scores: Tensor) -> Tensor:
-    """L2-normalize importance scores within each layer (Michel et al. 2019, "Are Sixteen Heads Really
-    Better than One?", Sec. 4.1): ``scores[l] / ||scores[l]||_2``. An all-zero layer stays zero.
-
-    Args:
-        scores: ``(L, H)``.
-
-    Returns:
-        ``(L, H)``.
-    """
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be (layers, heads); got shape {tuple(scores.shape)}")
-    norm = torch.linalg.vector_norm(scores, dim=-1, keepdim=True)
-    return torch.where(norm > 0, scores / norm.clamp_min(1e-30), torch.zeros_like(scores))
