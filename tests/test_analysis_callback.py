@@ -256,8 +256,8 @@ def test_analyze_cli_errors(
 
 
 def test_predictive_arcs_and_derived_amod_pred() -> None:
-    from mhaexp.analysis.collect import derived_amod_pred, predictive_arcs
     from mhaexp.data.grammar import RELATIONS
+    from mhaexp.heads.patterns import derived_amod_pred, predictive_arcs
 
     # <bos> the cats that sat on the mat were fluffy <eos>
     #   0    1   2    3    4  5   6   7    8     9     10

@@ -205,7 +205,7 @@ def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, caus
 
     * ``dep2head`` / ``head2dep``: Clark et al. (2019) / Voita et al. (2019), query = dependent / head.
     * ``predictive`` (causal models): query = the position that predicts the later word of the arc,
-      target = the earlier word (:func:`predictive_arcs`).
+      target = the earlier word (:func:`~mhaexp.heads.patterns.predictive_arcs`).
     * ``visible`` (causal models): per relation, the one of dep2head / head2dep a causal head can see
       (dep2head when most gold heads precede their dependent, "prep" -> its verb; head2dep otherwise,
       the verb looking back at its "nsubj").
@@ -234,96 +234,6 @@ def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, caus
     return out
 
 
-def predictive_arcs(target: Tensor) -> Tensor:
-    """Arcs ``d -> target[d]`` re-anchored at the query that predicts the later of their two words.
-
-    A causal LM needs the earlier word of an arc when it predicts the later one, i.e. at query
-    ``later - 1`` ("the cats that sat on the mat were": the verb's number is decided at "mat", by
-    looking at "cats"). Returns ``(B, T)``: at query ``q`` the position of the earlier word of an arc
-    whose later word is ``q + 1``, else -1. Arcs whose earlier word is ``q`` itself (adjacent words)
-    are dropped: a head attending to its own query is no evidence of anything (the diagonal is
-    excluded from the argmax). One arc per query: with several, the last one written wins.
-    """
-    B, T = target.shape
-    pos = torch.arange(T, device=target.device).expand(B, T)
-    earlier, later = torch.minimum(pos, target), torch.maximum(pos, target)
-    query = later - 1
-    valid = (target >= 0) & (earlier < query)
-    out = torch.full_like(target, -1)
-    b, d = valid.nonzero(as_tuple=True)
-    out[b, query[b, d]] = earlier[b, d]
-    return out
-
-
-def derived_amod_pred(heads: Tensor, rels: Tensor, relations: Sequence[str]) -> Tensor | None:
-    """``amod:pred`` arcs (:func:`mhaexp.data.grammar.arc_masks`): predicate adjective -> the subject of
-    its copula ("fluffy" -> "cat" in "the cat ... was fluffy"), the noun <-> adjective class agreement
-    across the sentence. ``(B, T)`` subject position per adjective, -1 elsewhere; None without the
-    relations it derives from."""
-    if "acomp" not in relations or "nsubj" not in relations:
-        return None
-    B, T = heads.shape
-    acomp = (rels == relations.index("acomp")) & (heads >= 0)
-    nsubj = (rels == relations.index("nsubj")) & (heads >= 0)
-    subject_of = torch.full((B, T), -1, dtype=torch.long)
-    b, s = nsubj.nonzero(as_tuple=True)
-    subject_of[b, heads[b, s]] = s
-    out = torch.full((B, T), -1, dtype=torch.long)
-    b, j = acomp.nonzero(as_tuple=True)
-    out[b, j] = subject_of[b, heads[b, j]]
-    return out
-
-
-def argmax_keys(patterns: Tensor, mask: Tensor) -> Tensor:
-    """Each query's most-attended other real key, ``(B, H, T)``: the prediction
-    :func:`~mhaexp.heads.patterns.dependency_accuracy` scores (diagonal and pads excluded)."""
-    T = patterns.shape[-1]
-    excluded = torch.eye(T, dtype=torch.bool, device=patterns.device)[None] | ~mask[:, None, :]
-    return patterns.float().masked_fill(excluded[:, None], float("-inf")).argmax(dim=-1)
-
-
-def dep2head_accuracy(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
-    """:func:`~mhaexp.heads.patterns.dependency_accuracy` with ``direction="dep2head"`` for R relations
-    at once, each with its own target array (so arcs of different relations may share a query).
-
-    Args:
-        pred: ``(B, H, T)`` from :func:`argmax_keys`.
-        targets: ``(R, B, T)``, the gold key of each query per relation, -1 for none.
-
-    Returns:
-        ``(H, R)``; NaN for relations without an arc.
-    """
-    T = targets.shape[-1]
-    safe = targets.clamp(0, T - 1)
-    key_real = mask[None].expand_as(targets).gather(2, safe)
-    valid = (targets >= 0) & (targets < T) & mask[None] & key_real  # (R, B, T)
-    hits = ((pred[None] == safe[:, :, None, :]) & valid[:, :, None, :]).sum(dim=(1, 3))  # (R, H)
-    totals = valid.sum(dim=(1, 2))  # (R,)
-    acc = hits.float() / totals.clamp_min(1)[:, None].float()
-    return torch.where(totals[:, None] > 0, acc, torch.full_like(acc, float("nan"))).T
-
-
-def position_baseline(targets: Tensor, mask: Tensor, causal: bool) -> Tensor:
-    """Best fixed-position predictor per relation: every query points at absolute position k (a key it
-    can see), the best k per relation. ``targets`` ``(R, B, T)`` as in :func:`dep2head_accuracy`.
-
-    The fixed-offset baseline of Voita et al. (2019) misses a structure this grammar has: the main
-    subject always sits at position 2 or 3 ("<bos> the [adj] cat"), so a head that merely looks at the
-    start of the sentence tracks "the subject" at any distance. Returns ``(R,)``, NaN without arcs.
-    """
-    R, B, T = targets.shape
-    safe = targets.clamp(0, T - 1)
-    valid = (targets >= 0) & (targets < T) & mask[None] & mask[None].expand_as(targets).gather(2, safe)
-    if causal:  # a fixed position can only be predicted by queries that see it
-        valid_hit = valid & (safe < torch.arange(T, device=targets.device))
-    else:
-        valid_hit = valid
-    hits = (F.one_hot(safe, T).bool() & valid_hit[..., None]).sum(dim=(1, 2))  # (R, T): hits of position k
-    totals = valid.sum(dim=(1, 2))
-    best = hits.max(dim=-1).values.float() / totals.clamp_min(1).float()
-    return torch.where(totals > 0, best, torch.full_like(best, float("nan")))
-
-
 def _baselines(
     targets: Tensor, directions: Sequence[str], mask: Tensor, cfg: Mapping[str, Any], causal: bool
 ) -> dict[str, Tensor]:
@@ -335,7 +245,7 @@ def _baselines(
         scored = "head2dep" if d == "head2dep" else "dep2head"
         offset.append(M.offset_baseline(t, one, 1, mask, int(cfg["max_offset"]), scored, causal=causal)[0][0].float())
     off = torch.stack(offset)
-    pos = position_baseline(targets, mask, causal)
+    pos = M.position_baseline(targets, mask, causal)
     pos = torch.where(torch.tensor([d == "head2dep" for d in directions]), torch.full_like(pos, float("nan")), pos)
     combined = torch.fmax(off, pos) if cfg.get("position_baseline", True) else off
     return {"offset": off, "position": pos, "combined": combined}
@@ -352,12 +262,12 @@ def _syntax_setup(
     mode = str(cfg["direction"])
     directions = _pick_directions(heads, mask, rels, len(names), causal, mode)
     targets = [torch.where(rels == r, heads, -1) for r in range(len(names))]
-    derived = derived_amod_pred(heads, rels, names)
+    derived = M.derived_amod_pred(heads, rels, names)
     if derived is not None and "amod:pred" not in names:
         names.append("amod:pred")
         directions += _pick_directions(derived, mask, torch.where(derived >= 0, 0, -1), 1, causal, mode)
         targets.append(derived)
-    targets = [predictive_arcs(t) if d == "predictive" else t for t, d in zip(targets, directions, strict=True)]
+    targets = [M.predictive_arcs(t) if d == "predictive" else t for t, d in zip(targets, directions, strict=True)]
     stacked = torch.stack(targets)
     return names, directions, stacked, _baselines(stacked, directions, mask, cfg, causal)
 
@@ -385,7 +295,7 @@ def _syntax_metrics(
     by_h2d = [r for r, d in enumerate(directions) if d == "head2dep"]
     per_layer_acc = []
     for p in per_layer:
-        acc = dep2head_accuracy(argmax_keys(p, mask), targets, mask)  # (H, R)
+        acc = M.dep2head_accuracy(M.argmax_keys(p, mask), targets, mask)  # (H, R)
         for r in by_h2d:
             one = torch.where(targets[r] >= 0, 0, -1)
             acc[:, r] = M.dependency_accuracy(p, targets[r], one, 1, mask, "head2dep")[:, 0]
@@ -407,7 +317,7 @@ def _coref_metrics(
     device = per_layer[0].device
     mask, coref = batch["attention_mask"].bool(), batch["coref"].long()
     acc = [
-        dep2head_accuracy(argmax_keys(p, mask.to(device)), coref[None].to(device), mask.to(device))[:, 0]
+        M.dep2head_accuracy(M.argmax_keys(p, mask.to(device)), coref[None].to(device), mask.to(device))[:, 0]
         for p in per_layer
     ]
     bases = _baselines(coref[None], ["dep2head"], mask, cfg, causal)

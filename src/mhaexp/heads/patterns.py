@@ -22,6 +22,7 @@ Shared conventions
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -691,3 +692,98 @@ def rare_token_score(
 # ----------------------------------------------------------------------------------------------
 # 9. Head importance normalization
 # ----------------------------------------------------------------------------------------------
+
+
+# ------------------------------------------------------------------------------------------------
+# Dependency arcs scored for several relations at once, and their baselines (used by the analysis)
+# ------------------------------------------------------------------------------------------------
+
+
+def predictive_arcs(target: Tensor) -> Tensor:
+    """Arcs ``d -> target[d]`` re-anchored at the query that predicts the later of their two words.
+
+    A causal LM needs the earlier word of an arc when it predicts the later one, i.e. at query
+    ``later - 1`` ("the cats that sat on the mat were": the verb's number is decided at "mat", by
+    looking at "cats"). Returns ``(B, T)``: at query ``q`` the position of the earlier word of an arc
+    whose later word is ``q + 1``, else -1. Arcs whose earlier word is ``q`` itself (adjacent words)
+    are dropped: a head attending to its own query is no evidence of anything (the diagonal is
+    excluded from the argmax). One arc per query: with several, the last one written wins.
+    """
+    B, T = target.shape
+    pos = torch.arange(T, device=target.device).expand(B, T)
+    earlier, later = torch.minimum(pos, target), torch.maximum(pos, target)
+    query = later - 1
+    valid = (target >= 0) & (earlier < query)
+    out = torch.full_like(target, -1)
+    b, d = valid.nonzero(as_tuple=True)
+    out[b, query[b, d]] = earlier[b, d]
+    return out
+
+
+def derived_amod_pred(heads: Tensor, rels: Tensor, relations: Sequence[str]) -> Tensor | None:
+    """``amod:pred`` arcs (:func:`mhaexp.data.grammar.arc_masks`): predicate adjective -> the subject of
+    its copula ("fluffy" -> "cat" in "the cat ... was fluffy"), the noun <-> adjective class agreement
+    across the sentence. ``(B, T)`` subject position per adjective, -1 elsewhere; None without the
+    relations it derives from."""
+    if "acomp" not in relations or "nsubj" not in relations:
+        return None
+    B, T = heads.shape
+    acomp = (rels == relations.index("acomp")) & (heads >= 0)
+    nsubj = (rels == relations.index("nsubj")) & (heads >= 0)
+    subject_of = torch.full((B, T), -1, dtype=torch.long)
+    b, s = nsubj.nonzero(as_tuple=True)
+    subject_of[b, heads[b, s]] = s
+    out = torch.full((B, T), -1, dtype=torch.long)
+    b, j = acomp.nonzero(as_tuple=True)
+    out[b, j] = subject_of[b, heads[b, j]]
+    return out
+
+
+def argmax_keys(patterns: Tensor, mask: Tensor) -> Tensor:
+    """Each query's most-attended other real key, ``(B, H, T)``: the prediction
+    :func:`dependency_accuracy` scores (diagonal and pads excluded)."""
+    T = patterns.shape[-1]
+    excluded = torch.eye(T, dtype=torch.bool, device=patterns.device)[None] | ~mask[:, None, :]
+    return patterns.float().masked_fill(excluded[:, None], float("-inf")).argmax(dim=-1)
+
+
+def dep2head_accuracy(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """:func:`dependency_accuracy` with ``direction="dep2head"`` for R relations
+    at once, each with its own target array (so arcs of different relations may share a query).
+
+    Args:
+        pred: ``(B, H, T)`` from :func:`argmax_keys`.
+        targets: ``(R, B, T)``, the gold key of each query per relation, -1 for none.
+
+    Returns:
+        ``(H, R)``; NaN for relations without an arc.
+    """
+    T = targets.shape[-1]
+    safe = targets.clamp(0, T - 1)
+    key_real = mask[None].expand_as(targets).gather(2, safe)
+    valid = (targets >= 0) & (targets < T) & mask[None] & key_real  # (R, B, T)
+    hits = ((pred[None] == safe[:, :, None, :]) & valid[:, :, None, :]).sum(dim=(1, 3))  # (R, H)
+    totals = valid.sum(dim=(1, 2))  # (R,)
+    acc = hits.float() / totals.clamp_min(1)[:, None].float()
+    return torch.where(totals[:, None] > 0, acc, torch.full_like(acc, float("nan"))).T
+
+
+def position_baseline(targets: Tensor, mask: Tensor, causal: bool) -> Tensor:
+    """Best fixed-position predictor per relation: every query points at absolute position k (a key it
+    can see), the best k per relation. ``targets`` ``(R, B, T)`` as in :func:`dep2head_accuracy`.
+
+    The fixed-offset baseline of Voita et al. (2019) misses a structure this grammar has: the main
+    subject always sits at position 2 or 3 ("<bos> the [adj] cat"), so a head that merely looks at the
+    start of the sentence tracks "the subject" at any distance. Returns ``(R,)``, NaN without arcs.
+    """
+    R, B, T = targets.shape
+    safe = targets.clamp(0, T - 1)
+    valid = (targets >= 0) & (targets < T) & mask[None] & mask[None].expand_as(targets).gather(2, safe)
+    if causal:  # a fixed position can only be predicted by queries that see it
+        valid_hit = valid & (safe < torch.arange(T, device=targets.device))
+    else:
+        valid_hit = valid
+    hits = (F.one_hot(safe, T).bool() & valid_hit[..., None]).sum(dim=(1, 2))  # (R, T): hits of position k
+    totals = valid.sum(dim=(1, 2))
+    best = hits.max(dim=-1).values.float() / totals.clamp_min(1).float()
+    return torch.where(totals > 0, best, torch.full_like(best, float("nan")))
