@@ -83,12 +83,10 @@ def batch_loss(model: Transformer, batch: Batch, index: int = 0, objective: Obje
     return loss[scored].sum() / scored.sum().clamp_min(1)
 
 
-def gradient_importance(
-    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
-) -> list[Tensor]:
-    """Michel et al. 2019's head importance ``I_h = E_x |dL/dxi_h|``, ``xi_h`` = ``head_gate[h]``."""
+def _gate_gradients(model: Transformer, batches: Sequence[Batch], objective: Objective) -> list[list[Tensor]]:
+    """Per batch, the signed ``dL/d head_gate`` of every layer (the weights' ``.grad`` untouched)."""
     layers = model.attention_layers
-    acc = [torch.zeros(layer.n_heads) for layer in layers]
+    out = []
     with eval_mode(model), torch.enable_grad():
         for layer in layers:
             layer.head_gate.requires_grad_(True)
@@ -97,12 +95,66 @@ def gradient_importance(
                 loss = batch_loss(model, batch, i, objective)
                 # autograd.grad, not backward: the weights' .grad must stay as training left them.
                 grads = torch.autograd.grad(loss, [layer.head_gate for layer in layers])
-                for a, g in zip(acc, grads, strict=True):
-                    a += g.detach().abs().float().cpu()
+                out.append([g.detach().float().cpu() for g in grads])
         finally:
             for layer in layers:
                 layer.head_gate.requires_grad_(False)
+    return out
+
+
+def gradient_importance(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+) -> list[Tensor]:
+    """Michel et al. 2019's head importance ``I_h = E_x |dL/dxi_h|``, ``xi_h`` = ``head_gate[h]``."""
+    sizes = layer_sizes(model)
+    acc = [torch.zeros(n) for n in sizes]
+    for grads in _gate_gradients(model, batches, objective):
+        for a, g in zip(acc, grads, strict=True):
+            a += g.abs()
     return [a / max(1, len(batches)) for a in acc]
+
+
+def kv_groups(model: Transformer) -> list[Tensor]:
+    """Per layer, the K/V head each query head reads: ``h // (n_heads // n_kv_heads)`` (``(H,)`` long)."""
+    return [torch.arange(layer.n_heads) // (layer.n_heads // layer.n_kv_heads) for layer in model.attention_layers]
+
+
+def group_importance(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+) -> list[Tensor]:
+    """Michel et al. 2019's importance for a GQA group: one gate ``xi_g`` on all query heads sharing
+    a K/V head, ``I_g = E_x |dL/dxi_g| = E_x |sum_{h in g} dL/dxi_h|`` (chain rule, all gates at 1).
+
+    Returns one ``(n_kv_heads,)`` tensor per layer. Heads of one group whose gradients cancel make a
+    group less important than the sum of its heads' importances.
+    """
+    groups = kv_groups(model)
+    acc = [torch.zeros(int(g.max()) + 1) for g in groups]
+    for grads in _gate_gradients(model, batches, objective):
+        for a, g, grp in zip(acc, grads, groups, strict=True):
+            a += torch.zeros_like(a).index_add_(0, grp, g).abs()
+    return [a / max(1, len(batches)) for a in acc]
+
+
+@torch.no_grad()
+def group_ablation(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+) -> list[Tensor]:
+    """Loss increase when a whole GQA group (every query head reading one K/V head) is gated to 0,
+    the group analogue of Michel et al. 2019's single-head ablation (Sec. 3.2). ``(n_kv_heads,)`` per layer."""
+    base, _ = evaluate(model, batches, objective)
+    out = []
+    for layer, grp in zip(model.attention_layers, kv_groups(model), strict=True):
+        saved = layer.head_gate.detach().clone()
+        deltas = []
+        try:
+            for g in range(int(grp.max()) + 1):
+                layer.head_gate.copy_(saved.masked_fill(grp.to(saved.device) == g, 0.0))
+                deltas.append(evaluate(model, batches, objective)[0] - base)
+        finally:
+            layer.head_gate.copy_(saved)
+        out.append(torch.tensor(deltas))
+    return out
 
 
 @torch.no_grad()

@@ -1,0 +1,140 @@
+"""Long-context head types: retrieval heads, streaming heads, and massive activations.
+
+Pure functions in the conventions of :mod:`mhaexp.heads.patterns` (``patterns`` is ``(B, H, T, T)``
+post-softmax, ``mask`` ``(B, T)`` True on real tokens, BOS at position 0; one score per head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mhaexp.heads.patterns import _prepare
+
+# Wu et al. 2024, Sec. 2: heads whose retrieval score is at least 0.1 are retrieval heads.
+RETRIEVAL_THRESHOLD = 0.1
+
+
+def retrieval_score(
+    patterns: Tensor, tokens: Tensor, needle: Tensor, answer: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context Factuality", Sec. 2.
+
+    While the model produces the needle's tokens, a head *copies and pastes* at a step when its
+    most-attended key lies inside the needle and holds the very token being produced. The score is
+    the number of such steps over the needle's length, averaged over samples:
+    ``R_h = mean_b |{q in answer_b : k* = argmax_k A[b, h, q, k] in needle_b, tokens[b, k*] = tokens[b, q + 1]}|``
+    ``/ |needle_b|``.
+
+    We score under teacher forcing on the gold answer: query ``q`` is an answer step when the token
+    it predicts, ``tokens[q + 1]``, is part of the gold answer, so the sequence holds the answer and
+    no sampling is involved (Wu et al. decode greedily and count only correctly produced tokens).
+
+    Args:
+        patterns: ``(B, H, T, T)``.
+        tokens: ``(B, T)`` token ids of the whole sequence, the gold answer included.
+        needle: ``(B, T)`` bool, True on the needle's value tokens in the context (what must be copied).
+        answer: ``(B, T)`` bool, True at the queries whose next token is an answer token.
+        mask: ``(B, T)`` real tokens.
+
+    Returns:
+        ``(H,)`` in [0, 1]; NaN when no sample has a needle.
+    """
+    patterns, mask = _prepare(patterns, mask)
+    B, H, T, _ = patterns.shape
+    needle = needle.to(patterns.device, torch.bool) & mask
+    answer = answer.to(patterns.device, torch.bool) & mask
+    answer[:, -1] = False  # the last position predicts nothing inside the sequence
+    top = patterns.argmax(dim=-1)  # (B, H, T): each query's most-attended key
+    produced = tokens.roll(-1, dims=1)  # (B, T): the token query q predicts
+    in_needle = needle.gather(1, top.flatten(1)).view(B, H, T)
+    same_token = tokens.gather(1, top.flatten(1)).view(B, H, T) == produced[:, None, :]
+    hits = (in_needle & same_token & answer[:, None, :]).sum(dim=-1).float()  # (B, H)
+    length = needle.sum(dim=-1).float()  # (B,)
+    has = length > 0
+    if not bool(has.any()):
+        return torch.full((H,), float("nan"), device=patterns.device)
+    return (hits[has] / length[has, None]).mean(dim=0)
+
+
+def streaming_share(patterns: Tensor, window: int, mask: Tensor | None = None, sink: int = 0) -> Tensor:
+    """Share of a head's attention on the sink token plus the ``window`` most recent keys.
+
+    DuoAttention (Xiao et al. 2025, ICLR) splits heads into *streaming* heads, which need only the
+    attention sinks and recent tokens (StreamingLLM, Xiao et al. 2023), and *retrieval* heads, which
+    need the whole context. DuoAttention learns that split with trained gates; we measure it from the
+    patterns: for every real query ``q`` the mass on ``{sink} ∪ [q - window + 1, q]``, averaged over
+    the real queries. A head whose share is at least 0.9 is ``streaming``.
+
+    Returns:
+        ``(H,)`` in [0, 1].
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1; got {window}")
+    patterns, mask = _prepare(patterns, mask)
+    T = patterns.shape[-1]
+    q = torch.arange(T, device=patterns.device)[:, None]
+    k = torch.arange(T, device=patterns.device)[None, :]
+    keep = ((k <= q) & (k > q - window)) | (k == sink)  # (T, T)
+    share = (patterns * keep).sum(dim=-1)  # (B, H, T)
+    weight = mask[:, None, :].float()
+    return (share * weight).sum(dim=(0, 2)) / weight.sum(dim=(0, 2)).clamp_min(1.0)
+
+
+@dataclass(frozen=True)
+class MassiveActivations:
+    """The massive activations of one layer's residual stream (Sun et al. 2024)."""
+
+    layer: int
+    median: float  # the layer's median |activation| over real tokens
+    count: int
+    batch: list[int]
+    position: list[int]
+    dim: list[int]
+    value: list[float]
+
+    @property
+    def on_sink(self) -> int:
+        """How many of them sit on the first token (the attention sink, position 0)."""
+        return sum(p == 0 for p in self.position)
+
+
+def massive_activations(
+    resid: Tensor, mask: Tensor | None = None, ratio: float = 1000.0, layer: int = 0
+) -> MassiveActivations:
+    """Sun et al. 2024, "Massive Activations in Large Language Models", Sec. 2.
+
+    Activations of the residual stream whose magnitude exceeds ``ratio`` times the layer's median
+    magnitude (over every real token and dimension). Sun et al. also require ``|x| > 100``; that
+    absolute bar is for billion-parameter models, so we keep only the relative criterion (1000x).
+    They sit on the first token or on delimiters and act as fixed biases that make the first token
+    an attention sink, which is why ``on_sink`` is reported.
+
+    Args:
+        resid: ``(B, T, D)`` the residual stream leaving one layer.
+        mask: ``(B, T)`` real tokens; pads are ignored.
+
+    Returns:
+        Count, and the batch index, position, dimension and value of each.
+    """
+    if resid.dim() != 3:
+        raise ValueError(f"resid must be (batch, T, d_model); got shape {tuple(resid.shape)}")
+    B, T, _ = resid.shape
+    real = (
+        torch.ones(B, T, dtype=torch.bool, device=resid.device) if mask is None else mask.to(resid.device, torch.bool)
+    )
+    mag = resid.detach().float().abs()
+    median = float(mag[real].median()) if bool(real.any()) else 0.0
+    big = (mag > ratio * median) & real[..., None] if median > 0 else torch.zeros_like(mag, dtype=torch.bool)
+    b, t, d = big.nonzero(as_tuple=True)
+    return MassiveActivations(
+        layer=layer,
+        median=median,
+        count=int(b.numel()),
+        batch=b.tolist(),
+        position=t.tolist(),
+        dim=d.tolist(),
+        value=resid.detach().float()[b, t, d].tolist(),
+    )

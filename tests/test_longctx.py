@@ -1,0 +1,89 @@
+"""Long-context head measures on hand-built patterns with exact answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mhaexp.heads.longctx import massive_activations, retrieval_score, streaming_share
+
+
+def one_hot_patterns(targets: list[list[int]], n: int) -> torch.Tensor:
+    """(1, H, n, n): head h's query q attends only to key targets[h][q]."""
+    p = torch.zeros(1, len(targets), n, n)
+    for h, row in enumerate(targets):
+        for q, k in enumerate(row):
+            p[0, h, q, k] = 1.0
+    return p
+
+
+# <bos> f f key 7 8 9 f f query | 7 8 9   (needle values 7 8 9 at positions 4-6, answer copied at 10-12)
+TOKENS = torch.tensor([[0, 1, 1, 5, 7, 8, 9, 1, 1, 6, 7, 8, 9]])
+T = TOKENS.shape[1]
+NEEDLE = torch.zeros(1, T, dtype=torch.bool)
+NEEDLE[0, 4:7] = True
+ANSWER = torch.zeros(1, T, dtype=torch.bool)
+ANSWER[0, 9:12] = True  # queries 9, 10, 11 predict the answer tokens 7, 8, 9
+
+
+def test_retrieval_score_counts_copy_paste_steps() -> None:
+    perfect = [0] * 9 + [4, 5, 6, 0]  # at each answer step: the needle token being produced
+    half = [0] * 9 + [4, 4, 6, 0]  # step 10 attends to 7 while producing 8: no hit
+    sink = [0] * T  # always BOS
+    wrong_copy = [0] * 9 + [10, 11, 12, 0]  # the right tokens, but outside the needle
+    p = one_hot_patterns([perfect, half, sink, wrong_copy], T)
+    score = retrieval_score(p, TOKENS, NEEDLE, ANSWER)
+    torch.testing.assert_close(score, torch.tensor([1.0, 2 / 3, 0.0, 0.0]))
+
+
+def test_retrieval_score_averages_samples_and_skips_those_without_needle() -> None:
+    p = one_hot_patterns([[0] * 9 + [4, 5, 6, 0]], T)
+    p2 = torch.cat([p, one_hot_patterns([[0] * 9 + [4, 0, 0, 0]], T), p])
+    needle = torch.cat([NEEDLE, NEEDLE, torch.zeros_like(NEEDLE)])
+    score = retrieval_score(p2, TOKENS.repeat(3, 1), needle, ANSWER.repeat(3, 1))
+    torch.testing.assert_close(score, torch.tensor([(1.0 + 1 / 3) / 2]))
+    assert math.isnan(float(retrieval_score(p, TOKENS, torch.zeros_like(NEEDLE), ANSWER)[0]))
+
+
+def test_streaming_share() -> None:
+    T = 6
+    causal = torch.tril(torch.ones(T, T))
+    uniform = causal / causal.sum(-1, keepdim=True)
+    sink_only = torch.zeros(T, T)
+    sink_only[:, 0] = 1.0
+    far = torch.zeros(T, T)  # each query attends to key 1 only (query 0: itself)
+    far[0, 0] = 1.0
+    far[1:, 1] = 1.0
+    p = torch.stack([uniform, sink_only, far])[None]  # (1, 3, T, T)
+    share = streaming_share(p, window=2)
+    # uniform: query q sees q+1 keys; sink + {q-1, q} hold min(q+1, 3) of them.
+    want_uniform = sum(min(q + 1, 3) / (q + 1) for q in range(T)) / T
+    # far: key 1 is in the window for q = 1, 2 (and query 0 attends to itself): 3 of 6 queries.
+    torch.testing.assert_close(share, torch.tensor([want_uniform, 1.0, 3 / 6]))
+    with pytest.raises(ValueError, match="window"):
+        streaming_share(p, window=0)
+
+
+def test_streaming_share_ignores_pads() -> None:
+    p = torch.zeros(1, 1, 4, 4)
+    p[0, 0, :, 0] = 1.0
+    p[0, 0, 3] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # a pad row holding nothing
+    mask = torch.tensor([[True, True, True, False]])
+    torch.testing.assert_close(streaming_share(p, 1, mask), torch.tensor([1.0]))
+
+
+def test_massive_activations_relative_criterion_and_sink() -> None:
+    resid = torch.ones(2, 5, 8) * 0.01
+    resid[0, 0, 3] = 50.0  # 5000x the median, on the sink token
+    resid[1, 2, 6] = -20.0  # 2000x, elsewhere (magnitude counts, not sign)
+    resid[1, 3, 1] = 5.0  # 500x: below the bar
+    resid[1, 4, 0] = 1e6  # huge, but on a pad
+    mask = torch.tensor([[True] * 5, [True, True, True, True, False]])
+    out = massive_activations(resid, mask, layer=2)
+    assert out.layer == 2 and out.median == pytest.approx(0.01)
+    assert out.count == 2
+    assert list(zip(out.batch, out.position, out.dim, strict=True)) == [(0, 0, 3), (1, 2, 6)]
+    assert out.value == pytest.approx([50.0, -20.0])
+    assert out.on_sink == 1
