@@ -1,0 +1,67 @@
+"""The needle-in-a-haystack generator: lengths, needles, the answer, determinism, bad settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from mhaexp.data.retrieval import KEY, QUERY, VAL, RetrievalSource
+from mhaexp.errors import ConfigError
+
+SIZES = {"train": 50, "val": 10, "probe": 5}
+
+
+@pytest.mark.parametrize("filler", ["random", "grammar"])
+def test_sequences_hold_the_asked_needle_and_its_answer(filler: str) -> None:
+    src = RetrievalSource(seq_len=64, sizes=SIZES, seed=0, filler=filler, value_len=3, n_needles=2)
+    tok = src.tokenizer
+    rows = list(src.generate("train"))
+    assert len(rows) == 50
+    depths = set()
+    for row in rows:
+        words = [tok.id_to_token(i) for i in row["input_ids"]]
+        assert len(words) == 64 and words[0] == "<bos>" and words.count(KEY) == 2 and words.count(QUERY) == 1
+        assert "<unk>" not in words
+        q = words.index(QUERY)
+        key, answer = words[q + 1], words[q + 3 :]
+        assert words[q + 2] == VAL and len(answer) == 3
+        # The asked needle is the one with the queried key, and "needle" marks its values.
+        k = [i for i, w in enumerate(words[:q]) if w == KEY and words[i + 1] == key]
+        assert len(k) == 1
+        start = k[0] + 3
+        assert [i for i, v in enumerate(row["needle"]) if v] == [start, start + 1, start + 2]
+        assert words[start : start + 3] == answer
+        # "answer" marks the queries that predict an answer token: <val> and the first two answer tokens.
+        assert [i for i, v in enumerate(row["answer"]) if v] == [q + 2, q + 3, q + 4]
+        assert len(set(row["depth"])) == 1
+        depths.add(row["depth"][0])
+    assert len(depths) > 10  # depths spread over the haystack
+
+
+def test_deterministic_and_split_dependent() -> None:
+    a = list(RetrievalSource(seq_len=48, sizes=SIZES, seed=3).generate("val"))
+    b = list(RetrievalSource(seq_len=48, sizes=SIZES, seed=3).generate("val"))
+    c = list(RetrievalSource(seq_len=48, sizes=SIZES, seed=3).generate("train"))[:10]
+    assert a == b and a != c
+
+
+def test_depth_range() -> None:
+    # seq_len 81: a haystack of 68 = 81 - <bos> - needle (6) - query (6), cut at 34.
+    rows = RetrievalSource(seq_len=81, sizes=SIZES, seed=0, n_needles=1, min_depth=0.5, max_depth=0.5).generate("train")
+    assert {r["depth"][0] for r in rows} == {50}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"filler": "lorem"}, "data.filler"),
+        ({"value_len": 0}, "data.value_len"),
+        ({"n_needles": 0}, "data.n_needles"),
+        ({"n_keys": 1}, "data.n_keys"),
+        ({"min_depth": 0.8, "max_depth": 0.2}, "data.min_depth"),
+        ({"seq_len": 10}, "data.seq_len"),
+    ],
+)
+def test_bad_settings_name_the_field(kwargs: dict, field: str) -> None:
+    args = {"seq_len": 64, "sizes": SIZES, "seed": 0, **kwargs}
+    with pytest.raises(ConfigError, match=rf"^{field}="):
+        RetrievalSource(**args)
