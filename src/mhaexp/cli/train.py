@@ -70,8 +70,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)  # before torch loads: an invalid job (one preflight let through) costs nothing
+        from mhaexp.training.parallel import share_cpu_threads
         from mhaexp.training.run import train  # torch and Lightning load only once a job really starts
 
+        share_cpu_threads()
         summary = train(cfg, run_dir, group=sweep_group())
     except ConfigError as e:
         write_status(run_dir, "invalid", error=str(e))

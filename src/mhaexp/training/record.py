@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import WandbLogger
 
 
@@ -28,6 +29,8 @@ class RunRecord(pl.Callback):
         self.summary.update({f"params/{k}": v for k, v in counts.items()})
         self.summary["kv_cache_bytes_per_token"] = cfg.kv_cache_bytes_per_token(2)
         self.summary["n_heads_total"] = sum(cfg.heads_in_layer(i)[0] for i in range(cfg.n_layers))
+        # How the job ran: parallel sweep jobs share the cores out (mhaexp.training.parallel).
+        self.summary["torch_threads"] = torch.get_num_threads()
         for logger in trainer.loggers:
             logger.log_hyperparams(self.summary)
         self._to_wandb(trainer, self.summary)
