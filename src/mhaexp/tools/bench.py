@@ -96,7 +96,11 @@ class Args:
 Section = Callable[[Args], list[Row]]
 SECTIONS: dict[str, Section] = {}
 # Sections that live in other engineers' modules: imported on demand, skipped while they do not exist.
-PLUGINS: dict[str, str] = {"analysis": "mhaexp.tools.bench_analysis", "pruning": "mhaexp.tools.bench_pruning"}
+PLUGINS: dict[str, str] = {
+    "analysis": "mhaexp.tools.bench_analysis",
+    "pruning": "mhaexp.tools.bench_pruning",
+    "sweep": "mhaexp.tools.bench_sweep",
+}
 BUILTIN = ("attention", "gqa", "train")
 
 
