@@ -48,10 +48,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     module = LMModule(cfg, {"lr": 3e-3, "warmup_steps": 5}, pad_id=dm.tokenizer.pad_id, mask_id=dm.tokenizer.mask_id)
     callback = build_analysis_callback(analysis_cfg(), dm, root)
     assert isinstance(callback, AnalysisCallback)
-    # Every explicit-attention forward passes the pattern through hook_pattern: count them.
+    # Every explicit-attention forward (need_weights=True) returns a pattern: count them, by batch size.
     calls: list[int] = []
+
+    def record_pattern(m: torch.nn.Module, args: tuple, kwargs: dict, out: tuple) -> None:
+        if out[1] is not None:
+            calls.append(out[1].shape[0])
+
     for layer in module.model.attention_layers:
-        layer.hook_pattern.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+        layer.register_forward_hook(record_pattern, with_kwargs=True)
     loggers = [
         CSVLogger(save_dir=str(root), name="", version=""),
         WandbLogger(project="mhaexp-test", save_dir=str(root), mode="offline"),
@@ -103,7 +108,7 @@ def test_analysis_steps_and_probe_only_patterns(run: dict[str, Any]) -> None:
     assert [(s, e) for s, e, _ in cb.timings] == [(0, False), (10, True), (20, True)]
     # Only the callback asks for patterns, and only on probe batches: per analysis, one forward per probe
     # batch plus one on the repeated random sequences (induction), through every layer. Training and
-    # validation batches (16 sequences, like the first probe batch) never reach hook_pattern.
+    # validation batches (16 sequences, like the first probe batch) never return a pattern.
     per_analysis = (PROBE_BATCHES + 1) * run["n_layers"]
     assert len(run["calls"]) == cb.analyses * per_analysis
     probe_sizes = [16, 8]  # 24 probe sentences in batches of 16

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize, prune
 
-from mhaexp import ConfigError, MultiHeadAttention
+from mhaexp import ConfigError, ModelConfig, MultiHeadAttention, Transformer
 
 torch.manual_seed(0)
 
@@ -103,16 +107,6 @@ def test_gradients_reach_the_gates() -> None:
     assert all(p.grad is not None for p in layer.parameters())
 
 
-def test_fast_path_never_calls_the_pattern_hook() -> None:
-    layer = MultiHeadAttention(16, 2)
-    calls = []
-    layer.hook_pattern.register_forward_hook(lambda m, i, o: calls.append(o.shape))
-    layer(torch.randn(1, 4, 16))
-    assert calls == []
-    layer(torch.randn(1, 4, 16), need_weights=True)
-    assert calls == [torch.Size([1, 2, 4, 4])]
-
-
 def test_head_dim_decoupled_and_kv_grouping() -> None:
     layer = MultiHeadAttention(64, 8, n_kv_heads=2, head_dim=32)
     assert layer.q_proj.out_features == 256 and layer.o_proj.in_features == 256
@@ -146,3 +140,157 @@ def test_sdpa_fast_path_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     MultiHeadAttention(32, 4, n_kv_heads=2)(torch.randn(1, 3, 32))
     assert calls == [True]
+
+
+# ---- every way of editing the gates reaches the output ----------------------------------------------
+# Each edit removes heads 3 and 5 of an 8-head layer. The reference is a copy taken before the edit
+# whose o_proj input columns for those heads are zeroed: the head removed without any gate machinery.
+NH, HS, REMOVED = 8, 4, (3, 5)
+
+
+def removal_mask(like: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones_like(like)
+    mask[list(REMOVED)] = 0.0
+    return mask
+
+
+class Zeroing(nn.Module):
+    """A ``torch.nn.utils.parametrize`` parametrization that multiplies the gate by the removal mask."""
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return g * removal_mask(g)
+
+
+def _as_parameter(attn: MultiHeadAttention) -> None:
+    attn.head_gate = nn.Parameter(attn.head_gate.detach().clone(), requires_grad=False)
+
+
+def _replace_data(attn: MultiHeadAttention) -> None:
+    attn.head_gate.data = removal_mask(attn.head_gate)
+
+
+def _vector_to_parameters(attn: MultiHeadAttention) -> None:
+    _as_parameter(attn)
+    nn.utils.vector_to_parameters(removal_mask(attn.head_gate), [attn.head_gate])
+
+
+def _prune(attn: MultiHeadAttention) -> None:
+    _as_parameter(attn)
+    prune.custom_from_mask(attn, "head_gate", removal_mask(attn.head_gate))
+
+
+def _index_each(g: torch.Tensor) -> None:
+    for h in REMOVED:
+        g[h] = 0.0
+
+
+def _no_grad(edit: Callable[[], object]) -> None:
+    with torch.no_grad():
+        edit()
+
+
+def _inference_mode(edit: Callable[[], object]) -> None:
+    with torch.inference_mode():
+        edit()
+
+
+def _then_to(attn: MultiHeadAttention, dtype: torch.dtype) -> None:
+    _index_each(attn.head_gate.data)  # an edit the version counter never sees, then a new tensor
+    attn.to(dtype)
+
+
+def _reopened(attn: MultiHeadAttention) -> None:
+    # Removed, primed, then put back: the gate goes from 0 to 1 and then to the mask again.
+    attn.head_gate.data.zero_()
+    attn(torch.randn(1, 3, NH * HS))
+    attn.head_gate.data.fill_(1.0)
+    attn(torch.randn(1, 3, NH * HS))
+    attn.head_gate.data.copy_(removal_mask(attn.head_gate))
+
+
+def _gate_fn(attn: MultiHeadAttention) -> None:
+    attn.gate_fn = lambda: removal_mask(attn.head_gate)
+
+
+def _gate_fn_then_data(attn: MultiHeadAttention) -> None:
+    attn.gate_fn = lambda: torch.ones_like(attn.head_gate)
+    attn(torch.randn(1, 3, NH * HS))
+    attn.gate_fn = None
+    _index_each(attn.head_gate.data)
+
+
+EDITS: dict[str, Callable[[MultiHeadAttention], object]] = {
+    "data index": lambda a: _index_each(a.head_gate.data),
+    "data copy_": lambda a: a.head_gate.data.copy_(removal_mask(a.head_gate)),
+    "data mul_": lambda a: a.head_gate.data.mul_(removal_mask(a.head_gate)),
+    "data assigned": _replace_data,
+    "index": lambda a: _index_each(a.head_gate),
+    "index under no_grad": lambda a: _no_grad(lambda: _index_each(a.head_gate)),
+    "index under inference_mode": lambda a: _inference_mode(lambda: _index_each(a.head_gate)),
+    "copy_": lambda a: a.head_gate.copy_(removal_mask(a.head_gate)),
+    "fill_ on a slice": lambda a: [a.head_gate[h : h + 1].fill_(0.0) for h in REMOVED],
+    "zero_ on a view": lambda a: [a.head_gate.view(2, NH // 2)[divmod(h, NH // 2)].zero_() for h in REMOVED],
+    "masked_fill_": lambda a: a.head_gate.masked_fill_(removal_mask(a.head_gate) == 0, 0.0),
+    "detach() index": lambda a: _index_each(a.head_gate.detach()),
+    "numpy view": lambda a: _index_each(a.head_gate.numpy()),
+    "state_dict tensor": lambda a: _index_each(a.state_dict()["head_gate"]),
+    "get_buffer": lambda a: _index_each(a.get_buffer("head_gate")),
+    "load_state_dict": lambda a: a.load_state_dict({**a.state_dict(), "head_gate": removal_mask(a.head_gate)}),
+    "to float64 after data edit": lambda a: _then_to(a, torch.float64),
+    "double() after data edit": lambda a: (_index_each(a.head_gate.data), a.double()),
+    "register_buffer replaces": lambda a: a.register_buffer("head_gate", removal_mask(a.head_gate)),
+    "setattr tensor": lambda a: setattr(a, "head_gate", removal_mask(a.head_gate)),
+    "nn.Parameter replaces": lambda a: setattr(a, "head_gate", nn.Parameter(removal_mask(a.head_gate))),
+    "Parameter then data edit": lambda a: (_as_parameter(a), _index_each(a.head_gate.data)),
+    "nn.utils.vector_to_parameters": _vector_to_parameters,
+    "nn.utils.prune.custom_from_mask": _prune,
+    "nn.utils.parametrize": lambda a: parametrize.register_parametrization(a, "head_gate", Zeroing()),
+    "closed, reopened, closed": _reopened,
+    "gate_fn": _gate_fn,
+    "gate_fn removed then data edit": _gate_fn_then_data,
+}
+
+
+def without_heads(attn: MultiHeadAttention) -> MultiHeadAttention:
+    ref = copy.deepcopy(attn)
+    with torch.no_grad():
+        for h in REMOVED:
+            ref.o_proj.weight[:, h * ref.head_dim : (h + 1) * ref.head_dim] = 0.0
+    return ref
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+@pytest.mark.parametrize("n_kv_heads", [NH, 2])
+def test_every_gate_edit_removes_the_head(edit: Callable[[MultiHeadAttention], object], n_kv_heads: int) -> None:
+    attn = MultiHeadAttention(NH * HS, NH, n_kv_heads=n_kv_heads).eval()
+    ref = without_heads(attn)
+    x = torch.randn(2, 7, NH * HS)
+    full, _ = attn(x)  # a forward before the edit: whatever it decides about the gates must not stick
+    attn(x, need_weights=True)
+    edit(attn)
+    dtype = attn.o_proj.weight.dtype
+    want, _ = ref.to(dtype)(x.to(dtype))
+    assert (want - full.to(dtype)).abs().max() > 1e-2  # the removal is visible, so the check can fail
+    for need_weights in (False, True):
+        got, _ = attn(x.to(dtype), need_weights=need_weights)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+MODEL_EDITS = {k: EDITS[k] for k in ("data index", "data copy_", "numpy view", "to float64 after data edit")}
+
+
+@pytest.mark.parametrize("edit", MODEL_EDITS.values(), ids=MODEL_EDITS.keys())
+def test_every_gate_edit_reaches_the_transformer(edit: Callable[[MultiHeadAttention], object]) -> None:
+    cfg = ModelConfig(vocab_size=20, n_layers=2, d_model=NH * HS, n_heads=NH, n_kv_heads=2, d_ff=64, max_seq_len=16)
+    model = Transformer(cfg).eval()
+    ref = copy.deepcopy(model)
+    ref.blocks[1].attn = without_heads(ref.blocks[1].attn)
+    idx = torch.randint(0, 20, (2, 9))
+    full, _ = model(idx)
+    edit(model.blocks[1].attn)
+    model.to(model.blocks[1].attn.o_proj.weight.dtype)
+    want, _ = ref.to(model.lm_head.weight.dtype)(idx)
+    assert (want - full.to(want.dtype)).abs().max() > 1e-3
+    for need_weights in (False, True):
+        got, _ = model(idx, need_weights=need_weights)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -10,7 +10,6 @@ __version__ = "0.1.0"
 # Imported on first use, so that `mhaexp-train` can reject a bad command line before paying
 # for torch: the names below are what `from mhaexp import X` offers.
 _LAZY = {
-    "HookPoint": "mhaexp.nn.attention",
     "MultiHeadAttention": "mhaexp.nn.attention",
     "ModelConfig": "mhaexp.nn.config",
     "Transformer": "mhaexp.nn.model",

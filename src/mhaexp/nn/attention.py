@@ -17,8 +17,9 @@ Two paths compute the same function:
   ``enable_gqa``, so the (T, T) matrix is never built in Python and K/V are
   never repeated by us.
 * ``need_weights=True`` (analysis only): the explicit softmax(QK^T/sqrt(d))V,
-  which also returns the post-softmax pattern ``[batch, head, query_pos, key_pos]``
-  and passes it through the ``hook_pattern`` hook point (TransformerLens naming).
+  which also returns the post-softmax pattern ``[batch, head, query_pos, key_pos]``.
+  This is the one way patterns leave the layer; ``Transformer.forward`` hands back
+  every layer's.
 
 Per-head gates: ``head_gate`` is a buffer of ones, shape ``(n_heads,)``; head
 ``h``'s output is multiplied by ``head_gate[h]`` before ``o_proj``. A gate of 0
@@ -38,11 +39,7 @@ from torch import nn
 from mhaexp.errors import ConfigError
 from mhaexp.nn.shapes import check_heads, divisors, resolve_head_dim
 
-__all__ = ["HookPoint", "MultiHeadAttention", "RotaryEmbedding", "check_heads", "divisors", "resolve_head_dim"]
-
-
-class HookPoint(nn.Identity):
-    """An identity module that gives a tensor a name: forward hooks on it read or edit that tensor."""
+__all__ = ["MultiHeadAttention", "RotaryEmbedding", "check_heads", "divisors", "resolve_head_dim"]
 
 
 class RotaryEmbedding(nn.Module):
@@ -67,7 +64,7 @@ class RotaryEmbedding(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with grouped K/V heads, per-head gates and a pattern hook.
+    """Multi-head attention with grouped K/V heads and per-head gates.
 
     Args:
         d_model: width of the residual stream.
@@ -110,7 +107,6 @@ class MultiHeadAttention(nn.Module):
         self.register_buffer("head_gate", torch.ones(n_heads))
         # Extra multiplicative gates (e.g. hard-concrete L0 gates while pruning); returns (n_heads,).
         self.gate_fn: Callable[[], torch.Tensor] | None = None
-        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos], post-softmax
 
     @property
     def group_size(self) -> int:
@@ -127,29 +123,6 @@ class MultiHeadAttention(nn.Module):
         if self.gate_fn is not None:
             g = g * self.gate_fn()
         return g
-
-    def _gates_are_identity(self) -> bool:
-        """True when the gates cannot change the output (no ``gate_fn``, ``head_gate`` all ones and not
-        watched by autograd), so the gate multiply can be skipped.
-
-        The all-ones check reads the device once per edit of ``head_gate``, not once per forward: its
-        answer is kept with the tensor object, its storage and its version counter, which every in-place
-        edit (``head_gate[h] = 0``, ``mul_``, ``load_state_dict``) bumps; ``.to()`` or replacing the
-        buffer gives a new object. Holding the checked tensor keeps its ``id`` from being reused.
-        """
-        g = self.head_gate
-        if self.gate_fn is not None or g.requires_grad or torch.compiler.is_compiling():
-            return False
-        try:
-            version = g._version
-        except RuntimeError:  # inference tensors have no version counter
-            return False
-        cached = self.__dict__.get("_gate_checked")
-        if cached is not None and cached[0] is g and cached[1] == version and cached[2] == g.data_ptr():
-            return cached[3]
-        identity = bool((g == 1).all())
-        self.__dict__["_gate_checked"] = (g, version, g.data_ptr(), identity)
-        return identity
 
     def forward(
         self,
@@ -191,12 +164,12 @@ class MultiHeadAttention(nn.Module):
             )  # (B, nh, T, hs)
             weights = None
         y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, nh*hs), heads side by side
-        if self._gates_are_identity():
-            return F.linear(y, self.o_proj.weight, self.o_proj.bias), weights
-        # Scaling o_proj's input columns by the gate equals scaling each head's
-        # output, at weight-sized rather than activation-sized cost.
-        w_o = self.o_proj.weight * self.gates().to(self.o_proj.weight.dtype).repeat_interleave(hs)  # (d, nh*hs)
-        return F.linear(y, w_o, self.o_proj.bias), weights
+        # Scaling o_proj's input columns by the gate equals scaling each head's output, at weight-sized
+        # rather than activation-sized cost. Always applied, never skipped for all-ones gates: deciding
+        # that costs a device read, and a cached answer goes stale under edits no counter sees
+        # (``head_gate.data[h] = 0``, a numpy view); the multiply costs about nothing next to the GEMMs.
+        w_o = self.o_proj.weight.view(-1, nh, hs) * self.gates().to(self.o_proj.weight.dtype)[:, None]
+        return F.linear(y, w_o.view(-1, nh * hs), self.o_proj.bias), weights
 
     def _explicit(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float
@@ -211,7 +184,7 @@ class MultiHeadAttention(nn.Module):
             scores = scores.masked_fill(future, float("-inf"))
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        weights = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))  # (B, nh, T, T)
+        weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, nh, T, T)
         dropped = F.dropout(weights, p) if p > 0 else weights
         y = dropped.view(B, nkv, g, T, T) @ v.unsqueeze(2)  # (B, nkv, g, T, hs)
         return y.view(B, nh, T, hs), weights
