@@ -199,8 +199,10 @@ def test_run_dir_tables_markdown_and_csv_log(run: dict[str, Any]) -> None:
 
 def test_analysis_off_builds_no_callback(tmp_path: Path) -> None:
     from mhaexp.analysis.callback import build_analysis_callback
+    from mhaexp.cli.preflight import compose_job, hydra_context
 
-    off = yaml.safe_load((ROOT / "conf" / "analysis" / "off.yaml").read_text())
+    with hydra_context():
+        off = compose_job(["analysis=off"]).analysis  # off.yaml inherits every other key from default.yaml
     assert build_analysis_callback(off, object(), tmp_path) is None
 
 

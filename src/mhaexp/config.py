@@ -1,27 +1,33 @@
-"""From a composed Hydra config to validated objects, with one-line errors for bad values.
+"""The shared config toolkit: where conf/ lives, and the small vocabulary every group config declares its fields in.
 
-Everything here is cheap (no data is generated, no model trained), so the CLI can
-run it on every job of a sweep before the first one starts.
+Each config group owns one dataclass (``ModelConfig`` in :mod:`mhaexp.nn.config`, ``DataConfig`` in
+:mod:`mhaexp.data.spec`, ``AnalysisConfig`` in :mod:`mhaexp.analysis.config`, ``PruningConfig`` in
+:mod:`mhaexp.pruning.schedules`, trainer/optim/logger and the assembled ``RunConfig`` in
+:mod:`mhaexp.training.config`). Every field says its domain with :func:`setting`; ``__post_init__``
+calls :func:`check_fields`, so an object that exists holds values in their domains. Each
+:class:`Check` also knows a value outside its domain, which is how ``tests/test_schema.py`` shows that
+every leaf of every YAML file is refused with a line naming it.
+
+Nothing here imports torch: the CLI checks every job of a sweep with these before any starts.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from mhaexp.data.spec import DataSpec
 from mhaexp.errors import ConfigError
-from mhaexp.nn.config import ModelConfig
-from mhaexp.pruning.schedules import validate_pruning
 from mhaexp.rundir import run_key  # noqa: F401  (registers ${mhaexp_run_key:})
 
 CONF_DIR = Path(os.environ.get("MHAEXP_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
-LOGGER_KINDS = ("wandb", "csv", "none")
-WANDB_MODES = ("offline", "online", "disabled")
+T = TypeVar("T")
 
 
 def instantiate_plain(node: DictConfig, **extra: Any) -> Any:
@@ -36,78 +42,222 @@ def instantiate_plain(node: DictConfig, **extra: Any) -> Any:
     return get_class(target)(**kwargs)
 
 
-def build_model_config(cfg: DictConfig, vocab_size: int) -> ModelConfig:
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    model["vocab_size"] = vocab_size
-    return ModelConfig(**model)
+# ---------------------------------------------------------------------------------------------
+# the check vocabulary
+# ---------------------------------------------------------------------------------------------
 
 
-def cuda_available() -> bool:
-    import torch  # only here: most checks should not pay for importing torch
+@dataclass(frozen=True)
+class Check:
+    """A field's domain: ``test(value)``, the words an error line uses for it, and a value outside it."""
 
-    return torch.cuda.is_available()
-
-
-def cuda_built() -> bool:
-    import torch
-
-    return torch.version.cuda is not None
-
-
-def check_trainer(cfg: DictConfig) -> None:
-    t = cfg.trainer
-    accelerator = str(t.get("accelerator", "cpu"))
-    if accelerator in ("gpu", "cuda") and not cuda_available():
-        raise ConfigError(
-            "trainer.accelerator",
-            accelerator,
-            "no CUDA GPU is visible on this machine (and torch was built "
-            f"{'with' if cuda_built() else 'without'} CUDA); use trainer=cpu, or install CUDA torch "
-            "with `make install TORCH=torch`",
-        )
-    max_steps = t.get("max_steps", -1)
-    if not isinstance(max_steps, int) or max_steps <= 0:
-        raise ConfigError("trainer.max_steps", max_steps, "must be a positive integer")
-    devices = t.get("devices", 1)
-    if isinstance(devices, int) and devices == 0:
-        raise ConfigError("trainer.devices", devices, "must be a positive count, -1 (all) or a list of ids")
+    test: Callable[[Any], bool]
+    valid: str
+    bad: Any
+    nested: type | None = None  # the value is this group dataclass, built from a mapping
+    derived: bool = False  # set by the builder from other fields, never by a YAML key
 
 
-def check_logger(cfg: DictConfig) -> None:
-    kind = cfg.logger.get("kind")
-    if kind not in LOGGER_KINDS:
-        raise ConfigError("logger.kind", kind, f"choose one of {list(LOGGER_KINDS)}")
-    if kind == "wandb" and cfg.logger.get("mode") not in WANDB_MODES:
-        raise ConfigError("logger.mode", cfg.logger.get("mode"), f"choose one of {list(WANDB_MODES)}")
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_paths(cfg: DictConfig) -> None:
-    init_from = cfg.get("init_from")
-    if init_from is not None and not Path(str(init_from)).is_file():
-        raise ConfigError("init_from", init_from, "must be the path of an existing mhaexp checkpoint (.ckpt)")
-    resume = cfg.get("resume")
-    if resume not in (None, "auto") and not Path(str(resume)).is_file():
-        raise ConfigError("resume", resume, "must be null, 'auto' or the path of an existing checkpoint")
-    if not isinstance(cfg.get("seed"), int):
-        raise ConfigError("seed", cfg.get("seed"), "must be an integer")
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-def validate(cfg: DictConfig) -> tuple[DataSpec, ModelConfig]:
-    """Check a composed config; return the data settings (vocabulary, sequence length) and the model config."""
-    check_logger(cfg)
-    check_trainer(cfg)
-    check_paths(cfg)
-    data = DataSpec.from_config(OmegaConf.to_container(cfg.data, resolve=True))
-    model_cfg = build_model_config(cfg, data.vocab_size)
-    validate_pruning(
-        OmegaConf.to_container(cfg.get("pruning") or {"kind": "none"}, resolve=True),
-        model_cfg,
-        int(cfg.trainer.max_steps),
+def integer() -> Check:
+    return Check(_int, "must be an integer", "abc")
+
+
+def int_at_least(low: int) -> Check:
+    words = {0: "an integer >= 0", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+    return Check(lambda v: _int(v) and v >= low, f"must be {words}", low - 1)
+
+
+def positive_int() -> Check:
+    return int_at_least(1)
+
+
+def non_negative_int() -> Check:
+    return int_at_least(0)
+
+
+def number(low: float = -math.inf, high: float = math.inf, *, low_open: bool = False, high_open: bool = False) -> Check:
+    """A finite number in the interval; open ends say so (``(0, 1)``, ``[0, 1)``, ...)."""
+
+    def test(v: Any) -> bool:
+        if not _num(v):
+            return False
+        above = v > low if low_open else v >= low
+        below = v < high if high_open else v <= high
+        return above and below
+
+    if math.isinf(low) and math.isinf(high):
+        return Check(test, "must be a finite number", "abc")
+    if math.isinf(high):
+        words = f"a number {'>' if low_open else '>='} {low:g}"
+        return Check(test, f"must be {words}", low - 1 if not low_open else low)
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return Check(test, f"must be in {interval}", high + 1 if not high_open else high)
+
+
+def probability() -> Check:
+    return number(0.0, 1.0)
+
+
+def positive_number() -> Check:
+    return number(0.0, low_open=True)
+
+
+def choice(*values: Any) -> Check:
+    return Check(lambda v: not isinstance(v, bool) and v in values, f"choose one of {list(values)}", "nosuch")
+
+
+def boolean() -> Check:
+    return Check(lambda v: isinstance(v, bool), "must be true or false", "maybe")
+
+
+def string() -> Check:
+    return Check(lambda v: isinstance(v, str) and v != "", "must be a non-empty string", "")
+
+
+def literal(value: str) -> Check:
+    return Check(lambda v: v == value, f"must be {value!r}", "no.such.Target")
+
+
+def existing_file(what: str = "file") -> Check:
+    return Check(
+        lambda v: isinstance(v, str) and Path(v).expanduser().is_file(),
+        f"must be the path of an existing {what}",
+        "/no/such/file",
     )
-    if cfg.get("init_from") is not None:
-        from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
 
-        validate_init(cfg.init_from, model_cfg, cfg.get("gqa_init", "mean"))
-    if model_cfg.max_seq_len < data.seq_len:
-        raise ConfigError("model.max_seq_len", model_cfg.max_seq_len, f"must be >= data.seq_len={data.seq_len}")
-    return data, model_cfg
+
+def optional(check: Check) -> Check:
+    return Check(lambda v: v is None or check.test(v), f"{check.valid}, or null", check.bad)
+
+
+def either(*checks: Check, valid: str) -> Check:
+    return Check(lambda v: any(c.test(v) for c in checks), valid, checks[0].bad)
+
+
+def list_of(item: Check, length: int | None = None) -> Check:
+    def test(v: Any) -> bool:
+        ok = isinstance(v, (list, tuple)) and all(item.test(x) for x in v)
+        return ok and (length is None or len(v) == length)
+
+    size = f"{length} " if length is not None else ""
+    return Check(test, f"must be a list of {size}values that each {item.valid.removeprefix('must ')}", [item.bad])
+
+
+def nested(cls: type) -> Check:
+    return Check(lambda v: isinstance(v, cls), f"must be a mapping of {cls.__name__} keys", "abc", nested=cls)
+
+
+DERIVED = Check(lambda v: True, "set from other fields, not by a key", None, derived=True)
+
+
+def setting(check: Check, default: Any = MISSING, *, factory: Any = MISSING, only: Sequence[str] = ()) -> Any:
+    """A dataclass field with its domain. ``only``: the ``kind`` values the key belongs to (all when empty)."""
+    meta = {"check": check, "only": tuple(only)}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# checking and building
+# ---------------------------------------------------------------------------------------------
+
+
+def dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def check_of(f: Field) -> Check:
+    check = f.metadata.get("check")
+    if check is None:  # a programming error: every field of a group config declares its domain
+        raise TypeError(f"config field {f.name!r} has no declared domain (use mhaexp.config.setting)")
+    return check
+
+
+def applies(f: Field, kind: Any) -> bool:
+    only = f.metadata.get("only") or ()
+    return not only or kind in only
+
+
+def check_fields(obj: Any, prefix: str) -> None:
+    """Raise ConfigError for the first field of dataclass ``obj`` outside its declared domain."""
+    for f in fields(obj):
+        check = check_of(f)
+        value = getattr(obj, f.name)
+        if not check.derived and not check.test(value):
+            raise ConfigError(dotted(prefix, f.name), value, check.valid)
+
+
+def check_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> None:
+    """:func:`check_fields` for the non-nested keys of a mapping, before the object is built."""
+    for f in fields(cls):
+        check = check_of(f)
+        if f.name in raw and check.nested is None and not check.derived and not check.test(raw[f.name]):
+            raise ConfigError(dotted(prefix, f.name), raw[f.name], check.valid)
+
+
+def build(cls: type[T], raw: Any, prefix: str, *, complete: bool = False, **derived: Any) -> T:
+    """``cls(**raw)`` from a config node, with a ConfigError naming the key for anything not in its schema.
+
+    A class with a ``kind`` field refuses keys another kind owns. ``complete``: every key that applies
+    must be given (the CLI path: defaults live in the YAML, not in the dataclass). ``derived``: the
+    fields the caller computes (``vocab_size`` from the data).
+    """
+    if isinstance(raw, DictConfig):
+        raw = OmegaConf.to_container(raw, resolve=True)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix, raw, f"must be a mapping of {cls.__name__} keys")
+    by_name = {f.name: f for f in fields(cls)}
+    for key, value in raw.items():
+        if key not in by_name or check_of(by_name[key]).derived:
+            keys = [n for n, f in by_name.items() if not check_of(f).derived]
+            raise ConfigError(dotted(prefix, str(key)), value, f"unknown key; valid keys: {', '.join(keys)}")
+    kind = raw.get("kind")
+    if "kind" in by_name:
+        kind_check = check_of(by_name["kind"])
+        if "kind" in raw and not kind_check.test(kind):
+            raise ConfigError(dotted(prefix, "kind"), kind, kind_check.valid)
+        for key, value in raw.items():
+            if not applies(by_name[key], kind):
+                own = [n for n, f in by_name.items() if applies(f, kind) and not check_of(f).derived]
+                raise ConfigError(
+                    dotted(prefix, str(key)), value, f"not a key of {prefix}.kind={kind}; it takes {', '.join(own)}"
+                )
+    if complete:
+        for name, f in by_name.items():
+            if not check_of(f).derived and applies(f, kind) and name not in raw:
+                raise ConfigError(dotted(prefix, name), None, "missing: every key needs its value in the group's YAML")
+    values = dict(raw)
+    for name, value in raw.items():
+        inner = check_of(by_name[name]).nested
+        if inner is not None and isinstance(value, Mapping):
+            values[name] = build(inner, value, dotted(prefix, name), complete=complete)
+    return cls(**values, **derived)
+
+
+def yaml_fields(cls: type) -> dict[str, Check]:
+    """The keys a YAML file of this group may hold, with their checks (nested groups as one key each)."""
+    assert is_dataclass(cls)
+    return {f.name: check_of(f) for f in fields(cls) if not check_of(f).derived}
+
+
+def domain(cls: type, path: str) -> Check:
+    """The check of a dotted key inside group config ``cls`` (``thresholds.sink`` in AnalysisConfig)."""
+    head, _, rest = path.partition(".")
+    checks = yaml_fields(cls)
+    if head not in checks:
+        raise KeyError(f"{cls.__name__} declares no field {head!r}")
+    check = checks[head]
+    if rest:
+        if check.nested is None:
+            raise KeyError(f"{cls.__name__}.{head} is not a nested group")
+        return domain(check.nested, rest)
+    return check

@@ -30,42 +30,22 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from mhaexp.analysis import export, plots, wandb_log
 from mhaexp.analysis.collect import HeadMetrics, ProbeData, compute_head_metrics, objective_for, probe_from_datamodule
+from mhaexp.analysis.config import AnalysisConfig
 from mhaexp.analysis.roles import HeadRole, classify_heads
-
-# Keys conf/analysis/default.yaml has; a partial config (analysis=off, old run configs) falls back to these.
-DEFAULTS: dict[str, Any] = {
-    "enabled": True,
-    "every_n_steps": 100,
-    "expensive_every": 0,
-    "at_start": True,
-    "max_pictures": 8,
-    "probe_batches": 1,
-    "max_offset": 3,
-}
+from mhaexp.config import build
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True))
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra, a dependency
-        pass
-    return dict(cfg)
-
-
-def analysis_settings(analysis_cfg: Any) -> dict[str, Any]:
-    """``conf/analysis`` as a plain dict with every key the analysis reads."""
-    return {**DEFAULTS, **_plain(analysis_cfg)}
+def analysis_settings(analysis_cfg: AnalysisConfig | Mapping[str, Any]) -> AnalysisConfig:
+    """The checked ``conf/analysis`` object: as given, or built from a mapping (programmatic use)."""
+    if isinstance(analysis_cfg, AnalysisConfig):
+        return analysis_cfg
+    return build(AnalysisConfig, analysis_cfg, "analysis")
 
 
 def run_analysis(
     model: Any,
     probe: ProbeData,
-    cfg: Mapping[str, Any],
+    cfg: AnalysisConfig,
     out_dir: Path,
     step: int,
     *,
@@ -79,15 +59,16 @@ def run_analysis(
     ``skip_metrics``: metric names already in ``head_metrics.csv`` for this step (not written again).
     Returns the metrics, the roles, the tidy rows written and the pictures.
     """
-    hm = compute_head_metrics(model, probe, cfg, expensive=expensive)
-    roles = export.real_roles(classify_heads(hm.metrics, cfg.get("thresholds") or {}, hm.relation_names), hm.n_heads)
+    settings = cfg.to_dict()
+    hm = compute_head_metrics(model, probe, settings, expensive=expensive)
+    roles = export.real_roles(classify_heads(hm.metrics, settings["thresholds"], hm.relation_names), hm.n_heads)
     rows = export.tidy_rows(step, hm)
     if skip_metrics:
         rows = [r for r in rows if r["metric"] not in skip_metrics]
     export.append_metrics(out_dir, rows)
     export.write_roles(out_dir, step, roles, history=history)
     export.write_summary(out_dir, step, roles)
-    images = plots.all_figures(hm, roles, out_dir, int(cfg["max_pictures"]), step) if pictures else {}
+    images = plots.all_figures(hm, roles, out_dir, cfg.max_pictures, step) if pictures else {}
     if pictures or not (out_dir / "analysis.md").exists():
         export.write_markdown(out_dir, step, roles, hm, images)
     return hm, roles, rows, images
@@ -100,12 +81,10 @@ class AnalysisCallback(pl.Callback):
     ``roles/<family>`` entries for the run's summary; ``seconds`` the wall time the analysis took.
     """
 
-    def __init__(self, analysis_cfg: Any, datamodule: Any, run_dir: str | Path) -> None:
+    def __init__(self, analysis_cfg: AnalysisConfig | Mapping[str, Any], datamodule: Any, run_dir: str | Path) -> None:
         self.cfg = analysis_settings(analysis_cfg)
-        self.every = int(self.cfg["every_n_steps"])
-        if self.every <= 0:
-            raise ValueError(f"analysis.every_n_steps must be a positive integer; got {self.every}")
-        self.expensive_every = max(0, int(self.cfg["expensive_every"]))  # 0: only at the end
+        self.every = self.cfg.every_n_steps
+        self.expensive_every = self.cfg.expensive_every  # 0: only at the end
         self.datamodule = datamodule
         self.out_dir = Path(run_dir) / "analysis"
         self.probe: ProbeData | None = None
@@ -127,7 +106,7 @@ class AnalysisCallback(pl.Callback):
             # Resumed: the step was analysed before the interruption; later rows are from a rolled-back past.
             if trainer.is_global_zero and not self._disabled:
                 export.drop_after(self.out_dir, trainer.global_step)
-        elif self.cfg.get("at_start", True):
+        elif self.cfg.at_start:
             self._analyse(trainer, pl_module, expensive=False)
 
     def on_train_batch_end(
@@ -162,9 +141,7 @@ class AnalysisCallback(pl.Callback):
         start = time.perf_counter()
         step = trainer.global_step
         if self.probe is None:
-            self.probe = probe_from_datamodule(
-                self.datamodule, int(self.cfg["probe_batches"]), objective_for(pl_module)
-            )
+            self.probe = probe_from_datamodule(self.datamodule, self.cfg.probe_batches, objective_for(pl_module))
         again = self._last is not None and self._last[0] == step
         skip = self._written if again else set()
         _, roles, rows, images = run_analysis(
@@ -216,28 +193,33 @@ def _is_fsdp(trainer: pl.Trainer) -> bool:
     return type(trainer.strategy).__name__.startswith("FSDP")
 
 
-def build_roles_provider(analysis_cfg: Any, datamodule: Any) -> Callable[[Any, Sequence[Any]], list[HeadRole]]:
+def build_roles_provider(
+    analysis_cfg: AnalysisConfig | Mapping[str, Any], datamodule: Any
+) -> Callable[[Any, Sequence[Any]], list[HeadRole]]:
     """A roles provider for :mod:`mhaexp.pruning` (``criterion=role``): the heads' roles on the probe set.
 
     The batches the pruner passes are ignored: roles are defined on the fixed, annotated probe set, the
     same one the callback uses. Only the cheap tier is computed (roles need nothing else).
     """
     cfg = analysis_settings(analysis_cfg)
+    settings = cfg.to_dict()
     cache: dict[str, ProbeData] = {}
 
     def provide(model: Any, batches: Sequence[Any]) -> list[HeadRole]:
         if "probe" not in cache:
-            cache["probe"] = probe_from_datamodule(datamodule, int(cfg["probe_batches"]))
-        hm = compute_head_metrics(model, cache["probe"], cfg, expensive=False, importance=False)
-        roles = classify_heads(hm.metrics, cfg.get("thresholds") or {}, hm.relation_names)
+            cache["probe"] = probe_from_datamodule(datamodule, cfg.probe_batches)
+        hm = compute_head_metrics(model, cache["probe"], settings, expensive=False, importance=False)
+        roles = classify_heads(hm.metrics, settings["thresholds"], hm.relation_names)
         return export.real_roles(roles, hm.n_heads)
 
     return provide
 
 
-def build_analysis_callback(analysis_cfg: Any, datamodule: Any, run_dir: str | Path) -> pl.Callback | None:
+def build_analysis_callback(
+    analysis_cfg: AnalysisConfig | Mapping[str, Any], datamodule: Any, run_dir: str | Path
+) -> pl.Callback | None:
     """The callback for ``conf/analysis`` (``cfg.analysis``), or None when ``enabled`` is false."""
     cfg = analysis_settings(analysis_cfg)
-    if not cfg.get("enabled", True):
+    if not cfg.enabled:
         return None
     return AnalysisCallback(cfg, datamodule, run_dir)

@@ -35,16 +35,6 @@ from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_matrix, m
 from mhaexp.heads.weights import copying_score
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 
-# Defaults for analysis keys an older or partial config may lack (conf/analysis/default.yaml wins).
-DEFAULTS: dict[str, Any] = {
-    "max_offset": 3,
-    "direction": "auto",
-    "induction_sequences": 32,
-    "js_sequences": 16,
-    "position_baseline": True,
-    "seed": 0,
-}
-
 
 @dataclass
 class ProbeData:
@@ -247,7 +237,7 @@ def _baselines(
     off = torch.stack(offset)
     pos = M.position_baseline(targets, mask, causal)
     pos = torch.where(torch.tensor([d == "head2dep" for d in directions]), torch.full_like(pos, float("nan")), pos)
-    combined = torch.fmax(off, pos) if cfg.get("position_baseline", True) else off
+    combined = torch.fmax(off, pos) if cfg["position_baseline"] else off
     return {"offset": off, "position": pos, "combined": combined}
 
 
@@ -285,7 +275,7 @@ def _syntax_metrics(
     The probe's relations, plus ``amod:pred`` when the grammar's relations allow deriving it. What
     depends on the probe alone (arcs, baselines) is computed once per probe and direction setting.
     """
-    key = ("syntax", str(cfg["direction"]), int(cfg["max_offset"]), bool(cfg.get("position_baseline", True)), causal)
+    key = ("syntax", str(cfg["direction"]), int(cfg["max_offset"]), bool(cfg["position_baseline"]), causal)
     if key not in probe.cache:
         probe.cache[key] = _syntax_setup(batch, probe.relations, cfg, causal)
     names, directions, targets, bases = probe.cache[key]
@@ -356,8 +346,8 @@ def compute_head_metrics(
     ``analysis_cfg`` is ``conf/analysis`` (``max_offset``, ``thresholds.positional``, ``direction``,
     ``induction_sequences``, ``js_sequences``, ``seed``). ``model`` is a :class:`~mhaexp.nn.model.Transformer`.
     """
-    cfg = {**DEFAULTS, **dict(analysis_cfg)}
-    thresholds = cfg.get("thresholds") or {}
+    cfg = analysis_cfg
+    thresholds = cfg["thresholds"]
     max_offset = int(cfg["max_offset"])
     layers = model.attention_layers
     n_heads = [a.n_heads for a in layers]
@@ -380,9 +370,7 @@ def compute_head_metrics(
         values.setdefault(key, []).append(value)
 
     for p in per_layer:
-        _, offset, frac = M.positional_heads(
-            p, mask_d, max_offset, float(thresholds.get("positional", 0.9)), causal=causal
-        )
+        _, offset, frac = M.positional_heads(p, mask_d, max_offset, float(thresholds["positional"]), causal=causal)
         put("positional_frac", frac)
         put("positional_offset", offset.float())
         put("normalized_entropy", M.normalized_entropy(p, mask_d, causal=causal))

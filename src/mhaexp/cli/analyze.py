@@ -148,13 +148,12 @@ def conllu_probe(path: str, module: Any, batch_size: int, n_probe: int) -> Any:
 
 def run(argv: list[str]) -> str:
     """Do what ``argv`` asks; return the lines to print."""
-    from omegaconf import OmegaConf
-
-    from mhaexp.analysis.callback import analysis_settings, run_analysis
+    from mhaexp.analysis.callback import run_analysis
     from mhaexp.analysis.collect import objective_for, probe_from_datamodule
+    from mhaexp.analysis.config import AnalysisConfig
     from mhaexp.analysis.export import all_role_counts
     from mhaexp.checkpoint import read_checkpoint
-    from mhaexp.config import instantiate_plain
+    from mhaexp.config import build, instantiate_plain
     from mhaexp.training.module import load_module
 
     own, overrides = parse_args(argv)
@@ -162,19 +161,18 @@ def run(argv: list[str]) -> str:
     module = load_module(ckpt_path, "ckpt")
     step = int(read_checkpoint(ckpt_path, "ckpt").get("global_step", 0))
     cfg = compose(own, overrides)
-    acfg = analysis_settings(OmegaConf.to_container(cfg.analysis, resolve=True))
-    n_batches = int(acfg["probe_batches"])
+    acfg = build(AnalysisConfig, cfg.analysis, "analysis", complete=True)
+    n_batches = acfg.probe_batches
     if own.get("conllu"):
-        probe = conllu_probe(
-            own["conllu"], module, int(cfg.data.get("batch_size", 64)), n_batches * int(cfg.data.get("batch_size", 64))
-        )
+        batch_size = int(cfg.data.batch_size)
+        probe = conllu_probe(own["conllu"], module, batch_size, n_batches * batch_size)
         source = f"conllu={own['conllu']}"
     else:
         datamodule = instantiate_plain(cfg.data)
         if datamodule.vocab_size != module.model.cfg.vocab_size:
             raise ConfigError(
                 "data",
-                cfg.data.get("kind"),
+                cfg.data.kind,
                 f"its vocabulary has {datamodule.vocab_size} tokens, the "
                 f"checkpoint's model {module.model.cfg.vocab_size}: pass the data= it was trained on",
             )
@@ -184,7 +182,7 @@ def run(argv: list[str]) -> str:
             )
         datamodule.prepare_data()
         probe = probe_from_datamodule(datamodule, n_batches, objective_for(module))
-        source = f"data={cfg.data.get('kind')}"
+        source = f"data={cfg.data.kind}"
     out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
     out.mkdir(parents=True, exist_ok=True)
     for name in ("head_metrics.csv", "head_roles_history.csv"):  # appended to by run_analysis: start fresh

@@ -10,9 +10,9 @@ import sys
 import torch
 
 from mhaexp.cli.preflight import check_override_names, compose_job, hydra_context, split_argv
-from mhaexp.config import validate
 from mhaexp.errors import ConfigError, fail
 from mhaexp.nn.model import ModelConfig, Transformer
+from mhaexp.training.config import build_run
 
 PROG = "mhaexp-info"
 
@@ -50,7 +50,7 @@ def main() -> None:
     try:
         with hydra_context():
             check_override_names(overrides, config_name)
-            _, model_cfg = validate(compose_job(overrides, config_name))
+            model_cfg = build_run(compose_job(overrides, config_name)).model
     except ConfigError as e:
         fail(PROG, e)
     print(describe(model_cfg))

@@ -9,6 +9,7 @@ and what is valid, and nothing is written to disk.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mhaexp.config import CONF_DIR, validate
+from mhaexp.config import CONF_DIR
 from mhaexp.errors import ConfigError
+from mhaexp.training.config import RunConfig, build_run
 
 # Flags of Hydra's CLI that take a value in the next argument.
 VALUE_FLAGS = {
@@ -47,6 +49,22 @@ NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--shell-completi
 class Invalid:
     overrides: list[str]
     error: ConfigError
+
+
+# RunConfigs the preflight built, by their job's resolved config: the job that composes the same config in
+# this process takes its object from here instead of building it a second time (see job_run_config).
+_checked: dict[str, RunConfig] = {}
+
+
+def _key(cfg: DictConfig) -> str:
+    return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+
+
+def job_run_config(cfg: DictConfig) -> RunConfig:
+    """The RunConfig of a job Hydra is starting: the one the preflight built for exactly this config,
+    or, for a job the preflight did not see (another process: submitit; a ``--help``-less rerun), built now."""
+    run = _checked.pop(_key(cfg), None)
+    return run if run is not None else build_run(cfg)
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str], str]:
@@ -158,7 +176,8 @@ def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
         invalid = []
         for job in jobs:
             try:
-                validate(compose_job(job, config_name))
+                cfg = compose_job(job, config_name)
+                _checked[_key(cfg)] = build_run(cfg)
             except ConfigError as e:
                 invalid.append(Invalid(job, e))
             except HydraException as e:

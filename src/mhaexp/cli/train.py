@@ -23,12 +23,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mhaexp.cli.preflight import check_jobs, compose_job, hydra_context, split_argv, wants_check
-from mhaexp.config import CONF_DIR, validate
+from mhaexp.cli.preflight import check_jobs, compose_job, hydra_context, job_run_config, split_argv, wants_check
+from mhaexp.config import CONF_DIR
 from mhaexp.errors import ConfigError, NonFiniteLossError, fail
 from mhaexp.training import sweep
+from mhaexp.training.config import RunConfig
 
 PROG = "mhaexp-train"
 # Hydra's own files share the run directory with the CSV log by design; and a deprecation inside
@@ -51,30 +52,26 @@ def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     (run_dir / "status.json").write_text(json.dumps({"status": status, **extra}, indent=2))
 
 
-def objective(cfg: DictConfig, summary: dict[str, Any] | None) -> float | None:
+def objective(run: RunConfig, summary: dict[str, Any] | None) -> float | None:
     """The number a model-based sweeper (Optuna) minimizes: ``sweep.objective`` of the summary.
 
     None for a failed job or a missing metric: hydra-optuna-sweeper 1.3 records a trial whose
     value is not float-castable as failed and goes on, whereas NaN makes it abort the study.
     """
-    value = (summary or {}).get(cfg.sweep.objective)
+    value = (summary or {}).get(run.sweep.objective)
     return None if value is None or math.isnan(float(value)) else float(value)
-
-
-def wants_objective(cfg: DictConfig) -> bool:
-    return bool(OmegaConf.select(cfg, "sweep.objective", default=None))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def run_job(cfg: DictConfig) -> dict[str, Any] | float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        validate(cfg)  # before torch loads: an invalid job (one preflight let through) costs nothing
+        run = job_run_config(cfg)  # before torch loads: an invalid job (one preflight let through) costs nothing
         from mhaexp.training.parallel import share_cpu_threads
         from mhaexp.training.run import train  # torch and Lightning load only once a job really starts
 
         share_cpu_threads()
-        summary = train(cfg, run_dir, group=sweep_group())
+        summary = train(run, run_dir, group=sweep_group())
     except ConfigError as e:
         write_status(run_dir, "invalid", error=str(e))
         if is_multirun():
@@ -91,7 +88,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any] | float | None:
             fail(PROG, e, code=1)
         raise
     write_status(run_dir, "ok", best_val_loss=summary.get("best_val_loss"))
-    return objective(cfg, summary) if wants_objective(cfg) else summary
+    return objective(run, summary) if run.sweep.objective else summary
 
 
 def skip_invalid_requested(argv: list[str], jobs: list[list[str]]) -> bool:
@@ -102,7 +99,7 @@ def skip_invalid_requested(argv: list[str], jobs: list[list[str]]) -> bool:
     with hydra_context():
         for job in jobs:
             try:
-                return bool(compose_job(job, config_name).get("sweep", {}).get("skip_invalid", False))
+                return compose_job(job, config_name).sweep.skip_invalid is True
             except HydraException:
                 continue
     return False

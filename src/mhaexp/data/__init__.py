@@ -15,7 +15,7 @@ _LAZY = {
     "write_conllu": "conllu_io",
     "LMDataModule": "datamodule",
     "default_cache_dir": "datamodule",
-    "DataSpec": "spec",
+    "DataConfig": "spec",
     "RELATIONS": "grammar",
     "SEED_TEXT": "grammar",
     "Sentence": "lexicon",

@@ -27,8 +27,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from mhaexp.config import build
 from mhaexp.data.sampler import GlobalBatchSampler
-from mhaexp.data.spec import DataSpec
+from mhaexp.data.spec import DataConfig
 from mhaexp.errors import ConfigError
 
 SPLITS = ("train", "val", "probe")
@@ -59,18 +60,32 @@ class LMDataModule(pl.LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         num_workers: int = 0,
+        config: DataConfig | None = None,
         **source_kwargs: Any,
     ) -> None:
         super().__init__()
-        spec = DataSpec(kind, seq_len, batch_size, n_train, n_val, n_probe, seed, num_workers, source_kwargs)
-        self.kind, self.seed, self.seq_len, self.batch_size = spec.kind, spec.seed, spec.seq_len, spec.batch_size
-        self.sizes, self.num_workers, self.source = spec.sizes, spec.num_workers, spec.source
+        if config is None:  # programmatic use; the CLI passes the DataConfig it checked (from_config)
+            given = dict(kind=kind, seq_len=seq_len, batch_size=batch_size, n_train=n_train, n_val=n_val)
+            given.update(n_probe=n_probe, seed=seed, cache_dir=cache_dir, num_workers=num_workers)
+            config = build(DataConfig, {**given, **source_kwargs}, "data")
+        self.kind, self.seed, self.seq_len, self.batch_size = (
+            config.kind,
+            config.seed,
+            config.seq_len,
+            config.batch_size,
+        )
+        self.sizes, self.num_workers, self.source = config.sizes, config.num_workers, config.source
         self.tokenizer = self.source.tokenizer
-        self.vocab_size: int = self.tokenizer.vocab_size
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.save_hyperparameters()
+        self.vocab_size: int = config.vocab_size
+        self.cache_root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+        self.save_hyperparameters(ignore=["config"])
         self._data: dict[str, datasets.Dataset] = {}
         self._train_targets: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, config: DataConfig) -> LMDataModule:
+        """The datamodule of a checked ``DataConfig`` (its source is used as is, not rebuilt)."""
+        return cls(**config.keys(), config=config)
 
     @property
     def relations(self) -> list[str]:

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from mhaexp.config import (
+    DERIVED,
+    boolean,
+    check_fields,
+    choice,
+    list_of,
+    number,
+    optional,
+    positive_int,
+    positive_number,
+    setting,
+)
 from mhaexp.errors import ConfigError
 from mhaexp.nn.shapes import check_heads, resolve_head_dim
 
@@ -21,36 +33,29 @@ class ModelConfig:
     which is what a physically pruned model needs.
     """
 
-    vocab_size: int = 256
-    n_layers: int = 2
-    d_model: int = 128
-    n_heads: int = 4
-    n_kv_heads: int | None = None
-    head_dim: int | None = None
-    d_ff: int | None = None
-    max_seq_len: int = 64
-    dropout: float = 0.0
-    pos: str = "learned"
-    attn_only: bool = False
-    causal: bool = True
-    bias: bool = True
-    tie_embeddings: bool = True
-    rope_base: float = 10000.0
-    layer_n_heads: list[int] | None = None
-    layer_n_kv_heads: list[int] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    vocab_size: int = setting(DERIVED, 256)  # the data's tokenizer fixes it: never a YAML key
+    n_layers: int = setting(positive_int(), 2)
+    d_model: int = setting(positive_int(), 128)
+    n_heads: int = setting(positive_int(), 4)
+    n_kv_heads: int | None = setting(optional(positive_int()), None)
+    head_dim: int | None = setting(optional(positive_int()), None)
+    d_ff: int | None = setting(optional(positive_int()), None)
+    max_seq_len: int = setting(positive_int(), 64)
+    dropout: float = setting(number(0.0, 1.0, high_open=True), 0.0)
+    pos: str = setting(choice(*POSITIONS), "learned")
+    attn_only: bool = setting(boolean(), False)
+    causal: bool = setting(boolean(), True)
+    bias: bool = setting(boolean(), True)
+    tie_embeddings: bool = setting(boolean(), True)
+    rope_base: float = setting(positive_number(), 10000.0)
+    layer_n_heads: list[int] | None = setting(optional(list_of(positive_int())), None)
+    layer_n_kv_heads: list[int] | None = setting(optional(list_of(positive_int())), None)
+    extra: dict[str, Any] = setting(DERIVED, factory=dict)  # free-form, programmatic only; checkpoints carry it
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_layers", "d_model", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"model.{name}", value, "must be a positive integer")
-        if self.d_ff is not None and (not isinstance(self.d_ff, int) or self.d_ff <= 0):
-            raise ConfigError("model.d_ff", self.d_ff, "must be a positive integer (or null for 4*d_model)")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError("model.dropout", self.dropout, "must be in [0, 1)")
-        if self.pos not in POSITIONS:
-            raise ConfigError("model.pos", self.pos, f"choose one of {list(POSITIONS)}")
+        if not positive_int().test(self.vocab_size):
+            raise ConfigError("model.vocab_size", self.vocab_size, "must be a positive integer")
+        check_fields(self, "model")
         self.n_kv_heads = check_heads(self.n_heads, self.n_kv_heads, "model.")
         self.head_dim = resolve_head_dim(self.d_model, self.n_heads, self.head_dim, "model.")
         if self.pos == "rope" and self.head_dim % 2:

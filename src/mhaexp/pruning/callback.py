@@ -49,7 +49,7 @@ BatchSource = Sequence[Batch] | Callable[[pl.Trainer], Sequence[Batch]] | None
 
 
 def build_pruning_callback(
-    cfg_pruning: Mapping[str, Any] | None,
+    cfg_pruning: PruningConfig | Mapping[str, Any] | None,
     model_cfg: ModelConfig,
     max_steps: int,
     run_dir: str | Path | None,
@@ -63,8 +63,11 @@ def build_pruning_callback(
             the first ``n_batches`` of ``trainer.datamodule.val_dataloader()``.
         roles_provider: ``f(model, batches) -> roles`` (see :func:`mhaexp.heads.importance.roles_by_head`),
             needed by ``criterion: role`` and used to label pruned heads in the logs.
+
+    A PruningConfig is taken as checked (``RunConfig`` ran :func:`validate_pruning` on it); a mapping is
+    checked here.
     """
-    cfg = validate_pruning(cfg_pruning, model_cfg, max_steps)
+    cfg = cfg_pruning if isinstance(cfg_pruning, PruningConfig) else validate_pruning(cfg_pruning, model_cfg, max_steps)
     if cfg.kind == "none":
         return None
     _check_roles(cfg, roles_provider)

@@ -1,7 +1,7 @@
 """When to prune how many heads, and which: pure step math; and the pruning config, checked.
 
 Nothing here imports torch at module level (scores may be tensors or lists), so
-``mhaexp.config.validate`` can check every job of a sweep with :func:`validate_pruning` cheaply.
+``mhaexp-train`` can check every job of a sweep with :class:`PruningConfig` and :func:`validate_pruning` cheaply.
 
 Heads are named ``(layer, head)``. Every schedule is stated as a *target count* of pruned heads
 that never decreases over training; the callback prunes the lowest-scoring live heads until the
@@ -25,9 +25,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mhaexp.config import (
+    Check,
+    boolean,
+    build,
+    check_fields,
+    choice,
+    integer,
+    non_negative_int,
+    number,
+    optional,
+    positive_int,
+    positive_number,
+    probability,
+    setting,
+)
 from mhaexp.errors import ConfigError
 
 if TYPE_CHECKING:  # torch stays unimported: the CLI validates whole sweeps with this module
@@ -191,39 +206,57 @@ def select_heads(
 # ---------------------------------------------------------------------------------------------
 
 KINDS = ("none", "one_shot", "iterative", "gradual", "l0")
+RANKED = ("one_shot", "iterative", "gradual")  # the kinds that rank heads and prune a target count
+PRUNING = (*RANKED, "l0")
+# How init_from's K/V heads become fewer (Ainslie et al. 2023 mean-pool them); read by mhaexp.pruning.surgery.
+GQA_INITS = ("mean", "first", "random")
+STRETCH = Check(
+    lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_num(x) for x in v) and v[0] < 0 and v[1] > 1,
+    "must be [l, r] with l < 0 and r > 1, e.g. [-0.1, 1.1]",
+    [0.1, 1.1],
+)
 
 
 @dataclass
 class PruningConfig:
-    """``conf/pruning/*.yaml`` as a checked object; the YAML files document every key."""
+    """``conf/pruning/*.yaml`` as a checked object; the YAML files document every key.
 
-    kind: str = "none"
-    criterion: str = "importance"
-    scope: str = "global"
-    normalize_by_layer: bool = False
-    min_heads_per_layer: int = 1
-    count: int | None = None  # heads to prune in all (one_shot, iterative, gradual); wins over fraction
-    fraction: float | None = None  # or the fraction of all heads, in [0, 1)
-    at_step: int | None = None  # one_shot / iterative: first pruning step; null = end of training
-    step_fraction: float = 0.1  # iterative: share of all heads pruned per step
-    finetune_steps: int = 0  # iterative: training steps between pruning steps (0 = all at once)
-    exact: bool = True  # iterative: re-rank before every step
-    quality_floor: float | None = None  # iterative: stop (and undo the step) below this val accuracy
-    floor_relative: bool = True  # quality_floor is a share of the unpruned accuracy
-    start_step: int = 0  # gradual: t0
-    end_step: int | None = None  # gradual: t1
-    every: int = 1  # gradual: dt
-    initial_fraction: float = 0.0  # gradual: s_i
-    l0_lambda: float = 0.01  # l0: weight of the expected-L0 penalty
-    temperature: float = L0_TEMPERATURE
-    stretch: tuple[float, float] = L0_STRETCH
-    log_alpha_init: float = 2.5
-    n_batches: int = 4  # held-out batches for rankings and quality
-    max_rows: int = 256  # ablation: sequences per batched forward
-    seed: int = 0  # random criterion and random tie-breaks
-    role_tiebreak: str = "random"  # role criterion: order within role holders / non-holders
-    physical: bool = True  # write pruned.ckpt with the heads removed at the end
-    uneven: str = "pad"  # GQA groups left unequal: pad (keep masked heads) or split (copy K/V)
+    ``only`` names the kinds a key belongs to: ``pruning=l0 pruning.count=3`` is refused by name.
+    """
+
+    kind: str = setting(choice(*KINDS), "none")
+    criterion: str = setting(choice(*CRITERIA), "importance", only=RANKED)
+    scope: str = setting(choice(*SCOPES), "global", only=RANKED)
+    normalize_by_layer: bool = setting(boolean(), False, only=RANKED)
+    min_heads_per_layer: int = setting(positive_int(), 1, only=RANKED)
+    # heads to prune in all; wins over fraction
+    count: int | None = setting(optional(non_negative_int()), None, only=RANKED)
+    fraction: float | None = setting(optional(number(0.0, 1.0, high_open=True)), None, only=RANKED)
+    # first pruning step; null = end of training
+    at_step: int | None = setting(optional(non_negative_int()), None, only=("one_shot", "iterative"))
+    step_fraction: float = setting(number(0.0, 1.0, low_open=True, high_open=True), 0.1, only=["iterative"])
+    finetune_steps: int = setting(non_negative_int(), 0, only=["iterative"])
+    exact: bool = setting(boolean(), True, only=["iterative"])
+    quality_floor: float | None = setting(optional(probability()), None, only=["iterative"])
+    floor_relative: bool = setting(boolean(), True, only=["iterative"])
+    start_step: int = setting(non_negative_int(), 0, only=["gradual"])  # t0
+    end_step: int | None = setting(optional(positive_int()), None, only=["gradual"])  # t1
+    every: int = setting(positive_int(), 1, only=["gradual"])  # dt
+    initial_fraction: float = setting(number(0.0, 1.0, high_open=True), 0.0, only=["gradual"])  # s_i
+    l0_lambda: float = setting(positive_number(), 0.01, only=["l0"])
+    temperature: float = setting(positive_number(), L0_TEMPERATURE, only=["l0"])
+    stretch: tuple[float, float] = setting(STRETCH, L0_STRETCH, only=["l0"])
+    log_alpha_init: float = setting(number(), 2.5, only=["l0"])
+    n_batches: int = setting(positive_int(), 4, only=PRUNING)  # held-out batches for rankings and quality
+    max_rows: int = setting(positive_int(), 256, only=RANKED)  # ablation: sequences per batched forward
+    seed: int = setting(integer(), 0, only=RANKED)  # random criterion and random tie-breaks
+    role_tiebreak: str = setting(choice(*(c for c in CRITERIA if c != "role")), "random", only=RANKED)
+    physical: bool = setting(boolean(), True, only=PRUNING)  # write pruned.ckpt with the heads removed at the end
+    uneven: str = setting(choice(*UNEVEN), "pad", only=PRUNING)  # GQA groups left unequal: pad or split
+
+    def __post_init__(self) -> None:
+        check_fields(self, "pruning")
+        self.stretch = (float(self.stretch[0]), float(self.stretch[1]))
 
     def target_count(self, total: int) -> int:
         """Heads pruned in all at the end of a one_shot / iterative / gradual schedule."""
@@ -232,39 +265,20 @@ class PruningConfig:
         return fraction_to_count(float(self.fraction or 0.0), total)
 
 
-def _field_names() -> list[str]:
-    return [f.name for f in fields(PruningConfig)]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-def validate_pruning(pruning_cfg: Mapping[str, Any] | None, model_cfg: ModelConfig, max_steps: int) -> PruningConfig:
-    """Check ``cfg.pruning`` against the model and ``trainer.max_steps``; one ConfigError line per problem.
+def validate_pruning(
+    pruning_cfg: PruningConfig | Mapping[str, Any] | None, model_cfg: ModelConfig, max_steps: int
+) -> PruningConfig:
+    """Check the pruning config against the model and ``trainer.max_steps``; one ConfigError line per problem.
 
-    Call it from ``mhaexp.config.validate`` so a sweep's bad jobs fail before any job trains.
+    Each field's own domain is checked when the PruningConfig is built; this adds what needs the model
+    or the schedule's length. ``mhaexp.training.config.RunConfig`` calls it once per job.
     """
-    if pruning_cfg is not None and not isinstance(pruning_cfg, dict):
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(pruning_cfg, DictConfig):
-            pruning_cfg = OmegaConf.to_container(pruning_cfg, resolve=True)
-    raw = dict(pruning_cfg or {})
-    names = _field_names()
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"pruning.{key}", raw[key], f"unknown key; valid keys: {', '.join(names)}")
-    kind = raw.get("kind", "none")
-    if kind not in KINDS:
-        raise ConfigError("pruning.kind", kind, f"choose one of {list(KINDS)}")
-    if "stretch" in raw and raw["stretch"] is not None:
-        raw["stretch"] = tuple(raw["stretch"])
-    cfg = PruningConfig(**raw)
+    cfg = pruning_cfg if isinstance(pruning_cfg, PruningConfig) else build(PruningConfig, pruning_cfg or {}, "pruning")
+    kind = cfg.kind
     if kind == "none":
         return cfg
 
@@ -274,56 +288,22 @@ def validate_pruning(pruning_cfg: Mapping[str, Any] | None, model_cfg: ModelConf
 
     sizes = [model_cfg.heads_in_layer(i)[0] for i in range(model_cfg.n_layers)]
     total = sum(sizes)
-    need("criterion", cfg.criterion in CRITERIA, f"choose one of {list(CRITERIA)}")
-    need(
-        "role_tiebreak",
-        cfg.role_tiebreak in CRITERIA and cfg.role_tiebreak != "role",
-        f"choose one of {[c for c in CRITERIA if c != 'role']}",
-    )
-    need("scope", cfg.scope in SCOPES, f"choose one of {list(SCOPES)}")
-    need("uneven", cfg.uneven in UNEVEN, f"choose one of {list(UNEVEN)}")
-    for flag in ("normalize_by_layer", "exact", "floor_relative", "physical"):
-        need(flag, isinstance(getattr(cfg, flag), bool), "must be true or false")
     need(
         "min_heads_per_layer",
-        _is_int(cfg.min_heads_per_layer) and 1 <= cfg.min_heads_per_layer <= min(sizes),
+        cfg.min_heads_per_layer <= min(sizes),
         f"must be an integer from 1 to {min(sizes)} (the smallest layer's head count)",
     )
-    need("n_batches", _is_int(cfg.n_batches) and cfg.n_batches >= 1, "must be a positive integer")
-    need("max_rows", _is_int(cfg.max_rows) and cfg.max_rows >= 1, "must be a positive integer")
-    need("seed", _is_int(cfg.seed), "must be an integer")
 
     if kind == "l0":
         for name in ("count", "fraction", "at_step"):
             need(name, getattr(cfg, name) is None, "must be null for kind=l0 (the penalty decides how many heads go)")
-        need("l0_lambda", _is_num(cfg.l0_lambda) and cfg.l0_lambda > 0, "must be a positive number")
-        need(
-            "temperature",
-            _is_num(cfg.temperature) and cfg.temperature > 0,
-            "must be a positive number (1/3 in Voita et al. 2019)",
-        )
-        need(
-            "stretch",
-            len(cfg.stretch) == 2
-            and all(_is_num(v) for v in cfg.stretch)
-            and cfg.stretch[0] < 0
-            and cfg.stretch[1] > 1,
-            "must be [l, r] with l < 0 and r > 1, e.g. [-0.1, 1.1]",
-        )
-        need("log_alpha_init", _is_num(cfg.log_alpha_init), "must be a finite number")
         return cfg
 
     # one_shot / iterative / gradual: how many heads in all
     if cfg.count is None and cfg.fraction is None:
         raise ConfigError("pruning.count", None, f"kind={kind} needs pruning.count (heads) or pruning.fraction")
-    if cfg.count is None:
-        need("fraction", _is_num(cfg.fraction) and 0.0 <= cfg.fraction < 1.0, "must be in [0, 1)")
-    else:
-        need(
-            "count",
-            _is_int(cfg.count) and 0 <= cfg.count <= total,
-            f"cannot prune more heads than the model has ({total}: {sizes} per layer)",
-        )
+    if cfg.count is not None:
+        need("count", cfg.count <= total, f"cannot prune more heads than the model has ({total}: {sizes} per layer)")
     target = cfg.target_count(total)
     prunable = max_prunable(sizes, cfg.min_heads_per_layer)
     if target > prunable:
@@ -337,19 +317,10 @@ def validate_pruning(pruning_cfg: Mapping[str, Any] | None, model_cfg: ModelConf
     if kind in ("one_shot", "iterative"):
         need(
             "at_step",
-            cfg.at_step is None or (_is_int(cfg.at_step) and 0 <= cfg.at_step <= max_steps),
+            cfg.at_step is None or cfg.at_step <= max_steps,
             f"must be a step in 0..trainer.max_steps={max_steps}, or null for the end of training",
         )
     if kind == "iterative":
-        need("step_fraction", _is_num(cfg.step_fraction) and 0 < cfg.step_fraction < 1, "must be in (0, 1)")
-        need("finetune_steps", _is_int(cfg.finetune_steps) and cfg.finetune_steps >= 0, "must be an integer >= 0")
-        if cfg.quality_floor is not None:
-            hi = "1" if cfg.floor_relative else "1 (an accuracy)"
-            need(
-                "quality_floor",
-                _is_num(cfg.quality_floor) and 0 <= cfg.quality_floor <= 1,
-                f"must be null or in [0, {hi}]",
-            )
         n = len(iterative_counts(total, cfg.step_fraction, target))
         if cfg.at_step is not None and cfg.finetune_steps > 0:
             end = cfg.at_step + n * cfg.finetune_steps
@@ -366,17 +337,15 @@ def validate_pruning(pruning_cfg: Mapping[str, Any] | None, model_cfg: ModelConf
                 "must be 0 when pruning.at_step is null (pruning at the end of training leaves no steps to fine-tune)",
             )
     if kind == "gradual":
-        need("start_step", _is_int(cfg.start_step) and cfg.start_step >= 0, "must be an integer >= 0")
         need(
             "end_step",
-            _is_int(cfg.end_step) and cfg.end_step > cfg.start_step,
+            cfg.end_step is not None and cfg.end_step > cfg.start_step,
             f"must be an integer > pruning.start_step={cfg.start_step}",
         )
         need("end_step", cfg.end_step <= max_steps, f"the schedule must end by trainer.max_steps={max_steps}")
-        need("every", _is_int(cfg.every) and cfg.every >= 1, "must be a positive integer")
         need(
             "initial_fraction",
-            _is_num(cfg.initial_fraction) and 0 <= cfg.initial_fraction <= target / total,
+            cfg.initial_fraction <= target / total,
             f"must be in [0, final fraction={target / total:.3g}]",
         )
     return cfg

@@ -48,10 +48,9 @@ from mhaexp.errors import ConfigError
 from mhaexp.nn.model import ModelConfig, Transformer
 from mhaexp.nn.shapes import divisors
 from mhaexp.pruning.l0 import HardConcreteGate, fold_l0_state
-from mhaexp.pruning.schedules import UNEVEN
+from mhaexp.pruning.schedules import GQA_INITS, UNEVEN
 
 Head = tuple[int, int]
-GQA_INITS = ("mean", "first", "random")
 
 
 def parse_heads(spec: str | Iterable[Any], field_name: str = "heads") -> list[Head]:

@@ -10,23 +10,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from mhaexp.nn.config import ModelConfig
+from mhaexp.training.config import LoggerConfig, RunConfig
 
 RUN_ID_FILE = "wandb_run_id"  # in the run directory: a resumed job logs into the same W&B run
 
 
-def flat_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved run config, plus the head-shape keys at top level so W&B can group runs by them."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    model = config.get("model", {})
-    n_heads = model.get("n_heads")
+def flat_config(resolved: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
+    """The resolved run config, plus the head-shape keys at top level so W&B can group runs by them.
+
+    The head shape is the checked model's (``ModelConfig`` resolves ``head_dim`` and ``n_kv_heads``).
+    """
+    config = dict(resolved)
     config.update(
-        n_heads=n_heads,
-        n_kv_heads=model.get("n_kv_heads") or n_heads,
-        head_dim=model.get("head_dim") or (model["d_model"] // n_heads if n_heads else None),
-        d_model=model.get("d_model"),
-        pruning=(config.get("pruning") or {}).get("kind", "none"),
+        n_heads=model.n_heads,
+        n_kv_heads=model.n_kv_heads,
+        head_dim=model.head_dim,
+        d_model=model.d_model,
+        pruning=resolved["pruning"]["kind"],
     )
     return config
 
@@ -57,15 +60,14 @@ def csv_logger(run_dir: Path, resume_step: int | None) -> CSVLogger:
 
 
 def build_loggers(
-    cfg: DictConfig, run_dir: Path, group: str | None, run_id: str | None = None, resume_step: int | None = None
+    run: RunConfig, run_dir: Path, group: str | None, run_id: str | None = None, resume_step: int | None = None
 ) -> list[Logger]:
     """A CSV logger always (the run directory's own record), plus W&B unless ``logger=csv|none``."""
-    kind = cfg.logger.kind
-    if kind == "none":
+    lc = run.logger
+    if lc.kind == "none":
         return []
     loggers: list[Logger] = [csv_logger(run_dir, resume_step)]
-    if kind == "wandb":
-        lc = cfg.logger
+    if lc.kind == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(
             FallbackWandbLogger(
@@ -73,12 +75,12 @@ def build_loggers(
                 entity=lc.entity,
                 name=lc.name,
                 group=lc.group or group,
-                tags=list(lc.tags or []),
+                tags=list(lc.tags),
                 save_dir=str(run_dir),
                 mode=lc.mode,
                 id=run_id,
                 resume="allow" if run_id else None,
-                config=flat_config(cfg),
+                config=flat_config(run.resolved, run.model),
                 settings=wandb_settings(lc),
             )
         )
@@ -125,11 +127,11 @@ def remember_run_id(run_dir: Path, loggers: list[Logger]) -> None:
             (run_dir / RUN_ID_FILE).write_text(str(logger.experiment.id))
 
 
-def wandb_settings(lc: DictConfig) -> Any:
+def wandb_settings(lc: LoggerConfig) -> Any:
     import wandb
 
     # A bounded wait for the server: training must not hang on an unreachable W&B.
-    return wandb.Settings(init_timeout=float(lc.get("init_timeout", 30)), console="off", silent=True)
+    return wandb.Settings(init_timeout=float(lc.init_timeout), console="off", silent=True)
 
 
 def wandb_run_dir(run_dir: Path) -> Path | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -17,6 +17,7 @@ from mhaexp.errors import NonFiniteLossError
 from mhaexp.nn.model import ModelConfig, Transformer
 from mhaexp.nn.objectives import IGNORE, causal_targets
 from mhaexp.pruning.surgery import model_state
+from mhaexp.training.config import OptimConfig
 
 __all__ = ["LMModule", "warmup_cosine"]
 
@@ -26,7 +27,8 @@ class LMModule(pl.LightningModule):
 
     Args:
         model: the model's shape; ``vocab_size`` must already match the data.
-        optim: ``lr``, ``weight_decay``, ``betas``, ``warmup_steps``, ``min_lr_ratio``.
+        optim: the checked ``conf/optim`` (an OptimConfig); a mapping of its keys is checked here, the keys
+            it lacks taking OptimConfig's defaults (programmatic use and old checkpoints).
         pad_id / mask_id: special tokens of the data's tokenizer.
         mlm_probability: share of real tokens masked when the model is bidirectional.
         seed: makes the masked-LM choices a function of (seed, step), so a resumed run repeats them.
@@ -35,7 +37,7 @@ class LMModule(pl.LightningModule):
     def __init__(
         self,
         model: ModelConfig | dict[str, Any],
-        optim: dict[str, Any],
+        optim: OptimConfig | Mapping[str, Any],
         pad_id: int = 0,
         mask_id: int | None = None,
         mlm_probability: float = 0.15,
@@ -43,7 +45,7 @@ class LMModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
-        self.optim = dict(optim)
+        self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**optim)
         self.pad_id = pad_id
         self.mask_id = mask_id
         self.mlm_probability = mlm_probability
@@ -54,7 +56,7 @@ class LMModule(pl.LightningModule):
         self.save_hyperparameters(
             {
                 "model": asdict(self.model_cfg),
-                "optim": self.optim,
+                "optim": self.optim.to_dict(),
                 "pad_id": pad_id,
                 "mask_id": mask_id,
                 "mlm_probability": mlm_probability,
@@ -152,14 +154,12 @@ class LMModule(pl.LightningModule):
             if p.requires_grad:
                 (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.get("weight_decay", 0.1)}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.get("lr", 3e-3),
-            betas=tuple(o.get("betas", (0.9, 0.95))),
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr,
+            betas=o.betas,
         )
         total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 1000))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, warmup_cosine(o.get("warmup_steps", 100), total, o.get("min_lr_ratio", 0.1))
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o.warmup_steps, total, o.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

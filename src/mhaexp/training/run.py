@@ -9,16 +9,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
-from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mhaexp.analysis.callback import build_analysis_callback, build_roles_provider
 from mhaexp.analysis.seed_table import fill, format_table, read_roles
 from mhaexp.checkpoint import read_checkpoint
-from mhaexp.config import instantiate_plain, validate
+from mhaexp.data.datamodule import LMDataModule
 from mhaexp.pruning.callback import build_pruning_callback
 from mhaexp.pruning.surgery import load_init
 from mhaexp.training.checkpointing import AtomicCheckpointIO, RNGState, newest_good_checkpoint
+from mhaexp.training.config import RunConfig
 from mhaexp.training.init_from import InitQualityCallback
 from mhaexp.training.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
 from mhaexp.training.module import LMModule
@@ -30,13 +30,13 @@ def run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int | None]:
+def resume_checkpoint(run: RunConfig, run_dir: Path) -> tuple[Path | None, int | None]:
     """(checkpoint, its global step) to continue from.
 
     ``resume=auto``: the newest good checkpoint in this run directory, if any (also what
     a requeued SLURM job finds); a path: that file, checked.
     """
-    resume = cfg.get("resume")
+    resume = run.resume
     if resume is None and SLURMEnvironment.detect() and any(run_dir.glob("hpc_ckpt_*.ckpt")):
         # A requeued SLURM job: Lightning would restore the hpc checkpoint by itself, but the
         # loggers must know its step too (metrics.csv keeps its history, W&B its run).
@@ -49,55 +49,54 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int 
     return path, int(read_checkpoint(path, "resume").get("global_step", 0))
 
 
-def train(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
-    """Train one job of ``cfg`` into ``run_dir``; return its summary."""
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    _, model_cfg = validate(cfg)
-    datamodule = instantiate_plain(cfg.data)
+def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
+    """Train one job of the checked ``run`` into ``run_dir``; return its summary."""
+    pl.seed_everything(run.seed, workers=True, verbose=False)
+    model_cfg = run.model
+    datamodule = LMDataModule.from_config(run.data)
     tok = datamodule.tokenizer
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    module = LMModule(model_cfg, optim, pad_id=tok.pad_id, mask_id=tok.mask_id, seed=cfg.seed)
+    module = LMModule(model_cfg, run.optim, pad_id=tok.pad_id, mask_id=tok.mask_id, seed=run.seed)
     record = RunRecord(run_dir)
-    every = int(cfg.trainer.get("val_check_interval") or 250)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints",
             filename="step{step}",
             auto_insert_metric_name=False,
-            every_n_train_steps=every,
+            every_n_train_steps=run.trainer.val_check_interval,
             save_last=True,
             save_top_k=1,
         ),
         RNGState(),
     ]
-    ckpt, step = resume_checkpoint(cfg, run_dir)
-    if cfg.get("init_from") and ckpt is None:  # a resumed run takes its weights from its checkpoint
-        init = load_init(module, cfg.init_from, model_cfg, gqa_init=cfg.get("gqa_init", "mean"), seed=cfg.seed)
-        callbacks.append(InitQualityCallback(cfg.init_from, init, run_dir))
-    analysis = build_analysis_callback(cfg.analysis, datamodule, run_dir)
+    ckpt, step = resume_checkpoint(run, run_dir)
+    if run.init_from and ckpt is None:  # a resumed run takes its weights from its checkpoint
+        init = load_init(module, run.init_from, model_cfg, gqa_init=run.gqa_init, seed=run.seed)
+        callbacks.append(InitQualityCallback(run.init_from, init, run_dir))
+    analysis = build_analysis_callback(run.analysis, datamodule, run_dir)
     if analysis is not None:
         callbacks.append(analysis)
     pruning = build_pruning_callback(
-        OmegaConf.to_container(cfg.pruning, resolve=True),
+        run.pruning,
         model_cfg,
-        int(cfg.trainer.max_steps),
+        run.trainer.max_steps,
         run_dir,
         # Roles need the analysis thresholds: with analysis=off, criterion=role is refused up front.
-        roles_provider=build_roles_provider(cfg.analysis, datamodule) if analysis is not None else None,
+        roles_provider=build_roles_provider(run.analysis, datamodule) if analysis is not None else None,
     )
     if pruning is not None:
         callbacks.append(pruning)
     callbacks.append(record)  # last: its summary gathers what the others found at the end
     run_id = saved_run_id(run_dir_of(ckpt)) if ckpt is not None else saved_run_id(run_dir)
-    loggers = build_loggers(cfg, run_dir, group, run_id=run_id, resume_step=step)
-    # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
-    progress = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
-    trainer = instantiate_plain(
-        cfg.trainer,
+    loggers = build_loggers(run, run_dir, group, run_id=run_id, resume_step=step)
+    trainer = pl.Trainer(
+        **{
+            **run.trainer.kwargs(),
+            # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
+            "enable_progress_bar": run.trainer.enable_progress_bar and sys.stdout.isatty(),
+        },
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
-        enable_progress_bar=progress,
         plugins=[AtomicCheckpointIO()],
     )
     with wandb_always_finished():

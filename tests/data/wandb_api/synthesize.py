@@ -18,7 +18,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # tests/, for test_compare
 
-from omegaconf import OmegaConf  # noqa: E402
 from test_compare import (  # noqa: E402
     PARAMS_ATTENTION,
     PARAMS_TOTAL,
@@ -35,6 +34,7 @@ from test_compare import (  # noqa: E402
     summary,
 )
 
+from mhaexp.nn.config import ModelConfig  # noqa: E402
 from mhaexp.training.loggers import flat_config  # noqa: E402
 
 ENTITY, PROJECT = "mhaexp-lab", "mhaexp"
@@ -71,7 +71,8 @@ def fit_start(run: FakeRun) -> dict[str, Any]:
 
 def wandb_config(run: FakeRun) -> dict[str, Any]:
     """The run's config as the server stores it: every key wrapped in {"desc", "value"}."""
-    config = flat_config(OmegaConf.create(job_config(run)))
+    job = job_config(run)
+    config = flat_config(job, ModelConfig(**job["model"]))
     config.update(fit_start(run))
     stored = {k: {"desc": None, "value": v} for k, v in config.items()}
     stored["_wandb"] = {"desc": None, "value": WANDB_META}

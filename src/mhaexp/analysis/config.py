@@ -1,0 +1,71 @@
+"""``conf/analysis/*.yaml`` as one checked object (no torch import: the CLI checks whole sweeps with it).
+
+conf/analysis/default.yaml documents every key and holds every default; the dataclass defaults
+below serve programmatic use only (the CLI builds with ``complete=True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mhaexp.config import (
+    boolean,
+    check_fields,
+    choice,
+    integer,
+    nested,
+    non_negative_int,
+    number,
+    positive_int,
+    probability,
+    setting,
+)
+
+DIRECTIONS = ("auto", "predictive", "visible", "dep2head", "head2dep")
+
+
+@dataclass
+class Thresholds:
+    """The bars of :func:`mhaexp.analysis.roles.classify_heads`; the YAML cites each one's source."""
+
+    positional: float = setting(probability(), 0.9)
+    syntactic_margin: float = setting(probability(), 0.10)
+    coreference_margin: float = setting(probability(), 0.10)
+    induction: float = setting(probability(), 0.5)
+    duplicate: float = setting(probability(), 0.5)
+    copying: float = setting(number(-1.0, 1.0), 0.5)  # sum Re(l) / sum |l| lies in [-1, 1]
+    sink: float = setting(probability(), 0.3)
+    broad: float = setting(probability(), 0.9)
+    rare_word: float = setting(probability(), 0.5)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "analysis.thresholds")
+
+
+@dataclass
+class AnalysisConfig:
+    """What the analysis callback computes and how often (see conf/analysis/default.yaml)."""
+
+    enabled: bool = setting(boolean(), True)
+    every_n_steps: int = setting(positive_int(), 100)
+    max_pictures: int = setting(non_negative_int(), 8)
+    probe_batches: int = setting(positive_int(), 1)
+    max_offset: int = setting(positive_int(), 3)
+    expensive_every: int = setting(non_negative_int(), 0)
+    at_start: bool = setting(boolean(), True)
+    direction: str = setting(choice(*DIRECTIONS), "auto")
+    position_baseline: bool = setting(boolean(), True)
+    induction_sequences: int = setting(positive_int(), 32)
+    js_sequences: int = setting(positive_int(), 16)
+    seed: int = setting(integer(), 0)
+    thresholds: Thresholds = setting(nested(Thresholds), factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.thresholds, dict):  # programmatic use: AnalysisConfig(thresholds={...})
+            self.thresholds = Thresholds(**self.thresholds)
+        check_fields(self, "analysis")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain mapping the metric glue (:mod:`mhaexp.analysis.collect`) reads."""
+        return asdict(self)

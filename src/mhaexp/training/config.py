@@ -1,0 +1,238 @@
+"""The trainer, optimizer and logger configs, and the one ``RunConfig`` a job is built from.
+
+:func:`build_run` is the single builder: ``mhaexp-train``'s preflight calls it on every job of a sweep
+before any starts, and the job (Hydra's task function, possibly in another process) receives its
+result or, in another process, calls it once. Training code takes the RunConfig and checks nothing
+again. No torch or Lightning import here (the preflight must stay fast); only ``trainer.accelerator=gpu``
+asks torch whether CUDA is there, and ``init_from`` reads its checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mhaexp.analysis.config import AnalysisConfig
+from mhaexp.config import (
+    DERIVED,
+    Check,
+    boolean,
+    build,
+    check_fields,
+    check_mapping,
+    choice,
+    either,
+    existing_file,
+    int_at_least,
+    integer,
+    list_of,
+    literal,
+    nested,
+    non_negative_int,
+    number,
+    optional,
+    positive_int,
+    positive_number,
+    probability,
+    setting,
+    string,
+)
+from mhaexp.data.spec import DataConfig
+from mhaexp.errors import ConfigError
+from mhaexp.nn.config import ModelConfig
+from mhaexp.pruning.schedules import GQA_INITS, PruningConfig, validate_pruning
+
+TRAINER_TARGET = "pytorch_lightning.Trainer"
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_notebook", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", 16, 32, 64)
+DEVICES = Check(
+    lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1))
+        or v == "auto"
+        or (isinstance(v, list) and len(v) > 0 and all(non_negative_int().test(x) for x in v))
+    ),
+    "must be a positive count, -1 (all), 'auto' or a non-empty list of device ids",
+    0,
+)
+LOGGER_KINDS = ("wandb", "csv", "none")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def cuda_available() -> bool:
+    import torch  # only here: most checks should not pay for importing torch
+
+    return torch.cuda.is_available()
+
+
+def cuda_built() -> bool:
+    import torch
+
+    return torch.version.cuda is not None
+
+
+@dataclass
+class TrainerConfig:
+    """``conf/trainer/*.yaml``: the keyword arguments of Lightning's Trainer that our YAML sets."""
+
+    _target_: str = setting(literal(TRAINER_TARGET), TRAINER_TARGET)
+    accelerator: str = setting(choice(*ACCELERATORS), "cpu")
+    devices: Any = setting(DEVICES, 1)
+    num_nodes: int = setting(positive_int(), 1)
+    strategy: str = setting(choice(*STRATEGIES), "auto")
+    precision: Any = setting(choice(*PRECISIONS), "32-true")
+    max_steps: int = setting(positive_int(), 1500)
+    max_epochs: int | None = setting(optional(int_at_least(-1)), -1)
+    val_check_interval: int = setting(positive_int(), 250)  # steps: also the checkpoint period
+    check_val_every_n_epoch: int | None = setting(optional(positive_int()), None)
+    limit_val_batches: Any = setting(
+        either(non_negative_int(), probability(), valid="must be a batch count >= 0 or a fraction in [0, 1]"), 8
+    )
+    log_every_n_steps: int = setting(positive_int(), 10)
+    gradient_clip_val: float | None = setting(optional(number(0.0)), 1.0)
+    num_sanity_val_steps: int = setting(int_at_least(-1), 0)
+    enable_progress_bar: bool = setting(boolean(), True)
+    enable_model_summary: bool = setting(boolean(), False)
+    deterministic: Any = setting(either(boolean(), choice("warn"), valid="must be true, false or 'warn'"), False)
+    use_distributed_sampler: bool = setting(boolean(), False)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "trainer")
+        if self.accelerator in ("gpu", "cuda") and not cuda_available():
+            raise ConfigError(
+                "trainer.accelerator",
+                self.accelerator,
+                "no CUDA GPU is visible on this machine (and torch was built "
+                f"{'with' if cuda_built() else 'without'} CUDA); use trainer=cpu, or install CUDA torch "
+                "with `make install TORCH=torch`",
+            )
+
+    def kwargs(self) -> dict[str, Any]:
+        """The Trainer's keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_target_"}
+
+
+@dataclass
+class OptimConfig:
+    """``conf/optim/adamw.yaml``: AdamW with linear warmup and cosine decay (see LMModule)."""
+
+    lr: float = setting(positive_number(), 3e-3)
+    weight_decay: float = setting(number(0.0), 0.1)
+    betas: tuple[float, float] = setting(
+        list_of(number(0.0, 1.0, high_open=True), length=2), factory=lambda: (0.9, 0.95)
+    )
+    warmup_steps: int = setting(non_negative_int(), 100)
+    min_lr_ratio: float = setting(probability(), 0.1)  # cosine decays to lr * min_lr_ratio at trainer.max_steps
+
+    def __post_init__(self) -> None:
+        check_fields(self, "optim")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoggerConfig:
+    """``conf/logger/*.yaml``: a CSV log always (unless none), plus W&B for ``kind: wandb``."""
+
+    kind: str = setting(choice(*LOGGER_KINDS), "csv")
+    mode: str = setting(choice(*WANDB_MODES), "offline", only=["wandb"])
+    project: str = setting(string(), "mhaexp", only=["wandb"])
+    entity: str | None = setting(optional(string()), None, only=["wandb"])
+    group: str | None = setting(optional(string()), None, only=["wandb"])
+    tags: list[str] = setting(list_of(string()), factory=list, only=["wandb"])
+    name: str | None = setting(optional(string()), None, only=["wandb"])  # ${name} in the YAML
+    init_timeout: float = setting(positive_number(), 30, only=["wandb"])
+
+    def __post_init__(self) -> None:
+        check_fields(self, "logger")
+
+
+@dataclass
+class SweepConfig:
+    """How a ``-m`` sweep treats its jobs (mhaexp.cli.train, mhaexp.training.sweep)."""
+
+    skip_invalid: bool = setting(boolean(), False)
+    objective: str | None = setting(optional(string()), None)  # a summary.json key for a model-based sweeper
+
+    def __post_init__(self) -> None:
+        check_fields(self, "sweep")
+
+
+RUN_NAME = Check(lambda v: isinstance(v, str) and v != "" and "/" not in v, "must be a non-empty name without '/'", "")
+RESUME = Check(
+    lambda v: v is None or v == "auto" or (isinstance(v, str) and Path(v).expanduser().is_file()),
+    "must be null, 'auto' or the path of an existing checkpoint",
+    "/no/such.ckpt",
+)
+GROUPS = ("model", "data", "trainer", "optim", "analysis", "pruning", "logger")
+
+
+@dataclass
+class RunConfig:
+    """One job, checked as a whole: each group's config plus the top-level keys of conf/train.yaml."""
+
+    model: ModelConfig = setting(nested(ModelConfig))
+    data: DataConfig = setting(nested(DataConfig))
+    trainer: TrainerConfig = setting(nested(TrainerConfig))
+    optim: OptimConfig = setting(nested(OptimConfig))
+    analysis: AnalysisConfig = setting(nested(AnalysisConfig))
+    pruning: PruningConfig = setting(nested(PruningConfig))
+    logger: LoggerConfig = setting(nested(LoggerConfig))
+    name: str = setting(RUN_NAME)
+    seed: int = setting(integer())
+    init_from: str | None = setting(optional(existing_file("mhaexp checkpoint (.ckpt)")))
+    gqa_init: str = setting(choice(*GQA_INITS))
+    resume: str | None = setting(RESUME)
+    sweep: SweepConfig = setting(nested(SweepConfig))
+    # The composed config, resolved, as plain data: what the loggers record (not read for settings).
+    resolved: dict[str, Any] = setting(DERIVED, factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
+        if self.model.max_seq_len < self.data.seq_len:
+            raise ConfigError(
+                "model.max_seq_len", self.model.max_seq_len, f"must be >= data.seq_len={self.data.seq_len}"
+            )
+        validate_pruning(self.pruning, self.model, self.trainer.max_steps)
+        if self.pruning.criterion == "role" and self.pruning.kind != "none" and not self.analysis.enabled:
+            raise ConfigError(
+                "pruning.criterion", "role", "needs the analysis (roles come from it); set analysis=default"
+            )
+        if self.init_from is not None:
+            from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
+
+            validate_init(self.init_from, self.model, self.gqa_init)
+
+
+def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """THE builder: a composed ``train`` config (without its ``hydra`` node) -> a checked RunConfig.
+
+    Every key must be in the schema and have its value in the YAML (``complete``): a default that
+    only the dataclass knows would be a second table of defaults.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    names = [f.name for f in fields(RunConfig) if f.name != "resolved"]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(str(key), raw[key], f"unknown key; valid keys: {', '.join(names)}")
+    for key in names:
+        if key not in raw:
+            raise ConfigError(key, None, "missing: conf/train.yaml and its groups must give it a value")
+    check_mapping(RunConfig, raw, "")  # top-level values first: logger.name interpolates name
+    data = build(DataConfig, raw["data"], "data", complete=True)
+    model = build(ModelConfig, raw["model"], "model", complete=True, vocab_size=data.vocab_size)
+    groups = {
+        "trainer": build(TrainerConfig, raw["trainer"], "trainer", complete=True),
+        "optim": build(OptimConfig, raw["optim"], "optim", complete=True),
+        "analysis": build(AnalysisConfig, raw["analysis"], "analysis", complete=True),
+        "pruning": build(PruningConfig, raw["pruning"], "pruning", complete=True),
+        "logger": build(LoggerConfig, raw["logger"], "logger", complete=True),
+        "sweep": build(SweepConfig, raw["sweep"], "sweep", complete=True),
+    }
+    top = {k: raw[k] for k in ("name", "seed", "init_from", "gqa_init", "resume")}
+    return RunConfig(model=model, data=data, **groups, **top, resolved=raw)
