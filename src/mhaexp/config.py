@@ -29,6 +29,10 @@ from mhaexp.rundir import run_key  # noqa: F401  (registers ${mhaexp_run_key:})
 CONF_DIR = Path(os.environ.get("MHAEXP_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
 T = TypeVar("T")
 
+# ${mhaexp_max:64,${data.seq_len}}: a model's position table is at least its preset's size and never
+# shorter than the data's sequences, so data=retrieval (T = 256) works with the default model.
+OmegaConf.register_new_resolver("mhaexp_max", lambda *xs: max(int(x) for x in xs), replace=True)
+
 
 def instantiate_plain(node: DictConfig, **extra: Any) -> Any:
     """Build ``node._target_(**node)`` letting our own errors through unwrapped.

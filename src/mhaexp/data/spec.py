@@ -21,20 +21,27 @@ from mhaexp.config import (
     non_negative_int,
     optional,
     positive_int,
+    probability,
     setting,
     string,
 )
 from mhaexp.data.grammar import GrammarSource
 from mhaexp.data.induction import VARIANTS, InductionSource
+from mhaexp.data.retrieval import FILLERS, RetrievalSource
 from mhaexp.data.text import TextSource
 
-SOURCES: dict[str, type] = {"grammar": GrammarSource, "induction": InductionSource, "text": TextSource}
+SOURCES: dict[str, type] = {
+    "grammar": GrammarSource,
+    "induction": InductionSource,
+    "text": TextSource,
+    "retrieval": RetrievalSource,
+}
 TARGET = "mhaexp.data.LMDataModule"
 
 
 @dataclass
 class DataConfig:
-    """Validated data settings and the source they select (grammar, induction or text).
+    """Validated data settings and the source they select (grammar, induction, text or retrieval).
 
     Keys marked ``only`` belong to one kind; the YAML files document every key. ``source`` (with its
     tokenizer) and ``vocab_size`` are set on construction.
@@ -60,6 +67,14 @@ class DataConfig:
     split: str = setting(string(), "train", only=["text"])
     text_field: str = setting(string(), "text", only=["text"])
     tokenizer: str = setting(string(), "bytes", only=["text"])
+    filler: str = setting(choice(*FILLERS), "random", only=["retrieval"])
+    n_filler: int = setting(int_at_least(2), 64, only=["retrieval"])
+    n_keys: int = setting(int_at_least(2), 32, only=["retrieval"])
+    n_values: int = setting(int_at_least(2), 32, only=["retrieval"])
+    value_len: int = setting(positive_int(), 3, only=["retrieval"])
+    n_needles: int = setting(positive_int(), 2, only=["retrieval"])
+    min_depth: float = setting(probability(), 0.0, only=["retrieval"])
+    max_depth: float = setting(probability(), 1.0, only=["retrieval"])
     source: Any = setting(DERIVED, None)
     vocab_size: int = setting(DERIVED, 0)
 

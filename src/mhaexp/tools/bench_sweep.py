@@ -76,4 +76,3 @@ def bench_sweep(args: Args) -> list[Row]:
         Row("sweep", case, "parallel jobs/hour", *spread(per_hour[1]), unit="jobs/h"),
         Row("sweep", case, "parallel / sequential", *spread(ratios), target=None if args.quick else TARGET),
     ]
-
