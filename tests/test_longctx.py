@@ -87,3 +87,22 @@ def test_massive_activations_relative_criterion_and_sink() -> None:
     assert list(zip(out.batch, out.position, out.dim, strict=True)) == [(0, 0, 3), (1, 2, 6)]
     assert out.value == pytest.approx([50.0, -20.0])
     assert out.on_sink == 1
+
+
+def test_retrieval_and_streaming_roles_use_the_configured_bars() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from mhaexp.analysis.roles import classify_heads
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "analysis" / "default.yaml"
+    thresholds = yaml.safe_load(conf.read_text())["thresholds"]
+    assert thresholds["retrieval"] == 0.1 and thresholds["streaming"] == 0.9  # Wu et al. 2024; DuoAttention
+    metrics = {
+        "retrieval": torch.tensor([[0.1, 0.09, 0.6]]),
+        "streaming": torch.tensor([[0.95, 0.9, 0.2]]),
+    }
+    roles = {(r.layer, r.head, r.role) for r in classify_heads(metrics, thresholds, relation_names=[])}
+    assert {(0, 0, "retrieval"), (0, 2, "retrieval"), (0, 0, "streaming"), (0, 1, "streaming")} <= roles
+    assert (0, 1, "retrieval") not in roles and (0, 2, "streaming") not in roles

@@ -40,8 +40,10 @@ def test_config_files() -> None:
         "sink": 0.3,
         "broad": 0.9,
         "rare_word": 0.5,
+        "retrieval": 0.1,
+        "streaming": 0.9,
     }
-    assert yaml.safe_load((CONF / "off.yaml").read_text()) == {"enabled": False}
+    assert yaml.safe_load((CONF / "off.yaml").read_text()) == {"defaults": ["default", "_self_"], "enabled": False}
 
 
 # ------------------------------------------------------------------------------------------------

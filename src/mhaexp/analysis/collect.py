@@ -31,6 +31,7 @@ from torch import Tensor
 
 from mhaexp.heads import patterns as M
 from mhaexp.heads.importance import ablation_importance, eval_mode, gradient_importance
+from mhaexp.heads.longctx import retrieval_score, streaming_share
 from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_matrix, mds_embedding
 from mhaexp.heads.weights import copying_score
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
@@ -365,6 +366,7 @@ def compute_head_metrics(
     mask_d, tokens_d = mask.to(device), batch["input_ids"].to(device)
 
     values: dict[str, list[Tensor]] = {}
+    window, T_probe = int(cfg["streaming_window"]), batch["input_ids"].shape[1]
 
     def put(key: str, value: Tensor) -> None:
         values.setdefault(key, []).append(value)
@@ -381,6 +383,11 @@ def compute_head_metrics(
         put("sink_rate", M.sink_rate(p, mask_d))
         if probe.token_freq is not None:
             put("rare_word", M.rare_token_score(p, tokens_d, probe.token_freq, mask_d, causal=causal))
+        if window * 4 <= T_probe:
+            put("streaming", streaming_share(p, window, mask_d))
+        if "needle" in batch and "answer" in batch:
+            needle, answer = batch["needle"].bool().to(device), batch["answer"].bool().to(device)
+            put("retrieval", retrieval_score(p, tokens_d, needle, answer, mask_d))
 
     out: dict[str, Tensor] = {k: _per_layer(v, H) for k, v in values.items()}
     relation_names: list[str] = []

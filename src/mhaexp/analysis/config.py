@@ -38,6 +38,8 @@ class Thresholds:
     sink: float = setting(probability(), 0.3)
     broad: float = setting(probability(), 0.9)
     rare_word: float = setting(probability(), 0.5)
+    retrieval: float = setting(probability(), 0.1)
+    streaming: float = setting(probability(), 0.9)
 
     def __post_init__(self) -> None:
         check_fields(self, "analysis.thresholds")
@@ -58,6 +60,7 @@ class AnalysisConfig:
     position_baseline: bool = setting(boolean(), True)
     induction_sequences: int = setting(positive_int(), 32)
     js_sequences: int = setting(positive_int(), 16)
+    streaming_window: int = setting(positive_int(), 16)
     seed: int = setting(integer(), 0)
     thresholds: Thresholds = setting(nested(Thresholds), factory=Thresholds)
 

@@ -52,6 +52,8 @@ FAMILY_COLORS: dict[str, str] = {
     "sink": "#7f7f7f",
     "rare_word": "#e377c2",
     "broad": "#bcbd22",
+    "retrieval": "#ff7f0e",
+    "streaming": "#17becf",
     "unassigned": "#eeeeee",
 }
 

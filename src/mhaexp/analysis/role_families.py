@@ -14,5 +14,7 @@ ROLE_FAMILIES: tuple[str, ...] = (
     "sink",
     "rare_word",
     "broad",
+    "retrieval",
+    "streaming",
     "unassigned",
 )

@@ -49,6 +49,8 @@ _AT_LEAST: tuple[tuple[str, str, str], ...] = (
     ("copying", "copying", "copying"),
     ("rare_word", "rare_word", "rare_word"),
     ("broad", "normalized_entropy", "broad"),
+    ("retrieval", "retrieval", "retrieval"),
+    ("streaming", "streaming", "streaming"),
 )
 
 
