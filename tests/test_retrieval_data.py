@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from mhaexp.data.retrieval import KEY, QUERY, VAL, RetrievalSource
@@ -65,3 +71,33 @@ def test_bad_settings_name_the_field(kwargs: dict, field: str) -> None:
     args = {"seq_len": 64, "sizes": SIZES, "seed": 0, **kwargs}
     with pytest.raises(ConfigError, match=rf"^{field}="):
         RetrievalSource(**args)
+
+
+def test_training_on_retrieval_data_scores_retrieval_and_streaming(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [
+        str(Path(sys.executable).parent / "mhaexp-train"),
+        "data=retrieval",
+        "model=tiny",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+        "data.n_train=300",
+        "data.n_val=32",
+        "data.n_probe=8",
+        "data.seq_len=128",
+        "logger=csv",
+        f"hydra.run.dir={run}",
+    ]
+    env = {**os.environ, "MHAEXP_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "head roles    :" in proc.stdout
+    with open(run / "analysis" / "head_metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] in ("retrieval", "streaming")]
+    final = max(int(r["step"]) for r in rows)
+    per_metric = {
+        m: [float(r["value"]) for r in rows if r["metric"] == m and int(r["step"]) == final]
+        for m in ("retrieval", "streaming")
+    }
+    assert len(per_metric["retrieval"]) == len(per_metric["streaming"]) == 8  # 2 layers x 4 heads
+    assert all(0.0 <= v <= 1.0 for vs in per_metric.values() for v in vs)
