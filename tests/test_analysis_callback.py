@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from wandb_offline import inspect_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {"kind": "grammar", "seq_len": 16, "n_train": 200, "n_val": 32, "n_probe": 24, "batch_size": 16}
@@ -30,7 +30,7 @@ def analysis_cfg(**kw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run(tmp_path_factory: pytest.TempPathFactory, wandb_records: Callable[[Path], list[dict]]) -> dict[str, Any]:
     os.environ.setdefault("WANDB_SILENT", "true")
     import pytorch_lightning as pl
     import wandb
@@ -82,7 +82,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     finally:
         wandb.finish()
     [wandb_dir] = list((root / "wandb").glob("offline-run-*"))
-    records = inspect_records(wandb_dir)
+    records = wandb_records(wandb_dir)
     return {
         "root": root,
         "callback": callback,

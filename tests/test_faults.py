@@ -10,28 +10,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from wandb_offline import inspect_records
 
 from mhaexp.checkpoint import read_checkpoint
 from mhaexp.errors import ConfigError
 
 BIN = Path(sys.executable).parent
-BASE = [
-    "model=tiny",
-    "data.n_train=640",
-    "data.n_val=64",
-    "data.n_probe=16",
+# This file's runs: the shared tiny run (tests/conftest.py), with these on top.
+EXTRA = [
     "data.batch_size=32",
     "trainer.max_steps=60",
-    "trainer.val_check_interval=10",
     "trainer.log_every_n_steps=1",
     "trainer.limit_val_batches=1",
-    "analysis=off",
     "logger=csv",
 ]
 
@@ -71,12 +66,12 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(df["step"], df["train/loss"], strict=True)}
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_curve(tmp_path: Path) -> None:
+def test_sigkill_then_resume_gives_the_uninterrupted_curve(tmp_path: Path, tiny: list[str]) -> None:
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    train([*BASE, f"hydra.run.dir={whole}"], tmp_path)
+    train([*tiny, *EXTRA, f"hydra.run.dir={whole}"], tmp_path)
     kill_after = random.Random().randint(22, 48)
     proc = subprocess.Popen(
-        [str(BIN / "mhaexp-train"), *BASE, f"hydra.run.dir={broken}"],
+        [str(BIN / "mhaexp-train"), *tiny, *EXTRA, f"hydra.run.dir={broken}"],
         cwd=tmp_path,
         env=env_for(tmp_path),
         stdout=subprocess.DEVNULL,
@@ -92,7 +87,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_curve(tmp_path: Path) -> No
     proc.wait()
     killed_at = max(losses(broken))
     assert killed_at < 59
-    out = train([*BASE, f"hydra.run.dir={broken}", "resume=auto"], tmp_path)
+    out = train([*tiny, *EXTRA, f"hydra.run.dir={broken}", "resume=auto"], tmp_path)
     assert "resuming from" in out.stderr
     expected, got = losses(whole), losses(broken)
     print(f"killed after step {killed_at}; {len(got)} logged steps compared")
@@ -144,9 +139,9 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(io: str, tmp_path:
         assert not [p for p in tmp_path.glob("*.ckpt") if p.name != "last.ckpt"]
 
 
-def test_truncated_or_empty_checkpoint_is_named_and_auto_skips_it(tmp_path: Path) -> None:
+def test_truncated_or_empty_checkpoint_is_named_and_auto_skips_it(tmp_path: Path, tiny: list[str]) -> None:
     run = tmp_path / "run"
-    train([*BASE, "trainer.max_steps=20", f"hydra.run.dir={run}"], tmp_path)
+    train([*tiny, *EXTRA, "trainer.max_steps=20", f"hydra.run.dir={run}"], tmp_path)
     good = run / "checkpoints" / "last.ckpt"
     data = good.read_bytes()
     truncated = run / "checkpoints" / "truncated.ckpt"
@@ -157,11 +152,11 @@ def test_truncated_or_empty_checkpoint_is_named_and_auto_skips_it(tmp_path: Path
         with pytest.raises(ConfigError) as err:
             read_checkpoint(bad, "resume")
         assert str(bad) in str(err.value)
-        proc = train([*BASE, f"resume={bad}"], tmp_path, check=False)
+        proc = train([*tiny, *EXTRA, f"resume={bad}"], tmp_path, check=False)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and str(bad) in lines[0], proc.stderr
     os.utime(good, (time.time() - 100, time.time() - 100))  # make the damaged files the newest
-    proc = train([*BASE, "trainer.max_steps=30", f"hydra.run.dir={run}", "resume=auto"], tmp_path)
+    proc = train([*tiny, *EXTRA, "trainer.max_steps=30", f"hydra.run.dir={run}", "resume=auto"], tmp_path)
     assert "skipping" in proc.stderr and f"resuming from {run / 'checkpoints'}" in proc.stderr
     assert json.loads((run / "summary.json").read_text())["global_step"] == 30
 
@@ -172,12 +167,13 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_wandb_falls_back_offline_and_training_completes(tmp_path: Path) -> None:
+def test_unreachable_wandb_falls_back_offline_and_training_completes(tmp_path: Path, tiny: list[str]) -> None:
     env = {**env_for(tmp_path), "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}", "WANDB_API_KEY": "x" * 40}
     env.pop("WANDB_MODE")
     run = tmp_path / "run"
     args = [
-        *BASE,
+        *tiny,
+        *EXTRA,
         "logger=wandb",
         "logger.mode=online",
         "logger.init_timeout=5",
@@ -197,10 +193,10 @@ def test_unreachable_wandb_falls_back_offline_and_training_completes(tmp_path: P
     print(f"online->offline fallback run took {elapsed:.1f}s")
 
 
-def test_two_process_ddp_matches_one_process_loss_curve(tmp_path: Path) -> None:
+def test_two_process_ddp_matches_one_process_loss_curve(tmp_path: Path, tiny: list[str]) -> None:
     """Same global batch (data.batch_size is global): 2 gloo ranks reproduce the 1-process curve."""
     one, two = tmp_path / "one", tmp_path / "two"
-    args = [*BASE, "trainer.max_steps=20", "trainer.val_check_interval=20"]
+    args = [*tiny, *EXTRA, "trainer.max_steps=20", "trainer.val_check_interval=20"]
     train([*args, f"hydra.run.dir={one}"], tmp_path)
     train([*args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={two}"], tmp_path)
     a, b = losses(one), losses(two)
@@ -210,14 +206,16 @@ def test_two_process_ddp_matches_one_process_loss_curve(tmp_path: Path) -> None:
     assert worst < 1e-5
 
 
-def test_non_finite_loss_stops_with_one_line_naming_the_step_and_fails_the_wandb_run(tmp_path: Path) -> None:
+def test_non_finite_loss_stops_with_one_line_naming_the_step_and_fails_the_wandb_run(
+    tmp_path: Path, wandb_records: Callable[[Path], list[dict]], tiny: list[str]
+) -> None:
     run = tmp_path / "run"
-    args = [*BASE, "logger=wandb", "optim.lr=1e12", "trainer.gradient_clip_val=null", f"hydra.run.dir={run}"]
+    args = [*tiny, *EXTRA, "logger=wandb", "optim.lr=1e12", "trainer.gradient_clip_val=null", f"hydra.run.dir={run}"]
     proc = train(args, tmp_path, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mhaexp-train: error:")]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(errors) == 1 and "train loss is nan at step" in errors[0] and "before the optimizer step" in errors[0]
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
-    records = inspect_records(next((run / "wandb").glob("offline-run-*")))
+    records = wandb_records(next((run / "wandb").glob("offline-run-*")))
     exits = [r["exit"] for r in records if r["type"] == "exit"]
     assert exits and exits[-1]["exit_code"] == 1  # the W&B run is marked failed

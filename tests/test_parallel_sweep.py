@@ -12,20 +12,12 @@ import pandas as pd
 import pytest
 
 BIN = Path(sys.executable).parent
-TINY = [
-    "model=tiny",
-    "data.n_train=400",
-    "data.n_val=64",
-    "data.n_probe=16",
-    "trainer.max_steps=20",
-    "trainer.val_check_interval=10",
-    "trainer.log_every_n_steps=5",
-    "analysis=off",
-]
+# This file's runs: the shared tiny run (tests/conftest.py), with these on top.
+EXTRA = ["data.n_train=400", "trainer.max_steps=20"]
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def sweep(tmp_path_factory: pytest.TempPathFactory, tiny: list[str]) -> dict:
     """One parallel sweep: two identical jobs (seed 0 twice), one other seed, one job that diverges.
 
     A fresh, empty data cache: all four jobs build the same dataset at the same time.
@@ -38,7 +30,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={root / 'sweep'}",
-        *TINY,
+        *tiny,
+        *EXTRA,
         "logger=wandb",
         "seed=0,0,1",
         "optim.lr=3e-3,1e12",

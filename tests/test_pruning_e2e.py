@@ -6,18 +6,20 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
-from wandb_offline import inspect_records
 
 from mhaexp.pruning.surgery import load_model
 
 BIN = Path(sys.executable).parent
 
 
-def test_iterative_pruning_run_writes_curve_pruned_checkpoint_and_wandb_records(tmp_path: Path) -> None:
+def test_iterative_pruning_run_writes_curve_pruned_checkpoint_and_wandb_records(
+    tmp_path: Path, wandb_records: Callable[[Path], list[dict]]
+) -> None:
     run = tmp_path / "run"
     args = [
         "model=tiny",
@@ -48,7 +50,7 @@ def test_iterative_pruning_run_writes_curve_pruned_checkpoint_and_wandb_records(
     with torch.no_grad():
         logits, _ = pruned(torch.randint(4, 50, (2, 16)))
     assert torch.isfinite(logits).all()
-    records = inspect_records(next((run / "wandb").glob("offline-run-*")))
+    records = wandb_records(next((run / "wandb").glob("offline-run-*")))
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     remaining = [h["pruning/heads_remaining"] for h in history if "pruning/heads_remaining" in h]
     assert remaining == [6.0, 4.0]

@@ -15,23 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from wandb_offline import inspect_records, only_offline_run
 
 from mhaexp.cli.preflight import check_jobs
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model=tiny",
-    "data.n_train=500",
-    "data.n_val=64",
-    "data.n_probe=16",
-    "trainer.max_steps=20",
-    "trainer.val_check_interval=10",
-    "trainer.log_every_n_steps=5",
-    "analysis=off",
-    "logger=csv",
-]
+# This file's runs: the shared tiny run (tests/conftest.py), with these on top.
+EXTRA = ["data.n_train=500", "trainer.max_steps=20", "logger=csv"]
 SLURM_ENV = {
     "SLURM_JOB_ID": "4242",
     "SLURM_NTASKS": "1",
@@ -74,9 +64,8 @@ def summary_of(sweep_dir: Path) -> dict:
     return json.loads((sweep_dir / "sweep_summary.json").read_text())
 
 
-def wandb_run(run_dir: Path) -> tuple[dict, dict]:
-    """(the run record, the merged config) of the job's one offline W&B run."""
-    records = inspect_records(only_offline_run(run_dir))
+def run_and_config(records: list[dict]) -> tuple[dict, dict]:
+    """(the run record, the merged config) of a job's offline W&B records."""
     run = next(r["run"] for r in records if r["type"] == "run")
     config = dict(run.get("config", {}).get("update", {}))
     for r in records:
@@ -85,15 +74,23 @@ def wandb_run(run_dir: Path) -> tuple[dict, dict]:
     return run, config
 
 
-def test_sweep_gives_each_job_its_own_dir_and_wandb_run_grouped_by_sweep(tmp_path: Path, cache: Path) -> None:
+def test_sweep_gives_each_job_its_own_dir_and_wandb_run_grouped_by_sweep(
+    tmp_path: Path,
+    cache: Path,
+    wandb_run: Callable[[Path], Path],
+    wandb_records: Callable[[Path], list[dict]],
+    tiny: list[str],
+) -> None:
     proc = train(
-        ["-m", *TINY, "logger=wandb", "trainer.max_steps=10", "model.n_heads=2,4", "seed=0,1"], tmp_path, cli_env(cache)
+        ["-m", *tiny, *EXTRA, "logger=wandb", "trainer.max_steps=10", "model.n_heads=2,4", "seed=0,1"],
+        tmp_path,
+        cli_env(cache),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [sweep_dir] = sweep_dirs(tmp_path)
     jobs = job_dirs(sweep_dir)
     assert len(jobs) == 4
-    runs = {job: wandb_run(job) for job in jobs}
+    runs = {job: run_and_config(wandb_records(wandb_run(job))) for job in jobs}
     assert len({run["run_id"] for run, _ in runs.values()}) == 4
     assert {run["run_group"] for run, _ in runs.values()} == {sweep_dir.name}
     for job, (_, config) in runs.items():
@@ -104,8 +101,10 @@ def test_sweep_gives_each_job_its_own_dir_and_wandb_run_grouped_by_sweep(tmp_pat
     assert f"sweep {sweep_dir.relative_to(tmp_path)}: 4 ok" in proc.stdout
 
 
-def test_invalid_combinations_stop_the_sweep_before_anything_is_written(tmp_path: Path, cache: Path) -> None:
-    proc = train(["-m", *TINY, "model.n_heads=3,4"], tmp_path, cli_env(cache))
+def test_invalid_combinations_stop_the_sweep_before_anything_is_written(
+    tmp_path: Path, cache: Path, tiny: list[str]
+) -> None:
+    proc = train(["-m", *tiny, *EXTRA, "model.n_heads=3,4"], tmp_path, cli_env(cache))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 2, lines
@@ -117,7 +116,7 @@ def test_invalid_combinations_stop_the_sweep_before_anything_is_written(tmp_path
 
 
 @pytest.fixture(scope="module")
-def two_sweeps(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Iterator[dict]:
+def two_sweeps(tmp_path_factory: pytest.TempPathFactory, cache: Path, tiny: list[str]) -> Iterator[dict]:
     """Two sweeps started at the same moment in one directory (tests 2, 3 and 4 read them).
 
     "skip": an invalid job left out by sweep.skip_invalid=true, a valid one that runs.
@@ -126,8 +125,8 @@ def two_sweeps(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Iterato
     cwd = tmp_path_factory.mktemp("two_sweeps")
     env = cli_env(cache)
     args = {
-        "skip": ["-m", *TINY, "model.n_heads=3,4", "sweep.skip_invalid=true"],
-        "fail": ["-m", *TINY, "optim.lr=3e-3,1e12", "trainer.gradient_clip_val=null"],
+        "skip": ["-m", *tiny, *EXTRA, "model.n_heads=3,4", "sweep.skip_invalid=true"],
+        "fail": ["-m", *tiny, *EXTRA, "optim.lr=3e-3,1e12", "trainer.gradient_clip_val=null"],
     }
     procs = {
         k: subprocess.Popen(
@@ -199,7 +198,9 @@ def wait_for(predicate: Callable[[], object], timeout: float, proc: subprocess.P
         time.sleep(0.2)
 
 
-def test_slurm_requeue_saves_hpc_checkpoint_and_rerun_resumes_from_it(tmp_path: Path, cache: Path) -> None:
+def test_slurm_requeue_saves_hpc_checkpoint_and_rerun_resumes_from_it(
+    tmp_path: Path, cache: Path, tiny: list[str]
+) -> None:
     """SIGUSR1 on a run under (faked) SLURM: Lightning checkpoints, requeues; the same job id resumes."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -209,7 +210,7 @@ def test_slurm_requeue_saves_hpc_checkpoint_and_rerun_resumes_from_it(tmp_path: 
     cwd = tmp_path / "work"
     cwd.mkdir()
     env = {**cli_env(cache), **SLURM_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    args = [*TINY, "trainer.max_steps=40", "trainer.val_check_interval=10"]
+    args = [*tiny, *EXTRA, "trainer.max_steps=40", "trainer.val_check_interval=10"]
 
     first = subprocess.Popen(
         [str(BIN / "mhaexp-train"), *args],

@@ -6,29 +6,21 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from wandb_offline import inspect_records, only_offline_run
 
 from mhaexp.data import LMDataModule
 from mhaexp.nn.model import ModelConfig
 from mhaexp.training.module import LMModule
 
 BIN = Path(sys.executable).parent
-TINY = [
-    "model=tiny",
-    "data.n_train=1000",
-    "data.n_val=128",
-    "data.n_probe=16",
-    "trainer.max_steps=30",
-    "trainer.val_check_interval=15",
-    "trainer.log_every_n_steps=5",
-    "analysis=off",
-]
+# This file's runs: the shared tiny run (tests/conftest.py), with these on top.
+EXTRA = ["data.n_train=1000", "data.n_val=128", "trainer.val_check_interval=15"]
 
 
 def train_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -46,15 +38,13 @@ def only_run_dir(cwd: Path) -> Path:
     return runs[0]
 
 
-def wandb_records(run_dir: Path) -> list[dict]:
-    return inspect_records(only_offline_run(run_dir))
-
-
-def test_cli_run_reaches_wandb_with_config_and_loss_history(tmp_path: Path) -> None:
-    proc = train_cli([*TINY, "model.n_heads=4", "model.n_kv_heads=2", "logger.tags=[e2e]"], tmp_path)
+def test_cli_run_reaches_wandb_with_config_and_loss_history(
+    tmp_path: Path, wandb_run: Callable[[Path], Path], wandb_records: Callable[[Path], list[dict]], tiny: list[str]
+) -> None:
+    proc = train_cli([*tiny, *EXTRA, "model.n_heads=4", "model.n_kv_heads=2", "logger.tags=[e2e]"], tmp_path)
     run_dir = only_run_dir(tmp_path)
     assert f"run directory : {run_dir}" in proc.stdout and "wandb sync" in proc.stdout
-    records = wandb_records(run_dir)
+    records = wandb_records(wandb_run(run_dir))
     config: dict = {}
     for r in records:
         if r["type"] == "run":
@@ -80,22 +70,23 @@ def test_cli_run_reaches_wandb_with_config_and_loss_history(tmp_path: Path) -> N
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_same_seed_same_curve_other_seed_other_curve(tmp_path: Path) -> None:
+def test_same_seed_same_curve_other_seed_other_curve(tmp_path: Path, tiny: list[str]) -> None:
     curves = []
     for i, seed in enumerate([3, 3, 4]):
         cwd = tmp_path / str(i)
         cwd.mkdir()
-        train_cli([*TINY, "logger=csv", f"seed={seed}", "trainer.max_steps=20"], cwd)
+        train_cli([*tiny, *EXTRA, "logger=csv", f"seed={seed}", "trainer.max_steps=20"], cwd)
         curves.append(pd.read_csv(only_run_dir(cwd) / "metrics.csv")["train/loss"].dropna().tolist())
     assert len(curves[0]) == 4
     assert curves[0] == curves[1]
     assert curves[0] != curves[2]
 
 
-def test_two_process_cpu_ddp_run_finishes(tmp_path: Path) -> None:
+def test_two_process_cpu_ddp_run_finishes(tmp_path: Path, tiny: list[str]) -> None:
     train_cli(
         [
-            *TINY,
+            *tiny,
+            *EXTRA,
             "logger=csv",
             "trainer=ddp",
             "trainer.accelerator=cpu",

@@ -27,3 +27,23 @@ def run_key() -> str:
 # Cached: Hydra copies resolver caches into each job's config, so every job of a sweep
 # (and a submitit job unpickled after a requeue) sees the key its sweep started with.
 OmegaConf.register_new_resolver("mhaexp_run_key", run_key, use_cache=True, replace=True)
+
+
+# ---- what a run directory holds: every module that writes or reads these names takes them from here --
+STATUS_FILE = "status.json"  # ok / failed / invalid, written by the job itself (mhaexp.cli.train)
+SUMMARY_FILE = "summary.json"  # best val loss, parameter counts, KV-cache bytes (mhaexp.training.record)
+METRICS_FILE = "metrics.csv"  # every logged scalar by step (mhaexp.training.loggers)
+RUN_ID_FILE = "wandb_run_id"  # the W&B run this directory logs to; a resume continues it
+INIT_CONVERSION_FILE = "init_conversion.json"  # init_from quality before and after conversion
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+PRUNED_CHECKPOINT = "pruned.ckpt"  # the physically pruned model at the end of a pruning run
+PRUNING_CURVE_FILE = "pruning_curve.csv"
+ANALYSIS_DIR = "analysis"  # the per-head analysis' tables, report and pictures
+HEAD_METRICS_FILE = "head_metrics.csv"
+HEAD_ROLES_FILE = "head_roles.csv"
+HEAD_ROLES_HISTORY_FILE = "head_roles_history.csv"
+ANALYSIS_REPORT_FILE = "analysis.md"
+# In a sweep directory.
+SWEEP_SUMMARY_FILE = "sweep_summary.json"
+SKIPPED_FILE = "skipped_jobs.json"

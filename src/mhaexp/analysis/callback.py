@@ -33,6 +33,7 @@ from mhaexp.analysis.collect import HeadMetrics, ProbeData, compute_head_metrics
 from mhaexp.analysis.config import AnalysisConfig
 from mhaexp.analysis.roles import HeadRole, classify_heads
 from mhaexp.config import build
+from mhaexp.rundir import ANALYSIS_DIR, ANALYSIS_REPORT_FILE
 
 
 def analysis_settings(analysis_cfg: AnalysisConfig | Mapping[str, Any]) -> AnalysisConfig:
@@ -69,7 +70,7 @@ def run_analysis(
     export.write_roles(out_dir, step, roles, history=history)
     export.write_summary(out_dir, step, roles)
     images = plots.all_figures(hm, roles, out_dir, cfg.max_pictures, step) if pictures else {}
-    if pictures or not (out_dir / "analysis.md").exists():
+    if pictures or not (out_dir / ANALYSIS_REPORT_FILE).exists():
         export.write_markdown(out_dir, step, roles, hm, images)
     return hm, roles, rows, images
 
@@ -86,7 +87,7 @@ class AnalysisCallback(pl.Callback):
         self.every = self.cfg.every_n_steps
         self.expensive_every = self.cfg.expensive_every  # 0: only at the end
         self.datamodule = datamodule
-        self.out_dir = Path(run_dir) / "analysis"
+        self.out_dir = Path(run_dir) / ANALYSIS_DIR
         self.probe: ProbeData | None = None
         self.role_counts: dict[str, int] = {}
         self.summary: dict[str, Any] = {}

@@ -27,6 +27,13 @@ import torch
 
 from mhaexp.analysis.collect import HeadMetrics
 from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole, role_counts
+from mhaexp.rundir import (
+    ANALYSIS_REPORT_FILE,
+    HEAD_METRICS_FILE,
+    HEAD_ROLES_FILE,
+    HEAD_ROLES_HISTORY_FILE,
+    SUMMARY_FILE,
+)
 
 METRIC_COLUMNS = ("step", "layer", "head", "metric", "value")
 ROLE_COLUMNS = ("step", "layer", "head", "role", "family", "score", "margin")
@@ -123,7 +130,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def append_metrics(out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    path = out_dir / "head_metrics.csv"
+    path = out_dir / HEAD_METRICS_FILE
     _append_csv(path, rows, METRIC_COLUMNS)
     return path
 
@@ -133,14 +140,14 @@ def write_roles(out_dir: Path, step: int, roles: Sequence[HeadRole], history: bo
     ``head_roles_history.csv``."""
     rows = role_rows(step, roles)
     if history:
-        _append_csv(out_dir / "head_roles_history.csv", rows, ROLE_COLUMNS)
-    _write_atomic(out_dir / "head_roles.csv", pd.DataFrame(rows, columns=list(ROLE_COLUMNS)).to_csv(index=False))
+        _append_csv(out_dir / HEAD_ROLES_HISTORY_FILE, rows, ROLE_COLUMNS)
+    _write_atomic(out_dir / HEAD_ROLES_FILE, pd.DataFrame(rows, columns=list(ROLE_COLUMNS)).to_csv(index=False))
 
 
 def drop_after(out_dir: Path, step: int) -> None:
     """Resuming from a checkpoint at ``step``: rows of later steps describe weights that no longer exist
     (the run went back to ``step``) and would be written again; drop them from the appended tables."""
-    for name in ("head_metrics.csv", "head_roles_history.csv"):
+    for name in (HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE):
         path = out_dir / name
         if path.exists() and path.stat().st_size:
             table = pd.read_csv(path)
@@ -151,7 +158,7 @@ def drop_after(out_dir: Path, step: int) -> None:
 def write_summary(out_dir: Path, step: int, roles: Sequence[HeadRole]) -> dict[str, Any]:
     summary: dict[str, Any] = {f"roles/{k}": v for k, v in all_role_counts(roles).items()}
     summary["analysis_step"] = step
-    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    _write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True))
     return summary
 
 
@@ -184,6 +191,6 @@ def write_markdown(
     others = [k for k in images if k != "role_grid"]
     if others:
         lines += ["", "## Pictures", ""] + [f"![{k}]({Path(images[k]).name})" for k in others]
-    path = out_dir / "analysis.md"
+    path = out_dir / ANALYSIS_REPORT_FILE
     _write_atomic(path, "\n".join(lines) + "\n")
     return path

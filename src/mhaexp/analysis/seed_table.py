@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mhaexp.rundir import ANALYSIS_DIR, HEAD_ROLES_FILE
+
 
 @dataclass(frozen=True)
 class SeedRow:
@@ -51,7 +53,7 @@ class Found:
 
 def read_roles(run_dir: Path) -> list[dict[str, str]]:
     """The final roles of a run (``analysis/head_roles.csv``); [] when the run has none."""
-    path = Path(run_dir) / "analysis" / "head_roles.csv"
+    path = Path(run_dir) / ANALYSIS_DIR / HEAD_ROLES_FILE
     if not path.is_file():
         return []
     with path.open(newline="") as f:
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args:
         print("usage: python -m mhaexp.analysis.seed_table RUN_DIR [RUN_DIR ...]", file=sys.stderr)
         raise SystemExit(2)
-    missing = [a for a in args if not (Path(a) / "analysis" / "head_roles.csv").is_file()]
+    missing = [a for a in args if not (Path(a) / ANALYSIS_DIR / HEAD_ROLES_FILE).is_file()]
     if missing:
         hint = "a run directory trained with analysis on (it has analysis/head_roles.csv)"
         print(f"error: run_dir={missing[0]} is invalid: must be {hint}", file=sys.stderr)

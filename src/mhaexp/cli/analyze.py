@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mhaexp.errors import ConfigError, key_value_main
+from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE
 
 PROG = "mhaexp-analyze"
 OWN_KEYS = ("ckpt", "data", "conllu", "out")
@@ -33,7 +34,7 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     """(our keys, Hydra overrides); ConfigError for a word that is not key=value or a missing ckpt."""
     from mhaexp.config import CONF_DIR
 
-    analysis_keys = _analysis_keys(CONF_DIR / "analysis" / "default.yaml")
+    analysis_keys = _analysis_keys(CONF_DIR / ANALYSIS_DIR / "default.yaml")
     own: dict[str, str] = {}
     overrides: list[str] = []
     for word in argv:
@@ -185,7 +186,7 @@ def run(argv: list[str]) -> str:
         source = f"data={cfg.data.kind}"
     out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("head_metrics.csv", "head_roles_history.csv"):  # appended to by run_analysis: start fresh
+    for name in (HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE):  # appended to by run_analysis: start fresh
         (out / name).unlink(missing_ok=True)
     _, roles, rows, images = run_analysis(module.model, probe, acfg, out, step, expensive=True, pictures=True)
     counts = {k: v for k, v in all_role_counts(roles).items() if v}

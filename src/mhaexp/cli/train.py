@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from mhaexp.cli.preflight import check_jobs, compose_job, hydra_context, job_run_config, split_argv, wants_check
 from mhaexp.config import CONF_DIR
 from mhaexp.errors import ConfigError, NonFiniteLossError, fail
+from mhaexp.rundir import STATUS_FILE
 from mhaexp.training import sweep
 from mhaexp.training.config import RunConfig
 
@@ -49,7 +50,7 @@ def sweep_group() -> str | None:
 
 def write_status(run_dir: Path, status: str, **extra: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "status.json").write_text(json.dumps({"status": status, **extra}, indent=2))
+    (run_dir / STATUS_FILE).write_text(json.dumps({"status": status, **extra}, indent=2))
 
 
 def objective(run: RunConfig, summary: dict[str, Any] | None) -> float | None:

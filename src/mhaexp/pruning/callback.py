@@ -44,6 +44,7 @@ from mhaexp.pruning.schedules import (
     validate_pruning,
 )
 from mhaexp.pruning.surgery import apply_mask, checkpoint_for, format_heads, masked_heads, prune_heads
+from mhaexp.rundir import PRUNED_CHECKPOINT, PRUNING_CURVE_FILE
 
 BatchSource = Sequence[Batch] | Callable[[pl.Trainer], Sequence[Batch]] | None
 
@@ -428,8 +429,8 @@ class PruningCallback(pl.Callback):
             hp = dict(pl_module.hparams) if hasattr(pl_module, "hparams") else {}
             meta = {"pruning": {"config": asdict(self.cfg), "pruned": format_heads(self.pruned), "report": report}}
             base = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
-            atomic_save(checkpoint_for(small, base, hparams=hp, extra=meta), run_dir / "pruned.ckpt")
-        write_curve_csv(self.curve, run_dir / "pruning_curve.csv")
+            atomic_save(checkpoint_for(small, base, hparams=hp, extra=meta), run_dir / PRUNED_CHECKPOINT)
+        write_curve_csv(self.curve, run_dir / PRUNING_CURVE_FILE)
         png = plot_pruning_curves(
             {self._label(): curve_xy(self.curve)},
             run_dir / "pruning_curve.png",

@@ -27,9 +27,10 @@ from typing import Any
 
 import yaml
 
+from mhaexp.rundir import ANALYSIS_DIR
 from mhaexp.tools.bench import Args, Row, default_model_config, register
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / "analysis" / "default.yaml"
+CONF = Path(__file__).resolve().parents[3] / "conf" / ANALYSIS_DIR / "default.yaml"
 DEFAULT_RUN_STEPS = 1500  # conf/trainer/cpu.yaml max_steps
 TARGET = "<= 0.05"
 

@@ -14,6 +14,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mhaexp.checkpoint import atomic_save, read_checkpoint
 from mhaexp.errors import ConfigError
+from mhaexp.rundir import CHECKPOINT_DIR
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -33,7 +34,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def candidates(run_dir: Path) -> list[Path]:
     """Checkpoints a run directory holds, newest first (SLURM's hpc checkpoints included)."""
-    found = list(run_dir.glob("hpc_ckpt_*.ckpt")) + list((run_dir / "checkpoints").glob("*.ckpt"))
+    found = list(run_dir.glob("hpc_ckpt_*.ckpt")) + list((run_dir / CHECKPOINT_DIR).glob("*.ckpt"))
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 

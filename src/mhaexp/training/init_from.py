@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 
 from mhaexp.heads.importance import evaluate
 from mhaexp.pruning.callback import BatchSource, _log, held_out_batches, module_objective
+from mhaexp.rundir import INIT_CONVERSION_FILE
 from mhaexp.training.module import load_module
 
 
@@ -58,4 +59,4 @@ class InitQualityCallback(pl.Callback):
         _log(trainer, self.result, step=0)
         if trainer.is_global_zero and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "init_conversion.json").write_text(json.dumps({**self.report, **self.result}, indent=2))
+            (self.run_dir / INIT_CONVERSION_FILE).write_text(json.dumps({**self.report, **self.result}, indent=2))

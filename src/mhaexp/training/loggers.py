@@ -13,9 +13,8 @@ from typing import Any
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 from mhaexp.nn.config import ModelConfig
+from mhaexp.rundir import METRICS_FILE, RUN_ID_FILE
 from mhaexp.training.config import LoggerConfig, RunConfig
-
-RUN_ID_FILE = "wandb_run_id"  # in the run directory: a resumed job logs into the same W&B run
 
 
 def flat_config(resolved: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
@@ -40,7 +39,7 @@ def csv_logger(run_dir: Path, resume_step: int | None) -> CSVLogger:
     Lightning's CSVLogger deletes an existing file; a resumed run instead keeps the
     rows logged before its checkpoint's step (later ones are about to be logged again).
     """
-    path = run_dir / "metrics.csv"
+    path = run_dir / METRICS_FILE
     header: list[str] = []
     kept: list[dict[str, str]] = []
     if resume_step is not None and path.is_file():

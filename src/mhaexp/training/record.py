@@ -11,6 +11,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
+from mhaexp.rundir import ANALYSIS_DIR, SUMMARY_FILE
+
 
 class RunRecord(pl.Callback):
     """Logs parameter counts and KV-cache size once, tracks the best val loss, writes ``summary.json``.
@@ -45,7 +47,7 @@ class RunRecord(pl.Callback):
         self.summary.update(last)
         self.summary["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         self.summary["global_step"] = trainer.global_step
-        analysis = self.run_dir / "analysis" / "summary.json"
+        analysis = self.run_dir / ANALYSIS_DIR / SUMMARY_FILE
         if analysis.is_file():  # heads per role at the end, from the analysis callback
             self.summary.update(json.loads(analysis.read_text()))
         self._to_wandb(trainer, {"best_val_loss": self.summary["best_val_loss"]})
@@ -53,7 +55,7 @@ class RunRecord(pl.Callback):
             self.write()
 
     def write(self) -> None:
-        path = self.run_dir / "summary.json"
+        path = self.run_dir / SUMMARY_FILE
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.summary, indent=2, sort_keys=True))
         tmp.replace(path)

@@ -17,11 +17,13 @@ from mhaexp.checkpoint import read_checkpoint
 from mhaexp.data.datamodule import LMDataModule
 from mhaexp.pruning.callback import build_pruning_callback
 from mhaexp.pruning.surgery import load_init
+from mhaexp.rundir import CHECKPOINT_DIR, SUMMARY_FILE
 from mhaexp.training.checkpointing import AtomicCheckpointIO, RNGState, newest_good_checkpoint
 from mhaexp.training.config import RunConfig
 from mhaexp.training.init_from import InitQualityCallback
 from mhaexp.training.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
 from mhaexp.training.module import LMModule
+from mhaexp.training.quiet import quiet_lightning
 from mhaexp.training.record import RunRecord
 
 
@@ -51,6 +53,7 @@ def resume_checkpoint(run: RunConfig, run_dir: Path) -> tuple[Path | None, int |
 
 def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
     """Train one job of the checked ``run`` into ``run_dir``; return its summary."""
+    quiet_lightning()
     pl.seed_everything(run.seed, workers=True, verbose=False)
     model_cfg = run.model
     datamodule = LMDataModule.from_config(run.data)
@@ -59,7 +62,7 @@ def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, 
     record = RunRecord(run_dir)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
+            dirpath=run_dir / CHECKPOINT_DIR,
             filename="step{step}",
             auto_insert_metric_name=False,
             every_n_train_steps=run.trainer.val_check_interval,
@@ -106,9 +109,9 @@ def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, 
             print(f"mhaexp-train: resuming from {ckpt}", file=sys.stderr)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt is not None else None)
     summary = record.summary
-    if not summary.get("global_step") and (run_dir / "summary.json").is_file():
+    if not summary.get("global_step") and (run_dir / SUMMARY_FILE).is_file():
         # ddp_spawn: the callbacks ran in the spawned ranks; rank 0 wrote the summary file.
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     if trainer.is_global_zero:
         report(run_dir, summary, seed_table=datamodule.kind == "grammar")
     return summary

@@ -25,8 +25,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-SUMMARY_FILE = "sweep_summary.json"
-SKIPPED_FILE = "skipped_jobs.json"
+from mhaexp.rundir import SKIPPED_FILE, STATUS_FILE, SWEEP_SUMMARY_FILE
+
 STATES = ("ok", "failed", "invalid", "skipped", "unfinished")
 # States a CI script should treat as a broken sweep. Skipped jobs were left out on request.
 FAILING = ("failed", "invalid", "unfinished")
@@ -127,7 +127,7 @@ def job_num(run_dir: Path) -> int | None:
 def read_job(run_dir: Path) -> dict[str, Any]:
     overrides = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
     job: dict[str, Any] = {"num": job_num(run_dir), "dir": run_dir.name, "overrides": overrides}
-    status_file = run_dir / "status.json"
+    status_file = run_dir / STATUS_FILE
     if not status_file.is_file():
         return {**job, "status": "unfinished", "error": None}
     try:
@@ -152,7 +152,7 @@ def summarize(sweep_dir: Path) -> dict[str, Any]:
 
 def write_summary(sweep_dir: Path) -> dict[str, Any]:
     summary = summarize(sweep_dir)
-    path = Path(sweep_dir) / SUMMARY_FILE
+    path = Path(sweep_dir) / SWEEP_SUMMARY_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(path)
