@@ -300,7 +300,10 @@ def plot_loss_vs_heads(
     final = "val/loss"
     if metric != final and final in runs.columns and runs.loc[runs["status"] == "ok", final].notna().any():
         panels.append((final, aggregate(runs, final, axes)))
-    fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
+    n_series = agg["series"].nunique()
+    # Series labels name every other differing key: a legend below the panels, a line per series.
+    legend_h = 0.25 * n_series if n_series > 1 else 0.0
+    fig = Figure(figsize=(5.5 * len(panels), 4.2 + legend_h), layout="constrained")
     for i, (name, data) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for series, part in data.groupby("series", sort=False):
@@ -311,8 +314,8 @@ def plot_loss_vs_heads(
         ax.set_ylabel(f"{name} (mean ± std over seeds)")
         ax.set_title(_TITLES.get(name, f"{name} vs n_heads"))
         ax.grid(alpha=0.3)
-        if data["series"].nunique() > 1:
-            ax.legend(fontsize="small")
+    if n_series > 1:
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize="small")
     fig.savefig(path, dpi=DPI)
     return path
 
