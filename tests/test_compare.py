@@ -2,7 +2,10 @@
 
 The fake sweep is written file by file in the run-directory contract (``.hydra/config.yaml``,
 ``status.json``, ``summary.json``, ``metrics.csv``, ``analysis/head_roles*.csv``, ``pruning_curve.csv``),
-with numbers chosen so that the expected table can be worked out by hand.
+with numbers chosen so that the expected table can be worked out by hand: a head-count sweep (``RUNS``)
+and an ``n_layers`` x ``pos`` sweep (``LAYER_RUNS``) whose four configurations must stay four rows.
+Real ``mhaexp-train -m`` sweeps over ``model.n_layers``, ``model.pos`` and ``data`` check the same on
+the files training actually writes.
 
 The W&B source is tested against a real ``wandb.Api`` talking to a local HTTP server that replays the
 recorded GraphQL responses of ``tests/data/wandb_api/`` (see its README): the same sweep as the fake run
@@ -39,8 +42,7 @@ WANDB_PATH = "mhaexp-lab/mhaexp"
 D_MODEL, N_LAYERS = 64, 2
 STEPS = (0, 100, 200)  # analysis steps; the last is the end of training
 ROLE_CYCLE = ("positional", "syntactic", "induction", "unassigned")
-PARAMS_ATTENTION = N_LAYERS * (4 * D_MODEL * D_MODEL + 4 * D_MODEL)  # fixed width: same for every n_heads
-PARAMS_TOTAL = PARAMS_ATTENTION + 70_000
+LAYER_SWEEP = "12-30-00_ef34gh"  # a second sweep: n_layers x pos x seed at 2 heads, its own W&B group
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class FakeRun:
     wandb_id: str
     status: str = "ok"
     error: str | None = None
+    n_layers: int = N_LAYERS
+    pos: str = "learned"
+    group: str = SWEEP
 
     @property
     def name(self) -> str:
@@ -75,11 +80,44 @@ RUNS = (
 PRUNED_JOB = 4  # the one run with a pruning curve
 
 
+def layer_loss(n_layers: int, pos: str, seed: int) -> float:
+    """Best val loss of the n_layers x pos sweep: 2.0, +0.3 for one layer, +0.1 for learned positions, +0.02 seed 1."""
+    return round(2.0 + 0.3 * (n_layers == 1) + 0.1 * (pos == "learned") + 0.02 * seed, 4)
+
+
+# mhaexp-train -m model.n_heads=2 model.n_layers=1,2 model.pos=learned,rope seed=0,1: four configurations,
+# which GROUP_KEYS (n_heads, n_kv_heads, head_dim, d_model, pruning) once merged into one row.
+LAYER_RUNS = tuple(
+    FakeRun(
+        job,
+        2,
+        seed,
+        layer_loss(n_layers, pos, seed),
+        f"ly{n_layers}{pos[0]}{seed}q7z",
+        n_layers=n_layers,
+        pos=pos,
+        group=LAYER_SWEEP,
+    )
+    for job, (n_layers, pos, seed) in enumerate((n, p, s) for n in (1, 2) for p in ("learned", "rope") for s in (0, 1))
+)
+
+
+def params_attention(run: FakeRun) -> int:
+    return run.n_layers * (4 * D_MODEL * D_MODEL + 4 * D_MODEL)  # fixed width: same for every n_heads
+
+
+def params_total(run: FakeRun) -> int:
+    return params_attention(run) + 70_000
+
+
+PARAMS_TOTAL = params_total(RUNS[0])
+
+
 def job_config(run: FakeRun) -> dict[str, Any]:
     """The resolved job config Hydra writes to .hydra/config.yaml."""
     return {
         "model": {
-            "n_layers": N_LAYERS,
+            "n_layers": run.n_layers,
             "d_model": D_MODEL,
             "n_heads": run.n_heads,
             "n_kv_heads": None,
@@ -87,7 +125,7 @@ def job_config(run: FakeRun) -> dict[str, Any]:
             "d_ff": 256,
             "max_seq_len": 64,
             "dropout": 0.0,
-            "pos": "learned",
+            "pos": run.pos,
             "attn_only": False,
             "causal": True,
             "bias": True,
@@ -124,8 +162,8 @@ def head_roles(run: FakeRun, step: int) -> list[dict[str, Any]]:
     previous_token, so one head has two rows.
     """
     rows = []
-    n_total = N_LAYERS * run.n_heads
-    for layer in range(N_LAYERS):
+    n_total = run.n_layers * run.n_heads
+    for layer in range(run.n_layers):
         for head in range(run.n_heads):
             k = layer * run.n_heads + head
             assigned = step == STEPS[-1] or (step > 0 and k < n_total // 2)
@@ -171,10 +209,10 @@ def summary(run: FakeRun) -> dict[str, Any]:
         "val/loss": run.best_val_loss,
         "val/acc": round(0.9 - run.best_val_loss / 10, 4),
         "train/loss": round(run.best_val_loss - 0.05, 4),
-        "params/total": PARAMS_TOTAL,
-        "params/attention": PARAMS_ATTENTION,
+        "params/total": params_total(run),
+        "params/attention": params_attention(run),
         "kv_cache_bytes_per_token": kv_bytes(run),
-        "n_heads_total": N_LAYERS * run.n_heads,
+        "n_heads_total": run.n_layers * run.n_heads,
         "global_step": last,
         **role_counts(run, last),
     }
@@ -182,7 +220,7 @@ def summary(run: FakeRun) -> dict[str, Any]:
 
 def kv_bytes(run: FakeRun) -> int:
     head_dim = D_MODEL // run.n_heads
-    return 2 * N_LAYERS * run.n_heads * head_dim * 2  # K and V, all layers, bf16
+    return 2 * run.n_layers * run.n_heads * head_dim * 2  # K and V, all layers, bf16
 
 
 def metrics_rows(run: FakeRun) -> list[dict[str, Any]]:
@@ -197,7 +235,7 @@ def metrics_rows(run: FakeRun) -> list[dict[str, Any]]:
 
 
 def pruning_rows(run: FakeRun) -> list[dict[str, Any]]:
-    n_total = N_LAYERS * run.n_heads
+    n_total = run.n_layers * run.n_heads
     rows = []
     for criterion, slope in (("importance", 0.2), ("random", 0.9)):
         for pruned in range(n_total):
@@ -214,12 +252,23 @@ def pruning_rows(run: FakeRun) -> list[dict[str, Any]]:
     return rows
 
 
+def overrides(run: FakeRun) -> list[str]:
+    if run.group == LAYER_SWEEP:
+        return [
+            f"model.n_heads={run.n_heads}",
+            f"model.n_layers={run.n_layers}",
+            f"model.pos={run.pos}",
+            f"seed={run.seed}",
+        ]
+    return [f"model.n_heads={run.n_heads}", f"seed={run.seed}"]
+
+
 def write_run_dir(sweep_dir: Path, run: FakeRun) -> Path:
     """Exactly the files of the run-directory contract."""
     d = sweep_dir / run.dirname
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(job_config(run), sort_keys=False))
-    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model.n_heads={run.n_heads}", f"seed={run.seed}"]))
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides(run)))
     status: dict[str, Any] = {"status": run.status}
     if run.status == "ok":
         status["best_val_loss"] = run.best_val_loss
@@ -234,23 +283,23 @@ def write_run_dir(sweep_dir: Path, run: FakeRun) -> Path:
     long = [
         {"step": s, "layer": layer, "head": head, "metric": "entropy", "value": 0.5}
         for s in STEPS
-        for layer in range(N_LAYERS)
+        for layer in range(run.n_layers)
         for head in range(run.n_heads)
     ]
     pd.DataFrame(long).to_csv(d / "analysis" / "head_metrics.csv", index=False)
     history = [row for step in STEPS for row in head_roles(run, step)]
     pd.DataFrame(history).to_csv(d / "analysis" / "head_roles_history.csv", index=False)
     pd.DataFrame(head_roles(run, STEPS[-1])).to_csv(d / "analysis" / "head_roles.csv", index=False)
-    if run.job == PRUNED_JOB:
+    if run.job == PRUNED_JOB and run.group == SWEEP:
         pd.DataFrame(pruning_rows(run)).to_csv(d / "pruning_curve.csv", index=False)
     return d
 
 
-def make_sweep(root: Path) -> Path:
-    sweep = root / "multirun" / "2025-01-01" / SWEEP
+def make_sweep(root: Path, runs: tuple[FakeRun, ...] = RUNS) -> Path:
+    sweep = root / "multirun" / "2025-01-01" / runs[0].group
     sweep.mkdir(parents=True)
     (sweep / "multirun.yaml").write_text("hydra: {}\n")  # Hydra's own file beside the jobs
-    for run in RUNS:
+    for run in runs:
         write_run_dir(sweep, run)
     return sweep
 
@@ -356,6 +405,7 @@ def test_failed_job_listed_with_its_error(local_run: tuple[Path, subprocess.Comp
             "status": "failed",
             "n_heads": "8",
             "seed": "0",
+            "config": "model.n_heads=8",
             "error": "FloatingPointError: val/loss is nan at step 120",
         }
     ]
@@ -487,13 +537,17 @@ def test_directory_without_runs_and_unknown_metric(tmp_path: Path, capsys: pytes
 
 
 def test_loaded_frame_has_config_summary_and_status(tmp_path: Path) -> None:
-    from mhaexp.compare.runs import GROUP_KEYS, load_runs
+    from mhaexp.compare.runs import SHAPE_COLUMNS, load_runs
 
     runset = load_runs([make_sweep(tmp_path)])
     runs = runset.runs
-    assert list(runs.columns[:3]) == ["run", "status", "error"]
+    assert list(runs.columns[:5]) == ["run", "status", "error", "config_id", "config"]
     assert runs["run"].tolist() == [r.dirname for r in RUNS]  # sorted by configuration, then seed
-    assert runs[list(GROUP_KEYS)].iloc[0].tolist() == [1, 1, 64, 64, "none"]  # nulls resolved
+    # Only n_heads differs (name and logger.name follow from it, seed is aggregated).
+    assert runset.axes == ["model.n_heads"]
+    assert runs["config_id"].tolist() == [0, 0, 1, 1, 2, 2, 3]
+    assert runs["config"].iloc[0] == "model.n_heads=1"
+    assert runs[list(SHAPE_COLUMNS)].iloc[0].tolist() == [1, 1, 64, 64, "none"]  # nulls resolved
     assert runs["model.n_kv_heads"].isna().all()  # the config as written is kept too
     assert runs.loc[0, "roles/syntactic"] == 1 and runs.loc[0, "val/acc"] == 0.65
     assert runs.loc[6, "status"] == "failed" and pd.isna(runs.loc[6, "best_val_loss"])
@@ -537,9 +591,11 @@ def replay(query: str, variables: dict[str, Any]) -> dict[str, Any]:
     if "viewer" in query:
         return recorded("viewer.json")
     if "query Runs(" in query:
-        page = recorded("runs.json")
+        filters = json.loads(variables.get("filters") or "{}")
+        group = filters.get("group") if list(filters) == ["group"] else None
+        page = recorded(f"runs_{group if group in (SWEEP, LAYER_SWEEP) else SWEEP}.json")
         project = page["data"]["project"]
-        if json.loads(variables.get("filters") or "{}") != {"group": SWEEP} or variables.get("cursor"):
+        if group not in (SWEEP, LAYER_SWEEP) or variables.get("cursor"):
             project["runCount"], project["runs"]["edges"] = 0, []  # other groups / past the one page
         return page
     if "query Run(" in query:
@@ -569,13 +625,10 @@ def replay_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         server.server_close()
 
 
-def test_wandb_source_matches_local_source(
-    local_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, replay_server: tuple[str, list[dict[str, Any]]]
-) -> None:
-    sweep, local = local_run
-    url, requests = replay_server
+def wandb_env(url: str, tmp_path: Path) -> dict[str, str]:
+    """A real wandb.Api talking to the replay server, with nothing of this machine's W&B login."""
     wandb_home = tmp_path / "wandb_home"
-    env = {
+    return {
         "WANDB_BASE_URL": url,
         "WANDB_API_KEY": "0" * 40,
         "WANDB_DIR": str(wandb_home),
@@ -585,6 +638,14 @@ def test_wandb_source_matches_local_source(
         "NETRC": str(wandb_home / "netrc"),
         "WANDB_SILENT": "true",
     }
+
+
+def test_wandb_source_matches_local_source(
+    local_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, replay_server: tuple[str, list[dict[str, Any]]]
+) -> None:
+    sweep, local = local_run
+    url, requests = replay_server
+    env = wandb_env(url, tmp_path)
     out = tmp_path / "wb"
     proc = run_cli("--wandb", WANDB_PATH, "--group", SWEEP, "--out", str(out), env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -644,3 +705,204 @@ def test_wandb_source_matches_local_source(
         pd.read_csv(out / "pruning.csv")[curve_cols],
         check_dtype=False,
     )
+
+
+# --------------------------------------------------------------------------- a row is one configuration
+
+
+def test_config_axes_rule() -> None:
+    from mhaexp.compare.runs import config_axes
+
+    base = {"seed": 0, "name": "a", "logger.name": "a", "data.cache_dir": "/x", "resume": None, "model.n_layers": 2}
+    # Names, logging, paths and resume differ without making another configuration.
+    other = {**base, "seed": 1, "name": "b", "logger.name": "b", "data.cache_dir": "/y", "resume": "auto"}
+    assert config_axes([base, other]) == []
+    assert config_axes([base, {**other, "model.n_layers": 1}]) == ["model.n_layers"]
+    # Missing is a value, and not null: three configurations.
+    assert config_axes([{"model.head_dim": None}, {"model.head_dim": 8}, {}]) == ["model.head_dim"]
+    # data.seed resolved from ${seed} (W&B's resolved config) is the seed again ...
+    assert config_axes([{"seed": s, "data.seed": s} for s in (0, 1)]) == []
+    # ... unresolved, it is the same text in every run; held fixed, it never differs ...
+    assert config_axes([{"seed": s, "data.seed": "${seed}"} for s in (0, 1)]) == []
+    assert config_axes([{"seed": s, "data.seed": 0} for s in (0, 1)]) == []
+    # ... and swept on its own it is an axis.
+    assert config_axes([{"seed": s, "data.seed": d} for s in (0, 1) for d in (0, 1)]) == ["data.seed"]
+    # Lists compare by content, 1 and "1" differ.
+    assert config_axes([{"optim.betas": [0.9, 0.95]}, {"optim.betas": [0.9, 0.95]}]) == []
+    assert config_axes([{"k": 1}, {"k": "1"}]) == ["k"]
+
+
+def test_missing_key_is_its_own_configuration(tmp_path: Path) -> None:
+    from mhaexp.compare.runs import MISSING, load_runs
+
+    sweep = make_sweep(tmp_path, LAYER_RUNS[:4])  # one layer, learned and rope, seeds 0 and 1
+    for run in LAYER_RUNS[2:4]:  # the rope runs come from an older mhaexp without model.rope_base
+        path = sweep / run.dirname / ".hydra" / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        del config["model"]["rope_base"]
+        path.write_text(yaml.safe_dump(config))
+    runset = load_runs([sweep])
+    assert runset.axes == ["model.pos", "model.rope_base"]
+    assert runset.runs["model.rope_base"].tolist() == [10000.0, 10000.0, MISSING, MISSING]
+    assert runset.runs["config"].tolist()[2] == f"model.pos=rope, model.rope_base={MISSING}"
+
+
+def test_layer_sweep_rows_are_configurations_in_both_sources(
+    tmp_path: Path, replay_server: tuple[str, list[dict[str, Any]]]
+) -> None:
+    sweep = make_sweep(tmp_path / "local", LAYER_RUNS)
+    local = run_cli(str(sweep))
+    assert local.returncode == 0, local.stderr
+    url, _ = replay_server
+    wandb = run_cli(
+        "--wandb", WANDB_PATH, "--group", LAYER_SWEEP, "--out", str(tmp_path / "wb"), env=wandb_env(url, tmp_path)
+    )
+    assert wandb.returncode == 0, wandb.stderr
+    metric = "best_val_loss (mean ± std)"
+    rows = parse_table(section(local.stdout, "configurations"))
+    # By hand from layer_loss: 2.0 + 0.3 (1 layer) + 0.1 (learned), seeds +0 and +0.02; the merged row
+    # of GROUP_KEYS was "2.2200 ± 0.1604" over all eight runs.
+    assert [(r["model.n_layers"], r["model.pos"], r["n_heads"], r["runs"], r[metric]) for r in rows] == [
+        ("1", "learned", "2", "2", "2.4100 ± 0.0141"),
+        ("1", "rope", "2", "2", "2.3100 ± 0.0141"),
+        ("2", "learned", "2", "2", "2.1100 ± 0.0141"),
+        ("2", "rope", "2", "2", "2.0100 ± 0.0141"),
+    ]
+    assert rows[0][metric] == mean_std([2.40, 2.42])
+    assert [r["params"] for r in rows] == [f"{params_total(r):,}" for r in LAYER_RUNS[::2]]
+    # The W&B group gives the same table, to the digit.
+    assert section(wandb.stdout, "configurations") == section(local.stdout, "configurations")
+    assert "marginal gain" not in local.stdout  # n_heads is the same in every configuration
+
+    out = sweep / "compare"
+    report = (out / "report.md").read_text()
+    assert "the runs differ (besides the seed) in `model.n_layers`, `model.pos`" in report
+    assert "| 2 | 2 | 32 | 64 | none | 1 | rope | 2 | 2.3100 ± 0.0141 |" in report
+    for where in (out, tmp_path / "wb"):
+        configs = pd.read_csv(where / "configurations.csv")
+        assert configs[["model.n_layers", "model.pos", "runs"]].values.tolist() == [
+            [1, "learned", 2],
+            [1, "rope", 2],
+            [2, "learned", 2],
+            [2, "rope", 2],
+        ]
+        assert configs["best_val_loss_mean"].round(6).tolist() == [2.41, 2.31, 2.11, 2.01]
+        runs = pd.read_csv(where / "runs.csv")
+        assert runs.groupby("config_id")["model.n_layers"].nunique().eq(1).all()
+
+
+def test_plots_draw_a_series_per_configuration(tmp_path: Path) -> None:
+    from mhaexp.compare.report import aggregate, role_points
+    from mhaexp.compare.runs import load_runs
+
+    runset = load_runs([make_sweep(tmp_path, LAYER_RUNS)])
+    agg = aggregate(runset.runs, "best_val_loss", runset.axes)
+    # loss vs n_heads: one line per (n_layers, pos), each point one configuration.
+    assert agg[["series", "n_heads", "runs"]].values.tolist() == [
+        ["model.n_layers=1, model.pos=learned", 2, 2],
+        ["model.n_layers=1, model.pos=rope", 2, 2],
+        ["model.n_layers=2, model.pos=learned", 2, 2],
+        ["model.n_layers=2, model.pos=rope", 2, 2],
+    ]
+    # Roles vs n_heads, by hand from head_roles(): 1 layer has 0.5 induction heads (seed 1's L0H1),
+    # 2 layers have 1 (one per seed); averaging over n_layers would draw 0.75.
+    points = role_points(runset.runs, runset.axes, "n_heads")
+    assert points["series"].tolist() == agg["series"].tolist()
+    assert points["roles/induction:mean"].tolist() == [0.5, 0.5, 1.0, 1.0]
+    assert points["roles/unassigned:mean"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    out = tmp_path / "report"
+    from mhaexp.compare.report import write_report
+
+    report = write_report(runset, out)
+    assert {p.name for p in report.plots} >= {"loss_vs_heads.png", "roles_vs_heads.png"}
+
+
+# --------------------------------------------------------------------------- real sweeps through the CLI
+
+TRAIN_SMALL = [
+    "model=tiny",
+    "data.n_train=500",
+    "data.n_val=64",
+    "data.n_probe=16",
+    "trainer.max_steps=10",
+    "trainer.val_check_interval=5",
+    "analysis=off",
+    "logger=csv",
+]
+REAL_SWEEPS = {
+    # Four configurations of two seeds each; GROUP_KEYS merged all eight into one row.
+    "model": ["model.n_layers=1,2", "model.pos=learned,rope", "seed=0,1"],
+    # data changes vocab and seq_len: a sweep of its own.
+    "data": ["data=grammar,induction", "seed=0,1"],
+}
+
+
+@pytest.fixture(scope="module")
+def real_sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Both sweeps trained at once (``mhaexp-train -m``), then compared; each has its own data cache."""
+    root = tmp_path_factory.mktemp("real")
+    procs = {}
+    for name, args in REAL_SWEEPS.items():
+        env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(root / f"cache_{name}")}
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "mhaexp.cli.train", "-m", *TRAIN_SMALL, *args, f"hydra.sweep.dir={root / name}"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    out = {}
+    for name, proc in procs.items():
+        log, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, log[-3000:]
+        out[name] = (root / name, run_cli(str(root / name)))
+    return out
+
+
+def own_best(sweep: Path, *keys: str) -> dict[tuple[Any, ...], list[float]]:
+    """best_val_loss of each run from its own summary.json, by the values of ``keys`` in its config."""
+    found: dict[tuple[Any, ...], list[float]] = {}
+    for run in sorted(sweep.glob("*/summary.json")):
+        config = yaml.safe_load((run.parent / ".hydra" / "config.yaml").read_text())
+        key = tuple(config[group][field] for group, field in (k.split(".") for k in keys))
+        found.setdefault(key, []).append(json.loads(run.read_text())["best_val_loss"])
+    return found
+
+
+@pytest.mark.slow
+def test_real_sweep_over_n_layers_and_pos(real_sweeps: dict[str, tuple[Path, subprocess.CompletedProcess]]) -> None:
+    sweep, proc = real_sweeps["model"]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("8 runs (8 ok)")
+    rows = parse_table(section(proc.stdout, "configurations"))
+    expected = own_best(sweep, "model.n_layers", "model.pos")
+    assert sorted(expected) == [(1, "learned"), (1, "rope"), (2, "learned"), (2, "rope")]
+    assert [(int(r["model.n_layers"]), r["model.pos"]) for r in rows] == sorted(expected)
+    for row in rows:
+        values = expected[(int(row["model.n_layers"]), row["model.pos"])]
+        assert row["runs"] == "2" and len(values) == 2
+        assert row["best_val_loss (mean ± std)"] == mean_std(values)
+    configs = pd.read_csv(sweep / "compare" / "configurations.csv")
+    for _, row in configs.iterrows():
+        values = expected[(row["model.n_layers"], row["model.pos"])]
+        assert row["best_val_loss_mean"] == pytest.approx(sum(values) / 2, abs=1e-12)
+    assert configs["best_val_loss_mean"].nunique() == 4
+    report = (sweep / "compare" / "report.md").read_text()
+    assert "| n_heads | n_kv_heads | head_dim | d_model | pruning | model.n_layers | model.pos | runs |" in report
+
+
+@pytest.mark.slow
+def test_real_sweep_over_data(real_sweeps: dict[str, tuple[Path, subprocess.CompletedProcess]]) -> None:
+    sweep, proc = real_sweeps["data"]
+    assert proc.returncode == 0, proc.stderr
+    rows = parse_table(section(proc.stdout, "configurations"))
+    expected = own_best(sweep, "data.kind")
+    assert [r["data.kind"] for r in rows] == ["grammar", "induction"]
+    for row in rows:
+        assert row["runs"] == "2"
+        assert row["best_val_loss (mean ± std)"] == mean_std(expected[(row["data.kind"],)])
+    # Every key the two data groups do not share shows, absent where a group lacks it.
+    assert [r["data.seq_len"] for r in rows] == ["37", "41"]
+    assert [r["data.variant"] for r in rows] == ["(missing)", "repeat"]
+    assert [r["data.probe_conllu"] for r in rows] == ["null", "(missing)"]

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mhaexp.analysis.role_families import ROLE_FAMILIES
-from mhaexp.compare.runs import GROUP_KEYS, ROLE_PREFIX, RunSet
+from mhaexp.compare.runs import ROLE_PREFIX, SHAPE_COLUMNS, SHAPE_KEYS, RunSet, format_value
 
 ROLE_ORDER = ROLE_FAMILIES  # roles not listed there follow alphabetically
 DPI = 110
@@ -40,15 +40,22 @@ def role_columns(runs: pd.DataFrame) -> list[str]:
     return sorted(present, key=rank)
 
 
-def aggregate(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per configuration over its finished runs: run count, metric mean/std, sizes, role means."""
+def aggregate(runs: pd.DataFrame, metric: str, axes: Sequence[str]) -> pd.DataFrame:
+    """One row per configuration (``config_id``) over its finished runs: run count, metric mean/std, sizes, roles.
+
+    A configuration is one value of every config axis (``RunSet.axes``), so rows never mix runs that differ
+    in anything but their seed. The axis, shape and label columns are carried over from the runs.
+    """
     ok = runs[runs["status"] == "ok"].copy()
     roles = role_columns(runs)
     value_cols = [c for c in (metric, "params/total", "kv_cache_bytes_per_token", *roles) if c in ok.columns]
     for col in value_cols:
         ok[col] = pd.to_numeric(ok[col], errors="coerce")
-    grouped = ok.groupby(list(GROUP_KEYS), dropna=False, sort=True)
+    grouped = ok.groupby("config_id", sort=True)
     out = grouped.size().rename("runs").to_frame()
+    carried = list(dict.fromkeys(["config", *SHAPE_COLUMNS, *axes]))
+    # Equal within a configuration by construction (they are config values or derived from them).
+    out = out.join(grouped[carried].first())
     if metric in ok.columns:
         # Sample std (ddof=1): the spread over seeds, NaN for a single seed.
         out["mean"] = grouped[metric].mean()
@@ -58,34 +65,37 @@ def aggregate(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     for col in value_cols[1:]:
         out[col] = grouped[col].mean()
     out = out.reset_index()
-    out["series"] = series_labels(out)
+    out["series"] = series_labels(out, axes, "n_heads")
     return out
 
 
-def _regimes(row: pd.Series) -> dict[str, str]:
-    n_heads, n_kv, head_dim, d_model = row["n_heads"], row["n_kv_heads"], row["head_dim"], row["d_model"]
-    if pd.notna(head_dim) and pd.notna(d_model) and pd.notna(n_heads) and head_dim * n_heads == d_model:
-        hd = "head_dim=d_model/n_heads"
-    else:
-        hd = f"head_dim={_fmt_int(head_dim)}"
-    if pd.isna(n_kv) or n_kv == n_heads:
-        kv = "MHA"
-    elif n_kv == 1:
-        kv = "MQA"
-    else:
-        kv = f"n_kv_heads={_fmt_int(n_kv)}"
-    return {"d_model": f"d_model={_fmt_int(d_model)}", "head_dim": hd, "kv": kv, "pruning": f"pruning={row['pruning']}"}
+def series_labels(agg: pd.DataFrame, axes: Sequence[str], x: str) -> list[str]:
+    """A line of a plot against shape column ``x``: one per value of every other axis ("all runs" if none).
+
+    Within a series only ``x``'s own config key differs, so each point is one configuration.
+    """
+    other = [a for a in axes if SHAPE_KEYS.get(a) != x]
+    if not other:
+        return ["all runs"] * len(agg)
+    return [", ".join(f"{a}={format_value(row[a])}" for a in other) for _, row in agg.iterrows()]
 
 
-def series_labels(agg: pd.DataFrame) -> list[str]:
-    """A line of the loss-vs-heads plot per head-size regime, K/V sharing, width and pruning that vary."""
-    if agg.empty:
-        return []
-    parts = [_regimes(row) for _, row in agg.iterrows()]
-    varying = [k for k in ("head_dim", "kv", "d_model", "pruning") if len({p[k] for p in parts}) > 1]
-    if not varying:
-        return ["all runs"] * len(parts)
-    return [", ".join(p[k] for k in varying) for p in parts]
+def shown_axes(agg: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """The axes a table shows as columns of their own: all but those its shape columns already tell apart.
+
+    ``model.n_heads`` is the ``n_heads`` column; ``model.head_dim`` (null or a number) is the resolved
+    ``head_dim`` column only where every distinct raw value gives a distinct resolved one.
+    """
+    shown = []
+    for axis in axes:
+        col = SHAPE_KEYS.get(axis)
+        if col is not None and col in agg:
+            raw = agg[axis].map(format_value)
+            pairs = set(zip(raw, agg[col].map(format_value), strict=True))
+            if len(pairs) == raw.nunique() == len({c for _, c in pairs}):
+                continue
+        shown.append(axis)
+    return shown
 
 
 def marginal_gains(agg: pd.DataFrame) -> pd.DataFrame:
@@ -95,9 +105,10 @@ def marginal_gains(agg: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for series, part in agg.groupby("series", sort=False):
-        by_heads = part.groupby("n_heads", sort=True)["mean"].mean()
+        # One configuration per head count within a series (series_labels): nothing is averaged here.
+        by_heads = part.dropna(subset=["n_heads"]).sort_values("n_heads", kind="stable")
         prev_h = prev_v = None
-        for h, v in by_heads.items():
+        for h, v in zip(by_heads["n_heads"], by_heads["mean"], strict=True):
             delta = per_doubling = np.nan
             if prev_h is not None and prev_h > 0 and h > prev_h:
                 delta = v - prev_v
@@ -132,16 +143,20 @@ def _fmt_count(value: object) -> str:
     return f"{round(float(value), 1):g}"
 
 
-def config_table(agg: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The aggregate as display strings, one column per header."""
+def config_table(agg: pd.DataFrame, metric: str, axes: Sequence[str] = ()) -> pd.DataFrame:
+    """The aggregate as display strings, one column per header: shape, then the differing config keys."""
     roles = [c for c in agg.columns if c.startswith(ROLE_PREFIX)]
-    table = pd.DataFrame(
+    columns: dict[str, object] = {
+        "n_heads": agg["n_heads"].map(_fmt_int),
+        "n_kv_heads": agg["n_kv_heads"].map(_fmt_int),
+        "head_dim": agg["head_dim"].map(_fmt_int),
+        "d_model": agg["d_model"].map(_fmt_int),
+        "pruning": agg["pruning"].astype(str),
+    }
+    for axis in shown_axes(agg, axes):
+        columns[axis] = agg[axis].map(format_value)
+    columns.update(
         {
-            "n_heads": agg["n_heads"].map(_fmt_int),
-            "n_kv_heads": agg["n_kv_heads"].map(_fmt_int),
-            "head_dim": agg["head_dim"].map(_fmt_int),
-            "d_model": agg["d_model"].map(_fmt_int),
-            "pruning": agg["pruning"].astype(str),
             "runs": agg["runs"].map(_fmt_int),
             f"{metric} (mean ± std)": [
                 f"{_fmt_float(m)} ± {'n/a' if pd.isna(s) else _fmt_float(s)}"
@@ -153,9 +168,21 @@ def config_table(agg: pd.DataFrame, metric: str) -> pd.DataFrame:
             else "-",
         }
     )
+    table = pd.DataFrame(columns)
     for col in roles:
         table[col.removeprefix(ROLE_PREFIX)] = agg[col].map(_fmt_count)
     return table
+
+
+def configurations_frame(agg: pd.DataFrame, metric: str, axes: Sequence[str]) -> pd.DataFrame:
+    """``configurations.csv``: the aggregate with raw numbers, every axis as a column."""
+    roles = [c for c in agg.columns if c.startswith(ROLE_PREFIX)]
+    cols = ["config_id", "config", *SHAPE_COLUMNS, *[a for a in axes if a not in SHAPE_COLUMNS], "runs"]
+    frame = agg[[*dict.fromkeys(cols), "mean", "std"]].rename(
+        columns={"mean": f"{metric}_mean", "std": f"{metric}_std"}
+    )
+    extra = [c for c in ("params/total", "kv_cache_bytes_per_token", *roles) if c in agg]
+    return pd.concat([frame, agg[extra]], axis=1)
 
 
 def gains_table(gains: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -182,6 +209,7 @@ def failed_table(runs: pd.DataFrame) -> pd.DataFrame:
             "status": bad["status"].astype(str),
             "n_heads": bad["n_heads"].map(_fmt_int),
             "seed": bad["seed"].map(_fmt_int),
+            "config": bad["config"].fillna("").astype(str).replace("", "-"),
             "overrides": label.fillna("").astype(str),
             "error": bad["error"].fillna("").astype(str),
         }
@@ -193,7 +221,9 @@ def to_text(table: pd.DataFrame, indent: str = "") -> str:
     headers = list(table.columns)
     cells = [[str(v) for v in row] for row in table.itertuples(index=False)]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    left = {i for i, h in enumerate(headers) if h in ("series", "pruning", "run", "status", "overrides", "error")}
+    # Text columns, and the config keys (dotted: model.pos) whose values may be text.
+    text = ("series", "pruning", "run", "status", "config", "overrides", "error")
+    left = {i for i, h in enumerate(headers) if h in text or "." in h}
 
     def line(values: Sequence[str]) -> str:
         out = [v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))]
@@ -224,11 +254,11 @@ def status_line(runs: pd.DataFrame) -> str:
 
 def terminal_summary(runset: RunSet, metric: str) -> str:
     """What the CLI prints: configurations, marginal gains, failed runs."""
-    agg = aggregate(runset.runs, metric)
+    agg = aggregate(runset.runs, metric, runset.axes)
     lines = [status_line(runset.runs), "", "configurations (finished runs, aggregated over seeds):"]
-    lines.append(to_text(config_table(agg, metric), "  ") if len(agg) else "  (no finished runs)")
+    lines.append(to_text(config_table(agg, metric, runset.axes), "  ") if len(agg) else "  (no finished runs)")
     gains = marginal_gains(agg)
-    if len(gains) > 1:
+    if gains["delta"].notna().any():
         lines += [
             "",
             f"marginal gain per doubling of heads ({metric}, mean over seeds):",
@@ -260,61 +290,85 @@ def _dodge(x: pd.Index, i: int, n: int) -> np.ndarray:
     return np.asarray(x, dtype=float) * 2 ** ((i - (n - 1) / 2) * 0.025)
 
 
-def plot_loss_vs_heads(agg: pd.DataFrame, runs: pd.DataFrame, metric: str, path: Path) -> Path | None:
-    """Metric (mean ± std over seeds) vs n_heads, a line per series; final val loss beside it."""
+def plot_loss_vs_heads(
+    agg: pd.DataFrame, runs: pd.DataFrame, metric: str, path: Path, axes: Sequence[str] = ()
+) -> Path | None:
+    """Metric (mean ± std over seeds) vs n_heads, a line per series, a point per configuration; val loss beside."""
     if agg.empty or agg["mean"].isna().all():
         return None
     panels: list[tuple[str, pd.DataFrame]] = [(metric, agg)]
     final = "val/loss"
     if metric != final and final in runs.columns and runs.loc[runs["status"] == "ok", final].notna().any():
-        panels.append((final, aggregate(runs, final)))
-    fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
+        panels.append((final, aggregate(runs, final, axes)))
+    n_series = agg["series"].nunique()
+    # Series labels name every other differing key: a legend below the panels, a line per series.
+    legend_h = 0.25 * n_series if n_series > 1 else 0.0
+    fig = Figure(figsize=(5.5 * len(panels), 4.2 + legend_h), layout="constrained")
     for i, (name, data) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for series, part in data.groupby("series", sort=False):
-            by_heads = part.groupby("n_heads", sort=True).agg(mean=("mean", "mean"), std=("std", "mean"))
-            ax.errorbar(
-                by_heads.index, by_heads["mean"], yerr=by_heads["std"].fillna(0), marker="o", capsize=3, label=series
-            )
+            part = part.sort_values("n_heads", kind="stable")
+            ax.errorbar(part["n_heads"], part["mean"], yerr=part["std"].fillna(0), marker="o", capsize=3, label=series)
         _log2_heads_axis(ax, data["n_heads"])
         ax.set_xlabel("n_heads (log scale)")
         ax.set_ylabel(f"{name} (mean ± std over seeds)")
         ax.set_title(_TITLES.get(name, f"{name} vs n_heads"))
         ax.grid(alpha=0.3)
-        if data["series"].nunique() > 1:
-            ax.legend(fontsize="small")
+    if n_series > 1:
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize="small")
     fig.savefig(path, dpi=DPI)
     return path
 
 
-def _role_means(ok: pd.DataFrame, by: str, roles: list[str]) -> pd.DataFrame:
-    frame = ok[[by, *roles]].apply(pd.to_numeric, errors="coerce")
-    return frame.groupby(by, sort=True).agg(["mean", "std"])
+def role_points(runs: pd.DataFrame, axes: Sequence[str], by: str) -> pd.DataFrame:
+    """Heads per role against shape column ``by``: one point per configuration (mean ± std over its seeds).
 
-
-def plot_roles_vs_heads(runs: pd.DataFrame, path: Path) -> Path | None:
-    """Heads per role (mean ± std over runs) against n_heads and against n_kv_heads."""
+    Columns ``series`` (the other axes, :func:`series_labels`), ``by``, ``config_id`` and, per role,
+    ``(role, "mean")`` / ``(role, "std")``.
+    """
     roles = role_columns(runs)
     ok = runs[runs["status"] == "ok"]
-    if not roles or ok.empty:
+    frame = ok[roles].apply(pd.to_numeric, errors="coerce").assign(config_id=ok["config_id"])
+    stats = frame.groupby("config_id", sort=True).agg(["mean", "std"])
+    carried = ok.groupby("config_id", sort=True)[list(dict.fromkeys([by, *axes]))].first()
+    points = carried.join(stats.set_axis([f"{c}:{k}" for c, k in stats.columns], axis=1)).reset_index()
+    points.insert(0, "series", series_labels(points, axes, by))
+    return points
+
+
+def plot_roles_vs_heads(runs: pd.DataFrame, path: Path, axes: Sequence[str] = ()) -> Path | None:
+    """Heads per role (mean ± std over seeds) against n_heads and n_kv_heads: a panel per series, a line per role.
+
+    A panel is one value of every axis but the x axis's own key, so no point averages configurations.
+    """
+    roles = role_columns(runs)
+    if not roles or (runs["status"] == "ok").sum() == 0:
         return None
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    for i, by in enumerate(("n_heads", "n_kv_heads")):
-        ax = fig.add_subplot(1, 2, i + 1)
-        stats = _role_means(ok, by, roles)
+    panels: list[tuple[str, str, pd.DataFrame]] = []
+    for by in ("n_heads", "n_kv_heads"):
+        points = role_points(runs, axes, by)
+        if by == "n_kv_heads" and points["n_kv_heads"].nunique() < 2:
+            continue  # one K/V head count: the panel would repeat n_heads' points
+        panels += [(by, str(series), part) for series, part in points.groupby("series", sort=False)]
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(5.2 * cols, 3.9 * rows), layout="constrained")
+    for i, (by, series, part) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        part = part.sort_values(by, kind="stable")
         for j, col in enumerate(roles):
             ax.errorbar(
-                _dodge(stats.index, j, len(roles)),
-                stats[(col, "mean")],
-                yerr=stats[(col, "std")].fillna(0),
+                _dodge(pd.Index(part[by]), j, len(roles)),
+                part[f"{col}:mean"],
+                yerr=part[f"{col}:std"].fillna(0),
                 marker=_MARKERS[j % len(_MARKERS)],
                 capsize=3,
                 label=col.removeprefix(ROLE_PREFIX),
             )
-        _log2_heads_axis(ax, stats.index)
+        _log2_heads_axis(ax, part[by])
         ax.set_xlabel(f"{by} (log scale)")
         ax.set_ylabel("heads with the role (all layers)")
-        ax.set_title(f"head roles vs {by}")
+        ax.set_title(f"head roles vs {by}" + ("" if series == "all runs" else f"\n{series}"), fontsize="small")
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize="small")
     fig.savefig(path, dpi=DPI)
@@ -408,20 +462,21 @@ def write_report(
     """Write plots, ``runs.csv``/``role_history.csv``/``pruning.csv`` and ``report.md|html`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = runset.runs
-    agg = aggregate(runs, metric)
+    agg = aggregate(runs, metric, runset.axes)
     plots = [
         p
         for p in (
-            plot_loss_vs_heads(agg, runs, metric, out_dir / "loss_vs_heads.png"),
-            plot_roles_vs_heads(runs, out_dir / "roles_vs_heads.png"),
+            plot_loss_vs_heads(agg, runs, metric, out_dir / "loss_vs_heads.png", runset.axes),
+            plot_roles_vs_heads(runs, out_dir / "roles_vs_heads.png", runset.axes),
             plot_role_emergence(runset.role_history, out_dir / "role_emergence.png"),
             plot_pruning(runset.pruning, out_dir / "pruning_curves.png"),
         )
         if p is not None
     ]
-    data = [out_dir / "runs.csv", out_dir / "role_history.csv"]
-    runs.to_csv(data[0], index=False)
-    runset.role_history.to_csv(data[1], index=False)
+    data = [out_dir / "configurations.csv", out_dir / "runs.csv", out_dir / "role_history.csv"]
+    configurations_frame(agg, metric, runset.axes).to_csv(data[0], index=False)
+    runs.to_csv(data[1], index=False)
+    runset.role_history.to_csv(data[2], index=False)
     if not runset.pruning.empty:
         data.append(out_dir / "pruning.csv")
         runset.pruning.to_csv(data[-1], index=False)
@@ -431,15 +486,16 @@ def write_report(
     sections: list[tuple[str, str, pd.DataFrame | None, list[Path]]] = [
         (
             "Configurations",
-            f"Finished runs aggregated over seeds; {metric} is mean ± sample std.",
-            config_table(agg, metric),
+            f"One row per configuration: {_axes_note(runset.axes)}. Finished runs aggregated over seeds; "
+            f"{metric} is mean ± sample std.",
+            config_table(agg, metric, runset.axes),
             [],
         ),
         (
             "Marginal gain per doubling of heads",
             f"Change of mean {metric} from each head count to the next; per doubling = Δ / log2(ratio). "
             "Values near 0 mark diminishing returns.",
-            gains_table(gains, metric) if len(gains) else None,
+            gains_table(gains, metric) if gains["delta"].notna().any() else None,
             [p for p in plots if p.name == "loss_vs_heads.png"],
         ),
         ("Head roles", "", None, [p for p in plots if p.name in ("roles_vs_heads.png", "role_emergence.png")]),
@@ -452,6 +508,12 @@ def write_report(
     path = out_dir / f"report.{'html' if fmt == 'html' else 'md'}"
     path.write_text(render(header, sections, runset.warnings, data_note))
     return Report(path, plots, data)
+
+
+def _axes_note(axes: Sequence[str]) -> str:
+    if not axes:
+        return "no config key differs across these runs but the seed"
+    return "the runs differ (besides the seed) in " + ", ".join(f"`{a}`" for a in axes)
 
 
 def _render_md(header: str, sections: list, warnings: list[str], data_note: str) -> str:

@@ -3,8 +3,9 @@
 A run directory is what one ``mhaexp-train`` job writes: ``.hydra/config.yaml``, ``status.json``,
 ``summary.json``, ``metrics.csv``, ``analysis/head_roles*.csv`` and optionally ``pruning_curve.csv``.
 The row of a run is its config flattened with dots (``model.n_heads``), its summary keys as they are
-(``val/loss``, ``roles/induction``), its status, and a few derived columns (``n_heads``, ``head_dim``...)
-that both sources, run directories and W&B, compute with the same :func:`make_row`.
+(``val/loss``, ``roles/induction``), its status, a few shape columns (``n_heads``, ``head_dim``...) and
+its configuration (``config_id``, ``config``). Both sources, run directories and W&B, build rows with
+the same :func:`make_row` and group them with the same :func:`build_runset`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,34 @@ from typing import Any
 import pandas as pd
 import yaml
 
-# One configuration = one line of the comparison; seeds are aggregated within it.
-GROUP_KEYS: tuple[str, ...] = ("n_heads", "n_kv_heads", "head_dim", "d_model", "pruning")
+# Shown in every table: the head layout of a configuration. Grouping does not use them, it uses
+# every config key that differs (config_axes); these are what a reader of a head-count study looks at.
+SHAPE_COLUMNS: tuple[str, ...] = ("n_heads", "n_kv_heads", "head_dim", "d_model", "pruning")
+# The config key each shape column shows, when that key is an axis.
+SHAPE_KEYS: dict[str, str] = {
+    "model.n_heads": "n_heads",
+    "model.n_kv_heads": "n_kv_heads",
+    "model.head_dim": "head_dim",
+    "model.d_model": "d_model",
+    "pruning.kind": "pruning",
+}
 # Columns every row has, first in the frame, whatever the source.
-ID_COLUMNS: tuple[str, ...] = ("run", "status", "error", *GROUP_KEYS, "n_layers", "seed", "name", "data")
+ID_COLUMNS: tuple[str, ...] = (
+    "run",
+    "status",
+    "error",
+    "config_id",
+    "config",
+    *SHAPE_COLUMNS,
+    "n_layers",
+    "seed",
+    "name",
+    "data",
+)
 ROLE_PREFIX = "roles/"
 STATUSES = ("ok", "failed", "invalid")
+# An axis value for a run whose config lacks the key: a value of its own, never merged with null.
+MISSING = "(missing)"
 
 ROLE_HISTORY_COLUMNS = ("run", "step", "role", "heads")
 PRUNING_COLUMNS = ("run", "criterion", "frac_pruned", "heads_remaining", "val_loss", "val_acc")
@@ -34,6 +57,11 @@ PRUNING_COLUMNS = ("run", "criterion", "frac_pruned", "heads_remaining", "val_lo
 # Directories inside a run (or beside runs) that never hold runs: not walking them keeps discovery
 # fast on sweeps with thousands of checkpoint and W&B files.
 _NOT_RUNS = {".hydra", "analysis", "checkpoints", "wandb", "compare", "lightning_logs", "__pycache__", ".git"}
+
+# Config keys that name, place or log a run rather than decide what it computes (see config_axes).
+_IDENTITY_KEYS = frozenset({"seed", "name", "resume", "trainer.enable_progress_bar", "trainer.enable_model_summary"})
+_IDENTITY_PREFIXES = ("logger.", "sweep.", "hydra.")
+_IDENTITY_LEAVES = frozenset({"cache_dir"})
 
 
 class RunFileError(Exception):
@@ -47,9 +75,14 @@ class RunFileError(Exception):
 
 @dataclass
 class RunSet:
-    """Everything a report needs: the per-run table and the per-step / per-fraction curves."""
+    """Everything a report needs: the per-run table, the config axes and the per-step / per-fraction curves.
+
+    ``axes`` are the config keys that differ across the runs (:func:`config_axes`); each is a column of
+    ``runs``, and ``runs["config_id"]`` numbers the configurations they make.
+    """
 
     runs: pd.DataFrame
+    axes: list[str] = field(default_factory=list)
     role_history: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(ROLE_HISTORY_COLUMNS)))
     pruning: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(PRUNING_COLUMNS)))
     warnings: list[str] = field(default_factory=list)
@@ -79,20 +112,29 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def derived_columns(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The head layout of a flattened config, with the nulls resolved as ``mhaexp.nn.model`` resolves them.
+def shape_columns(config: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """The head layout of a flattened config, as the run recorded it (``recorded``: summary keys).
 
-    Same rules as ``mhaexp.training.loggers.flat_config`` so that a W&B config and a run directory agree.
+    A run that recorded no ``head_dim`` / ``n_kv_heads`` gets them from ``mhaexp.nn.shapes``, the one
+    home of the null-means-default rules, so compare cannot disagree with the model that was trained.
     """
-    n_heads = _int_or_none(config.get("model.n_heads", config.get("n_heads")))
-    d_model = _int_or_none(config.get("model.d_model", config.get("d_model")))
-    n_kv = _int_or_none(config.get("model.n_kv_heads")) or n_heads
-    head_dim = _int_or_none(config.get("model.head_dim"))
-    if head_dim is None and n_heads and d_model:
-        head_dim = d_model // n_heads
-    # flat_config replaces the pruning group by its kind, so W&B has "pruning": "magnitude".
-    pruning = config.get("pruning.kind", config.get("pruning"))
-    data = config.get("data.kind", config.get("data"))
+    from mhaexp.errors import ConfigError
+    from mhaexp.nn.shapes import check_heads, resolve_head_dim
+
+    n_heads = _int_or_none(config.get("model.n_heads", recorded.get("n_heads")))
+    d_model = _int_or_none(config.get("model.d_model", recorded.get("d_model")))
+    n_kv = _int_or_none(recorded.get("n_kv_heads"))
+    head_dim = _int_or_none(recorded.get("head_dim"))
+    if n_heads is not None:
+        try:
+            if n_kv is None:
+                n_kv = check_heads(n_heads, _int_or_none(config.get("model.n_kv_heads")))
+            if head_dim is None and d_model is not None:
+                head_dim = resolve_head_dim(d_model, n_heads, _int_or_none(config.get("model.head_dim")))
+        except ConfigError:
+            pass  # an invalid job: its layout is what was wrong, shown as unknown
+    pruning = config.get("pruning.kind")
+    data = config.get("data.kind")
     return {
         "n_heads": n_heads,
         "n_kv_heads": n_kv,
@@ -107,15 +149,124 @@ def derived_columns(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def make_row(
-    run: str, config: Mapping[str, Any], summary: Mapping[str, Any], status: str, error: str | None
+    run: str,
+    config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    status: str,
+    error: str | None,
+    recorded: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One run's row: flattened config, then summary (wins on clashes: it is measured), then identity."""
+    """One run's row: flattened config, then summary (wins on clashes: it is measured), then identity.
+
+    ``recorded`` holds shape values the run logged outside its summary (W&B's top-level ``head_dim``);
+    the summary's own win over them.
+    """
     flat = flatten(config)
     row: dict[str, Any] = dict(flat)
     row.update(summary)
-    row.update(derived_columns(flat))
+    row.update(shape_columns(flat, {**(recorded or {}), **summary}))
     row.update(run=run, status=status, error=error or None)
     return row
+
+
+def is_configuration(key: str) -> bool:
+    """Whether a flattened config key decides what a run computes (else it names, places or logs it)."""
+    if key in _IDENTITY_KEYS or key.startswith(_IDENTITY_PREFIXES) or key.startswith("_"):
+        return False
+    return key.rsplit(".", 1)[-1] not in _IDENTITY_LEAVES
+
+
+def _canonical(value: Any) -> str:
+    # Lists and dicts compare by content; "1" and 1, null and missing stay apart.
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def config_axes(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The flattened config keys whose values differ across ``configs``: a configuration is one value of each.
+
+    The rule, one for both sources:
+
+    - Every key of every config counts, except those that name, place or log a run rather than decide what
+      it computes: ``seed`` (the replicate axis: runs differing only in it are aggregated), ``name``,
+      ``logger.*`` (its ``name`` is interpolated from the config), ``sweep.*``, ``resume`` (a resumed run
+      is the same run), ``*.cache_dir`` (a path), the progress-bar/model-summary switches, and keys starting
+      with ``_`` (W&B's own). When in doubt a key is configuration: a row split too fine shows; a merge not.
+    - A key present in some configs and absent in others differs: absent is a value (``MISSING``), and not
+      the same as null.
+    - ``.hydra/config.yaml`` is Hydra's unresolved composition, so an interpolation compares as written:
+      ``data.seed: ${seed}`` is the same text in every run and never differs, and any key derived from other
+      keys differs only where those do, and they are axes themselves. W&B holds the resolved config: there a
+      key named ``seed`` below the top (``data.seed``) whose value equals the run's ``seed`` in every run
+      is that seed again, and aggregated with it; any other value of it, in any run, makes it an axis.
+    """
+    keys = list(dict.fromkeys(k for config in configs for k in config if is_configuration(k)))
+    axes = []
+    for key in keys:
+        values = {_canonical(config[key]) if key in config else None for config in configs}
+        if len(values) < 2:
+            continue
+        if key.rsplit(".", 1)[-1] == "seed" and all(
+            key in c and "seed" in c and _canonical(c[key]) == _canonical(c["seed"]) for c in configs
+        ):
+            continue
+        axes.append(key)
+    return axes
+
+
+def _sort_key(canonical: str | None) -> tuple[int, float, str]:
+    # Numbers by value (2 before 10), then text, then null, then missing (None).
+    if canonical is None:
+        return (3, 0.0, "")
+    value = json.loads(canonical)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    if value is None:
+        return (2, 0.0, "")
+    return (1, 0.0, value if isinstance(value, str) else canonical)
+
+
+def format_value(value: Any) -> str:
+    """An axis value as tables and labels show it: null as ``null``, lists as JSON."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def build_runset(
+    rows: list[dict[str, Any]],
+    configs: list[dict[str, Any]],
+    histories: list[pd.DataFrame],
+    curves: list[pd.DataFrame],
+    warnings: list[str],
+) -> RunSet:
+    """Group the runs (``configs[i]`` is the flattened config of ``rows[i]``) into configurations.
+
+    Each row gets the value of every axis (:func:`config_axes`; ``MISSING`` where its config lacks the key),
+    a ``config_id`` (one per distinct tuple of axis values, numbered in axis order) and a ``config`` label
+    (``model.n_layers=1, model.pos=rope``).
+    """
+    axes = config_axes(configs)
+    keys = []
+    for row, config in zip(rows, configs, strict=True):
+        row.update({a: config[a] if a in config else MISSING for a in axes})
+        row["config"] = ", ".join(f"{a}={format_value(config[a]) if a in config else MISSING}" for a in axes)
+        # None for a missing key: no canonical (JSON) text is None, so missing never equals a value.
+        keys.append(tuple(_canonical(config[a]) if a in config else None for a in axes))
+    order = sorted(set(keys), key=lambda k: [_sort_key(v) for v in k])
+    ids = {k: i for i, k in enumerate(order)}
+    for row, key in zip(rows, keys, strict=True):
+        row["config_id"] = ids[key]
+    return RunSet(
+        runs=fill_role_columns(runs_frame(rows)),
+        axes=axes,
+        role_history=concat_or_empty(histories, ROLE_HISTORY_COLUMNS),
+        pruning=concat_or_empty(curves, PRUNING_COLUMNS),
+        warnings=warnings,
+    )
 
 
 def runs_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -125,7 +276,7 @@ def runs_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame(columns=list(ID_COLUMNS))
     rest = sorted(c for c in frame.columns if c not in ID_COLUMNS)
     frame = frame.reindex(columns=[*ID_COLUMNS, *rest])
-    frame = frame.sort_values([*GROUP_KEYS, "seed", "run"], na_position="last", kind="stable")
+    frame = frame.sort_values(["config_id", "seed", "run"], na_position="last", kind="stable")
     return frame.reset_index(drop=True)
 
 
@@ -245,6 +396,7 @@ def _finite(value: Any) -> float | None:
 @dataclass
 class LoadedRun:
     row: dict[str, Any]
+    config: dict[str, Any]
     role_history: pd.DataFrame | None
     pruning: pd.DataFrame | None
 
@@ -308,7 +460,7 @@ def load_run_dir(path: Path, label: str) -> LoadedRun:
     row["path"] = str(path)
     if overrides is not None:
         row["overrides"] = " ".join(map(str, overrides)) if isinstance(overrides, list) else str(overrides)
-    return LoadedRun(row, role_history, pruning)
+    return LoadedRun(row, flatten(config), role_history, pruning)
 
 
 def pruning_curve(curve: pd.DataFrame, label: str, default_criterion: str, path: Path | None = None) -> pd.DataFrame:
@@ -342,7 +494,7 @@ def load_runs(paths: Sequence[Path]) -> RunSet:
     """Load every run under ``paths``; runs with a missing or corrupt file are skipped with a warning."""
     run_dirs = discover_run_dirs(paths)
     labels = run_labels(run_dirs)
-    rows, histories, curves, warnings = [], [], [], []
+    rows, configs, histories, curves, warnings = [], [], [], [], []
     for path in run_dirs:
         try:
             loaded = load_run_dir(path, labels[path])
@@ -350,13 +502,9 @@ def load_runs(paths: Sequence[Path]) -> RunSet:
             warnings.append(f"skipped run {labels[path]}: {e.path}: {e.reason}")
             continue
         rows.append(loaded.row)
+        configs.append(loaded.config)
         if loaded.role_history is not None:
             histories.append(loaded.role_history)
         if loaded.pruning is not None:
             curves.append(loaded.pruning)
-    return RunSet(
-        runs=fill_role_columns(runs_frame(rows)),
-        role_history=concat_or_empty(histories, ROLE_HISTORY_COLUMNS),
-        pruning=concat_or_empty(curves, PRUNING_COLUMNS),
-        warnings=warnings,
-    )
+    return build_runset(rows, configs, histories, curves, warnings)

@@ -7,8 +7,10 @@ Only the public surface of ``wandb.Api`` is used, so any object with it will do 
 - ``.id``, ``.name``, ``.state``, ``.config`` (dict), ``.summary`` (``keys()`` and ``[]``), and
 - ``.history(keys=[...], samples=..., pandas=True)`` -> DataFrame with ``_step``.
 
-Rows are built by the same :func:`~mhaexp.compare.runs.make_row` as for run directories, so a sweep
-logged to W&B compares exactly like its run directories.
+Rows are built by the same :func:`~mhaexp.compare.runs.make_row` and grouped into configurations by
+the same :func:`~mhaexp.compare.runs.build_runset` as for run directories, so a sweep logged to W&B
+compares exactly like its run directories. :func:`run_config` first undoes what
+``mhaexp.training.loggers.flat_config`` adds to the logged config, so both sources see the same keys.
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ from typing import Any
 import pandas as pd
 
 from mhaexp.compare.runs import (
-    PRUNING_COLUMNS,
     ROLE_HISTORY_COLUMNS,
     ROLE_PREFIX,
+    SHAPE_COLUMNS,
     RunSet,
-    concat_or_empty,
-    fill_role_columns,
+    build_runset,
+    flatten,
     make_row,
     pruning_curve,
-    runs_frame,
 )
 
 # W&B run state -> our status. Runs still going (running, pending, preempting) are not compared.
@@ -37,6 +38,21 @@ GLOBAL_STEP = "trainer/global_step"
 PRUNING_PREFIX = "pruning/"
 # Role counts are logged a few dozen times a run; asking for more samples than that keeps them all.
 _HISTORY_SAMPLES = 10_000
+
+
+def run_config(config: Mapping[str, Any], summary: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The W&B config as the run directory's config (nested), and the shape values the run recorded.
+
+    ``flat_config`` puts the resolved head layout at top level (``n_heads``, ``head_dim``...): those are
+    the run's recorded values, returned apart, not config keys of their own. It replaces the pruning
+    group by its kind: that becomes ``pruning.kind`` again. ``RunRecord`` logs its measurements
+    (``params/*``...) as hyperparameters too: a config key the summary also holds is one of them.
+    """
+    nested = {k: v for k, v in config.items() if not k.startswith("_") and k not in summary}
+    recorded = {k: nested.pop(k) for k in SHAPE_COLUMNS if k in nested and not isinstance(nested[k], Mapping)}
+    if "pruning" in recorded:
+        nested["pruning"] = {"kind": recorded.pop("pruning")}
+    return nested, recorded
 
 
 def summary_dict(summary: Any) -> dict[str, Any]:
@@ -97,6 +113,7 @@ def load_wandb_runs(api: Any, path: str, group: str | None = None) -> RunSet:
     """
     filters: dict[str, Any] = {"group": group} if group else {}
     rows: list[dict[str, Any]] = []
+    configs: list[dict[str, Any]] = []
     histories: list[pd.DataFrame] = []
     curves: list[pd.DataFrame] = []
     warnings: list[str] = []
@@ -106,12 +123,13 @@ def load_wandb_runs(api: Any, path: str, group: str | None = None) -> RunSet:
         if status is None:
             warnings.append(f"skipped run {label}: W&B state is {run.state!r}, not finished")
             continue
-        config = dict(run.config) if isinstance(run.config, Mapping) else {}
         summary = summary_dict(run.summary)
+        config, recorded = run_config(run.config if isinstance(run.config, Mapping) else {}, summary)
         error = None if status == "ok" else f"W&B run {run.state}"
-        row = make_row(label, config, summary, status, error)
+        row = make_row(label, config, summary, status, error, recorded)
         row["wandb_id"] = run.id
         rows.append(row)
+        configs.append(flatten(config))
         role_keys = sorted(k for k in summary if k.startswith(ROLE_PREFIX))
         if status == "ok" and role_keys:
             history = role_history(run, label, role_keys)
@@ -121,9 +139,4 @@ def load_wandb_runs(api: Any, path: str, group: str | None = None) -> RunSet:
             curve = pruning_history(run, label, str(row["pruning"]))
             if curve is not None:
                 curves.append(curve)
-    return RunSet(
-        runs=fill_role_columns(runs_frame(rows)),
-        role_history=concat_or_empty(histories, ROLE_HISTORY_COLUMNS),
-        pruning=concat_or_empty(curves, PRUNING_COLUMNS),
-        warnings=warnings,
-    )
+    return build_runset(rows, configs, histories, curves, warnings)

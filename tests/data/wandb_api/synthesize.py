@@ -19,8 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # tests/, for test_compare
 
 from test_compare import (  # noqa: E402
-    PARAMS_ATTENTION,
-    PARAMS_TOTAL,
+    LAYER_RUNS,
     PRUNED_JOB,
     RUNS,
     STEPS,
@@ -29,6 +28,8 @@ from test_compare import (  # noqa: E402
     job_config,
     kv_bytes,
     metrics_rows,
+    params_attention,
+    params_total,
     pruning_rows,
     role_counts,
     summary,
@@ -62,10 +63,10 @@ WANDB_META = {
 def fit_start(run: FakeRun) -> dict[str, Any]:
     """What RunRecord.on_fit_start logs as hyperparameters (config) and summary."""
     return {
-        "params/total": PARAMS_TOTAL,
-        "params/attention": PARAMS_ATTENTION,
+        "params/total": params_total(run),
+        "params/attention": params_attention(run),
         "kv_cache_bytes_per_token": kv_bytes(run),
-        "n_heads_total": 2 * run.n_heads,
+        "n_heads_total": run.n_layers * run.n_heads,
     }
 
 
@@ -88,10 +89,11 @@ def history(run: FakeRun) -> list[dict[str, Any]]:
         events.append((m["step"], kind, {**row, "epoch": 0, "trainer/global_step": m["step"]}))
     if run.status == "ok":
         events += [(s, 2, {**role_counts(run, s), "trainer/global_step": s}) for s in STEPS]
-    if run.job == PRUNED_JOB:  # after training, the pruning steps of one criterion, as mhaexp.pruning logs them
+    # After training, the pruning steps of one criterion, as mhaexp.pruning logs them.
+    if run.job == PRUNED_JOB and run.group == SWEEP:
         for point in pruning_rows(run):
             if point["criterion"] == "importance":
-                pruned = round(point["frac_pruned"] * 2 * run.n_heads)
+                pruned = round(point["frac_pruned"] * run.n_layers * run.n_heads)
                 metrics = {
                     "pruning/heads_pruned": float(pruned),
                     "pruning/heads_remaining": float(point["heads_remaining"]),
@@ -127,7 +129,7 @@ def node(run: FakeRun, full: bool, rows: list[dict[str, Any]]) -> dict[str, Any]
         "displayName": run.name,
         "sweepName": None,
         "state": "finished" if run.status == "ok" else "failed",
-        "group": SWEEP,
+        "group": run.group,
         "jobType": None,
         "commit": None,
         "readOnly": False,
@@ -172,29 +174,32 @@ def main() -> None:
             }
         },
     )
-    edges = []
-    for run in RUNS:
-        rows = history(run)
-        edges.append(
-            {"node": node(run, False, rows), "cursor": base64.b64encode(f"cursor:{run.job}".encode()).decode()}
-        )
-        write(f"run_{run.wandb_id}.json", {"data": {"project": {"run": node(run, True, rows)}}})
+    for runs in (RUNS, LAYER_RUNS):
+        edges = []
+        for run in runs:
+            rows = history(run)
+            edges.append(
+                {"node": node(run, False, rows), "cursor": base64.b64encode(f"cursor:{run.job}".encode()).decode()}
+            )
+            write(f"run_{run.wandb_id}.json", {"data": {"project": {"run": node(run, True, rows)}}})
+            write(
+                f"history_{run.wandb_id}.json",
+                {"data": {"project": {"run": {"history": [json.dumps(r) for r in rows]}}}},
+            )
+        page = {"edges": edges, "pageInfo": {"endCursor": edges[-1]["cursor"], "hasNextPage": False}}
         write(
-            f"history_{run.wandb_id}.json", {"data": {"project": {"run": {"history": [json.dumps(r) for r in rows]}}}}
-        )
-    write(
-        "runs.json",
-        {
-            "data": {
-                "project": {
-                    "internalId": base64.b64encode(f"Project:v1:{PROJECT}:{ENTITY}".encode()).decode(),
-                    "runCount": len(RUNS),
-                    "readOnly": False,
-                    "runs": {"edges": edges, "pageInfo": {"endCursor": edges[-1]["cursor"], "hasNextPage": False}},
+            f"runs_{runs[0].group}.json",
+            {
+                "data": {
+                    "project": {
+                        "internalId": base64.b64encode(f"Project:v1:{PROJECT}:{ENTITY}".encode()).decode(),
+                        "runCount": len(runs),
+                        "readOnly": False,
+                        "runs": page,
+                    }
                 }
-            }
-        },
-    )
+            },
+        )
 
 
 if __name__ == "__main__":
