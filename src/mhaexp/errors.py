@@ -26,8 +26,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 def fail(prog: str, message: object, code: int = 2) -> NoReturn:
-    """Print ``<prog>: error: <message>`` as the one line a user sees, and exit."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    """Print ``<prog>: error: <message>`` as the one line a user sees, and exit.
+
+    Only the message's first line: a wrapped library error must not become a traceback-sized message.
+    """
+    text = str(message).strip()
+    print(f"{prog}: error: {text.splitlines()[0] if text else 'unknown error'}", file=sys.stderr)
     sys.exit(code)
 
 

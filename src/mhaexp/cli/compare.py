@@ -14,22 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from mhaexp.errors import fail
+
 if TYPE_CHECKING:
     from mhaexp.compare.runs import RunSet
 
 PROG = "mhaexp-compare"
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    # First line only: a wrapped library error must not become a traceback-sized message.
-    first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
-    print(f"{PROG}: error: {first}", file=sys.stderr)
-    sys.exit(code)
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, like every mhaexp command, not usage + error
-        fail(message)
+        fail(PROG, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,18 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     if args.wandb and args.paths:
-        fail("give run directories or --wandb ENTITY/PROJECT, not both")
+        fail(PROG, "give run directories or --wandb ENTITY/PROJECT, not both")
     if args.group and not args.wandb:
-        fail("--group needs --wandb ENTITY/PROJECT")
+        fail(PROG, "--group needs --wandb ENTITY/PROJECT")
     if not args.wandb and not args.paths:
-        fail("no runs given: pass a sweep directory or run directories, or --wandb ENTITY/PROJECT --group G")
+        fail(PROG, "no runs given: pass a sweep directory or run directories, or --wandb ENTITY/PROJECT --group G")
     if args.wandb and (args.wandb.count("/") != 1 or not all(args.wandb.split("/"))):
-        fail(f"--wandb wants ENTITY/PROJECT, got {args.wandb!r}")
+        fail(PROG, f"--wandb wants ENTITY/PROJECT, got {args.wandb!r}")
     for path in args.paths:
         if not path.exists():
-            fail(f"no such file or directory: {path}")
+            fail(PROG, f"no such file or directory: {path}")
         if not path.is_dir():
-            fail(f"not a directory: {path}")
+            fail(PROG, f"not a directory: {path}")
 
 
 def load(args: argparse.Namespace) -> RunSet:
@@ -82,13 +77,13 @@ def load(args: argparse.Namespace) -> RunSet:
         try:
             return load_wandb_runs(wandb.Api(timeout=30), args.wandb, args.group)
         except Exception as e:  # network, auth, unknown project: all end the command the same way
-            fail(f"W&B: {type(e).__name__}: {e}", code=1)
+            fail(PROG, f"W&B: {type(e).__name__}: {e}", code=1)
     from mhaexp.compare.runs import load_runs
 
     try:
         return load_runs(args.paths)
     except OSError as e:
-        fail(str(e))
+        fail(PROG, str(e))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -104,11 +99,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if runset.runs.empty:
         if runset.warnings:
-            fail(f"none of the {len(runset.warnings)} runs in {where} could be read", code=1)
-        fail(f"no runs found in {where}")
+            fail(PROG, f"none of the {len(runset.warnings)} runs in {where} could be read", code=1)
+        fail(PROG, f"no runs found in {where}")
     if args.metric not in runset.runs.columns:
         known = [c for c in ("best_val_loss", "val/loss", "val/acc", "train/loss") if c in runset.runs.columns]
-        fail(f"--metric {args.metric!r} is not a summary key of these runs (e.g. {', '.join(known) or 'none'})")
+        fail(PROG, f"--metric {args.metric!r} is not a summary key of these runs (e.g. {', '.join(known) or 'none'})")
 
     from mhaexp.compare.report import terminal_summary, write_report
 

@@ -22,6 +22,16 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from mhaexp.rundir import (
+    ANALYSIS_DIR,
+    HEAD_ROLES_FILE,
+    HEAD_ROLES_HISTORY_FILE,
+    METRICS_FILE,
+    PRUNING_CURVE_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+)
+
 # Shown in every table: the head layout of a configuration. Grouping does not use them, it uses
 # every config key that differs (config_axes); these are what a reader of a head-count study looks at.
 SHAPE_COLUMNS: tuple[str, ...] = ("n_heads", "n_kv_heads", "head_dim", "d_model", "pruning")
@@ -299,7 +309,7 @@ def role_counts(roles: pd.DataFrame) -> pd.DataFrame:
 
 def is_run_dir(path: Path) -> bool:
     # status.json alone also counts: a job whose config could not be written still has a verdict.
-    return (path / ".hydra" / "config.yaml").is_file() or (path / "status.json").is_file()
+    return (path / ".hydra" / "config.yaml").is_file() or (path / STATUS_FILE).is_file()
 
 
 def discover_run_dirs(paths: Sequence[Path]) -> list[Path]:
@@ -404,10 +414,10 @@ class LoadedRun:
 def load_run_dir(path: Path, label: str) -> LoadedRun:
     """Read one run directory; raises :class:`RunFileError` naming the first missing or corrupt file."""
     config = _read_yaml(path / ".hydra" / "config.yaml")
-    status_doc = _read_json(path / "status.json")
+    status_doc = _read_json(path / STATUS_FILE)
     status = status_doc.get("status")
     if status not in STATUSES:
-        raise RunFileError(path / "status.json", f"status {status!r} is not one of {', '.join(STATUSES)}")
+        raise RunFileError(path / STATUS_FILE, f"status {status!r} is not one of {', '.join(STATUSES)}")
     overrides_path = path / ".hydra" / "overrides.yaml"
     overrides: Any = None
     if overrides_path.exists():
@@ -417,12 +427,12 @@ def load_run_dir(path: Path, label: str) -> LoadedRun:
             raise RunFileError(overrides_path, "not valid YAML") from None
 
     summary: dict[str, Any] = {}
-    summary_path = path / "summary.json"
+    summary_path = path / SUMMARY_FILE
     # Failed jobs end before the summary is written; only a finished run must have one.
     if status == "ok" or summary_path.exists():
         summary = _read_json(summary_path)
 
-    metrics_path = path / "metrics.csv"
+    metrics_path = path / METRICS_FILE
     if metrics_path.exists():
         metrics = _read_csv(metrics_path, ["step"])
         # A best val loss is a finished run's result; a failed run's best-so-far would pass for one.
@@ -437,9 +447,9 @@ def load_run_dir(path: Path, label: str) -> LoadedRun:
         summary["best_val_loss"] = float(status_doc["best_val_loss"])
 
     role_history = None
-    analysis = path / "analysis"
-    roles_path = analysis / "head_roles.csv"
-    history_path = analysis / "head_roles_history.csv"
+    analysis = path / ANALYSIS_DIR
+    roles_path = analysis / HEAD_ROLES_FILE
+    history_path = analysis / HEAD_ROLES_HISTORY_FILE
     final_roles = _read_csv(roles_path, ["step", "layer", "head", "role"]) if roles_path.exists() else None
     if history_path.exists():
         role_history = role_counts(_read_csv(history_path, ["step", "layer", "head", "role"]))
@@ -454,7 +464,7 @@ def load_run_dir(path: Path, label: str) -> LoadedRun:
 
     row = make_row(label, config, summary, status, status_doc.get("error"))
     pruning = None
-    pruning_path = path / "pruning_curve.csv"
+    pruning_path = path / PRUNING_CURVE_FILE
     if pruning_path.exists():
         pruning = pruning_curve(_read_csv(pruning_path, ["val_loss"]), label, row["pruning"], pruning_path)
     row["path"] = str(path)
@@ -467,7 +477,7 @@ def pruning_curve(curve: pd.DataFrame, label: str, default_criterion: str, path:
     """A pruning curve in :data:`PRUNING_COLUMNS`; ``mhaexp.pruning`` names the x ``fraction_pruned``."""
     curve = curve.rename(columns={"fraction_pruned": "frac_pruned"})
     if "frac_pruned" not in curve:
-        raise RunFileError(path or Path("pruning_curve.csv"), "missing column frac_pruned (or fraction_pruned)")
+        raise RunFileError(path or Path(PRUNING_CURVE_FILE), "missing column frac_pruned (or fraction_pruned)")
     criterion = curve["criterion"] if "criterion" in curve else pd.Series(pd.NA, index=curve.index)
     # A curve of one run's own pruning schedule may leave the criterion empty: its pruning kind says it.
     curve = curve.assign(run=label, criterion=criterion.fillna(default_criterion).astype(str))
