@@ -180,7 +180,7 @@ def test_train_ends_with_the_run_page_which_loads_with_every_link(
         refs = check_page_resolves(b, page)
         names = {ref for _, ref in refs}
         # The role grid, the heatmaps, the head view (embedded and linked), the tables.
-        assert {"role_grid.png", "heatmaps.png", "head_view.html", "head_roles.csv"} <= names
+        assert {"role_grid.png", "role_timeline.png", "heatmaps.png", "head_view.html", "head_roles.csv"} <= names
         headings = b.eval("[...document.querySelectorAll('h2')].map(e => e.textContent)")
         assert {"Pictures", "Head view", "Relations", "Tables", "Config"} <= set(headings), headings
         assert "n_kv_heads: 2" in b.eval("document.querySelector('pre').textContent")  # the run's config

@@ -88,7 +88,8 @@ def run_analysis(
     export.append_metrics(out_dir, rows)
     export.write_roles(out_dir, step, roles, history=history)
     export.write_summary(out_dir, step, roles)
-    images = plots.all_figures(hm, roles, out_dir, int(cfg["max_pictures"]), step) if pictures else {}
+    formats = plots.check_formats(cfg.get("figure_formats", plots.DEFAULT_FORMATS))
+    images = plots.all_figures(hm, roles, out_dir, int(cfg["max_pictures"]), step, formats) if pictures else {}
     # The head view and the run's page are cheap (the patterns are already here): at every step.
     images["head_view"] = head_view.head_view_for(
         model, hm.example_patterns, hm.example_tokens, roles, out_dir / head_view.FILE_NAME, f"head view, step {step}"
@@ -246,4 +247,5 @@ def build_analysis_callback(analysis_cfg: Any, datamodule: Any, run_dir: str | P
     cfg = analysis_settings(analysis_cfg)
     if not cfg.get("enabled", True):
         return None
+    plots.check_formats(cfg.get("figure_formats", plots.DEFAULT_FORMATS))  # before training, not at its end
     return AnalysisCallback(cfg, datamodule, run_dir)

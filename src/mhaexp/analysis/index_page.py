@@ -86,8 +86,16 @@ def _table(rows: Sequence[Mapping[str, str]], numeric: set[str]) -> str:
 
 
 def _figure(path: Path, caption: str) -> str:
+    """The picture (PNG or SVG; a PDF as a link), with links to its other formats beside it."""
     name, text = html.escape(path.name), html.escape(caption)
-    return f'<figure><a href="{name}"><img src="{name}" alt="{text}"></a><figcaption>{text}</figcaption></figure>'
+    others = sorted(p for p in path.parent.glob(f"{path.stem}.*") if p.suffix in (".svg", ".pdf") and p != path)
+    more = " ".join(f'<a href="{html.escape(p.name)}">{p.suffix[1:]}</a>' for p in others)
+    body = (
+        f'<a href="{name}">{name}</a>'
+        if path.suffix == ".pdf"
+        else f'<a href="{name}"><img src="{name}" alt="{text}"></a>'
+    )
+    return f"<figure>{body}<figcaption>{text}{' · also ' + more if more else ''}</figcaption></figure>"
 
 
 def render(
@@ -112,7 +120,7 @@ def render(
         parts += [_figure(pictures[k], k.replace("_", " ")) for k in keys]
     # Pictures are drawn at full analyses only; a periodic one shows what the last full one drew, marked so.
     shown = {p.name for p in pictures.values()}
-    earlier = sorted(p for p in out_dir.glob("*.png") if p.name not in shown)
+    earlier = sorted(p for p in out_dir.glob("*.png") if p.name not in shown) if not keys else []
     if earlier:
         parts.append('<p class="note">Drawn at an earlier, full analysis step:</p>')
         parts += [_figure(p, p.stem.replace("_", " ") + " (earlier step)") for p in earlier]

@@ -86,9 +86,10 @@ def log_analysis(
     payload.update({f"roles/{k}": int(v) for k, v in counts.items()})
     payload["analysis/head_roles"] = roles_table(roles)
     for key, path in (images or {}).items():
-        if Path(path).suffix == ".html":  # the head view; inject=False: no stylesheet link to fetch
+        suffix = Path(path).suffix
+        if suffix == ".html":  # the head view; inject=False: no stylesheet link to fetch
             payload[f"analysis/{key}"] = wandb.Html(Path(path).read_text(encoding="utf-8"), inject=False)
-        else:
+        elif suffix == ".png":  # figure_formats without png: the svg/pdf files stay in the run directory
             payload[f"analysis/{key}"] = wandb.Image(str(path), caption=f"step {step}")
     # log_metrics, not experiment.log(step=...): Lightning owns W&B's step and charts against
     # trainer/global_step, which log_metrics adds to the row.

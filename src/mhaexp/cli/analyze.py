@@ -172,6 +172,7 @@ def run(argv: list[str]) -> str:
     from mhaexp.analysis.export import all_role_counts
     from mhaexp.analysis.head_view import FILE_NAME as HEAD_VIEW
     from mhaexp.analysis.head_view import head_view_for
+    from mhaexp.analysis.plots import DEFAULT_FORMATS, check_formats
     from mhaexp.checkpoint import read_checkpoint
     from mhaexp.config import instantiate_plain
     from mhaexp.data.lexicon import VOCAB
@@ -209,6 +210,7 @@ def run(argv: list[str]) -> str:
         source = f"data={cfg.data.get('kind')}"
         tokenizer = datamodule.tokenizer
     # Checked before anything is written.
+    check_formats(acfg.get("figure_formats", DEFAULT_FORMATS))
     if own.get("text") is not None:
         text_batch = encode_text(own["text"], tokenizer, module.model.cfg.max_seq_len)
     out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
