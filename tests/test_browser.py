@@ -232,3 +232,26 @@ def test_analyze_writes_a_head_view_of_the_given_text(
         shot = b.screenshot(tmp_path / "analyze_head_view.png")
     show(capsys, "mhaexp-analyze text= head view", shot)
     assert ink_fraction(shot) > 0.02
+
+
+def test_compare_html_report_loads_with_every_plot(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from test_compare import make_sweep
+
+    sweep = make_sweep(tmp_path)
+    out = tmp_path / "cmp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mhaexp.cli.compare", str(sweep), "--out", str(out), "--format", "html"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = out / "report.html"
+    with Browser(1280, 900) as b:
+        refs = check_page_resolves(b, page)
+        assert sum(tag == "img" for tag, _ in refs) >= 2, refs
+        assert b.eval("document.querySelectorAll('table.compare').length") >= 1
+        assert b.eval("document.querySelectorAll('table.compare tr').length") > 2
+        shot = b.screenshot(tmp_path / "compare_report.png", full_page=True)
+    show(capsys, "mhaexp-compare --format html", shot)
+    assert ink_fraction(shot) > 0.02

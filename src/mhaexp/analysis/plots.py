@@ -367,8 +367,10 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
     ax.set_ylabel("MDS 2 (sqrt nats)", fontsize=7)
     ax2 = fig.add_subplot(1, 2, 2)
     js = hm.js.numpy()
-    im = ax2.imshow(js, cmap="magma_r", vmin=0, vmax=math.log(2), interpolation="nearest")
-    fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.03).set_label("JS divergence (nats, at most ln 2)", fontsize=7)
+    # Scaled to this step's largest value (the bar gives the numbers): on the fixed [0, ln 2] an
+    # untrained model's heads, all within ~0.01 nats of each other, would be one flat colour.
+    im = ax2.imshow(js, cmap="magma_r", vmin=0, interpolation="nearest")
+    fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.03).set_label("JS divergence (nats)", fontsize=7)
     ticks = [k for k, (_, h) in enumerate(index) if h == 0]
     ax2.set_xticks(ticks, [f"L{index[k][0]}" for k in ticks], fontsize=7)
     ax2.set_yticks(ticks, [f"L{index[k][0]}" for k in ticks], fontsize=7)
