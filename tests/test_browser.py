@@ -79,6 +79,10 @@ def test_head_view_draws_one_line_per_weight_above_threshold(tmp_path: Path, cap
         assert b.eval(LINES) == count_where(pats[1], query=200) > 0
         assert b.eval("new Set([...document.querySelectorAll('line.attn')].map(l => l.dataset.q)).size") == 1
         assert b.eval("document.getElementById('hv-info').textContent").startswith('"w200" (200) attends to: H')
+        # The keys it looks at are shaded in the right column, and nothing else.
+        lit = b.eval("[...document.querySelectorAll('.hv-right .hv-tok.lit')].map(e => +e.dataset.pos)")
+        keys = hv.quantize(pats[1][:, 200]) >= round(hv.THRESHOLD * hv.SCALE)
+        assert sorted(lit) == [int(k) for k in keys.any(axis=0).nonzero()[0]]
         hover_shot = b.screenshot(tmp_path / "head_view_hover.png")
         # Hover a key: the lines into it (causal: only from queries at or after it).
         b.hover('.hv-right .hv-tok[data-pos="10"]')

@@ -115,9 +115,18 @@
     });
     svg.appendChild(frag);
     document.querySelectorAll(".hv-tok.hot").forEach(function (e) { e.classList.remove("hot"); });
+    document.querySelectorAll(".hv-tok.lit").forEach(function (e) { e.classList.remove("lit"); e.style.background = ""; });
     if (!hv) { info.textContent = "Hover a token: left, where it looks; right, who looks at it."; return; }
-    var col = hv.side === "query" ? left : right;
+    var col = hv.side === "query" ? left : right, other = hv.side === "query" ? right : left;
     col.children[hv.pos].classList.add("hot");
+    // The other column's tokens shaded by their largest weight over the shown heads.
+    var most = {};
+    seen.forEach(function (s) { most[s[1]] = Math.max(most[s[1]] || 0, s[2]); });
+    Object.keys(most).forEach(function (p) {
+      var t = other.children[+p];
+      t.classList.add("lit");
+      t.style.background = "rgba(255, 170, 0, " + (0.15 + 0.85 * most[p]).toFixed(3) + ")";
+    });
     seen.sort(function (a, b) { return b[2] - a[2]; });
     var word = data.tokens[hv.pos];
     var head = hv.side === "query" ? '"' + word + '" (' + hv.pos + ") attends to: " : '"' + word + '" (' + hv.pos + ") is attended from: ";
