@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from mhaexp.analysis import export, plots, wandb_log
+from mhaexp.analysis import export, head_view, index_page, plots, wandb_log
 from mhaexp.analysis.collect import HeadMetrics, ProbeData, compute_head_metrics, objective_for, probe_from_datamodule
 from mhaexp.analysis.config import AnalysisConfig
 from mhaexp.analysis.roles import HeadRole, classify_heads
@@ -55,7 +55,8 @@ def run_analysis(
     skip_metrics: set[str] | None = None,
     history: bool = True,
 ) -> tuple[HeadMetrics, list[HeadRole], list[dict[str, Any]], dict[str, Path]]:
-    """One analysis step into ``out_dir`` (CSV tables, summary, markdown, PNGs); shared with the CLI.
+    """One analysis step into ``out_dir`` (CSV tables, summary, markdown, PNGs, ``head_view.html``,
+    ``index.html``); shared with the CLI.
 
     ``skip_metrics``: metric names already in ``head_metrics.csv`` for this step (not written again).
     Returns the metrics, the roles, the tidy rows written and the pictures.
@@ -69,9 +70,15 @@ def run_analysis(
     export.append_metrics(out_dir, rows)
     export.write_roles(out_dir, step, roles, history=history)
     export.write_summary(out_dir, step, roles)
-    images = plots.all_figures(hm, roles, out_dir, cfg.max_pictures, step) if pictures else {}
+    formats = plots.check_formats(cfg.figure_formats)
+    images = plots.all_figures(hm, roles, out_dir, cfg.max_pictures, step, formats) if pictures else {}
+    # The head view and the run's page are cheap (the patterns are already here): at every step.
+    images["head_view"] = head_view.head_view_for(
+        model, hm.example_patterns, hm.example_tokens, roles, out_dir / head_view.FILE_NAME, f"head view, step {step}"
+    )
     if pictures or not (out_dir / ANALYSIS_REPORT_FILE).exists():
         export.write_markdown(out_dir, step, roles, hm, images)
+    index_page.write_index(out_dir, step, roles, hm, images)
     return hm, roles, rows, images
 
 

@@ -14,6 +14,7 @@ from mhaexp.config import (
     check_fields,
     choice,
     integer,
+    list_of,
     nested,
     non_negative_int,
     number,
@@ -23,6 +24,7 @@ from mhaexp.config import (
 )
 
 DIRECTIONS = ("auto", "predictive", "visible", "dep2head", "head2dep")
+FIGURE_FORMATS = ("png", "svg", "pdf")
 
 
 @dataclass
@@ -61,6 +63,7 @@ class AnalysisConfig:
     induction_sequences: int = setting(positive_int(), 32)
     js_sequences: int = setting(positive_int(), 16)
     streaming_window: int = setting(positive_int(), 16)
+    figure_formats: list[str] = setting(list_of(choice(*FIGURE_FORMATS)), factory=lambda: ["png"])
     seed: int = setting(integer(), 0)
     thresholds: Thresholds = setting(nested(Thresholds), factory=Thresholds)
 

@@ -188,7 +188,10 @@ def write_markdown(
             r.role if r.role == "unassigned" else f"{r.role} ({_fmt(r.score)} / {_fmt(r.margin)})" for r in held
         )
         lines.append(f"| {layer} | {head} | {cell} |")
-    others = [k for k in images if k != "role_grid"]
+    pages = [k for k in images if Path(images[k]).suffix == ".html"]
+    others = [k for k in images if k != "role_grid" and k not in pages]
+    if pages:
+        lines += [""] + [f"Interactive: [{k}]({Path(images[k]).name})" for k in pages]
     if others:
         lines += ["", "## Pictures", ""] + [f"![{k}]({Path(images[k]).name})" for k in others]
     path = out_dir / ANALYSIS_REPORT_FILE

@@ -1,9 +1,11 @@
 """Static pictures of a :class:`~mhaexp.analysis.collect.HeadMetrics`: heatmaps, attention patterns,
-the role grid and the MDS map of heads.
+the role grid, the role timeline and the MDS map of heads.
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot): no global state, no GUI backend,
-safe inside a training process; ``savefig`` to PNG renders with Agg. Each function writes one PNG
-and returns its path.
+safe inside a training process. Each function writes its figure once per format of
+``analysis.figure_formats`` (png, svg, pdf) and returns the PNG's path (else the first format's).
+Every colour has a colour bar (name and units) or a legend; every layer x head map has layer and
+head ticks; each heatmap metric has one colour scale at every step (:data:`METRIC_SCALES`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -21,6 +24,7 @@ from matplotlib.patches import Patch
 from torch import Tensor
 
 from mhaexp.analysis.collect import HeadMetrics
+from mhaexp.analysis.config import FIGURE_FORMATS
 from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole
 
 DPI = 90
@@ -58,12 +62,49 @@ FAMILY_COLORS: dict[str, str] = {
 }
 
 
-def _save(fig: Figure, path: Path) -> Path:
+# Colour scale and colour-bar label of each heatmap metric: the same at every analysis step, so that
+# W&B's step slider compares like with like. None: unbounded, scaled to its range over every step so
+# far (head_metrics.csv), which can only widen as training goes on.
+METRIC_SCALES: dict[str, tuple[float | None, float | None, str]] = {
+    "positional_frac": (0.0, 1.0, "share of queries at the head's offset"),
+    "prev_token_attn": (0.0, 1.0, "attention weight on the previous token"),
+    "induction": (0.0, 1.0, "induction score (TransformerLens ratio)"),
+    "duplicate": (0.0, 1.0, "duplicate-token score"),
+    "copying": (-1.0, 1.0, "copying: sum Re(lambda) / sum |lambda|"),
+    "sink": (0.0, 1.0, "attention weight on the first token"),
+    "rare_word": (0.0, 1.0, "share of queries on the rarest token"),
+    "coreference": (0.0, 1.0, "antecedent accuracy"),
+    "normalized_entropy": (0.0, 1.0, "entropy / log(visible keys)"),
+    "confidence": (0.0, 1.0, "mean max attention weight"),
+    "importance": (0.0, None, "E|dL/dgate| (nats)"),
+    "ablation": (None, None, "loss change without the head (nats)"),
+    "js_nearest": (0.0, math.log(2), "JS divergence to the nearest head (nats)"),
+}
+DIVERGING = {"copying", "ablation"}
+
+
+def check_formats(formats: str | Sequence[str] | None) -> list[str]:
+    """``analysis.figure_formats`` as a list; ConfigError naming the valid ones for anything else."""
+    from mhaexp.errors import ConfigError
+
+    items = [formats] if isinstance(formats, str) else list(formats or [])
+    bad = [f for f in items if f not in FIGURE_FORMATS]
+    if not items or bad:
+        raise ConfigError("analysis.figure_formats", items, f"a non-empty list of {', '.join(FIGURE_FORMATS)}")
+    return list(dict.fromkeys(items))
+
+
+def _save(fig: Figure, path: Path, formats: Sequence[str] = ("png",)) -> Path:
+    """``path`` in each of ``formats`` (its suffix replaced); returns the PNG if asked for, else the first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # No bbox_inches="tight" and no constrained layout: each costs a full extra draw, and drawing is
-    # what makes pictures the slowest part of an analysis step.
-    fig.savefig(path, dpi=DPI)
-    return path
+    written = []
+    for fmt in formats:
+        # No bbox_inches="tight" and no constrained layout: each costs a full extra draw, and drawing is
+        # what makes pictures the slowest part of an analysis step.
+        target = path.with_suffix(f".{fmt}")
+        fig.savefig(target, dpi=DPI, format=fmt)
+        written.append(target)
+    return next((w for w in written if w.suffix == ".png"), written[0])
 
 
 def _grid(n: int, cols: int) -> tuple[int, int]:
@@ -71,54 +112,96 @@ def _grid(n: int, cols: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _mosaic(tiles: Sequence[np.ndarray], cols: int, gap: int, top: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Tile equally shaped 2-D arrays into one NaN-separated canvas; returns it and each tile's (row, col)
-    origin. One ``imshow`` of a mosaic draws several times faster than one axes per tile."""
-    h, w = tiles[0].shape
-    rows = math.ceil(len(tiles) / cols)
-    canvas = np.full((rows * (h + gap + top), cols * (w + gap)), np.nan)
-    origins = []
-    for i, tile in enumerate(tiles):
-        r0, c0 = (i // cols) * (h + gap + top) + top, (i % cols) * (w + gap)
-        canvas[r0 : r0 + h, c0 : c0 + w] = tile
-        origins.append((r0, c0))
-    return canvas, origins
+def metric_scale(name: str, values: np.ndarray, seen: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The colour range of metric ``name``: fixed where the metric is bounded, else the range of ``seen``
+    (all steps so far) widened by ``values``; symmetric around 0 for signed metrics."""
+    lo, hi, _ = METRIC_SCALES.get(name, (None, None, name))
+    finite = values[np.isfinite(values)]
+    pool = np.concatenate([finite, np.asarray(seen if seen else [], dtype=float)])
+    if lo is None:
+        lo = float(pool.min()) if pool.size else 0.0
+    if hi is None:
+        hi = float(pool.max()) if pool.size else 1.0
+    if name in DIVERGING:
+        m = max(abs(lo), abs(hi), 1e-12)
+        lo, hi = -m, m
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-def _heatmap_figure(maps: list[tuple[str, Tensor]], cols: int, title: str) -> Figure:
-    """Small layer x head maps in one mosaic. Each map is scaled to its own [min, max] (written under
-    its name, in place of a colorbar): bright = high within that metric."""
-    cols = max(1, min(cols, len(maps)))
+def _heatmap_figure(
+    maps: Sequence[tuple[str, np.ndarray, tuple[float, float], str, bool]],
+    cols: int,
+    title: str,
+    shared_bar: bool = False,
+) -> Figure:
+    """One layer x head heatmap per entry ``(title, values (L, H), (vmin, vmax), colour-bar label,
+    diverging)`` with layer/head ticks, and a colour bar each (``shared_bar``: one for all, when every
+    entry is the same metric on the same scale); NaN cells (heads a pruned layer lacks) blank."""
+    rows, cols = _grid(len(maps), cols)
     L, H = maps[0][1].shape[:2]
-    tiles, labels = [], []
-    for name, values in maps:
-        v = values.numpy().astype(float)
-        finite = v[np.isfinite(v)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (math.nan, math.nan)
-        tiles.append((v - lo) / (hi - lo) if hi > lo else np.where(np.isfinite(v), 0.5, np.nan))
-        labels.append(f"{name}\n[{lo:.2g}, {hi:.2g}]")
-    top = 3  # rows of blank space above each tile for its two-line label
-    canvas, origins = _mosaic(tiles, cols, gap=1, top=top)
-    cell = 0.28
-    fig = Figure(figsize=(canvas.shape[1] * cell + 0.6, canvas.shape[0] * cell + 0.6))
-    ax = fig.add_axes((0.02, 0.02, 0.96, 0.9))
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
-    ax.imshow(np.ma.masked_invalid(canvas), cmap=cmap, vmin=0, vmax=1, interpolation="nearest", aspect="equal")
-    for (r0, c0), label in zip(origins, labels, strict=True):
-        ax.text(c0 - 0.5, r0 - 0.7, label, fontsize=6, va="bottom", ha="left")
-    ax.set_axis_off()
-    fig.suptitle(f"{title} (each tile: layers down, heads across)", fontsize=8)
+    tile_w, tile_h = max(2.2, 0.3 * H + 1.5), max(1.6, 0.3 * L + 1.2)
+    width, height = cols * tile_w + (1.0 if shared_bar else 0.0), rows * tile_h + 0.4
+    fig = Figure(figsize=(width, height))
+    right = 1 - (1.1 if shared_bar else 0.7) / width
+    fig.subplots_adjust(left=0.4 / width, right=right, bottom=0.06, top=1 - 0.5 / height, hspace=0.8, wspace=0.9)
+    seq = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+    div = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+    im = None
+    for i, (name, values, (lo, hi), label, diverging) in enumerate(maps):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        im = ax.imshow(
+            np.ma.masked_invalid(values), cmap=div if diverging else seq, vmin=lo, vmax=hi, interpolation="nearest"
+        )
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks(range(H), [str(h) for h in range(H)], fontsize=6)
+        ax.set_yticks(range(L), [str(layer) for layer in range(L)], fontsize=6)
+        ax.set_xlabel("head", fontsize=6, labelpad=1)
+        ax.set_ylabel("layer", fontsize=6, labelpad=1)
+        ax.tick_params(length=2, pad=1)
+        if not shared_bar:
+            # Three ticks: each colour bar costs a Tick per label, and these figures have a dozen of them.
+            bar = fig.colorbar(im, ax=ax, fraction=0.08, pad=0.04, ticks=[lo, (lo + hi) / 2, hi])
+            bar.ax.tick_params(labelsize=6, length=2)
+            bar.ax.yaxis.set_major_formatter("{x:.3g}")
+            bar.set_label(label, fontsize=6)
+    if shared_bar and im is not None:
+        bar = fig.colorbar(im, cax=fig.add_axes(((width - 0.8) / width, 0.2, 0.12 / width, 0.6)))
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label(maps[0][3], fontsize=8)
+    fig.suptitle(title, fontsize=9)
     return fig
 
 
-def metric_heatmaps(hm: HeadMetrics, path: Path, cols: int = 5) -> Path:
-    """One layer x head heatmap per scalar metric (NaN cells, i.e. heads a pruned layer lacks, blank)."""
-    keys = [k for k in HEATMAP_METRICS if k in hm.metrics]
-    return _save(_heatmap_figure([(k, hm.metrics[k]) for k in keys], cols, "per-head metrics"), path)
+def history_ranges(out_dir: Path | None) -> dict[str, tuple[float, float]]:
+    """(min, max) per metric over every step in ``out_dir/head_metrics.csv`` (per-head rows only)."""
+    path = None if out_dir is None else out_dir / "head_metrics.csv"
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return {}
+    import pandas as pd
+
+    table = pd.read_csv(path, usecols=["head", "metric", "value"])
+    table = table[(table["head"] >= 0) & table["metric"].isin(list(METRIC_SCALES))].dropna()
+    g = table.groupby("metric")["value"]
+    lo, hi = g.min(), g.max()
+    return {m: (float(lo[m]), float(hi[m])) for m in lo.index}
 
 
-def syntactic_heatmaps(hm: HeadMetrics, path: Path, cols: int = 5) -> Path | None:
-    """Accuracy minus the fixed-offset baseline, one heatmap per relation that has instances."""
+def metric_heatmaps(
+    hm: HeadMetrics, path: Path, cols: int = 5, formats: Sequence[str] = ("png",), out_dir: Path | None = None
+) -> Path:
+    """One layer x head heatmap per scalar metric, each on its fixed scale (:data:`METRIC_SCALES`;
+    unbounded ones on their range over every step in ``out_dir/head_metrics.csv``)."""
+    seen = history_ranges(out_dir)
+    maps = []
+    for k in (k for k in HEATMAP_METRICS if k in hm.metrics):
+        v = hm.metrics[k].numpy().astype(float)
+        maps.append((k, v, metric_scale(k, v, seen.get(k)), METRIC_SCALES[k][2], k in DIVERGING))
+    return _save(_heatmap_figure(maps, cols, "per-head metrics"), path, formats)
+
+
+def syntactic_heatmaps(hm: HeadMetrics, path: Path, cols: int = 5, formats: Sequence[str] = ("png",)) -> Path | None:
+    """Accuracy minus the baseline a syntactic role must beat, one heatmap per relation that has
+    instances, all on one fixed scale [-1, 1] (red: better than the baseline)."""
     if "syntactic_accuracy" not in hm.metrics:
         return None
     acc, base = hm.metrics["syntactic_accuracy"], hm.metrics["syntactic_baseline"]
@@ -129,40 +212,47 @@ def syntactic_heatmaps(hm: HeadMetrics, path: Path, cols: int = 5) -> Path | Non
     for r in present:
         name = hm.relation_names[r] if r < len(hm.relation_names) else str(r)
         direction = hm.syntactic_direction[r] if r < len(hm.syntactic_direction) else ""
-        maps.append((f"{name} {direction} (base {float(base[r]):.2f})", acc[..., r] - base[r]))
-    title = "syntactic accuracy minus fixed-offset baseline"
-    return _save(_heatmap_figure(maps, cols, title), path)
+        values = (acc[..., r] - base[r]).numpy().astype(float)
+        title = f"{name} {direction}\n(baseline {float(base[r]):.2f})"
+        maps.append((title, values, (-1.0, 1.0), "accuracy - baseline", True))
+    figure = _heatmap_figure(maps, cols, "syntactic accuracy minus baseline", shared_bar=True)
+    return _save(figure, path, formats)
 
 
-def pattern_grid(patterns: Tensor, tokens: Sequence[str], layer: int, path: Path, cols: int = 4) -> Path:
-    """A bertviz head-view-like still of one layer: one query x key heatmap per head (rows: queries,
-    columns: keys; white = 0, dark blue = 1), token labels along the outer edges of the grid."""
+def pattern_grid(
+    patterns: Tensor, tokens: Sequence[str], layer: int, path: Path, cols: int = 4, formats: Sequence[str] = ("png",)
+) -> Path:
+    """A still of one layer: one query x key heatmap per head (rows: queries, columns: keys), token
+    labels on the outer tiles at a readable size, one colour bar (attention weight, 0 to 1)."""
     n_heads, T, _ = patterns.shape
-    cols = max(1, min(cols, n_heads))
-    canvas, origins = _mosaic([p.numpy() for p in patterns], cols, gap=1, top=1)
+    rows, cols = _grid(n_heads, cols)
     labels = list(tokens)[:T]
-    cell = 0.17
-    fig = Figure(figsize=(canvas.shape[1] * cell + 1.2, canvas.shape[0] * cell + 1.4))
-    ax = fig.add_axes((0.14, 0.16, 0.84, 0.76))
-    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="white")
-    ax.imshow(np.ma.masked_invalid(canvas), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    for h, (r0, c0) in enumerate(origins):
-        ax.text(c0 - 0.5, r0 - 0.6, f"H{h}", fontsize=6, va="bottom")
-    rows = math.ceil(n_heads / cols)
-    bottom = origins[(rows - 1) * cols][0] + T - 0.5
-    # Token labels as plain text along the outer edges: axis ticks would cost a Tick (two lines, two
-    # labels) per token per tile, which made this the slowest picture.
-    for _, c0 in origins[:cols]:
-        for t, label in enumerate(labels):
-            ax.text(c0 + t, bottom + 0.4, label, rotation=90, ha="center", va="top", fontsize=5)
-    for r0, _ in origins[::cols]:
-        for t, label in enumerate(labels):
-            ax.text(-0.9, r0 + t, label, ha="right", va="center", fontsize=5)
-    ax.set_xlim(-0.5, canvas.shape[1] - 0.5)
-    ax.set_ylim(bottom, -0.5)
-    ax.set_axis_off()
-    fig.suptitle(f"layer {layer}: attention on the probe sentence (row = query, column = key)", fontsize=8)
-    return _save(fig, path)
+    # 0.13 in per token fits a 7 pt label; the margins hold the longest label.
+    fs = 7 if T <= 64 else 5
+    cell, label_in = 0.13, 0.075 * max((len(t) for t in labels), default=1) * fs / 7 + 0.3
+    tile = max(1.2, cell * T)
+    gap_x, gap_y = 0.15, 0.35
+    width = label_in + cols * (tile + gap_x) + 0.8
+    height = 0.5 + rows * (tile + gap_y) + label_in
+    fig = Figure(figsize=(width, height))
+    cmap = matplotlib.colormaps["Blues"]
+    im = None
+    for h in range(n_heads):
+        r, c = divmod(h, cols)
+        x0 = (label_in + c * (tile + gap_x)) / width
+        y0 = 1 - (0.5 + r * (tile + gap_y) + tile) / height
+        ax = fig.add_axes((x0, y0, tile / width, tile / height))
+        im = ax.imshow(patterns[h].numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"L{layer}H{h}", fontsize=8, pad=2)
+        ax.tick_params(length=1.5, pad=1)
+        show_y, show_x = c == 0, h + cols >= n_heads
+        ax.set_yticks(range(T), labels if show_y else [], fontsize=fs)
+        ax.set_xticks(range(T), labels if show_x else [], fontsize=fs, rotation=90)
+    bar_ax = fig.add_axes(((width - 0.55) / width, 0.25, 0.12 / width, 0.5))
+    fig.colorbar(im, cax=bar_ax).set_label("attention weight", fontsize=7)
+    bar_ax.tick_params(labelsize=6)
+    fig.suptitle(f"layer {layer}: attention on the probe sentence (row = query, column = key)", fontsize=9)
+    return _save(fig, path, formats)
 
 
 def primary_roles(roles: Sequence[HeadRole]) -> dict[tuple[int, int], list[HeadRole]]:
@@ -191,7 +281,13 @@ def short_role(role: str) -> str:
     }.get(family, family)
 
 
-def role_grid(roles: Sequence[HeadRole], n_heads: Sequence[int], path: Path, step: int | None = None) -> Path:
+def role_grid(
+    roles: Sequence[HeadRole],
+    n_heads: Sequence[int],
+    path: Path,
+    step: int | None = None,
+    formats: Sequence[str] = ("png",),
+) -> Path:
     """Layers x heads coloured by each head's primary role (first in ROLE_FAMILIES order), labelled with
     its roles; heads a pruned layer lacks are white."""
     L, H = len(n_heads), max(n_heads)
@@ -235,10 +331,10 @@ def role_grid(roles: Sequence[HeadRole], n_heads: Sequence[int], path: Path, ste
         frameon=False,
     )
     ax.set_title("head roles" + (f" at step {step}" if step is not None else ""), fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, formats)
 
 
-def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path) -> Path | None:
+def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Sequence[str] = ("png",)) -> Path | None:
     """Heads placed by classical MDS over sqrt(JS divergence) (Clark et al. 2019, Fig. 6), coloured by
     primary role, next to the JS matrix itself."""
     if hm.mds is None or hm.js is None:
@@ -268,31 +364,98 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path) -> Path | No
     present = [f for f in ROLE_FAMILIES if any(r.family == f for r in roles)]
     ax.legend(handles=[Patch(color=FAMILY_COLORS[f], label=f) for f in present], fontsize=6, frameon=False)
     ax.set_title("MDS of heads (sqrt JS); marker = layer, label = layer.head", fontsize=8)
+    ax.set_xlabel("MDS 1 (sqrt nats)", fontsize=7)
+    ax.set_ylabel("MDS 2 (sqrt nats)", fontsize=7)
     ax2 = fig.add_subplot(1, 2, 2)
     js = hm.js.numpy()
-    ax2.imshow(js, cmap="magma_r", interpolation="nearest")
+    # Scaled to this step's largest value (the bar gives the numbers): on the fixed [0, ln 2] an
+    # untrained model's heads, all within ~0.01 nats of each other, would be one flat colour.
+    im = ax2.imshow(js, cmap="magma_r", vmin=0, interpolation="nearest")
+    fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.03).set_label("JS divergence (nats)", fontsize=7)
     ticks = [k for k, (_, h) in enumerate(index) if h == 0]
     ax2.set_xticks(ticks, [f"L{index[k][0]}" for k in ticks], fontsize=7)
     ax2.set_yticks(ticks, [f"L{index[k][0]}" for k in ticks], fontsize=7)
-    ax2.set_title(f"JS divergence between heads (nats; white 0, black {js.max():.2f})", fontsize=8)
-    return _save(fig, path)
+    ax2.set_xlabel("head (by layer)", fontsize=7)
+    ax2.set_ylabel("head (by layer)", fontsize=7)
+    ax2.set_title("JS divergence between heads", fontsize=8)
+    return _save(fig, path, formats)
+
+
+def role_timeline(history: Any, n_heads: Sequence[int], path: Path, formats: Sequence[str] = ("png",)) -> Path | None:
+    """Specialization as it happens: one small panel per head (layers down, heads across), role
+    families up its side, analysis steps along the bottom; a cell is filled in the family's colour
+    at every step the head held a role of that family. ``history``: ``head_roles_history.csv`` as a
+    DataFrame. None with fewer than one step."""
+    if history is None or len(history) == 0:
+        return None
+    held = history[history["family"] != "unassigned"]
+    steps = sorted(int(s) for s in history["step"].unique())
+    families = [f for f in ROLE_FAMILIES if f != "unassigned" and f in set(held["family"])] or ["broad"]
+    L, H = len(n_heads), max(n_heads)
+    S, F = len(steps), len(families)
+    panel_w, panel_h = max(1.3, 0.08 * S + 0.6), max(0.9, 0.13 * F + 0.5)
+    width, height = H * panel_w + 1.6, L * panel_h + 1.0
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=1.2 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.45 / height)
+    fig.subplots_adjust(hspace=0.45, wspace=0.15)
+    col = {s: i for i, s in enumerate(steps)}
+    row = {f: i for i, f in enumerate(families)}
+    cmap = ListedColormap(["#ffffff"] + [FAMILY_COLORS[f] for f in families])
+    grids = {}
+    for r in held.itertuples():
+        grid = grids.setdefault((int(r.layer), int(r.head)), np.zeros((F, S)))
+        if r.family in row:
+            grid[row[r.family], col[int(r.step)]] = row[r.family] + 1
+    ticks = sorted({0, S - 1, *range(0, S, max(1, S // 4))})
+    for layer in range(L):
+        for h in range(H):
+            ax = fig.add_subplot(L, H, layer * H + h + 1)
+            if h >= n_heads[layer]:
+                ax.set_axis_off()
+                continue
+            grid = grids.get((layer, h), np.zeros((F, S)))
+            ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=F + 0.5, aspect="auto", interpolation="nearest")
+            ax.set_title(f"L{layer}H{h}", fontsize=7, pad=2)
+            ax.set_yticks(range(F), families if h == 0 else [], fontsize=6)
+            ax.set_xticks(ticks, [str(steps[t]) for t in ticks] if layer == L - 1 else [], fontsize=6)
+            ax.tick_params(length=1.5, pad=1)
+            ax.set_xticks(np.arange(-0.5, S), minor=True)
+            ax.set_yticks(np.arange(-0.5, F), minor=True)
+            ax.grid(which="minor", color="#dddddd", linewidth=0.4)
+            ax.tick_params(which="minor", length=0)
+    fig.supxlabel("analysis step", fontsize=8)
+    fig.suptitle("role timeline: the role families each head held at each analysis step", fontsize=9)
+    return _save(fig, path, formats)
 
 
 def all_figures(
-    hm: HeadMetrics, roles: Sequence[HeadRole], out_dir: Path, max_pictures: int, step: int | None = None
+    hm: HeadMetrics,
+    roles: Sequence[HeadRole],
+    out_dir: Path,
+    max_pictures: int,
+    step: int | None = None,
+    formats: Sequence[str] = ("png",),
 ) -> dict[str, Path]:
-    """Every picture into ``out_dir``; keys name them for W&B (``analysis/<key>``).
+    """Every picture into ``out_dir``, in each of ``formats``; keys name them for W&B
+    (``analysis/<key>``), values are the PNGs (else the first format).
 
     Attention patterns: one picture per layer (a grid of its heads) for the first ``max_pictures``
-    layers.
+    layers. The role timeline reads ``head_roles_history.csv`` (this step included).
     """
+    history_csv = out_dir / "head_roles_history.csv"
+    history = None
+    if history_csv.is_file() and history_csv.stat().st_size:
+        import pandas as pd
+
+        history = pd.read_csv(history_csv)
     out: dict[str, Path | None] = {
-        "role_grid": role_grid(roles, hm.n_heads, out_dir / "role_grid.png", step),
-        "heatmaps": metric_heatmaps(hm, out_dir / "heatmaps.png"),
-        "syntactic": syntactic_heatmaps(hm, out_dir / "syntactic.png"),
-        "mds": mds_map(hm, roles, out_dir / "mds.png"),
+        "role_grid": role_grid(roles, hm.n_heads, out_dir / "role_grid.png", step, formats),
+        "role_timeline": role_timeline(history, hm.n_heads, out_dir / "role_timeline.png", formats),
+        "heatmaps": metric_heatmaps(hm, out_dir / "heatmaps.png", formats=formats, out_dir=out_dir),
+        "syntactic": syntactic_heatmaps(hm, out_dir / "syntactic.png", formats=formats),
+        "mds": mds_map(hm, roles, out_dir / "mds.png", formats),
     }
     for layer, p in enumerate(hm.example_patterns[: max(0, max_pictures)]):
         name = f"patterns_L{layer:02d}"
-        out[name] = pattern_grid(p, hm.example_tokens, layer, out_dir / f"{name}.png")
+        out[name] = pattern_grid(p, hm.example_tokens, layer, out_dir / f"{name}.png", formats=formats)
     return {k: v for k, v in out.items() if v is not None}

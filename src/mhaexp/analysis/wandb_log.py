@@ -10,6 +10,7 @@ row with ``trainer/global_step``, the x-axis Lightning defines for every key):
 * ``baselines/{metric}``: the fixed-offset baselines;
 * ``roles/<family>``: heads per role family, zeros included;
 * ``analysis/<picture>``: ``wandb.Image`` (role grid, heatmaps, attention patterns, MDS);
+* ``analysis/head_view``: ``wandb.Html``, the interactive head view (:mod:`mhaexp.analysis.head_view`);
 * ``analysis/head_roles``: ``wandb.Table`` with columns layer, head, roles, scores, margins.
 
 The values are the rows of :func:`mhaexp.analysis.export.tidy_rows`, so W&B and ``head_metrics.csv``
@@ -85,7 +86,11 @@ def log_analysis(
     payload.update({f"roles/{k}": int(v) for k, v in counts.items()})
     payload["analysis/head_roles"] = roles_table(roles)
     for key, path in (images or {}).items():
-        payload[f"analysis/{key}"] = wandb.Image(str(path), caption=f"step {step}")
+        suffix = Path(path).suffix
+        if suffix == ".html":  # the head view; inject=False: no stylesheet link to fetch
+            payload[f"analysis/{key}"] = wandb.Html(Path(path).read_text(encoding="utf-8"), inject=False)
+        elif suffix == ".png":  # figure_formats without png: the svg/pdf files stay in the run directory
+            payload[f"analysis/{key}"] = wandb.Image(str(path), caption=f"step {step}")
     # log_metrics, not experiment.log(step=...): Lightning owns W&B's step and charts against
     # trainer/global_step, which log_metrics adds to the row.
     logger.log_metrics(payload, step=step)

@@ -6,16 +6,19 @@ Usage::
     mhaexp-analyze ckpt=last.ckpt data=induction out=induction_analysis
     mhaexp-analyze ckpt=last.ckpt conllu=treebank.conllu                 # score heads on your own sentences
     mhaexp-analyze ckpt=last.ckpt probe_batches=4 thresholds.positional=0.8 data.n_probe=512
+    mhaexp-analyze ckpt=last.ckpt text="the cat that sat on the mat was fluffy"   # head view of a sentence
 
 Keys: ``ckpt`` (required), ``data`` (a ``conf/data`` choice; default: the run's own data config when
 the checkpoint sits in a run directory, else ``grammar``), ``conllu`` (a CoNLL-U file used as the probe
 set; needs a model trained on the grammar's vocabulary), ``out`` (default
-``<ckpt dir>/analysis-<ckpt name>``). Any other ``key=value`` is an override of the composed
+``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the
+model's tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe
+sequence). Any other ``key=value`` is an override of the composed
 ``conf/train.yaml``; keys of ``conf/analysis`` may drop the ``analysis.`` prefix.
 
 Writes into ``out`` what training writes into ``<run>/analysis``: ``head_metrics.csv``,
-``head_roles.csv`` (= ``head_roles_history.csv``, one step), ``summary.json``, the PNGs and
-``analysis.md`` (see :mod:`mhaexp.analysis.export`).
+``head_roles.csv`` (= ``head_roles_history.csv``, one step), ``summary.json``, the PNGs,
+``analysis.md``, ``head_view.html`` and ``index.html`` (see :mod:`mhaexp.analysis.export`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from mhaexp.errors import ConfigError, key_value_main
 from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE
 
 PROG = "mhaexp-analyze"
-OWN_KEYS = ("ckpt", "data", "conllu", "out")
+OWN_KEYS = ("ckpt", "data", "conllu", "out", "text")
 
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -147,14 +150,32 @@ def conllu_probe(path: str, module: Any, batch_size: int, n_probe: int) -> Any:
     )
 
 
+def encode_text(text: str, tokenizer: Any, max_seq_len: int) -> dict[str, Any]:
+    """``text`` as a one-sequence batch: BOS + tokens + EOS, as the datamodules frame sequences."""
+    import torch
+
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ConfigError("text", text, 'is empty; give a sentence, e.g. text="the cat sat on the mat"')
+    ids = [tokenizer.bos_id, *ids, tokenizer.eos_id]
+    if len(ids) > max_seq_len:
+        raise ConfigError("text", text, f"is {len(ids)} tokens with BOS/EOS; the model takes at most {max_seq_len}")
+    t = torch.tensor([ids], dtype=torch.long)
+    return {"input_ids": t, "attention_mask": torch.ones_like(t, dtype=torch.bool)}
+
+
 def run(argv: list[str]) -> str:
     """Do what ``argv`` asks; return the lines to print."""
     from mhaexp.analysis.callback import run_analysis
-    from mhaexp.analysis.collect import objective_for, probe_from_datamodule
+    from mhaexp.analysis.collect import collect_patterns, objective_for, probe_from_datamodule
     from mhaexp.analysis.config import AnalysisConfig
     from mhaexp.analysis.export import all_role_counts
+    from mhaexp.analysis.head_view import FILE_NAME as HEAD_VIEW
+    from mhaexp.analysis.head_view import head_view_for
     from mhaexp.checkpoint import read_checkpoint
     from mhaexp.config import build, instantiate_plain
+    from mhaexp.data.lexicon import VOCAB
+    from mhaexp.data.tokenizers import WordTokenizer
     from mhaexp.training.module import load_module
 
     own, overrides = parse_args(argv)
@@ -168,6 +189,7 @@ def run(argv: list[str]) -> str:
         batch_size = int(cfg.data.batch_size)
         probe = conllu_probe(own["conllu"], module, batch_size, n_batches * batch_size)
         source = f"conllu={own['conllu']}"
+        tokenizer = WordTokenizer(VOCAB)
     else:
         datamodule = instantiate_plain(cfg.data)
         if datamodule.vocab_size != module.model.cfg.vocab_size:
@@ -184,19 +206,30 @@ def run(argv: list[str]) -> str:
         datamodule.prepare_data()
         probe = probe_from_datamodule(datamodule, n_batches, objective_for(module))
         source = f"data={cfg.data.kind}"
+        tokenizer = datamodule.tokenizer
+    if own.get("text") is not None:
+        text_batch = encode_text(own["text"], tokenizer, module.model.cfg.max_seq_len)
     out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
     out.mkdir(parents=True, exist_ok=True)
     for name in (HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE):  # appended to by run_analysis: start fresh
         (out / name).unlink(missing_ok=True)
     _, roles, rows, images = run_analysis(module.model, probe, acfg, out, step, expensive=True, pictures=True)
+    if own.get("text") is not None:
+        patterns = [p[0].cpu() for p in collect_patterns(module.model, text_batch)]
+        tokens = [tokenizer.id_to_token(int(i)) for i in text_batch["input_ids"][0]]
+        title = f"head view, step {step}: {own['text']}"
+        head_view_for(module.model, patterns, tokens, roles, out / HEAD_VIEW, title)
     counts = {k: v for k, v in all_role_counts(roles).items() if v}
+    n_pictures = sum(Path(p).suffix == ".png" for p in images.values())
     return "\n".join(
         [
             f"analysed {ckpt_path} (step {step}) on {source}: {sum(len(b['input_ids']) for b in probe.batches)} "
             "probe sequences",
             "heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
-            f"wrote {len(rows)} metric values, head roles and {len(images)} pictures to {out}",
+            f"wrote {len(rows)} metric values, head roles and {n_pictures} pictures to {out}",
             f"report: {out / 'analysis.md'}",
+            f"head view: {out / HEAD_VIEW}" + (" (text=)" if own.get("text") is not None else " (probe sequence 0)"),
+            f"page: {out / 'index.html'}",
         ]
     )
 

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from mhaexp.analysis import index_page
 from mhaexp.analysis.callback import build_analysis_callback, build_roles_provider
 from mhaexp.analysis.seed_table import fill, format_table, read_roles
 from mhaexp.checkpoint import read_checkpoint
@@ -150,4 +151,7 @@ def report(run_dir: Path, summary: dict[str, Any], seed_table: bool = False) -> 
             f"  browse      : {wandb_bin} leet {wb}",
             f"  upload      : {wandb_bin} sync {wb}",
         ]
+    page = run_dir / "analysis" / index_page.FILE_NAME
+    if page.is_file():  # last: the one path to open
+        lines.append(f"analysis page : {page}")
     print("\n".join(lines))

@@ -1,0 +1,124 @@
+"""The static figures: formats, fixed colour scales across steps, the role timeline."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from mhaexp.analysis import plots
+from mhaexp.analysis.collect import HeadMetrics
+from mhaexp.analysis.roles import HeadRole
+from mhaexp.errors import ConfigError
+
+BIN = Path(sys.executable).parent
+
+
+def small_metrics(seed: int = 0) -> HeadMetrics:
+    g = torch.Generator().manual_seed(seed)
+    metrics = {k: torch.rand(2, 3, generator=g) for k in ("sink", "positional_frac", "importance", "copying")}
+    metrics["copying"] = metrics["copying"] * 2 - 1
+    hm = HeadMetrics(metrics, [3, 3])
+    pats = torch.softmax(torch.randn(3, 6, 6, generator=g), dim=-1)
+    hm.example_patterns = [pats, pats]
+    hm.example_tokens = ["<bos>", "the", "cat", "sat", "down", "<eos>"]
+    return hm
+
+
+def test_every_format_asked_for_is_written_and_the_png_is_returned(tmp_path: Path) -> None:
+    hm = small_metrics()
+    roles = [HeadRole(0, 1, "sink", 0.5, 0.2)]
+    images = plots.all_figures(hm, roles, tmp_path, max_pictures=1, step=3, formats=["png", "svg", "pdf"])
+    assert set(images) == {"role_grid", "heatmaps", "patterns_L00"}
+    for key, path in images.items():
+        assert path.suffix == ".png", key
+        assert Image.open(path).size[0] > 100
+        assert path.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+        assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+    only_svg = plots.all_figures(hm, roles, tmp_path / "svg", max_pictures=0, formats=["svg"])
+    assert {p.suffix for p in only_svg.values()} == {".svg"}
+    assert not list((tmp_path / "svg").glob("*.png"))
+
+
+@pytest.mark.parametrize("bad", [["jpg"], [], "gif", ["png", "eps"]])
+def test_an_unknown_figure_format_is_one_clear_error(bad: object) -> None:
+    with pytest.raises(ConfigError) as e:
+        plots.check_formats(bad)  # type: ignore[arg-type]
+    assert "analysis.figure_formats" in str(e.value) and "png, svg, pdf" in str(e.value)
+    assert plots.check_formats("svg") == ["svg"] and plots.check_formats(["png", "png", "pdf"]) == ["png", "pdf"]
+
+
+def test_train_rejects_a_bad_format_before_training(tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(tmp_path / "cache")}
+    args = ["model=tiny", "logger=csv", "data.n_train=200", "trainer.max_steps=2", "analysis.figure_formats=[png,jpg]"]
+    proc = subprocess.run(
+        [str(BIN / "mhaexp-train"), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "mhaexp-train: error: analysis.figure_formats=['png', 'jpg'] is invalid: a non-empty list of png, svg, pdf"
+    ]
+    [status] = list(tmp_path.glob("runs/*/*/status.json"))
+    assert json.loads(status.read_text())["status"] == "invalid"
+    assert not list(tmp_path.glob("runs/*/*/checkpoints"))  # it never trained
+
+
+def test_bounded_metrics_have_one_scale_at_every_step_and_unbounded_ones_the_history_range(tmp_path: Path) -> None:
+    # Bounded: the same range whatever the values (the W&B step slider compares like with like).
+    assert plots.metric_scale("sink", np.array([0.01, 0.02])) == (0.0, 1.0)
+    assert plots.metric_scale("sink", np.array([0.5, 0.9])) == (0.0, 1.0)
+    assert plots.metric_scale("copying", np.array([0.1])) == (-1.0, 1.0)
+    assert plots.metric_scale("js_nearest", np.array([0.1])) == (0.0, math.log(2))
+    # Unbounded: the range over every step in head_metrics.csv so far; ablation symmetric around 0.
+    rows = [
+        {"step": 0, "layer": 0, "head": 0, "metric": "importance", "value": 0.5},
+        {"step": 10, "layer": 0, "head": 1, "metric": "importance", "value": 2.0},
+        {"step": 10, "layer": 0, "head": -1, "metric": "importance", "value": 99.0},  # not a head: ignored
+        {"step": 10, "layer": 0, "head": 0, "metric": "ablation", "value": -0.3},
+        {"step": 10, "layer": 0, "head": 1, "metric": "ablation", "value": 0.1},
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "head_metrics.csv", index=False)
+    seen = plots.history_ranges(tmp_path)
+    assert seen == {"importance": (0.5, 2.0), "ablation": (-0.3, 0.1)}
+    assert plots.metric_scale("importance", np.array([0.1, 0.7]), seen["importance"]) == (0.0, 2.0)
+    assert plots.metric_scale("ablation", np.array([0.2]), seen["ablation"]) == (-0.3, 0.3)
+
+
+def test_role_timeline_fills_the_family_colour_at_each_step_a_head_held_it(tmp_path: Path) -> None:
+    rows = []
+    for step in (0, 10, 20, 30):
+        rows.append({"step": step, "layer": 0, "head": 0, "role": "sink", "family": "sink", "score": 0.5, "margin": 0})
+        induction = step >= 20
+        rows.append(
+            {
+                "step": step,
+                "layer": 0,
+                "head": 1,
+                "role": "induction" if induction else "unassigned",
+                "family": "induction" if induction else "unassigned",
+                "score": 0.8 if induction else math.nan,
+                "margin": 0.3 if induction else math.nan,
+            }
+        )
+    history = pd.DataFrame(rows)
+    path = plots.role_timeline(history, [2], tmp_path / "role_timeline.png")
+    assert path is not None and path.is_file()
+    img = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    colours = {tuple(int(x) for x in c) for c in img[::7]}
+
+    def present(hex_colour: str) -> bool:
+        rgb = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+        return any(max(abs(a - b) for a, b in zip(c, rgb, strict=True)) < 6 for c in colours)
+
+    assert present(plots.FAMILY_COLORS["sink"]) and present(plots.FAMILY_COLORS["induction"])
+    assert not present(plots.FAMILY_COLORS["copying"])
+    assert plots.role_timeline(history.iloc[:0], [2], tmp_path / "none.png") is None
