@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ import pytest
 import torch
 from browser import Browser, ink_fraction
 from test_head_view import causal_patterns
-from wandb_offline import inspect_records, only_offline_run
 
 from mhaexp.analysis import head_view as hv
 from mhaexp.analysis.roles import HeadRole
@@ -208,10 +208,12 @@ def test_train_ends_with_the_run_page_which_loads_with_every_link(
         assert ink_fraction(png) > 0.02, png
 
 
-def test_wandb_run_holds_the_head_view_at_every_analysis_step(run: dict[str, Any]) -> None:
-    offline = only_offline_run(run["run_dir"])
+def test_wandb_run_holds_the_head_view_at_every_analysis_step(
+    run: dict[str, Any], wandb_run: Callable[[Path], Path], wandb_records: Callable[[Path], list[dict]]
+) -> None:
+    offline = wandb_run(run["run_dir"])
     views = {}
-    for row in (r["history"]["item"] for r in inspect_records(offline) if r.get("type") == "history"):
+    for row in (r["history"]["item"] for r in wandb_records(offline) if r.get("type") == "history"):
         if "analysis/head_view._type" in row:
             assert row["analysis/head_view._type"] == "html-file"
             views[int(row["trainer/global_step"])] = offline / "files" / row["analysis/head_view.path"]
