@@ -246,8 +246,15 @@ def pattern_grid(
         ax.set_title(f"L{layer}H{h}", fontsize=8, pad=2)
         ax.tick_params(length=1.5, pad=1)
         show_y, show_x = c == 0, h + cols >= n_heads
-        ax.set_yticks(range(T), labels if show_y else [], fontsize=fs)
-        ax.set_xticks(range(T), labels if show_x else [], fontsize=fs, rotation=90)
+        # Ticks only where labels go: each Tick is drawn, labelled or not, and inner tiles need none.
+        if show_y:
+            ax.set_yticks(range(T), labels, fontsize=fs)
+        else:
+            ax.set_yticks([])
+        if show_x:
+            ax.set_xticks(range(T), labels, fontsize=fs, rotation=90)
+        else:
+            ax.set_xticks([])
     bar_ax = fig.add_axes(((width - 0.55) / width, 0.25, 0.12 / width, 0.5))
     fig.colorbar(im, cax=bar_ax).set_label("attention weight", fontsize=7)
     bar_ax.tick_params(labelsize=6)
