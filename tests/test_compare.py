@@ -906,3 +906,26 @@ def test_real_sweep_over_data(real_sweeps: dict[str, tuple[Path, subprocess.Comp
     assert [r["data.seq_len"] for r in rows] == ["37", "41"]
     assert [r["data.variant"] for r in rows] == ["(missing)", "repeat"]
     assert [r["data.probe_conllu"] for r in rows] == ["null", "(missing)"]
+
+
+def test_compare_html_report_loads_with_every_plot(
+    tmp_path: Path, show: Any, browser: Any, ink: Any, page_resolves: Any
+) -> None:
+    sweep = make_sweep(tmp_path)
+    out = tmp_path / "cmp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mhaexp.cli.compare", str(sweep), "--out", str(out), "--format", "html"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = out / "report.html"
+    with browser(1280, 900) as b:
+        refs = page_resolves(b, page)
+        assert sum(tag == "img" for tag, _ in refs) >= 2, refs
+        assert b.eval("document.querySelectorAll('table.compare').length") >= 1
+        assert b.eval("document.querySelectorAll('table.compare tr').length") > 2
+        shot = b.screenshot(tmp_path / "compare_report.png", full_page=True)
+    show("mhaexp-compare --format html", shot)
+    assert ink(shot) > 0.02
