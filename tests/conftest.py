@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import select
@@ -333,3 +334,22 @@ def show(capsys: pytest.CaptureFixture[str]) -> Callable[[str, Path], None]:
             print(f"\n  screenshot ({label}): {path}")
 
     return _show
+
+
+def _causal_patterns(n_layers: int, n_heads: int, n_tokens: int, seed: int = 0) -> list:
+    import torch  # here only: most tests that use conftest never need it
+
+    """Row-stochastic, lower-triangular patterns (a causal model's), peaked enough to threshold."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n_tokens, n_tokens, dtype=torch.bool).tril()
+    out = []
+    for _ in range(n_layers):
+        logits = 3 * torch.randn(n_heads, n_tokens, n_tokens, generator=g)
+        out.append(torch.softmax(logits.masked_fill(~mask, -math.inf), dim=-1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def causal_patterns() -> Callable[..., list]:
+    """``causal_patterns(n_layers, n_heads, n_tokens, seed=0)``: hand-built causal attention patterns."""
+    return _causal_patterns

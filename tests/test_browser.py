@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import torch
-from test_head_view import causal_patterns
 
 from mhaexp.analysis import head_view as hv
 from mhaexp.analysis.roles import HeadRole
@@ -42,7 +41,7 @@ def count_where(pattern: torch.Tensor, query: int | None = None, key: int | None
 
 
 def test_head_view_draws_one_line_per_weight_above_threshold(
-    tmp_path: Path, capsys: pytest.CaptureFixture, browser: Any, ink: Any
+    tmp_path: Path, capsys: pytest.CaptureFixture, browser: Any, ink: Any, causal_patterns: Any
 ) -> None:
     T = 256  # a long input: the view scrolls
     pats = causal_patterns(2, 4, T)

@@ -8,11 +8,12 @@ the full-size figures are in ``experiments/olsson2022.sh``.
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_train import train_cli
 
 SMALL_INDUCTION = [
     "experiment=induction",
@@ -37,9 +38,12 @@ def final_metric(run_dir: Path, metric: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("n_layers", [2, 1])
-def test_induction_heads_need_two_layers(tmp_path: Path, n_layers: int) -> None:
+def test_induction_heads_need_two_layers(
+    tmp_path: Path, n_layers: int, cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     run_dir = tmp_path / "run"
-    proc = train_cli([*SMALL_INDUCTION, f"model.n_layers={n_layers}", f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = cli("mhaexp-train", *SMALL_INDUCTION, f"model.n_layers={n_layers}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "head roles    :" in proc.stdout and "seed table" not in proc.stdout  # the seed's table is about syntax
     prefix = final_metric(run_dir, "prefix_matching")
     roles = pd.read_csv(run_dir / "analysis" / "head_roles.csv")

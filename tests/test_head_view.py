@@ -5,23 +5,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from mhaexp.analysis import head_view as hv
 from mhaexp.analysis.roles import HeadRole
-
-
-def causal_patterns(n_layers: int, n_heads: int, n_tokens: int, seed: int = 0) -> list[torch.Tensor]:
-    """Row-stochastic, lower-triangular patterns (a causal model's), peaked enough to threshold."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(n_tokens, n_tokens, dtype=torch.bool).tril()
-    out = []
-    for _ in range(n_layers):
-        logits = 3 * torch.randn(n_heads, n_tokens, n_tokens, generator=g)
-        out.append(torch.softmax(logits.masked_fill(~mask, -math.inf), dim=-1))
-    return out
 
 
 def embedded(page: str) -> dict:
@@ -40,7 +30,7 @@ def test_links_are_exactly_the_weights_at_or_above_the_threshold() -> None:
     assert hv.line_count(p) == 7
 
 
-def test_labels_carry_roles_and_gqa_groups() -> None:
+def test_labels_carry_roles_and_gqa_groups(causal_patterns: Callable[..., list[torch.Tensor]]) -> None:
     roles = [
         HeadRole(1, 2, "syntactic:nsubj", 1.0, 0.4),
         HeadRole(1, 2, "sink", 0.41, 0.11),
@@ -55,7 +45,9 @@ def test_labels_carry_roles_and_gqa_groups() -> None:
     assert data["causal"] is True
 
 
-def test_page_is_self_contained_and_safe_for_any_token(tmp_path: Path) -> None:
+def test_page_is_self_contained_and_safe_for_any_token(
+    tmp_path: Path, causal_patterns: Callable[..., list[torch.Tensor]]
+) -> None:
     pats = causal_patterns(1, 2, 3)
     tokens = ["<bos>", "</script><b>x", "&"]
     path = hv.write_head_view(tmp_path / hv.FILE_NAME, hv.view_data(pats, tokens, [], [2], True, "t </title>"))
@@ -68,7 +60,7 @@ def test_page_is_self_contained_and_safe_for_any_token(tmp_path: Path) -> None:
     assert ".hv-tok" in page  # and the CSS
 
 
-def test_page_stays_small_at_256_tokens(tmp_path: Path) -> None:
+def test_page_stays_small_at_256_tokens(tmp_path: Path, causal_patterns: Callable[..., list[torch.Tensor]]) -> None:
     pats = causal_patterns(2, 4, 256)
     data = hv.view_data(pats, [f"w{i}" for i in range(256)], [], [4, 4], True, "t")
     path = hv.write_head_view(tmp_path / hv.FILE_NAME, data)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-
-from test_train import TINY, only_run_dir, train_cli
 
 from mhaexp.analysis.seed_table import SEED_ROWS, fill, format_table, read_roles
 
@@ -72,10 +71,14 @@ def test_cli_bad_run_dir_is_one_line(tmp_path: Path) -> None:
     ]
 
 
-def test_grammar_run_ends_with_the_seed_table(tmp_path: Path) -> None:
-    args = [a for a in TINY if a != "analysis=off"] + ["analysis.every_n_steps=30", "logger=csv"]
-    proc = train_cli(args, tmp_path)
-    run_dir = only_run_dir(tmp_path)
+def test_grammar_run_ends_with_the_seed_table(
+    tmp_path: Path, tiny: list[str], cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
+    run_dir = tmp_path / "run"
+    args = [*tiny, "data.n_train=1000", "data.n_val=128", "trainer.val_check_interval=15"]
+    args += ["analysis=default", "analysis.every_n_steps=30", "logger=csv", f"hydra.run.dir={run_dir}"]
+    proc = cli("mhaexp-train", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     expected = format_table(fill([(run_dir.name, read_roles(run_dir))]))
     lines = proc.stdout.splitlines()
     start = lines.index(expected[0])
