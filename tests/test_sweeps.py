@@ -250,7 +250,7 @@ def test_slurm_requeue_saves_hpc_checkpoint_and_rerun_resumes_from_it(
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
     assert list(cwd.glob("runs/*")) == [run_dir]  # same job id, same run directory
-    assert f"Restored all states from the checkpoint at {newest}" in out, out[-3000:]
+    assert f"mhaexp-train: resuming from {newest}" in out, out[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 40
     log = pd.read_csv(run_dir / "metrics.csv")
     train_steps = log["step"][log["train/loss"].notna()].astype(int).tolist()

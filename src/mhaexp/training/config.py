@@ -144,7 +144,8 @@ class LoggerConfig:
     project: str = setting(string(), "mhaexp", only=["wandb"])
     entity: str | None = setting(optional(string()), None, only=["wandb"])
     group: str | None = setting(optional(string()), None, only=["wandb"])
-    tags: list[str] = setting(list_of(string()), factory=list, only=["wandb"])
+    # Every kind takes tags, so a preset that tags its runs (experiment=induction) combines with any logger.
+    tags: list[str] = setting(list_of(string()), factory=list)
     name: str | None = setting(optional(string()), None, only=["wandb"])  # ${name} in the YAML
     init_timeout: float = setting(positive_number(), 30, only=["wandb"])
 
