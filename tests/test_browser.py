@@ -25,11 +25,6 @@ BIN = Path(sys.executable).parent
 LINES = "document.querySelectorAll('svg.hv-lines line.attn').length"
 
 
-def show(capsys: pytest.CaptureFixture[str], label: str, path: Path) -> None:
-    with capsys.disabled():
-        print(f"\n  screenshot ({label}): {path}")
-
-
 def count_where(pattern: torch.Tensor, query: int | None = None, key: int | None = None) -> int:
     """Lines the page should draw for ``pattern`` ``(H, T, T)``, optionally only those of one query or key."""
     q = hv.quantize(pattern) >= round(hv.THRESHOLD * hv.SCALE)
@@ -41,7 +36,7 @@ def count_where(pattern: torch.Tensor, query: int | None = None, key: int | None
 
 
 def test_head_view_draws_one_line_per_weight_above_threshold(
-    tmp_path: Path, capsys: pytest.CaptureFixture, browser: Any, ink: Any, causal_patterns: Any
+    tmp_path: Path, browser: Any, ink: Any, causal_patterns: Any, show: Any
 ) -> None:
     T = 256  # a long input: the view scrolls
     pats = causal_patterns(2, 4, T)
@@ -89,13 +84,11 @@ def test_head_view_draws_one_line_per_weight_above_threshold(
         assert min(b.eval("[...document.querySelectorAll('line.attn')].map(l => +l.dataset.q)")) >= 10
         assert b.errors == []
     for label, png in (("head view", shot), ("head view, hovering w200", hover_shot)):
-        show(capsys, label, png)
+        show(label, png)
         assert ink(png) > 0.02, png
 
 
-def test_bidirectional_head_view_draws_lines_both_ways(
-    tmp_path: Path, capsys: pytest.CaptureFixture, browser: Any, ink: Any
-) -> None:
+def test_bidirectional_head_view_draws_lines_both_ways(tmp_path: Path, browser: Any, ink: Any, show: Any) -> None:
     g = torch.Generator().manual_seed(1)
     pats = [torch.softmax(3 * torch.randn(2, 9, 9, generator=g), dim=-1)]
     page = hv.write_head_view(tmp_path / hv.FILE_NAME, hv.view_data(pats, list("abcdefghi"), [], [2], False, "bi"))
@@ -107,7 +100,7 @@ def test_bidirectional_head_view_draws_lines_both_ways(
         assert "bidirectional" in b.eval("document.querySelector('.hv-meta').textContent")
         shot = b.screenshot(tmp_path / "head_view_bidirectional.png")
         assert b.errors == []
-    show(capsys, "bidirectional head view", shot)
+    show("bidirectional head view", shot)
     assert ink(shot) > 0.01
 
 
@@ -150,7 +143,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_train_ends_with_the_run_page_which_loads_with_every_link(
-    run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture, browser: Any, ink: Any, page_resolves: Any
+    run: dict[str, Any], tmp_path: Path, browser: Any, ink: Any, page_resolves: Any, show: Any
 ) -> None:
     analysis = run["run_dir"] / "analysis"
     page = analysis / "index.html"
@@ -179,7 +172,7 @@ def test_train_ends_with_the_run_page_which_loads_with_every_link(
         view_shot = b.screenshot(tmp_path / "run_head_view.png")
         assert b.errors == []
     for label, png in (("run index.html", shot), ("run head view", view_shot)):
-        show(capsys, label, png)
+        show(label, png)
         assert ink(png) > 0.02, png
 
 
@@ -199,7 +192,7 @@ def test_wandb_run_holds_the_head_view_at_every_analysis_step(
 
 
 def test_analyze_writes_a_head_view_of_the_given_text(
-    run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture, browser: Any, ink: Any, page_resolves: Any
+    run: dict[str, Any], tmp_path: Path, browser: Any, ink: Any, page_resolves: Any, show: Any
 ) -> None:
     out = run["cwd"] / "an"
     assert f"head view: {out / hv.FILE_NAME} (text=)" in run["analyze"]
@@ -211,5 +204,5 @@ def test_analyze_writes_a_head_view_of_the_given_text(
         assert b.eval(LINES) > 0
         page_resolves(b, out / "index.html")
         shot = b.screenshot(tmp_path / "analyze_head_view.png")
-    show(capsys, "mhaexp-analyze text= head view", shot)
+    show("mhaexp-analyze text= head view", shot)
     assert ink(shot) > 0.02
