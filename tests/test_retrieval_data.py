@@ -38,9 +38,31 @@ def test_sequences_hold_the_asked_needle_and_its_answer(filler: str) -> None:
         assert words[start : start + 3] == answer
         # "answer" marks the queries that predict an answer token: <val> and the first two answer tokens.
         assert [i for i, v in enumerate(row["answer"]) if v] == [q + 2, q + 3, q + 4]
-        assert len(set(row["depth"])) == 1
-        depths.add(row["depth"][0])
+        assert {row["answer"][i] for i in (q + 2, q + 3, q + 4)} == {1}
+        # The depth is recorded at the answer steps only, and it is where the asked needle sits.
+        d = {row["depth"][i] for i in (q + 2, q + 3, q + 4)}
+        assert len(d) == 1 and set(row["depth"]) == d | {-1}
+        hay_before = k[0] - 1 - (6 if start > [i for i, w in enumerate(words[:q]) if w == KEY][0] + 3 else 0)
+        assert d == {round(100 * hay_before / (64 - 1 - 3 * 6))}
+        depths |= d
     assert len(depths) > 10  # depths spread over the haystack
+
+
+def test_several_queries_ask_distinct_needles_in_turn() -> None:
+    src = RetrievalSource(seq_len=96, sizes=SIZES, seed=1, n_needles=4, n_queries=3, value_len=2)
+    tok = src.tokenizer
+    for row in src.generate("val"):
+        words = [tok.id_to_token(i) for i in row["input_ids"]]
+        queries = [i for i, w in enumerate(words) if w == QUERY]
+        assert len(queries) == 3 and queries[-1] == 96 - 5
+        asked = [words[q + 1] for q in queries]
+        assert len(set(asked)) == 3
+        for n, q in enumerate(queries, start=1):
+            k = next(i for i, w in enumerate(words[:q]) if w == KEY and words[i + 1] == words[q + 1])
+            assert words[q + 3 : q + 5] == words[k + 3 : k + 5]  # the answer is that needle's value
+            assert [i for i, a in enumerate(row["answer"]) if a == n] == [q + 2, q + 3]
+            assert row["needle"][k + 3] == row["needle"][k + 4] == 1
+        assert sum(row["needle"]) == 6 and sum(a > 0 for a in row["answer"]) == 6
 
 
 def test_deterministic_and_split_dependent() -> None:
@@ -53,7 +75,7 @@ def test_deterministic_and_split_dependent() -> None:
 def test_depth_range() -> None:
     # seq_len 81: a haystack of 68 = 81 - <bos> - needle (6) - query (6), cut at 34.
     rows = RetrievalSource(seq_len=81, sizes=SIZES, seed=0, n_needles=1, min_depth=0.5, max_depth=0.5).generate("train")
-    assert {r["depth"][0] for r in rows} == {50}
+    assert {d for r in rows for d in r["depth"]} == {50, -1}
 
 
 @pytest.mark.parametrize(
@@ -62,6 +84,7 @@ def test_depth_range() -> None:
         ({"filler": "lorem"}, "data.filler"),
         ({"value_len": 0}, "data.value_len"),
         ({"n_needles": 0}, "data.n_needles"),
+        ({"n_needles": 2, "n_queries": 3}, "data.n_queries"),
         ({"n_keys": 1}, "data.n_keys"),
         ({"min_depth": 0.8, "max_depth": 0.2}, "data.min_depth"),
         ({"seq_len": 10}, "data.seq_len"),

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
+from mhaexp.data.retrieval import DEPTH_BINS, depth_bin, depth_bin_labels
 from mhaexp.errors import NonFiniteLossError
 from mhaexp.nn.model import ModelConfig, Transformer
-from mhaexp.nn.objectives import IGNORE, causal_targets
+from mhaexp.nn.objectives import IGNORE, answer_depth, answer_exact_match, causal_targets
 from mhaexp.pruning.surgery import model_state
 from mhaexp.training.config import OptimConfig
 
@@ -53,6 +54,7 @@ class LMModule(pl.LightningModule):
         self.model = Transformer(self.model_cfg)
         # Extra training-loss terms by name (e.g. the L0 penalty of mhaexp.pruning); callbacks fill it.
         self.extra_losses: dict[str, Callable[[], torch.Tensor]] = {}
+        self._retrieval_sums: torch.Tensor | None = None
         self.save_hyperparameters(
             {
                 "model": asdict(self.model_cfg),
@@ -94,12 +96,16 @@ class LMModule(pl.LightningModule):
 
     def _sums(self, batch: dict[str, torch.Tensor], salt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(summed token loss, correct predictions, scored tokens) of one batch."""
+        return self._scored(batch, salt)[:3]
+
+    def _scored(self, batch: dict[str, torch.Tensor], salt: int) -> tuple[torch.Tensor, ...]:
+        """``_sums`` plus the logits (B, T, V) and targets (B, T) they came from."""
         inputs, targets = self.inputs_and_targets(batch, salt)
         logits, _ = self.model(inputs, attention_mask=batch["attention_mask"])  # (B, T, V)
         total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
         scored = targets != IGNORE
         correct = (logits.argmax(-1) == targets)[scored].sum().float()
-        return total, correct, scored.sum().float()
+        return total, correct, scored.sum().float(), logits, targets
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         total, correct, count = self._sums(batch, salt=self.global_step)
@@ -142,9 +148,41 @@ class LMModule(pl.LightningModule):
         )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, acc = self.loss_and_accuracy(batch, salt=-1 - batch_idx)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("val/acc", acc, sync_dist=True)
+        total, correct, count, logits, targets = self._scored(batch, salt=-1 - batch_idx)
+        n = count.clamp(min=1)
+        self.log("val/loss", total / n, prog_bar=True, sync_dist=True)
+        self.log("val/acc", correct / n, sync_dist=True)
+        if "answer" in batch and "depth" in batch:
+            # Sums per depth bin, reduced once at epoch end: a mean of per-batch means would weight a
+            # bin by how its sequences happened to fall into batches.
+            hit = answer_exact_match(logits, targets, batch["answer"])  # (B, Q)
+            scored = ~hit.isnan()
+            bins = depth_bin(answer_depth(batch["depth"], batch["answer"]))[scored]
+            n_bins = len(DEPTH_BINS) - 1
+            sums = torch.stack(
+                [
+                    torch.bincount(bins, weights=hit[scored], minlength=n_bins),
+                    torch.bincount(bins, minlength=n_bins).to(hit.dtype),
+                ]
+            )
+            self._retrieval_sums = sums if self._retrieval_sums is None else self._retrieval_sums + sums
+
+    def on_validation_epoch_start(self) -> None:
+        self._retrieval_sums: torch.Tensor | None = None
+
+    def on_validation_epoch_end(self) -> None:
+        """``val/retrieval_acc`` and ``val/retrieval_acc/depth_<lo>-<hi>``: exact match of the copied value."""
+        sums = self._retrieval_sums
+        if sums is None:
+            return
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        hits, seen = sums
+        self.log("val/retrieval_acc", hits.sum() / seen.sum().clamp(min=1), rank_zero_only=True)
+        for label, h, c in zip(depth_bin_labels(), hits, seen, strict=True):
+            if c > 0:
+                self.log(f"val/retrieval_acc/depth_{label}", h / c, rank_zero_only=True)
+        self._retrieval_sums = None
 
     # ---- optimization ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
