@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from mhaexp.data.retrieval import KEY, QUERY, VAL, RetrievalSource
+from mhaexp.data.retrieval import KEY, QUERY, VAL, RetrievalSource, depth_bin, depth_bin_labels
 from mhaexp.errors import ConfigError
+from mhaexp.nn.objectives import answer_depth, answer_exact_match
 
 SIZES = {"train": 50, "val": 10, "probe": 5}
 
@@ -124,3 +126,26 @@ def test_training_on_retrieval_data_scores_retrieval_and_streaming(tmp_path: Pat
     }
     assert len(per_metric["retrieval"]) == len(per_metric["streaming"]) == 8  # 2 layers x 4 heads
     assert all(0.0 <= v <= 1.0 for vs in per_metric.values() for v in vs)
+    # Validation scores the copied value by needle depth; every bin that holds a needle is logged.
+    with open(run / "metrics.csv") as f:
+        logged = [r for r in csv.DictReader(f) if r.get("val/retrieval_acc")]
+    assert [int(r["step"]) for r in logged] == [9, 19]
+    bins = [k for k in logged[-1] if k.startswith("val/retrieval_acc/depth_")]
+    assert bins and set(bins) <= {f"val/retrieval_acc/depth_{b}" for b in depth_bin_labels()}
+    assert all(0.0 <= float(logged[-1][k]) <= 1.0 for k in ["val/retrieval_acc", *bins])
+
+
+def test_exact_match_is_per_query_and_binned_by_the_needle_depth() -> None:
+    # Two rows, T = 6. Row 0 answers query 1 at steps 1-2 and query 2 at step 4; row 1 only query 1.
+    targets = torch.tensor([[5, 6, 7, 8, 9, -100], [5, 6, 7, 8, 9, -100]])
+    answer = torch.tensor([[0, 1, 1, 0, 2, 0], [0, 0, 0, 1, 1, 0]])
+    depth = torch.tensor([[-1, 30, 30, -1, 100, -1], [-1, -1, -1, 0, 0, -1]])
+    pred = targets.clamp(min=0).clone()
+    pred[0, 2] = 0  # query 1 of row 0 misses its second step
+    logits = torch.nn.functional.one_hot(pred, 10).float()
+    hit = answer_exact_match(logits, targets, answer)
+    assert hit[0].tolist() == [0.0, 1.0]
+    assert hit[1, 0] == 1.0 and hit[1, 1].isnan()
+    assert answer_depth(depth, answer).tolist() == [[30, 100], [0, -1]]
+    assert depth_bin(torch.tensor([0, 19, 20, 99, 100])).tolist() == [0, 0, 1, 4, 4]
+    assert depth_bin_labels() == ["00-20", "20-40", "40-60", "60-80", "80-100"]
