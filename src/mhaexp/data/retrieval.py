@@ -108,6 +108,7 @@ class RetrievalSource:
             "value_len": self.value_len,
             "n_needles": self.n_needles,
             "n_queries": self.n_queries,
+            "columns": list(self.annotation_columns),
             "min_depth": self.min_depth,
             "max_depth": self.max_depth,
         }

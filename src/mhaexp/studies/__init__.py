@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from mhaexp.studies.base import Study
 
 STUDIES: dict[str, str] = {
+    "gu2024": "mhaexp.studies.gu2024",
+    "olsson2022": "mhaexp.studies.olsson2022",
     "wu2024": "mhaexp.studies.wu2024",
 }
 

@@ -35,6 +35,7 @@ VERDICT_FILE = "verdict.json"
 REPORT_FILE = "report.md"
 RUNS_DIR, LOGS_DIR, EVAL_DIR = "runs", "logs", "eval"
 SMOKE_STEPS = 24  # STUDY_SMOKE=1: enough steps for every stage to run end to end, not to learn
+SMOKE_DATA = ("data.n_train=512", "data.n_val=64", "data.n_probe=16")  # and small datasets to build
 
 
 class StudyError(RuntimeError):
@@ -67,6 +68,10 @@ class Budget:
         n = self.seeds or default
         return list(range(min(n, 2) if self.smoke else n))
 
+    def interval(self, steps: int, points: int) -> int:
+        """Steps between validations/analyses for ``points`` of them per run (3 in a smoke run)."""
+        return max(1, steps // (3 if self.smoke else points))
+
     def scaled(self, default_steps: int, share: float) -> int:
         """A stage sized as a share of the main training budget (at least 1 step)."""
         return max(1, round(self.n_steps(default_steps) * share))
@@ -96,7 +101,7 @@ class StudyContext:
         common = [f"logger.tags=['study:{self.name}']"]
         if not any(o.startswith("logger=") and o != "logger=wandb" for o in self.budget.extra):
             common.append(f"logger.group=study-{self.name}")
-        return [*common, *self.budget.extra]
+        return [*common, *(SMOKE_DATA if self.budget.smoke else ()), *self.budget.extra]
 
     def sweep(self, stage: str, overrides: Sequence[str], timeout: int | None = None) -> list[Path]:
         """Run ``mhaexp-train -m <overrides>`` as stage ``stage``; the job run directories, in job order.

@@ -118,8 +118,8 @@ class Wu2024(Study):
                 *self.data_overrides(),
                 f"seed={','.join(map(str, seeds))}",
                 f"trainer.max_steps={steps}",
-                f"trainer.val_check_interval={max(1, steps // 5)}",
-                f"analysis.every_n_steps={max(1, steps // 5)}",
+                f"trainer.val_check_interval={ctx.budget.interval(steps, 5)}",
+                f"analysis.every_n_steps={ctx.budget.interval(steps, 5)}",
             ],
         )
         results = [measure_masking(d, seed=i) for i, d in enumerate(runs)]

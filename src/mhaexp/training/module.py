@@ -55,6 +55,7 @@ class LMModule(pl.LightningModule):
         # Extra training-loss terms by name (e.g. the L0 penalty of mhaexp.pruning); callbacks fill it.
         self.extra_losses: dict[str, Callable[[], torch.Tensor]] = {}
         self._retrieval_sums: torch.Tensor | None = None
+        self._icl_sums: torch.Tensor | None = None
         self.save_hyperparameters(
             {
                 "model": asdict(self.model_cfg),
@@ -152,6 +153,14 @@ class LMModule(pl.LightningModule):
         n = count.clamp(min=1)
         self.log("val/loss", total / n, prog_bar=True, sync_dist=True)
         self.log("val/acc", correct / n, sync_dist=True)
+        if "half" in batch and self.model_cfg.causal:
+            # In-context learning (Olsson et al. 2022): the repeat's loss against the first copy's.
+            token_loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none"
+            ).view_as(targets)
+            half = batch["half"].masked_fill(targets == IGNORE, 0)
+            sums = torch.stack([token_loss[half == k].sum() for k in (1, 2)] + [(half == k).sum() for k in (1, 2)])
+            self._icl_sums = sums if self._icl_sums is None else self._icl_sums + sums
         if "answer" in batch and "depth" in batch:
             # Sums per depth bin, reduced once at epoch end: a mean of per-batch means would weight a
             # bin by how its sequences happened to fall into batches.
@@ -169,8 +178,26 @@ class LMModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._retrieval_sums: torch.Tensor | None = None
+        self._icl_sums: torch.Tensor | None = None
 
     def on_validation_epoch_end(self) -> None:
+        self._log_icl()
+        self._log_retrieval()
+
+    def _log_icl(self) -> None:
+        """``val/loss_first``, ``val/loss_repeat`` and ``val/icl_gap`` = repeat - first (negative: it learns in context)."""
+        sums = self._icl_sums
+        if sums is None:
+            return
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        first, repeat = sums[0] / sums[2].clamp(min=1), sums[1] / sums[3].clamp(min=1)
+        self.log("val/loss_first", first, rank_zero_only=True)
+        self.log("val/loss_repeat", repeat, rank_zero_only=True)
+        self.log("val/icl_gap", repeat - first, rank_zero_only=True)
+        self._icl_sums = None
+
+    def _log_retrieval(self) -> None:
         """``val/retrieval_acc`` and ``val/retrieval_acc/depth_<lo>-<hi>``: exact match of the copied value."""
         sums = self._retrieval_sums
         if sums is None:
