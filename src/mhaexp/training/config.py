@@ -226,7 +226,7 @@ def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
             raise ConfigError(key, None, "missing: conf/train.yaml and its groups must give it a value")
     check_mapping(RunConfig, raw, "")  # top-level values first: logger.name interpolates name
     data = build(DataConfig, raw["data"], "data", complete=True)
-    model = build(ModelConfig, raw["model"], "model", complete=True, vocab_size=data.vocab_size)
+    model = build(ModelConfig, raw["model"], "model", complete=True, vocab_size=data.n_vocab)
     groups = {
         "trainer": build(TrainerConfig, raw["trainer"], "trainer", complete=True),
         "optim": build(OptimConfig, raw["optim"], "optim", complete=True),
