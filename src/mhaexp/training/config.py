@@ -204,6 +204,14 @@ class RunConfig:
             raise ConfigError(
                 "pruning.criterion", "role", "needs the analysis (roles come from it); set analysis=default"
             )
+        if self.analysis.enabled and self.analysis.treebank is not None:
+            from mhaexp.data.treebank import load_treebank
+
+            # Parsed and aligned with the data's tokenizer now: a bad file fails before training starts.
+            a = self.analysis
+            limit = a.probe_batches * self.data.batch_size
+            tokenizer, context = self.data.source.tokenizer, self.model.max_seq_len
+            load_treebank(a.treebank, tokenizer, context, "analysis.treebank", limit=limit)
         if self.init_from is not None:
             from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
 
