@@ -101,7 +101,8 @@ class Treebank:
                 f"{self.read.empty_nodes} empty nodes"
             )
         if self.dropped_relations:
-            parts.append(f"{len(self.dropped_relations)} relations under min_arcs not scored")
+            few = ", ".join(f"{r} ({self.arcs.get(r, 0)})" for r in self.dropped_relations)
+            parts.append(f"not scored, under min_arcs arcs: {few}")
         return "; ".join(parts)
 
 
@@ -170,7 +171,7 @@ def encode_treebank(
     candidates = relation_list([s for s, _ in kept], base=base_relations)
     base = set(base_relations)
     relations = [r for r in candidates if r in base or arcs[r] >= min_arcs]
-    dropped = [r for r in candidates if r not in relations]
+    dropped = [r for r in candidates if r not in relations and arcs[r]]  # "root" has no arc: not dropped
     rel_id = {r: i for i, r in enumerate(relations)}
     width = max((sum(map(len, p)) + 2 for _, p in kept), default=2)
     rows = [encode_sentence_pieces(s, p, tokenizer, rel_id, width) for s, p in kept]
