@@ -372,14 +372,19 @@ def test_text_local_file(tmp_path: Path) -> None:
     dm = make(tmp_path, kind="text", path=str(path), seq_len=33)
     assert dm.vocab_size == 256 + 5
     tr, va = dm.dataset("train")[:], dm.dataset("val")[:]
-    n_windows = math.ceil((len(text.encode()) + 1) / 32)
-    assert len(tr["input_ids"]) + len(va["input_ids"]) == n_windows
-    assert len(va["input_ids"]) == max(1, n_windows // 10)
-    ids = torch.cat([tr["input_ids"], va["input_ids"]])
-    mask = torch.cat([tr["attention_mask"], va["attention_mask"]])
-    stream = ids[:, 1:][mask[:, 1:]].tolist()
-    assert stream[-1] == dm.tokenizer.eos_id
-    assert dm.tokenizer.decode(stream) == text
+
+    def stream(rows: dict) -> list[int]:
+        return rows["input_ids"][:, 1:][rows["attention_mask"][:, 1:]].tolist()
+
+    # The held-out tail starts at the first safe cut (before a space) at or after 90% of the bytes.
+    n_bytes = len(text.encode())
+    train_text, val_text = dm.tokenizer.decode(stream(tr)), dm.tokenizer.decode(stream(va))
+    assert train_text + val_text == text
+    assert len(train_text.encode()) >= math.ceil(0.9 * n_bytes) and val_text.startswith(" ")
+    assert len(train_text.encode()) - math.ceil(0.9 * n_bytes) < 4  # the next word boundary
+    assert stream(va)[-1] == dm.tokenizer.eos_id and dm.tokenizer.eos_id not in stream(tr)  # one document
+    assert len(tr["input_ids"]) == math.ceil(len(train_text.encode()) / 32)
+    assert len(va["input_ids"]) == math.ceil((len(val_text.encode()) + 1) / 32)
     assert torch.equal(dm.dataset("probe")[:]["input_ids"], va["input_ids"][:12])
     assert math.isfinite(dm.unigram_loss())
 

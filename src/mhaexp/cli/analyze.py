@@ -9,10 +9,10 @@ Usage::
     mhaexp-analyze ckpt=last.ckpt text="the cat that sat on the mat was fluffy"   # head view of a sentence
 
 Keys: ``ckpt`` (required), ``data`` (a ``conf/data`` choice; default: the run's own data config when
-the checkpoint sits in a run directory, else ``grammar``; it also gives the tokenizer), ``conllu`` (a
-CoNLL-U treebank used as the probe set instead of the data's: its sentences are tokenized as the
-model's tokenizer reads running text, arcs are scored on word-level attention, and a per-relation
-table is printed and written to ``treebank_relations.csv``), ``out`` (default
+the checkpoint sits in a run directory, read with the tokenizer the run saved, else ``grammar``; it
+also gives the tokenizer), ``conllu`` (a CoNLL-U treebank used as the probe set instead of the data's:
+its sentences are tokenized as the model's tokenizer reads running text, arcs are scored on word-level
+attention, and a per-relation table is printed and written to ``treebank_relations.csv``), ``out`` (default
 ``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the
 model's tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe
 sequence). Any other ``key=value`` is an override of the composed
@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from mhaexp.errors import ConfigError, key_value_main
-from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE, TREEBANK_RELATIONS_FILE
+from mhaexp.rundir import (
+    ANALYSIS_DIR,
+    HEAD_METRICS_FILE,
+    HEAD_ROLES_HISTORY_FILE,
+    TOKENIZER_DIR,
+    TREEBANK_RELATIONS_FILE,
+)
 
 PROG = "mhaexp-analyze"
 OWN_KEYS = ("ckpt", "data", "conllu", "out", "text")
@@ -66,14 +72,24 @@ def _analysis_keys(path: Path) -> set[str]:
 
 
 def _run_data_node(ckpt: Path) -> Any:
-    """The data config of the run a checkpoint belongs to (``<run>/checkpoints/x.ckpt``), if any."""
-    from omegaconf import OmegaConf
+    """The data config of the run a checkpoint belongs to (``<run>/checkpoints/x.ckpt``), if any.
+
+    A text run reads its data with the tokenizer the run saved (``<run>/tokenizer``): a trained BPE
+    then never needs retraining, and the ids are those the checkpoint learned.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    from mhaexp.data.tokenizers import is_saved_tokenizer
 
     for run_dir in (ckpt.parent.parent, ckpt.parent):
         config = run_dir / ".hydra" / "config.yaml"
         if config.is_file():
             node = OmegaConf.load(config).get("data")
             if node is not None:
+                saved = run_dir / TOKENIZER_DIR
+                if node.get("kind") == "text" and is_saved_tokenizer(saved):
+                    with open_dict(node):
+                        node.tokenizer = str(saved.resolve())
                 return node
     return None
 

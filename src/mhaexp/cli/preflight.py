@@ -177,7 +177,9 @@ def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
         for job in jobs:
             try:
                 cfg = compose_job(job, config_name)
-                _checked[_key(cfg)] = build_run(cfg)
+                run = build_run(cfg)
+                run.data.check_available()
+                _checked[_key(cfg)] = run
             except ConfigError as e:
                 invalid.append(Invalid(job, e))
             except HydraException as e:

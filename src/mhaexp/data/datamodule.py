@@ -9,16 +9,13 @@ also ``heads``, ``rels``, ``coref`` LongTensors (B, T) (see ``grammar``).
 The cache lives in ``cache_dir``, else ``$MHAEXP_CACHE``, else
 ``~/.cache/mhaexp``, under a name fingerprinted from every setting that
 changes the data, so a rerun with the same config loads instead of generating.
+Text is the exception to the ``datasets`` cache: its source tokenizes into a flat
+token file and serves windows read from it (:mod:`mhaexp.data.text`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +25,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from mhaexp.config import build
+from mhaexp.data.cache import build_once, cache_root, default_cache_dir, fingerprint
 from mhaexp.data.sampler import GlobalBatchSampler
 from mhaexp.data.spec import DataConfig
 from mhaexp.errors import ConfigError
 
 SPLITS = ("train", "val", "probe")
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("MHAEXP_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mhaexp"
+__all__ = ["LMDataModule", "default_cache_dir"]
 
 
 class LMDataModule(pl.LightningDataModule):
@@ -76,10 +70,10 @@ class LMDataModule(pl.LightningDataModule):
         )
         self.sizes, self.num_workers, self.source = config.sizes, config.num_workers, config.source
         self.tokenizer = self.source.tokenizer
-        self.vocab_size: int = config.vocab_size
-        self.cache_root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+        self.vocab_size: int = config.n_vocab
+        self.cache_root = cache_root(config.cache_dir)
         self.save_hyperparameters(ignore=["config"])
-        self._data: dict[str, datasets.Dataset] = {}
+        self._data: dict[str, Any] = {}
         self._train_targets: torch.Tensor | None = None
 
     @classmethod
@@ -93,7 +87,14 @@ class LMDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------ caching --
     @property
+    def tokenizes(self) -> bool:
+        """Whether the source tokenizes text into its own token cache (text) instead of generating rows."""
+        return hasattr(self.source, "prepare")
+
+    @property
     def fingerprint(self) -> str:
+        if self.tokenizes:
+            return self.cache_path.name.rpartition("-")[2]
         config = {
             "kind": self.kind,
             "seq_len": self.seq_len,
@@ -102,11 +103,12 @@ class LMDataModule(pl.LightningDataModule):
             "source": self.source.identity(),
             "relations": self.relations,
         }
-        blob = json.dumps(config, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return fingerprint(config)
 
     @property
     def cache_path(self) -> Path:
+        if self.tokenizes:
+            return Path(self.source.token_path)
         return self.cache_root / f"{self.kind}-{self.fingerprint}"
 
     def _features(self) -> datasets.Features:
@@ -116,11 +118,12 @@ class LMDataModule(pl.LightningDataModule):
         return datasets.Features(cols)
 
     def prepare_data(self) -> None:
-        final = self.cache_path
-        if (final / "dataset_dict.json").exists():
+        if self.tokenizes:
+            self.source.prepare()
             return
-        self.cache_root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=self.cache_root))
+        build_once(self.cache_path, "dataset_dict.json", self._write_generated)
+
+    def _write_generated(self, out: Path) -> None:
         # Three tiny splits would print six progress bars into every run's log.
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
@@ -129,27 +132,22 @@ class LMDataModule(pl.LightningDataModule):
                 split: datasets.Dataset.from_generator(
                     _generate,
                     features=self._features(),
-                    cache_dir=str(work / "gen"),
+                    cache_dir=str(out.parent / "gen"),
                     gen_kwargs={"source": self.source, "split": split},
                     fingerprint=f"{self.fingerprint}-{split}",
                 )
                 for split in SPLITS
             }
-            datasets.DatasetDict(splits).save_to_disk(str(work / "data"))
-            # Rename last, so a crash or a concurrent run never leaves a
-            # half-written dataset under the final name.
-            try:
-                os.replace(work / "data", final)
-            except OSError:
-                if not (final / "dataset_dict.json").exists():
-                    raise
+            datasets.DatasetDict(splits).save_to_disk(str(out))
         finally:
-            shutil.rmtree(work, ignore_errors=True)
             if bars:
                 datasets.enable_progress_bars()
 
     def setup(self, stage: str | None = None) -> None:
         if self._data:
+            return
+        if self.tokenizes:
+            self._data = {split: self.source.split_dataset(split) for split in SPLITS}
             return
         if not (self.cache_path / "dataset_dict.json").exists():
             # Single-process use (notebooks, tests) may skip prepare_data.
@@ -160,7 +158,7 @@ class LMDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> datasets.Dataset:
         self.setup()
         ds = self._data[split]
-        if split == "train":
+        if split == "train" and not self.tokenizes:
             # Training never reads the annotations; skip decoding them.
             ds = ds.with_format("torch", columns=["input_ids", "attention_mask"])
         return ds
@@ -213,8 +211,19 @@ class LMDataModule(pl.LightningDataModule):
         rows = self.dataset(split)[:]
         return rows["input_ids"], rows["attention_mask"]
 
+    def _target_counts(self, split: str) -> torch.Tensor:
+        """Counts (vocab_size,) of the real tokens after position 0 (what the model predicts) in ``split``."""
+        if self.tokenizes:  # streamed from the token file: a large corpus is never materialized
+            return torch.from_numpy(self.dataset(split).stream_counts(self.vocab_size))
+        ids, mask = self._columns(split)
+        return torch.bincount(ids[:, 1:][mask[:, 1:]], minlength=self.vocab_size)
+
     def token_frequencies(self) -> torch.Tensor:
         """Counts (vocab_size,) of every real token (BOS/EOS included) in train."""
+        if self.tokenizes:
+            counts = self._target_counts("train")
+            counts[self.tokenizer.bos_id] += len(self.dataset("train"))  # each window starts with BOS
+            return counts
         ids, mask = self._columns("train")
         return torch.bincount(ids[mask], minlength=self.vocab_size)
 
@@ -224,14 +233,12 @@ class LMDataModule(pl.LightningDataModule):
         Targets are the real tokens after position 0 (BOS is never predicted).
         Add-one smoothing keeps a token unseen in training at a finite loss.
         """
-        ids, mask = self._columns("train")
-        counts = torch.bincount(ids[:, 1:][mask[:, 1:]], minlength=self.vocab_size)
+        counts = self._target_counts("train")
         logp = torch.log((counts.double() + 1) / (counts.sum() + self.vocab_size))
-        val_ids, val_mask = self._columns("val")
-        targets = val_ids[:, 1:][val_mask[:, 1:]]
-        if targets.numel() == 0:
+        val = self._target_counts("val").double()
+        if val.sum() == 0:
             return math.nan
-        return float(-logp[targets].mean())
+        return float(-(val * logp).sum() / val.sum())
 
 
 def _generate(source: Any, split: str) -> Any:

@@ -478,3 +478,40 @@ class GrammarSource:
     @property
     def annotation_columns(self) -> tuple[str, ...]:
         return ("heads", "rels", "coref")
+
+
+# ---- the grammar as plain text ------------------------------------------------------------------
+TEXT_STYLES = ("prose", "plain")
+
+
+def render_sentence(s: Sentence, style: str = "prose") -> str:
+    """``prose``: capitalized, with a full stop; ``plain``: the words as the CoNLL-U export spells them."""
+    if style == "plain":
+        return s.text
+    return s.text[:1].upper() + s.text[1:] + "."
+
+
+def render_text(
+    out_dir: str | Path, n_sentences: int, seed: int = 0, n_files: int = 10, style: str = "prose", per_line: int = 6
+) -> list[Path]:
+    """Write ``n_sentences`` grammar sentences as ``n_files`` text files ``part-00000.txt``...; return them.
+
+    Offline text for ``data=text`` that looks like language: ``prose`` puts ``per_line`` sentences on
+    each line (a paragraph); ``plain`` one sentence per line, lower case, no punctuation, word for
+    word what :func:`~mhaexp.data.conllu_io.to_conllu` of the same sentences holds.
+    """
+    if style not in TEXT_STYLES:
+        raise ValueError(f"style={style!r}: choose one of {TEXT_STYLES}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    per_line = 1 if style == "plain" else per_line
+    paths = []
+    for k in range(n_files):
+        n = n_sentences // n_files + (1 if k < n_sentences % n_files else 0)
+        sents = [render_sentence(generate_sentence(rng), style) for _ in range(n)]
+        lines = [" ".join(sents[i : i + per_line]) for i in range(0, n, per_line)]
+        path = out / f"part-{k:05d}.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths

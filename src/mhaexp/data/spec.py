@@ -25,10 +25,12 @@ from mhaexp.config import (
     setting,
     string,
 )
+from mhaexp.data.cache import cache_root
 from mhaexp.data.grammar import GrammarSource
 from mhaexp.data.induction import VARIANTS, InductionSource
 from mhaexp.data.retrieval import FILLERS, RetrievalSource
 from mhaexp.data.text import TextSource
+from mhaexp.data.tokenizers import BPE_MIN_VOCAB
 
 SOURCES: dict[str, type] = {
     "grammar": GrammarSource,
@@ -44,7 +46,8 @@ class DataConfig:
     """Validated data settings and the source they select (grammar, induction, text or retrieval).
 
     Keys marked ``only`` belong to one kind; the YAML files document every key. ``source`` (with its
-    tokenizer) and ``vocab_size`` are set on construction.
+    tokenizer) and ``n_vocab`` (the model's vocabulary: the tokenizer's) are set on construction;
+    ``vocab_size`` is the size a ``tokenizer: bpe`` is trained to.
     """
 
     _target_: str = setting(literal(TARGET), TARGET)
@@ -67,6 +70,7 @@ class DataConfig:
     split: str = setting(string(), "train", only=["text"])
     text_field: str = setting(string(), "text", only=["text"])
     tokenizer: str = setting(string(), "bytes", only=["text"])
+    vocab_size: int = setting(int_at_least(BPE_MIN_VOCAB), 4096, only=["text"])
     filler: str = setting(choice(*FILLERS), "random", only=["retrieval"])
     n_filler: int = setting(int_at_least(2), 64, only=["retrieval"])
     n_keys: int = setting(int_at_least(2), 32, only=["retrieval"])
@@ -76,15 +80,22 @@ class DataConfig:
     min_depth: float = setting(probability(), 0.0, only=["retrieval"])
     max_depth: float = setting(probability(), 1.0, only=["retrieval"])
     source: Any = setting(DERIVED, None)
-    vocab_size: int = setting(DERIVED, 0)
+    n_vocab: int = setting(DERIVED, 0)
 
     def __post_init__(self) -> None:
         check_fields(self, "data")
         # The source checks what needs its kind (seq_len minimums, the text files exist and hold text).
-        self.source = SOURCES[self.kind](
-            seq_len=self.seq_len, sizes=self.sizes, seed=self.seed, **self.keys(source_only=True)
-        )
-        self.vocab_size = self.source.tokenizer.vocab_size
+        cls = SOURCES[self.kind]
+        extra = {"cache_root": cache_root(self.cache_dir)} if getattr(cls, "needs_cache_root", False) else {}
+        own = self.keys(source_only=True)
+        self.source = cls(seq_len=self.seq_len, sizes=self.sizes, seed=self.seed, **own, **extra)
+        self.n_vocab = self.source.tokenizer.vocab_size
+
+    def check_available(self) -> None:
+        """What the preflight checks beyond the values: a hub dataset needs the network (or offline mode)."""
+        check = getattr(self.source, "check_available", None)
+        if check is not None:
+            check()
 
     @property
     def sizes(self) -> dict[str, int]:

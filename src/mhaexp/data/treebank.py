@@ -178,6 +178,21 @@ def encode_treebank(
     return Treebank(rows, relations, dict(arcs), len(sentences), read or ReadStats(), skipped, dropped, unused, first)
 
 
+def check_treebank(path: str | Path, field_name: str) -> tuple[list[Sentence], ReadStats]:
+    """The sentences of a CoNLL-U file; ConfigError naming ``field_name`` for a missing or bad file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(field_name, str(path), "no such file; give the path of a CoNLL-U treebank")
+    read = ReadStats()
+    try:
+        sentences = read_treebank(p, read)
+    except TreebankError as e:
+        raise ConfigError(field_name, str(path), f"cannot be read as CoNLL-U: {e}") from None
+    if not sentences:
+        raise ConfigError(field_name, str(path), "holds no sentence (CoNLL-U: word lines, a blank line after each)")
+    return sentences, read
+
+
 def load_treebank(
     path: str | Path,
     tokenizer: Tokenizer,
@@ -190,16 +205,7 @@ def load_treebank(
 ) -> Treebank:
     """:func:`encode_treebank` of a CoNLL-U file; ConfigError naming ``field_name`` for a missing or bad
     file, or one with nothing to score."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(field_name, str(path), "no such file; give the path of a CoNLL-U treebank")
-    read = ReadStats()
-    try:
-        sentences = read_treebank(p, read)
-    except TreebankError as e:
-        raise ConfigError(field_name, str(path), f"cannot be read as CoNLL-U: {e}") from None
-    if not sentences:
-        raise ConfigError(field_name, str(path), "holds no sentence (CoNLL-U: word lines, a blank line after each)")
+    sentences, read = check_treebank(path, field_name)
     tb = encode_treebank(
         sentences, tokenizer, max_tokens, limit=limit, min_arcs=min_arcs, base_relations=base_relations, read=read
     )

@@ -205,13 +205,11 @@ class RunConfig:
                 "pruning.criterion", "role", "needs the analysis (roles come from it); set analysis=default"
             )
         if self.analysis.enabled and self.analysis.treebank is not None:
-            from mhaexp.data.treebank import load_treebank
+            from mhaexp.data.treebank import check_treebank
 
-            # Parsed and aligned with the data's tokenizer now: a bad file fails before training starts.
-            a = self.analysis
-            limit = a.probe_batches * self.data.batch_size
-            tokenizer, context = self.data.source.tokenizer, self.model.max_seq_len
-            load_treebank(a.treebank, tokenizer, context, "analysis.treebank", limit=limit)
+            # Parsed now, so a bad file fails before training starts; its sentences are tokenized at the
+            # first analysis (a BPE tokenizer is trained when the data is prepared, not by a config check).
+            check_treebank(self.analysis.treebank, "analysis.treebank")
         if self.init_from is not None:
             from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
 
@@ -234,7 +232,7 @@ def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
             raise ConfigError(key, None, "missing: conf/train.yaml and its groups must give it a value")
     check_mapping(RunConfig, raw, "")  # top-level values first: logger.name interpolates name
     data = build(DataConfig, raw["data"], "data", complete=True)
-    model = build(ModelConfig, raw["model"], "model", complete=True, vocab_size=data.vocab_size)
+    model = build(ModelConfig, raw["model"], "model", complete=True, vocab_size=data.n_vocab)
     groups = {
         "trainer": build(TrainerConfig, raw["trainer"], "trainer", complete=True),
         "optim": build(OptimConfig, raw["optim"], "optim", complete=True),

@@ -11,11 +11,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
-from mhaexp.rundir import ANALYSIS_DIR, SUMMARY_FILE
+from mhaexp.data.tokenizers import save_tokenizer
+from mhaexp.rundir import ANALYSIS_DIR, SUMMARY_FILE, TOKENIZER_DIR
 
 
 class RunRecord(pl.Callback):
-    """Logs parameter counts and KV-cache size once, tracks the best val loss, writes ``summary.json``.
+    """Logs parameter counts and KV-cache size once, tracks the best val loss, writes ``summary.json``;
+    saves the data's tokenizer into ``tokenizer/`` so the checkpoints decode without the data.
 
     The summary is what ``mhaexp-compare`` reads first, and what W&B shows as the run summary.
     """
@@ -36,6 +38,9 @@ class RunRecord(pl.Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams(self.summary)
         self._to_wandb(trainer, self.summary)
+        datamodule = getattr(trainer, "datamodule", None)
+        if trainer.is_global_zero and datamodule is not None:  # after prepare_data: a BPE is trained by now
+            save_tokenizer(datamodule.tokenizer, self.run_dir / TOKENIZER_DIR)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         val = trainer.callback_metrics.get("val/loss")
