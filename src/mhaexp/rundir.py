@@ -44,6 +44,7 @@ HEAD_METRICS_FILE = "head_metrics.csv"
 HEAD_ROLES_FILE = "head_roles.csv"
 HEAD_ROLES_HISTORY_FILE = "head_roles_history.csv"
 ANALYSIS_REPORT_FILE = "analysis.md"
+TREEBANK_RELATIONS_FILE = "treebank_relations.csv"  # mhaexp-analyze conllu=: the per-relation table
 # In a sweep directory.
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
 SKIPPED_FILE = "skipped_jobs.json"

@@ -149,7 +149,8 @@ class AnalysisCallback(pl.Callback):
         start = time.perf_counter()
         step = trainer.global_step
         if self.probe is None:
-            self.probe = probe_from_datamodule(self.datamodule, self.cfg.probe_batches, objective_for(pl_module))
+            probe = probe_from_datamodule(self.datamodule, self.cfg.probe_batches, objective_for(pl_module))
+            self.probe = with_treebank(probe, self.cfg, self.datamodule, pl_module.model)
         again = self._last is not None and self._last[0] == step
         skip = self._written if again else set()
         _, roles, rows, images = run_analysis(
@@ -197,6 +198,14 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
         np.random.set_state(np_state)
 
 
+def with_treebank(probe: ProbeData, cfg: AnalysisConfig, datamodule: Any, model: Any) -> ProbeData:
+    """``probe`` plus the sentences of ``analysis.treebank`` (if set), read with the data's tokenizer."""
+    from mhaexp.analysis.treebank import probe_with_treebank
+
+    max_tokens = int(model.cfg.max_seq_len)
+    return probe_with_treebank(probe, cfg, datamodule.tokenizer, max_tokens, int(datamodule.batch_size))[0]
+
+
 def _is_fsdp(trainer: pl.Trainer) -> bool:
     return type(trainer.strategy).__name__.startswith("FSDP")
 
@@ -215,7 +224,7 @@ def build_roles_provider(
 
     def provide(model: Any, batches: Sequence[Any]) -> list[HeadRole]:
         if "probe" not in cache:
-            cache["probe"] = probe_from_datamodule(datamodule, cfg.probe_batches)
+            cache["probe"] = with_treebank(probe_from_datamodule(datamodule, cfg.probe_batches), cfg, datamodule, model)
         hm = compute_head_metrics(model, cache["probe"], settings, expensive=False, importance=False)
         roles = classify_heads(hm.metrics, settings["thresholds"], hm.relation_names)
         return export.real_roles(roles, hm.n_heads)

@@ -34,6 +34,7 @@ from mhaexp.heads.importance import ablation_importance, eval_mode, gradient_imp
 from mhaexp.heads.longctx import retrieval_score, streaming_share
 from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_matrix, mds_embedding
 from mhaexp.heads.weights import copying_score
+from mhaexp.heads.wordlevel import word_level
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 
 
@@ -170,7 +171,7 @@ def collect_patterns(model: torch.nn.Module, batch: Mapping[str, Tensor]) -> lis
 def _cat_batches(batches: Sequence[Batch]) -> Batch:
     """One batch from several, right-padding to the longest T (pads are masked out everywhere)."""
     T = max(b["input_ids"].shape[1] for b in batches)
-    fill = {"attention_mask": False, "heads": -1, "rels": -1, "coref": -1}
+    fill = {"attention_mask": False, "heads": -1, "rels": -1, "coref": -1, "word_of_token": -1}
     keys = set.intersection(*(set(b) for b in batches))
     out = {}
     for k in keys:
@@ -392,11 +393,13 @@ def compute_head_metrics(
     out: dict[str, Tensor] = {k: _per_layer(v, H) for k, v in values.items()}
     relation_names: list[str] = []
     directions: list[str] = []
+    # Arcs join words: score them on word-level patterns (identical to the token ones for one-piece words).
+    word_layers, word_batch = word_level(per_layer, batch) if probe.has_syntax or probe.has_coref else ([], batch)
     if probe.has_syntax:
-        syntax, relation_names, directions = _syntax_metrics(per_layer, batch, probe, cfg, causal, H)
+        syntax, relation_names, directions = _syntax_metrics(word_layers, word_batch, probe, cfg, causal, H)
         out.update(syntax)
     if probe.has_coref and bool((batch["coref"] >= 0).any()):
-        out.update(_coref_metrics(per_layer, batch, cfg, causal, H))
+        out.update(_coref_metrics(word_layers, word_batch, cfg, causal, H))
 
     # Induction and duplicate-token heads need repeats to look at.
     rep = (

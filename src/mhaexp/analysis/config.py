@@ -13,11 +13,13 @@ from mhaexp.config import (
     boolean,
     check_fields,
     choice,
+    existing_file,
     integer,
     list_of,
     nested,
     non_negative_int,
     number,
+    optional,
     positive_int,
     probability,
     setting,
@@ -65,6 +67,8 @@ class AnalysisConfig:
     streaming_window: int = setting(positive_int(), 16)
     figure_formats: list[str] = setting(list_of(choice(*FIGURE_FORMATS)), factory=lambda: ["png"])
     seed: int = setting(integer(), 0)
+    treebank: str | None = setting(optional(existing_file("CoNLL-U treebank")), None)
+    min_arcs: int = setting(positive_int(), 20)
     thresholds: Thresholds = setting(nested(Thresholds), factory=Thresholds)
 
     def __post_init__(self) -> None:

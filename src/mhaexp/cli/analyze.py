@@ -9,8 +9,10 @@ Usage::
     mhaexp-analyze ckpt=last.ckpt text="the cat that sat on the mat was fluffy"   # head view of a sentence
 
 Keys: ``ckpt`` (required), ``data`` (a ``conf/data`` choice; default: the run's own data config when
-the checkpoint sits in a run directory, read with the tokenizer the run saved, else ``grammar``),
-``conllu`` (a CoNLL-U file used as the probe set; needs a model trained on the grammar's vocabulary), ``out`` (default
+the checkpoint sits in a run directory, read with the tokenizer the run saved, else ``grammar``; it
+also gives the tokenizer), ``conllu`` (a CoNLL-U treebank used as the probe set instead of the data's:
+its sentences are tokenized as the model's tokenizer reads running text, arcs are scored on word-level
+attention, and a per-relation table is printed and written to ``treebank_relations.csv``), ``out`` (default
 ``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the
 model's tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe
 sequence). Any other ``key=value`` is an override of the composed
@@ -27,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from mhaexp.errors import ConfigError, key_value_main
-from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE, TOKENIZER_DIR
+from mhaexp.rundir import (
+    ANALYSIS_DIR,
+    HEAD_METRICS_FILE,
+    HEAD_ROLES_HISTORY_FILE,
+    TOKENIZER_DIR,
+    TREEBANK_RELATIONS_FILE,
+)
 
 PROG = "mhaexp-analyze"
 OWN_KEYS = ("ckpt", "data", "conllu", "out", "text")
@@ -54,8 +62,6 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             overrides.append(word)
     if not own.get("ckpt"):
         raise ConfigError("ckpt", None, "required: the checkpoint to analyse (ckpt=path/to/last.ckpt)")
-    if "data" in own and "conllu" in own:
-        raise ConfigError("conllu", own["conllu"], "give data= or conllu=, not both")
     return own, overrides
 
 
@@ -103,61 +109,32 @@ def compose(own: dict[str, str], overrides: list[str]) -> Any:
         except HydraException as e:
             raise ConfigError("override", " ".join(words), str(e).splitlines()[0]) from None
     user_data = any(w.split("=")[0].lstrip("+~").split(".")[0] == "data" for w in words)
-    run_data = None if user_data or own.get("conllu") else _run_data_node(Path(own["ckpt"]))
+    run_data = None if user_data else _run_data_node(Path(own["ckpt"]))
     if run_data is not None:
         with open_dict(cfg):
             cfg.data = run_data
     return cfg
 
 
-def conllu_probe(path: str, module: Any, batch_size: int, n_probe: int) -> Any:
-    """Probe batches from a CoNLL-U file, encoded as the grammar data would encode them."""
-    import torch
+def conllu_probe(path: str, module: Any, tokenizer: Any, batch_size: int, acfg: Any) -> tuple[Any, Any]:
+    """Probe batches from a CoNLL-U file as ``tokenizer`` (the model's) reads its sentences; the treebank."""
+    from mhaexp.analysis.collect import objective_for
+    from mhaexp.analysis.treebank import treebank_probe
+    from mhaexp.data.treebank import load_treebank
 
-    from mhaexp.analysis.collect import ProbeData, objective_for, special_ids
-    from mhaexp.data.conllu_io import read_conllu
-    from mhaexp.data.grammar import encode_sentence, relation_list
-    from mhaexp.data.lexicon import VOCAB
-    from mhaexp.data.tokenizers import WordTokenizer
+    limit = acfg.probe_batches * batch_size
+    tb = load_treebank(path, tokenizer, module.model.cfg.max_seq_len, "conllu", limit=limit, min_arcs=acfg.min_arcs)
+    return treebank_probe(tb, tokenizer, batch_size, objective_for(module)), tb
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError("conllu", path, "no such file; give the path of a CoNLL-U treebank")
-    tok = WordTokenizer(VOCAB)
-    vocab = module.model.cfg.vocab_size
-    if vocab != tok.vocab_size:
+
+def _check_vocabulary(datamodule: Any, module: Any, kind: str) -> None:
+    if datamodule.vocab_size != module.model.cfg.vocab_size:
         raise ConfigError(
-            "conllu",
-            path,
-            f"needs a model trained on data=grammar (vocabulary {tok.vocab_size}); "
-            f"this checkpoint's vocabulary has {vocab} tokens",
+            "data",
+            kind,
+            f"its vocabulary has {datamodule.vocab_size} tokens, the "
+            f"checkpoint's model {module.model.cfg.vocab_size}: pass the data= it was trained on",
         )
-    try:
-        sentences = read_conllu(p, tok)
-    except Exception as e:  # noqa: BLE001 - any parse failure is a bad value of this field
-        raise ConfigError("conllu", path, f"cannot be read as CoNLL-U ({type(e).__name__}: {e})") from None
-    seq_len = module.model.cfg.max_seq_len
-    sentences = [s for s in sentences if len(s) + 2 <= seq_len][:n_probe]
-    if not sentences:
-        raise ConfigError("conllu", path, f"holds no sentence of at most {seq_len - 2} words")
-    relations = relation_list(sentences)
-    T = max(len(s) for s in sentences) + 2
-    rows = [encode_sentence(s, tok, relations, T) for s in sentences]
-    cols = {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
-    batches = [{k: v[i : i + batch_size] for k, v in cols.items()} for i in range(0, len(rows), batch_size)]
-    ids, mask = cols["input_ids"], cols["attention_mask"].bool()
-    # Rarity from the probe text itself: the treebank is all the text this analysis knows.
-    freq = torch.bincount(ids[mask], minlength=tok.vocab_size)
-    return ProbeData(
-        batches=batches,
-        relations=relations,
-        id_to_token=tok.id_to_token,
-        special_ids=special_ids(tok),
-        bos_id=tok.bos_id,
-        vocab_size=tok.vocab_size,
-        token_freq=freq,
-        objective=objective_for(module),
-    )
 
 
 def encode_text(text: str, tokenizer: Any, max_seq_len: int) -> dict[str, Any]:
@@ -182,10 +159,14 @@ def run(argv: list[str]) -> str:
     from mhaexp.analysis.export import all_role_counts
     from mhaexp.analysis.head_view import FILE_NAME as HEAD_VIEW
     from mhaexp.analysis.head_view import head_view_for
+    from mhaexp.analysis.treebank import (
+        format_relation_table,
+        probe_with_treebank,
+        relation_table,
+        write_relation_table,
+    )
     from mhaexp.checkpoint import read_checkpoint
     from mhaexp.config import build, instantiate_plain
-    from mhaexp.data.lexicon import VOCAB
-    from mhaexp.data.tokenizers import WordTokenizer
     from mhaexp.training.module import load_module
 
     own, overrides = parse_args(argv)
@@ -195,28 +176,23 @@ def run(argv: list[str]) -> str:
     cfg = compose(own, overrides)
     acfg = build(AnalysisConfig, cfg.analysis, "analysis", complete=True)
     n_batches = acfg.probe_batches
+    datamodule = instantiate_plain(cfg.data)  # builds the tokenizer, generates nothing
+    _check_vocabulary(datamodule, module, cfg.data.kind)
+    tokenizer = datamodule.tokenizer
+    treebank = None
     if own.get("conllu"):
-        batch_size = int(cfg.data.batch_size)
-        probe = conllu_probe(own["conllu"], module, batch_size, n_batches * batch_size)
+        probe, treebank = conllu_probe(own["conllu"], module, tokenizer, int(cfg.data.batch_size), acfg)
         source = f"conllu={own['conllu']}"
-        tokenizer = WordTokenizer(VOCAB)
     else:
-        datamodule = instantiate_plain(cfg.data)
-        if datamodule.vocab_size != module.model.cfg.vocab_size:
-            raise ConfigError(
-                "data",
-                cfg.data.kind,
-                f"its vocabulary has {datamodule.vocab_size} tokens, the "
-                f"checkpoint's model {module.model.cfg.vocab_size}: pass the data= it was trained on",
-            )
         if datamodule.seq_len > module.model.cfg.max_seq_len:
             raise ConfigError(
                 "data.seq_len", datamodule.seq_len, f"must be <= the model's max_seq_len={module.model.cfg.max_seq_len}"
             )
         datamodule.prepare_data()
         probe = probe_from_datamodule(datamodule, n_batches, objective_for(module))
-        source = f"data={cfg.data.kind}"
-        tokenizer = datamodule.tokenizer
+        max_tokens, batch_size = module.model.cfg.max_seq_len, int(cfg.data.batch_size)
+        probe, treebank = probe_with_treebank(probe, acfg, tokenizer, max_tokens, batch_size)
+        source = f"data={cfg.data.kind}" + (f" + treebank={acfg.treebank}" if treebank is not None else "")
     if own.get("text") is not None:
         text_batch = encode_text(own["text"], tokenizer, module.model.cfg.max_seq_len)
     out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
@@ -229,12 +205,22 @@ def run(argv: list[str]) -> str:
         tokens = [tokenizer.id_to_token(int(i)) for i in text_batch["input_ids"][0]]
         title = f"head view, step {step}: {own['text']}"
         head_view_for(module.model, patterns, tokens, roles, out / HEAD_VIEW, title)
+    table: list[str] = []
+    if treebank is not None:
+        relations = relation_table(module.model, probe, acfg)
+        write_relation_table(out / TREEBANK_RELATIONS_FILE, relations)
+        table = [
+            f"treebank: {treebank.report(module.model.cfg.max_seq_len)}",
+            *format_relation_table(relations),
+            f"per-relation table: {out / TREEBANK_RELATIONS_FILE}",
+        ]
     counts = {k: v for k, v in all_role_counts(roles).items() if v}
     n_pictures = sum(Path(p).suffix == ".png" for p in images.values())
     return "\n".join(
         [
             f"analysed {ckpt_path} (step {step}) on {source}: {sum(len(b['input_ids']) for b in probe.batches)} "
             "probe sequences",
+            *table,
             "heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
             f"wrote {len(rows)} metric values, head roles and {n_pictures} pictures to {out}",
             f"report: {out / 'analysis.md'}",

@@ -16,9 +16,9 @@ scores heads on the synthetic grammar can score them on a real treebank:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-import conllu
 from conllu.models import Token, TokenList
 
 from mhaexp.data.lexicon import NOUN_FEATS, PRONOUN_FEATS, UPOS, VERB_NUMBER, Sentence
@@ -62,29 +62,81 @@ def write_conllu(path: str | Path, sentences: Iterable[Sentence]) -> None:
     Path(path).write_text(to_conllu(sentences), encoding="utf-8")
 
 
-def _sentence(tl: TokenList, vocab: WordTokenizer | None) -> Sentence:
-    words = [t for t in tl if isinstance(t["id"], int)]
-    index = {t["id"]: i for i, t in enumerate(words)}
+class TreebankError(ValueError):
+    """A file that is not CoNLL-U; the message names the line and what is wrong with it."""
 
-    def position(ref: object) -> int:
-        # HEAD 0 (root) and references to skipped or absent IDs mean "no arc".
-        try:
-            return index.get(int(str(ref)), -1)
-        except ValueError:
-            return -1
+
+@dataclass
+class ReadStats:
+    """What :func:`read_treebank` read past: multiword-token ranges and empty nodes (not words of the tree)."""
+
+    multiword_tokens: int = 0
+    empty_nodes: int = 0
+
+
+def _field_int(value: str, line_no: int, column: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise TreebankError(f"line {line_no}: {column} {value!r} is not a number") from None
+
+
+def _block_sentence(rows: list[tuple[int, list[str]]]) -> Sentence:
+    ids = [_field_int(cols[0], n, "ID") for n, cols in rows]
+    index = {word_id: i for i, word_id in enumerate(ids)}
+
+    def position(ref: str, line_no: int, column: str) -> int:
+        # HEAD 0 (root), "_" and references to absent IDs mean "no arc".
+        return -1 if ref == "_" else index.get(_field_int(ref, line_no, column), -1)
 
     tokens, heads, rels, coref = [], [], [], []
-    for t in words:
-        form = str(t["form"])
-        tokens.append(vocab.normalize(form) if vocab is not None else form)
-        heads.append(position(t["head"]) if t["head"] is not None else -1)
-        deprel = t["deprel"]
-        rels.append("" if deprel in (None, "_") else str(deprel))
-        misc = t["misc"] or {}
-        coref.append(position(misc["Antecedent"]) if "Antecedent" in misc else -1)
+    for n, cols in rows:
+        tokens.append(cols[1])
+        heads.append(position(cols[6], n, "HEAD"))
+        rels.append("" if cols[7] == "_" else cols[7])
+        misc = dict(item.partition("=")[::2] for item in cols[9].split("|")) if cols[9] != "_" else {}
+        coref.append(position(misc["Antecedent"], n, "MISC Antecedent") if "Antecedent" in misc else -1)
     return Sentence(tuple(tokens), tuple(heads), tuple(rels), tuple(coref))
 
 
+def read_treebank(path: str | Path, stats: ReadStats | None = None) -> list[Sentence]:
+    """The sentences of a CoNLL-U file, words verbatim; TreebankError naming the line for a bad one.
+
+    Multiword-token ranges (``1-2``) and empty nodes (``8.1``) are counted into ``stats`` and left out:
+    the basic tree is over the syntactic words.
+    """
+    stats = stats if stats is not None else ReadStats()
+    sentences: list[Sentence] = []
+    block: list[tuple[int, list[str]]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise TreebankError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for line_no, line in enumerate([*lines, "\n"], start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            if block:
+                sentences.append(_block_sentence(block))
+                block = []
+            continue
+        if line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        if len(cols) != 10:
+            raise TreebankError(f"line {line_no}: {len(cols)} tab-separated columns, CoNLL-U has 10")
+        if "-" in cols[0]:
+            stats.multiword_tokens += 1
+        elif "." in cols[0]:
+            stats.empty_nodes += 1
+        else:
+            block.append((line_no, cols))
+    return sentences
+
+
 def read_conllu(path: str | Path, vocab: WordTokenizer | None = None) -> list[Sentence]:
-    with open(path, encoding="utf-8") as f:
-        return [_sentence(tl, vocab) for tl in conllu.parse_incr(f) if len(tl)]
+    """:func:`read_treebank`; with a ``vocab``, words become its spelling (exact, then lower case) or ``<unk>``."""
+    sentences = read_treebank(path)
+    if vocab is None:
+        return sentences
+    return [Sentence(tuple(vocab.normalize(w) for w in s.tokens), s.heads, s.rels, s.coref) for s in sentences]

@@ -204,6 +204,12 @@ class RunConfig:
             raise ConfigError(
                 "pruning.criterion", "role", "needs the analysis (roles come from it); set analysis=default"
             )
+        if self.analysis.enabled and self.analysis.treebank is not None:
+            from mhaexp.data.treebank import check_treebank
+
+            # Parsed now, so a bad file fails before training starts; its sentences are tokenized at the
+            # first analysis (a BPE tokenizer is trained when the data is prepared, not by a config check).
+            check_treebank(self.analysis.treebank, "analysis.treebank")
         if self.init_from is not None:
             from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
 
