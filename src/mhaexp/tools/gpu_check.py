@@ -142,13 +142,13 @@ def check_env() -> dict[str, Any]:
 
 
 def _fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, need_weights: bool = False) -> list[torch.Tensor]:
-    """Output, dL/dx and dL/dW_q of one forward + backward with a fixed upstream gradient."""
+    """Output, dL/dx and dL/dW_qkv of one forward + backward with a fixed upstream gradient."""
     layer.zero_grad(set_to_none=True)
     x = x.detach().requires_grad_(True)
     y, _ = layer(x, need_weights=need_weights)
     g = torch.Generator(device=x.device).manual_seed(1)
     y.backward(torch.randn(y.shape, generator=g, device=x.device, dtype=y.dtype))
-    return [y.detach(), x.grad, layer.q_proj.weight.grad]
+    return [y.detach(), x.grad, layer.qkv_proj.weight.grad]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
