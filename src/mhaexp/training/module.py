@@ -33,6 +33,12 @@ class LMModule(pl.LightningModule):
         pad_id / mask_id: special tokens of the data's tokenizer.
         mlm_probability: share of real tokens masked when the model is bidirectional.
         seed: makes the masked-LM choices a function of (seed, step), so a resumed run repeats them.
+        compile: run the training and validation steps' forward through ``torch.compile`` (``trainer.compile``).
+            Only those: ``self.model`` itself stays the eager module, so everything else that calls it
+            (analysis with ``need_weights``, forward hooks of ablation, gate gradients, L0 gates, surgery)
+            computes exactly as without compile; the compiled graph reads the same parameters and
+            buffers, so masking a head (``head_gate``) reaches it, and a changed model recompiles.
+            A run setting, not a property of the weights: not saved in the checkpoint's hyper-parameters.
     """
 
     def __init__(
@@ -43,8 +49,12 @@ class LMModule(pl.LightningModule):
         mask_id: int | None = None,
         mlm_probability: float = 0.15,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        self.compile_model = compile
+        # (the model it was built for, its compiled wrapper); a tuple, so not registered as a submodule.
+        self._compiled: tuple[Transformer, Callable[..., Any]] | None = None
         self.model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
         self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**optim)
         self.pad_id = pad_id
@@ -96,11 +106,19 @@ class LMModule(pl.LightningModule):
     def _sums(self, batch: dict[str, torch.Tensor], salt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(summed token loss, correct predictions, scored tokens) of one batch."""
         inputs, targets = self.inputs_and_targets(batch, salt)
-        logits, _ = self.model(inputs, attention_mask=batch["attention_mask"])  # (B, T, V)
+        logits, _ = self.forward_fn()(inputs, attention_mask=batch["attention_mask"])  # (B, T, V)
         total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
         scored = targets != IGNORE
         correct = (logits.argmax(-1) == targets)[scored].sum().float()
         return total, correct, scored.sum().float()
+
+    def forward_fn(self) -> Callable[..., Any]:
+        """What the training and validation steps call: ``self.model``, or its compiled wrapper."""
+        if not self.compile_model:
+            return self.model
+        if self._compiled is None or self._compiled[0] is not self.model:
+            self._compiled = (self.model, torch.compile(self.model))
+        return self._compiled[1]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         total, correct, count = self._sums(batch, salt=self.global_step)
