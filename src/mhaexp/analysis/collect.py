@@ -327,7 +327,7 @@ def _copying(model: Any) -> list[Tensor]:
     out = []
     for attn in model.attention_layers:
         d, hs = attn.d_model, attn.head_dim
-        W_V = attn.v_proj.weight.detach().view(attn.n_kv_heads, hs, d).transpose(1, 2)
+        W_V = attn.split_qkv(attn.qkv_proj.weight.detach())[2].view(attn.n_kv_heads, hs, d).transpose(1, 2)
         # The gate scales the head's output: a gated-off head has a zero OV circuit (NaN score).
         W_O = attn.o_proj.weight.detach().view(d, attn.n_heads, hs).permute(1, 2, 0)
         W_O = W_O * attn.gates().detach().to(W_O.dtype)[:, None, None]

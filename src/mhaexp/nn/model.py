@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mhaexp.errors import ConfigError
-from mhaexp.nn.attention import MultiHeadAttention
+from mhaexp.nn.attention import FusedQKV, MultiHeadAttention
 from mhaexp.nn.config import ModelConfig
 
 __all__ = ["ModelConfig", "Transformer"]
@@ -86,7 +86,13 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, FusedQKV):
+            # q, k, v drawn in turn, as three separate layers were: a seed gives the weights it always gave.
+            for part in module.split(module.weight):
+                nn.init.normal_(part, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
