@@ -102,7 +102,8 @@ class Olsson2022(Study):
         windows = [rise_window(head_metric_max(d, "prefix_matching")) for d in two]
         width = Measure.of((w[1] - w[0]) / steps if w else math.nan for w in windows)
         fall = Measure.of(
-            icl_fall_in_window(scalar(d, "val/icl_gap"), w) if w else math.nan for d, w in zip(two, windows, strict=True)
+            icl_fall_in_window(scalar(d, "val/icl_gap"), w) if w else math.nan
+            for d, w in zip(two, windows, strict=True)
         )
         formed = at_least(pm2, INDUCTION_BAR)
         precondition = formed if formed[0] else (None, f"no induction head formed in the 2-layer model ({pm2})")
