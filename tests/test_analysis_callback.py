@@ -284,6 +284,7 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     from mhaexp.analysis.callback import analysis_settings, run_analysis
     from mhaexp.analysis.collect import probe_from_datamodule
     from mhaexp.data import LMDataModule
+    from mhaexp.heads.importance import group_ablation, group_importance
     from mhaexp.nn.model import ModelConfig, Transformer
 
     dm = LMDataModule(**{**DATA, "n_train": 40, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
@@ -317,6 +318,17 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     # GQA group diversity per layer (layer 1 is MQA: one group, so nothing "across").
     assert {"gqa_within", "gqa_across", "gqa_ratio"} <= set(hm.layer_metrics)
     assert math.isnan(float(hm.layer_metrics["gqa_across"][1]))
+    # Group importance and group ablation sit beside the per-head figures: every query head of a KV group
+    # shows its group's value, which is the group's own measure (not a sum of its heads').
+    probe = probe_from_datamodule(dm, 1)
+    batches = [{k: v for k, v in b.items()} for b in probe.batches]
+    for key, fn in (("group_importance", group_importance), ("group_ablation", group_ablation)):
+        per_group = fn(model, batches, probe.objective)
+        got = hm.metrics[key]
+        assert torch.allclose(got[0, :4], per_group[0].repeat_interleave(2), rtol=1e-4, atol=1e-6), key
+        assert torch.allclose(got[1, :2], per_group[1].repeat_interleave(2), rtol=1e-4, atol=1e-6), key
+        assert torch.isnan(got[1, 2:]).all()
+    assert [r["value"] for r in rows if r["metric"] == "massive_count"] == [0.0, 0.0]
     assert {"role_grid", "heatmaps", "mds", "patterns_L00"} <= set(images)
     # Gates: a head switched off has no OV circuit.
     model.blocks[0].attn.head_gate[1] = 0.0

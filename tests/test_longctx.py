@@ -106,3 +106,22 @@ def test_retrieval_and_streaming_roles_use_the_configured_bars() -> None:
     roles = {(r.layer, r.head, r.role) for r in classify_heads(metrics, thresholds, relation_names=[])}
     assert {(0, 0, "retrieval"), (0, 2, "retrieval"), (0, 0, "streaming"), (0, 1, "streaming")} <= roles
     assert (0, 1, "retrieval") not in roles and (0, 2, "streaming") not in roles
+
+
+def test_analysis_reports_a_planted_massive_activation_on_the_sink() -> None:
+    from mhaexp.analysis.collect import _massive
+    from mhaexp.nn.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=40, n_layers=2, d_model=32, n_heads=4, max_seq_len=16)).eval()
+    with torch.no_grad():
+        model.pos_emb.weight[0, 7] = 5e3  # position 0, dimension 7: ~1e5 x the typical 0.02-scale value
+        ids = torch.randint(0, 40, (3, 12))
+        mask = torch.ones(3, 12, dtype=torch.bool)
+        mask[2, 8:] = False
+        found = _massive(model, ids, mask)
+    # Pre-norm blocks carry the spike down the residual stream: one per sequence, in every layer.
+    assert found["massive_count"].tolist() == [3.0, 3.0]
+    assert found["massive_on_sink"].tolist() == [3.0, 3.0]
+    assert found["massive_top_position"].tolist() == [0.0, 0.0] and found["massive_top_dim"].tolist() == [7.0, 7.0]
+    assert (found["massive_max_ratio"] > 1000).all()

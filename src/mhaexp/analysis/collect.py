@@ -30,8 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mhaexp.heads import patterns as M
-from mhaexp.heads.importance import ablation_importance, eval_mode, gradient_importance
-from mhaexp.heads.longctx import retrieval_sums, streaming_sums
+from mhaexp.heads.importance import (
+    ablation_importance,
+    eval_mode,
+    gradient_importance,
+    group_ablation,
+    group_importance,
+    kv_groups,
+)
+from mhaexp.heads.longctx import massive_activations, retrieval_sums, streaming_sums
 from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_sums, mds_embedding
 from mhaexp.heads.weights import copying_score
 from mhaexp.heads.wordlevel import word_attention, word_mask
@@ -552,17 +559,48 @@ def compute_head_metrics(
         out[key] = _per_layer(sums.values(key), H)
     out["copying"] = _per_layer(_copying(model), H)
 
+    gqa = any(a.n_kv_heads < a.n_heads for a in layers)
     if importance:
         grads = gradient_importance(
             model, _to(probe.batches, device), probe.objective, max_tokens=IMPORTANCE_CHUNK_TOKENS
         )
         out["importance"] = _per_layer(grads, H)
+        if gqa:
+            groups = group_importance(model, _to(probe.batches, device), probe.objective)
+            out["group_importance"] = _per_layer(_per_head(groups, model), H)
     result = HeadMetrics(out, n_heads, relation_names, directions, expensive=expensive)
+    with eval_mode(model), torch.no_grad():
+        n = max(1, int(cfg["js_sequences"]))
+        result.layer_metrics.update(_massive(model, on["input_ids"][:n], on["attention_mask"][:n]))
     result.example_patterns = example
     result.example_tokens = probe.tokens(0)
     if expensive:
         _expensive(model, probe, sums.values("js")[0].cpu(), result, H)
     return result
+
+
+def _per_head(per_group: Sequence[Tensor], model: Any) -> list[Tensor]:
+    """A per-KV-group value (``(n_kv_heads,)`` per layer) given to each query head of the group."""
+    return [g[grp.to(g.device)] for g, grp in zip(per_group, kv_groups(model), strict=True)]
+
+
+def _massive(model: Any, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Per layer: how many massive activations (Sun et al. 2024, > 1000x the layer's median magnitude)
+    the residual stream holds on these sequences, how many sit on the first token, the largest ratio to
+    the median, and the position and dimension of the largest activation."""
+    keys = ("massive_count", "massive_on_sink", "massive_max_ratio", "massive_top_position", "massive_top_dim")
+    rows: dict[str, list[float]] = {k: [] for k in keys}
+    real = mask.bool()
+    for layer, x in enumerate(model.residual_stream(ids, mask)):
+        found = massive_activations(x, real, layer=layer)
+        mag = x.float().abs().masked_fill(~real[..., None], 0.0)  # (B, T, d)
+        _, t, d = torch.unravel_index(mag.argmax(), mag.shape)
+        rows["massive_count"].append(float(found.count))
+        rows["massive_on_sink"].append(float(found.on_sink))
+        rows["massive_max_ratio"].append(float(mag.max()) / found.median if found.median > 0 else float("nan"))
+        rows["massive_top_position"].append(float(t))
+        rows["massive_top_dim"].append(float(d))
+    return {k: torch.tensor(v) for k, v in rows.items()}
 
 
 def _to(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
@@ -608,8 +646,8 @@ def _expensive(model: Any, probe: ProbeData, js: Tensor, result: HeadMetrics, wi
         result.metrics["mds_x"] = _per_layer(xs, width)
         result.metrics["mds_y"] = _per_layer(ys, width)
     if any(a.n_kv_heads < a.n_heads for a in model.attention_layers):
-        result.layer_metrics = {
-            "gqa_within": torch.tensor(within),
-            "gqa_across": torch.tensor(across),
-            "gqa_ratio": torch.tensor(ratio),
-        }
+        result.layer_metrics.update(
+            {"gqa_within": torch.tensor(within), "gqa_across": torch.tensor(across), "gqa_ratio": torch.tensor(ratio)}
+        )
+        groups = group_ablation(model, _to(probe.batches, device), probe.objective)
+        result.metrics["group_ablation"] = _per_layer(_per_head(groups, model), width)

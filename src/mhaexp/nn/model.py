@@ -138,6 +138,16 @@ class Transformer(nn.Module):
             x, w = block(x, need_weights=True, key_padding_mask=attention_mask)
             yield w
 
+    def residual_stream(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The residual stream (B, T, d) leaving each block, in layer order (massive activations, Sun et al.
+        2024, are read from it)."""
+        x = self._embed(idx)
+        out = []
+        for block in self.blocks:
+            x, _ = block(x, key_padding_mask=attention_mask)
+            out.append(x)
+        return out
+
     def param_counts(self) -> dict[str, int]:
         """Parameters by part (tied weights counted once, in the embedding)."""
         seen: set[int] = set()
