@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from mhaexp.studies.base import Study
 
 STUDIES: dict[str, str] = {
+    "ainslie2023": "mhaexp.studies.ainslie2023",
     "gu2024": "mhaexp.studies.gu2024",
+    "head_count": "mhaexp.studies.head_count",
+    "michel2019": "mhaexp.studies.michel2019",
     "olsson2022": "mhaexp.studies.olsson2022",
     "wu2024": "mhaexp.studies.wu2024",
 }
