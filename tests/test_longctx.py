@@ -125,3 +125,24 @@ def test_analysis_reports_a_planted_massive_activation_on_the_sink() -> None:
     assert found["massive_on_sink"].tolist() == [3.0, 3.0]
     assert found["massive_top_position"].tolist() == [0.0, 0.0] and found["massive_top_dim"].tolist() == [7.0, 7.0]
     assert (found["massive_max_ratio"] > 1000).all()
+
+
+def test_js_within_and_across_layers_are_the_block_means() -> None:
+    from mhaexp.analysis.collect import js_within_across
+
+    # 2 heads in layer 0, 1 in layer 1 (pruned), then 2 in layer 2.
+    js = torch.tensor(
+        [
+            [0.0, 0.1, 0.5, 0.6, 0.7],
+            [0.1, 0.0, 0.4, 0.8, 0.9],
+            [0.5, 0.4, 0.0, 0.3, 0.2],
+            [0.6, 0.8, 0.3, 0.0, 0.2],
+            [0.7, 0.9, 0.2, 0.2, 0.0],
+        ]
+    )
+    out = js_within_across(js, [2, 1, 2])
+    assert out["js_within"][0] == pytest.approx(0.1) and math.isnan(float(out["js_within"][1]))
+    assert out["js_within"][2] == pytest.approx(0.2)
+    assert out["js_across"].tolist() == pytest.approx(
+        [(0.5 + 0.6 + 0.7 + 0.4 + 0.8 + 0.9) / 6, (0.5 + 0.4 + 0.3 + 0.2) / 4, (0.6 + 0.8 + 0.3 + 0.7 + 0.9 + 0.2) / 6]
+    )

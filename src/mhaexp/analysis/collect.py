@@ -603,6 +603,23 @@ def _massive(model: Any, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
     return {k: torch.tensor(v) for k, v in rows.items()}
 
 
+def js_within_across(js: Tensor, n_heads: Sequence[int]) -> dict[str, Tensor]:
+    """Per layer, the mean JS divergence between two of its heads (``js_within``) and between one of its
+    heads and a head of another layer (``js_across``): Clark et al. 2019 (Sec. 6) find heads of one layer
+    behaving alike. ``js`` is the ``(N, N)`` head matrix in layer order."""
+    layer_of = torch.cat([torch.full((n,), i) for i, n in enumerate(n_heads)])
+    same = layer_of[:, None] == layer_of[None, :]
+    off_diag = ~torch.eye(len(layer_of), dtype=torch.bool)
+    within, across = [], []
+    for i in range(len(n_heads)):
+        rows = layer_of == i
+        w = js[rows][:, rows][off_diag[rows][:, rows]]
+        a = js[rows][:, ~same[rows][0]] if len(n_heads) > 1 else js.new_empty(0)
+        within.append(float(w.mean()) if w.numel() else float("nan"))
+        across.append(float(a.mean()) if a.numel() else float("nan"))
+    return {"js_within": torch.tensor(within), "js_across": torch.tensor(across)}
+
+
 def _to(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
     return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
@@ -637,6 +654,7 @@ def _expensive(model: Any, probe: ProbeData, js: Tensor, result: HeadMetrics, wi
         ratio.append(div["ratio"])
         start += k
     result.metrics["js_nearest"] = _per_layer(per, width)
+    result.layer_metrics.update(js_within_across(js, result.n_heads))
     if result.mds is not None:
         xs, ys, start = [], [], 0
         for k in result.n_heads:

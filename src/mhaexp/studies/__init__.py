@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 STUDIES: dict[str, str] = {
     "ainslie2023": "mhaexp.studies.ainslie2023",
+    "clark2019": "mhaexp.studies.clark2019",
     "gu2024": "mhaexp.studies.gu2024",
     "head_count": "mhaexp.studies.head_count",
     "michel2019": "mhaexp.studies.michel2019",
