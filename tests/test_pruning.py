@@ -408,6 +408,22 @@ def test_l0_gates_train_and_come_back_on_resume(tmp_path: Path) -> None:
     assert load_model(ck / "last.ckpt").attention_layers[0].n_heads == 4  # our loader folds gates
 
 
+def test_l0_gate_lr_moves_the_gates_at_their_own_rate(tmp_path: Path) -> None:
+    # Adam moves a parameter by about its learning rate per step, whatever the gradient's size.
+    moved = {}
+    for gate_lr in (None, 0.5):
+        ck = tmp_path / str(gate_lr)
+        cfg = {"kind": "l0", "l0_lambda": 1.0, "physical": False, "gate_lr": gate_lr}
+        module, *_ = run_fit(cfg, ck, 2, extra=[ModelCheckpoint(dirpath=ck / "ck", save_last=True)])
+        state = torch.load(ck / "ck" / "last.ckpt", weights_only=False)
+        la = state["state_dict"]["model.blocks.0.attn.gate_fn.log_alpha"]
+        moved[gate_lr] = float((2.5 - la).mean())
+        lrs = [g["lr"] for g in state["optimizer_states"][0]["param_groups"]]
+        assert len(lrs) == (2 if gate_lr is None else 3)
+    # Two steps: about 2 x lr of movement for each (warmup scales both groups alike).
+    assert moved[0.5] > 20 * moved[None] > 0
+
+
 def test_role_criterion_without_provider_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^pruning\.criterion='role'"):
         run_fit({"kind": "one_shot", "count": 1, "criterion": "role"}, tmp_path, 1)

@@ -184,6 +184,11 @@ class PruningCallback(pl.Callback):
         # checkpoint's state_dict is loaded (so the gates' values come back).
         c = self.cfg
         l0mod.attach_l0_gates(pl_module.model, c.temperature, tuple(c.stretch), c.log_alpha_init)
+        if c.gate_lr is not None:
+            # configure_optimizers reads it: the gates get their own parameter group at this learning rate.
+            for name, _ in pl_module.model.named_parameters():
+                if name.endswith("log_alpha"):
+                    pl_module.param_lr[name] = float(c.gate_lr)
         extra = getattr(pl_module, "extra_losses", None)
         if isinstance(extra, dict):
             extra["l0_penalty"] = lambda: c.l0_lambda * l0mod.expected_l0(pl_module.model)

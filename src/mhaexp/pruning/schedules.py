@@ -247,6 +247,7 @@ class PruningConfig:
     temperature: float = setting(positive_number(), L0_TEMPERATURE, only=["l0"])
     stretch: tuple[float, float] = setting(STRETCH, L0_STRETCH, only=["l0"])
     log_alpha_init: float = setting(number(), 2.5, only=["l0"])
+    gate_lr: float | None = setting(optional(positive_number()), None, only=["l0"])
     n_batches: int = setting(positive_int(), 4, only=PRUNING)  # held-out batches for rankings and quality
     max_rows: int = setting(positive_int(), 256, only=RANKED)  # ablation: sequences per batched forward
     seed: int = setting(integer(), 0, only=RANKED)  # random criterion and random tie-breaks

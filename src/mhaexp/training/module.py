@@ -65,6 +65,8 @@ class LMModule(pl.LightningModule):
         self.model = Transformer(self.model_cfg)
         # Extra training-loss terms by name (e.g. the L0 penalty of mhaexp.pruning); callbacks fill it.
         self.extra_losses: dict[str, Callable[[], torch.Tensor]] = {}
+        # Parameters trained at their own learning rate, by name (L0 gates under pruning.gate_lr); callbacks fill it.
+        self.param_lr: dict[str, float] = {}
         self._retrieval_sums: torch.Tensor | None = None
         self._icl_sums: torch.Tensor | None = None
         self.save_hyperparameters(
@@ -231,23 +233,30 @@ class LMModule(pl.LightningModule):
         self._retrieval_sums = None
 
     # ---- optimization ------------------------------------------------------------------------
-    def param_group_names(self) -> tuple[list[str], list[str]]:
-        """Names of the trained parameters of ``self.model``: (weight-decayed, not decayed), optimizer order."""
+    def param_groups(self) -> list[tuple[list[str], dict[str, float]]]:
+        """The optimizer's parameter groups, in order: (names, options). Weight-decayed, not decayed, then one
+        group per learning rate of :attr:`param_lr`."""
         decay, no_decay = [], []
+        own: dict[float, list[str]] = {}
         for name, p in self.model.named_parameters():
-            if p.requires_grad:
+            if not p.requires_grad:
+                continue
+            if name in self.param_lr:
+                own.setdefault(self.param_lr[name], []).append(name)
+            else:
                 (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(name)
-        return decay, no_decay
+        groups = [(decay, {"weight_decay": self.optim.weight_decay}), (no_decay, {"weight_decay": 0.0})]
+        return groups + [(names, {"weight_decay": 0.0, "lr": lr}) for lr, names in own.items()]
+
+    def param_group_names(self) -> list[list[str]]:
+        """Names of the trained parameters of ``self.model`` per optimizer group, in optimizer order."""
+        return [names for names, _ in self.param_groups()]
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
         params = dict(self.model.named_parameters())
-        decay, no_decay = ([params[n] for n in names] for names in self.param_group_names())
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr,
-            betas=o.betas,
-        )
+        groups = [{"params": [params[n] for n in names], **opts} for names, opts in self.param_groups()]
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
         total = max(1, int(self.trainer.max_steps if self.trainer.max_steps > 0 else 1000))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o.warmup_steps, total, o.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
