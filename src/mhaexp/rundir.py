@@ -38,6 +38,7 @@ INIT_CONVERSION_FILE = "init_conversion.json"  # init_from quality before and af
 CHECKPOINT_DIR = "checkpoints"
 PRUNED_CHECKPOINT = "pruned.ckpt"  # the physically pruned model at the end of a pruning run
 PRUNING_CURVE_FILE = "pruning_curve.csv"
+PRUNING_FILE = "pruning.json"  # every pruning step: heads, roles, quality; the physical-removal report
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, to decode and analyse its checkpoints offline (data.tokenizers)
 ANALYSIS_DIR = "analysis"  # the per-head analysis' tables, report and pictures
 HEAD_METRICS_FILE = "head_metrics.csv"

@@ -44,7 +44,7 @@ from mhaexp.pruning.schedules import (
     validate_pruning,
 )
 from mhaexp.pruning.surgery import apply_mask, checkpoint_for, format_heads, masked_heads, prune_heads
-from mhaexp.rundir import PRUNED_CHECKPOINT, PRUNING_CURVE_FILE
+from mhaexp.rundir import PRUNED_CHECKPOINT, PRUNING_CURVE_FILE, PRUNING_FILE
 
 BatchSource = Sequence[Batch] | Callable[[pl.Trainer], Sequence[Batch]] | None
 
@@ -448,7 +448,7 @@ class PruningCallback(pl.Callback):
             "curve": self.curve,
             "physical": report,
         }
-        (run_dir / "pruning.json").write_text(json.dumps(summary, indent=2))
+        (run_dir / PRUNING_FILE).write_text(json.dumps(summary, indent=2))
         for run in _wandb_experiments(trainer):
             log_curve_to_wandb(run, self.curve, png, self.events)
 

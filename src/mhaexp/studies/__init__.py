@@ -20,6 +20,8 @@ STUDIES: dict[str, str] = {
     "head_count": "mhaexp.studies.head_count",
     "michel2019": "mhaexp.studies.michel2019",
     "olsson2022": "mhaexp.studies.olsson2022",
+    "seed_table": "mhaexp.studies.seed_table",
+    "voita2019": "mhaexp.studies.voita2019",
     "wu2024": "mhaexp.studies.wu2024",
 }
 
