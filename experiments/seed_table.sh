@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
-# The seed document's "What Different Heads Learn": the default causal LM and a masked-LM encoder, both
-# on the grammar at the default budget, then the best head for each of the seed's five rows.
-# The causal LM finds subject-verb, noun-adjective, coreference and prepositional heads; a head that
-# attends to the adjacent token for 90% of queries (Voita et al.'s positional bar) forms in the encoder,
-# whose attention sees both neighbours, as in the seed's "each token -> previous/next token".
-source "$(dirname "$0")/_lib.sh"
-causal_log=$(mktemp)
-encoder_log=$(mktemp)
-$BIN/mhaexp-train logger.tags=[seed_table] | tee "$causal_log"
-$BIN/mhaexp-train model=encoder logger.tags=[seed_table] | tee "$encoder_log"
-$BIN/python -m mhaexp.analysis.seed_table "$(run_dir_of "$causal_log")" "$(run_dir_of "$encoder_log")"
+# The seed's "What Different Heads Learn": five kinds of heads, found in our models
+# Writes studies/seed_table/{verdict.json,report.md}. Options: --steps N --seeds N --jobs N --out DIR --verdict-only,
+# and mhaexp-train overrides for every job (trainer=gpu). STUDY_SMOKE=1: a few dozen steps, proves it runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/mhaexp-study ] || make install
+exec .venv/bin/mhaexp-study seed_table "$@"

@@ -148,3 +148,21 @@ def test_study_cli_lists_and_refuses_bad_input(cli, tmp_path: Path) -> None:
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "trainer" in bad.stderr and "tpu" in bad.stderr
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_every_study_has_its_experiments_script(tmp_path: Path) -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = {p.stem for p in (root / "experiments").glob("*.sh")}
+    assert scripts == set(STUDIES)
+    # The script is the documented command: it hands its arguments to mhaexp-study.
+    proc = subprocess.run(
+        [str(root / "experiments" / "gu2024.sh"), "trainer=tpu", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("mhaexp-study: error: ")
+    assert "tpu" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

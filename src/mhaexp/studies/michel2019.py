@@ -51,7 +51,8 @@ def spearman(run_dir: Path) -> float:
         return math.nan
     heads = sorted(abl[steps[-1]])
     frame = pd.DataFrame({"i": [imp[steps[-1]][h] for h in heads], "a": [abl[steps[-1]][h] for h in heads]})
-    return float(frame["i"].corr(frame["a"], method="spearman"))
+    ranks = frame.rank()  # Spearman = Pearson of the ranks (ties share their mean rank)
+    return float(ranks["i"].corr(ranks["a"]))
 
 
 class Michel2019(Study):
