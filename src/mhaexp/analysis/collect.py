@@ -405,9 +405,9 @@ class _Sums:
 def _pattern_chunks(
     model: Any,
     batches: Sequence[Batch],
-    T: int,
+    T: int,  # noqa: N803
     chunk_elements: int,
-    device: torch.device,  # noqa: N803
+    device: torch.device,
 ) -> Iterator[tuple[int, int, Tensor]]:
     """``(first row, layer, patterns (b, H_l, T, T) float)`` over the rows of ``batches`` (rows numbered
     across batches), in micro-batches of sequences and one layer at a time, right-padded to ``T`` as
@@ -426,10 +426,8 @@ def _pattern_chunks(
 
 
 def _induction_sums(sums: _Sums, layer: int, chunk: M.Chunk, tokens: Tensor) -> None:
-    sums.add("induction", layer, M.induction_sums(chunk, tokens))
-    sums.add("duplicate", layer, M.duplicate_token_sums(chunk, tokens))
-    sums.add("prefix_matching", layer, M.prefix_matching_sums(chunk, tokens))
-    sums.add("duplicate_matching", layer, M.duplicate_matching_sums(chunk, tokens))
+    for key, value in M.repeat_sums(chunk, tokens).items():
+        sums.add(key, layer, value)
 
 
 def compute_head_metrics(
