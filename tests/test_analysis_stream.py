@@ -111,3 +111,14 @@ def test_gradient_importance_in_micro_batches_is_the_whole_batch_gradient(setup:
     for a, b in zip(whole, parts, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
         assert bool((a > 0).all())
+
+
+def test_bench_memory_rows_measure_one_step_in_a_fresh_process() -> None:
+    from mhaexp.tools.bench_analysis import memory_rows
+
+    rows = memory_rows(2, seq_lens=(64,))
+    assert [r.metric for r in rows] == ["peak memory", "time per analysis step"]
+    peak, took = rows
+    assert peak.unit == "MB" and 0 < peak.median < 2000 and peak.target is None
+    assert peak.extra["full_patterns_mb"] == 4 * 2 * 8 * 64 * 64 * 4 / 2**20
+    assert took.unit == "s" and took.median > 0
