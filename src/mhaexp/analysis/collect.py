@@ -10,10 +10,16 @@ Layout of the result (:class:`HeadMetrics`):
 * ``layer_metrics[key]``: ``(L,)`` per-layer values (GQA group diversity).
 * ``js`` ``(N, N)`` / ``mds`` ``(N, 2)``: over all real heads, head ``k`` is ``head_index[k]``.
 
+Memory: the analysis streams (:func:`compute_head_metrics`). Patterns exist for one layer and one
+micro-batch of sequences at a time (:data:`PATTERN_CHUNK_ELEMENTS`), and every metric is accumulated as
+a sum and a count, so a long-context probe (B = 64, T = 1024: 8.6 GB of patterns over 4 layers of 8
+heads) is analysed in about a gigabyte, with the numbers of the whole-pattern computation.
+
 Two tiers, so that periodic analysis stays cheap (see ``expensive_every`` in conf/analysis):
 
-* cheap: one explicit-attention forward per probe batch and one on repeated random sequences,
-  the pattern metrics, copying score (weights only) and gradient importance (one backward per batch);
+* cheap: one explicit-attention forward per probe batch (the one gradient importance backpropagates
+  through, when the probe is one micro-batch) and one on repeated random sequences, the pattern metrics,
+  copying score (weights only) and gradient importance (one backward per batch);
 * expensive (``expensive=True``): ablation importance, JS divergence between all heads, MDS and GQA
   group diversity.
 """
