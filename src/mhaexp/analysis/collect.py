@@ -10,10 +10,16 @@ Layout of the result (:class:`HeadMetrics`):
 * ``layer_metrics[key]``: ``(L,)`` per-layer values (GQA group diversity).
 * ``js`` ``(N, N)`` / ``mds`` ``(N, 2)``: over all real heads, head ``k`` is ``head_index[k]``.
 
+Memory: the analysis streams (:func:`compute_head_metrics`). Patterns exist for one layer and one
+micro-batch of sequences at a time (:data:`PATTERN_CHUNK_ELEMENTS`), and every metric is accumulated as
+a sum and a count, so a long-context probe (B = 64, T = 1024: 8.6 GB of patterns over 4 layers of 8
+heads) is analysed in about a gigabyte, with the numbers of the whole-pattern computation.
+
 Two tiers, so that periodic analysis stays cheap (see ``expensive_every`` in conf/analysis):
 
-* cheap: one explicit-attention forward per probe batch and one on repeated random sequences,
-  the pattern metrics, copying score (weights only) and gradient importance (one backward per batch);
+* cheap: one explicit-attention forward per probe batch (the one gradient importance backpropagates
+  through, when the probe is one micro-batch) and one on repeated random sequences, the pattern metrics,
+  copying score (weights only) and gradient importance (one backward per batch);
 * expensive (``expensive=True``): ablation importance, JS divergence between all heads, MDS and GQA
   group diversity.
 """
@@ -441,11 +447,19 @@ def _word_chunk(chunk: M.Chunk, sub: Batch, causal: bool) -> M.Chunk:
     return M.Chunk(word_attention(chunk.patterns, words), word_mask(words), causal)
 
 
+def _can_share_forward(model: Any, probe: ProbeData, seq_len: int, chunk_elements: int) -> bool:
+    """Whether gradient importance's forwards can also give the patterns: the causal objective (its inputs
+    are the probe's own ids; masked LM corrupts them), and every probe batch small enough to be one
+    micro-batch of patterns and of importance tokens."""
+    rows = chunk_elements // (max(a.n_heads for a in model.attention_layers) * seq_len**2)
+    return probe.objective is causal_lm_objective and all(
+        b["input_ids"].shape[0] <= rows and b["input_ids"].numel() <= IMPORTANCE_CHUNK_TOKENS for b in probe.batches
+    )
+
+
 def _induction_sums(sums: _Sums, layer: int, chunk: M.Chunk, tokens: Tensor) -> None:
-    sums.add("induction", layer, M.induction_sums(chunk, tokens))
-    sums.add("duplicate", layer, M.duplicate_token_sums(chunk, tokens))
-    sums.add("prefix_matching", layer, M.prefix_matching_sums(chunk, tokens))
-    sums.add("duplicate_matching", layer, M.duplicate_matching_sums(chunk, tokens))
+    for key, value in M.repeat_sums(chunk, tokens).items():
+        sums.add(key, layer, value)
 
 
 def compute_head_metrics(
@@ -493,42 +507,64 @@ def compute_head_metrics(
     sums = _Sums(L)
     example: list[Tensor] = []
     js_rows: list[Tensor] = []  # the JS sequences' slices of the current micro-batch, one per layer
+
+    def consume(row: int, layer: int, p: Tensor) -> None:
+        """Add one layer's patterns of the rows ``row..`` to the sums (and keep what the result shows)."""
+        nonlocal js_rows
+        rows = slice(row, row + p.shape[0])
+        sub = {k: v[rows] for k, v in on.items()}
+        chunk = M.Chunk(p, sub["attention_mask"], causal)
+        frac, _ = M.relative_position_sums(chunk, max_offset)
+        sums.add("argmax_frac", layer, frac)
+        sums.add("normalized_entropy", layer, M.normalized_entropy_sums(chunk))
+        sums.add("entropy", layer, M.entropy_sums(chunk))
+        sums.add("confidence", layer, M.confidence_sums(chunk))
+        sums.add("prev_token_attn", layer, M.previous_token_sums(chunk))
+        sums.add("sink", layer, M.sink_sums(chunk))
+        sums.add("sink_rate", layer, M.sink_rate_sums(chunk))
+        if probe.token_freq is not None:
+            sums.add("rare_word", layer, M.rare_token_sums(chunk, sub["input_ids"], probe.token_freq))
+        if window * 4 <= T:
+            sums.add("streaming", layer, streaming_sums(chunk, window))
+        if "needle" in sub and "answer" in sub:
+            needle, answer = sub["needle"].bool(), sub["answer"].bool()
+            sums.add("retrieval", layer, retrieval_sums(chunk, sub["input_ids"], needle, answer))
+        words = _word_chunk(chunk, sub, causal) if syntax is not None or has_coref else chunk
+        if syntax is not None:
+            sums.add("syntactic_accuracy", layer, _syntax_sums(words, targets[:, rows], syntax[1]))
+        if has_coref:
+            sums.add("coreference", layer, M.dep2head_sums(words.top_other, sub["coref"].long()[None], words.mask))
+        if probe.repeated:
+            _induction_sums(sums, layer, chunk, sub["input_ids"])
+        if row == 0:
+            example.append(p[0, :, :n_first, :n_first].cpu().clone())
+        if expensive and row < n_js:
+            js_rows.append(p[: n_js - row, :, :t_js, :t_js])
+            if layer == L - 1:  # every layer of these sequences: compare all heads
+                flat = torch.cat(js_rows, dim=1)  # (b, N, t, t), head l*H_l + h in layer order
+                sums.add("js", 0, js_divergence_sums(flat, sub["attention_mask"][: flat.shape[0], :t_js]))
+                js_rows = []
+
+    grads = None
+    batches_d = _to(probe.batches, device)
+    if importance and _can_share_forward(model, probe, T, chunk_elements):
+        # One forward serves both: the importance forward takes the explicit path and hands its patterns over.
+        starts = [0]
+        for b in probe.batches:
+            starts.append(starts[-1] + b["input_ids"].shape[0])
+
+        def on_patterns(index: int, ps: list[Tensor]) -> None:
+            pad = T - ps[0].shape[-1]
+            for layer, w in enumerate(ps):
+                w = w.float()
+                consume(starts[index], layer, F.pad(w, (0, pad, 0, pad)) if pad else w)
+
+        grads = gradient_importance(model, batches_d, probe.objective, on_patterns=on_patterns)
     with eval_mode(model), torch.no_grad():
-        for row, layer, p in _pattern_chunks(model, probe.batches, T, chunk_elements, device):
-            rows = slice(row, row + p.shape[0])
-            sub = {k: v[rows] for k, v in on.items()}
-            chunk = M.Chunk(p, sub["attention_mask"], causal)
-            frac, _ = M.relative_position_sums(chunk, max_offset)
-            sums.add("argmax_frac", layer, frac)
-            sums.add("normalized_entropy", layer, M.normalized_entropy_sums(chunk))
-            sums.add("entropy", layer, M.entropy_sums(chunk))
-            sums.add("confidence", layer, M.confidence_sums(chunk))
-            sums.add("prev_token_attn", layer, M.previous_token_sums(chunk))
-            sums.add("sink", layer, M.sink_sums(chunk))
-            sums.add("sink_rate", layer, M.sink_rate_sums(chunk))
-            if probe.token_freq is not None:
-                sums.add("rare_word", layer, M.rare_token_sums(chunk, sub["input_ids"], probe.token_freq))
-            if window * 4 <= T:
-                sums.add("streaming", layer, streaming_sums(chunk, window))
-            if "needle" in sub and "answer" in sub:
-                needle, answer = sub["needle"].bool(), sub["answer"].bool()
-                sums.add("retrieval", layer, retrieval_sums(chunk, sub["input_ids"], needle, answer))
-            words = _word_chunk(chunk, sub, causal) if syntax is not None or has_coref else chunk
-            if syntax is not None:
-                sums.add("syntactic_accuracy", layer, _syntax_sums(words, targets[:, rows], syntax[1]))
-            if has_coref:
-                sums.add("coreference", layer, M.dep2head_sums(words.top_other, sub["coref"].long()[None], words.mask))
-            if probe.repeated:
-                _induction_sums(sums, layer, chunk, sub["input_ids"])
-            if row == 0:
-                example.append(p[0, :, :n_first, :n_first].cpu().clone())
-            if expensive and row < n_js:
-                js_rows.append(p[: n_js - row, :, :t_js, :t_js])
-                if layer == L - 1:  # every layer of these sequences: compare all heads
-                    flat = torch.cat(js_rows, dim=1)  # (b, N, t, t), head l*H_l + h in layer order
-                    sums.add("js", 0, js_divergence_sums(flat, sub["attention_mask"][: flat.shape[0], :t_js]))
-                    js_rows = []
-            del chunk, p, sub
+        if grads is None:
+            for row, layer, p in _pattern_chunks(model, probe.batches, T, chunk_elements, device):
+                consume(row, layer, p)
+                del p
 
         # Induction and duplicate-token heads need repeats to look at.
         if not probe.repeated:
@@ -561,12 +597,11 @@ def compute_head_metrics(
 
     gqa = any(a.n_kv_heads < a.n_heads for a in layers)
     if importance:
-        grads = gradient_importance(
-            model, _to(probe.batches, device), probe.objective, max_tokens=IMPORTANCE_CHUNK_TOKENS
-        )
+        if grads is None:
+            grads = gradient_importance(model, batches_d, probe.objective, max_tokens=IMPORTANCE_CHUNK_TOKENS)
         out["importance"] = _per_layer(grads, H)
         if gqa:
-            groups = group_importance(model, _to(probe.batches, device), probe.objective)
+            groups = group_importance(model, batches_d, probe.objective)
             out["group_importance"] = _per_layer(_per_head(groups, model), H)
     result = HeadMetrics(out, n_heads, relation_names, directions, expensive=expensive)
     with eval_mode(model), torch.no_grad():

@@ -24,7 +24,7 @@ The criteria that need no model (``random``, ``role``) and the dispatch by name 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,10 +53,19 @@ def eval_mode(model: Transformer):
         model.train(was)
 
 
-def _token_losses(model: Transformer, batch: Batch, index: int, objective: Objective) -> tuple[Tensor, Tensor, Tensor]:
+# Called with (batch index, every layer's detached pattern of that batch's inputs) by a forward that computes
+# the explicit patterns anyway: the analysis shares the importance forward instead of running its own.
+PatternSink = Callable[[int, list[Tensor]], None]
+
+
+def _token_losses(
+    model: Transformer, batch: Batch, index: int, objective: Objective, on_patterns: PatternSink | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """(per-token loss (B, T), correct (B, T) bool, scored (B, T) bool)."""
     inputs, targets = objective(batch, index)
-    logits, _ = model(inputs, attention_mask=batch["attention_mask"])  # (B, T, V)
+    logits, patterns = model(inputs, attention_mask=batch["attention_mask"], need_weights=on_patterns is not None)
+    if on_patterns is not None:
+        on_patterns(index, [p.detach() for p in patterns])
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none")
     scored = targets != IGNORE
     return loss.view(targets.shape), logits.argmax(-1) == targets, scored
@@ -77,14 +86,24 @@ def evaluate(
     return total / max(count, 1.0), correct / max(count, 1.0)
 
 
-def batch_loss(model: Transformer, batch: Batch, index: int = 0, objective: Objective = causal_lm_objective) -> Tensor:
+def batch_loss(
+    model: Transformer,
+    batch: Batch,
+    index: int = 0,
+    objective: Objective = causal_lm_objective,
+    on_patterns: PatternSink | None = None,
+) -> Tensor:
     """Mean loss over the batch's scored tokens (differentiable)."""
-    loss, _, scored = _token_losses(model, batch, index, objective)
+    loss, _, scored = _token_losses(model, batch, index, objective, on_patterns)
     return loss[scored].sum() / scored.sum().clamp_min(1)
 
 
 def _gate_gradients(
-    model: Transformer, batches: Sequence[Batch], objective: Objective, max_tokens: int | None = None
+    model: Transformer,
+    batches: Sequence[Batch],
+    objective: Objective,
+    max_tokens: int | None = None,
+    on_patterns: PatternSink | None = None,
 ) -> list[list[Tensor]]:
     """Per batch, the signed ``dL/d head_gate`` of every layer (the weights' ``.grad`` untouched).
 
@@ -102,9 +121,11 @@ def _gate_gradients(
                 B, T = batch["attention_mask"].shape
                 rows = B if max_tokens is None else max(1, max_tokens // T)
                 if rows >= B:
-                    loss = batch_loss(model, batch, i, objective)
+                    loss = batch_loss(model, batch, i, objective, on_patterns)
                     # autograd.grad, not backward: the weights' .grad must stay as training left them.
                     grads = [g.detach().float().cpu() for g in torch.autograd.grad(loss, gates)]
+                elif on_patterns is not None:
+                    raise ValueError("on_patterns needs whole-batch forwards: max_tokens below the batch's tokens")
                 else:
                     inputs, targets = objective(batch, i)  # the whole batch's draws (masked LM)
                     count = (targets != IGNORE).sum().clamp_min(1)
@@ -127,12 +148,17 @@ def gradient_importance(
     batches: Sequence[Batch],
     objective: Objective = causal_lm_objective,
     max_tokens: int | None = None,
+    on_patterns: PatternSink | None = None,
 ) -> list[Tensor]:
     """Michel et al. 2019's head importance ``I_h = E_x |dL/dxi_h|``, ``xi_h`` = ``head_gate[h]``.
-    ``max_tokens`` bounds the tokens of one forward + backward (the same gradient, in micro-batches)."""
+
+    ``max_tokens`` bounds the tokens of one forward + backward (the same gradient, in micro-batches).
+    ``on_patterns``: the forwards take the explicit-attention path and hand each batch's patterns to it
+    (whole batches only); the gradient is the same function, computed along the other attention path.
+    """
     sizes = layer_sizes(model)
     acc = [torch.zeros(n) for n in sizes]
-    for grads in _gate_gradients(model, batches, objective, max_tokens):
+    for grads in _gate_gradients(model, batches, objective, max_tokens, on_patterns):
         for a, g in zip(acc, grads, strict=True):
             a += g.abs()
     return [a / max(1, len(batches)) for a in acc]

@@ -381,12 +381,22 @@ def _detection_score(
         keep = keep & (torch.arange(T, device=mask.device) != 0)
     if exclude_current_token:
         keep = keep & ~torch.eye(T, dtype=torch.bool, device=mask.device)
-    kept = patterns * keep[:, None].to(patterns.dtype)
-    num = (kept * detection[:, None].to(patterns.dtype)).sum(dim=(-2, -1))  # (B, H)
-    den = kept.sum(dim=(-2, -1))
-    defined = (den > 0).to(patterns.dtype)
-    per_seq = _safe_ratio(num, den, 0.0)
-    return Ratio((per_seq * defined).sum(0), defined.sum(0))
+    mass = _mass_on(patterns, torch.stack([keep & detection, keep], dim=1))
+    return _per_sequence_ratio(mass[..., 0], mass[..., 1])
+
+
+def _mass_on(patterns: Tensor, areas: Tensor) -> Tensor:
+    """Attention mass each head puts on each of n (query, key) areas, ``(B, H, n)``; ``areas`` ``(B, n, Q, K)``
+    bool. One batched product over the flattened grid: no pattern-sized temporary, one pass over the
+    patterns for all areas."""
+    B, H = patterns.shape[:2]
+    return torch.bmm(patterns.reshape(B, H, -1), areas.flatten(2).transpose(1, 2).to(patterns.dtype))
+
+
+def _per_sequence_ratio(num: Tensor, den: Tensor) -> Ratio:
+    """``num / den`` per sequence ``(B, H)``, averaged over the sequences where ``den > 0``."""
+    defined = (den > 0).to(num.dtype)
+    return Ratio((_safe_ratio(num, den, 0.0) * defined).sum(0), defined.sum(0))
 
 
 def _earlier(n: int, device: torch.device) -> Tensor:
@@ -505,10 +515,25 @@ def _target_attention(patterns: Tensor, detection: Tensor, mask: Tensor) -> Rati
     """
     real = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
     targets = detection & real
-    has_target = targets.any(-1)  # (B, Q)
-    on_target = (patterns * targets[:, None].to(patterns.dtype)).sum(-1)  # (B, H, Q)
-    weight = has_target[:, None].to(patterns.dtype)
-    return Ratio((on_target * weight).sum(dim=(0, 2)), weight.sum(dim=(0, 2)))
+    # A query without targets puts no mass on them: summing over all queries is summing over the eligible.
+    return Ratio(_mass_on(patterns, targets[:, None])[..., 0].sum(0), targets.any(-1).to(patterns.dtype).sum())
+
+
+def repeat_sums(chunk: Chunk, tokens: Tensor) -> dict[str, Ratio]:
+    """``induction``, ``duplicate`` (:func:`induction_score`, :func:`duplicate_token_score`),
+    ``prefix_matching`` and ``duplicate_matching`` of one chunk, from one pass over its patterns."""
+    tokens = _check_tokens(tokens, chunk.patterns)
+    mask = chunk.mask
+    real = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
+    induction, duplicate = _induction_pattern(tokens) & real, _duplicate_pattern(tokens) & real
+    mass = _mass_on(chunk.patterns, torch.stack([induction, duplicate, real], dim=1))
+    dtype = chunk.patterns.dtype
+    return {
+        "induction": _per_sequence_ratio(mass[..., 0], mass[..., 2]),
+        "duplicate": _per_sequence_ratio(mass[..., 1], mass[..., 2]),
+        "prefix_matching": Ratio(mass[..., 0].sum(0), induction.any(-1).to(dtype).sum()),
+        "duplicate_matching": Ratio(mass[..., 1].sum(0), duplicate.any(-1).to(dtype).sum()),
+    }
 
 
 def prefix_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
