@@ -60,15 +60,20 @@ def cli_env(cwd: Path, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def cli() -> Callable[..., subprocess.CompletedProcess]:
-    """``cli("mhaexp-train", *args, cwd=..., env=..., timeout=...)``: run one of our entry points for real."""
+    """``cli("mhaexp-train", *args, cwd=..., env=..., timeout=..., extra_env=...)``: run an entry point for real."""
 
     def run(
-        entry: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
+        entry: str,
+        *args: str,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        timeout: int = 300,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(BIN / entry), *args],
             cwd=cwd,
-            env=env if env is not None else cli_env(Path(cwd)),
+            env={**(env if env is not None else cli_env(Path(cwd))), **(extra_env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

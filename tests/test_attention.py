@@ -19,10 +19,10 @@ torch.manual_seed(0)
 def copy_into_torch_mha(ours: MultiHeadAttention, bias: bool) -> nn.MultiheadAttention:
     ref = nn.MultiheadAttention(ours.d_model, ours.n_heads, bias=bias, batch_first=True)
     with torch.no_grad():
-        ref.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        ref.in_proj_weight.copy_(ours.qkv_proj.weight)
         ref.out_proj.weight.copy_(ours.o_proj.weight)
         if bias:
-            ref.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+            ref.in_proj_bias.copy_(ours.qkv_proj.bias)
             ref.out_proj.bias.copy_(ours.o_proj.bias)
     return ref
 
@@ -45,9 +45,10 @@ def repeat_kv_reference(layer: MultiHeadAttention, x: torch.Tensor) -> torch.Ten
     """The straightforward GQA: materialize each query head's K/V by repetition."""
     B, T, _ = x.shape
     nh, nkv, hs = layer.n_heads, layer.n_kv_heads, layer.head_dim
-    q = layer.q_proj(x).view(B, T, nh, hs).transpose(1, 2)
-    k = layer.k_proj(x).view(B, T, nkv, hs).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
-    v = layer.v_proj(x).view(B, T, nkv, hs).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
+    (wq, wk, wv), (bq, bk, bv) = layer.split_qkv(layer.qkv_proj.weight), layer.split_qkv(layer.qkv_proj.bias)
+    q = F.linear(x, wq, bq).view(B, T, nh, hs).transpose(1, 2)
+    k = F.linear(x, wk, bk).view(B, T, nkv, hs).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
+    v = F.linear(x, wv, bv).view(B, T, nkv, hs).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
     att = (q @ k.transpose(-2, -1)) / hs**0.5
     att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
     y = (att @ v).transpose(1, 2).reshape(B, T, nh * hs)
@@ -58,7 +59,11 @@ def repeat_kv_reference(layer: MultiHeadAttention, x: torch.Tensor) -> torch.Ten
 @pytest.mark.parametrize("head_dim", [None, 12])
 def test_gqa_and_mqa_match_repeat_kv(n_kv_heads: int, head_dim: int | None) -> None:
     layer = MultiHeadAttention(48, 8, n_kv_heads=n_kv_heads, head_dim=head_dim).eval()
-    assert layer.k_proj.out_features == n_kv_heads * layer.head_dim
+    assert [t.shape[0] for t in layer.split_qkv(layer.qkv_proj.weight)] == [
+        8 * layer.head_dim,
+        n_kv_heads * layer.head_dim,
+        n_kv_heads * layer.head_dim,
+    ]
     x = torch.randn(2, 9, 48)
     want = repeat_kv_reference(layer, x)
     fast, none = layer(x)
@@ -88,7 +93,8 @@ def test_gate_zero_removes_exactly_one_head() -> None:
     x = torch.randn(2, 6, 32)
     _, w = layer(x, need_weights=True)
     # Each head's own contribution, computed independently of the gate machinery.
-    v = layer.v_proj(x).view(2, 6, 2, 8).transpose(1, 2).repeat_interleave(2, dim=1)
+    w_v, b_v = layer.split_qkv(layer.qkv_proj.weight)[2], layer.split_qkv(layer.qkv_proj.bias)[2]
+    v = F.linear(x, w_v, b_v).view(2, 6, 2, 8).transpose(1, 2).repeat_interleave(2, dim=1)
     per_head = (w @ v).transpose(1, 2)  # (B, T, nh, hs)
     full, _ = layer(x)
     layer.head_gate[2] = 0.0
@@ -109,7 +115,7 @@ def test_gradients_reach_the_gates() -> None:
 
 def test_head_dim_decoupled_and_kv_grouping() -> None:
     layer = MultiHeadAttention(64, 8, n_kv_heads=2, head_dim=32)
-    assert layer.q_proj.out_features == 256 and layer.o_proj.in_features == 256
+    assert layer.qkv_proj.out_features == 256 + 2 * 64 and layer.o_proj.in_features == 256
     assert [layer.kv_head_of(h) for h in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
 
 

@@ -95,3 +95,29 @@ def test_gpu_check_without_cuda_exits_1_quickly(tmp_path: Path) -> None:
     assert p.returncode == 1
     assert "no CUDA device" in p.stdout + p.stderr
     assert not (tmp_path / "g.json").exists()
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"not JSON: {name}")
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_runs_every_performance_section_on_cpu(tmp_path: Path) -> None:
+    """``gpu_check --tiny``: the GPU check's layer timing, compile, MFU and sweep code end to end on the CPU,
+    the target table printed, strict JSON written (no NaN/Infinity)."""
+    out = tmp_path / "g.json"
+    p = run_module("mhaexp.tools.gpu_check", "--tiny", "--out", str(out), timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    doc = json.loads(out.read_text(), parse_constant=_no_constants)
+    assert doc["mode"] == "tiny" and doc["ok"] is True
+    assert doc["status"] == {"layer_timing": "PASS", "compile": "PASS", "sweep": "PASS"}
+    rows = {r["target"]: r for r in doc["targets"]}
+    assert len(rows) == 5 and all(isinstance(r["value"], float) and r["value"] > 0 for r in rows.values())
+    assert {r["bound"] for r in rows.values()} == {"<= 1", ">= 1.5", ">= 0.4", ">= 3"}
+    res = doc["results"]
+    assert all(t["max_abs_diff_outputs"] < 1e-5 for t in res["layer_timing"]["fwd_bwd"].values())
+    comp = res["compile"]
+    assert comp["eager"]["tokens_per_s"] > 0 and comp["compiled"]["tokens_per_s"] > 0 and comp["compile_s"] > 0
+    assert 0 < comp["compiled"]["mfu_measured"] < 1
+    assert res["sweep"]["finished_jobs"] == {"seq": 2, "par": 2}
+    assert "targets (issue 14) -- TINY MODE" in p.stdout and "trainer.compile tokens/s compiled/eager" in p.stdout

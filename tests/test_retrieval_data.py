@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from mhaexp.data.retrieval import KEY, QUERY, VAL, RetrievalSource
+from mhaexp.data.retrieval import KEY, QUERY, VAL, RetrievalSource, depth_bin, depth_bin_labels
 from mhaexp.errors import ConfigError
+from mhaexp.nn.objectives import answer_depth, answer_exact_match
 
 SIZES = {"train": 50, "val": 10, "probe": 5}
 
@@ -38,9 +40,31 @@ def test_sequences_hold_the_asked_needle_and_its_answer(filler: str) -> None:
         assert words[start : start + 3] == answer
         # "answer" marks the queries that predict an answer token: <val> and the first two answer tokens.
         assert [i for i, v in enumerate(row["answer"]) if v] == [q + 2, q + 3, q + 4]
-        assert len(set(row["depth"])) == 1
-        depths.add(row["depth"][0])
+        assert {row["answer"][i] for i in (q + 2, q + 3, q + 4)} == {1}
+        # The depth is recorded at the answer steps only, and it is where the asked needle sits.
+        d = {row["depth"][i] for i in (q + 2, q + 3, q + 4)}
+        assert len(d) == 1 and set(row["depth"]) == d | {-1}
+        hay_before = k[0] - 1 - (6 if start > [i for i, w in enumerate(words[:q]) if w == KEY][0] + 3 else 0)
+        assert d == {round(100 * hay_before / (64 - 1 - 3 * 6))}
+        depths |= d
     assert len(depths) > 10  # depths spread over the haystack
+
+
+def test_several_queries_ask_distinct_needles_in_turn() -> None:
+    src = RetrievalSource(seq_len=96, sizes=SIZES, seed=1, n_needles=4, n_queries=3, value_len=2)
+    tok = src.tokenizer
+    for row in src.generate("val"):
+        words = [tok.id_to_token(i) for i in row["input_ids"]]
+        queries = [i for i, w in enumerate(words) if w == QUERY]
+        assert len(queries) == 3 and queries[-1] == 96 - 5
+        asked = [words[q + 1] for q in queries]
+        assert len(set(asked)) == 3
+        for n, q in enumerate(queries, start=1):
+            k = next(i for i, w in enumerate(words[:q]) if w == KEY and words[i + 1] == words[q + 1])
+            assert words[q + 3 : q + 5] == words[k + 3 : k + 5]  # the answer is that needle's value
+            assert [i for i, a in enumerate(row["answer"]) if a == n] == [q + 2, q + 3]
+            assert row["needle"][k + 3] == row["needle"][k + 4] == 1
+        assert sum(row["needle"]) == 6 and sum(a > 0 for a in row["answer"]) == 6
 
 
 def test_deterministic_and_split_dependent() -> None:
@@ -53,7 +77,7 @@ def test_deterministic_and_split_dependent() -> None:
 def test_depth_range() -> None:
     # seq_len 81: a haystack of 68 = 81 - <bos> - needle (6) - query (6), cut at 34.
     rows = RetrievalSource(seq_len=81, sizes=SIZES, seed=0, n_needles=1, min_depth=0.5, max_depth=0.5).generate("train")
-    assert {r["depth"][0] for r in rows} == {50}
+    assert {d for r in rows for d in r["depth"]} == {50, -1}
 
 
 @pytest.mark.parametrize(
@@ -62,6 +86,7 @@ def test_depth_range() -> None:
         ({"filler": "lorem"}, "data.filler"),
         ({"value_len": 0}, "data.value_len"),
         ({"n_needles": 0}, "data.n_needles"),
+        ({"n_needles": 2, "n_queries": 3}, "data.n_queries"),
         ({"n_keys": 1}, "data.n_keys"),
         ({"min_depth": 0.8, "max_depth": 0.2}, "data.min_depth"),
         ({"seq_len": 10}, "data.seq_len"),
@@ -101,3 +126,26 @@ def test_training_on_retrieval_data_scores_retrieval_and_streaming(tmp_path: Pat
     }
     assert len(per_metric["retrieval"]) == len(per_metric["streaming"]) == 8  # 2 layers x 4 heads
     assert all(0.0 <= v <= 1.0 for vs in per_metric.values() for v in vs)
+    # Validation scores the copied value by needle depth; every bin that holds a needle is logged.
+    with open(run / "metrics.csv") as f:
+        logged = [r for r in csv.DictReader(f) if r.get("val/retrieval_acc")]
+    assert [int(r["step"]) for r in logged] == [9, 19]
+    bins = [k for k in logged[-1] if k.startswith("val/retrieval_acc/depth_")]
+    assert bins and set(bins) <= {f"val/retrieval_acc/depth_{b}" for b in depth_bin_labels()}
+    assert all(0.0 <= float(logged[-1][k]) <= 1.0 for k in ["val/retrieval_acc", *bins])
+
+
+def test_exact_match_is_per_query_and_binned_by_the_needle_depth() -> None:
+    # Two rows, T = 6. Row 0 answers query 1 at steps 1-2 and query 2 at step 4; row 1 only query 1.
+    targets = torch.tensor([[5, 6, 7, 8, 9, -100], [5, 6, 7, 8, 9, -100]])
+    answer = torch.tensor([[0, 1, 1, 0, 2, 0], [0, 0, 0, 1, 1, 0]])
+    depth = torch.tensor([[-1, 30, 30, -1, 100, -1], [-1, -1, -1, 0, 0, -1]])
+    pred = targets.clamp(min=0).clone()
+    pred[0, 2] = 0  # query 1 of row 0 misses its second step
+    logits = torch.nn.functional.one_hot(pred, 10).float()
+    hit = answer_exact_match(logits, targets, answer)
+    assert hit[0].tolist() == [0.0, 1.0]
+    assert hit[1, 0] == 1.0 and hit[1, 1].isnan()
+    assert answer_depth(depth, answer).tolist() == [[30, 100], [0, -1]]
+    assert depth_bin(torch.tensor([0, 19, 20, 99, 100])).tolist() == [0, 0, 1, 4, 4]
+    assert depth_bin_labels() == ["00-20", "20-40", "40-60", "60-80", "80-100"]

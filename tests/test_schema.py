@@ -42,7 +42,7 @@ def options(group: str) -> list[str]:
 def needed(overrides: list[str]) -> list[str]:
     """What a config needs besides its choice to build on this machine (a text file, a CPU when no GPU)."""
     extra = []
-    if "data=text" in overrides:
+    if "data=text" in overrides or "experiment=text_small" in overrides:
         extra.append(f"data.path={ROOT / 'README.md'}")
     if any(o in overrides for o in ("trainer=gpu", "trainer=fsdp")) and not cuda_available():
         extra.append("trainer.accelerator=cpu")

@@ -138,9 +138,10 @@ def test_masked_and_pruned_models_agree(name: str) -> None:
     torch.testing.assert_close(logits(small, data), logits(model, data), atol=1e-5, rtol=1e-5)
     assert report.params_after < report.params_before
     for layer, row in zip(small.attention_layers, report.layers, strict=True):
-        assert layer.q_proj.weight.shape[0] == row["heads_after"] * layer.head_dim
+        w_q, w_k, w_v = layer.split_qkv(layer.qkv_proj.weight)
+        assert w_q.shape[0] == row["heads_after"] * layer.head_dim
         assert layer.o_proj.weight.shape[1] == row["heads_after"] * layer.head_dim
-        assert layer.k_proj.weight.shape[0] == row["kv_heads_after"] * layer.head_dim
+        assert w_k.shape[0] == w_v.shape[0] == row["kv_heads_after"] * layer.head_dim
 
 
 def test_pruning_twice_equals_pruning_once() -> None:
@@ -195,9 +196,9 @@ def test_pruned_checkpoint_loads_and_trains(trained_ckpt: Path, tmp_path: Path) 
     module = LMModule.load_from_checkpoint(out)
     assert [a.n_heads for a in module.model.attention_layers] == [6, 7]
     torch.testing.assert_close(logits(module.model, data), logits(small, data))
-    before = module.model.blocks[0].attn.q_proj.weight.clone()
+    before = module.model.blocks[0].attn.qkv_proj.weight.clone()
     fit(module.train(), tmp_path, steps=1)
-    assert not torch.equal(before, module.model.blocks[0].attn.q_proj.weight)
+    assert not torch.equal(before, module.model.blocks[0].attn.qkv_proj.weight)
 
 
 def test_cli_removes_masked_heads_by_default(trained_ckpt: Path, tmp_path: Path) -> None:
@@ -256,11 +257,11 @@ def test_gqa_of_already_grouped_kv_is_exact(init: str, groups: int) -> None:
     hs, size = model.cfg.head_dim, 4 // groups
     with torch.no_grad():  # K/V heads equal within each group of the target layout
         for layer in model.attention_layers:
-            for proj in (layer.k_proj, layer.v_proj):
+            w, b = layer.split_qkv(layer.qkv_proj.weight), layer.split_qkv(layer.qkv_proj.bias)
+            for part in (w[1], w[2], b[1], b[2]):  # K and V (views into the fused parameter)
                 for h in range(4):
                     src = (h // size) * size
-                    proj.weight[h * hs : (h + 1) * hs] = proj.weight[src * hs : (src + 1) * hs]
-                    proj.bias[h * hs : (h + 1) * hs] = proj.bias[src * hs : (src + 1) * hs]
+                    part[h * hs : (h + 1) * hs] = part[src * hs : (src + 1) * hs].clone()
     data = batch()
     gqa = convert_to_gqa(model, groups, init)
     assert gqa.attention_layers[0].n_kv_heads == groups
@@ -272,14 +273,22 @@ def test_gqa_mean_pools_and_expansion_is_exact() -> None:
     model = Transformer(tiny())
     gqa = convert_to_gqa(model, 2, "mean")
     hs = model.cfg.head_dim
-    w, g = model.blocks[0].attn.k_proj.weight, gqa.blocks[0].attn.k_proj.weight
+
+    def k_weight(m: Transformer) -> torch.Tensor:
+        return m.blocks[0].attn.split_qkv(m.blocks[0].attn.qkv_proj.weight)[1]
+
+    w, g = k_weight(model), k_weight(gqa)
+    torch.testing.assert_close(  # queries untouched
+        gqa.blocks[0].attn.split_qkv(gqa.blocks[0].attn.qkv_proj.weight)[0],
+        model.blocks[0].attn.split_qkv(model.blocks[0].attn.qkv_proj.weight)[0],
+    )
     torch.testing.assert_close(g[:hs], (w[:hs] + w[hs : 2 * hs]) / 2)
     torch.testing.assert_close(g[hs:], (w[2 * hs : 3 * hs] + w[3 * hs :]) / 2)
     back = convert_to_gqa(gqa, 4)  # GQA -> MHA copies each K/V head: same function
     data = batch()
     torch.testing.assert_close(logits(back, data), logits(gqa, data), atol=1e-5, rtol=1e-5)
     rand = convert_to_gqa(model, 2, "random", seed=3)
-    rk = rand.blocks[0].attn.k_proj.weight
+    rk = k_weight(rand)
     assert rk.shape == g.shape and not torch.allclose(rk, g)
 
 

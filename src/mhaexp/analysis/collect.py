@@ -21,7 +21,7 @@ Two tiers, so that periodic analysis stays cheap (see ``expensive_every`` in con
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +31,10 @@ from torch import Tensor
 
 from mhaexp.heads import patterns as M
 from mhaexp.heads.importance import ablation_importance, eval_mode, gradient_importance
-from mhaexp.heads.longctx import retrieval_score, streaming_share
-from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_matrix, mds_embedding
+from mhaexp.heads.longctx import retrieval_sums, streaming_sums
+from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_sums, mds_embedding
 from mhaexp.heads.weights import copying_score
-from mhaexp.heads.wordlevel import word_level
+from mhaexp.heads.wordlevel import word_attention, word_mask
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 
 
@@ -264,6 +264,40 @@ def _syntax_setup(
     return names, directions, stacked, _baselines(stacked, directions, mask, cfg, causal)
 
 
+def _syntax_targets(
+    batch: Batch, probe: ProbeData, cfg: Mapping[str, Any], causal: bool
+) -> tuple[list[str], list[str], Tensor, dict[str, Tensor]]:
+    """:func:`_syntax_setup` of the probe, computed once per probe and direction setting."""
+    key = ("syntax", str(cfg["direction"]), int(cfg["max_offset"]), bool(cfg["position_baseline"]), causal)
+    if key not in probe.cache:
+        probe.cache[key] = _syntax_setup(batch, probe.relations, cfg, causal)
+    return probe.cache[key]
+
+
+def _syntax_sums(chunk: M.Chunk, targets: Tensor, directions: Sequence[str]) -> M.Ratio:
+    """Per-relation accuracy ``(H, R)`` of one chunk as a :class:`~mhaexp.heads.patterns.Ratio`; ``targets``
+    ``(R, b, T)`` are the chunk's rows of :func:`_syntax_setup`'s arrays."""
+    acc = M.dep2head_sums(chunk.top_other, targets, chunk.mask)
+    by_h2d = [r for r, d in enumerate(directions) if d == "head2dep"]
+    if not by_h2d:
+        return acc
+    num, den = acc.num.clone(), acc.den.clone()
+    for r in by_h2d:
+        one = torch.where(targets[r] >= 0, 0, -1)
+        h2d = M.dependency_sums(chunk, targets[r], one, 1, "head2dep")
+        num[:, r], den[r] = h2d.num[:, 0], h2d.den[0]
+    return M.Ratio(num, den)
+
+
+def _syntax_outputs(per_layer_acc: Sequence[Tensor], bases: Mapping[str, Tensor], width: int) -> dict[str, Tensor]:
+    return {
+        "syntactic_accuracy": _per_layer(per_layer_acc, width),
+        "syntactic_baseline": bases["combined"].clone(),
+        "syntactic_offset_baseline": bases["offset"].clone(),
+        "syntactic_position_baseline": bases["position"].clone(),
+    }
+
+
 def _syntax_metrics(
     per_layer: Sequence[Tensor],
     batch: Batch,
@@ -272,33 +306,35 @@ def _syntax_metrics(
     causal: bool,
     width: int,
 ) -> tuple[dict[str, Tensor], list[str], list[str]]:
-    """``syntactic_accuracy`` (L, H, R) and ``syntactic_baseline`` (R,), relation names, directions.
+    """``syntactic_accuracy`` (L, H, R) and ``syntactic_baseline`` (R,), relation names, directions, from
+    every layer's whole patterns ``(B, H_l, T, T)`` (:func:`compute_head_metrics` streams the same sums).
 
     The probe's relations, plus ``amod:pred`` when the grammar's relations allow deriving it. What
     depends on the probe alone (arcs, baselines) is computed once per probe and direction setting.
     """
-    key = ("syntax", str(cfg["direction"]), int(cfg["max_offset"]), bool(cfg["position_baseline"]), causal)
-    if key not in probe.cache:
-        probe.cache[key] = _syntax_setup(batch, probe.relations, cfg, causal)
-    names, directions, targets, bases = probe.cache[key]
+    names, directions, targets, bases = _syntax_targets(batch, probe, cfg, causal)
     device = per_layer[0].device
     mask = batch["attention_mask"].bool().to(device)
     targets = targets.to(device)
-    by_h2d = [r for r, d in enumerate(directions) if d == "head2dep"]
-    per_layer_acc = []
-    for p in per_layer:
-        acc = M.dep2head_accuracy(M.argmax_keys(p, mask), targets, mask)  # (H, R)
-        for r in by_h2d:
-            one = torch.where(targets[r] >= 0, 0, -1)
-            acc[:, r] = M.dependency_accuracy(p, targets[r], one, 1, mask, "head2dep")[:, 0]
-        per_layer_acc.append(acc)
-    out = {
-        "syntactic_accuracy": _per_layer(per_layer_acc, width),
-        "syntactic_baseline": bases["combined"].clone(),
-        "syntactic_offset_baseline": bases["offset"].clone(),
-        "syntactic_position_baseline": bases["position"].clone(),
+    acc = [_syntax_sums(M.Chunk(p, mask, causal), targets, directions).value() for p in per_layer]
+    return _syntax_outputs(acc, bases, width), list(names), list(directions)
+
+
+def _coref_baselines(batch: Batch, probe: ProbeData, cfg: Mapping[str, Any], causal: bool) -> dict[str, Tensor]:
+    key = ("coref", int(cfg["max_offset"]), bool(cfg["position_baseline"]), causal)
+    if key not in probe.cache:
+        mask, coref = batch["attention_mask"].bool(), batch["coref"].long()
+        probe.cache[key] = _baselines(coref[None], ["dep2head"], mask, cfg, causal)
+    return probe.cache[key]
+
+
+def _coref_outputs(per_layer_acc: Sequence[Tensor], bases: Mapping[str, Tensor], width: int) -> dict[str, Tensor]:
+    return {
+        "coreference": _per_layer(per_layer_acc, width),
+        "coreference_baseline": bases["combined"][0].cpu(),
+        "coreference_offset_baseline": bases["offset"][0].cpu(),
+        "coreference_position_baseline": bases["position"][0].cpu(),
     }
-    return out, list(names), list(directions)
 
 
 def _coref_metrics(
@@ -307,18 +343,10 @@ def _coref_metrics(
     """``coreference`` (L, H) and its baselines: mention -> antecedent (Clark et al. 2019) in every
     ``direction`` mode; the antecedent always comes first, so causal heads can see it."""
     device = per_layer[0].device
-    mask, coref = batch["attention_mask"].bool(), batch["coref"].long()
-    acc = [
-        M.dep2head_accuracy(M.argmax_keys(p, mask.to(device)), coref[None].to(device), mask.to(device))[:, 0]
-        for p in per_layer
-    ]
-    bases = _baselines(coref[None], ["dep2head"], mask, cfg, causal)
-    return {
-        "coreference": _per_layer(acc, width),
-        "coreference_baseline": bases["combined"][0].cpu(),
-        "coreference_offset_baseline": bases["offset"][0].cpu(),
-        "coreference_position_baseline": bases["position"][0].cpu(),
-    }
+    mask, coref = batch["attention_mask"].bool().to(device), batch["coref"].long().to(device)
+    acc = [M.dep2head_sums(M.Chunk(p, mask, causal).top_other, coref[None], mask).value()[:, 0] for p in per_layer]
+    bases = _baselines(batch["coref"].long()[None], ["dep2head"], batch["attention_mask"].bool(), cfg, causal)
+    return _coref_outputs(acc, bases, width)
 
 
 def _copying(model: Any) -> list[Tensor]:
@@ -327,12 +355,90 @@ def _copying(model: Any) -> list[Tensor]:
     out = []
     for attn in model.attention_layers:
         d, hs = attn.d_model, attn.head_dim
-        W_V = attn.v_proj.weight.detach().view(attn.n_kv_heads, hs, d).transpose(1, 2)
+        W_V = attn.split_qkv(attn.qkv_proj.weight.detach())[2].view(attn.n_kv_heads, hs, d).transpose(1, 2)
         # The gate scales the head's output: a gated-off head has a zero OV circuit (NaN score).
         W_O = attn.o_proj.weight.detach().view(d, attn.n_heads, hs).permute(1, 2, 0)
         W_O = W_O * attn.gates().detach().to(W_O.dtype)[:, None, None]
         out.append(copying_score(W_E, W_U, W_V, W_O))
     return out
+
+
+# One layer's patterns of one micro-batch hold at most this many values (64 MB of float32): sequences are
+# analysed in micro-batches of max(1, PATTERN_CHUNK_ELEMENTS // (H T^2)) rows, one layer at a time. The
+# default probe (64 x 37, 8 heads) is one micro-batch; at T = 1024 a micro-batch is 2 sequences.
+PATTERN_CHUNK_ELEMENTS = 2**24
+# Tokens per forward + backward of gradient importance (activations and logits of a micro-batch).
+IMPORTANCE_CHUNK_TOKENS = 4096
+
+# Order of the pattern metrics in the result (and so in head_metrics.csv).
+_PATTERN_KEYS = (
+    "normalized_entropy",
+    "entropy",
+    "confidence",
+    "prev_token_attn",
+    "sink",
+    "sink_rate",
+    "rare_word",
+    "streaming",
+    "retrieval",
+)
+_INDUCTION_KEYS = ("induction", "duplicate", "prefix_matching", "duplicate_matching")
+
+
+class _Sums:
+    """Per metric and layer, the :class:`~mhaexp.heads.patterns.Ratio` summed over the chunks seen so far."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.n_layers = n_layers
+        self.parts: dict[str, list[M.Ratio | None]] = {}
+
+    def add(self, key: str, layer: int, value: M.Ratio) -> None:
+        slot = self.parts.setdefault(key, [None] * self.n_layers)
+        slot[layer] = value if slot[layer] is None else slot[layer] + value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.parts
+
+    def values(self, key: str) -> list[Tensor]:
+        return [r.value() for r in self.parts[key] if r is not None]
+
+
+def _pattern_chunks(
+    model: Any,
+    batches: Sequence[Batch],
+    T: int,  # noqa: N803
+    chunk_elements: int,
+    device: torch.device,
+) -> Iterator[tuple[int, int, Tensor]]:
+    """``(first row, layer, patterns (b, H_l, T, T) float)`` over the rows of ``batches`` (rows numbered
+    across batches), in micro-batches of sequences and one layer at a time, right-padded to ``T`` as
+    :func:`_cat_batches` pads the batches. The caller holds eval mode and no_grad."""
+    rows = max(1, chunk_elements // (max(a.n_heads for a in model.attention_layers) * T * T))
+    start = 0
+    for b in batches:
+        ids, mask = b["input_ids"], b["attention_mask"]
+        pad = T - ids.shape[1]
+        for s in range(0, ids.shape[0], rows):
+            sub_ids, sub_mask = ids[s : s + rows].to(device), mask[s : s + rows].to(device)
+            for layer, w in enumerate(model.layer_patterns(sub_ids, sub_mask)):
+                w = w.float()
+                yield start + s, layer, F.pad(w, (0, pad, 0, pad)) if pad else w
+        start += ids.shape[0]
+
+
+def _word_chunk(chunk: M.Chunk, sub: Batch, causal: bool) -> M.Chunk:
+    """The chunk as arcs see it: word-level attention (:func:`word_attention`) when the probe splits words."""
+    if "word_of_token" not in sub:
+        return chunk
+    words = sub["word_of_token"]
+    return M.Chunk(word_attention(chunk.patterns, words), word_mask(words), causal)
+
+
+def _induction_sums(sums: _Sums, layer: int, chunk: M.Chunk, tokens: Tensor) -> None:
+    sums.add("induction", layer, M.induction_sums(chunk, tokens))
+    sums.add("duplicate", layer, M.duplicate_token_sums(chunk, tokens))
+    sums.add("prefix_matching", layer, M.prefix_matching_sums(chunk, tokens))
+    sums.add("duplicate_matching", layer, M.duplicate_matching_sums(chunk, tokens))
 
 
 def compute_head_metrics(
@@ -342,88 +448,120 @@ def compute_head_metrics(
     *,
     expensive: bool = True,
     importance: bool = True,
+    chunk_elements: int = PATTERN_CHUNK_ELEMENTS,
 ) -> HeadMetrics:
     """Every per-head metric of ``model`` on ``probe`` (see the module docstring).
 
     ``analysis_cfg`` is ``conf/analysis`` (``max_offset``, ``thresholds.positional``, ``direction``,
     ``induction_sequences``, ``js_sequences``, ``seed``). ``model`` is a :class:`~mhaexp.nn.model.Transformer`.
+
+    Streaming: no layer's patterns of the whole probe exist at once. Sequences go through the model in
+    micro-batches (at most ``chunk_elements`` pattern values per layer), one layer at a time
+    (:meth:`~mhaexp.nn.model.Transformer.layer_patterns`); every metric is a sum and a count
+    (:class:`~mhaexp.heads.patterns.Ratio`) added up over the micro-batches, so the result equals the
+    metrics of the whole patterns up to float summation order.
     """
     cfg = analysis_cfg
-    thresholds = cfg["thresholds"]
     max_offset = int(cfg["max_offset"])
     layers = model.attention_layers
     n_heads = [a.n_heads for a in layers]
-    H = max(n_heads)
+    H, L = max(n_heads), len(layers)
     causal = bool(model.cfg.causal)
+    device = next(model.parameters()).device
     batch = _cat_batches(probe.batches)
+    T = batch["input_ids"].shape[1]
     mask = batch["attention_mask"].bool()
-    patterns = []
-    for b in probe.batches:
-        ps = collect_patterns(model, b)
-        T = b["input_ids"].shape[1]
-        patterns.append([F.pad(p, (0, batch["input_ids"].shape[1] - T) * 2) for p in ps])
-    per_layer = [torch.cat([ps[layer] for ps in patterns]) for layer in range(len(layers))]
-    device = per_layer[0].device
-    mask_d, tokens_d = mask.to(device), batch["input_ids"].to(device)
+    on = {k: v.to(device) for k, v in batch.items()}
+    on["attention_mask"] = mask.to(device)
+    window = int(cfg["streaming_window"])
+    # Arcs join words: score them on word-level patterns (identical to the token ones for one-piece words).
+    word_batch = {**batch, "attention_mask": word_mask(batch["word_of_token"])} if "word_of_token" in batch else batch
+    syntax = _syntax_targets(word_batch, probe, cfg, causal) if probe.has_syntax else None
+    targets = syntax[2].to(device) if syntax else None
+    has_coref = probe.has_coref and bool((batch["coref"] >= 0).any())
+    n_js = max(1, int(cfg["js_sequences"]))
+    t_js = max(1, int(mask[:n_js].sum(dim=1).max()))
+    n_first = int(mask[0].sum())
 
-    values: dict[str, list[Tensor]] = {}
-    window, T_probe = int(cfg["streaming_window"]), batch["input_ids"].shape[1]
+    sums = _Sums(L)
+    example: list[Tensor] = []
+    js_rows: list[Tensor] = []  # the JS sequences' slices of the current micro-batch, one per layer
+    with eval_mode(model), torch.no_grad():
+        for row, layer, p in _pattern_chunks(model, probe.batches, T, chunk_elements, device):
+            rows = slice(row, row + p.shape[0])
+            sub = {k: v[rows] for k, v in on.items()}
+            chunk = M.Chunk(p, sub["attention_mask"], causal)
+            frac, _ = M.relative_position_sums(chunk, max_offset)
+            sums.add("argmax_frac", layer, frac)
+            sums.add("normalized_entropy", layer, M.normalized_entropy_sums(chunk))
+            sums.add("entropy", layer, M.entropy_sums(chunk))
+            sums.add("confidence", layer, M.confidence_sums(chunk))
+            sums.add("prev_token_attn", layer, M.previous_token_sums(chunk))
+            sums.add("sink", layer, M.sink_sums(chunk))
+            sums.add("sink_rate", layer, M.sink_rate_sums(chunk))
+            if probe.token_freq is not None:
+                sums.add("rare_word", layer, M.rare_token_sums(chunk, sub["input_ids"], probe.token_freq))
+            if window * 4 <= T:
+                sums.add("streaming", layer, streaming_sums(chunk, window))
+            if "needle" in sub and "answer" in sub:
+                needle, answer = sub["needle"].bool(), sub["answer"].bool()
+                sums.add("retrieval", layer, retrieval_sums(chunk, sub["input_ids"], needle, answer))
+            words = _word_chunk(chunk, sub, causal) if syntax is not None or has_coref else chunk
+            if syntax is not None:
+                sums.add("syntactic_accuracy", layer, _syntax_sums(words, targets[:, rows], syntax[1]))
+            if has_coref:
+                sums.add("coreference", layer, M.dep2head_sums(words.top_other, sub["coref"].long()[None], words.mask))
+            if probe.repeated:
+                _induction_sums(sums, layer, chunk, sub["input_ids"])
+            if row == 0:
+                example.append(p[0, :, :n_first, :n_first].cpu().clone())
+            if expensive and row < n_js:
+                js_rows.append(p[: n_js - row, :, :t_js, :t_js])
+                if layer == L - 1:  # every layer of these sequences: compare all heads
+                    flat = torch.cat(js_rows, dim=1)  # (b, N, t, t), head l*H_l + h in layer order
+                    sums.add("js", 0, js_divergence_sums(flat, sub["attention_mask"][: flat.shape[0], :t_js]))
+                    js_rows = []
+            del chunk, p, sub
 
-    def put(key: str, value: Tensor) -> None:
-        values.setdefault(key, []).append(value)
+        # Induction and duplicate-token heads need repeats to look at.
+        if not probe.repeated:
+            rep = repeated_random_batch(probe, T, int(cfg["induction_sequences"]), int(cfg["seed"]))
+            rep_ids, rep_mask = rep["input_ids"].to(device), rep["attention_mask"].bool().to(device)
+            T_rep = rep_ids.shape[1]
+            for row, layer, p in _pattern_chunks(model, [rep], T_rep, chunk_elements, device):
+                rows = slice(row, row + p.shape[0])
+                _induction_sums(sums, layer, M.Chunk(p, rep_mask[rows], causal), rep_ids[rows])
+                del p
 
-    for p in per_layer:
-        _, offset, frac = M.positional_heads(p, mask_d, max_offset, float(thresholds["positional"]), causal=causal)
-        put("positional_frac", frac)
-        put("positional_offset", offset.float())
-        put("normalized_entropy", M.normalized_entropy(p, mask_d, causal=causal))
-        put("entropy", M.entropy(p, mask_d, causal=causal))
-        put("confidence", M.confidence(p, mask_d))
-        put("prev_token_attn", M.previous_token_score(p, mask_d))
-        put("sink", M.sink_score(p, mask_d))
-        put("sink_rate", M.sink_rate(p, mask_d))
-        if probe.token_freq is not None:
-            put("rare_word", M.rare_token_score(p, tokens_d, probe.token_freq, mask_d, causal=causal))
-        if window * 4 <= T_probe:
-            put("streaming", streaming_share(p, window, mask_d))
-        if "needle" in batch and "answer" in batch:
-            needle, answer = batch["needle"].bool().to(device), batch["answer"].bool().to(device)
-            put("retrieval", retrieval_score(p, tokens_d, needle, answer, mask_d))
-
-    out: dict[str, Tensor] = {k: _per_layer(v, H) for k, v in values.items()}
+    out: dict[str, Tensor] = {}
+    _, offset, frac = zip(*(M.best_offset(f, max_offset) for f in sums.values("argmax_frac")), strict=True)
+    out["positional_frac"] = _per_layer(frac, H)
+    out["positional_offset"] = _per_layer([o.float() for o in offset], H)
+    for key in _PATTERN_KEYS:
+        if key in sums:
+            out[key] = _per_layer(sums.values(key), H)
     relation_names: list[str] = []
     directions: list[str] = []
-    # Arcs join words: score them on word-level patterns (identical to the token ones for one-piece words).
-    word_layers, word_batch = word_level(per_layer, batch) if probe.has_syntax or probe.has_coref else ([], batch)
-    if probe.has_syntax:
-        syntax, relation_names, directions = _syntax_metrics(word_layers, word_batch, probe, cfg, causal, H)
-        out.update(syntax)
-    if probe.has_coref and bool((batch["coref"] >= 0).any()):
-        out.update(_coref_metrics(word_layers, word_batch, cfg, causal, H))
-
-    # Induction and duplicate-token heads need repeats to look at.
-    rep = (
-        batch
-        if probe.repeated
-        else repeated_random_batch(
-            probe, batch["input_ids"].shape[1], int(cfg["induction_sequences"]), int(cfg["seed"])
-        )
-    )
-    rep_patterns = per_layer if probe.repeated else collect_patterns(model, rep)
-    rep_ids, rep_mask = rep["input_ids"].to(device), rep["attention_mask"].bool().to(device)
-    out["induction"] = _per_layer([M.induction_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
-    out["duplicate"] = _per_layer([M.duplicate_token_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
-    out["prefix_matching"] = _per_layer([M.prefix_matching_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
-    out["duplicate_matching"] = _per_layer([M.duplicate_matching_score(p, rep_ids, rep_mask) for p in rep_patterns], H)
+    if syntax is not None:
+        relation_names, directions = list(syntax[0]), list(syntax[1])
+        out.update(_syntax_outputs(sums.values("syntactic_accuracy"), syntax[3], H))
+    if has_coref:
+        coref = [a[:, 0] for a in sums.values("coreference")]
+        out.update(_coref_outputs(coref, _coref_baselines(word_batch, probe, cfg, causal), H))
+    for key in _INDUCTION_KEYS:
+        out[key] = _per_layer(sums.values(key), H)
     out["copying"] = _per_layer(_copying(model), H)
 
     if importance:
-        out["importance"] = _per_layer(gradient_importance(model, _to(probe.batches, device), probe.objective), H)
+        grads = gradient_importance(
+            model, _to(probe.batches, device), probe.objective, max_tokens=IMPORTANCE_CHUNK_TOKENS
+        )
+        out["importance"] = _per_layer(grads, H)
     result = HeadMetrics(out, n_heads, relation_names, directions, expensive=expensive)
-    result.example_patterns = [p[0, :, : int(mask[0].sum()), : int(mask[0].sum())].cpu() for p in per_layer]
+    result.example_patterns = example
     result.example_tokens = probe.tokens(0)
     if expensive:
-        _expensive(model, probe, per_layer, mask_d, cfg, result, H)
+        _expensive(model, probe, sums.values("js")[0].cpu(), result, H)
     return result
 
 
@@ -431,26 +569,18 @@ def _to(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
     return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 
-def _expensive(
-    model: Any,
-    probe: ProbeData,
-    per_layer: list[Tensor],
-    mask: Tensor,
-    cfg: Mapping[str, Any],
-    result: HeadMetrics,
-    width: int,
-) -> None:
-    """Ablation, JS divergence + MDS, GQA group diversity (into ``result``)."""
+def _expensive(model: Any, probe: ProbeData, js: Tensor, result: HeadMetrics, width: int) -> None:
+    """Ablation, JS divergence (streamed by :func:`compute_head_metrics`) + MDS, GQA group diversity
+    (into ``result``).
+
+    JS compares every pair of heads on every query: O(N^2 B T^2). The first ``js_sequences`` sequences are
+    plenty, and cutting the padding columns off (right padding: nothing real lies past the longest of
+    them) divides the cost by (T / longest)^2 without changing a value.
+    """
+    device = next(model.parameters()).device
     result.metrics["ablation"] = _per_layer(
-        ablation_importance(model, _to(probe.batches, mask.device), probe.objective), width
+        ablation_importance(model, _to(probe.batches, device), probe.objective), width
     )
-    # JS compares every pair of heads on every query: O(N^2 B T^2). A subset of sequences is plenty, and
-    # cutting the padding columns off (right padding: nothing real lies past the longest sequence)
-    # divides the cost by (T / longest)^2 without changing a value.
-    n = max(1, int(cfg["js_sequences"]))
-    t = max(1, int(mask[:n].sum(dim=1).max()))
-    flat = torch.cat([p[:n, :, :t, :t] for p in per_layer], dim=1)  # (n, N, t, t), head l*H_l + h in layer order
-    js = js_divergence_matrix(flat, mask[:n, :t]).cpu()
     result.js = js
     result.mds = mds_embedding(js.clamp_min(0).sqrt(), dim=2) if js.shape[0] >= 2 else None
     nearest = js + torch.diag(torch.full((js.shape[0],), float("inf")))

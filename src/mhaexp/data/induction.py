@@ -89,7 +89,13 @@ class InductionSource:
         return self.min_half_len + extra, self.half_len + extra
 
     def identity(self) -> dict:
-        return {"variant": self.variant, "n_tokens": self.n_tokens, "fixed_length": self.fixed_length}
+        # The annotation columns are part of what a cached dataset holds, so they key the cache too.
+        return {
+            "variant": self.variant,
+            "n_tokens": self.n_tokens,
+            "fixed_length": self.fixed_length,
+            "columns": list(self.annotation_columns),
+        }
 
     def generate(self, split: str) -> Iterator[dict[str, list]]:
         rng = random.Random(f"mhaexp-induction/{split}/{self.seed}")
@@ -98,6 +104,21 @@ class InductionSource:
             half = self.half_len if self.fixed_length else rng.randint(self.min_half_len, self.half_len)
             ids = induction_sequence(rng, self.variant, half, self.first_id, self.n_tokens, tok.bos_id, self.sep_id)
             pad = self.seq_len - len(ids)
-            yield {"input_ids": ids + [tok.pad_id] * pad, "attention_mask": [True] * len(ids) + [False] * pad}
+            # half[t]: which copy the token at t + 1 belongs to (1 first, 2 second), leaving out each
+            # copy's first token, which nothing in the context predicts; 0 elsewhere.
+            second = len(ids) - half
+            half_of = [0] * self.seq_len
+            for t in range(1, len(ids) - 1):
+                nxt = t + 1
+                if 2 <= nxt < 1 + half:
+                    half_of[t] = 1
+                elif nxt > second:
+                    half_of[t] = 2
+            yield {
+                "input_ids": ids + [tok.pad_id] * pad,
+                "attention_mask": [True] * len(ids) + [False] * pad,
+                "half": half_of,
+            }
 
-    annotation_columns: tuple[str, ...] = ()
+    # ``half`` scores in-context learning at validation: loss on the repeat minus loss on the first copy.
+    annotation_columns: tuple[str, ...] = ("half",)

@@ -12,20 +12,26 @@ A sequence is::
   text's own content);
 * the query at the end repeats the asked key, and the model must then copy that needle's value
   tokens. Those answer positions are the only place a retrieval head can show itself.
+* ``n_queries`` > 1 asks for several needles in turn, each query naming its own key (the multi-query
+  associative recall of Arora et al. 2023, "Zoology"): more answer steps per sequence, so a small
+  model learns the task in far fewer steps.
 
 Annotation columns, one per position:
 
 * ``needle``: 1 on the value tokens of the asked needle (what must be copied);
-* ``answer``: 1 at the queries whose next token is an answer token (the ``<val>`` of the query and
-  every answer token but the last), the steps the retrieval score counts under teacher forcing;
-* ``depth``: the asked needle's depth, the share of the haystack before it, in percent (same value
-  at every position of a sequence), for accuracy by depth.
+* ``answer``: at the positions whose next token is an answer token (the ``<val>`` of a query and
+  every answer token but the last), the 1-based number of the query; 0 elsewhere. These are the steps
+  the retrieval score counts under teacher forcing, and exact match is scored per query;
+* ``depth``: at those positions, the depth of the needle being answered (the share of the haystack
+  before it, in percent), for accuracy by depth; -1 elsewhere.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+
+import torch
 
 from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.errors import ConfigError
@@ -52,6 +58,7 @@ class RetrievalSource:
         n_values: int = 32,
         value_len: int = 3,
         n_needles: int = 2,
+        n_queries: int = 1,
         min_depth: float = 0.0,
         max_depth: float = 1.0,
     ) -> None:
@@ -64,17 +71,22 @@ class RetrievalSource:
             raise ConfigError("data.value_len", value_len, "an int >= 1")
         if not isinstance(n_needles, int) or isinstance(n_needles, bool) or not 1 <= n_needles <= n_keys:
             raise ConfigError("data.n_needles", n_needles, f"an int from 1 to n_keys={n_keys}")
+        if not isinstance(n_queries, int) or isinstance(n_queries, bool) or not 1 <= n_queries <= n_needles:
+            raise ConfigError("data.n_queries", n_queries, f"an int from 1 to n_needles={n_needles}")
         if not 0.0 <= float(min_depth) <= float(max_depth) <= 1.0:
             raise ConfigError("data.min_depth", (min_depth, max_depth), "0 <= min_depth <= max_depth <= 1")
         self.needle_len = 3 + value_len  # <key> k <val> v..v
-        self.hay_len = seq_len - 1 - n_needles * self.needle_len - self.needle_len
+        # A query "<query> k <val> v..v" is as long as a needle.
+        self.hay_len = seq_len - 1 - (n_needles + n_queries) * self.needle_len
         if self.hay_len < 1:
-            need = 2 + (n_needles + 1) * self.needle_len
+            need = 2 + (n_needles + n_queries) * self.needle_len
             raise ConfigError(
-                "data.seq_len", seq_len, f"an int >= {need} for n_needles={n_needles}, value_len={value_len}"
+                "data.seq_len",
+                seq_len,
+                f"an int >= {need} for n_needles={n_needles}, n_queries={n_queries}, value_len={value_len}",
             )
         self.seq_len, self.sizes, self.seed = seq_len, sizes, seed
-        self.filler, self.n_needles, self.value_len = filler, n_needles, value_len
+        self.filler, self.n_needles, self.n_queries, self.value_len = filler, n_needles, n_queries, value_len
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
         self.n_filler, self.n_keys, self.n_values = n_filler, n_keys, n_values
         self.keys = [f"k{i}" for i in range(n_keys)]
@@ -95,6 +107,8 @@ class RetrievalSource:
             "n_values": self.n_values,
             "value_len": self.value_len,
             "n_needles": self.n_needles,
+            "n_queries": self.n_queries,
+            "columns": list(self.annotation_columns),
             "min_depth": self.min_depth,
             "max_depth": self.max_depth,
         }
@@ -109,8 +123,11 @@ class RetrievalSource:
             words += generate_sentence(rng).tokens
         return words[: self.hay_len]
 
-    def sequence(self, rng: random.Random) -> tuple[list[str], int, int]:
-        """(words with <bos>, start of the asked needle's values, the asked needle's depth in percent)."""
+    def sequence(self, rng: random.Random) -> tuple[list[str], list[int], list[int]]:
+        """(words with <bos>, start of each asked needle's values, each asked needle's depth in percent).
+
+        The lists are in query order: query ``i`` at the end asks for the needle at ``starts[i]``.
+        """
         hay = self._haystack(rng)
         keys = rng.sample(self.keys, self.n_needles)
         needles = [[KEY, k, VAL, *(rng.choice(self.values) for _ in range(self.value_len))] for k in keys]
@@ -118,31 +135,55 @@ class RetrievalSource:
         cuts = sorted(rng.randint(lo, hi) for _ in needles)
         order = list(range(self.n_needles))
         rng.shuffle(order)  # which needle sits at which depth
-        asked = rng.randrange(self.n_needles)
-        words, prev, value_start, depth = ["<bos>"], 0, -1, 0
+        asked = rng.sample(range(self.n_needles), self.n_queries)
+        words, prev = ["<bos>"], 0
+        start: dict[int, int] = {}
+        depth: dict[int, int] = {}
         for cut, n in zip(cuts, order, strict=True):
             words += hay[prev:cut]
-            if n == asked:
-                value_start, depth = len(words) + 3, round(100 * cut / self.hay_len)
+            start[n], depth[n] = len(words) + 3, round(100 * cut / self.hay_len)
             words += needles[n]
             prev = cut
         words += hay[prev:]
-        words += [QUERY, *needles[asked][1:]]
-        return words, value_start, depth
+        for n in asked:
+            words += [QUERY, *needles[n][1:]]
+        return words, [start[n] for n in asked], [depth[n] for n in asked]
 
     def generate(self, split: str) -> Iterator[dict[str, list]]:
         rng = random.Random(f"mhaexp-retrieval/{split}/{self.seed}")
         tok = self.tokenizer
+        v = self.value_len
         for _ in range(self.sizes[split]):
-            words, start, depth = self.sequence(rng)
+            words, starts, depths = self.sequence(rng)
             T = len(words)
-            needle = [int(start <= i < start + self.value_len) for i in range(T)]
-            first_answer = T - self.value_len  # the answer's first token; <val> just before predicts it
-            answer = [int(first_answer - 1 <= i < T - 1) for i in range(T)]
+            needle = [0] * T
+            answer = [0] * T
+            depth = [-1] * T
+            for q, (start, d) in enumerate(zip(starts, depths, strict=True)):
+                needle[start : start + v] = [1] * v
+                # Query q's values are its last v tokens; the <val> before them predicts the first.
+                first = T - (self.n_queries - q) * self.needle_len + 3
+                answer[first - 1 : first - 1 + v] = [q + 1] * v
+                depth[first - 1 : first - 1 + v] = [d] * v
             yield {
                 "input_ids": [tok.token_to_id(w) for w in words],
                 "attention_mask": [True] * T,
                 "needle": needle,
                 "answer": answer,
-                "depth": [depth] * T,
+                "depth": depth,
             }
+
+
+# Needle depth (percent of the haystack) bins for accuracy by depth; the last bin includes 100.
+DEPTH_BINS: tuple[int, ...] = (0, 20, 40, 60, 80, 100)
+
+
+def depth_bin_labels() -> list[str]:
+    """``["00-20", "20-40", ...]``: one name per bin of :data:`DEPTH_BINS`."""
+    return [f"{lo:02d}-{hi:02d}" for lo, hi in zip(DEPTH_BINS[:-1], DEPTH_BINS[1:], strict=True)]
+
+
+def depth_bin(depth: torch.Tensor) -> torch.Tensor:
+    """Bin index of each depth in percent (0..100), so 100 falls in the last bin."""
+    edges = torch.tensor(DEPTH_BINS[1:-1], device=depth.device)
+    return torch.bucketize(depth, edges, right=True)

@@ -4,7 +4,7 @@
 joined into one stream with EOS after each.
 
 **Splits.** The held-out text is the corpus' tail, from the first cut at or after
-``1 - VAL_SHARE`` of its UTF-8 bytes (a document boundary, or a place inside a document where
+``n - n // VAL_PARTS`` of its ``n`` UTF-8 bytes (a document boundary, or a place inside a document where
 cutting changes no pre-token, see :data:`_CUT`); the rest is the training text. A BPE tokenizer
 (``tokenizer: bpe``) is trained on the training text only. A text too short to leave a held-out
 tail serves as both.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ from mhaexp.data.tokenizers import (
 from mhaexp.errors import ConfigError
 
 PATH_VALID = "an existing non-empty text file, or a directory holding non-empty .txt files"
-VAL_SHARE = 0.1  # the held-out tail: at most about this share of the corpus' bytes
+VAL_PARTS = 10  # the held-out tail: about the last 1/VAL_PARTS of the corpus' bytes (integers: exact cuts)
 FORMAT = 1  # the token cache layout and the split rule; a change renames every cache entry
 PIECE_BYTES = 1 << 18  # text goes to the tokenizer in pieces of about this many bytes ...
 BATCH_BYTES = 1 << 23  # ... this many bytes of pieces per batch call
@@ -173,7 +172,7 @@ class Corpus:
 
     def split_point(self) -> tuple[int, int]:
         """Where the held-out tail starts; ``(len(documents), 0)`` when there is none."""
-        target = math.ceil((1 - VAL_SHARE) * self.n_bytes)
+        target = self.n_bytes - self.n_bytes // VAL_PARTS
         n = len(self.lengths)
         doc = int(np.searchsorted(self.offsets, target, side="right")) - 1
         if doc >= n:
@@ -369,8 +368,22 @@ class TextSource:
         return p if p.exists() else None
 
     def check_available(self) -> None:
-        """Refuse a hub dataset that cannot be had: no network and no offline mode (the preflight asks)."""
-        if self.name is not None and self.local_name is None and not offline_mode() and not hub_reachable():
+        """Refuse a hub dataset that cannot be had (the preflight asks, before anything starts): offline
+        mode and not in the datasets cache, or no offline mode and no network."""
+        if self.name is None or self.local_name is not None:
+            return
+        if offline_mode():
+            import datasets
+
+            try:
+                datasets.load_dataset_builder(self.name, self.config_name)
+            except Exception as e:  # noqa: BLE001 - not in the cache, whatever datasets calls it
+                raise ConfigError(
+                    "data.name",
+                    self.name,
+                    f"offline (HF_HUB_OFFLINE) and not in the datasets cache ({type(e).__name__})",
+                ) from None
+        elif not hub_reachable():
             raise ConfigError(
                 "data.name",
                 self.name,
@@ -407,7 +420,7 @@ class TextSource:
         def stat(files: list[Path]) -> list:
             return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
-        out: dict[str, Any] = {"files": stat(self.files), "val_share": VAL_SHARE, "format": FORMAT}
+        out: dict[str, Any] = {"files": stat(self.files), "val_parts": VAL_PARTS, "format": FORMAT}
         if self.name is not None:
             local = self.local_name
             out.update(name=self.name, config_name=self.config_name, split=self.split, text_field=self.text_field)

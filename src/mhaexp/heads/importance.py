@@ -83,19 +83,39 @@ def batch_loss(model: Transformer, batch: Batch, index: int = 0, objective: Obje
     return loss[scored].sum() / scored.sum().clamp_min(1)
 
 
-def _gate_gradients(model: Transformer, batches: Sequence[Batch], objective: Objective) -> list[list[Tensor]]:
-    """Per batch, the signed ``dL/d head_gate`` of every layer (the weights' ``.grad`` untouched)."""
+def _gate_gradients(
+    model: Transformer, batches: Sequence[Batch], objective: Objective, max_tokens: int | None = None
+) -> list[list[Tensor]]:
+    """Per batch, the signed ``dL/d head_gate`` of every layer (the weights' ``.grad`` untouched).
+
+    ``max_tokens``: run each batch in micro-batches of about that many tokens (memory). The gradient of the
+    batch-mean loss is the sum of the micro-batches' gradients of their summed loss over the batch's count.
+    """
     layers = model.attention_layers
+    gates = [layer.head_gate for layer in layers]
     out = []
     with eval_mode(model), torch.enable_grad():
         for layer in layers:
             layer.head_gate.requires_grad_(True)
         try:
             for i, batch in enumerate(batches):
-                loss = batch_loss(model, batch, i, objective)
-                # autograd.grad, not backward: the weights' .grad must stay as training left them.
-                grads = torch.autograd.grad(loss, [layer.head_gate for layer in layers])
-                out.append([g.detach().float().cpu() for g in grads])
+                B, T = batch["attention_mask"].shape
+                rows = B if max_tokens is None else max(1, max_tokens // T)
+                if rows >= B:
+                    loss = batch_loss(model, batch, i, objective)
+                    # autograd.grad, not backward: the weights' .grad must stay as training left them.
+                    grads = [g.detach().float().cpu() for g in torch.autograd.grad(loss, gates)]
+                else:
+                    inputs, targets = objective(batch, i)  # the whole batch's draws (masked LM)
+                    count = (targets != IGNORE).sum().clamp_min(1)
+                    grads = [torch.zeros(g.shape) for g in gates]
+                    for s in range(0, B, rows):
+                        logits, _ = model(inputs[s : s + rows], attention_mask=batch["attention_mask"][s : s + rows])
+                        t = targets[s : s + rows].flatten()
+                        loss = F.cross_entropy(logits.flatten(0, 1).float(), t, ignore_index=IGNORE, reduction="sum")
+                        for acc, g in zip(grads, torch.autograd.grad(loss / count, gates), strict=True):
+                            acc += g.detach().float().cpu()
+                out.append(grads)
         finally:
             for layer in layers:
                 layer.head_gate.requires_grad_(False)
@@ -103,12 +123,16 @@ def _gate_gradients(model: Transformer, batches: Sequence[Batch], objective: Obj
 
 
 def gradient_importance(
-    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+    model: Transformer,
+    batches: Sequence[Batch],
+    objective: Objective = causal_lm_objective,
+    max_tokens: int | None = None,
 ) -> list[Tensor]:
-    """Michel et al. 2019's head importance ``I_h = E_x |dL/dxi_h|``, ``xi_h`` = ``head_gate[h]``."""
+    """Michel et al. 2019's head importance ``I_h = E_x |dL/dxi_h|``, ``xi_h`` = ``head_gate[h]``.
+    ``max_tokens`` bounds the tokens of one forward + backward (the same gradient, in micro-batches)."""
     sizes = layer_sizes(model)
     acc = [torch.zeros(n) for n in sizes]
-    for grads in _gate_gradients(model, batches, objective):
+    for grads in _gate_gradients(model, batches, objective, max_tokens):
         for a, g in zip(acc, grads, strict=True):
             a += g.abs()
     return [a / max(1, len(batches)) for a in acc]

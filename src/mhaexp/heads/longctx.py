@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mhaexp.heads.patterns import _prepare
+from mhaexp.heads.patterns import Chunk, Ratio
 
 # Wu et al. 2024, Sec. 2: heads whose retrieval score is at least 0.1 are retrieval heads.
 RETRIEVAL_THRESHOLD = 0.1
@@ -42,21 +42,24 @@ def retrieval_score(
     Returns:
         ``(H,)`` in [0, 1]; NaN when no sample has a needle.
     """
-    patterns, mask = _prepare(patterns, mask)
+    return retrieval_sums(Chunk(patterns, mask, causal=False), tokens, needle, answer).value()
+
+
+def retrieval_sums(chunk: Chunk, tokens: Tensor, needle: Tensor, answer: Tensor) -> Ratio:
+    """:func:`retrieval_score` as a :class:`~mhaexp.heads.patterns.Ratio` (over samples with a needle)."""
+    patterns, mask = chunk.patterns, chunk.mask
     B, H, T, _ = patterns.shape
     needle = needle.to(patterns.device, torch.bool) & mask
     answer = answer.to(patterns.device, torch.bool) & mask
     answer[:, -1] = False  # the last position predicts nothing inside the sequence
-    top = patterns.argmax(dim=-1)  # (B, H, T): each query's most-attended key
+    top = chunk.top  # (B, H, T): each query's most-attended key
     produced = tokens.roll(-1, dims=1)  # (B, T): the token query q predicts
     in_needle = needle.gather(1, top.flatten(1)).view(B, H, T)
     same_token = tokens.gather(1, top.flatten(1)).view(B, H, T) == produced[:, None, :]
     hits = (in_needle & same_token & answer[:, None, :]).sum(dim=-1).float()  # (B, H)
     length = needle.sum(dim=-1).float()  # (B,)
     has = length > 0
-    if not bool(has.any()):
-        return torch.full((H,), float("nan"), device=patterns.device)
-    return (hits[has] / length[has, None]).mean(dim=0)
+    return Ratio((hits[has] / length[has, None]).sum(dim=0), has.float().sum())
 
 
 def streaming_share(patterns: Tensor, window: int, mask: Tensor | None = None, sink: int = 0) -> Tensor:
@@ -73,14 +76,19 @@ def streaming_share(patterns: Tensor, window: int, mask: Tensor | None = None, s
     """
     if window < 1:
         raise ValueError(f"window must be >= 1; got {window}")
-    patterns, mask = _prepare(patterns, mask)
+    return streaming_sums(Chunk(patterns, mask, causal=False), window, sink).value()
+
+
+def streaming_sums(chunk: Chunk, window: int, sink: int = 0) -> Ratio:
+    """:func:`streaming_share` as a :class:`~mhaexp.heads.patterns.Ratio` (0 without a real query)."""
+    patterns, mask = chunk.patterns, chunk.mask
     T = patterns.shape[-1]
     q = torch.arange(T, device=patterns.device)[:, None]
     k = torch.arange(T, device=patterns.device)[None, :]
     keep = ((k <= q) & (k > q - window)) | (k == sink)  # (T, T)
     share = (patterns * keep).sum(dim=-1)  # (B, H, T)
     weight = mask[:, None, :].float()
-    return (share * weight).sum(dim=(0, 2)) / weight.sum(dim=(0, 2)).clamp_min(1.0)
+    return Ratio((share * weight).sum(dim=(0, 2)), weight.sum(), 0.0)
 
 
 @dataclass(frozen=True)

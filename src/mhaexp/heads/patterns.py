@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -88,16 +90,6 @@ def _visible(mask: Tensor, causal: bool) -> Tensor:
     return vis
 
 
-def _mean_over_queries(values: Tensor, weight: Tensor) -> Tensor:
-    """Pool ``(B, H, Q)`` values over the queries where ``weight`` ``(B, Q)`` is True; ``(H,)``."""
-    w = weight.to(values.dtype)
-    total = (values * w[:, None, :]).sum(dim=(0, 2))
-    count = w.sum()
-    if count == 0:
-        return torch.full_like(total, float("nan"))
-    return total / count
-
-
 def _safe_ratio(num: Tensor, den: Tensor, empty: float) -> Tensor:
     """``num / den`` with ``empty`` where ``den`` is zero."""
     return torch.where(den > 0, num / den.clamp_min(1e-30), torch.full_like(num, empty))
@@ -106,6 +98,89 @@ def _safe_ratio(num: Tensor, den: Tensor, empty: float) -> Tensor:
 def _argmax_keys(patterns: Tensor) -> Tensor:
     """Most-attended key per query, ``(B, H, Q)``; ties go to the lowest key index (torch's rule)."""
     return patterns.argmax(dim=-1)
+
+
+def _argmax_other_keys(patterns: Tensor, mask: Tensor) -> Tensor:
+    """Most-attended other real key per query, ``(B, H, Q)`` (diagonal and pads excluded, as Clark et al.
+    exclude the token itself)."""
+    T = patterns.shape[-1]
+    excluded = torch.eye(T, dtype=torch.bool, device=patterns.device)[None] | ~mask[:, None, :]  # (B, Q, K)
+    # masked_fill returns a new tensor: the caller's patterns are untouched.
+    return patterns.float().masked_fill(excluded[:, None], float("-inf")).argmax(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming: every metric as a sum and a count
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A metric before its final division: ``num`` summed over queries (or sequences), ``den`` their count.
+
+    Every score of this module is such a ratio, so a batch split into chunks (sequences in micro-batches)
+    gives the score of the whole batch by adding the chunks' ratios: ``sum(parts).value()`` equals the
+    score computed on all sequences at once, up to float summation order. ``value`` is ``empty`` where
+    ``den`` is 0 (NaN for "undefined", 0 for scores that define it so).
+    """
+
+    num: Tensor
+    den: Tensor
+    empty: float = math.nan
+
+    def __add__(self, other: Ratio) -> Ratio:
+        return Ratio(self.num + other.num, self.den + other.den, self.empty)
+
+    def __radd__(self, other: object) -> Ratio:  # sum() starts from 0
+        if other == 0:
+            return self
+        return NotImplemented
+
+    def value(self) -> Tensor:
+        return _safe_ratio(self.num, self.den.to(self.num.dtype), self.empty)
+
+
+def _query_mean(values: Tensor, weight: Tensor) -> Ratio:
+    """``(B, H, Q)`` values pooled over the queries where ``weight`` ``(B, Q)`` is True (NaN when none)."""
+    w = weight.to(values.dtype)
+    return Ratio((values * w[:, None, :]).sum(dim=(0, 2)), w.sum())
+
+
+class Chunk:
+    """Patterns of some sequences, prepared once (float, pads zeroed, causality resolved) with what several
+    metrics share (visible keys, row entropies, argmaxes) computed on first use.
+
+    The analysis feeds the ``*_sums`` functions one layer and one micro-batch of sequences at a time and adds
+    up their :class:`Ratio` s; the public metrics are the same functions on one chunk holding everything.
+    A chunk lives for one layer's micro-batch and its inputs are never modified, so nothing cached on it
+    can go stale.
+    """
+
+    def __init__(self, patterns: Tensor, mask: Tensor | None = None, causal: bool | None = None) -> None:
+        self.patterns, self.mask = _prepare(patterns, mask)
+        self.causal = _resolve_causal(self.patterns, causal)
+
+    @cached_property
+    def visible(self) -> Tensor:
+        return _visible(self.mask, self.causal)
+
+    @cached_property
+    def row_entropy(self) -> Tensor:
+        """Per-query entropy with Clark et al.'s smoothing, ``(B, H, Q)``."""
+        return _row_entropy(self.patterns, self.visible, CLARK_ENTROPY_SMOOTHING)
+
+    @cached_property
+    def top(self) -> Tensor:
+        return _argmax_keys(self.patterns)
+
+    @cached_property
+    def top_other(self) -> Tensor:
+        return _argmax_other_keys(self.patterns, self.mask)
+
+    def entropy(self, smoothing: float) -> Tensor:
+        if smoothing == CLARK_ENTROPY_SMOOTHING:
+            return self.row_entropy
+        return _row_entropy(self.patterns, self.visible, smoothing)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,9 +219,12 @@ def entropy(
     Returns:
         ``(H,)`` mean entropy in nats.
     """
-    patterns, mask = _prepare(patterns, mask)
-    vis = _visible(mask, _resolve_causal(patterns, causal))
-    return _mean_over_queries(_row_entropy(patterns, vis, smoothing), mask)
+    return entropy_sums(Chunk(patterns, mask, causal), smoothing).value()
+
+
+def entropy_sums(chunk: Chunk, smoothing: float = CLARK_ENTROPY_SMOOTHING) -> Ratio:
+    """:func:`entropy` as a :class:`Ratio`."""
+    return _query_mean(chunk.entropy(smoothing), chunk.mask)
 
 
 def normalized_entropy(
@@ -166,13 +244,15 @@ def normalized_entropy(
     Returns:
         ``(H,)`` in [0, 1].
     """
-    patterns, mask = _prepare(patterns, mask)
-    vis = _visible(mask, _resolve_causal(patterns, causal))
-    n_vis = vis.sum(-1)  # (B, Q)
-    eligible = mask & (n_vis > 1)
-    max_entropy = torch.log(n_vis.clamp_min(2).to(patterns.dtype))  # (B, Q)
-    per_query = _row_entropy(patterns, vis, smoothing) / max_entropy[:, None, :]
-    return _mean_over_queries(per_query, eligible)
+    return normalized_entropy_sums(Chunk(patterns, mask, causal), smoothing).value()
+
+
+def normalized_entropy_sums(chunk: Chunk, smoothing: float = CLARK_ENTROPY_SMOOTHING) -> Ratio:
+    """:func:`normalized_entropy` as a :class:`Ratio`."""
+    n_vis = chunk.visible.sum(-1)  # (B, Q)
+    eligible = chunk.mask & (n_vis > 1)
+    max_entropy = torch.log(n_vis.clamp_min(2).to(chunk.patterns.dtype))  # (B, Q)
+    return _query_mean(chunk.entropy(smoothing) / max_entropy[:, None, :], eligible)
 
 
 def confidence(patterns: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -182,8 +262,12 @@ def confidence(patterns: Tensor, mask: Tensor | None = None) -> Tensor:
     Returns:
         ``(H,)`` in (0, 1].
     """
-    patterns, mask = _prepare(patterns, mask)
-    return _mean_over_queries(patterns.amax(dim=-1), mask)
+    return confidence_sums(Chunk(patterns, mask, causal=False)).value()
+
+
+def confidence_sums(chunk: Chunk) -> Ratio:
+    """:func:`confidence` as a :class:`Ratio`."""
+    return _query_mean(chunk.patterns.amax(dim=-1), chunk.mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,8 +301,13 @@ def relative_position_profile(
     """
     if max_offset < 0:
         raise ValueError(f"max_offset must be >= 0; got {max_offset}")
-    patterns, mask = _prepare(patterns, mask)
-    causal = _resolve_causal(patterns, causal)
+    argmax_frac, mean_weight = relative_position_sums(Chunk(patterns, mask, causal), max_offset)
+    return argmax_frac.value(), mean_weight.value()
+
+
+def relative_position_sums(chunk: Chunk, max_offset: int = 3) -> tuple[Ratio, Ratio]:
+    """:func:`relative_position_profile` as two :class:`Ratio` s."""
+    patterns, mask, causal = chunk.patterns, chunk.mask, chunk.causal
     B, H, T, _ = patterns.shape
     device = patterns.device
     offsets = torch.arange(-max_offset, max_offset + 1, device=device)  # (O,)
@@ -235,9 +324,9 @@ def relative_position_profile(
 
     at_offset = patterns.gather(-1, keys_c[None, None].expand(B, H, T, -1))  # (B, H, T, O)
     mean_weight = (at_offset * weight[:, None]).sum(dim=(0, 2))
-    hits = (_argmax_keys(patterns)[..., None] == keys_c).to(patterns.dtype)  # (B, H, T, O)
+    hits = (chunk.top[..., None] == keys_c).to(patterns.dtype)  # (B, H, T, O)
     argmax_frac = (hits * weight[:, None]).sum(dim=(0, 2))
-    return _safe_ratio(argmax_frac, count, 0.0), _safe_ratio(mean_weight, count, 0.0)
+    return Ratio(argmax_frac, count, 0.0), Ratio(mean_weight, count, 0.0)
 
 
 def positional_heads(
@@ -257,6 +346,11 @@ def positional_heads(
         to the most negative offset.
     """
     argmax_frac, _ = relative_position_profile(patterns, mask, max_offset, causal=causal)
+    return best_offset(argmax_frac, max_offset, threshold)
+
+
+def best_offset(argmax_frac: Tensor, max_offset: int, threshold: float = 0.9) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`positional_heads` from ``argmax_frac`` ``(H, 2k + 1)`` of :func:`relative_position_profile`."""
     best_frac, best_idx = argmax_frac.max(dim=-1)
     return best_frac >= threshold, best_idx - max_offset, best_frac
 
@@ -272,7 +366,7 @@ def _detection_score(
     mask: Tensor,
     exclude_bos: bool,
     exclude_current_token: bool,
-) -> Tensor:
+) -> Ratio:
     """TransformerLens ``compute_head_attention_similarity_score`` with ``error_measure="mul"``.
 
     Per sequence ``sum(A' * P) / sum(A')`` over the real query x key area, where A' is A with column 0
@@ -292,8 +386,7 @@ def _detection_score(
     den = kept.sum(dim=(-2, -1))
     defined = (den > 0).to(patterns.dtype)
     per_seq = _safe_ratio(num, den, 0.0)
-    n_defined = defined.sum(0)
-    return _safe_ratio((per_seq * defined).sum(0), n_defined, float("nan"))
+    return Ratio((per_seq * defined).sum(0), defined.sum(0))
 
 
 def _earlier(n: int, device: torch.device) -> Tensor:
@@ -325,10 +418,14 @@ def previous_token_score(
     Returns:
         ``(H,)`` in [0, 1].
     """
-    patterns, mask = _prepare(patterns, mask)
-    T = patterns.shape[-1]
-    detection = torch.diag(torch.ones(T - 1, dtype=torch.bool, device=patterns.device), -1)
-    return _detection_score(patterns, detection[None], mask, exclude_bos, exclude_current_token)
+    return previous_token_sums(Chunk(patterns, mask, causal=False), exclude_bos, exclude_current_token).value()
+
+
+def previous_token_sums(chunk: Chunk, exclude_bos: bool = False, exclude_current_token: bool = False) -> Ratio:
+    """:func:`previous_token_score` as a :class:`Ratio` (over sequences)."""
+    T = chunk.patterns.shape[-1]
+    detection = torch.diag(torch.ones(T - 1, dtype=torch.bool, device=chunk.patterns.device), -1)
+    return _detection_score(chunk.patterns, detection[None], chunk.mask, exclude_bos, exclude_current_token)
 
 
 def _duplicate_pattern(tokens: Tensor) -> Tensor:
@@ -354,9 +451,15 @@ def duplicate_token_score(
     Returns:
         ``(H,)`` in [0, 1].
     """
-    patterns, mask = _prepare(patterns, mask)
-    tokens = _check_tokens(tokens, patterns)
-    return _detection_score(patterns, _duplicate_pattern(tokens), mask, exclude_bos, exclude_current_token)
+    return duplicate_token_sums(Chunk(patterns, mask, causal=False), tokens, exclude_bos, exclude_current_token).value()
+
+
+def duplicate_token_sums(
+    chunk: Chunk, tokens: Tensor, exclude_bos: bool = False, exclude_current_token: bool = False
+) -> Ratio:
+    """:func:`duplicate_token_score` as a :class:`Ratio` (over sequences)."""
+    tokens = _check_tokens(tokens, chunk.patterns)
+    return _detection_score(chunk.patterns, _duplicate_pattern(tokens), chunk.mask, exclude_bos, exclude_current_token)
 
 
 def induction_score(
@@ -377,15 +480,24 @@ def induction_score(
     Returns:
         ``(H,)`` in [0, 1].
     """
-    patterns, mask = _prepare(patterns, mask)
-    tokens = _check_tokens(tokens, patterns)
-    duplicate = _duplicate_pattern(tokens)
+    return induction_sums(Chunk(patterns, mask, causal=False), tokens, exclude_bos, exclude_current_token).value()
+
+
+def _induction_pattern(tokens: Tensor) -> Tensor:
+    """``(B, Q, K)`` bool: key j + 1 follows an earlier copy j < q of the query's token."""
     # Column j + 1 takes column j; column 0 has no left neighbour (TransformerLens zero-fills it).
-    detection = F.pad(duplicate[:, :, :-1], (1, 0), value=False)
-    return _detection_score(patterns, detection, mask, exclude_bos, exclude_current_token)
+    return F.pad(_duplicate_pattern(tokens)[:, :, :-1], (1, 0), value=False)
 
 
-def _target_attention(patterns: Tensor, detection: Tensor, mask: Tensor) -> Tensor:
+def induction_sums(
+    chunk: Chunk, tokens: Tensor, exclude_bos: bool = False, exclude_current_token: bool = False
+) -> Ratio:
+    """:func:`induction_score` as a :class:`Ratio` (over sequences)."""
+    tokens = _check_tokens(tokens, chunk.patterns)
+    return _detection_score(chunk.patterns, _induction_pattern(tokens), chunk.mask, exclude_bos, exclude_current_token)
+
+
+def _target_attention(patterns: Tensor, detection: Tensor, mask: Tensor) -> Ratio:
     """Mean over the real queries that have at least one real target key of the attention on targets.
 
     Unlike the TransformerLens ratio, queries with nothing to find (the first half of a repeated
@@ -396,7 +508,7 @@ def _target_attention(patterns: Tensor, detection: Tensor, mask: Tensor) -> Tens
     has_target = targets.any(-1)  # (B, Q)
     on_target = (patterns * targets[:, None].to(patterns.dtype)).sum(-1)  # (B, H, Q)
     weight = has_target[:, None].to(patterns.dtype)
-    return _safe_ratio((on_target * weight).sum(dim=(0, 2)), weight.sum(dim=(0, 2)), float("nan"))
+    return Ratio((on_target * weight).sum(dim=(0, 2)), weight.sum(dim=(0, 2)))
 
 
 def prefix_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -409,10 +521,13 @@ def prefix_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None 
     Returns:
         ``(H,)`` in [0, 1]; NaN if no query has an earlier copy.
     """
-    patterns, mask = _prepare(patterns, mask)
-    tokens = _check_tokens(tokens, patterns)
-    detection = F.pad(_duplicate_pattern(tokens)[:, :, :-1], (1, 0), value=False)
-    return _target_attention(patterns, detection, mask)
+    return prefix_matching_sums(Chunk(patterns, mask, causal=False), tokens).value()
+
+
+def prefix_matching_sums(chunk: Chunk, tokens: Tensor) -> Ratio:
+    """:func:`prefix_matching_score` as a :class:`Ratio`."""
+    tokens = _check_tokens(tokens, chunk.patterns)
+    return _target_attention(chunk.patterns, _induction_pattern(tokens), chunk.mask)
 
 
 def duplicate_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -422,9 +537,13 @@ def duplicate_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | No
     Returns:
         ``(H,)`` in [0, 1]; NaN if no query has an earlier copy.
     """
-    patterns, mask = _prepare(patterns, mask)
-    tokens = _check_tokens(tokens, patterns)
-    return _target_attention(patterns, _duplicate_pattern(tokens), mask)
+    return duplicate_matching_sums(Chunk(patterns, mask, causal=False), tokens).value()
+
+
+def duplicate_matching_sums(chunk: Chunk, tokens: Tensor) -> Ratio:
+    """:func:`duplicate_matching_score` as a :class:`Ratio`."""
+    tokens = _check_tokens(tokens, chunk.patterns)
+    return _target_attention(chunk.patterns, _duplicate_pattern(tokens), chunk.mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,8 +564,12 @@ def sink_score(patterns: Tensor, mask: Tensor | None = None) -> Tensor:
     Returns:
         ``(H,)`` in [0, 1].
     """
-    patterns, mask = _prepare(patterns, mask)
-    return _mean_over_queries(_first_token_attention(patterns), mask)
+    return sink_sums(Chunk(patterns, mask, causal=False)).value()
+
+
+def sink_sums(chunk: Chunk) -> Ratio:
+    """:func:`sink_score` as a :class:`Ratio`."""
+    return _query_mean(_first_token_attention(chunk.patterns), chunk.mask)
 
 
 def sink_rate(patterns: Tensor, mask: Tensor | None = None, eps: float = 0.3) -> Tensor:
@@ -459,13 +582,17 @@ def sink_rate(patterns: Tensor, mask: Tensor | None = None, eps: float = 0.3) ->
     Returns:
         ``(H,)`` in [0, 1].
     """
-    patterns, mask = _prepare(patterns, mask)
+    return sink_rate_sums(Chunk(patterns, mask, causal=False), eps).value()
+
+
+def sink_rate_sums(chunk: Chunk, eps: float = 0.3) -> Ratio:
+    """:func:`sink_rate` as a :class:`Ratio` (over sequences)."""
+    patterns, mask = chunk.patterns, chunk.mask
     w = mask.to(patterns.dtype)
     alpha = (_first_token_attention(patterns) * w[:, None]).sum(-1) / w.sum(-1).clamp_min(1)[:, None]  # (B, H)
     real = mask.any(-1)
-    if not bool(real.any()):
-        return torch.full((patterns.shape[1],), float("nan"), device=patterns.device)
-    return (alpha[real] > eps).to(patterns.dtype).mean(0)
+    sinks = ((alpha > eps) & real[:, None]).to(patterns.dtype).sum(0)
+    return Ratio(sinks, real.to(patterns.dtype).sum())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,15 +678,17 @@ def dependency_accuracy(
         dependent whose head comes later (or, head2dep, a head whose dependent comes later) can never
         be hit: the query cannot see it.
     """
-    patterns, mask = _prepare(patterns, mask)
-    heads = _check_annotation("heads", heads, mask)
-    rels = _check_annotation("rels", rels, mask)
-    T = patterns.shape[-1]
-    excluded = torch.eye(T, dtype=torch.bool, device=patterns.device)[None] | ~mask[:, None, :]  # (B, Q, K)
-    # masked_fill returns a new tensor: the caller's patterns are untouched.
-    pred = patterns.masked_fill(excluded[:, None], float("-inf")).argmax(dim=-1)
-    hits, totals = _relation_hits(pred, heads, rels, n_relations, mask, direction)
-    return _safe_ratio(hits, totals, float("nan"))
+    return dependency_sums(Chunk(patterns, mask, causal=False), heads, rels, n_relations, direction).value()
+
+
+def dependency_sums(
+    chunk: Chunk, heads: Tensor, rels: Tensor, n_relations: int, direction: Direction = "dep2head"
+) -> Ratio:
+    """:func:`dependency_accuracy` as a :class:`Ratio` ``(H, R)``."""
+    heads = _check_annotation("heads", heads, chunk.mask)
+    rels = _check_annotation("rels", rels, chunk.mask)
+    hits, totals = _relation_hits(chunk.top_other, heads, rels, n_relations, chunk.mask, direction)
+    return Ratio(hits, totals)
 
 
 def offset_baseline(
@@ -673,9 +802,13 @@ def rare_token_score(
     Returns:
         ``(H,)`` in [0, 1].
     """
-    patterns, mask = _prepare(patterns, mask)
+    return rare_token_sums(Chunk(patterns, mask, causal), tokens, token_freq).value()
+
+
+def rare_token_sums(chunk: Chunk, tokens: Tensor, token_freq: Tensor) -> Ratio:
+    """:func:`rare_token_score` as a :class:`Ratio`."""
+    patterns, mask, causal = chunk.patterns, chunk.mask, chunk.causal
     tokens = _check_tokens(tokens, patterns)
-    causal = _resolve_causal(patterns, causal)
     T = patterns.shape[-1]
     # Pad ids may lie outside the vocabulary (e.g. -100); pads are never candidates, so clamp to look up.
     freq = token_freq.to(device=patterns.device, dtype=torch.float64)[tokens.clamp(0, token_freq.numel() - 1)]
@@ -684,9 +817,8 @@ def rare_token_score(
     cand_freq = torch.where(candidate, freq[:, None, :], torch.full_like(candidate, math.inf, dtype=torch.float64))
     rarest = candidate & (cand_freq == cand_freq.amin(dim=-1, keepdim=True))
     eligible = mask & candidate.any(-1)
-    pred = _argmax_keys(patterns)  # (B, H, Q)
-    hit = rarest[:, None].expand(-1, patterns.shape[1], -1, -1).gather(-1, pred[..., None])[..., 0]
-    return _mean_over_queries(hit.to(patterns.dtype), eligible)
+    hit = rarest[:, None].expand(-1, patterns.shape[1], -1, -1).gather(-1, chunk.top[..., None])[..., 0]
+    return _query_mean(hit.to(patterns.dtype), eligible)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -742,9 +874,7 @@ def derived_amod_pred(heads: Tensor, rels: Tensor, relations: Sequence[str]) -> 
 def argmax_keys(patterns: Tensor, mask: Tensor) -> Tensor:
     """Each query's most-attended other real key, ``(B, H, T)``: the prediction
     :func:`dependency_accuracy` scores (diagonal and pads excluded)."""
-    T = patterns.shape[-1]
-    excluded = torch.eye(T, dtype=torch.bool, device=patterns.device)[None] | ~mask[:, None, :]
-    return patterns.float().masked_fill(excluded[:, None], float("-inf")).argmax(dim=-1)
+    return _argmax_other_keys(patterns, mask)
 
 
 def dep2head_accuracy(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
@@ -758,14 +888,18 @@ def dep2head_accuracy(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     Returns:
         ``(H, R)``; NaN for relations without an arc.
     """
+    return dep2head_sums(pred, targets, mask).value()
+
+
+def dep2head_sums(pred: Tensor, targets: Tensor, mask: Tensor) -> Ratio:
+    """:func:`dep2head_accuracy` as a :class:`Ratio` ``(H, R)``."""
     T = targets.shape[-1]
     safe = targets.clamp(0, T - 1)
     key_real = mask[None].expand_as(targets).gather(2, safe)
     valid = (targets >= 0) & (targets < T) & mask[None] & key_real  # (R, B, T)
     hits = ((pred[None] == safe[:, :, None, :]) & valid[:, :, None, :]).sum(dim=(1, 3))  # (R, H)
     totals = valid.sum(dim=(1, 2))  # (R,)
-    acc = hits.float() / totals.clamp_min(1)[:, None].float()
-    return torch.where(totals[:, None] > 0, acc, torch.full_like(acc, float("nan"))).T
+    return Ratio(hits.T.float(), totals.float())
 
 
 def position_baseline(targets: Tensor, mask: Tensor, causal: bool) -> Tensor:

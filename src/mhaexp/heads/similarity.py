@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from mhaexp.heads.patterns import _prepare
+from mhaexp.heads.patterns import Ratio, _prepare
 
 
 def _kl_terms(p: Tensor, m: Tensor) -> Tensor:
@@ -50,6 +50,18 @@ def js_divergence_matrix(
     Returns:
         ``(N, N)`` symmetric, zero diagonal.
     """
+    return js_divergence_sums(patterns_all, mask, smoothing=smoothing, max_chunk_elements=max_chunk_elements).value()
+
+
+def js_divergence_sums(
+    patterns_all: Tensor,
+    mask: Tensor | None = None,
+    *,
+    smoothing: float = 0.0,
+    max_chunk_elements: int = 2**24,
+) -> Ratio:
+    """:func:`js_divergence_matrix` as a :class:`~mhaexp.heads.patterns.Ratio`: the ``(N, N)`` sum of
+    ``JS_q(i, j)`` over the real queries, and their count. Sequences in micro-batches add up."""
     patterns_all, mask = _prepare(patterns_all, mask)
     if smoothing:
         keys = mask.to(patterns_all.dtype)
@@ -58,8 +70,6 @@ def js_divergence_matrix(
     B, N, T, _ = patterns_all.shape
     query_weight = mask.to(patterns_all.dtype)
     n_queries = query_weight.sum()
-    if n_queries == 0:
-        return torch.full((N, N), float("nan"), device=patterns_all.device)
     block = max(1, math.isqrt(max(1, max_chunk_elements // (B * T * T))))
     out = torch.zeros(N, N, dtype=patterns_all.dtype, device=patterns_all.device)
     for i0 in range(0, N, block):
@@ -68,10 +78,10 @@ def js_divergence_matrix(
             r = patterns_all[:, None, j0 : j0 + block]  # (B, 1, bj, T, T)
             m = (p + r) / 2
             js = 0.5 * (_kl_terms(p, m) + _kl_terms(r, m)).sum(-1)  # (B, bi, bj, T)
-            mean = torch.einsum("bijq,bq->ij", js, query_weight) / n_queries
-            out[i0 : i0 + block, j0 : j0 + block] = mean
-            out[j0 : j0 + block, i0 : i0 + block] = mean.T
-    return out
+            total = torch.einsum("bijq,bq->ij", js, query_weight)
+            out[i0 : i0 + block, j0 : j0 + block] = total
+            out[j0 : j0 + block, i0 : i0 + block] = total.T
+    return Ratio(out, n_queries)
 
 
 def mds_embedding(D: Tensor, dim: int = 2, seed: int = 0) -> Tensor:  # noqa: N803 (D: the usual name of a distance matrix)

@@ -10,8 +10,8 @@ Orientation (row vectors, as ``x @ W`` in our code; the paper writes the transpo
 Head h's OV circuit, token in -> logit out, is the V x V matrix ``M_h = W_E W_V^h W_O^h W_U`` (the
 transpose of Elhage et al.'s ``W_U W_O^h W_V^h W_E``; transposition keeps eigenvalues).
 
-For an ``nn.Linear`` ``v_proj`` with ``weight`` of shape ``(n_kv * hd, d)``,
-``W_V = v_proj.weight.view(n_kv, hd, d).transpose(1, 2)``; for ``o_proj`` with weight
+For the v rows ``w_v`` of the fused ``qkv_proj`` weight (shape ``(n_kv * hd, d)``, from
+``MultiHeadAttention.split_qkv``), ``W_V = w_v.view(n_kv, hd, d).transpose(1, 2)``; for ``o_proj`` with weight
 ``(d, H * hd)``, ``W_O = o_proj.weight.view(d, H, hd).permute(1, 2, 0)``.
 """
 

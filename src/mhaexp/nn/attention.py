@@ -21,6 +21,12 @@ Two paths compute the same function:
   This is the one way patterns leave the layer; ``Transformer.forward`` hands back
   every layer's.
 
+Projections: one fused ``qkv_proj`` (nanoGPT's ``c_attn``) whose output rows are the query heads,
+then the K heads, then the V heads (:func:`qkv_sizes`), so training runs one GEMM and builds nothing
+per step. :meth:`MultiHeadAttention.split_qkv` hands out the q/k/v parts of its weight, bias or grad
+(views). Checkpoints written with separate ``q_proj``/``k_proj``/``v_proj`` still load: a
+``load_state_dict`` pre-hook concatenates them (:func:`fuse_qkv_keys`).
+
 Per-head gates: ``head_gate`` is a buffer of ones, shape ``(n_heads,)``; head
 ``h``'s output is multiplied by ``head_gate[h]`` before ``o_proj``. A gate of 0
 removes exactly that head's contribution; ``head_gate.requires_grad_(True)``
@@ -39,7 +45,47 @@ from torch import nn
 from mhaexp.errors import ConfigError
 from mhaexp.nn.shapes import check_heads, divisors, resolve_head_dim
 
-__all__ = ["MultiHeadAttention", "RotaryEmbedding", "check_heads", "divisors", "resolve_head_dim"]
+__all__ = [
+    "FUSED_QKV",
+    "SEPARATE_QKV",
+    "FusedQKV",
+    "MultiHeadAttention",
+    "RotaryEmbedding",
+    "check_heads",
+    "divisors",
+    "fuse_qkv_keys",
+    "fuse_separate_qkv",
+    "qkv_sizes",
+    "resolve_head_dim",
+]
+
+FUSED_QKV = "qkv_proj"
+# The layout before the fused projection; old checkpoints carry these keys.
+SEPARATE_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+def qkv_sizes(n_heads: int, n_kv_heads: int, head_dim: int) -> tuple[int, int, int]:
+    """Rows of q, k and v in the fused projection, in that order."""
+    return n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim
+
+
+def fuse_qkv_keys(state: dict[str, torch.Tensor], prefix: str) -> None:
+    """In place: one layer's separate ``q_proj``/``k_proj``/``v_proj`` tensors -> ``qkv_proj`` (rows q, k, v).
+
+    A layer with only some of the three is left alone, so ``load_state_dict`` names what is missing."""
+    for kind in ("weight", "bias"):
+        names = [f"{prefix}{p}.{kind}" for p in SEPARATE_QKV]
+        if all(n in state for n in names):
+            state[f"{prefix}{FUSED_QKV}.{kind}"] = torch.cat([state.pop(n) for n in names])
+
+
+def fuse_separate_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A whole model state with every layer in the fused layout (a new dict; fused layers pass through)."""
+    out = dict(state)
+    suffix = f"{SEPARATE_QKV[0]}.weight"
+    for key in [k for k in state if k.endswith(suffix)]:
+        fuse_qkv_keys(out, key[: -len(suffix)])
+    return out
 
 
 class RotaryEmbedding(nn.Module):
@@ -61,6 +107,20 @@ class RotaryEmbedding(nn.Module):
         x1, x2 = x.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
         return x * self.cos[:T].to(x.dtype) + rotated * self.sin[:T].to(x.dtype)
+
+
+class FusedQKV(nn.Linear):
+    """The fused q/k/v projection. Its own class so that model init can draw q, k and v in turn, as it
+    did for three separate layers: the same seed gives the same weights as before the fusion."""
+
+    def __init__(self, d_model: int, sizes: tuple[int, int, int], bias: bool) -> None:
+        super().__init__(d_model, sum(sizes), bias=bias)
+        self.sizes = sizes
+
+    def split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k and v rows of ``t`` (weight, bias or their grads: dim 0 is the output row), as views."""
+        q, k, v = t.split(self.sizes, dim=0)
+        return q, k, v
 
 
 class MultiHeadAttention(nn.Module):
@@ -99,19 +159,22 @@ class MultiHeadAttention(nn.Module):
         self.d_model = d_model
         self.causal = causal
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.qkv_proj = FusedQKV(d_model, qkv_sizes(n_heads, self.n_kv_heads, self.head_dim), bias)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.rotary = RotaryEmbedding(self.head_dim, max_seq_len, rope_base) if rope else None
         self.register_buffer("head_gate", torch.ones(n_heads))
         # Extra multiplicative gates (e.g. hard-concrete L0 gates while pruning); returns (n_heads,).
         self.gate_fn: Callable[[], torch.Tensor] | None = None
+        self.register_load_state_dict_pre_hook(_load_separate_qkv)
 
     @property
     def group_size(self) -> int:
         """Query heads per K/V head."""
         return self.n_heads // self.n_kv_heads
+
+    def split_qkv(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The q, k and v parts of ``qkv_proj``'s weight, bias or grad (views, rows per head ``head_dim``)."""
+        return self.qkv_proj.split(t)
 
     def kv_head_of(self, h: int) -> int:
         """The K/V head that query head ``h`` reads."""
@@ -141,12 +204,7 @@ class MultiHeadAttention(nn.Module):
         """
         B, T, _ = x.shape
         nh, nkv, hs = self.n_heads, self.n_kv_heads, self.head_dim
-        # One GEMM for q, k and v (nanoGPT's c_attn) built from the three Linear layers, which stay the
-        # parameters: checkpoints, head surgery and weight analysis keep addressing q_proj/k_proj/v_proj.
-        # Forward and backward launch 9 fewer kernels than three separate projections.
-        w_qkv = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        b_qkv = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        q, k, v = F.linear(x, w_qkv, b_qkv).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q, k, v = self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
@@ -188,3 +246,7 @@ class MultiHeadAttention(nn.Module):
         dropped = F.dropout(weights, p) if p > 0 else weights
         y = dropped.view(B, nkv, g, T, T) @ v.unsqueeze(2)  # (B, nkv, g, T, hs)
         return y.view(B, nh, T, hs), weights
+
+
+def _load_separate_qkv(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
+    fuse_qkv_keys(state, prefix)

@@ -8,13 +8,14 @@ V vocabulary, nh query heads, hs head size.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mhaexp.errors import ConfigError
-from mhaexp.nn.attention import MultiHeadAttention
+from mhaexp.nn.attention import FusedQKV, MultiHeadAttention
 from mhaexp.nn.config import ModelConfig
 
 __all__ = ["ModelConfig", "Transformer"]
@@ -86,7 +87,13 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, FusedQKV):
+            # q, k, v drawn in turn, as three separate layers were: a seed gives the weights it always gave.
+            for part in module.split(module.weight):
+                nn.init.normal_(part, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -105,19 +112,31 @@ class Transformer(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """``idx`` (B, T) token ids -> logits (B, T, V), and the per-layer patterns
         (each (B, nh, T, T)) when ``need_weights``, else None."""
-        B, T = idx.shape
-        if T > self.cfg.max_seq_len:
-            raise ConfigError("model.max_seq_len", self.cfg.max_seq_len, f"must be >= the sequence length {T}")
-        x = self.tok_emb(idx)  # (B, T, d)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))  # (T, d) broadcast over B
-        x = self.drop(x)
+        x = self._embed(idx)
         patterns: list[torch.Tensor] | None = [] if need_weights else None
         for block in self.blocks:
             x, w = block(x, need_weights=need_weights, key_padding_mask=attention_mask)
             if patterns is not None:
                 patterns.append(w)
         return self.lm_head(self.ln_f(x)), patterns  # (B, T, V)
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.shape[1]
+        if T > self.cfg.max_seq_len:
+            raise ConfigError("model.max_seq_len", self.cfg.max_seq_len, f"must be >= the sequence length {T}")
+        x = self.tok_emb(idx)  # (B, T, d)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))  # (T, d) broadcast over B
+        return self.drop(x)
+
+    def layer_patterns(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """Each layer's pattern (B, nh, T, T) in turn, the blocks run one at a time as the caller asks:
+        the same patterns as ``forward(need_weights=True)``, but only the current layer's need be alive
+        (the streaming analysis, :mod:`mhaexp.analysis.collect`). No logits are computed."""
+        x = self._embed(idx)
+        for block in self.blocks:
+            x, w = block(x, need_weights=True, key_padding_mask=attention_mask)
+            yield w
 
     def param_counts(self) -> dict[str, int]:
         """Parameters by part (tied weights counted once, in the embedding)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 Batch = dict[str, Tensor]
@@ -29,3 +30,28 @@ def causal_targets(ids: Tensor, real: Tensor) -> Tensor:
     targets = ids.roll(-1, dims=1).masked_fill(~real.roll(-1, dims=1), IGNORE)
     targets[:, -1] = IGNORE
     return targets
+
+
+def answer_exact_match(logits: Tensor, targets: Tensor, answer: Tensor) -> Tensor:
+    """(B, Q) 1.0 where every step of query q's answer is predicted exactly, NaN where row b has no query q.
+
+    ``answer`` (B, T) holds, at each position whose next token belongs to an answer, the 1-based number
+    of the query it answers (0 elsewhere; a bool mask is one query). Scored under teacher forcing, which
+    for exact match equals greedy generation: up to the first wrong step the two see the same prefix, so
+    both fail there or both copy the whole answer (Wu et al. 2024 score the generated answer).
+    """
+    answer = answer.long() * (targets != IGNORE)
+    n_queries = max(1, int(answer.max()))
+    wrong = logits.argmax(-1) != targets  # (B, T)
+    query = torch.arange(1, n_queries + 1, device=answer.device)
+    steps = answer[:, None, :] == query[None, :, None]  # (B, Q, T)
+    hit = (~(steps & wrong[:, None, :]).any(dim=-1)).float()
+    return hit.masked_fill(~steps.any(dim=-1), float("nan"))
+
+
+def answer_depth(depth: Tensor, answer: Tensor) -> Tensor:
+    """(B, Q) the depth recorded at query q's answer steps (-1 where row b has no query q)."""
+    n_queries = max(1, int(answer.max()))
+    query = torch.arange(1, n_queries + 1, device=answer.device)
+    steps = answer.long()[:, None, :] == query[None, :, None]
+    return torch.where(steps, depth[:, None, :], torch.full_like(depth[:, None, :], -1)).amax(dim=-1)

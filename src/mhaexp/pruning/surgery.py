@@ -2,7 +2,8 @@
 
 Physical removal
 ----------------
-Removing query head ``h`` deletes its rows of ``q_proj`` and its columns of ``o_proj``. Because
+Removing query head ``h`` deletes its rows of ``qkv_proj``'s q part and its columns of ``o_proj``
+(a removed K/V head: its rows of the k and v parts). Because
 query head ``h`` reads K/V head ``h // group_size`` with one group size per layer, the heads that
 survive in a layer must still come in equal-sized consecutive groups. The rule (per layer):
 
@@ -45,6 +46,7 @@ from torch import Tensor
 
 from mhaexp.checkpoint import CHECKPOINT_KEY, atomic_save, read_checkpoint
 from mhaexp.errors import ConfigError
+from mhaexp.nn.attention import FUSED_QKV, fuse_separate_qkv, qkv_sizes
 from mhaexp.nn.model import ModelConfig, Transformer
 from mhaexp.nn.shapes import divisors
 from mhaexp.pruning.l0 import HardConcreteGate, fold_l0_state
@@ -188,15 +190,15 @@ def prune_layer_state(state: dict[str, Tensor], prefix: str, plan: LayerPlan, he
     """Apply ``plan`` to one attention layer's tensors in a model ``state_dict`` (returns a new dict)."""
     out = dict(state)
     hs = head_dim
-    out[prefix + "q_proj.weight"] = _rows(state[prefix + "q_proj.weight"], plan.q_src, hs)
-    for name in ("k_proj", "v_proj"):
-        out[prefix + f"{name}.weight"] = _rows(state[prefix + f"{name}.weight"], plan.kv_src, hs)
+    nh, nkv = plan.n_heads, plan.n_kv_heads
+    # qkv_proj's rows are head_dim-row blocks: query heads 0..nh-1, then K heads, then V heads.
+    blocks = [*plan.q_src, *(nh + j for j in plan.kv_src), *(nh + nkv + j for j in plan.kv_src)]
+    for kind in ("weight", "bias"):
+        key = f"{prefix}{FUSED_QKV}.{kind}"
+        if key in state:
+            out[key] = _rows(state[key], blocks, hs)
     w_o = state[prefix + "o_proj.weight"]  # (d, nh*hs): a head's columns
     out[prefix + "o_proj.weight"] = _rows(w_o.t(), plan.q_src, hs).t().contiguous()
-    if prefix + "q_proj.bias" in state:
-        out[prefix + "q_proj.bias"] = _rows(state[prefix + "q_proj.bias"], plan.q_src, hs)
-        for name in ("k_proj", "v_proj"):
-            out[prefix + f"{name}.bias"] = _rows(state[prefix + f"{name}.bias"], plan.kv_src, hs)
     gate = state[prefix + "head_gate"]
     out[prefix + "head_gate"] = torch.tensor(plan.q_gate, dtype=gate.dtype, device=gate.device)
     return out
@@ -309,7 +311,7 @@ def convert_kv(
     init: str = "mean",
     generator: torch.Generator | None = None,
     is_bias: bool = False,
-    name: str = "k_proj",
+    name: str = "qkv_proj (k)",
 ) -> Tensor:
     """K or V projection rows (``n_src * head_dim``, ...) -> (``n_tgt * head_dim``, ...).
 
@@ -395,15 +397,25 @@ def convert_state(
             )
         value = src[key]
         parts = key.split(".")
-        if len(parts) == 5 and parts[0] == "blocks" and parts[2] == "attn" and parts[3] in ("k_proj", "v_proj"):
+        if len(parts) == 5 and parts[0] == "blocks" and parts[2] == "attn" and parts[3] == FUSED_QKV:
             layer = int(parts[1])
             (nh_s, nkv_s), (nh_t, nkv_t) = src_cfg.heads_in_layer(layer), tgt_cfg.heads_in_layer(layer)
-            if nkv_s != nkv_t and nh_s == nh_t and src_cfg.head_dim == tgt_cfg.head_dim:
+            hs = tgt_cfg.head_dim
+            if (
+                nkv_s != nkv_t
+                and nh_s == nh_t
+                and src_cfg.head_dim == hs
+                and value.shape[0] == sum(qkv_sizes(nh_s, nkv_s, hs))
+            ):
                 if nh_t % nkv_t:
                     raise ConfigError("model.n_kv_heads", nkv_t, f"must divide n_heads={nh_t}: {divisors(nh_t)}")
-                value = convert_kv(
-                    value, nkv_s, nkv_t, tgt_cfg.head_dim, gqa_init, gen, is_bias=parts[4] == "bias", name=key
+                q, k, v = value.split(qkv_sizes(nh_s, nkv_s, hs), dim=0)
+                is_bias = parts[4] == "bias"
+                k, v = (
+                    convert_kv(t, nkv_s, nkv_t, hs, gqa_init, gen, is_bias=is_bias, name=f"{key} ({which})")
+                    for t, which in ((k, "k"), (v, "v"))
                 )
+                value = torch.cat([q, k, v])
         if tuple(value.shape) != tuple(shape):
             raise ConfigError(
                 field_name,
@@ -434,9 +446,10 @@ def checkpoint_config(ckpt: dict[str, Any]) -> ModelConfig:
 
 
 def model_state(ckpt: dict[str, Any]) -> dict[str, Tensor]:
-    """The Transformer's state (``model.`` prefix stripped), L0 gates folded into ``head_gate``."""
+    """The Transformer's state (``model.`` prefix stripped), L0 gates folded into ``head_gate``, q/k/v
+    in the fused layout (checkpoints written before it carry separate ``q_proj``/``k_proj``/``v_proj``)."""
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return fold_l0_state(state)
+    return fuse_separate_qkv(fold_l0_state(state))
 
 
 def load_model(path: str | os.PathLike[str], field_name: str = "ckpt") -> Transformer:

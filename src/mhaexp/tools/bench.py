@@ -272,16 +272,16 @@ class NanoGPT(nn.Module):
 def copy_into_nano_attention(ours: MultiHeadAttention, nano: NanoCausalSelfAttention) -> None:
     """Give the reference our weights, so the benchmark also checks both compute the same function."""
     with torch.no_grad():
-        nano.c_attn.weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
-        nano.c_attn.bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        nano.c_attn.weight.copy_(ours.qkv_proj.weight)  # same row layout: q, k, v
+        nano.c_attn.bias.copy_(ours.qkv_proj.bias)
         nano.c_proj.weight.copy_(ours.o_proj.weight)
         nano.c_proj.bias.copy_(ours.o_proj.bias)
 
 
 def copy_into_torch_mha(ours: MultiHeadAttention, ref: nn.MultiheadAttention) -> None:
     with torch.no_grad():
-        ref.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
-        ref.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        ref.in_proj_weight.copy_(ours.qkv_proj.weight)
+        ref.in_proj_bias.copy_(ours.qkv_proj.bias)
         ref.out_proj.weight.copy_(ours.o_proj.weight)
         ref.out_proj.bias.copy_(ours.o_proj.bias)
 

@@ -2,7 +2,8 @@
 
 Written for a GPU lent for a few minutes: every section is small, runs under
 its own time limit, and reports PASS or FAIL without stopping the others; the
-whole check stays under about three minutes on one H100. Sections:
+whole check stays under :data:`DEADLINE_S` (9 minutes) on one H200. It ends with one
+table of the performance targets (issue 14) and writes everything as JSON. Sections:
 
 * ``env``           torch / CUDA / cuDNN / NCCL versions, the devices, bf16 support.
 * ``layer``         our layer forward + backward in bf16; fast (SDPA) path against the
@@ -11,13 +12,23 @@ whole check stays under about three minutes on one H100. Sections:
                     only FLASH_ATTENTION allowed, for MHA and for GQA (``enable_gqa``).
 * ``throughput``    training tokens/s and MFU (bf16 autocast) of model=small and of a
                     GPT-2-small shape, ours beside a nanoGPT model of the same shape.
+* ``compile``       ``trainer.compile``: tokens/s of LMModule's compiled training forward
+                    against the eager one at the GPT-2-small shape in bf16 (AdamW step
+                    included), the compile time, and MFU against the measured bf16 matmul peak.
+* ``sweep``         a 4-job sweep of the default model (real ``mhaexp-train -m``, trainer=gpu)
+                    sharing one GPU through ``hydra/launcher=parallel``, against sequential:
+                    jobs per hour.
 * ``ddp``           NCCL all-reduce and one DDP step of our model on every visible GPU
                     (torch.multiprocessing spawn; world size 1 works too).
 * ``cli``           the real ``mhaexp-train trainer=ddp`` for 30 steps; reported, never
                     fatal (the CLI may be mid-development).
 
 Exit code: 0 when every required section passed, 1 otherwise (and at once, with
-"no CUDA device", when there is no GPU). Results also go to ``--out`` as JSON
+"no CUDA device", when there is no GPU). Targets are reported, not enforced.
+
+``--tiny`` runs the performance sections (layer timing, compile, MFU, sweep) on the CPU
+at toy sizes, in about two minutes: it proves the script and its JSON end to end on a
+machine without a GPU. Its figures mean nothing for a GPU. Results also go to ``--out`` as JSON
 (default ``$OUT/gpu_check.json`` when ``OUT`` is set, else ``gpu_check.json``).
 """
 
@@ -37,12 +48,13 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-DEADLINE_S = 170.0  # the whole check; sections that would start past it are skipped
+DEADLINE_S = 540.0  # the whole check; sections that would start past it are skipped
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (no sparsity), by a substring of the device name.
 DATASHEET_BF16_TFLOPS = [
     ("H100 PCIe", 756.0),
@@ -54,6 +66,78 @@ DATASHEET_BF16_TFLOPS = [
     ("L40S", 362.0),
     ("A10G", 70.0),
 ]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Sizes and device of a run: the GPU check, or ``--tiny`` (the same code on the CPU, toy sizes)."""
+
+    tiny: bool
+    # (B, T, d_model, n_heads): the default model's layer, and GPT-2 small's at T=1024.
+    layer_shapes: tuple[tuple[int, int, int, int], ...]
+    gpt2: dict[str, int]  # the model of the compile/MFU section
+    batch: int
+    seq: int
+    compile_repeats: int
+    compile_steps: int  # timed steps per repeat
+    peak_n: int  # square matmul for the measured peak
+    sweep_steps: int
+    sweep_heads: str  # the sweep's jobs: model.n_heads values, one job each
+    sweep_overrides: tuple[str, ...] = field(default=())
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu" if self.tiny else "cuda")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32 if self.tiny else torch.bfloat16
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        return None if self.tiny else torch.bfloat16
+
+
+GPU = Mode(
+    tiny=False,
+    layer_shapes=((64, 32, 128, 8), (8, 1024, 768, 12)),
+    gpt2={"vocab_size": 50304, "n_layers": 12, "d_model": 768, "n_heads": 12, "max_seq_len": 1024},
+    batch=8,
+    seq=1024,
+    compile_repeats=5,
+    compile_steps=10,
+    peak_n=8192,
+    sweep_steps=300,
+    sweep_heads="1,2,4,8",
+    sweep_overrides=("trainer=gpu",),
+)
+TINY = Mode(
+    tiny=True,
+    layer_shapes=((8, 16, 32, 4), (2, 64, 64, 4)),
+    gpt2={"vocab_size": 64, "n_layers": 1, "d_model": 32, "n_heads": 4, "max_seq_len": 32},
+    batch=4,
+    seq=32,
+    compile_repeats=3,
+    compile_steps=3,
+    peak_n=256,
+    sweep_steps=3,
+    sweep_heads="1,2",  # 2 jobs: the same code path, half the wait on a 2-core machine
+    sweep_overrides=(
+        "trainer=cpu",
+        "model=tiny",
+        "data.n_train=256",
+        "data.n_val=32",
+        "data.n_probe=8",
+        "analysis=off",
+        "logger=csv",
+        "trainer.val_check_interval=3",
+    ),
+)
+# Issue 14's targets: (name, the figure in the JSON it reads, comparison, bound).
+LAYER_TARGET = 1.0  # ours/nanoGPT layer forward + backward, at most
+COMPILE_TARGET = 1.5  # compiled/eager training tokens/s, at least
+MFU_TARGET = 0.40  # of the measured matmul peak, at least
+SWEEP_TARGET = 3.0  # 4 jobs sharing one GPU / sequential, jobs per hour, at least
 
 
 class SectionTimeoutError(Exception):
@@ -77,7 +161,16 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 
 def cuda_time(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
-    """Median seconds per call over ``iters`` calls, each bracketed by CUDA events."""
+    """Median seconds per call over ``iters`` calls, each bracketed by CUDA events (CPU: the wall clock)."""
+    if not torch.cuda.is_available():
+        for _ in range(warmup):
+            fn()
+        cpu_times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            cpu_times.append(time.perf_counter() - t0)
+        return sorted(cpu_times)[len(cpu_times) // 2]
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -142,13 +235,13 @@ def check_env() -> dict[str, Any]:
 
 
 def _fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, need_weights: bool = False) -> list[torch.Tensor]:
-    """Output, dL/dx and dL/dW_q of one forward + backward with a fixed upstream gradient."""
+    """Output, dL/dx and dL/dW_qkv of one forward + backward with a fixed upstream gradient."""
     layer.zero_grad(set_to_none=True)
     x = x.detach().requires_grad_(True)
     y, _ = layer(x, need_weights=need_weights)
     g = torch.Generator(device=x.device).manual_seed(1)
     y.backward(torch.randn(y.shape, generator=g, device=x.device, dtype=y.dtype))
-    return [y.detach(), x.grad, layer.q_proj.weight.grad]
+    return [y.detach(), x.grad, layer.qkv_proj.weight.grad]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -157,7 +250,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def check_layer() -> dict[str, Any]:
     from mhaexp.nn.attention import MultiHeadAttention
-    from mhaexp.tools.bench import NanoCausalSelfAttention, copy_into_nano_attention
 
     dev = torch.device("cuda")
     out: dict[str, Any] = {}
@@ -186,33 +278,7 @@ def check_layer() -> dict[str, Any]:
         passed = finite and all(v["rel"] < 1e-4 for v in diffs.values()) and all(v < 3e-2 for v in bf_rel.values())
         ok &= passed
         out[label] = {"fp32_fast_vs_explicit": diffs, "bf16_fast_vs_fp32_explicit_rel": bf_rel, "ok": passed}
-    # Timed beside nanoGPT's layer, bf16, at the default model's shape and at GPT-2 small's.
-    timing = {}
-    for B, T, d, nh in ((64, 32, 128, 8), (8, 1024, 768, 12)):
-        torch.manual_seed(0)
-        ours = MultiHeadAttention(d, nh).to(dev, torch.bfloat16)
-        nano = NanoCausalSelfAttention(d, nh).to(dev, torch.bfloat16)
-        copy_into_nano_attention(ours, nano)
-        x = torch.randn(B, T, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
-        g = torch.randn(B, T, d, device=dev, dtype=torch.bfloat16)
-
-        def step_ours(ours: torch.nn.Module = ours, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
-            ours(x)[0].backward(g)
-
-        def step_nano(nano: torch.nn.Module = nano, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
-            nano(x).backward(g)
-
-        t_ours, t_nano = [], []
-        for _ in range(5):  # interleaved repeats: the ratio per repeat cancels clock drift
-            t_ours.append(cuda_time(step_ours, 20))
-            t_nano.append(cuda_time(step_nano, 20))
-        ratios = sorted(a / b for a, b in zip(t_ours, t_nano, strict=True))
-        timing[f"B{B} T{T} d{d} h{nh}"] = {
-            "ours_ms": sorted(t_ours)[2] * 1e3,
-            "nanoGPT_ms": sorted(t_nano)[2] * 1e3,
-            "ours/nanoGPT": {"min": ratios[0], "median": ratios[2], "max": ratios[-1]},
-        }
-    out["fwd_bwd_bf16"] = timing
+    out["fwd_bwd_bf16"] = layer_timing(GPU)
     out["ok"] = ok
     return out
 
@@ -341,6 +407,245 @@ def check_throughput() -> dict[str, Any]:
             out[case][m]["mfu_measured"] = out[case][m]["achieved_tflops"] * 1e12 / measured
     out["ok"] = all(math.isfinite(out[c]["ours"]["tokens_per_s"]) for c in ("model_small", "gpt2_small_shape"))
     return out
+
+
+def layer_timing(mode: Mode) -> dict[str, Any]:
+    """Our layer's forward + backward against nanoGPT's, same weights, at each of ``mode.layer_shapes``."""
+    from mhaexp.nn.attention import MultiHeadAttention
+    from mhaexp.tools.bench import NanoCausalSelfAttention, copy_into_nano_attention
+
+    dev, dt = mode.device, mode.dtype
+    timing = {}
+    for B, T, d, nh in mode.layer_shapes:
+        torch.manual_seed(0)
+        ours = MultiHeadAttention(d, nh).to(dev, dt)
+        nano = NanoCausalSelfAttention(d, nh).to(dev, dt)
+        copy_into_nano_attention(ours, nano)
+        x = torch.randn(B, T, d, device=dev, dtype=dt, requires_grad=True)
+        g = torch.randn(B, T, d, device=dev, dtype=dt)
+        with torch.no_grad():
+            diff = (ours(x)[0] - nano(x)).abs().max().item()
+
+        def step_ours(ours: torch.nn.Module = ours, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+            ours(x)[0].backward(g)
+
+        def step_nano(nano: torch.nn.Module = nano, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+            nano(x).backward(g)
+
+        t_ours, t_nano = [], []
+        iters = 3 if mode.tiny else 20
+        for r in range(5):  # interleaved repeats, alternating who goes first: the ratio cancels drift
+            pair = [(t_ours, step_ours), (t_nano, step_nano)]
+            for times, fn in pair if r % 2 == 0 else pair[::-1]:
+                times.append(cuda_time(fn, iters))
+        ratios = sorted(a / b for a, b in zip(t_ours, t_nano, strict=True))
+        timing[f"B{B} T{T} d{d} h{nh}"] = {
+            "ours_ms": sorted(t_ours)[2] * 1e3,
+            "nanoGPT_ms": sorted(t_nano)[2] * 1e3,
+            "ours/nanoGPT": {"min": ratios[0], "median": ratios[2], "max": ratios[-1]},
+            "max_abs_diff_outputs": diff,
+        }
+    return timing
+
+
+def check_layer_timing(mode: Mode) -> dict[str, Any]:
+    """--tiny: the layer timing alone (the numerics checks of ``layer`` need CUDA)."""
+    timing = layer_timing(mode)
+    return {"fwd_bwd": timing, "ok": all(math.isfinite(t["ours/nanoGPT"]["median"]) for t in timing.values())}
+
+
+def measured_peak(mode: Mode) -> float:
+    """FLOP/s of a large square matmul on random data in ``mode.dtype`` (zeros would flatter the card)."""
+    n, dev = mode.peak_n, mode.device
+    a = torch.randn(n, n, device=dev, dtype=mode.dtype)
+    b = torch.randn(n, n, device=dev, dtype=mode.dtype)
+    c = torch.empty_like(a)
+    return 2 * n**3 / cuda_time(lambda: torch.mm(a, b, out=c), 10)
+
+
+def check_compile(mode: Mode) -> dict[str, Any]:
+    """``trainer.compile``: LMModule's training forward (``forward_fn``, exactly what the flag compiles)
+    eager and compiled, each in a full step (cross-entropy, backward, fused AdamW on CUDA, bf16 autocast),
+    timed in interleaved repeats; the compile time; MFU of both against the matmul peak measured here."""
+    import torch.nn.functional as F
+
+    from mhaexp.nn.model import ModelConfig
+    from mhaexp.tools.bench import matmul_flops_per_token
+    from mhaexp.training.module import LMModule
+
+    dev, B, T = mode.device, mode.batch, mode.seq
+    cfg = ModelConfig(**mode.gpt2)
+    ids = torch.randint(cfg.vocab_size, (B, T + 1), device=dev, generator=torch.Generator(dev).manual_seed(0))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    peak = measured_peak(mode)
+    steps: dict[str, Callable[[], None]] = {}
+    res: dict[str, Any] = {
+        "shape": {**mode.gpt2, "batch": B, "seq_len": T},
+        "dtype": "bf16 autocast" if mode.autocast else "float32",
+        f"measured_{'fp32' if mode.tiny else 'bf16'}_matmul_tflops": peak / 1e12,
+    }
+    fpt = 0.0
+    for name, flag in (("eager", False), ("compiled", True)):
+        torch.manual_seed(0)
+        module = LMModule(cfg, {}, compile=flag).to(dev).train()
+        fpt = matmul_flops_per_token(module.model, cfg.n_layers, T, cfg.n_heads * cfg.head_dim)
+        fwd = module.forward_fn()
+        opt = torch.optim.AdamW(module.parameters(), lr=3e-4, betas=(0.9, 0.95), fused=dev.type == "cuda" or None)
+
+        def step(fwd: Callable[..., Any] = fwd, opt: torch.optim.Optimizer = opt) -> None:
+            with torch.autocast(dev.type, dtype=mode.autocast or torch.bfloat16, enabled=mode.autocast is not None):
+                logits, _ = fwd(inputs)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t0 = time.perf_counter()
+        for _ in range(3):  # the first calls compile (forward, backward, then a steady shape)
+            step()
+        _sync(dev)
+        res[f"{name}_first_3_steps_s"] = time.perf_counter() - t0
+        steps[name] = step
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for r in range(mode.compile_repeats):
+        for name in ("eager", "compiled") if r % 2 == 0 else ("compiled", "eager"):
+            times[name].append(cuda_time(steps[name], mode.compile_steps, warmup=1))
+    for name, ts in times.items():
+        tok_s = sorted(B * T / t for t in ts)
+        med = tok_s[len(tok_s) // 2]
+        res[name] = {
+            "step_ms": sorted(ts)[len(ts) // 2] * 1e3,
+            "tokens_per_s": med,
+            "achieved_tflops": fpt * med / 1e12,
+            "mfu_measured": fpt * med / peak,
+        }
+    ratios = sorted(e / c for e, c in zip(times["eager"], times["compiled"], strict=True))
+    res["compiled/eager tokens_per_s"] = {"min": ratios[0], "median": ratios[len(ratios) // 2], "max": ratios[-1]}
+    steady = res["compiled"]["step_ms"] / 1e3
+    res["compile_s"] = res["compiled_first_3_steps_s"] - 3 * steady
+    # Steps after which compiling has paid for itself (None: it never does).
+    saved = res["eager"]["step_ms"] / 1e3 - steady
+    res["break_even_steps"] = res["compile_s"] / saved if saved > 0 else None
+    res["flops_per_token"] = fpt
+    res["ok"] = all(math.isfinite(res[n]["tokens_per_s"]) for n in ("eager", "compiled"))
+    return res
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _train_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "mhaexp-train"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mhaexp.cli.train"]
+
+
+def _cli_env(root: Path) -> dict[str, str]:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "MHAEXP_CACHE": str(root / "cache")}
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    return env
+
+
+def check_sweep(mode: Mode, limit: float) -> dict[str, Any]:
+    """The same sweep (4 jobs; 2 in --tiny) through the real ``mhaexp-train -m``: Hydra's basic launcher
+    (one job after another) and ``hydra/launcher=parallel`` with one slot per job (side by side on the one
+    device). The data cache is built first, so neither pays for it. Jobs per hour = jobs * 3600 / wall s."""
+    t_start = time.perf_counter()
+    common = [*mode.sweep_overrides, f"trainer.max_steps={mode.sweep_steps}", "trainer.enable_progress_bar=false"]
+    sweep = [f"model.n_heads={mode.sweep_heads}"]
+    out: dict[str, Any] = {"overrides": common + sweep, "jobs": len(mode.sweep_heads.split(","))}
+    with tempfile.TemporaryDirectory(prefix="mhaexp-gpu-sweep-") as tmp:
+        root = Path(tmp)
+        env = _cli_env(root)
+
+        def run(args: list[str], name: str) -> float:
+            left = limit - (time.perf_counter() - t_start)
+            if left < 5:
+                raise SectionTimeoutError(f"no time left for the {name} sweep")
+            t0 = time.perf_counter()
+            p = subprocess.run(_train_cmd() + args, cwd=root, env=env, capture_output=True, text=True, timeout=left)
+            if p.returncode != 0:
+                raise RuntimeError(f"{name} sweep exited {p.returncode}: {(p.stdout + p.stderr).strip()[-1500:]}")
+            return time.perf_counter() - t0
+
+        out["warm_s"] = run([*common, "trainer.max_steps=1", f"hydra.run.dir={root / 'warm'}"], "warm-up")
+        n = out["jobs"]
+        out["sequential_s"] = run(["-m", *sweep, *common, f"hydra.sweep.dir={root / 'seq'}"], "sequential")
+        out["parallel_s"] = run(
+            [
+                "-m",
+                "hydra/launcher=parallel",
+                f"hydra.launcher.n_jobs={n}",
+                *sweep,
+                *common,
+                f"hydra.sweep.dir={root / 'par'}",
+            ],
+            "parallel",
+        )
+        out["finished_jobs"] = {k: len(list((root / k).glob("*/summary.json"))) for k in ("seq", "par")}
+    out["sequential_jobs_per_hour"] = n * 3600 / out["sequential_s"]
+    out["parallel_jobs_per_hour"] = n * 3600 / out["parallel_s"]
+    out["parallel/sequential"] = out["sequential_s"] / out["parallel_s"]
+    out["ok"] = True
+    return out
+
+
+def targets(results: dict[str, Any], mode: Mode) -> list[dict[str, Any]]:
+    """Issue 14's targets against what this run measured: one row each (value None when not measured)."""
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, value: Any, op: str, bound: float, unit: str = "x") -> None:
+        ok = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        rows.append({"target": name, "value": value, "unit": unit, "bound": f"{op} {bound:g}", "ok": ok})
+
+    layer = _g(results, "layer", "fwd_bwd_bf16") or _g(results, "layer_timing", "fwd_bwd") or {}
+    for B, T, d, nh in mode.layer_shapes:
+        row(
+            f"layer fwd+bwd ours/nanoGPT B{B} T{T} d{d}",
+            _g(layer, f"B{B} T{T} d{d} h{nh}", "ours/nanoGPT", "median"),
+            "<=",
+            LAYER_TARGET,
+        )
+    comp = results.get("compile", {})
+    row(
+        "trainer.compile tokens/s compiled/eager",
+        _g(comp, "compiled/eager tokens_per_s", "median"),
+        ">=",
+        COMPILE_TARGET,
+    )
+    peak = "fp32" if mode.tiny else "bf16"
+    row(
+        f"MFU compiled, of measured {peak} matmul peak",
+        _g(comp, "compiled", "mfu_measured"),
+        ">=",
+        MFU_TARGET,
+        "of peak",
+    )
+    row(
+        "sweep 4 jobs parallel/sequential jobs per hour",
+        _g(results, "sweep", "parallel/sequential"),
+        ">=",
+        SWEEP_TARGET,
+    )
+    return rows
+
+
+def target_table(rows: list[dict[str, Any]]) -> list[str]:
+    head = ("target", "measured", "unit", "bound", "")
+    body = [
+        (
+            r["target"],
+            "not measured" if r["value"] is None else f"{r['value']:.3f}",
+            r["unit"],
+            r["bound"],
+            {True: "ok", False: "MISSED", None: "-"}[r["ok"]],
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
 
 
 def _free_port() -> int:
@@ -488,10 +793,11 @@ def report(results: dict[str, Any]) -> list[str]:
                 f"layer {label}: fp32 fast-vs-explicit max|diff| y {fp['y']['max_abs']:.2e} "
                 f"dx {fp['dx']['max_abs']:.2e} dWq {fp['dWq']['max_abs']:.2e}; bf16-vs-fp32 rel {bf}"
             )
-    for shape, t in (_g(results, "layer", "fwd_bwd_bf16") or {}).items():
+    timing = _g(results, "layer", "fwd_bwd_bf16") or _g(results, "layer_timing", "fwd_bwd") or {}
+    for shape, t in timing.items():
         r = t["ours/nanoGPT"]
         lines.append(
-            f"layer fwd+bwd bf16 {shape}: ours {t['ours_ms']:.3f} ms, nanoGPT {t['nanoGPT_ms']:.3f} ms, "
+            f"layer fwd+bwd {shape}: ours {t['ours_ms']:.3f} ms, nanoGPT {t['nanoGPT_ms']:.3f} ms, "
             f"ours/nanoGPT {r['min']:.3f}-{r['median']:.3f}-{r['max']:.3f}"
         )
     for label in ("MHA", "GQA"):
@@ -522,6 +828,26 @@ def report(results: dict[str, Any]) -> list[str]:
                     f"{r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu_d} of datasheet, {r['mfu_measured']:.1%} of measured"
                 )
             lines.append(f"train {case} ours/nanoGPT tokens/s: {c['ours/nanoGPT tokens_per_s']:.3f}")
+    comp = results.get("compile", {})
+    if "compiled" in comp:
+        for m in ("eager", "compiled"):
+            r = comp[m]
+            lines.append(
+                f"compile {m}: {r['tokens_per_s']:,.0f} tok/s, {r['step_ms']:.2f} ms/step, "
+                f"{r['achieved_tflops']:.2f} TFLOP/s, MFU {r['mfu_measured']:.1%} of measured peak"
+            )
+        be = comp["break_even_steps"]
+        lines.append(
+            f"compile: compiled/eager tokens/s {comp['compiled/eager tokens_per_s']['median']:.3f}, "
+            f"compile time {comp['compile_s']:.1f}s, pays off after " + ("never" if be is None else f"{be:,.0f} steps")
+        )
+    sw = results.get("sweep", {})
+    if "parallel_s" in sw:
+        lines.append(
+            f"sweep {sw['jobs']} jobs: sequential {sw['sequential_s']:.0f}s ({sw['sequential_jobs_per_hour']:.0f}/h), "
+            f"parallel {sw['parallel_s']:.0f}s ({sw['parallel_jobs_per_hour']:.0f}/h), "
+            f"ratio {sw['parallel/sequential']:.2f}, finished {sw['finished_jobs']}"
+        )
     ddp = results.get("ddp", {})
     if "ranks" in ddp:
         reduced = ", ".join(f"r{r['rank']}={r.get('all_reduce')}/{r.get('all_reduce_expected')}" for r in ddp["ranks"])
@@ -540,21 +866,38 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mhaexp.tools.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="JSON results (default $OUT/gpu_check.json or ./)")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out, e.g. cli")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="CPU, toy sizes: run the performance sections end to end without a GPU (figures meaningless)",
+    )
     ns = p.parse_args(argv)
-    if not torch.cuda.is_available():
+    if not ns.tiny and not torch.cuda.is_available():
         print(f"gpu_check: no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda})")
         return 1
+    mode = TINY if ns.tiny else GPU
     started = time.perf_counter()
     skip = {s.strip() for s in ns.skip.split(",") if s.strip()}
-    # (name, function, its own time limit in seconds, required for exit code 0)
-    sections: list[tuple[str, Callable[..., dict[str, Any]], float, bool]] = [
-        ("env", check_env, 20, True),
-        ("layer", check_layer, 30, True),
-        ("sdpa", check_sdpa, 25, True),
-        ("throughput", check_throughput, 40, True),
-        ("ddp", check_ddp, 45, True),
-        ("cli", check_cli, 60, False),
-    ]
+    # (name, function, its own time limit in seconds, required for exit code 0). The targets' sections
+    # come first, so a slow machine cuts the diagnostics, not the figures.
+    sections: list[tuple[str, Callable[..., dict[str, Any]], float, bool]]
+    if mode.tiny:
+        sections = [
+            ("layer_timing", lambda: check_layer_timing(mode), 60, True),
+            ("compile", lambda: check_compile(mode), 240, True),
+            ("sweep", lambda limit: check_sweep(mode, limit), 240, True),
+        ]
+    else:
+        sections = [
+            ("env", check_env, 20, True),
+            ("layer", check_layer, 60, True),
+            ("compile", lambda: check_compile(mode), 150, True),
+            ("sweep", lambda limit: check_sweep(mode, limit), 200, True),
+            ("sdpa", check_sdpa, 30, True),
+            ("throughput", check_throughput, 45, True),
+            ("ddp", check_ddp, 45, True),
+            ("cli", check_cli, 60, False),
+        ]
     results: dict[str, Any] = {}
     status: dict[str, str] = {}
     for name, fn, limit, _ in sections:
@@ -567,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         limit = min(limit, left)
         t0 = time.perf_counter()
         try:
-            if name in ("ddp", "cli"):  # they wait on child processes with their own timeouts
+            if name in ("ddp", "cli", "sweep"):  # they wait on child processes with their own timeouts
                 res = fn(limit)
             else:
                 with time_limit(limit):
@@ -577,7 +920,8 @@ def main(argv: list[str] | None = None) -> int:
             res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc().splitlines()[-6:]}
             status[name] = "FAIL"
         finally:
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         res["seconds"] = round(time.perf_counter() - t0, 2)
         results[name] = res
         print(f"[{name}] {status[name]} ({res['seconds']}s) {short(res)}", flush=True)
@@ -587,6 +931,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + "\n".join(report(results)))
     except Exception as e:  # the JSON below still has everything
         print(f"(report failed: {type(e).__name__}: {e})")
+    goals = targets(results, mode)
+    title = "targets (issue 14)" + (" -- TINY MODE on the CPU: checks the script, not a GPU" if mode.tiny else "")
+    print(f"\n{title}\n" + "\n".join(target_table(goals)))
     print(
         "\nsummary: "
         + "  ".join(f"{n}={s}" for n, s in status.items())
@@ -594,7 +941,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = ns.out or default_out()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"status": status, "ok": ok, "results": results}, indent=2, default=str))
+    doc = {"mode": "tiny" if mode.tiny else "gpu", "status": status, "ok": ok, "targets": goals, "results": results}
+    out.write_text(json.dumps(doc, indent=2, default=str))
     print(f"wrote {out}")
     return 0 if ok else 1
 

@@ -9,6 +9,8 @@ asks torch whether CUDA is there, and ``init_from`` reads its checkpoint.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,8 @@ from mhaexp.nn.config import ModelConfig
 from mhaexp.pruning.schedules import GQA_INITS, PruningConfig, validate_pruning
 
 TRAINER_TARGET = "pytorch_lightning.Trainer"
+# TrainerConfig fields that are ours, not Lightning Trainer keyword arguments.
+NOT_TRAINER_ARGS = ("_target_", "compile")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_notebook", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", 16, 32, 64)
@@ -60,6 +64,11 @@ DEVICES = Check(
 )
 LOGGER_KINDS = ("wandb", "csv", "none")
 WANDB_MODES = ("offline", "online", "disabled")
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler TorchInductor's CPU code generation would call (``CXX``, else g++ or clang++)."""
+    return next((c for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c and shutil.which(c)), None)
 
 
 def cuda_available() -> bool:
@@ -98,9 +107,18 @@ class TrainerConfig:
     enable_model_summary: bool = setting(boolean(), False)
     deterministic: Any = setting(either(boolean(), choice("warn"), valid="must be true, false or 'warn'"), False)
     use_distributed_sampler: bool = setting(boolean(), False)
+    # Ours, not a Trainer argument: torch.compile of the Transformer, in place (see mhaexp.training.run).
+    compile: bool = setting(boolean(), False)
 
     def __post_init__(self) -> None:
         check_fields(self, "trainer")
+        if self.compile and self.accelerator in ("cpu", "auto") and not cpp_compiler():
+            raise ConfigError(
+                "trainer.compile",
+                True,
+                "torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one or set "
+                "trainer.compile=false",
+            )
         if self.accelerator in ("gpu", "cuda") and not cuda_available():
             raise ConfigError(
                 "trainer.accelerator",
@@ -112,7 +130,7 @@ class TrainerConfig:
 
     def kwargs(self) -> dict[str, Any]:
         """The Trainer's keyword arguments."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_target_"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_TRAINER_ARGS}
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
+from mhaexp.data.retrieval import DEPTH_BINS, depth_bin, depth_bin_labels
 from mhaexp.errors import NonFiniteLossError
+from mhaexp.nn.attention import FUSED_QKV, SEPARATE_QKV
 from mhaexp.nn.model import ModelConfig, Transformer
-from mhaexp.nn.objectives import IGNORE, causal_targets
+from mhaexp.nn.objectives import IGNORE, answer_depth, answer_exact_match, causal_targets
 from mhaexp.pruning.surgery import model_state
 from mhaexp.training.config import OptimConfig
 
@@ -32,6 +34,12 @@ class LMModule(pl.LightningModule):
         pad_id / mask_id: special tokens of the data's tokenizer.
         mlm_probability: share of real tokens masked when the model is bidirectional.
         seed: makes the masked-LM choices a function of (seed, step), so a resumed run repeats them.
+        compile: run the training and validation steps' forward through ``torch.compile`` (``trainer.compile``).
+            Only those: ``self.model`` itself stays the eager module, so everything else that calls it
+            (analysis with ``need_weights``, forward hooks of ablation, gate gradients, L0 gates, surgery)
+            computes exactly as without compile; the compiled graph reads the same parameters and
+            buffers, so masking a head (``head_gate``) reaches it, and a changed model recompiles.
+            A run setting, not a property of the weights: not saved in the checkpoint's hyper-parameters.
     """
 
     def __init__(
@@ -42,8 +50,12 @@ class LMModule(pl.LightningModule):
         mask_id: int | None = None,
         mlm_probability: float = 0.15,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        self.compile_model = compile
+        # (the model it was built for, its compiled wrapper); a tuple, so not registered as a submodule.
+        self._compiled: tuple[Transformer, Callable[..., Any]] | None = None
         self.model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
         self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**optim)
         self.pad_id = pad_id
@@ -53,6 +65,8 @@ class LMModule(pl.LightningModule):
         self.model = Transformer(self.model_cfg)
         # Extra training-loss terms by name (e.g. the L0 penalty of mhaexp.pruning); callbacks fill it.
         self.extra_losses: dict[str, Callable[[], torch.Tensor]] = {}
+        self._retrieval_sums: torch.Tensor | None = None
+        self._icl_sums: torch.Tensor | None = None
         self.save_hyperparameters(
             {
                 "model": asdict(self.model_cfg),
@@ -94,12 +108,24 @@ class LMModule(pl.LightningModule):
 
     def _sums(self, batch: dict[str, torch.Tensor], salt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(summed token loss, correct predictions, scored tokens) of one batch."""
+        return self._scored(batch, salt)[:3]
+
+    def _scored(self, batch: dict[str, torch.Tensor], salt: int) -> tuple[torch.Tensor, ...]:
+        """``_sums`` plus the logits (B, T, V) and targets (B, T) they came from."""
         inputs, targets = self.inputs_and_targets(batch, salt)
-        logits, _ = self.model(inputs, attention_mask=batch["attention_mask"])  # (B, T, V)
+        logits, _ = self.forward_fn()(inputs, attention_mask=batch["attention_mask"])  # (B, T, V)
         total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
         scored = targets != IGNORE
         correct = (logits.argmax(-1) == targets)[scored].sum().float()
-        return total, correct, scored.sum().float()
+        return total, correct, scored.sum().float(), logits, targets
+
+    def forward_fn(self) -> Callable[..., Any]:
+        """What the training and validation steps call: ``self.model``, or its compiled wrapper."""
+        if not self.compile_model:
+            return self.model
+        if self._compiled is None or self._compiled[0] is not self.model:
+            self._compiled = (self.model, torch.compile(self.model))
+        return self._compiled[1]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         total, correct, count = self._sums(batch, salt=self.global_step)
@@ -142,17 +168,81 @@ class LMModule(pl.LightningModule):
         )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, acc = self.loss_and_accuracy(batch, salt=-1 - batch_idx)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("val/acc", acc, sync_dist=True)
+        total, correct, count, logits, targets = self._scored(batch, salt=-1 - batch_idx)
+        n = count.clamp(min=1)
+        self.log("val/loss", total / n, prog_bar=True, sync_dist=True)
+        self.log("val/acc", correct / n, sync_dist=True)
+        if "half" in batch and self.model_cfg.causal:
+            # In-context learning (Olsson et al. 2022): the repeat's loss against the first copy's.
+            token_loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none"
+            ).view_as(targets)
+            half = batch["half"].masked_fill(targets == IGNORE, 0)
+            sums = torch.stack([token_loss[half == k].sum() for k in (1, 2)] + [(half == k).sum() for k in (1, 2)])
+            self._icl_sums = sums if self._icl_sums is None else self._icl_sums + sums
+        if "answer" in batch and "depth" in batch:
+            # Sums per depth bin, reduced once at epoch end: a mean of per-batch means would weight a
+            # bin by how its sequences happened to fall into batches.
+            hit = answer_exact_match(logits, targets, batch["answer"])  # (B, Q)
+            scored = ~hit.isnan()
+            bins = depth_bin(answer_depth(batch["depth"], batch["answer"]))[scored]
+            n_bins = len(DEPTH_BINS) - 1
+            sums = torch.stack(
+                [
+                    torch.bincount(bins, weights=hit[scored], minlength=n_bins),
+                    torch.bincount(bins, minlength=n_bins).to(hit.dtype),
+                ]
+            )
+            self._retrieval_sums = sums if self._retrieval_sums is None else self._retrieval_sums + sums
+
+    def on_validation_epoch_start(self) -> None:
+        self._retrieval_sums: torch.Tensor | None = None
+        self._icl_sums: torch.Tensor | None = None
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_icl()
+        self._log_retrieval()
+
+    def _log_icl(self) -> None:
+        """``val/loss_first``, ``val/loss_repeat``, ``val/icl_gap`` = repeat - first (< 0: it learns in context)."""
+        sums = self._icl_sums
+        if sums is None:
+            return
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        first, repeat = sums[0] / sums[2].clamp(min=1), sums[1] / sums[3].clamp(min=1)
+        self.log("val/loss_first", first, rank_zero_only=True)
+        self.log("val/loss_repeat", repeat, rank_zero_only=True)
+        self.log("val/icl_gap", repeat - first, rank_zero_only=True)
+        self._icl_sums = None
+
+    def _log_retrieval(self) -> None:
+        """``val/retrieval_acc`` and ``val/retrieval_acc/depth_<lo>-<hi>``: exact match of the copied value."""
+        sums = self._retrieval_sums
+        if sums is None:
+            return
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        hits, seen = sums
+        self.log("val/retrieval_acc", hits.sum() / seen.sum().clamp(min=1), rank_zero_only=True)
+        for label, h, c in zip(depth_bin_labels(), hits, seen, strict=True):
+            if c > 0:
+                self.log(f"val/retrieval_acc/depth_{label}", h / c, rank_zero_only=True)
+        self._retrieval_sums = None
 
     # ---- optimization ------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        o = self.optim
+    def param_group_names(self) -> tuple[list[str], list[str]]:
+        """Names of the trained parameters of ``self.model``: (weight-decayed, not decayed), optimizer order."""
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+                (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(name)
+        return decay, no_decay
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        params = dict(self.model.named_parameters())
+        decay, no_decay = ([params[n] for n in names] for names in self.param_group_names())
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o.lr,
@@ -162,8 +252,55 @@ class LMModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o.warmup_steps, total, o.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint from before the fused q/k/v projection: the weights convert in the layer's
+        # load_state_dict pre-hook; the optimizer state (per parameter, by index) converts here.
+        if any(k.endswith(f".{SEPARATE_QKV[0]}.weight") for k in checkpoint.get("state_dict", {})):
+            groups = self.param_group_names()
+            checkpoint["optimizer_states"] = [
+                fuse_qkv_optimizer_state(s, groups) for s in checkpoint.get("optimizer_states", [])
+            ]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"model": asdict(self.model_cfg), "version": 1}
+
+
+def fuse_qkv_optimizer_state(state: dict[str, Any], groups: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """An optimizer ``state_dict`` saved with separate q/k/v parameters -> the fused layout.
+
+    ``groups``: parameter names of each param group in the fused model, in order. Before the fusion each
+    ``qkv_proj`` parameter was three (q, k, v) in its place, in the same group; per-parameter state
+    tensors (Adam's moments) are concatenated like the weights, scalars (``step``) taken from q. A state
+    whose groups do not have the old sizes is returned as it is (the optimizer's own load then says so).
+    """
+    fused = f".{FUSED_QKV}."
+    old_names = [
+        [o for n in names for o in ([n.replace(fused, f".{p}.") for p in SEPARATE_QKV] if fused in n else [n])]
+        for names in groups
+    ]
+    saved = state.get("param_groups", [])
+    if [len(g["params"]) for g in saved] != [len(n) for n in old_names]:
+        return state
+    index = {name: i for i, name in enumerate(o for names in old_names for o in names)}
+    old_ids = [pid for g in saved for pid in g["params"]]
+    per_param = state.get("state", {})
+    new_state: dict[int, Any] = {}
+    new_groups = []
+    j = 0
+    for g, names in zip(saved, groups, strict=True):
+        ids = []
+        for name in names:
+            parts = [name.replace(fused, f".{p}.") for p in SEPARATE_QKV] if fused in name else [name]
+            states = [per_param.get(old_ids[index[o]]) for o in parts]
+            if all(s is not None for s in states):
+                new_state[j] = {
+                    k: torch.cat([s[k] for s in states]) if torch.is_tensor(v) and v.dim() > 0 else v
+                    for k, v in states[0].items()
+                }
+            ids.append(j)
+            j += 1
+        new_groups.append({**g, "params": ids})
+    return {**state, "state": new_state, "param_groups": new_groups}
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float):

@@ -59,7 +59,9 @@ def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, 
     model_cfg = run.model
     datamodule = LMDataModule.from_config(run.data)
     tok = datamodule.tokenizer
-    module = LMModule(model_cfg, run.optim, pad_id=tok.pad_id, mask_id=tok.mask_id, seed=run.seed)
+    module = LMModule(
+        model_cfg, run.optim, pad_id=tok.pad_id, mask_id=tok.mask_id, seed=run.seed, compile=run.trainer.compile
+    )
     record = RunRecord(run_dir)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(

@@ -1,0 +1,74 @@
+"""``mhaexp-study``: run one published study at small scale and write its verdicts.
+
+mhaexp-study list
+mhaexp-study wu2024                         # default budget, studies/wu2024/{verdict.json,report.md}
+mhaexp-study wu2024 --steps 4000 --seeds 3 trainer=gpu
+STUDY_SMOKE=1 mhaexp-study wu2024           # a few dozen steps: proves it runs, says nothing
+mhaexp-study wu2024 --verdict-only          # recompute the verdicts from the runs already there
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mhaexp.cli.preflight import check_jobs
+from mhaexp.errors import ConfigError, fail
+from mhaexp.studies import STUDIES, get_study
+from mhaexp.studies.runner import Budget, StudyError
+from mhaexp.studies.verdict import verdict_word
+
+PROG = "mhaexp-study"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description="Reproduce a head-specialization study; write its verdicts.")
+    p.add_argument("study", help=f"list, or one of: {', '.join(STUDIES)}")
+    p.add_argument("overrides", nargs="*", help="mhaexp-train overrides for every job, e.g. trainer=gpu")
+    p.add_argument("--out", type=Path, default=None, help="study directory (default: studies/<study>)")
+    p.add_argument("--steps", type=int, default=None, help="training steps of the main runs (default: the study's)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per compared setting (default: the study's)")
+    p.add_argument("--jobs", type=int, default=2, help="sweep jobs run at once (default 2; 1 = one after another)")
+    p.add_argument("--verdict-only", action="store_true", help="no training: verdicts from the runs in --out")
+    return p.parse_args(argv)
+
+
+def preflight(overrides: list[str]) -> None:
+    """The study's first jobs, with the user's overrides, checked before anything is written."""
+    _, invalid = check_jobs(overrides)
+    if invalid:
+        raise invalid[0].error
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.study == "list":
+        for name in STUDIES:
+            s = get_study(name)
+            print(f"{name:<14} ~{s.minutes:g} min on 2 cores  {s.summary}")
+        return
+    if args.study not in STUDIES:
+        fail(PROG, ConfigError("study", args.study, f"one of {', '.join(STUDIES)} (or list)"))
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        fail(PROG, ConfigError("override", bad[0], "key=value, e.g. trainer=gpu"))
+    smoke = os.environ.get("STUDY_SMOKE", "") not in ("", "0")
+    try:
+        budget = Budget(steps=args.steps, seeds=args.seeds, smoke=smoke, n_jobs=args.jobs, extra=tuple(args.overrides))
+        study = get_study(args.study)
+        out = args.out or Path("studies") / args.study
+        if not args.verdict_only:
+            preflight(study.preflight_overrides(budget) + list(budget.extra))
+        doc = study.execute(out, budget, rerun=not args.verdict_only)
+    except (ConfigError, StudyError) as e:
+        fail(PROG, e)
+    print(f"\n{doc['title']}")
+    for c in doc["claims"]:
+        print(f"  [{verdict_word(c['holds']):>13}] {c['claim']}")
+    print(f"report  : {out / 'report.md'}\nverdicts: {out / 'verdict.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Published head-specialization studies, reproduced at small scale, each ending in verdicts.
+
+``mhaexp-study <name>`` (or ``experiments/<name>.sh``) trains what the study needs, measures, and writes
+``studies/<name>/verdict.json`` and ``report.md``. :data:`STUDIES` names every study and its module; a
+module defines ``STUDY``, an instance of :class:`mhaexp.studies.base.Study`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mhaexp.studies.base import Study
+
+STUDIES: dict[str, str] = {
+    "gu2024": "mhaexp.studies.gu2024",
+    "olsson2022": "mhaexp.studies.olsson2022",
+    "wu2024": "mhaexp.studies.wu2024",
+}
+
+
+def get_study(name: str) -> Study:
+    return importlib.import_module(STUDIES[name]).STUDY

@@ -1,0 +1,81 @@
+"""Reading what a run wrote, for verdicts: per-head metric series, logged scalars, the summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, HEAD_ROLES_FILE, METRICS_FILE, SUMMARY_FILE
+
+
+def head_metric(run_dir: Path, metric: str) -> dict[int, dict[tuple[int, int], float]]:
+    """``{step: {(layer, head): value}}`` of one per-head metric from ``analysis/head_metrics.csv``."""
+    out: dict[int, dict[tuple[int, int], float]] = defaultdict(dict)
+    with (Path(run_dir) / ANALYSIS_DIR / HEAD_METRICS_FILE).open() as f:
+        for r in csv.DictReader(f):
+            if r["metric"] == metric:
+                out[int(r["step"])][(int(r["layer"]), int(r["head"]))] = float(r["value"])
+    return dict(sorted(out.items()))
+
+
+def head_metric_max(run_dir: Path, metric: str) -> list[tuple[int, float]]:
+    """``[(step, max over heads)]``: the best head's value at each analysis step (NaNs ignored)."""
+    series = []
+    for step, heads in head_metric(run_dir, metric).items():
+        finite = [v for v in heads.values() if math.isfinite(v)]
+        series.append((step, max(finite) if finite else math.nan))
+    return series
+
+
+def head_metric_mean(run_dir: Path, metric: str) -> list[tuple[int, float]]:
+    """``[(step, mean over heads)]`` (NaNs ignored)."""
+    series = []
+    for step, heads in head_metric(run_dir, metric).items():
+        finite = [v for v in heads.values() if math.isfinite(v)]
+        series.append((step, sum(finite) / len(finite) if finite else math.nan))
+    return series
+
+
+def scalar(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    """``[(step, value)]`` of one logged scalar from ``metrics.csv`` (rows where it was logged)."""
+    rows = []
+    with (Path(run_dir) / METRICS_FILE).open() as f:
+        for r in csv.DictReader(f):
+            v = r.get(key)
+            if v not in (None, ""):
+                rows.append((int(r["step"]), float(v)))
+    return rows
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+
+
+def final_roles(run_dir: Path) -> dict[tuple[int, int], set[str]]:
+    """``{(layer, head): roles}`` at the last analysis step (``analysis/head_roles.csv``)."""
+    out: dict[tuple[int, int], set[str]] = defaultdict(set)
+    with (Path(run_dir) / ANALYSIS_DIR / HEAD_ROLES_FILE).open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    last = max(int(r["step"]) for r in rows)
+    for r in rows:
+        if int(r["step"]) == last:
+            out[(int(r["layer"]), int(r["head"]))].add(r["role"])
+    return dict(out)
+
+
+def rise_window(series: list[tuple[int, float]], low: float = 0.1, high: float = 0.9) -> tuple[int, int] | None:
+    """(first step at ``low`` of the climb, first step at ``high``): the span in which ``series`` climbs from
+    its first value to its peak (``low``/``high`` are shares of that climb). None when it never climbs."""
+    finite = [(s, v) for s, v in series if math.isfinite(v)]
+    if len(finite) < 2:
+        return None
+    start, end = finite[0][1], max(v for _, v in finite)
+    if end <= start:
+        return None
+    at = lambda share: next(s for s, v in finite if v >= start + share * (end - start))  # noqa: E731
+    return at(low), at(high)

@@ -1,0 +1,181 @@
+"""Running a study: its sweeps through the real ``mhaexp-train``, into one study directory.
+
+A study directory (``studies/<name>/`` by default) holds::
+
+    runs/<stage>/<job>/     one run directory per job, as mhaexp-train writes it (plus sweep_summary.json)
+    logs/<stage>.log        the stage's terminal output
+    eval/*.json             measurements a study makes on the trained checkpoints (e.g. masked accuracy)
+    *.png                   the study's figures
+    verdict.json report.md  the verdicts, computed from the files above only
+
+Every run of a study starts from an empty ``runs/``: a verdict never mixes runs of two budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mhaexp.errors import ConfigError
+from mhaexp.rundir import STATUS_FILE
+from mhaexp.training.sweep import job_dirs, read_job
+
+MARKER = ".mhaexp-study"  # marks a directory this module made, so a rerun may empty it
+VERDICT_FILE = "verdict.json"
+REPORT_FILE = "report.md"
+RUNS_DIR, LOGS_DIR, EVAL_DIR = "runs", "logs", "eval"
+SMOKE_STEPS = 24  # STUDY_SMOKE=1: enough steps for every stage to run end to end, not to learn
+SMOKE_DATA = ("data.n_train=512", "data.n_val=64", "data.n_probe=16")  # and small datasets to build
+
+
+class StudyError(RuntimeError):
+    """A stage failed; the message is one line naming the stage and the first failing job."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a study trains. ``steps=None`` and ``seeds=None`` take the study's defaults."""
+
+    steps: int | None = None
+    seeds: int | None = None
+    smoke: bool = False
+    n_jobs: int = 2  # sweep jobs at once (hydra/launcher=parallel); 1 = sequential
+    extra: tuple[str, ...] = ()  # overrides for every job, e.g. trainer=gpu
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "seeds"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ConfigError(name, v, "a positive int")
+        if not isinstance(self.n_jobs, int) or self.n_jobs < 1:
+            raise ConfigError("jobs", self.n_jobs, "a positive int")
+
+    def n_steps(self, default: int) -> int:
+        return SMOKE_STEPS if self.smoke else (self.steps or default)
+
+    def seed_list(self, default: int = 2) -> list[int]:
+        """Seeds 0..n-1; a smoke run keeps two where a claim compares two numbers, so every code path runs."""
+        n = self.seeds or default
+        return list(range(min(n, 2) if self.smoke else n))
+
+    def interval(self, steps: int, points: int) -> int:
+        """Steps between validations/analyses for ``points`` of them per run (3 in a smoke run)."""
+        return max(1, steps // (3 if self.smoke else points))
+
+    def scaled(self, default_steps: int, share: float) -> int:
+        """A stage sized as a share of the main training budget (at least 1 step)."""
+        return max(1, round(self.n_steps(default_steps) * share))
+
+
+@dataclass
+class StudyContext:
+    """What a study's ``run`` and ``verdicts`` see: its directory, budget and the stages run so far."""
+
+    name: str
+    out: Path
+    budget: Budget
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    echo: Callable[[str], None] = print
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / RUNS_DIR
+
+    def eval_path(self, name: str) -> Path:
+        path = self.out / EVAL_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def common_overrides(self) -> list[str]:
+        # The W&B tag and group put every run of the study side by side in the W&B UI as well.
+        common = [f"logger.tags=['study:{self.name}']"]
+        if not any(o.startswith("logger=") and o != "logger=wandb" for o in self.budget.extra):
+            common.append(f"logger.group=study-{self.name}")
+        return [*common, *(SMOKE_DATA if self.budget.smoke else ()), *self.budget.extra]
+
+    def sweep(self, stage: str, overrides: Sequence[str], timeout: int | None = None) -> list[Path]:
+        """Run ``mhaexp-train -m <overrides>`` as stage ``stage``; the job run directories, in job order.
+
+        Raises :class:`StudyError` when any job did not finish ``ok``.
+        """
+        sweep_dir = self.runs_dir / stage
+        log = self.out / LOGS_DIR / f"{stage}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        launcher = ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={self.budget.n_jobs}"]
+        cmd = [
+            str(Path(sys.executable).parent / "mhaexp-train"),
+            "-m",
+            *overrides,
+            *self.common_overrides(),
+            *(launcher if self.budget.n_jobs > 1 else []),
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+        self.echo(f"[{self.name}] {stage}: {' '.join(overrides)}")
+        start = time.perf_counter()
+        with log.open("w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=os.environ.copy())
+        seconds = time.perf_counter() - start
+        self.stage_seconds[stage] = round(seconds, 1)
+        jobs = [read_job(d) for d in job_dirs(sweep_dir)]
+        bad = [j for j in jobs if j["status"] != "ok"]
+        if proc.returncode != 0 or bad or not jobs:
+            first = bad[0] if bad else None
+            what = f"job {first['dir']}: {first['status']}: {first.get('error')}" if first else _last_line(log)
+            raise StudyError(f"{self.name}: stage {stage} failed ({what}); see {log}")
+        self.echo(f"[{self.name}] {stage}: {len(jobs)} jobs ok in {seconds:.0f} s")
+        return job_dirs(sweep_dir)
+
+    def stage_runs(self, stage: str) -> list[Path]:
+        """The ok run directories of a finished stage, in job order (for ``verdicts``)."""
+        return [d for d in job_dirs(self.runs_dir / stage) if _status(d) == "ok"]
+
+    def rel(self, path: Path) -> str:
+        return str(Path(path).resolve().relative_to(self.out.resolve()))
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text()).get("status")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    """The job's composed config (``.hydra/config.yaml``)."""
+    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def prepare_out(out: Path) -> None:
+    """Empty a previous run of this study (never a directory this module did not make)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ConfigError("--out", str(out), "an empty or new directory, or one a previous study run wrote")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("")
+
+
+def budget_dict(budget: Budget) -> dict[str, Any]:
+    d = asdict(budget)
+    d["extra"] = list(budget.extra)
+    return d

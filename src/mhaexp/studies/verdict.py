@@ -1,0 +1,143 @@
+"""Claims and verdicts: what a study checks, the number it measured, and whether the claim holds.
+
+A verdict is three-valued: ``True`` (holds), ``False`` (does not hold), ``None`` (inconclusive, with the
+reason in ``why``). Every decision rule lives here, so each study states its criteria with the same words:
+
+* :func:`at_least` / :func:`at_most`: a measure against a fixed bar. Every seed must clear the bar for
+  ``True`` and every seed must miss it for ``False``; seeds that disagree give ``None``.
+* :func:`greater`: one measure above another. ``True`` only when every seed of ``a`` lies above every seed
+  of ``b`` (the two seed ranges do not overlap), ``False`` when every seed of ``a`` lies at or below every
+  seed of ``b``; a difference inside the seed spread is ``None``, and so is a single seed, whose spread is
+  unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Verdict = bool | None
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One quantity measured once per seed (NaN where a seed could not measure it)."""
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Iterable[float] | float) -> Measure:
+        if isinstance(values, int | float):
+            values = [values]
+        return cls(tuple(float(v) for v in values))
+
+    @property
+    def finite(self) -> list[float]:
+        return [v for v in self.values if math.isfinite(v)]
+
+    @property
+    def n(self) -> int:
+        return len(self.finite)
+
+    @property
+    def mean(self) -> float:
+        f = self.finite
+        return sum(f) / len(f) if f else math.nan
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (NaN with fewer than two)."""
+        f = self.finite
+        if len(f) < 2:
+            return math.nan
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in f) / (len(f) - 1))
+
+    def __str__(self) -> str:
+        if not self.n:
+            return "n/a"
+        if self.n == 1:
+            return f"{self.mean:.4g}"
+        return f"{self.mean:.4g} ± {self.std:.2g} (n={self.n})"
+
+    def to_json(self) -> dict[str, Any]:
+        def num(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+
+        return {"mean": num(self.mean), "std": num(self.std), "n": self.n, "values": [num(v) for v in self.values]}
+
+
+@dataclass
+class Claim:
+    """One entry of ``verdict.json``: ``{claim, source, metric, ours, criterion, holds, runs}`` and more."""
+
+    claim: str  # one sentence, as the paper makes it
+    source: str  # paper, section / table / figure
+    metric: str  # what we measured, in words
+    ours: Measure | dict[str, Measure]
+    criterion: str  # the rule, stated before the numbers
+    holds: Verdict
+    why: str = ""  # why it is inconclusive or does not hold, or what the reader should know
+    paper: str = ""  # the paper's own figure, for the report
+    runs: list[str] = field(default_factory=list)  # run directories it was read from, relative to the study
+    plot: str | None = None  # a figure in the study directory that shows it
+
+    def to_json(self) -> dict[str, Any]:
+        ours = {k: m.to_json() for k, m in self.ours.items()} if isinstance(self.ours, dict) else self.ours.to_json()
+        return {
+            "claim": self.claim,
+            "source": self.source,
+            "metric": self.metric,
+            "ours": ours,
+            "criterion": self.criterion,
+            "holds": self.holds,
+            "why": self.why,
+            "paper": self.paper,
+            "runs": list(self.runs),
+            "plot": self.plot,
+        }
+
+
+def verdict_word(holds: Verdict) -> str:
+    return {True: "holds", False: "does not hold", None: "inconclusive"}[holds]
+
+
+def _against_bar(m: Measure, passes: Sequence[bool], bar_text: str) -> tuple[Verdict, str]:
+    if not m.n:
+        return None, "not measured: no seed produced a value"
+    if all(passes):
+        return True, ""
+    if not any(passes):
+        return False, f"every seed misses {bar_text} ({m})"
+    return None, f"seeds disagree about {bar_text}: {', '.join(f'{v:.4g}' for v in m.finite)}"
+
+
+def at_least(m: Measure, bar: float) -> tuple[Verdict, str]:
+    """Holds when every seed's value is ``>= bar``."""
+    return _against_bar(m, [v >= bar for v in m.finite], f">= {bar:g}")
+
+
+def at_most(m: Measure, bar: float) -> tuple[Verdict, str]:
+    """Holds when every seed's value is ``<= bar``."""
+    return _against_bar(m, [v <= bar for v in m.finite], f"<= {bar:g}")
+
+
+def greater(a: Measure, b: Measure) -> tuple[Verdict, str]:
+    """Holds when every seed of ``a`` exceeds every seed of ``b``; inside the seed spread is inconclusive."""
+    if a.n < 2 or b.n < 2:
+        return None, f"needs at least 2 seeds on each side to tell a difference from seed noise (have {a.n}, {b.n})"
+    if min(a.finite) > max(b.finite):
+        return True, ""
+    if max(a.finite) <= min(b.finite):
+        return False, f"the other way round, beyond the seed spread ({a} vs {b})"
+    return None, f"the difference lies inside the seed spread ({a} vs {b})"
+
+
+def all_hold(parts: Sequence[tuple[Verdict, str]]) -> tuple[Verdict, str]:
+    """A claim made of parts in order (preconditions first): the first part that is not true decides."""
+    for verdict, why in parts:
+        if verdict is not True:
+            return verdict, why
+    return True, "; ".join(w for _, w in parts if w)

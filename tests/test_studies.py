@@ -1,0 +1,150 @@
+"""Studies: the decision rules, the verdict code of each study on fixture results (a passing and a failing
+case per claim), the report files, and the CLI's errors. The smoke runs of every study live in
+tests/test_study_smoke.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mhaexp.studies import STUDIES, get_study
+from mhaexp.studies.report import report_markdown, verdict_document, write_report
+from mhaexp.studies.runner import Budget, StudyContext, prepare_out
+from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, greater
+
+
+# ---- decision rules ----------------------------------------------------------------------------
+def test_measure_mean_spread_and_nan() -> None:
+    m = Measure.of([1.0, 3.0, math.nan])
+    assert m.n == 2 and m.mean == 2.0 and m.std == pytest.approx(math.sqrt(2))
+    assert m.to_json() == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2, "values": [1.0, 3.0, None]}
+    assert math.isnan(Measure.of(5.0).std) and str(Measure.of([])) == "n/a"
+
+
+def test_bars_need_every_seed() -> None:
+    assert at_least(Measure.of([0.6, 0.7]), 0.5) == (True, "")
+    assert at_least(Measure.of([0.4, 0.3]), 0.5)[0] is False
+    verdict, why = at_least(Measure.of([0.6, 0.4]), 0.5)
+    assert verdict is None and "disagree" in why
+    assert at_most(Measure.of([0.04]), 0.05)[0] is True
+    assert at_least(Measure.of([math.nan]), 0.5)[0] is None
+
+
+def test_greater_is_inconclusive_inside_the_seed_spread() -> None:
+    assert greater(Measure.of([0.9, 0.8]), Measure.of([0.2, 0.3])) == (True, "")
+    assert greater(Measure.of([0.2, 0.3]), Measure.of([0.8, 0.9]))[0] is False
+    verdict, why = greater(Measure.of([0.5, 0.9]), Measure.of([0.6, 0.7]))
+    assert verdict is None and "inside the seed spread" in why
+    verdict, why = greater(Measure.of([0.9]), Measure.of([0.1]))  # one seed: spread unknown
+    assert verdict is None and "2 seeds" in why
+
+
+def test_all_hold_takes_the_first_part_that_is_not_true() -> None:
+    assert all_hold([(True, ""), (True, "")]) == (True, "")
+    assert all_hold([(None, "precondition"), (False, "x")]) == (None, "precondition")
+    assert all_hold([(True, ""), (False, "x"), (None, "y")]) == (False, "x")
+
+
+# ---- report files ------------------------------------------------------------------------------
+def test_report_and_verdict_files(tmp_path: Path) -> None:
+    claims = [
+        Claim("A holds", "Paper 2024, Sec. 1", "metric a", Measure.of([0.9, 0.8]), ">= 0.5", True, runs=["runs/x"]),
+        Claim("B | piped", "Paper, Tab. 2", "metric b", {"x": Measure.of([1.0])}, "> y", None, why="one seed"),
+    ]
+    doc = verdict_document("demo", "Demo study", claims, Budget(seeds=2), {"train": 12.0}, 30.0)
+    write_report(tmp_path, doc, claims, notes=["a note"])
+    written = json.loads((tmp_path / "verdict.json").read_text())
+    assert written["claims"][0] == {
+        "claim": "A holds",
+        "source": "Paper 2024, Sec. 1",
+        "metric": "metric a",
+        "ours": {"mean": pytest.approx(0.85), "std": pytest.approx(0.0707, abs=1e-4), "n": 2, "values": [0.9, 0.8]},
+        "criterion": ">= 0.5",
+        "holds": True,
+        "why": "",
+        "paper": "",
+        "runs": ["runs/x"],
+        "plot": None,
+    }
+    assert written["claims"][1]["holds"] is None and written["runtime_s"] == 30.0
+    md = (tmp_path / "report.md").read_text()
+    assert md == report_markdown(doc, claims, ["a note"])
+    assert "2 claims, 1 hold, 0 do not, 1 inconclusive" in md and "B \\| piped" in md
+    assert "**inconclusive**" in md and "Ran in 0.5 min" in md and "- a note" in md
+
+
+def test_a_rerun_empties_only_its_own_directory(tmp_path: Path) -> None:
+    from mhaexp.errors import ConfigError
+
+    mine = tmp_path / "study"
+    prepare_out(mine)
+    (mine / "runs").mkdir()
+    prepare_out(mine)
+    assert not (mine / "runs").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "precious.txt").write_text("x")
+    with pytest.raises(ConfigError, match="--out"):
+        prepare_out(other)
+    assert (other / "precious.txt").exists()
+
+
+# ---- wu2024 on fixture results ----------------------------------------------------------------
+def _wu_fixture(tmp_path: Path, rows: list[dict]) -> list[Claim]:
+    ctx = StudyContext("wu2024", tmp_path, Budget())
+    for i, r in enumerate(rows):
+        r.setdefault("run", str(tmp_path / "runs" / "train" / f"{i}_x"))
+        r.setdefault("n_heads", 24)
+        r.setdefault("n_scored", 24)
+    ctx.eval_path("masking.json").write_text(json.dumps(rows))
+    return get_study("wu2024").verdicts(ctx)
+
+
+def test_wu2024_verdicts_hold_on_a_clear_case(tmp_path: Path) -> None:
+    rows = [
+        {"retrieval_heads": [[1, 2]], "acc_full": 0.95, "acc_retrieval_masked": 0.1, "acc_random_masked": [0.9, 0.93]},
+        {"retrieval_heads": [[1, 5]], "acc_full": 0.9, "acc_retrieval_masked": 0.2, "acc_random_masked": [0.88, 0.9]},
+    ]
+    sparse, collapse, control = _wu_fixture(tmp_path, rows)
+    assert (sparse.holds, collapse.holds, control.holds) == (True, True, True)
+    assert sparse.ours.values == (1 / 24, 1 / 24)
+    assert collapse.ours["ratio"].values == pytest.approx((0.1 / 0.95, 0.2 / 0.9))
+    assert sparse.runs == ["runs/train/0_x", "runs/train/1_x"]
+
+
+def test_wu2024_verdicts_fail_on_a_clear_counter_case(tmp_path: Path) -> None:
+    heads = [[0, h] for h in range(4)]  # 4 of 24 heads: not sparse
+    rows = [
+        {"retrieval_heads": heads, "acc_full": 0.95, "acc_retrieval_masked": 0.9, "acc_random_masked": [0.2, 0.3]},
+        {"retrieval_heads": heads, "acc_full": 0.9, "acc_retrieval_masked": 0.85, "acc_random_masked": [0.1, 0.2]},
+    ]
+    sparse, collapse, control = _wu_fixture(tmp_path, rows)
+    assert (sparse.holds, collapse.holds, control.holds) == (False, False, False)
+
+
+def test_wu2024_is_inconclusive_when_the_task_was_not_learned(tmp_path: Path) -> None:
+    rows = [
+        {"retrieval_heads": [], "acc_full": 0.1, "acc_retrieval_masked": math.nan, "acc_random_masked": []},
+        {"retrieval_heads": [], "acc_full": 0.05, "acc_retrieval_masked": math.nan, "acc_random_masked": []},
+    ]
+    claims = _wu_fixture(tmp_path, rows)
+    assert [c.holds for c in claims] == [None, None, None]
+    assert all("did not learn the task" in c.why for c in claims)
+
+
+# ---- the command line -------------------------------------------------------------------------
+def test_study_cli_lists_and_refuses_bad_input(cli, tmp_path: Path) -> None:
+    listed = cli("mhaexp-study", "list", cwd=tmp_path)
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == list(STUDIES)
+    bad = cli("mhaexp-study", "wu2025", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"mhaexp-study: error: study='wu2025' is invalid: one of {', '.join(STUDIES)} (or list)"
+    ]
+    bad = cli("mhaexp-study", "wu2024", "trainer=tpu", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "trainer" in bad.stderr and "tpu" in bad.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -1,0 +1,52 @@
+"""Every study, end to end at the smoke budget (STUDY_SMOKE=1): it runs, and writes a well-formed
+verdict.json and report.md. The verdicts' values say nothing at this budget and are not checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mhaexp.studies import STUDIES
+
+CLAIM_KEYS = {"claim", "source", "metric", "ours", "criterion", "holds", "why", "paper", "runs", "plot"}
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # One data cache for all studies: most train on the same grammar data.
+    return str(tmp_path_factory.mktemp("study-cache"))
+
+
+@pytest.mark.parametrize("study", list(STUDIES))
+def test_study_runs_end_to_end_at_the_smoke_budget(study: str, cli, shared_cache: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = cli(
+        "mhaexp-study",
+        study,
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        timeout=900,
+        extra_env={"STUDY_SMOKE": "1", "MHAEXP_CACHE": shared_cache},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    doc = json.loads((out / "verdict.json").read_text())
+    assert doc["study"] == study and doc["budget"]["smoke"] is True and doc["runtime_s"] > 0
+    assert doc["claims"], "a study makes at least one claim"
+    for claim in doc["claims"]:
+        assert set(claim) == CLAIM_KEYS
+        assert claim["holds"] in (True, False, None)
+        assert claim["holds"] is not None or claim["why"], "an inconclusive verdict says why"
+        assert claim["source"] and claim["criterion"] and claim["metric"]
+        for run in claim["runs"]:
+            assert (out / run / "status.json").is_file(), run
+        if claim["plot"]:
+            assert (out / claim["plot"]).stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert report.startswith(f"# {doc['title']}") and report.count("\n## ") >= len(doc["claims"])
+    # Every run of the study carries its W&B tag.
+    for run in {r for c in doc["claims"] for r in c["runs"]}:
+        config = (out / run / ".hydra" / "config.yaml").read_text()
+        assert f"study:{study}" in config
