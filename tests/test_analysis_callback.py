@@ -228,8 +228,10 @@ def test_analyze_cli_on_the_checkpoint(run: dict[str, Any], tmp_path: Path, caps
 
     conllu = tmp_path / "probe.conllu"
     write_conllu(conllu, generate_corpus(6, seed=3, max_len=12))
-    main([f"ckpt={ckpt}", f"conllu={conllu}", f"out={tmp_path / 'c'}", "max_pictures=0"])
-    assert "conllu=" in capsys.readouterr().out
+    # Six sentences: every relation has fewer arcs than the default min_arcs.
+    main([f"ckpt={ckpt}", f"conllu={conllu}", f"out={tmp_path / 'c'}", "max_pictures=0", "min_arcs=1"])
+    printed = capsys.readouterr().out
+    assert "conllu=" in printed and "treebank: 6 of 6 sentences scored" in printed
     assert "syntactic_accuracy/nsubj" in set(pd.read_csv(tmp_path / "c" / "head_metrics.csv").metric)
 
 

@@ -15,20 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from mhaexp.analysis.collect import (
-    ProbeData,
-    _cat_batches,
-    _syntax_metrics,
-    collect_patterns,
-    special_ids,
-)
+from mhaexp.analysis.collect import ProbeData, compute_head_metrics, special_ids
 from mhaexp.analysis.config import AnalysisConfig
 from mhaexp.data.treebank import Treebank, load_treebank
 from mhaexp.heads import patterns as M
-from mhaexp.heads.wordlevel import word_level
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 
 TABLE_DIRECTIONS = ("dep2head", "head2dep")  # + "predictive" for causal models
@@ -131,30 +123,24 @@ class RelationRow:
 def relation_table(model: Any, probe: ProbeData, cfg: AnalysisConfig) -> list[RelationRow]:
     """Per relation of ``probe`` and direction (dep2head, head2dep, and predictive for causal models):
     the head with the best word-level accuracy, its baselines and margin. Relations without an arc
-    in a direction are left out of it."""
+    in a direction are left out of it.
+
+    Each direction is one streamed :func:`~mhaexp.analysis.collect.compute_head_metrics` (cheap tier,
+    no importance): the arcs are scored by the analysis' own code, in its memory bound."""
     causal = bool(model.cfg.causal)
-    batch = _cat_batches(probe.batches)
-    T = batch["input_ids"].shape[1]
-    per_layer = [[] for _ in model.attention_layers]
-    for b in probe.batches:
-        pad = (0, T - b["input_ids"].shape[1]) * 2
-        for layer, p in enumerate(collect_patterns(model, b)):
-            per_layer[layer].append(F.pad(p, pad))
-    layers = [torch.cat(ps) for ps in per_layer]
-    width = max(a.n_heads for a in model.attention_layers)
-    word_layers, word_batch = word_level(layers, batch)
-    arcs = _arc_counts(word_batch, probe.relations)
+    arcs = _arc_counts(probe.batches, probe.relations)
     settings = cfg.to_dict()
     rows = []
     for direction in (*TABLE_DIRECTIONS, *(("predictive",) if causal else ())):
-        scoring = {**settings, "direction": direction}
-        out, names, _ = _syntax_metrics(word_layers, word_batch, probe, scoring, causal, width)
+        hm = compute_head_metrics(model, probe, {**settings, "direction": direction}, expensive=False, importance=False)
+        if "syntactic_accuracy" not in hm.metrics:
+            continue
+        out, names = hm.metrics, hm.relation_names
         acc = out["syntactic_accuracy"]  # (L, H, R)
         for r, name in enumerate(names):
             if bool(torch.isnan(out["syntactic_offset_baseline"][r])):
                 continue
-            flat = acc[..., r].nan_to_num(-1.0).flatten()
-            best = int(flat.argmax())
+            best = int(acc[..., r].nan_to_num(-1.0).flatten().argmax())
             layer, head = divmod(best, acc.shape[1])
             value = float(acc[layer, head, r])
             rows.append(
@@ -174,16 +160,19 @@ def relation_table(model: Any, probe: ProbeData, cfg: AnalysisConfig) -> list[Re
     return sorted(rows, key=lambda row: (order.get(row.relation, len(order)), row.relation))
 
 
-def _arc_counts(batch: Batch, relations: Sequence[str]) -> dict[str, int]:
-    mask = batch["attention_mask"].bool()
-    heads, rels = batch["heads"].long(), batch["rels"].long()
-    arc = mask & (heads >= 0) & (rels >= 0)
-    counts = torch.bincount(rels[arc], minlength=len(relations))
-    out = {name: int(counts[r]) for r, name in enumerate(relations) if int(counts[r])}
-    derived = M.derived_amod_pred(heads, rels, list(relations))
-    if derived is not None and int((derived >= 0).sum()):
-        out.setdefault("amod:pred", int((derived >= 0).sum()))
-    return out
+def _arc_counts(batches: Sequence[Batch], relations: Sequence[str]) -> dict[str, int]:
+    """Gold arcs per relation name (with ``amod:pred`` when it can be derived), over every batch."""
+    out: dict[str, int] = {}
+    for b in batches:
+        heads, rels = b["heads"].long(), b["rels"].long()
+        arc = (heads >= 0) & (rels >= 0)
+        counts = torch.bincount(rels[arc], minlength=len(relations))
+        derived = M.derived_amod_pred(heads, rels, list(relations))
+        if derived is not None and "amod:pred" not in relations:
+            out["amod:pred"] = out.get("amod:pred", 0) + int((derived >= 0).sum())
+        for r, name in enumerate(relations):
+            out[name] = out.get(name, 0) + int(counts[r])
+    return {k: v for k, v in out.items() if v}
 
 
 def format_relation_table(rows: Sequence[RelationRow]) -> list[str]:

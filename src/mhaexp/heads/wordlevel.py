@@ -55,13 +55,3 @@ def word_mask(word_of_token: Tensor, n_words: int | None = None) -> Tensor:
     hit = F.one_hot(words.clamp_min(0), W).bool() & (words >= 0)[..., None]
     return hit.any(1)
 
-
-def word_level(per_layer: list[Tensor], batch: dict[str, Tensor]) -> tuple[list[Tensor], dict[str, Tensor]]:
-    """Per-layer patterns and the batch as arcs see them: word-level (:func:`word_attention`) with the
-    word mask as ``attention_mask`` when the batch has ``word_of_token``, else unchanged (one token
-    per word)."""
-    if "word_of_token" not in batch:
-        return list(per_layer), batch
-    words = batch["word_of_token"]
-    layers = [word_attention(p, words) for p in per_layer]
-    return layers, {**batch, "attention_mask": word_mask(words)}
