@@ -406,9 +406,9 @@ class _Sums:
 def _pattern_chunks(
     model: Any,
     batches: Sequence[Batch],
-    T: int,
+    T: int,  # noqa: N803
     chunk_elements: int,
-    device: torch.device,  # noqa: N803
+    device: torch.device,
 ) -> Iterator[tuple[int, int, Tensor]]:
     """``(first row, layer, patterns (b, H_l, T, T) float)`` over the rows of ``batches`` (rows numbered
     across batches), in micro-batches of sequences and one layer at a time, right-padded to ``T`` as

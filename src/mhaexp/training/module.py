@@ -204,7 +204,7 @@ class LMModule(pl.LightningModule):
         self._log_retrieval()
 
     def _log_icl(self) -> None:
-        """``val/loss_first``, ``val/loss_repeat`` and ``val/icl_gap`` = repeat - first (negative: it learns in context)."""
+        """``val/loss_first``, ``val/loss_repeat``, ``val/icl_gap`` = repeat - first (< 0: it learns in context)."""
         sums = self._icl_sums
         if sums is None:
             return
