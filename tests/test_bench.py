@@ -106,7 +106,7 @@ def test_gpu_check_tiny_runs_every_performance_section_on_cpu(tmp_path: Path) ->
     """``gpu_check --tiny``: the GPU check's layer timing, compile, MFU and sweep code end to end on the CPU,
     the target table printed, strict JSON written (no NaN/Infinity)."""
     out = tmp_path / "g.json"
-    p = run_module("mhaexp.tools.gpu_check", "--tiny", "--out", str(out), timeout=900)
+    p = run_module("mhaexp.tools.gpu_check", "--tiny", "--out", str(out), timeout=1000)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     doc = json.loads(out.read_text(), parse_constant=_no_constants)
     assert doc["mode"] == "tiny" and doc["ok"] is True
