@@ -308,11 +308,19 @@ class TokenWindows:
         ids, mask = self.rows(i, i + 1)
         return {"input_ids": torch.from_numpy(ids[0]), "attention_mask": torch.from_numpy(mask[0])}
 
-    def stream_counts(self, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
-        """Counts (vocab_size,) of the stream tokens the windows hold (every real token but BOS), in chunks."""
+    def stream_counts(self, vocab_size: int, chunk: int = 1 << 22) -> np.ndarray:
+        """Counts (vocab_size,) of the stream tokens the windows hold (every real token but BOS).
+
+        Read in chunks with plain file reads, not through the mapping: a full pass would otherwise
+        leave every page of the file resident in this process.
+        """
         counts = np.zeros(vocab_size, dtype=np.int64)
-        for a in range(0, self.n_used, chunk):
-            counts += np.bincount(self.tokens[a : min(self.n_used, a + chunk)], minlength=vocab_size)[:vocab_size]
+        if not self.n_tokens:
+            return counts
+        with open(self.path, "rb") as f:
+            for a in range(0, self.n_used, chunk):
+                part = np.fromfile(f, dtype=self.dtype, count=min(chunk, self.n_used - a))
+                counts += np.bincount(part, minlength=vocab_size)[:vocab_size]
         return counts
 
 

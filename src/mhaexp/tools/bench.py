@@ -83,6 +83,7 @@ class Args:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
+    data_mb: float | None = None  # section data: size of the generated corpus (None: its default)
 
     @property
     def torch_device(self) -> torch.device:
@@ -100,6 +101,7 @@ PLUGINS: dict[str, str] = {
     "analysis": "mhaexp.tools.bench_analysis",
     "pruning": "mhaexp.tools.bench_pruning",
     "sweep": "mhaexp.tools.bench_sweep",
+    "data": "mhaexp.tools.bench_data",
 }
 BUILTIN = ("attention", "gqa", "train")
 
@@ -656,6 +658,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, list[str] | None, P
     p.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronize the device)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-mb", type=float, help="section data: MB of generated text (default 200, quick 8)")
     ns = p.parse_args(argv)
     args = Args(
         quick=ns.quick,
@@ -666,6 +669,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Args, list[str] | None, P
         device=ns.device,
         dtype=ns.dtype,
         seed=ns.seed,
+        data_mb=ns.data_mb,
     )
     sections = [s.strip() for s in ns.sections.split(",") if s.strip()] if ns.sections else None
     return args, sections, ns.out
