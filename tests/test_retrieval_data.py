@@ -149,3 +149,18 @@ def test_exact_match_is_per_query_and_binned_by_the_needle_depth() -> None:
     assert answer_depth(depth, answer).tolist() == [[30, 100], [0, -1]]
     assert depth_bin(torch.tensor([0, 19, 20, 99, 100])).tolist() == [0, 0, 1, 4, 4]
     assert depth_bin_labels() == ["00-20", "20-40", "40-60", "60-80", "80-100"]
+
+
+def test_without_the_marker_the_value_follows_its_key() -> None:
+    src = RetrievalSource(seq_len=40, sizes=SIZES, seed=2, n_needles=2, n_queries=1, value_len=2, marker=False)
+    tok = src.tokenizer
+    for row in src.generate("train"):
+        words = [tok.id_to_token(i) for i in row["input_ids"]]
+        assert VAL not in words and len(words) == 40
+        q = words.index(QUERY)
+        assert q == 40 - 4  # <query> k v v
+        k = next(i for i, w in enumerate(words[:q]) if w == KEY and words[i + 1] == words[q + 1])
+        assert words[k + 2 : k + 4] == words[q + 2 : q + 4]
+        assert [i for i, v in enumerate(row["needle"]) if v] == [k + 2, k + 3]
+        # The queried key predicts the first value token; the first value predicts the second.
+        assert [i for i, a in enumerate(row["answer"]) if a] == [q + 1, q + 2]

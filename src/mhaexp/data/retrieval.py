@@ -12,6 +12,9 @@ A sequence is::
   text's own content);
 * the query at the end repeats the asked key, and the model must then copy that needle's value
   tokens. Those answer positions are the only place a retrieval head can show itself.
+* ``marker=false`` drops the ``<val>`` between key and value: the value then follows its key directly,
+  and copying it is one induction step (find the earlier copy of the queried key, copy what follows);
+  with the marker the head must match the token two back.
 * ``n_queries`` > 1 asks for several needles in turn, each query naming its own key (the multi-query
   associative recall of Arora et al. 2023, "Zoology"): more answer steps per sequence, so a small
   model learns the task in far fewer steps.
@@ -59,6 +62,7 @@ class RetrievalSource:
         value_len: int = 3,
         n_needles: int = 2,
         n_queries: int = 1,
+        marker: bool = True,
         min_depth: float = 0.0,
         max_depth: float = 1.0,
     ) -> None:
@@ -75,7 +79,11 @@ class RetrievalSource:
             raise ConfigError("data.n_queries", n_queries, f"an int from 1 to n_needles={n_needles}")
         if not 0.0 <= float(min_depth) <= float(max_depth) <= 1.0:
             raise ConfigError("data.min_depth", (min_depth, max_depth), "0 <= min_depth <= max_depth <= 1")
-        self.needle_len = 3 + value_len  # <key> k <val> v..v
+        if not isinstance(marker, bool):
+            raise ConfigError("data.marker", marker, "true or false")
+        self.marker = marker
+        self.value_offset = 3 if marker else 2  # <key> k [<val>] v..v: where the values start
+        self.needle_len = self.value_offset + value_len
         # A query "<query> k <val> v..v" is as long as a needle.
         self.hay_len = seq_len - 1 - (n_needles + n_queries) * self.needle_len
         if self.hay_len < 1:
@@ -108,6 +116,7 @@ class RetrievalSource:
             "value_len": self.value_len,
             "n_needles": self.n_needles,
             "n_queries": self.n_queries,
+            "marker": self.marker,
             "columns": list(self.annotation_columns),
             "min_depth": self.min_depth,
             "max_depth": self.max_depth,
@@ -130,7 +139,8 @@ class RetrievalSource:
         """
         hay = self._haystack(rng)
         keys = rng.sample(self.keys, self.n_needles)
-        needles = [[KEY, k, VAL, *(rng.choice(self.values) for _ in range(self.value_len))] for k in keys]
+        mark = [VAL] if self.marker else []
+        needles = [[KEY, k, *mark, *(rng.choice(self.values) for _ in range(self.value_len))] for k in keys]
         lo, hi = round(self.min_depth * self.hay_len), round(self.max_depth * self.hay_len)
         cuts = sorted(rng.randint(lo, hi) for _ in needles)
         order = list(range(self.n_needles))
@@ -141,7 +151,7 @@ class RetrievalSource:
         depth: dict[int, int] = {}
         for cut, n in zip(cuts, order, strict=True):
             words += hay[prev:cut]
-            start[n], depth[n] = len(words) + 3, round(100 * cut / self.hay_len)
+            start[n], depth[n] = len(words) + self.value_offset, round(100 * cut / self.hay_len)
             words += needles[n]
             prev = cut
         words += hay[prev:]
@@ -162,7 +172,7 @@ class RetrievalSource:
             for q, (start, d) in enumerate(zip(starts, depths, strict=True)):
                 needle[start : start + v] = [1] * v
                 # Query q's values are its last v tokens; the <val> before them predicts the first.
-                first = T - (self.n_queries - q) * self.needle_len + 3
+                first = T - (self.n_queries - q) * self.needle_len + self.value_offset
                 answer[first - 1 : first - 1 + v] = [q + 1] * v
                 depth[first - 1 : first - 1 + v] = [d] * v
             yield {

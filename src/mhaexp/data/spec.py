@@ -78,6 +78,7 @@ class DataConfig:
     value_len: int = setting(positive_int(), 3, only=["retrieval"])
     n_needles: int = setting(positive_int(), 2, only=["retrieval"])
     n_queries: int = setting(positive_int(), 1, only=["retrieval"])
+    marker: bool = setting(boolean(), True, only=["retrieval"])
     min_depth: float = setting(probability(), 0.0, only=["retrieval"])
     max_depth: float = setting(probability(), 1.0, only=["retrieval"])
     source: Any = setting(DERIVED, None)

@@ -54,4 +54,3 @@ def word_mask(word_of_token: Tensor, n_words: int | None = None) -> Tensor:
     words = word_of_token.long()
     hit = F.one_hot(words.clamp_min(0), W).bool() & (words >= 0)[..., None]
     return hit.any(1)
-
