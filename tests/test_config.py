@@ -34,7 +34,7 @@ def test_every_group_option_composes_and_builds() -> None:
                 if group == "trainer" and option in ("gpu", "fsdp") and not torch.cuda.is_available():
                     continue
                 run = build_run(cfg)
-                assert run.model.vocab_size == run.data.vocab_size
+                assert run.model.vocab_size == run.data.n_vocab
                 assert run.model.max_seq_len >= run.data.seq_len
 
 

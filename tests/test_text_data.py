@@ -156,6 +156,7 @@ def test_render_text_command_writes_the_grammar_as_text(tmp_path: Path) -> None:
     assert plain == [s.text for s in generate_corpus(6, seed=4)]  # word for word the treebank export
 
 
+@pytest.mark.slow
 def test_bpe_text_run_ends_with_roles_wandb_series_and_a_tokenizer_that_analysis_reuses(
     tmp_path: Path,
     cli: Callable[..., subprocess.CompletedProcess],
@@ -191,3 +192,21 @@ def test_bpe_text_run_ends_with_roles_wandb_series_and_a_tokenizer_that_analysis
     assert sorted(p.name for p in cache.iterdir()) == [n for n in before if not n.startswith("bpe-")]  # nothing rebuilt
     view = (run_dir / "checkpoints" / "analysis-last" / "head_view.html").read_text()
     assert '"\\u0120cat"' in view  # the head view shows the run's BPE pieces (Ġcat, JSON-escaped)
+
+
+def test_a_corpus_larger_than_the_windows_is_tokenized_only_as_far_as_they_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    render_text(tmp_path / "corpus", 3000, seed=0, n_files=3)  # ~180 KB of text, 16 bytes a window
+    monkeypatch.setattr(text_mod, "PIECE_BYTES", 256)
+    monkeypatch.setattr(text_mod, "BATCH_BYTES", 1024)
+    few = make(tmp_path, path=str(tmp_path / "corpus"), n_train=50, n_val=5)
+    rows = few.dataset("train")[:]
+    assert len(rows["input_ids"]) == 50 and few.cache_path.name.count("-") == 2  # text-<fp>-<budget>
+    stream = few.dataset("train").n_tokens
+    assert 50 * 16 <= stream < 50 * 16 + 1024 + 2 * 256  # stopped after the batch that filled the windows
+    whole = make(tmp_path, path=str(tmp_path / "corpus"), n_train=10**6, n_val=10**6)
+    assert whole.cache_path.name.count("-") == 1 and whole.dataset("train").n_tokens > 150_000
+    assert torch.equal(whole.dataset("train")[:50]["input_ids"], rows["input_ids"])  # the same first windows
+    # Once the whole text is cached, a smaller run reads it instead of tokenizing again.
+    assert make(tmp_path, path=str(tmp_path / "corpus"), n_train=40, n_val=5).cache_path == whole.cache_path

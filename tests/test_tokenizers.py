@@ -30,7 +30,8 @@ from mhaexp.data.tokenizers import (
 from mhaexp.errors import ConfigError
 from mhaexp.rundir import TOKENIZER_DIR
 
-SMALL = {"n_train": 200, "n_val": 20, "n_probe": 8, "batch_size": 8, "seq_len": 33}
+# Window counts beyond these corpora: the whole text is tokenized, whatever the run's windowing.
+SMALL = {"n_train": 10**6, "n_val": 10**6, "n_probe": 8, "batch_size": 8, "seq_len": 33}
 TEXTS = ["the cat sat on the mat", "über naïve café, 日本語 and emoji 🙂", "the dog ran to the cat"] * 30
 
 

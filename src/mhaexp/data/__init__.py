@@ -1,4 +1,4 @@
-"""Data sources for head-specialization studies: synthetic grammar, induction, text.
+"""Data sources for head-specialization studies: synthetic grammar, induction, retrieval, text.
 
 Names load on first use: checking a config (``mhaexp.data.spec``) must not pay for
 importing Lightning and ``datasets``.
@@ -14,7 +14,7 @@ _LAZY = {
     "to_conllu": "conllu_io",
     "write_conllu": "conllu_io",
     "LMDataModule": "datamodule",
-    "default_cache_dir": "datamodule",
+    "default_cache_dir": "cache",
     "DataConfig": "spec",
     "RELATIONS": "grammar",
     "SEED_TEXT": "grammar",
@@ -25,6 +25,11 @@ _LAZY = {
     "seed_sentence": "grammar",
     "InductionSource": "induction",
     "TextSource": "text",
+    "TokenWindows": "text",
+    "render_text": "grammar",
+    "BPETokenizer": "tokenizers",
+    "load_run_tokenizer": "tokenizers",
+    "save_tokenizer": "tokenizers",
     "ByteTokenizer": "tokenizers",
     "HFTokenizer": "tokenizers",
     "Tokenizer": "tokenizers",

@@ -15,9 +15,12 @@ with BOS; only a split's final window can be short, and it is padded. Training u
 the probe the first ``n_probe`` of those.
 
 **Cache.** Text is tokenized once per corpus and tokenizer, in pieces through the tokenizer's batch
-API (parallel for the Rust tokenizers), into a flat token file (uint16, or uint32 for vocabularies
-above 65536) in the data cache. Windows are read from it through ``np.memmap`` when a batch asks for
-them, so the corpus is never held in memory and a corpus far larger than RAM trains in flat memory.
+API (parallel for the Rust tokenizers), as far as the windows of ``n_train`` / ``n_val`` reach (a
+corpus that holds more is read only that far, and the entry's name says the budget), into a flat
+token file (uint16, or uint32 for vocabularies above 65536) in the data cache. Windows are read
+from it when a batch asks for them (positioned reads; ``TokenWindows.tokens`` maps the whole file
+with ``np.memmap`` for other uses), so the corpus is never held in memory and a corpus far larger
+than RAM trains in flat memory.
 Trained BPE tokenizers are cached beside it, named by the corpus and ``vocab_size``.
 
 The hub path (``name:`` not a local directory) needs the network or a warm datasets cache; offline
@@ -210,8 +213,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def tokenize_to_file(parts: Iterator[tuple[str, bool]], tok: Any, path: Path) -> int:
-    """Write the token stream of ``parts`` (EOS after each document) to ``path``; return its length."""
+def tokenize_to_file(parts: Iterator[tuple[str, bool]], tok: Any, path: Path, max_tokens: int | None = None) -> int:
+    """Write the token stream of ``parts`` (EOS after each document) to ``path``; return its length.
+
+    ``max_tokens``: stop reading once that many are written (the last batch is kept whole).
+    """
     dtype = token_dtype(tok.vocab_size)
     eos = np.array([tok.eos_id], dtype=dtype)
     n = 0
@@ -236,6 +242,8 @@ def tokenize_to_file(parts: Iterator[tuple[str, bool]], tok: Any, path: Path) ->
             if size >= BATCH_BYTES:
                 n += flush(batch)
                 batch, size = [], 0
+                if max_tokens is not None and n >= max_tokens:
+                    return n
         if batch:
             n += flush(batch)
     return n
@@ -258,6 +266,7 @@ class TokenWindows:
         self.seq_len, self.width, self.bos_id, self.pad_id = seq_len, seq_len - 1, bos_id, pad_id
         self.n = min(limit, max(1, -(-n_tokens // self.width)))
         self._tokens: np.ndarray | None = None
+        self._fd: int | None = None
 
     @property
     def tokens(self) -> np.ndarray:
@@ -269,8 +278,27 @@ class TokenWindows:
             )
         return self._tokens
 
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Tokens ``a..b-1`` (fewer at the end of the stream), by a positioned read of the file.
+
+        Not through the mapping: every page a mapping touches (and the pages around it that the kernel
+        maps with it) stays resident in this process, so random windows over a large file would grow
+        its RSS step by step. A read leaves them to the page cache.
+        """
+        b = min(b, self.n_tokens)
+        if b <= a:
+            return np.zeros(0, self.dtype)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        size = self.dtype.itemsize
+        return np.frombuffer(os.pread(self._fd, (b - a) * size, a * size), dtype=self.dtype)
+
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen the file, not copy it
-        return {**self.__dict__, "_tokens": None}
+        return {**self.__dict__, "_tokens": None, "_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def __len__(self) -> int:
         return self.n
@@ -285,7 +313,7 @@ class TokenWindows:
         k, w = stop - start, self.width
         ids = np.full((k, self.seq_len), self.pad_id, dtype=np.int64)
         ids[:, 0] = self.bos_id
-        chunk = self.tokens[start * w : stop * w]
+        chunk = self.read(start * w, stop * w)
         body = ids[:, 1:].reshape(-1)
         body[: len(chunk)] = chunk
         ids[:, 1:] = body.reshape(k, w)
@@ -469,24 +497,47 @@ class TextSource:
         return Tokenizer.from_file(str(final / HF_FILE))
 
     # ----------------------------------------------------------------- the tokens --
+    def budget(self) -> dict[str, int]:
+        """Tokens each split's windows can hold: tokenizing stops there (a huge corpus is read only as far as used)."""
+        w = self.seq_len - 1
+        if not self.has_val_text():  # validation reads the training stream
+            return {"train": max(self.sizes["train"], self.sizes["val"]) * w}
+        return {"train": self.sizes["train"] * w, "val": self.sizes["val"] * w}
+
+    def _fits(self, budget: dict[str, int]) -> bool:
+        """Whether every split's whole text fits its budget: a token never covers less than a byte."""
+        corpus, (doc, off) = self.corpus, self.cut
+        at_cut = int(corpus.offsets[doc]) + off
+        need = {"train": at_cut + doc + 1, "val": corpus.n_bytes - at_cut + len(corpus.lengths) - doc}
+        return all(need[split] <= budget[split] for split in budget)
+
     @property
     def token_path(self) -> Path:
+        """The cache entry of this corpus and tokenizer: the whole text (``text-<fp>``) when it exists or fits
+        the budget, else the text up to the budget (``text-<fp>-<budget>``)."""
         settings = {"corpus": self.identity(), "tokenizer": tokenizer_identity(self.tokenizer)}
-        return self.cache_root / f"text-{fingerprint(settings)}"
+        whole = self.cache_root / f"text-{fingerprint(settings)}"
+        budget = self.budget()
+        if (whole / META).exists() or self._fits(budget):
+            return whole
+        return whole.with_name(f"{whole.name}-{fingerprint(budget)[:8]}")
 
     def prepare(self) -> Path:
         """Tokenize the corpus into the cache unless it is there; return its directory."""
         tok = self.tokenizer
+        path = self.token_path
+        limits = self.budget() if "-" in path.name.removeprefix("text-") else None  # a budget entry
 
         def build(out: Path) -> None:
-            meta: dict[str, Any] = {"dtype": token_dtype(tok.vocab_size).str, "tokens": {}}
+            meta: dict[str, Any] = {"dtype": token_dtype(tok.vocab_size).str, "tokens": {}, "budget": limits}
             for split in ("train", "val"):
                 if split == "val" and not self.has_val_text():
                     continue  # too short to hold text out: validation reads the training text
-                meta["tokens"][split] = tokenize_to_file(self.split_texts(split), tok, out / f"{split}.bin")
+                cap = limits[split] if limits is not None else None
+                meta["tokens"][split] = tokenize_to_file(self.split_texts(split), tok, out / f"{split}.bin", cap)
             (out / META).write_text(json.dumps(meta))
 
-        return build_once(self.token_path, META, build)
+        return build_once(path, META, build)
 
     def split_dataset(self, split: str) -> TokenWindows:
         """The windows of ``split`` (train, val, probe), read from the prepared token file."""
