@@ -299,7 +299,7 @@ def test_bpe_model_on_grammar_text_finds_the_heads_the_word_level_model_finds(
     }
     found = {}
     for name, args in data.items():
-        proc = cli("mhaexp-train", *common, *args, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        proc = cli("mhaexp-train", *common, *args, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path, timeout=1200)
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows = _relation_rows(tmp_path / name / "checkpoints" / "last.ckpt", gold)
         found[name] = {r.relation: r for r in rows if r.direction == "predictive"}
