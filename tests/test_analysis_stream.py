@@ -119,6 +119,7 @@ def test_bench_memory_rows_measure_one_step_in_a_fresh_process() -> None:
     rows = memory_rows(2, seq_lens=(64,))
     assert [r.metric for r in rows] == ["peak memory", "time per analysis step"]
     peak, took = rows
-    assert peak.unit == "MB" and 0 < peak.median < 2000 and peak.target is None
+    # A step this small may stay inside the high-water mark the imports and the model already set: >= 0.
+    assert peak.unit == "MB" and 0 <= peak.median < 2000 and peak.target is None
     assert peak.extra["full_patterns_mb"] == 4 * 2 * 8 * 64 * 64 * 4 / 2**20
     assert took.unit == "s" and took.median > 0

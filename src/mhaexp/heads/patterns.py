@@ -942,7 +942,8 @@ def position_baseline(targets: Tensor, mask: Tensor, causal: bool) -> Tensor:
         valid_hit = valid & (safe < torch.arange(T, device=targets.device))
     else:
         valid_hit = valid
-    hits = (F.one_hot(safe, T).bool() & valid_hit[..., None]).sum(dim=(1, 2))  # (R, T): hits of position k
+    # (R, T): hits of position k, counted by scatter (a one-hot would be R x B x T x T int64, 4 GB at T = 1024).
+    hits = torch.zeros(R, T, device=targets.device).scatter_add_(1, safe.flatten(1), valid_hit.flatten(1).float())
     totals = valid.sum(dim=(1, 2))
-    best = hits.max(dim=-1).values.float() / totals.clamp_min(1).float()
+    best = hits.max(dim=-1).values / totals.clamp_min(1).float()
     return torch.where(totals > 0, best, torch.full_like(best, float("nan")))
