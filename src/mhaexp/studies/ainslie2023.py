@@ -24,7 +24,7 @@ from mhaexp.rundir import CHECKPOINT_DIR, INIT_CONVERSION_FILE
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import summary
 from mhaexp.studies.runner import StudyContext, run_config
-from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, greater
+from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, greater
 
 UPTRAIN_SHARE = 0.05  # Ainslie et al. uptrain with alpha = 5% of the pre-training steps
 MOST = 0.5  # "closes most of the gap": more than half
@@ -109,8 +109,7 @@ class Ainslie2023(Study):
                 metric=f"val loss right after converting MHA to {GQA_KV} K/V heads (held-out batches)",
                 ours=at_conversion,
                 criterion="every seed of first and of random above every seed of mean",
-                holds=pooling[0],
-                why=pooling[1],
+                **decided(pooling),
                 paper="mean pooling > first head > random, at conversion",
                 runs=rel([d for g in ("mean", "first", "random") for d in conv.get((GQA_KV, g), [])]),
             ),
@@ -121,8 +120,7 @@ class Ainslie2023(Study):
                 f"({ctx.budget.scaled(self.default_steps, UPTRAIN_SHARE)} steps)",
                 ours=share,
                 criterion=f"every seed >= {MOST:g}",
-                holds=most[0],
-                why=most[1],
+                **decided(most),
                 paper="uptrained GQA close to MHA quality with 5% of the steps",
                 runs=rel([*gqa, *mha]),
             ),
@@ -132,8 +130,7 @@ class Ainslie2023(Study):
                 metric=f"final val loss after uptraining; KV-cache bytes per token: {kv}",
                 ours={"MQA": mqa_loss, f"GQA-{GQA_KV}": gqa_loss, "MHA": mha_loss},
                 criterion="every MQA seed above every GQA seed, and every GQA seed above every MHA seed",
-                holds=between[0],
-                why=between[1],
+                **decided(between),
                 paper="GQA-8 close to MHA, MQA below both, on T5-XXL",
                 runs=rel([*mqa, *gqa, *mha]),
             ),

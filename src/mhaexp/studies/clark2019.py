@@ -21,7 +21,7 @@ from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import final_roles, head_metric
 from mhaexp.studies.runner import Budget, StudyContext
-from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, greater
+from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, greater
 
 ENCODER = ["model=encoder", "model.n_layers=4"]
 
@@ -108,8 +108,7 @@ class Clark2019(Study):
                 metric="heads with the broad role, and with the sink role, at the end of training",
                 ours={"broad": broad, "sink": sink},
                 criterion="every seed has at least one of each",
-                holds=exist[0],
-                why=exist[1],
+                **decided(exist),
                 paper="many heads attend broadly; many put most attention on [SEP]/[CLS]",
                 runs=rel,
             ),
@@ -120,8 +119,7 @@ class Clark2019(Study):
                 "relations beaten in every seed)",
                 ours=per_rel,
                 criterion="every relation, every seed: margin > 0",
-                holds=syntax[0],
-                why=syntax[1],
+                **decided(syntax),
                 paper="single heads beat the baseline on most relations (e.g. dobj 86.8 vs 40.0)",
                 runs=rel,
             ),
@@ -131,8 +129,7 @@ class Clark2019(Study):
                 metric="mean JS divergence between heads of one layer, and between heads of different layers",
                 ours={"within a layer": within, "across layers": across},
                 criterion="every seed's across-layer mean above every seed's within-layer mean",
-                holds=alike[0],
-                why=alike[1],
+                **decided(alike),
                 paper="heads within a layer are close in the embedding of heads",
                 runs=rel,
             ),

@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 
 from mhaexp.studies.base import Study
+from mhaexp.studies.report import figure
 from mhaexp.studies.readers import head_metric_mean
 from mhaexp.studies.runner import StudyContext
-from mhaexp.studies.verdict import Claim, Measure, at_most, greater
+from mhaexp.studies.verdict import Claim, decided, Measure, at_most, greater
 
 NEAR_ZERO = 0.05  # "near zero" at initialization
 ANALYSES = 20
@@ -53,19 +54,11 @@ class Gu2024(Study):
         self.plot(ctx)
 
     def plot(self, ctx: StudyContext) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for i, d in enumerate(ctx.stage_runs("train")):
-            ax.plot(*zip(*head_metric_mean(d, "sink_rate"), strict=True), marker=".", label=f"seed {i}")
-        ax.set(xlabel="step", ylabel="sink rate (mean over heads)", ylim=(0, 1.02))
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(ctx.out / "sink_rate.png", dpi=120)
-        plt.close(fig)
+        with figure(ctx.out / "sink_rate.png", (5, 3.2)) as (fig, ax):
+            for i, d in enumerate(ctx.stage_runs("train")):
+                ax.plot(*zip(*head_metric_mean(d, "sink_rate"), strict=True), marker=".", label=f"seed {i}")
+            ax.set(xlabel="step", ylabel="sink rate (mean over heads)", ylim=(0, 1.02))
+            ax.legend(fontsize=8)
 
     def notes(self, ctx: StudyContext) -> list[str]:
         return [
@@ -90,8 +83,7 @@ class Gu2024(Study):
                 metric="sink rate (share of heads x sequences attending > 0.3 to the first token) at step 0",
                 ours=init,
                 criterion=f"every seed <= {NEAR_ZERO:g}",
-                holds=no_sink[0],
-                why=no_sink[1],
+                **decided(no_sink),
                 paper="no sink in the initialized model",
                 runs=rel,
                 plot="sink_rate.png",
@@ -103,8 +95,7 @@ class Gu2024(Study):
                 f"value: {when}",
                 ours={"final": final, "step 0": init, "onset step": when},
                 criterion="every seed's final sink rate above every seed's step-0 rate",
-                holds=rises[0],
-                why=rises[1],
+                **decided(rises),
                 paper="the sink rate rises from 0 after some steps, to a large share of heads",
                 runs=rel,
                 plot="sink_rate.png",

@@ -13,9 +13,10 @@ import math
 from pathlib import Path
 
 from mhaexp.studies.base import Study
+from mhaexp.studies.report import figure
 from mhaexp.studies.readers import summary
 from mhaexp.studies.runner import Budget, StudyContext, run_config
-from mhaexp.studies.verdict import Claim, Measure, greater
+from mhaexp.studies.verdict import Claim, decided, Measure, greater
 
 HEADS = (1, 2, 4, 8, 16)
 SMOKE_HEADS = (1, 2, 4)  # a smoke run proves the path, with fewer jobs
@@ -68,23 +69,14 @@ class HeadCount(Study):
         return out
 
     def plot(self, ctx: StudyContext) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        losses = self.losses(ctx)
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        seeds = sorted({s for v in losses.values() for s in v})
-        for s in seeds:
-            hs = [h for h in self.heads(ctx) if s in losses.get(h, {})]
-            ax.plot(hs, [losses[h][s][0] for h in hs], marker="o", label=f"seed {s}")
-        ax.set_xscale("log", base=2)
-        ax.set(xlabel="heads per layer (d_model 128)", ylabel="best val loss")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(ctx.out / "loss_vs_heads.png", dpi=120)
-        plt.close(fig)
+        with figure(ctx.out / "loss_vs_heads.png", (5, 3.2)) as (fig, ax):
+            seeds = sorted({s for v in losses.values() for s in v})
+            for s in seeds:
+                hs = [h for h in self.heads(ctx) if s in losses.get(h, {})]
+                ax.plot(hs, [losses[h][s][0] for h in hs], marker="o", label=f"seed {s}")
+            ax.set_xscale("log", base=2)
+            ax.set(xlabel="heads per layer (d_model 128)", ylabel="best val loss")
+            ax.legend(fontsize=8)
 
     def verdicts(self, ctx: StudyContext) -> list[Claim]:
         gains = self.gains(ctx)
@@ -101,8 +93,7 @@ class HeadCount(Study):
                 ours=gains,
                 criterion=f"every seed's first gain ({heads[0]}->{2 * heads[0]}) above every seed's last "
                 f"({heads[-2]}->{heads[-1]})",
-                holds=shrinks[0],
-                why=shrinks[1],
+                **decided(shrinks),
                 paper="little gain beyond ~12-16 heads",
                 runs=runs,
                 plot="loss_vs_heads.png",

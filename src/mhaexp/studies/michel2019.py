@@ -21,9 +21,10 @@ import pandas as pd
 from mhaexp.pruning.curves import read_curve_csv
 from mhaexp.rundir import CHECKPOINT_DIR, PRUNING_CURVE_FILE
 from mhaexp.studies.base import Study
+from mhaexp.studies.report import figure
 from mhaexp.studies.readers import head_metric
 from mhaexp.studies.runner import StudyContext, run_config
-from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, greater
+from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, greater
 
 FRACTION = 0.85  # 3 layers x 8 heads with at least one head a layer: 21 of 24 can go (0.875)
 SMALL_COST = 0.01  # "at small cost": val loss at most 1% above the unpruned model's
@@ -91,26 +92,18 @@ class Michel2019(Study):
         return out
 
     def plot(self, ctx: StudyContext) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for (crit, runs), color in zip(self.curves(ctx).items(), ("C0", "C3"), strict=True):
-            for i, (_, c) in enumerate(runs):
-                ax.plot(
-                    [p["fraction_pruned"] for p in c],
-                    [p["val_loss"] for p in c],
-                    color=color,
-                    marker=".",
-                    label=crit if i == 0 else None,
-                )
-        ax.set(xlabel="fraction of heads pruned", ylabel="val loss")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(ctx.out / "pruning_curves.png", dpi=120)
-        plt.close(fig)
+        with figure(ctx.out / "pruning_curves.png", (5, 3.2)) as (fig, ax):
+            for (crit, runs), color in zip(self.curves(ctx).items(), ("C0", "C3"), strict=True):
+                for i, (_, c) in enumerate(runs):
+                    ax.plot(
+                        [p["fraction_pruned"] for p in c],
+                        [p["val_loss"] for p in c],
+                        color=color,
+                        marker=".",
+                        label=crit if i == 0 else None,
+                    )
+            ax.set(xlabel="fraction of heads pruned", ylabel="val loss")
+            ax.legend(fontsize=8)
 
     def verdicts(self, ctx: StudyContext) -> list[Claim]:
         curves = self.curves(ctx)
@@ -144,8 +137,7 @@ class Michel2019(Study):
                 metric="val loss after pruning, random order minus importance order, per pruned fraction",
                 ours=gap,
                 criterion="at every fraction > 0, every seed's random-order loss above every seed's importance loss",
-                holds=better[0],
-                why=better[1],
+                **decided(better),
                 paper="importance-ordered pruning stays near the unpruned quality far longer than random order",
                 runs=prune_runs,
                 plot="pruning_curves.png",
@@ -156,8 +148,7 @@ class Michel2019(Study):
                 metric=f"largest fraction pruned with val loss <= {1 + SMALL_COST:g} x the unpruned loss",
                 ours={"importance": free_imp, "random": free_rand},
                 criterion=f"importance order: every seed >= {LARGE_SHARE:g}",
-                holds=large[0],
-                why=large[1],
+                **decided(large),
                 paper="20-40% of heads",
                 runs=prune_runs,
                 plot="pruning_curves.png",
@@ -168,8 +159,7 @@ class Michel2019(Study):
                 metric="Spearman correlation over heads of gradient importance and ablation Δloss, end of training",
                 ours=rho,
                 criterion=f"every seed >= {AGREE:g}",
-                holds=agree[0],
-                why=agree[1],
+                **decided(agree),
                 paper="the proxy is used in place of ablation",
                 runs=[ctx.rel(d) for d in trained],
             ),

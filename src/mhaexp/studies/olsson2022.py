@@ -16,9 +16,10 @@ import math
 from pathlib import Path
 
 from mhaexp.studies.base import Study
+from mhaexp.studies.report import figure
 from mhaexp.studies.readers import head_metric_max, rise_window, scalar
 from mhaexp.studies.runner import Budget, StudyContext, run_config
-from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most
+from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, at_most
 
 INDUCTION_BAR = 0.5  # Olsson et al.: heads above 0.5 prefix matching are induction heads
 SHORT_WINDOW = 0.25  # the climb spans at most this share of training
@@ -72,26 +73,18 @@ class Olsson2022(Study):
         return out
 
     def plot(self, ctx: StudyContext) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-        for n_layers, runs in sorted(self._by_layers(ctx).items()):
-            for i, d in enumerate(runs):
-                pm = head_metric_max(d, "prefix_matching")
-                a1.plot(*zip(*pm, strict=True), label=f"{n_layers} layer(s), seed {i}")
-                gap = scalar(d, "val/icl_gap")
-                if gap:
-                    a2.plot(*zip(*gap, strict=True), label=f"{n_layers} layer(s), seed {i}")
-        a1.axhline(INDUCTION_BAR, color="grey", lw=0.8, ls="--")
-        a1.set(xlabel="step", ylabel="best head's prefix matching", ylim=(0, 1.05))
-        a2.set(xlabel="step", ylabel="loss(repeat) - loss(first copy)")
-        a1.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(ctx.out / "phase_change.png", dpi=120)
-        plt.close(fig)
+        with figure(ctx.out / "phase_change.png", (9, 3.2), 2) as (fig, (a1, a2)):
+            for n_layers, runs in sorted(self._by_layers(ctx).items()):
+                for i, d in enumerate(runs):
+                    pm = head_metric_max(d, "prefix_matching")
+                    a1.plot(*zip(*pm, strict=True), label=f"{n_layers} layer(s), seed {i}")
+                    gap = scalar(d, "val/icl_gap")
+                    if gap:
+                        a2.plot(*zip(*gap, strict=True), label=f"{n_layers} layer(s), seed {i}")
+            a1.axhline(INDUCTION_BAR, color="grey", lw=0.8, ls="--")
+            a1.set(xlabel="step", ylabel="best head's prefix matching", ylim=(0, 1.05))
+            a2.set(xlabel="step", ylabel="loss(repeat) - loss(first copy)")
+            a1.legend(fontsize=7)
 
     def verdicts(self, ctx: StudyContext) -> list[Claim]:
         by = self._by_layers(ctx)
@@ -116,8 +109,7 @@ class Olsson2022(Study):
                 metric="best head's prefix-matching score at the end of training",
                 ours={"2 layers": pm2, "1 layer": pm1},
                 criterion=f"every 2-layer seed >= {INDUCTION_BAR:g} and every 1-layer seed <= {INDUCTION_BAR:g}",
-                holds=all_hold([formed, at_most(pm1, INDUCTION_BAR)])[0],
-                why=all_hold([formed, at_most(pm1, INDUCTION_BAR)])[1],
+                **decided(all_hold([formed, at_most(pm1, INDUCTION_BAR)])),
                 paper="induction heads (prefix matching > 0.5) only in models of 2+ layers",
                 runs=rel,
                 plot="phase_change.png",
@@ -129,8 +121,7 @@ class Olsson2022(Study):
                 f"as a share of training (windows: {window_text})",
                 ours=width,
                 criterion=f"every 2-layer seed's window <= {SHORT_WINDOW:g} of training",
-                holds=all_hold([precondition, at_most(width, SHORT_WINDOW)])[0],
-                why=all_hold([precondition, at_most(width, SHORT_WINDOW)])[1],
+                **decided(all_hold([precondition, at_most(width, SHORT_WINDOW)])),
                 paper="a sharp bump early in training, a few % of it",
                 runs=[ctx.rel(d) for d in two],
                 plot="phase_change.png",
@@ -142,8 +133,7 @@ class Olsson2022(Study):
                 "the last validation before the window and the first after it",
                 ours=fall,
                 criterion=f"every 2-layer seed >= {IN_WINDOW:g}",
-                holds=all_hold([precondition, at_least(fall, IN_WINDOW)])[0],
-                why=all_hold([precondition, at_least(fall, IN_WINDOW)])[1],
+                **decided(all_hold([precondition, at_least(fall, IN_WINDOW)])),
                 paper="the in-context learning score improves abruptly in the same window",
                 runs=[ctx.rel(d) for d in two],
                 plot="phase_change.png",

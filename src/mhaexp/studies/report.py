@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,20 @@ def write_report(out: Path, doc: dict[str, Any], claims: Sequence[Claim], notes:
         tmp = Path(out) / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, Path(out) / name)
+
+
+@contextmanager
+def figure(path: Path, size: tuple[float, float] = (5, 3.2), ncols: int = 1) -> Iterator[Any]:
+    """``with figure(ctx.out / "x.png") as (fig, ax):`` draw; the PNG is written when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: studies run headless
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=size)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)

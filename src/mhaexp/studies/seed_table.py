@@ -10,7 +10,7 @@ from __future__ import annotations
 from mhaexp.analysis.seed_table import SEED_ROWS, fill, read_roles
 from mhaexp.studies.base import Study
 from mhaexp.studies.runner import StudyContext, run_config
-from mhaexp.studies.verdict import Claim, Measure, at_least
+from mhaexp.studies.verdict import Claim, decided, Measure, at_least
 
 
 class SeedTable(Study):
@@ -59,8 +59,7 @@ class SeedTable(Study):
                         "margin": Measure.of(f.margin if f else float("nan") for f in found),
                     },
                     criterion="found in every seed, by the causal LM or the encoder",
-                    holds=verdict[0],
-                    why=verdict[1],
+                    **decided(verdict),
                     paper="named as one of the heads a trained model has",
                     runs=runs,
                 )

@@ -100,6 +100,11 @@ class Claim:
         }
 
 
+def decided(verdict: tuple[Verdict, str]) -> dict[str, Any]:
+    """``Claim(..., **decided(at_least(m, 0.5)))``: a decision rule's (verdict, why) as Claim's fields."""
+    return {"holds": verdict[0], "why": verdict[1]}
+
+
 def verdict_word(holds: Verdict) -> str:
     return {True: "holds", False: "does not hold", None: "inconclusive"}[holds]
 

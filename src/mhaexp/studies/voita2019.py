@@ -25,7 +25,7 @@ from mhaexp.rundir import CHECKPOINT_DIR, PRUNING_FILE
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import final_roles, summary
 from mhaexp.studies.runner import Budget, StudyContext, run_config
-from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, greater
+from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, greater
 
 ENCODER = ["model=encoder", "model.n_layers=4"]
 LAMBDAS = (0.01, 0.03, 0.1)
@@ -143,8 +143,7 @@ class Voita2019(Study):
                 metric="heads per role family at the end of training",
                 ours=counts,
                 criterion="every seed has at least one head of each family",
-                holds=have[0],
-                why=have[1],
+                **decided(have),
                 paper="all three kinds in every layer of the WMT encoder",
                 runs=[ctx.rel(d) for d in trained.values()],
             ),
@@ -155,8 +154,7 @@ class Voita2019(Study):
                 "among those it prunes",
                 ours=keep_ours,
                 criterion="at every lambda, every seed's kept share above every seed's pruned share",
-                holds=keeps[0],
-                why=keeps[1],
+                **decided(keeps),
                 paper="the specialised heads are the last to be pruned",
                 runs=l0,
             ),
@@ -167,8 +165,7 @@ class Voita2019(Study):
                 ours=quality_ours,
                 criterion=f"some lambda closes >= {CLOSED_SHARE:g} of the heads in every seed with a val-loss rise "
                 f"<= {LOSS_SLACK:.0%} in every seed",
-                holds=quality[0],
-                why=quality[1],
+                **decided(quality),
                 paper="most heads pruned at a small quality cost",
                 runs=l0,
             ),

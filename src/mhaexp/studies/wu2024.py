@@ -27,8 +27,9 @@ from mhaexp.config import instantiate_plain
 from mhaexp.nn.objectives import answer_exact_match, causal_targets
 from mhaexp.rundir import ANALYSIS_DIR, CHECKPOINT_DIR, HEAD_METRICS_FILE
 from mhaexp.studies.base import Study
+from mhaexp.studies.report import figure
 from mhaexp.studies.runner import Budget, StudyContext, run_config
-from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, greater
+from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, at_most, greater
 from mhaexp.training.module import load_module
 
 RETRIEVAL_BAR = 0.1  # Wu et al. Sec. 2: a head is a retrieval head above this score
@@ -131,24 +132,16 @@ class Wu2024(Study):
         self.plot(ctx, results)
 
     def plot(self, ctx: StudyContext, results: list[dict[str, Any]]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        labels = ["no mask", "retrieval heads masked", "as many random heads"]
-        for i, r in enumerate(results):
-            rand = r["acc_random_masked"]
-            vals = [r["acc_full"], r["acc_retrieval_masked"], sum(rand) / len(rand) if rand else math.nan]
-            ax.bar([x + 0.8 * i / len(results) for x in range(3)], vals, width=0.8 / len(results), label=f"seed {i}")
-        ax.set_xticks([x + 0.4 - 0.4 / len(results) for x in range(3)], labels, fontsize=8)
-        ax.set_ylabel("needle exact match (val)")
-        ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(ctx.out / "masking.png", dpi=120)
-        plt.close(fig)
+        with figure(ctx.out / "masking.png", (5, 3.2)) as (fig, ax):
+            labels = ["no mask", "retrieval heads masked", "as many random heads"]
+            for i, r in enumerate(results):
+                rand = r["acc_random_masked"]
+                vals = [r["acc_full"], r["acc_retrieval_masked"], sum(rand) / len(rand) if rand else math.nan]
+                ax.bar([x + 0.8 * i / len(results) for x in range(3)], vals, width=0.8 / len(results), label=f"seed {i}")
+            ax.set_xticks([x + 0.4 - 0.4 / len(results) for x in range(3)], labels, fontsize=8)
+            ax.set_ylabel("needle exact match (val)")
+            ax.set_ylim(0, 1.05)
+            ax.legend(fontsize=8)
 
     def verdicts(self, ctx: StudyContext) -> list[Claim]:
         results = json.loads((ctx.out / "eval" / MASKING_FILE).read_text())
@@ -181,8 +174,7 @@ class Wu2024(Study):
                 ours=share,
                 criterion=f"every seed <= {SPARSE_SHARE:g}, on a model that learned the task "
                 f"(unmasked accuracy >= {LEARNED_ACC:g})",
-                holds=sparse[0],
-                why=sparse[1],
+                **decided(sparse),
                 paper="< 5% of heads, in every model family tested",
                 runs=runs,
             ),
@@ -192,8 +184,7 @@ class Wu2024(Study):
                 metric="masked / unmasked exact-match accuracy on the val needles",
                 ours={"unmasked": full, "retrieval masked": masked, "ratio": ratio},
                 criterion=f"every seed's ratio <= {COLLAPSE_RATIO:g}",
-                holds=collapse[0],
-                why=collapse[1],
+                **decided(collapse),
                 paper="needle-in-a-haystack accuracy falls sharply as the top retrieval heads are masked",
                 runs=runs,
                 plot="masking.png",
@@ -205,8 +196,7 @@ class Wu2024(Study):
                 "against accuracy with the retrieval heads masked",
                 ours={"random masked": rand, "retrieval masked": masked},
                 criterion="every seed's random-masked accuracy above every seed's retrieval-masked accuracy",
-                holds=control[0],
-                why=control[1],
+                **decided(control),
                 paper="masking random heads barely changes accuracy",
                 runs=runs,
                 plot="masking.png",
