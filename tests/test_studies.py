@@ -148,6 +148,9 @@ def test_study_cli_lists_and_refuses_bad_input(cli, tmp_path: Path) -> None:
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "trainer" in bad.stderr and "tpu" in bad.stderr
     assert not (tmp_path / "o").exists()  # refused before anything was written
+    # Options and overrides mix in any order, as in `experiments/x.sh --steps 5000 trainer=gpu`.
+    mixed = cli("mhaexp-study", "wu2024", "--steps", "5", "trainer=tpu", "--seeds", "1", cwd=tmp_path)
+    assert mixed.returncode == 2 and "trainer" in mixed.stderr and "unrecognized" not in mixed.stderr
 
 
 def test_every_study_has_its_experiments_script(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=None, help="seeds per compared setting (default: the study's)")
     p.add_argument("--jobs", type=int, default=2, help="sweep jobs run at once (default 2; 1 = one after another)")
     p.add_argument("--verdict-only", action="store_true", help="no training: verdicts from the runs in --out")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # options and key=value overrides in any order
 
 
 def preflight(overrides: list[str]) -> None:
