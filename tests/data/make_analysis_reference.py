@@ -31,8 +31,9 @@ def models(vocab_size: int) -> dict[str, Transformer]:
         model = Transformer(ModelConfig(**kw, vocab_size=vocab_size, max_seq_len=64))
         with torch.no_grad():
             for attn in model.attention_layers:
-                attn.q_proj.weight.mul_(scale)
-                attn.k_proj.weight.mul_(scale)
+                q, k, _ = attn.split_qkv(attn.qkv_proj.weight)  # views into the fused weight
+                q.mul_(scale)
+                k.mul_(scale)
         out[name] = model.eval()
     return out
 
