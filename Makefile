@@ -22,7 +22,7 @@ train: install
 	$(VENV)/bin/mhaexp-train $(ARGS)
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests experiments
