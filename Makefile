@@ -36,5 +36,5 @@ gpu-check: install
 	$(PY) -m mhaexp.tools.gpu_check $(ARGS)
 
 clean:
-	rm -rf runs multirun outputs wandb .pytest_cache .ruff_cache bench_out
+	rm -rf runs multirun outputs wandb studies .pytest_cache .ruff_cache bench_out
 	find . -name __pycache__ -prune -exec rm -rf {} +
