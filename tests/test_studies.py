@@ -169,3 +169,89 @@ def test_every_study_has_its_experiments_script(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.startswith("mhaexp-study: error: ")
     assert "tpu" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+# ---- fixture runs: the files a finished job leaves, written by hand --------------------------
+def fake_run(
+    stage_dir: Path,
+    num: int,
+    config: dict,
+    head_rows: list[tuple[int, int, int, str, float]] = (),
+    scalars: list[dict] = (),
+    summary: dict | None = None,
+) -> Path:
+    """A run directory as the readers see it: .hydra/{config,overrides}.yaml, status.json, the tidy head
+    table (step, layer, head, metric, value), metrics.csv and summary.json."""
+    import csv
+
+    import yaml
+
+    run = stage_dir / f"{num}_fixture"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([]))
+    (run / "status.json").write_text(json.dumps({"status": "ok"}))
+    (run / "summary.json").write_text(json.dumps(summary or {}))
+    (run / "analysis").mkdir()
+    with (run / "analysis" / "head_metrics.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "layer", "head", "metric", "value"])
+        w.writerows(head_rows)
+    keys = sorted({k for r in scalars for k in r} | {"step"})
+    with (run / "metrics.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(scalars)
+    return run
+
+
+def _olsson_runs(tmp_path: Path, jump: int, gap_drop_at: int, final_2l: float) -> StudyContext:
+    """Two seeds of 1 and 2 layers over 1500 steps, analysed every 50; the 2-layer runs' best prefix
+    matching jumps from 0.05 to ``final_2l`` at step ``jump``; the in-context gap falls at ``gap_drop_at``."""
+    ctx = StudyContext("olsson2022", tmp_path, Budget(seeds=2))
+    steps = range(0, 1501, 50)
+    num = 0
+    for layers in (1, 2):
+        for seed in (0, 1):
+            pm = [(s, 0, 0, "prefix_matching", 0.05 if layers == 1 or s < jump else final_2l) for s in steps]
+            pm += [(s, 0, 1, "prefix_matching", 0.01) for s in steps]
+            gap = [{"step": s - 1, "val/icl_gap": 0.0 if s < gap_drop_at or layers == 1 else -1.5} for s in steps if s]
+            fake_run(ctx.runs_dir / "train", num, {"seed": seed, "model": {"n_layers": layers}}, pm, gap)
+            num += 1
+    return ctx
+
+
+def test_olsson2022_verdicts_hold_when_heads_and_the_gap_jump_together(tmp_path: Path) -> None:
+    formed, phase, icl = get_study("olsson2022").verdicts(_olsson_runs(tmp_path, 600, 600, 0.9))
+    assert (formed.holds, phase.holds, icl.holds) == (True, True, True)
+    assert formed.ours["2 layers"].values == (0.9, 0.9) and formed.ours["1 layer"].values == (0.05, 0.05)
+    assert phase.ours.values == (0.0, 0.0)  # the whole climb between two analyses: 600 -> 600
+    assert icl.ours.values == (1.0, 1.0)
+
+
+def test_olsson2022_verdicts_fail_when_they_do_not(tmp_path: Path) -> None:
+    # No induction head: claim 1 fails, and the other two have nothing to be about.
+    claims = get_study("olsson2022").verdicts(_olsson_runs(tmp_path / "a", 600, 600, 0.3))
+    assert [c.holds for c in claims] == [False, None, None]
+    # Heads form at 600 but the in-context gap falls only at 1400: claim 3 fails.
+    claims = get_study("olsson2022").verdicts(_olsson_runs(tmp_path / "b", 600, 1400, 0.9))
+    assert [c.holds for c in claims] == [True, True, False]
+
+
+def _gu_runs(tmp_path: Path, init: float, final: float) -> StudyContext:
+    ctx = StudyContext("gu2024", tmp_path, Budget(seeds=2))
+    for seed in (0, 1):
+        rows = []
+        for step in (0, 500, 1000, 1500):
+            rate = init if step == 0 else (final if step >= 1000 else init)
+            rows += [(step, 0, h, "sink_rate", rate + 0.01 * seed) for h in range(4)]
+        fake_run(ctx.runs_dir / "train", seed, {"seed": seed}, rows)
+    return ctx
+
+
+def test_gu2024_verdicts_pass_and_fail(tmp_path: Path) -> None:
+    no_sink, emerges = get_study("gu2024").verdicts(_gu_runs(tmp_path / "a", 0.0, 0.6))
+    assert (no_sink.holds, emerges.holds) == (True, True)
+    assert emerges.ours["onset step"].values == (1000.0, 1000.0)
+    no_sink, emerges = get_study("gu2024").verdicts(_gu_runs(tmp_path / "b", 0.3, 0.1))
+    assert (no_sink.holds, emerges.holds) == (False, False)

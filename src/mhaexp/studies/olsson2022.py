@@ -94,10 +94,10 @@ class Olsson2022(Study):
         steps = ctx.budget.n_steps(self.default_steps)
         windows = [rise_window(head_metric_max(d, "prefix_matching")) for d in two]
         width = Measure.of((w[1] - w[0]) / steps if w else math.nan for w in windows)
-        fall = Measure.of(
-            icl_fall_in_window(scalar(d, "val/icl_gap"), w) if w else math.nan
-            for d, w in zip(two, windows, strict=True)
-        )
+        # Lightning logs a validation at step n - 1 after n optimizer steps; the analysis at step n sees the
+        # same model. Put both on the analysis clock, so "before the window" means the same for both.
+        gaps = [[(s + 1, v) for s, v in scalar(d, "val/icl_gap")] for d in two]
+        fall = Measure.of(icl_fall_in_window(g, w) if w else math.nan for g, w in zip(gaps, windows, strict=True))
         formed = at_least(pm2, INDUCTION_BAR)
         precondition = formed if formed[0] else (None, f"no induction head formed in the 2-layer model ({pm2})")
         rel = [ctx.rel(d) for d in [*one, *two]]
