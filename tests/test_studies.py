@@ -255,3 +255,56 @@ def test_gu2024_verdicts_pass_and_fail(tmp_path: Path) -> None:
     assert emerges.ours["onset step"].values == (1000.0, 1000.0)
     no_sink, emerges = get_study("gu2024").verdicts(_gu_runs(tmp_path / "b", 0.3, 0.1))
     assert (no_sink.holds, emerges.holds) == (False, False)
+
+
+def _head_count_runs(tmp_path: Path, losses: dict[int, float]) -> StudyContext:
+    ctx = StudyContext("head_count", tmp_path, Budget(seeds=2))
+    num = 0
+    for h, loss in losses.items():
+        for seed in (0, 1):
+            summary = {"best_val_loss": loss + 0.001 * seed}
+            fake_run(ctx.runs_dir / "sweep", num, {"seed": seed, "model": {"n_heads": h}}, summary=summary)
+            num += 1
+    return ctx
+
+
+def test_head_count_verdict_reads_the_gain_per_doubling(tmp_path: Path) -> None:
+    shrinking = {1: 2.5, 2: 2.2, 4: 2.05, 8: 2.0, 16: 1.99}
+    (claim,) = get_study("head_count").verdicts(_head_count_runs(tmp_path / "a", shrinking))
+    assert claim.holds is True
+    assert claim.ours["1->2"].values == pytest.approx((0.3, 0.3)) and claim.ours["8->16"].values == pytest.approx(
+        (0.01, 0.01)
+    )
+    growing = {1: 2.5, 2: 2.49, 4: 2.4, 8: 2.2, 16: 1.8}
+    (claim,) = get_study("head_count").verdicts(_head_count_runs(tmp_path / "b", growing))
+    assert claim.holds is False
+
+
+def _michel_runs(tmp_path: Path, imp: list[float], rand: list[float], rho_sign: float) -> StudyContext:
+    from mhaexp.pruning.curves import write_curve_csv
+
+    ctx = StudyContext("michel2019", tmp_path, Budget(seeds=2))
+    fractions = [0.0, 0.1, 0.2, 0.3]
+    for seed in (0, 1):
+        # Trained run: importance and ablation over 4 heads, ranked alike (rho_sign 1) or reversed (-1).
+        rows = [(100, 0, h, "importance", float(h)) for h in range(4)]
+        rows += [(100, 0, h, "ablation", rho_sign * h + 0.01 * seed) for h in range(4)]
+        fake_run(ctx.runs_dir / "train", seed, {"seed": seed}, rows)
+        for num, (crit, losses) in enumerate((("importance", imp), ("random", rand))):
+            run = fake_run(ctx.runs_dir / f"prune_seed{seed}", num, {"seed": seed, "pruning": {"criterion": crit}})
+            points = [
+                {"fraction_pruned": f, "val_loss": v + 0.001 * seed} for f, v in zip(fractions, losses, strict=True)
+            ]
+            write_curve_csv(points, run / "pruning_curve.csv")
+    return ctx
+
+
+def test_michel2019_verdicts_pass_and_fail(tmp_path: Path) -> None:
+    ctx = _michel_runs(tmp_path / "a", [2.0, 2.01, 2.015, 2.2], [2.0, 2.1, 2.3, 2.6], 1.0)
+    better, share, agree = get_study("michel2019").verdicts(ctx)
+    assert (better.holds, share.holds, agree.holds) == (True, True, True)
+    assert share.ours["importance"].values == (0.2, 0.2) and share.ours["random"].values == (0.0, 0.0)
+    assert agree.ours.values == pytest.approx((1.0, 1.0))
+    ctx = _michel_runs(tmp_path / "b", [2.0, 2.1, 2.3, 2.6], [2.0, 2.01, 2.015, 2.2], -1.0)
+    better, share, agree = get_study("michel2019").verdicts(ctx)
+    assert (better.holds, share.holds, agree.holds) == (False, False, False)
