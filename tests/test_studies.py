@@ -308,3 +308,73 @@ def test_michel2019_verdicts_pass_and_fail(tmp_path: Path) -> None:
     ctx = _michel_runs(tmp_path / "b", [2.0, 2.1, 2.3, 2.6], [2.0, 2.01, 2.015, 2.2], -1.0)
     better, share, agree = get_study("michel2019").verdicts(ctx)
     assert (better.holds, share.holds, agree.holds) == (False, False, False)
+
+
+def _ainslie_runs(tmp_path: Path, at_conversion: dict[str, float], losses: dict[str, float]) -> StudyContext:
+    """MHA runs and their conversions; ``losses`` are final val losses of mha, gqa and mqa."""
+    ctx = StudyContext("ainslie2023", tmp_path, Budget(seeds=2))
+    for seed in (0, 1):
+        eps = 0.001 * seed
+        fake_run(ctx.runs_dir / "mha", seed, {"seed": seed}, summary={"val/loss": losses["mha"] + eps})
+        for num, init in enumerate(("mean", "first", "random")):
+            run = fake_run(
+                ctx.runs_dir / f"gqa_seed{seed}",
+                num,
+                {"seed": seed, "gqa_init": init, "model": {"n_kv_heads": 2}},
+                summary={"val/loss": losses["gqa"] + eps},
+            )
+            conv = {"init/source_val_loss": losses["mha"], "init/converted_val_loss": at_conversion[init] + eps}
+            (run / "init_conversion.json").write_text(json.dumps(conv))
+        run = fake_run(
+            ctx.runs_dir / f"mqa_seed{seed}",
+            0,
+            {"seed": seed, "gqa_init": "mean", "model": {"n_kv_heads": 1}},
+            summary={"val/loss": losses["mqa"] + eps},
+        )
+        conv = {"init/source_val_loss": losses["mha"], "init/converted_val_loss": at_conversion["mean"] + 1}
+        (run / "init_conversion.json").write_text(json.dumps(conv))
+    return ctx
+
+
+def test_ainslie2023_verdicts_pass_and_fail(tmp_path: Path) -> None:
+    good = _ainslie_runs(
+        tmp_path / "a", {"mean": 2.5, "first": 3.0, "random": 4.0}, {"mha": 2.0, "gqa": 2.1, "mqa": 2.3}
+    )
+    pooling, closed, between = get_study("ainslie2023").verdicts(good)
+    assert (pooling.holds, closed.holds, between.holds) == (True, True, True)
+    assert closed.ours.values == pytest.approx((0.8, 0.8), abs=0.01)  # 1 - (2.1 - 2.0) / (2.5 - 2.0)
+    bad = _ainslie_runs(
+        tmp_path / "b", {"mean": 3.5, "first": 3.0, "random": 3.2}, {"mha": 2.0, "gqa": 3.3, "mqa": 2.2}
+    )
+    pooling, closed, between = get_study("ainslie2023").verdicts(bad)
+    assert (pooling.holds, closed.holds, between.holds) == (False, False, False)
+
+
+def _clark_runs(tmp_path: Path, roles: list[str], margin: float, within: float, across: float) -> StudyContext:
+    import csv
+
+    ctx = StudyContext("clark2019", tmp_path, Budget(seeds=2))
+    for seed in (0, 1):
+        rows = [(300, 0, h, "syntactic_accuracy/nsubj", 0.5 + margin * h / 3) for h in range(4)]
+        rows += [(300, -1, -1, "syntactic_offset_baseline/nsubj", 0.5)]
+        rows += [
+            (300, layer, -1, key, v + 0.01 * seed)
+            for layer in (0, 1)
+            for key, v in (("js_within", within), ("js_across", across))
+        ]
+        run = fake_run(ctx.runs_dir / "train", seed, {"seed": seed}, rows)
+        with (run / "analysis" / "head_roles.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "layer", "head", "role", "family", "score", "margin"])
+            w.writerows([(300, 0, h, r, r, 0.9, 0.1) for h, r in enumerate(roles)])
+    return ctx
+
+
+def test_clark2019_verdicts_pass_and_fail(tmp_path: Path) -> None:
+    exist, syntax, alike = get_study("clark2019").verdicts(
+        _clark_runs(tmp_path / "a", ["broad", "sink"], 0.3, 0.1, 0.4)
+    )
+    assert (exist.holds, syntax.holds, alike.holds) == (True, True, True)
+    assert syntax.ours["nsubj"].values == pytest.approx((0.3, 0.3))
+    exist, syntax, alike = get_study("clark2019").verdicts(_clark_runs(tmp_path / "b", ["broad"], -0.3, 0.4, 0.1))
+    assert (exist.holds, syntax.holds, alike.holds) == (False, False, False)
