@@ -378,3 +378,48 @@ def test_clark2019_verdicts_pass_and_fail(tmp_path: Path) -> None:
     assert syntax.ours["nsubj"].values == pytest.approx((0.3, 0.3))
     exist, syntax, alike = get_study("clark2019").verdicts(_clark_runs(tmp_path / "b", ["broad"], -0.3, 0.4, 0.1))
     assert (exist.holds, syntax.holds, alike.holds) == (False, False, False)
+
+
+def _roles_file(run: Path, rows: list[tuple[int, int, str, float]]) -> None:
+    import csv
+
+    with (run / "analysis" / "head_roles.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "layer", "head", "role", "family", "score", "margin"])
+        w.writerows([(300, layer, h, role, role.split(":")[0], 0.9, margin) for layer, h, role, margin in rows])
+
+
+def _voita_runs(tmp_path: Path, pruned: str, rise: float) -> StudyContext:
+    ctx = StudyContext("voita2019", tmp_path, Budget(seeds=2))
+    roles = [(0, 0, "positional:-1", 0.1), (0, 1, "syntactic:nsubj", 0.1), (0, 2, "rare_word", 0.1)]
+    roles += [(0, 3, "unassigned", 0.0)] + [(1, h, "unassigned", 0.0) for h in range(4)]
+    for seed in (0, 1):
+        run = fake_run(ctx.runs_dir / "train", seed, {"seed": seed}, summary={"val/loss": 2.0})
+        _roles_file(run, roles)
+        for num, lam in enumerate((0.01, 0.1)):
+            cfg = {"seed": seed, "pruning": {"l0_lambda": lam}}
+            loss = 2.0 * (1 + rise) + 0.001 * seed
+            run = fake_run(ctx.runs_dir / f"l0_seed{seed}", num, cfg, summary={"val/loss": loss})
+            (run / "pruning.json").write_text(json.dumps({"pruned": pruned}))
+    return ctx
+
+
+def test_voita2019_verdicts_pass_and_fail(tmp_path: Path) -> None:
+    # L0 closes 4 of the 5 unspecialised heads, with 1% more loss.
+    have, keeps, quality = get_study("voita2019").verdicts(_voita_runs(tmp_path / "a", "L0H3,L1H0,L1H1,L1H2", 0.01))
+    assert (have.holds, keeps.holds, quality.holds) == (True, True, True)
+    assert keeps.ours["lambda 0.1: kept"].values == (0.75, 0.75) and keeps.ours["lambda 0.1: pruned"].values == (0, 0)
+    # It closes the specialised heads instead, and the loss rises 20%.
+    have, keeps, quality = get_study("voita2019").verdicts(_voita_runs(tmp_path / "b", "L0H0,L0H1,L0H2", 0.2))
+    assert (have.holds, keeps.holds, quality.holds) == (True, False, False)
+
+
+def test_seed_table_verdicts_pass_and_fail(tmp_path: Path) -> None:
+    ctx = StudyContext("seed_table", tmp_path, Budget(seeds=2))
+    for seed in (0, 1):
+        causal = fake_run(ctx.runs_dir / "train", 2 * seed, {"seed": seed, "model": {"causal": True}})
+        _roles_file(causal, [(1, 2, "syntactic:nsubj", 0.6), (0, 1, "coreference", 0.2)])
+        encoder = fake_run(ctx.runs_dir / "train", 2 * seed + 1, {"seed": seed, "model": {"causal": False}})
+        _roles_file(encoder, [(0, 3, "positional:-1", 0.3)] + ([(1, 1, "syntactic:pobj", 0.1)] if seed == 0 else []))
+    verdict = {c.claim: c.holds for c in get_study("seed_table").verdicts(ctx)}
+    assert list(verdict.values()) == [True, True, False, True, None]  # prepositional: seed 0 only
