@@ -110,6 +110,8 @@ def test_wu2024_verdicts_hold_on_a_clear_case(tmp_path: Path) -> None:
     ]
     sparse, collapse, control = _wu_fixture(tmp_path, rows)
     assert (sparse.holds, collapse.holds, control.holds) == (True, True, True)
+    get_study("wu2024").plot(StudyContext("wu2024", tmp_path, Budget()), rows)
+    assert (tmp_path / "masking.png").stat().st_size > 1000
     assert sparse.ours.values == (1 / 24, 1 / 24)
     assert collapse.ours["ratio"].values == pytest.approx((0.1 / 0.95, 0.2 / 0.9))
     assert sparse.runs == ["runs/train/0_x", "runs/train/1_x"]
@@ -222,8 +224,11 @@ def _olsson_runs(tmp_path: Path, jump: int, gap_drop_at: int, final_2l: float) -
 
 
 def test_olsson2022_verdicts_hold_when_heads_and_the_gap_jump_together(tmp_path: Path) -> None:
-    formed, phase, icl = get_study("olsson2022").verdicts(_olsson_runs(tmp_path, 600, 600, 0.9))
+    ctx = _olsson_runs(tmp_path, 600, 600, 0.9)
+    formed, phase, icl = get_study("olsson2022").verdicts(ctx)
     assert (formed.holds, phase.holds, icl.holds) == (True, True, True)
+    get_study("olsson2022").plot(ctx)
+    assert (tmp_path / "phase_change.png").stat().st_size > 1000
     assert formed.ours["2 layers"].values == (0.9, 0.9) and formed.ours["1 layer"].values == (0.05, 0.05)
     assert phase.ours.values == (0.0, 0.0)  # the whole climb between two analyses: 600 -> 600
     assert icl.ours.values == (1.0, 1.0)
@@ -250,8 +255,11 @@ def _gu_runs(tmp_path: Path, init: float, final: float) -> StudyContext:
 
 
 def test_gu2024_verdicts_pass_and_fail(tmp_path: Path) -> None:
-    no_sink, emerges = get_study("gu2024").verdicts(_gu_runs(tmp_path / "a", 0.0, 0.6))
+    ctx = _gu_runs(tmp_path / "a", 0.0, 0.6)
+    no_sink, emerges = get_study("gu2024").verdicts(ctx)
     assert (no_sink.holds, emerges.holds) == (True, True)
+    get_study("gu2024").plot(ctx)
+    assert (tmp_path / "a" / "sink_rate.png").stat().st_size > 1000
     assert emerges.ours["onset step"].values == (1000.0, 1000.0)
     no_sink, emerges = get_study("gu2024").verdicts(_gu_runs(tmp_path / "b", 0.3, 0.1))
     assert (no_sink.holds, emerges.holds) == (False, False)
@@ -270,8 +278,11 @@ def _head_count_runs(tmp_path: Path, losses: dict[int, float]) -> StudyContext:
 
 def test_head_count_verdict_reads_the_gain_per_doubling(tmp_path: Path) -> None:
     shrinking = {1: 2.5, 2: 2.2, 4: 2.05, 8: 2.0, 16: 1.99}
-    (claim,) = get_study("head_count").verdicts(_head_count_runs(tmp_path / "a", shrinking))
+    ctx = _head_count_runs(tmp_path / "a", shrinking)
+    (claim,) = get_study("head_count").verdicts(ctx)
     assert claim.holds is True
+    get_study("head_count").plot(ctx)
+    assert (tmp_path / "a" / "loss_vs_heads.png").stat().st_size > 1000
     assert claim.ours["1->2"].values == pytest.approx((0.3, 0.3)) and claim.ours["8->16"].values == pytest.approx(
         (0.01, 0.01)
     )
@@ -303,6 +314,8 @@ def test_michel2019_verdicts_pass_and_fail(tmp_path: Path) -> None:
     ctx = _michel_runs(tmp_path / "a", [2.0, 2.01, 2.015, 2.2], [2.0, 2.1, 2.3, 2.6], 1.0)
     better, share, agree = get_study("michel2019").verdicts(ctx)
     assert (better.holds, share.holds, agree.holds) == (True, True, True)
+    get_study("michel2019").plot(ctx)
+    assert (tmp_path / "a" / "pruning_curves.png").stat().st_size > 1000
     assert share.ours["importance"].values == (0.2, 0.2) and share.ours["random"].values == (0.0, 0.0)
     assert agree.ours.values == pytest.approx((1.0, 1.0))
     ctx = _michel_runs(tmp_path / "b", [2.0, 2.1, 2.3, 2.6], [2.0, 2.01, 2.015, 2.2], -1.0)

@@ -69,6 +69,7 @@ class HeadCount(Study):
         return out
 
     def plot(self, ctx: StudyContext) -> None:
+        losses = self.losses(ctx)
         with figure(ctx.out / "loss_vs_heads.png", (5, 3.2)) as (fig, ax):
             seeds = sorted({s for v in losses.values() for s in v})
             for s in seeds:
