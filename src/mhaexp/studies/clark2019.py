@@ -14,12 +14,10 @@ Roles come from ``analysis/head_roles.csv``; accuracies, baselines and the JS la
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE
 from mhaexp.studies.base import Study
-from mhaexp.studies.readers import final_roles, head_metric
+from mhaexp.studies.readers import final_roles, head_metric, head_metrics
 from mhaexp.studies.runner import Budget, StudyContext
 from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, greater
 
@@ -37,26 +35,20 @@ def layer_means(run_dir: Path, metric: str) -> float:
 
 def relation_margins(run_dir: Path) -> dict[str, float]:
     """Per relation: best head's accuracy minus the best fixed-offset baseline, at the last step."""
-    out = {}
-    with (Path(run_dir) / ANALYSIS_DIR / HEAD_METRICS_FILE).open() as f:
-        rows = [r for r in csv.DictReader(f) if r["metric"].startswith("syntactic_")]
-    if not rows:
+    series = head_metrics(run_dir, "syntactic_")
+    if not series:
         return {}
-    last = max(int(r["step"]) for r in rows)
+    last = max(step for s in series.values() for step in s)
     best: dict[str, float] = {}
     base: dict[str, float] = {}
-    for r in rows:
-        if int(r["step"]) != last:
-            continue
-        name, _, rel = r["metric"].partition("/")
-        v = float(r["value"])
-        if name == "syntactic_accuracy" and v == v:
-            best[rel] = max(best.get(rel, float("-inf")), v)
-        elif name == "syntactic_offset_baseline":
-            base[rel] = v
-    for rel in sorted(set(best) & set(base)):
-        out[rel] = best[rel] - base[rel]
-    return out
+    for metric, s in series.items():
+        name, _, rel = metric.partition("/")
+        values = [v for v in s.get(last, {}).values() if v == v]
+        if name == "syntactic_accuracy" and values:
+            best[rel] = max(values)
+        elif name == "syntactic_offset_baseline" and values:
+            base[rel] = values[0]
+    return {rel: best[rel] - base[rel] for rel in sorted(set(best) & set(base))}
 
 
 class Clark2019(Study):

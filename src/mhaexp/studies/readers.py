@@ -11,14 +11,22 @@ from pathlib import Path
 from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, HEAD_ROLES_FILE, METRICS_FILE, SUMMARY_FILE
 
 
-def head_metric(run_dir: Path, metric: str) -> dict[int, dict[tuple[int, int], float]]:
-    """``{step: {(layer, head): value}}`` of one per-head metric from ``analysis/head_metrics.csv``."""
-    out: dict[int, dict[tuple[int, int], float]] = defaultdict(dict)
+Series = dict[int, dict[tuple[int, int], float]]  # {step: {(layer, head): value}}
+
+
+def head_metrics(run_dir: Path, prefix: str) -> dict[str, Series]:
+    """Every metric of ``analysis/head_metrics.csv`` whose name starts with ``prefix``, as a series each."""
+    out: dict[str, Series] = defaultdict(lambda: defaultdict(dict))
     with (Path(run_dir) / ANALYSIS_DIR / HEAD_METRICS_FILE).open() as f:
         for r in csv.DictReader(f):
-            if r["metric"] == metric:
-                out[int(r["step"])][(int(r["layer"]), int(r["head"]))] = float(r["value"])
-    return dict(sorted(out.items()))
+            if r["metric"].startswith(prefix):
+                out[r["metric"]][int(r["step"])][(int(r["layer"]), int(r["head"]))] = float(r["value"])
+    return {m: dict(sorted(series.items())) for m, series in out.items()}
+
+
+def head_metric(run_dir: Path, metric: str) -> Series:
+    """``{step: {(layer, head): value}}`` of one per-head metric from ``analysis/head_metrics.csv``."""
+    return head_metrics(run_dir, metric).get(metric, {})
 
 
 def head_metric_max(run_dir: Path, metric: str) -> list[tuple[int, float]]:

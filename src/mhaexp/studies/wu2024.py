@@ -14,7 +14,6 @@ accuracies are measured here on each run's last checkpoint, by zeroing head gate
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -25,9 +24,10 @@ import torch
 
 from mhaexp.config import instantiate_plain
 from mhaexp.nn.objectives import answer_exact_match, causal_targets
-from mhaexp.rundir import ANALYSIS_DIR, CHECKPOINT_DIR, HEAD_METRICS_FILE
+from mhaexp.rundir import CHECKPOINT_DIR
 from mhaexp.studies.base import Study
 from mhaexp.studies.report import figure
+from mhaexp.studies.readers import head_metric
 from mhaexp.studies.runner import Budget, StudyContext, run_config
 from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, at_most, greater
 from mhaexp.training.module import load_module
@@ -42,14 +42,11 @@ MASKING_FILE = "masking.json"
 
 def retrieval_heads(run_dir: Path) -> tuple[list[tuple[int, int]], int]:
     """(heads whose retrieval score at the last analysis step is >= the bar, heads scored in all)."""
-    path = Path(run_dir) / ANALYSIS_DIR / HEAD_METRICS_FILE
-    rows = [r for r in csv.DictReader(path.open()) if r["metric"] == "retrieval"]
-    if not rows:
+    series = head_metric(run_dir, "retrieval")
+    if not series:
         return [], 0
-    last = max(int(r["step"]) for r in rows)
-    scored = [r for r in rows if int(r["step"]) == last and math.isfinite(float(r["value"]))]
-    heads = [(int(r["layer"]), int(r["head"])) for r in scored if float(r["value"]) >= RETRIEVAL_BAR]
-    return sorted(heads), len(scored)
+    scored = {h: v for h, v in series[max(series)].items() if math.isfinite(v)}
+    return sorted(h for h, v in scored.items() if v >= RETRIEVAL_BAR), len(scored)
 
 
 def masked_accuracy(module: Any, batches: list[dict[str, torch.Tensor]], heads: list[tuple[int, int]]) -> float:
