@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mhaexp.data.retrieval import KEY, QUERY, VAL, RetrievalSource, depth_bin, depth_bin_labels
+from mhaexp.data.retrieval import KEY, LOSS_COLUMN, QUERY, VAL, RetrievalSource, depth_bin, depth_bin_labels
 from mhaexp.errors import ConfigError
-from mhaexp.nn.objectives import answer_depth, answer_exact_match
+from mhaexp.nn.objectives import IGNORE, LOSS_MASK, answer_depth, answer_exact_match, causal_lm_objective
 
 SIZES = {"train": 50, "val": 10, "probe": 5}
 
@@ -90,6 +90,7 @@ def test_depth_range() -> None:
         ({"n_keys": 1}, "data.n_keys"),
         ({"min_depth": 0.8, "max_depth": 0.2}, "data.min_depth"),
         ({"seq_len": 10}, "data.seq_len"),
+        ({"loss": "needle"}, "data.loss"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs: dict, field: str) -> None:
@@ -164,3 +165,22 @@ def test_without_the_marker_the_value_follows_its_key() -> None:
         assert [i for i, v in enumerate(row["needle"]) if v] == [k + 2, k + 3]
         # The queried key predicts the first value token; the first value predicts the second.
         assert [i for i, a in enumerate(row["answer"]) if a] == [q + 1, q + 2]
+
+
+def test_answer_only_loss_scores_exactly_the_answer_steps() -> None:
+    assert LOSS_COLUMN == LOSS_MASK  # the data's column is the one the objective reads
+    src = RetrievalSource(seq_len=64, sizes=SIZES, seed=3, n_needles=3, n_queries=2, value_len=2, loss="answer")
+    plain = RetrievalSource(seq_len=64, sizes=SIZES, seed=3, n_needles=3, n_queries=2, value_len=2)
+    assert src.train_columns == (LOSS_MASK,) and plain.train_columns == ()
+    assert src.identity() != plain.identity()  # a different cache entry
+    for row, same in zip(src.generate("train"), plain.generate("train"), strict=True):
+        assert row["input_ids"] == same["input_ids"] and LOSS_MASK not in same
+        batch = {k: torch.tensor([v]) for k, v in row.items()}
+        _, targets = causal_lm_objective(batch)
+        scored = (targets[0] != IGNORE).nonzero().flatten().tolist()
+        # 2 queries x 2 value tokens, each predicted at the step before it: the answer steps.
+        assert scored == [i for i, a in enumerate(row["answer"]) if a] and len(scored) == 4
+        words = [src.tokenizer.id_to_token(int(i)) for i in targets[0][targets[0] != IGNORE]]
+        assert all(w.startswith("v") for w in words)
+        full = causal_lm_objective({k: v for k, v in batch.items() if k != LOSS_MASK})[1]
+        assert int((full != IGNORE).sum()) == 63

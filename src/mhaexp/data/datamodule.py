@@ -159,8 +159,9 @@ class LMDataModule(pl.LightningDataModule):
         self.setup()
         ds = self._data[split]
         if split == "train" and not self.tokenizes:
-            # Training never reads the annotations; skip decoding them.
-            ds = ds.with_format("torch", columns=["input_ids", "attention_mask"])
+            # Training reads no annotation but a loss mask (retrieval's data.loss=answer); skip decoding them.
+            own = list(getattr(self.source, "train_columns", ()))
+            ds = ds.with_format("torch", columns=["input_ids", "attention_mask", *own])
         return ds
 
     # -------------------------------------------------------- dataloaders --

@@ -40,6 +40,13 @@ from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.errors import ConfigError
 
 FILLERS = ("random", "grammar")
+# data.loss: "all" trains on every next token, "answer" only on the answer tokens (the multi-query
+# associative recall of Arora et al. 2023 takes its loss there): the filler is random, so its loss
+# carries no signal, and on 2 CPU cores it drowns the few answer steps.
+LOSSES = ("all", "answer")
+# The batch column of the positions whose loss counts: mhaexp.nn.objectives.LOSS_MASK (data cannot
+# import nn; a test ties the two).
+LOSS_COLUMN = "loss_mask"
 KEY, VAL, QUERY = "<key>", "<val>", "<query>"
 
 
@@ -48,7 +55,7 @@ class RetrievalSource:
 
     kind = "retrieval"
     relations: list[str] = []
-    annotation_columns: tuple[str, ...] = ("needle", "answer", "depth")
+    base_columns: tuple[str, ...] = ("needle", "answer", "depth")
 
     def __init__(
         self,
@@ -65,7 +72,14 @@ class RetrievalSource:
         marker: bool = True,
         min_depth: float = 0.0,
         max_depth: float = 1.0,
+        loss: str = "all",
     ) -> None:
+        if loss not in LOSSES:
+            raise ConfigError("data.loss", loss, f"one of {', '.join(LOSSES)}")
+        self.loss = loss
+        # Training reads the loss mask; every other annotation is for validation and analysis only.
+        self.train_columns: tuple[str, ...] = (LOSS_COLUMN,) if loss == "answer" else ()
+        self.annotation_columns = self.base_columns + self.train_columns
         if filler not in FILLERS:
             raise ConfigError("data.filler", filler, f"one of {', '.join(FILLERS)}")
         for name, value, low in (("n_filler", n_filler, 2), ("n_keys", n_keys, 2), ("n_values", n_values, 2)):
@@ -117,6 +131,7 @@ class RetrievalSource:
             "n_needles": self.n_needles,
             "n_queries": self.n_queries,
             "marker": self.marker,
+            "loss": self.loss,
             "columns": list(self.annotation_columns),
             "min_depth": self.min_depth,
             "max_depth": self.max_depth,
@@ -175,13 +190,16 @@ class RetrievalSource:
                 first = T - (self.n_queries - q) * self.needle_len + self.value_offset
                 answer[first - 1 : first - 1 + v] = [q + 1] * v
                 depth[first - 1 : first - 1 + v] = [d] * v
-            yield {
+            row = {
                 "input_ids": [tok.token_to_id(w) for w in words],
                 "attention_mask": [True] * T,
                 "needle": needle,
                 "answer": answer,
                 "depth": depth,
             }
+            if self.train_columns:
+                row[LOSS_COLUMN] = [int(a > 0) for a in answer]
+            yield row
 
 
 # Needle depth (percent of the haystack) bins for accuracy by depth; the last bin includes 100.

@@ -28,7 +28,7 @@ from mhaexp.config import (
 from mhaexp.data.cache import cache_root
 from mhaexp.data.grammar import GrammarSource
 from mhaexp.data.induction import VARIANTS, InductionSource
-from mhaexp.data.retrieval import FILLERS, RetrievalSource
+from mhaexp.data.retrieval import FILLERS, LOSSES, RetrievalSource
 from mhaexp.data.text import TextSource
 from mhaexp.data.tokenizers import BPE_MIN_VOCAB
 
@@ -81,6 +81,7 @@ class DataConfig:
     marker: bool = setting(boolean(), True, only=["retrieval"])
     min_depth: float = setting(probability(), 0.0, only=["retrieval"])
     max_depth: float = setting(probability(), 1.0, only=["retrieval"])
+    loss: str = setting(choice(*LOSSES), "all", only=["retrieval"])
     source: Any = setting(DERIVED, None)
     n_vocab: int = setting(DERIVED, 0)
 

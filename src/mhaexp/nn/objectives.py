@@ -17,18 +17,24 @@ Batch = dict[str, Tensor]
 Objective = Callable[[Batch, int], tuple[Tensor, Tensor]]
 
 IGNORE = -100  # torch's cross_entropy default ignore_index
+# Batch column (bool, B x T) of the positions whose next-token loss counts, where a dataset gives one
+# (data=retrieval with data.loss=answer); absent: every real position counts.
+LOSS_MASK = "loss_mask"
 
 
 def causal_lm_objective(batch: Batch, index: int = 0) -> tuple[Tensor, Tensor]:
     """Next-token targets, IGNORE where the next token is padding and at the last position."""
     ids, real = batch["input_ids"], batch["attention_mask"].bool()
-    return ids, causal_targets(ids, real)
+    return ids, causal_targets(ids, real, batch.get(LOSS_MASK))
 
 
-def causal_targets(ids: Tensor, real: Tensor) -> Tensor:
-    """``targets[:, t] = ids[:, t + 1]``, IGNORE where that token is padding and at the last position."""
+def causal_targets(ids: Tensor, real: Tensor, scored: Tensor | None = None) -> Tensor:
+    """``targets[:, t] = ids[:, t + 1]``, IGNORE where that token is padding, at the last position, and
+    where ``scored`` (a batch's :data:`LOSS_MASK`, aligned with the targets) is False."""
     targets = ids.roll(-1, dims=1).masked_fill(~real.roll(-1, dims=1), IGNORE)
     targets[:, -1] = IGNORE
+    if scored is not None:
+        targets = targets.masked_fill(~scored.bool(), IGNORE)
     return targets
 
 

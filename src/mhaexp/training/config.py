@@ -217,6 +217,8 @@ class RunConfig:
             raise ConfigError(
                 "model.max_seq_len", self.model.max_seq_len, f"must be >= data.seq_len={self.data.seq_len}"
             )
+        if self.data.kind == "retrieval" and self.data.loss == "answer" and not self.model.causal:
+            raise ConfigError("data.loss", "answer", "all (an answer-only loss needs model.causal=true)")
         validate_pruning(self.pruning, self.model, self.trainer.max_steps)
         if self.pruning.criterion == "role" and self.pruning.kind != "none" and not self.analysis.enabled:
             raise ConfigError(

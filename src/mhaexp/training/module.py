@@ -17,7 +17,7 @@ from mhaexp.data.retrieval import DEPTH_BINS, depth_bin, depth_bin_labels
 from mhaexp.errors import NonFiniteLossError
 from mhaexp.nn.attention import FUSED_QKV, SEPARATE_QKV
 from mhaexp.nn.model import ModelConfig, Transformer
-from mhaexp.nn.objectives import IGNORE, answer_depth, answer_exact_match, causal_targets
+from mhaexp.nn.objectives import IGNORE, LOSS_MASK, answer_depth, answer_exact_match, causal_targets
 from mhaexp.pruning.surgery import model_state
 from mhaexp.training.config import OptimConfig
 
@@ -86,8 +86,9 @@ class LMModule(pl.LightningModule):
         """(model input, targets with IGNORE where no loss is taken), both (B, T)."""
         ids, real = batch["input_ids"], batch["attention_mask"].bool()
         if self.model_cfg.causal:
-            targets = causal_targets(ids, real)
-            return ids, targets
+            return ids, causal_targets(ids, real, batch.get(LOSS_MASK))
+        if LOSS_MASK in batch:
+            raise ValueError("a loss mask (data.loss=answer) needs a causal model")
         if self.mask_id is None:
             raise ValueError("a bidirectional model needs the tokenizer's mask_id for masked-LM")
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + salt)
