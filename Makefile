@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 train: install
 	$(VENV)/bin/mhaexp-train $(ARGS)
 
+# Two test workers (pytest-xdist) on the 2-core reference machine: most tests wait on a subprocess's
+# single-threaded start-up (imports, Hydra, Lightning), which a second worker overlaps. TEST_JOBS=0: serial.
+TEST_JOBS ?= 2
 test: install
-	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup --durations=20 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests experiments

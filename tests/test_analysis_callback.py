@@ -15,6 +15,9 @@ import pytest
 import torch
 import yaml
 
+# Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
+pytestmark = pytest.mark.xdist_group("test_analysis_callback")
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {"kind": "grammar", "seq_len": 16, "n_train": 200, "n_val": 32, "n_probe": 24, "batch_size": 16}
 STEPS, EVERY, PROBE_BATCHES = 20, 10, 2

@@ -14,6 +14,9 @@ import pytest
 import torch
 import yaml
 
+# Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
+pytestmark = pytest.mark.xdist_group("test_analysis_stream")
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "analysis_reference.pt"
 

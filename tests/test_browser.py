@@ -21,6 +21,9 @@ import torch
 from mhaexp.analysis import head_view as hv
 from mhaexp.analysis.roles import HeadRole
 
+# Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
+pytestmark = pytest.mark.xdist_group("test_browser")
+
 BIN = Path(sys.executable).parent
 LINES = "document.querySelectorAll('svg.hv-lines line.attn').length"
 

@@ -33,6 +33,9 @@ import yaml
 
 from mhaexp.analysis.role_families import ROLE_FAMILIES
 
+# Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
+pytestmark = pytest.mark.xdist_group("test_compare")
+
 ROOT = Path(__file__).resolve().parents[1]
 WANDB_DATA = Path(__file__).resolve().parent / "data" / "wandb_api"
 PROG = "mhaexp-compare"

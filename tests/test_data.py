@@ -28,6 +28,9 @@ from mhaexp.data.grammar import relation_list
 from mhaexp.data.lexicon import Sentence
 from mhaexp.errors import ConfigError
 
+# Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
+pytestmark = pytest.mark.xdist_group("test_data")
+
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 SMALL = {"n_train": 300, "n_val": 60, "n_probe": 12, "batch_size": 16}
 VERB_BY_FORM = {f: v for v in lex.VERBS for f in (v.base, v.s3, v.past)}

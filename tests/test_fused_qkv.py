@@ -29,6 +29,9 @@ from mhaexp.pruning.surgery import (
 )
 from mhaexp.training.module import LMModule, load_module
 
+# Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
+pytestmark = pytest.mark.xdist_group("test_fused_qkv")
+
 FIXTURE = Path(__file__).parent / "data" / "ckpt_separate_qkv"
 OLD = FIXTURE / "gqa_tiny.ckpt"
 # The overrides gqa_tiny.ckpt was trained with (its data must match for a resume).

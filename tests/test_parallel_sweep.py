@@ -11,6 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+# Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
+pytestmark = pytest.mark.xdist_group("test_parallel_sweep")
+
 BIN = Path(sys.executable).parent
 # This file's runs: the shared tiny run (tests/conftest.py), with these on top.
 EXTRA = ["data.n_train=400", "trainer.max_steps=20"]

@@ -25,6 +25,9 @@ from mhaexp.pruning.surgery import (
 )
 from mhaexp.training.module import LMModule
 
+# Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
+pytestmark = pytest.mark.xdist_group("test_surgery")
+
 V, T = 32, 10
 
 

@@ -32,7 +32,7 @@ SLURM_ENV = {
     "SLURM_NODEID": "0",
 }
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_sweeps")]
 
 
 @pytest.fixture(scope="module")
