@@ -24,6 +24,7 @@ The criteria that need no model (``random``, ``role``) and the dispatch by name 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -53,9 +54,10 @@ def eval_mode(model: Transformer):
         model.train(was)
 
 
-# Called with (batch index, every layer's detached pattern of that batch's inputs) by a forward that computes
-# the explicit patterns anyway: the analysis shares the importance forward instead of running its own.
-PatternSink = Callable[[int, list[Tensor]], None]
+# Called with (batch index, every layer's detached pattern of the batch's inputs, the batch's rows they are of)
+# by a forward that computes the explicit patterns anyway: the analysis shares the importance forward instead
+# of running its own. Patterns of a row group are cut to the group's extent (see ``groups``).
+PatternSink = Callable[[int, list[Tensor], Tensor], None]
 
 
 def _token_losses(
@@ -65,7 +67,7 @@ def _token_losses(
     inputs, targets = objective(batch, index)
     logits, patterns = model(inputs, attention_mask=batch["attention_mask"], need_weights=on_patterns is not None)
     if on_patterns is not None:
-        on_patterns(index, [p.detach() for p in patterns])
+        on_patterns(index, [p.detach() for p in patterns], torch.arange(inputs.shape[0]))
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none")
     scored = targets != IGNORE
     return loss.view(targets.shape), logits.argmax(-1) == targets, scored
@@ -104,11 +106,14 @@ def _gate_gradients(
     objective: Objective,
     max_tokens: int | None = None,
     on_patterns: PatternSink | None = None,
+    groups: Sequence[Sequence[Tensor]] | None = None,
 ) -> list[list[Tensor]]:
     """Per batch, the signed ``dL/d head_gate`` of every layer (the weights' ``.grad`` untouched).
 
     ``max_tokens``: run each batch in micro-batches of about that many tokens (memory). The gradient of the
     batch-mean loss is the sum of the micro-batches' gradients of their summed loss over the batch's count.
+    ``groups``: per batch, row groups (index tensors) run as micro-batches the same way, each cut to the
+    extent of its real tokens (:func:`row_groups`); ``max_tokens`` is then ignored.
     """
     layers = model.attention_layers
     gates = [layer.head_gate for layer in layers]
@@ -120,7 +125,9 @@ def _gate_gradients(
             for i, batch in enumerate(batches):
                 B, T = batch["attention_mask"].shape
                 rows = B if max_tokens is None else max(1, max_tokens // T)
-                if rows >= B:
+                if groups is not None:
+                    grads = _grouped_gradients(model, batch, i, objective, gates, groups[i], on_patterns)
+                elif rows >= B:
                     loss = batch_loss(model, batch, i, objective, on_patterns)
                     # autograd.grad, not backward: the weights' .grad must stay as training left them.
                     grads = [g.detach().float().cpu() for g in torch.autograd.grad(loss, gates)]
@@ -143,22 +150,85 @@ def _gate_gradients(
     return out
 
 
+def row_groups(mask: Tensor, overhead_tokens: int = 192) -> list[Tensor]:
+    """The rows of a batch in groups of similar extent (last real token + 1), for forwards cut to each
+    group's extent: pads cost as much as tokens in every matmul, and a batch of sentences padded to its
+    longest is often half pads. Rows are independent (no real token sees a pad: causal or key-padding
+    masks), so what the groups compute adds up to what the whole batch computes. The grouping minimizes
+    sum(rows x extent) plus ``overhead_tokens`` per group (the fixed cost of one more forward); a function
+    of the mask alone."""
+    B, T = mask.shape
+    real = mask.bool()
+    extent = torch.where(real.any(1), T - real.flip(1).int().argmax(1), torch.zeros(B, dtype=torch.long))
+    order = torch.argsort(extent, stable=True)
+    ext = extent[order].tolist()
+    best, cut = [0.0] + [math.inf] * B, [0] * (B + 1)
+    for j in range(1, B + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * ext[j - 1] + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    out, j = [], B
+    while j > 0:
+        out.append(order[cut[j] : j])
+        j = cut[j]
+    return out[::-1]
+
+
+def group_extent(mask: Tensor, rows: Tensor) -> int:
+    """How far the real tokens of ``rows`` reach (at least 1): the width a group's forward is cut to."""
+    real = mask[rows].bool()
+    cols = real.any(0).nonzero()
+    return int(cols[-1]) + 1 if len(cols) else 1
+
+
+def _grouped_gradients(
+    model: Transformer,
+    batch: Batch,
+    index: int,
+    objective: Objective,
+    gates: Sequence[Tensor],
+    groups: Sequence[Tensor],
+    on_patterns: PatternSink | None,
+) -> list[Tensor]:
+    """``dL/d head_gate`` of the batch-mean loss, one forward + backward per row group cut to its extent."""
+    inputs, targets = objective(batch, index)  # the whole batch's draws (masked LM)
+    mask = batch["attention_mask"]
+    count = (targets != IGNORE).sum().clamp_min(1)
+    grads = [torch.zeros(g.shape) for g in gates]
+    for rows in groups:
+        t = group_extent(mask, rows)
+        sub = rows.to(inputs.device)
+        logits, patterns = model(inputs[sub, :t], attention_mask=mask[sub, :t], need_weights=on_patterns is not None)
+        if on_patterns is not None:
+            on_patterns(index, [p.detach() for p in patterns], rows)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets[sub, :t].flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        for acc, g in zip(grads, torch.autograd.grad(loss / count, gates), strict=True):
+            acc += g.detach().float().cpu()
+    return grads
+
+
 def gradient_importance(
     model: Transformer,
     batches: Sequence[Batch],
     objective: Objective = causal_lm_objective,
     max_tokens: int | None = None,
     on_patterns: PatternSink | None = None,
+    groups: Sequence[Sequence[Tensor]] | None = None,
 ) -> list[Tensor]:
     """Michel et al. 2019's head importance ``I_h = E_x |dL/dxi_h|``, ``xi_h`` = ``head_gate[h]``.
 
     ``max_tokens`` bounds the tokens of one forward + backward (the same gradient, in micro-batches).
-    ``on_patterns``: the forwards take the explicit-attention path and hand each batch's patterns to it
-    (whole batches only); the gradient is the same function, computed along the other attention path.
+    ``groups`` (per batch, from :func:`row_groups`): the same gradient from forwards cut to each row group's
+    extent. ``on_patterns``: the forwards take the explicit-attention path and hand their patterns to it
+    (whole batches or row groups only); the gradient is the same function, computed along the other
+    attention path.
     """
     sizes = layer_sizes(model)
     acc = [torch.zeros(n) for n in sizes]
-    for grads in _gate_gradients(model, batches, objective, max_tokens, on_patterns):
+    for grads in _gate_gradients(model, batches, objective, max_tokens, on_patterns, groups):
         for a, g in zip(acc, grads, strict=True):
             a += g.abs()
     return [a / max(1, len(batches)) for a in acc]
