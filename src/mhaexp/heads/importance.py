@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -285,9 +284,10 @@ def ablation_importance(
 
     Exact, and cheaper than one full forward per head: the residual stream entering block ``l`` is
     cached from the clean pass; each head's contribution ``c_h`` to block ``l``'s attention output
-    is measured once (the layer with only that head's gate on, minus the layer with all gates off,
-    which leaves the bias), and the copies "output - c_h" for up to ``max_rows // B`` heads run
-    blocks ``l..L-1`` together as one batch. Heads already gated to 0 score 0.
+    comes from one attention pass (:meth:`~mhaexp.nn.attention.MultiHeadAttention.head_contributions`),
+    and the copies "output - c_h" for up to ``max_rows // B`` heads run the rest of block ``l`` (its
+    attention output is known) and blocks ``l+1..L-1`` together as one batch. Heads already gated to 0
+    score 0.
     """
     blocks = model.blocks
     scores = [torch.zeros(b.attn.n_heads) for b in blocks]
@@ -320,21 +320,19 @@ def ablation_importance(
                 heads = [h for h in range(attn.n_heads) if float(gates[h]) != 0.0]
                 if not heads:
                     continue
-                contrib = _head_contributions(attn, block.ln_1(cached[li]), mask, heads)  # (n, B, T, d)
+                x_in = block.ln_1(cached[li])
+                clean_a, _ = attn(x_in, key_padding_mask=mask)  # (B, T, d)
+                contrib = attn.head_contributions(x_in, mask)[heads]  # (n, B, T, d)
                 chunk = max(1, max_rows // B)
                 for start in range(0, len(heads), chunk):
                     part = heads[start : start + chunk]
-                    delta = contrib[start : start + len(part)].flatten(0, 1)  # (n*B, T, d), copy-major
                     n = len(part)
-                    hook = attn.register_forward_hook(lambda m, a, out, d=delta: (out[0] - d, out[1]))
-                    try:
-                        x = cached[li].repeat(n, 1, 1)
-                        rep_mask = mask.repeat(n, 1) if mask is not None else None
-                        for block_j in blocks[li:]:
-                            x, _ = block_j(x, key_padding_mask=rep_mask)
-                        out = model.lm_head(model.ln_f(x))  # (n*B, T, V)
-                    finally:
-                        hook.remove()
+                    ablated = (clean_a[None] - contrib[start : start + n]).flatten(0, 1)  # (n*B, T, d), copy-major
+                    x = block.after_attention(cached[li].repeat(n, 1, 1), ablated)
+                    rep_mask = mask.repeat(n, 1) if mask is not None else None
+                    for block_j in blocks[li + 1 :]:
+                        x, _ = block_j(x, key_padding_mask=rep_mask)
+                    out = model.lm_head(model.ln_f(x))  # (n*B, T, V)
                     loss = (
                         F.cross_entropy(
                             out.flatten(0, 1).float(),
@@ -349,23 +347,6 @@ def ablation_importance(
                         scores[li][h] += float(loss[k] - clean)
             count += n_scored
     return [s / max(count, 1.0) for s in scores]
-
-
-def _head_contributions(attn: Any, x: Tensor, mask: Tensor | None, heads: Sequence[int]) -> Tensor:
-    """What each head adds to the layer's output, ``(len(heads), B, T, d)``, with its current gate."""
-    saved = attn.head_gate.clone()
-    try:
-        attn.head_gate.zero_()
-        bias_only, _ = attn(x, key_padding_mask=mask)
-        out = []
-        for h in heads:
-            attn.head_gate.zero_()
-            attn.head_gate[h] = saved[h]
-            y, _ = attn(x, key_padding_mask=mask)
-            out.append(y - bias_only)
-    finally:
-        attn.head_gate.copy_(saved)
-    return torch.stack(out)
 
 
 def attention_entropy(patterns: Tensor, mask: Tensor | None = None) -> Tensor:
