@@ -511,10 +511,13 @@ def compute_head_metrics(
     js_rows: list[Tensor] = []  # the JS sequences' slices of the current micro-batch, one per layer
 
     def consume(rows: Tensor, layer: int, p: Tensor) -> None:
-        """Add one layer's patterns of the probe rows ``rows`` to the sums (and keep what the result shows)."""
+        """Add one layer's patterns of the probe rows ``rows`` to the sums (and keep what the result shows).
+        ``p`` may be cut to the rows' extent (``t <= T``): no real token lies beyond it, so every metric's
+        sums are those of the padded patterns."""
         nonlocal js_rows
         rows = rows.to(device)
-        sub = {k: v[rows] for k, v in on.items()}
+        t = p.shape[-1]
+        sub = {k: v[rows, :t] for k, v in on.items()}
         chunk = M.Chunk(p, sub["attention_mask"], causal)
         frac, _ = M.relative_position_sums(chunk, max_offset)
         sums.add("argmax_frac", layer, frac)
@@ -533,7 +536,7 @@ def compute_head_metrics(
             sums.add("retrieval", layer, retrieval_sums(chunk, sub["input_ids"], needle, answer))
         words = _word_chunk(chunk, sub, causal) if syntax is not None or has_coref else chunk
         if syntax is not None:
-            sums.add("syntactic_accuracy", layer, _syntax_sums(words, targets[:, rows], syntax[1]))
+            sums.add("syntactic_accuracy", layer, _syntax_sums(words, targets[:, rows, :t], syntax[1]))
         if has_coref:
             sums.add("coreference", layer, M.dep2head_sums(words.top_other, sub["coref"].long()[None], words.mask))
         if probe.repeated:
@@ -558,10 +561,8 @@ def compute_head_metrics(
             starts.append(starts[-1] + b["input_ids"].shape[0])
 
         def on_patterns(index: int, ps: list[Tensor], rows: Tensor) -> None:
-            pad = T - ps[0].shape[-1]
             for layer, w in enumerate(ps):
-                w = w.float()
-                consume(starts[index] + rows, layer, F.pad(w, (0, pad, 0, pad)) if pad else w)
+                consume(starts[index] + rows, layer, w.float())
 
         groups = _row_groups(probe)
         grads = gradient_importance(model, batches_d, probe.objective, on_patterns=on_patterns, groups=groups)
@@ -611,7 +612,8 @@ def compute_head_metrics(
     result = HeadMetrics(out, n_heads, relation_names, directions, expensive=expensive)
     with eval_mode(model), torch.no_grad():
         n = max(1, int(cfg["js_sequences"]))
-        result.layer_metrics.update(_massive(model, on["input_ids"][:n], on["attention_mask"][:n]))
+        t = group_extent(mask, torch.arange(min(n, mask.shape[0])))  # nothing real lies beyond: same values
+        result.layer_metrics.update(_massive(model, on["input_ids"][:n, :t], on["attention_mask"][:n, :t]))
     result.example_patterns = example
     result.example_tokens = probe.tokens(0)
     if expensive:
