@@ -5,7 +5,13 @@ Figures are built with ``matplotlib.figure.Figure`` (no pyplot): no global state
 safe inside a training process. Each function writes its figure once per format of
 ``analysis.figure_formats`` (png, svg, pdf) and returns the PNG's path (else the first format's).
 Every colour has a colour bar (name and units) or a legend; every layer x head map has layer and
-head ticks; each heatmap metric has one colour scale at every step (:data:`METRIC_SCALES`).
+head ticks (labelled on the outer maps of a grid of them, whose ticks line up); each heatmap metric has
+one colour scale at every step (:data:`METRIC_SCALES`).
+
+Cost: the pictures are the end-of-run analysis's largest part, and matplotlib's cost goes by axes and
+ticks (each tick is two lines and two texts, built and drawn) and by drawn texts (about 0.4 ms each).
+So figures of many panels are drawn on one canvas axes (:class:`_Canvas`): panels are images placed in
+inches, frames and tick marks one line collection, labels plain texts.
 """
 
 from __future__ import annotations
@@ -107,10 +113,6 @@ def _save(fig: Figure, path: Path, formats: Sequence[str] = ("png",)) -> Path:
     return next((w for w in written if w.suffix == ".png"), written[0])
 
 
-# Pictures with many panels are drawn on one axes (a canvas in inches, y down) instead of one axes per
-# panel: matplotlib's cost is per axes and per tick (each Tick is two lines and two texts, built and drawn),
-# and a layer x head figure has dozens of panels. The panels, their tick labels, frames and colour bars
-# are the same; only the machinery behind them is lighter (4-10x faster to draw).
 FONT_IN = 1 / 72  # one point in inches
 TICK_IN = 2 * FONT_IN  # tick mark length
 
@@ -166,15 +168,21 @@ class _Canvas:
                 self.text(cx, base + TICK_IN + FONT_IN, labels[k], size, ha="center", va="top", rotation=rotation)
 
     def y_ticks(
-        self, box: tuple[float, float, float, float], n: int, labels: Sequence[str] | None, size: float
+        self,
+        box: tuple[float, float, float, float],
+        n: int,
+        labels: Sequence[str] | None,
+        size: float,
+        at: Sequence[int] | None = None,
     ) -> None:
-        """Tick marks left of the centres of the ``n`` rows of ``box`` and their labels (None: marks only)."""
+        """Tick marks left of the centres of rows ``at`` (default: all ``n``) of ``box`` and their labels
+        (None: marks only)."""
         x, y, w, h = box
-        for i in range(n):
+        for k, i in enumerate(range(n) if at is None else at):
             cy = y + (i + 0.5) * h / n
             self.segments.append(((x - TICK_IN, cy), (x, cy)))
             if labels is not None:
-                self.text(x - TICK_IN - FONT_IN, cy, labels[i], size, ha="right", va="center")
+                self.text(x - TICK_IN - FONT_IN, cy, labels[k], size, ha="right", va="center")
 
     def cell_grid(self, box: tuple[float, float, float, float], rows: int, cols: int) -> None:
         """Light lines between the cells of ``box`` (the minor-tick grid of an axes)."""
@@ -280,11 +288,16 @@ def _heatmap_figure(
         cmap = div if diverging else seq
         canvas.image(np.ma.masked_invalid(values), box, cmap=cmap, vmin=lo, vmax=hi)
         canvas.text(box[0] + img_w / 2, y0 + title_h - 0.04, name, 8, ha="center", va="bottom")
-        canvas.x_ticks(box, H, [str(h) for h in range(H)], 6)
-        canvas.y_ticks(box, L, [str(layer) for layer in range(L)], 6)
+        # Every map has its tick marks; the labels sit on the outer maps of the grid (matplotlib's
+        # label_outer), whose ticks are aligned with every other map's: each label is a drawn text.
+        outer_x, outer_y = i + cols >= len(maps), c == 0
+        canvas.x_ticks(box, H, [str(h) for h in range(H)] if outer_x else None, 6)
+        canvas.y_ticks(box, L, [str(layer) for layer in range(L)] if outer_y else None, 6)
         bottom = box[1] + img_h
-        canvas.text(box[0] + img_w / 2, bottom + 0.15, "head", 6, ha="center", va="top")
-        canvas.text(x0 + 0.1, box[1] + img_h / 2, "layer", 6, ha="center", va="center", rotation=90)
+        if outer_x:
+            canvas.text(box[0] + img_w / 2, bottom + 0.15, "head", 6, ha="center", va="top")
+        if outer_y:
+            canvas.text(x0 + 0.1, box[1] + img_h / 2, "layer", 6, ha="center", va="center", rotation=90)
         if not shared_bar:
             bar = (box[0], bottom + 0.31, bar_w, 0.07)
             canvas.colorbar(bar, cmap, lo, hi, [lo, (lo + hi) / 2, hi], label, 6)
@@ -440,10 +453,11 @@ def role_grid(
     ax.set_yticks(range(L))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_xticks(np.arange(-0.5, H), minor=True)
-    ax.set_yticks(np.arange(-0.5, L), minor=True)
-    ax.grid(which="minor", color="white", linewidth=1.5)
-    ax.tick_params(which="minor", length=0)
+    # Cell borders as two line collections, not a minor-tick grid (a Tick per line, each built and drawn).
+    ax.vlines(np.arange(0.5, H - 1), -0.5, L - 0.5, colors="white", linewidth=1.5)
+    ax.hlines(np.arange(0.5, L - 1), -0.5, H - 0.5, colors="white", linewidth=1.5)
+    ax.set_xlim(-0.5, H - 0.5)
+    ax.set_ylim(L - 0.5, -0.5)
     present = [f for f in families if any(r.family == f for r in roles)]
     ax.legend(
         handles=[Patch(color=FAMILY_COLORS[f], label=f) for f in present],
@@ -463,9 +477,10 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
         return None
     by_head = primary_roles(roles)
     index = hm.head_index
-    fig = Figure(figsize=(11, 4.8))
-    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.08, top=0.92, wspace=0.2)
-    ax = fig.add_subplot(1, 2, 1)
+    # The JS matrix is drawn on the canvas (no axes of its own, nor one for its colour bar); the scatter
+    # needs real data axes.
+    canvas = _Canvas(11, 4.8)
+    ax = canvas.fig.add_axes((0.075, 0.08, 0.4, 0.84))
     xy = hm.mds.numpy()
     markers = "os^Dv<>ph*"
     colors = [FAMILY_COLORS[by_head[k][0].family if k in by_head else "unassigned"] for k in index]
@@ -488,19 +503,22 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
     ax.set_title("MDS of heads (sqrt JS); marker = layer, label = layer.head", fontsize=8)
     ax.set_xlabel("MDS 1 (sqrt nats)", fontsize=7)
     ax.set_ylabel("MDS 2 (sqrt nats)", fontsize=7)
-    ax2 = fig.add_subplot(1, 2, 2)
     js = hm.js.numpy()
     # Scaled to this step's largest value (the bar gives the numbers): on the fixed [0, ln 2] an
     # untrained model's heads, all within ~0.01 nats of each other, would be one flat colour.
-    im = ax2.imshow(js, cmap="magma_r", vmin=0, interpolation="nearest")
-    fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.03).set_label("JS divergence (nats)", fontsize=7)
-    ticks = [k for k, (_, h) in enumerate(index) if h == 0]
-    ax2.set_xticks(ticks, [f"L{index[k][0]}" for k in ticks], fontsize=7)
-    ax2.set_yticks(ticks, [f"L{index[k][0]}" for k in ticks], fontsize=7)
-    ax2.set_xlabel("head (by layer)", fontsize=7)
-    ax2.set_ylabel("head (by layer)", fontsize=7)
-    ax2.set_title("JS divergence between heads", fontsize=8)
-    return _save(fig, path, formats)
+    hi = float(js.max()) if js.size and float(js.max()) > 0 else 1.0
+    box = (6.1, 0.45, 3.9, 3.9)
+    canvas.image(js, box, cmap="magma_r", vmin=0, vmax=hi)
+    starts = [k for k, (_, h) in enumerate(index) if h == 0]
+    names = [f"L{index[k][0]}" for k in starts]
+    canvas.x_ticks(box, len(index), names, 7, at=starts)
+    canvas.y_ticks(box, len(index), names, 7, at=starts)
+    canvas.text(box[0] + box[2] / 2, box[1] + box[3] + 0.2, "head (by layer)", 7, ha="center", va="top")
+    canvas.text(box[0] - 0.35, box[1] + box[3] / 2, "head (by layer)", 7, ha="center", va="center", rotation=90)
+    canvas.text(box[0] + box[2] / 2, box[1] - 0.05, "JS divergence between heads", 8, ha="center", va="bottom")
+    bar = (box[0] + box[2] + 0.15, box[1], 0.12, box[3])
+    canvas.colorbar(bar, "magma_r", 0.0, hi, list(np.linspace(0.0, hi, 6)), "JS divergence (nats)", 7)
+    return canvas.save(path, formats)
 
 
 def role_timeline(history: Any, n_heads: Sequence[int], path: Path, formats: Sequence[str] = ("png",)) -> Path | None:
