@@ -87,9 +87,11 @@ def test_streamed_metrics_equal_the_full_pattern_reference(setup: dict, state: s
     _close("mds", hm.mds, ref["mds"])
     for got, want in zip(hm.example_patterns, ref["example_patterns"], strict=True):
         assert torch.equal(got, want)
-    # Probe: 2 batches of 64, then 32 induction sequences (one micro-batch each when the budget allows);
+    # Probe: 2 batches of 64, then 32 induction sequences (one micro-batch each when the budget allows; the
+    # shared importance forward runs each batch in row groups of similar length, cut to their longest);
     # the ablation forwards of the expensive tier compute no pattern.
-    assert seen and max(seen) == (64 if chunk_elements is None else 3)
+    assert seen and (max(seen) <= 64 if chunk_elements is None else max(seen) == 3)
+    assert sum(seen) == 3 * (128 + 32)  # every probe and induction sequence once, in each of the 3 layers
 
 
 def test_layer_patterns_are_the_forward_patterns(setup: dict) -> None:
@@ -126,3 +128,23 @@ def test_bench_memory_rows_measure_one_step_in_a_fresh_process() -> None:
     assert peak.unit == "MB" and 0 <= peak.median < 2000 and peak.target is None
     assert peak.extra["full_patterns_mb"] == 4 * 2 * 8 * 64 * 64 * 4 / 2**20
     assert took.unit == "s" and took.median > 0
+
+
+def test_row_groups_cut_the_padding_and_give_the_whole_batch_numbers(setup: dict) -> None:
+    from mhaexp.heads.importance import ablation_importance, gradient_importance, group_extent, row_groups
+
+    model = setup["models"]["sharp"]
+    batch = setup["probe"].batches[0]
+    mask = batch["attention_mask"]
+    groups = row_groups(mask)
+    assert sorted(torch.cat(groups).tolist()) == list(range(mask.shape[0]))  # every row once
+    extents = [group_extent(mask, g) for g in groups]
+    assert extents == sorted(extents) and extents[-1] == int(mask.sum(1).max())
+    assert sum(len(g) * t for g, t in zip(groups, extents, strict=True)) < 0.8 * mask.numel()  # mostly pads
+    whole = gradient_importance(model, [batch])
+    grouped = gradient_importance(model, [batch], groups=[groups])
+    for a, b in zip(whole, grouped, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)
+    cut = [{k: batch[k][g, :t] for k in ("input_ids", "attention_mask")} for g, t in zip(groups, extents, strict=True)]
+    for a, b in zip(ablation_importance(model, [batch]), ablation_importance(model, cut), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

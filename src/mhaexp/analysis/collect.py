@@ -41,8 +41,10 @@ from mhaexp.heads.importance import (
     eval_mode,
     gradient_importance,
     group_ablation,
+    group_extent,
     group_importance,
     kv_groups,
+    row_groups,
 )
 from mhaexp.heads.longctx import massive_activations, retrieval_sums, streaming_sums
 from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_sums, mds_embedding
@@ -508,11 +510,14 @@ def compute_head_metrics(
     example: list[Tensor] = []
     js_rows: list[Tensor] = []  # the JS sequences' slices of the current micro-batch, one per layer
 
-    def consume(row: int, layer: int, p: Tensor) -> None:
-        """Add one layer's patterns of the rows ``row..`` to the sums (and keep what the result shows)."""
+    def consume(rows: Tensor, layer: int, p: Tensor) -> None:
+        """Add one layer's patterns of the probe rows ``rows`` to the sums (and keep what the result shows).
+        ``p`` may be cut to the rows' extent (``t <= T``): no real token lies beyond it, so every metric's
+        sums are those of the padded patterns."""
         nonlocal js_rows
-        rows = slice(row, row + p.shape[0])
-        sub = {k: v[rows] for k, v in on.items()}
+        rows = rows.to(device)
+        t = p.shape[-1]
+        sub = {k: v[rows, :t] for k, v in on.items()}
         chunk = M.Chunk(p, sub["attention_mask"], causal)
         frac, _ = M.relative_position_sums(chunk, max_offset)
         sums.add("argmax_frac", layer, frac)
@@ -531,18 +536,20 @@ def compute_head_metrics(
             sums.add("retrieval", layer, retrieval_sums(chunk, sub["input_ids"], needle, answer))
         words = _word_chunk(chunk, sub, causal) if syntax is not None or has_coref else chunk
         if syntax is not None:
-            sums.add("syntactic_accuracy", layer, _syntax_sums(words, targets[:, rows], syntax[1]))
+            sums.add("syntactic_accuracy", layer, _syntax_sums(words, targets[:, rows, :t], syntax[1]))
         if has_coref:
             sums.add("coreference", layer, M.dep2head_sums(words.top_other, sub["coref"].long()[None], words.mask))
         if probe.repeated:
             _induction_sums(sums, layer, chunk, sub["input_ids"])
-        if row == 0:
-            example.append(p[0, :, :n_first, :n_first].cpu().clone())
-        if expensive and row < n_js:
-            js_rows.append(p[: n_js - row, :, :t_js, :t_js])
+        first = (rows == 0).nonzero()
+        if len(first):
+            example.append(p[int(first[0]), :, :n_first, :n_first].cpu().clone())
+        js_sel = rows < n_js
+        if expensive and bool(js_sel.any()):
+            js_rows.append(p[js_sel][:, :, :t_js, :t_js])
             if layer == L - 1:  # every layer of these sequences: compare all heads
                 flat = torch.cat(js_rows, dim=1)  # (b, N, t, t), head l*H_l + h in layer order
-                sums.add("js", 0, js_divergence_sums(flat, sub["attention_mask"][: flat.shape[0], :t_js]))
+                sums.add("js", 0, js_divergence_sums(flat, sub["attention_mask"][js_sel][:, :t_js]))
                 js_rows = []
 
     grads = None
@@ -553,17 +560,16 @@ def compute_head_metrics(
         for b in probe.batches:
             starts.append(starts[-1] + b["input_ids"].shape[0])
 
-        def on_patterns(index: int, ps: list[Tensor]) -> None:
-            pad = T - ps[0].shape[-1]
+        def on_patterns(index: int, ps: list[Tensor], rows: Tensor) -> None:
             for layer, w in enumerate(ps):
-                w = w.float()
-                consume(starts[index], layer, F.pad(w, (0, pad, 0, pad)) if pad else w)
+                consume(starts[index] + rows, layer, w.float())
 
-        grads = gradient_importance(model, batches_d, probe.objective, on_patterns=on_patterns)
+        groups = _row_groups(probe)
+        grads = gradient_importance(model, batches_d, probe.objective, on_patterns=on_patterns, groups=groups)
     with eval_mode(model), torch.no_grad():
         if grads is None:
             for row, layer, p in _pattern_chunks(model, probe.batches, T, chunk_elements, device):
-                consume(row, layer, p)
+                consume(torch.arange(row, row + p.shape[0]), layer, p)
                 del p
 
         # Induction and duplicate-token heads need repeats to look at.
@@ -606,7 +612,8 @@ def compute_head_metrics(
     result = HeadMetrics(out, n_heads, relation_names, directions, expensive=expensive)
     with eval_mode(model), torch.no_grad():
         n = max(1, int(cfg["js_sequences"]))
-        result.layer_metrics.update(_massive(model, on["input_ids"][:n], on["attention_mask"][:n]))
+        t = group_extent(mask, torch.arange(min(n, mask.shape[0])))  # nothing real lies beyond: same values
+        result.layer_metrics.update(_massive(model, on["input_ids"][:n, :t], on["attention_mask"][:n, :t]))
     result.example_patterns = example
     result.example_tokens = probe.tokens(0)
     if expensive:
@@ -655,6 +662,28 @@ def js_within_across(js: Tensor, n_heads: Sequence[int]) -> dict[str, Tensor]:
     return {"js_within": torch.tensor(within), "js_across": torch.tensor(across)}
 
 
+def _row_groups(probe: ProbeData) -> list[list[Tensor]]:
+    """:func:`~mhaexp.heads.importance.row_groups` of each probe batch: a function of the probe's masks,
+    computed once per probe."""
+    if "row_groups" not in probe.cache:
+        probe.cache["row_groups"] = [row_groups(b["attention_mask"]) for b in probe.batches]
+    return probe.cache["row_groups"]
+
+
+def _ablation_batches(probe: ProbeData, device: torch.device) -> list[Batch]:
+    """The probe batches for ablation: with the causal objective, each row group (:func:`_row_groups`) as
+    a batch cut to its extent (ablation sums losses over batches, so the groups give the same score); the
+    masked-LM objective draws its masks per batch index, so its batches stay as they are."""
+    if probe.objective is not causal_lm_objective:
+        return _to(probe.batches, device)
+    out = []
+    for b, groups in zip(probe.batches, _row_groups(probe), strict=True):
+        for rows in groups:
+            t = group_extent(b["attention_mask"], rows)
+            out.append({k: b[k][rows, :t].to(device) for k in ("input_ids", "attention_mask")})
+    return out
+
+
 def _to(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
     return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
@@ -669,7 +698,7 @@ def _expensive(model: Any, probe: ProbeData, js: Tensor, result: HeadMetrics, wi
     """
     device = next(model.parameters()).device
     result.metrics["ablation"] = _per_layer(
-        ablation_importance(model, _to(probe.batches, device), probe.objective), width
+        ablation_importance(model, _ablation_batches(probe, device), probe.objective), width
     )
     result.js = js
     result.mds = mds_embedding(js.clamp_min(0).sqrt(), dim=2) if js.shape[0] >= 2 else None

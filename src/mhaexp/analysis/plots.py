@@ -5,7 +5,13 @@ Figures are built with ``matplotlib.figure.Figure`` (no pyplot): no global state
 safe inside a training process. Each function writes its figure once per format of
 ``analysis.figure_formats`` (png, svg, pdf) and returns the PNG's path (else the first format's).
 Every colour has a colour bar (name and units) or a legend; every layer x head map has layer and
-head ticks; each heatmap metric has one colour scale at every step (:data:`METRIC_SCALES`).
+head ticks (labelled on the outer maps of a grid of them, whose ticks line up); each heatmap metric has
+one colour scale at every step (:data:`METRIC_SCALES`).
+
+Cost: the pictures are the end-of-run analysis's largest part, and matplotlib's cost goes by axes and
+ticks (each tick is two lines and two texts, built and drawn) and by drawn texts (about 0.4 ms each).
+So figures of many panels are drawn on one canvas axes (:class:`_Canvas`): panels are images placed in
+inches, frames and tick marks one line collection, labels plain texts.
 """
 
 from __future__ import annotations
@@ -107,6 +113,129 @@ def _save(fig: Figure, path: Path, formats: Sequence[str] = ("png",)) -> Path:
     return next((w for w in written if w.suffix == ".png"), written[0])
 
 
+FONT_IN = 1 / 72  # one point in inches
+TICK_IN = 2 * FONT_IN  # tick mark length
+
+
+class _Canvas:
+    """A figure ``width`` x ``height`` inches with one invisible axes whose data coordinates are inches from
+    the top-left corner: panels are images placed by ``extent``, labels are texts, frames and tick marks are
+    one line collection."""
+
+    def __init__(self, width: float, height: float) -> None:
+        self.width, self.height = width, height
+        self.fig = Figure(figsize=(width, height))
+        self.ax = self.fig.add_axes((0, 0, 1, 1))
+        self.ax.set_axis_off()
+        self.ax.set_autoscale_on(False)
+        self.ax.set_xlim(0, width)
+        self.ax.set_ylim(height, 0)
+        self.segments: list[tuple[tuple[float, float], tuple[float, float]]] = []
+        self.light: list[tuple[tuple[float, float], tuple[float, float]]] = []  # grid lines inside panels
+
+    def image(self, values: np.ndarray, box: tuple[float, float, float, float], **kw: Any) -> Any:
+        """``values`` (rows, cols) filling ``box`` = (x, y, w, h), row 0 at the top, with a frame."""
+        x, y, w, h = box
+        im = self.ax.imshow(values, extent=(x, x + w, y + h, y), aspect="auto", interpolation="nearest", **kw)
+        self.frame(box)
+        return im
+
+    def frame(self, box: tuple[float, float, float, float]) -> None:
+        x, y, w, h = box
+        self.segments += [((x, y), (x + w, y)), ((x + w, y), (x + w, y + h)), ((x, y + h), (x + w, y + h))]
+        self.segments.append(((x, y), (x, y + h)))
+
+    def text(self, x: float, y: float, s: str, size: float, **kw: Any) -> None:
+        self.ax.text(x, y, s, fontsize=size, **kw)
+
+    def x_ticks(
+        self,
+        box: tuple[float, float, float, float],
+        n: int,
+        labels: Sequence[str] | None,
+        size: float,
+        at: Sequence[int] | None = None,
+        rotation: float = 0,
+    ) -> None:
+        """Tick marks under the centres of columns ``at`` (default: all ``n``) of ``box`` and their labels
+        (None: marks only)."""
+        x, y, w, h = box
+        base = y + h
+        for k, i in enumerate(range(n) if at is None else at):
+            cx = x + (i + 0.5) * w / n
+            self.segments.append(((cx, base), (cx, base + TICK_IN)))
+            if labels is not None:
+                self.text(cx, base + TICK_IN + FONT_IN, labels[k], size, ha="center", va="top", rotation=rotation)
+
+    def y_ticks(
+        self,
+        box: tuple[float, float, float, float],
+        n: int,
+        labels: Sequence[str] | None,
+        size: float,
+        at: Sequence[int] | None = None,
+    ) -> None:
+        """Tick marks left of the centres of rows ``at`` (default: all ``n``) of ``box`` and their labels
+        (None: marks only)."""
+        x, y, w, h = box
+        for k, i in enumerate(range(n) if at is None else at):
+            cy = y + (i + 0.5) * h / n
+            self.segments.append(((x - TICK_IN, cy), (x, cy)))
+            if labels is not None:
+                self.text(x - TICK_IN - FONT_IN, cy, labels[k], size, ha="right", va="center")
+
+    def cell_grid(self, box: tuple[float, float, float, float], rows: int, cols: int) -> None:
+        """Light lines between the cells of ``box`` (the minor-tick grid of an axes)."""
+        x, y, w, h = box
+        self.light += [((x + i * w / cols, y), (x + i * w / cols, y + h)) for i in range(1, cols)]
+        self.light += [((x, y + j * h / rows), (x + w, y + j * h / rows)) for j in range(1, rows)]
+
+    def colorbar(
+        self,
+        box: tuple[float, float, float, float],
+        cmap: Any,
+        lo: float,
+        hi: float,
+        ticks: Sequence[float],
+        label: str,
+        size: float,
+        fmt: str = "{:.3g}",
+    ) -> None:
+        """A colour bar filling ``box``: horizontal (ticks and label below) when wider than tall, else
+        vertical (ticks and label on the right)."""
+        x, y, w, h = box
+        ramp = np.linspace(lo, hi, 256)
+        horizontal = w >= h
+        values = ramp[None, :] if horizontal else ramp[::-1, None]
+        self.image(values, box, cmap=cmap, vmin=lo, vmax=hi)
+        span = (hi - lo) or 1.0
+        for t in ticks:
+            f = (t - lo) / span
+            if horizontal:
+                cx = x + f * w
+                self.segments.append(((cx, y + h), (cx, y + h + TICK_IN)))
+                self.text(cx, y + h + TICK_IN + FONT_IN, fmt.format(t), size, ha="center", va="top")
+            else:
+                cy = y + h - f * h
+                self.segments.append(((x + w, cy), (x + w + TICK_IN, cy)))
+                self.text(x + w + TICK_IN + FONT_IN, cy, fmt.format(t), size, ha="left", va="center")
+        if horizontal:
+            below = y + h + TICK_IN + 3 * FONT_IN + size * 1.2 * FONT_IN
+            self.text(x + w / 2, below, label, size, ha="center", va="top")
+        else:
+            widest = max((len(fmt.format(t)) for t in ticks), default=1)
+            lx = x + w + TICK_IN + 3 * FONT_IN + 0.62 * size * FONT_IN * widest
+            self.text(lx, y + h / 2, label, size, ha="left", va="center", rotation=90)
+
+    def save(self, path: Path, formats: Sequence[str]) -> Path:
+        from matplotlib.collections import LineCollection
+
+        if self.light:
+            self.ax.add_collection(LineCollection(self.light, colors="#dddddd", linewidths=0.4))
+        self.ax.add_collection(LineCollection(self.segments, colors="black", linewidths=0.8))
+        return _save(self.fig, path, formats)
+
+
 def _grid(n: int, cols: int) -> tuple[int, int]:
     cols = max(1, min(cols, n))
     return math.ceil(n / cols), cols
@@ -133,43 +262,52 @@ def _heatmap_figure(
     cols: int,
     title: str,
     shared_bar: bool = False,
-) -> Figure:
+) -> _Canvas:
     """One layer x head heatmap per entry ``(title, values (L, H), (vmin, vmax), colour-bar label,
-    diverging)`` with layer/head ticks, and a colour bar each (``shared_bar``: one for all, when every
-    entry is the same metric on the same scale); NaN cells (heads a pruned layer lacks) blank."""
+    diverging)`` with layer/head ticks, and a colour bar each under it (``shared_bar``: one for all on the
+    right, when every entry is the same metric on the same scale); NaN cells (heads a pruned layer lacks)
+    blank."""
     rows, cols = _grid(len(maps), cols)
     L, H = maps[0][1].shape[:2]
-    tile_w, tile_h = max(2.2, 0.3 * H + 1.5), max(1.6, 0.3 * L + 1.2)
-    width, height = cols * tile_w + (1.0 if shared_bar else 0.0), rows * tile_h + 0.4
-    fig = Figure(figsize=(width, height))
-    right = 1 - (1.1 if shared_bar else 0.7) / width
-    fig.subplots_adjust(left=0.4 / width, right=right, bottom=0.06, top=1 - 0.5 / height, hspace=0.8, wspace=0.9)
+    cell = 0.2
+    img_w, img_h = H * cell, L * cell
+    title_h = 0.13 * max(m[0].count("\n") + 1 for m in maps) + 0.06
+    left = 0.42  # layer ticks and the "layer" label
+    bar_w = max(img_w, 1.3)
+    tile_w = left + max(img_w, bar_w, 1.7) + 0.25
+    below = 0.3 + (0 if shared_bar else 0.42)  # head ticks and label; the colour bar, its ticks and label
+    tile_h = title_h + img_h + below + 0.12
+    width, height = cols * tile_w + 0.2 + (1.1 if shared_bar else 0.0), rows * tile_h + 0.4
+    canvas = _Canvas(width, height)
     seq = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     div = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
-    im = None
     for i, (name, values, (lo, hi), label, diverging) in enumerate(maps):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        im = ax.imshow(
-            np.ma.masked_invalid(values), cmap=div if diverging else seq, vmin=lo, vmax=hi, interpolation="nearest"
-        )
-        ax.set_title(name, fontsize=8)
-        ax.set_xticks(range(H), [str(h) for h in range(H)], fontsize=6)
-        ax.set_yticks(range(L), [str(layer) for layer in range(L)], fontsize=6)
-        ax.set_xlabel("head", fontsize=6, labelpad=1)
-        ax.set_ylabel("layer", fontsize=6, labelpad=1)
-        ax.tick_params(length=2, pad=1)
+        r, c = divmod(i, cols)
+        x0, y0 = 0.1 + c * tile_w, 0.4 + r * tile_h
+        box = (x0 + left, y0 + title_h, img_w, img_h)
+        cmap = div if diverging else seq
+        canvas.image(np.ma.masked_invalid(values), box, cmap=cmap, vmin=lo, vmax=hi)
+        canvas.text(box[0] + img_w / 2, y0 + title_h - 0.04, name, 8, ha="center", va="bottom")
+        # Every map has its tick marks; the labels sit on the outer maps of the grid (matplotlib's
+        # label_outer), whose ticks are aligned with every other map's: each label is a drawn text.
+        outer_x, outer_y = i + cols >= len(maps), c == 0
+        canvas.x_ticks(box, H, [str(h) for h in range(H)] if outer_x else None, 6)
+        canvas.y_ticks(box, L, [str(layer) for layer in range(L)] if outer_y else None, 6)
+        bottom = box[1] + img_h
+        if outer_x:
+            canvas.text(box[0] + img_w / 2, bottom + 0.15, "head", 6, ha="center", va="top")
+        if outer_y:
+            canvas.text(x0 + 0.1, box[1] + img_h / 2, "layer", 6, ha="center", va="center", rotation=90)
         if not shared_bar:
-            # Three ticks: each colour bar costs a Tick per label, and these figures have a dozen of them.
-            bar = fig.colorbar(im, ax=ax, fraction=0.08, pad=0.04, ticks=[lo, (lo + hi) / 2, hi])
-            bar.ax.tick_params(labelsize=6, length=2)
-            bar.ax.yaxis.set_major_formatter("{x:.3g}")
-            bar.set_label(label, fontsize=6)
-    if shared_bar and im is not None:
-        bar = fig.colorbar(im, cax=fig.add_axes(((width - 0.8) / width, 0.2, 0.12 / width, 0.6)))
-        bar.ax.tick_params(labelsize=7)
-        bar.set_label(maps[0][3], fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    return fig
+            bar = (box[0], bottom + 0.31, bar_w, 0.07)
+            canvas.colorbar(bar, cmap, lo, hi, [lo, (lo + hi) / 2, hi], label, 6)
+    if shared_bar and maps:
+        lo, hi = maps[0][2]
+        cmap = div if maps[0][4] else seq
+        ticks = list(np.linspace(lo, hi, 9))
+        canvas.colorbar((width - 1.0, 0.2 * height, 0.12, 0.6 * height), cmap, lo, hi, ticks, maps[0][3], 7, "{:.2f}")
+    canvas.text(width / 2, 0.12, title, 9, ha="center", va="top")
+    return canvas
 
 
 def history_ranges(out_dir: Path | None) -> dict[str, tuple[float, float]]:
@@ -196,7 +334,7 @@ def metric_heatmaps(
     for k in (k for k in HEATMAP_METRICS if k in hm.metrics):
         v = hm.metrics[k].numpy().astype(float)
         maps.append((k, v, metric_scale(k, v, seen.get(k)), METRIC_SCALES[k][2], k in DIVERGING))
-    return _save(_heatmap_figure(maps, cols, "per-head metrics"), path, formats)
+    return _heatmap_figure(maps, cols, "per-head metrics").save(path, formats)
 
 
 def syntactic_heatmaps(hm: HeadMetrics, path: Path, cols: int = 5, formats: Sequence[str] = ("png",)) -> Path | None:
@@ -215,8 +353,7 @@ def syntactic_heatmaps(hm: HeadMetrics, path: Path, cols: int = 5, formats: Sequ
         values = (acc[..., r] - base[r]).numpy().astype(float)
         title = f"{name} {direction}\n(baseline {float(base[r]):.2f})"
         maps.append((title, values, (-1.0, 1.0), "accuracy - baseline", True))
-    figure = _heatmap_figure(maps, cols, "syntactic accuracy minus baseline", shared_bar=True)
-    return _save(figure, path, formats)
+    return _heatmap_figure(maps, cols, "syntactic accuracy minus baseline", shared_bar=True).save(path, formats)
 
 
 def pattern_grid(
@@ -234,32 +371,23 @@ def pattern_grid(
     gap_x, gap_y = 0.15, 0.35
     width = label_in + cols * (tile + gap_x) + 0.8
     height = 0.5 + rows * (tile + gap_y) + label_in
-    fig = Figure(figsize=(width, height))
+    canvas = _Canvas(width, height)
     cmap = matplotlib.colormaps["Blues"]
-    im = None
     for h in range(n_heads):
         r, c = divmod(h, cols)
-        x0 = (label_in + c * (tile + gap_x)) / width
-        y0 = 1 - (0.5 + r * (tile + gap_y) + tile) / height
-        ax = fig.add_axes((x0, y0, tile / width, tile / height))
-        im = ax.imshow(patterns[h].numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"L{layer}H{h}", fontsize=8, pad=2)
-        ax.tick_params(length=1.5, pad=1)
-        show_y, show_x = c == 0, h + cols >= n_heads
-        # Ticks only where labels go: each Tick is drawn, labelled or not, and inner tiles need none.
-        if show_y:
-            ax.set_yticks(range(T), labels, fontsize=fs)
-        else:
-            ax.set_yticks([])
-        if show_x:
-            ax.set_xticks(range(T), labels, fontsize=fs, rotation=90)
-        else:
-            ax.set_xticks([])
-    bar_ax = fig.add_axes(((width - 0.55) / width, 0.25, 0.12 / width, 0.5))
-    fig.colorbar(im, cax=bar_ax).set_label("attention weight", fontsize=7)
-    bar_ax.tick_params(labelsize=6)
-    fig.suptitle(f"layer {layer}: attention on the probe sentence (row = query, column = key)", fontsize=9)
-    return _save(fig, path, formats)
+        box = (label_in + c * (tile + gap_x), 0.5 + r * (tile + gap_y), tile, tile)
+        canvas.image(patterns[h].numpy(), box, cmap=cmap, vmin=0, vmax=1)
+        canvas.text(box[0] + tile / 2, box[1] - 0.03, f"L{layer}H{h}", 8, ha="center", va="bottom")
+        # Tick marks and labels only on the outer tiles: the tokens are the same on every tile.
+        if c == 0:
+            canvas.y_ticks(box, T, labels, fs)
+        if h + cols >= n_heads:
+            canvas.x_ticks(box, T, labels, fs, rotation=90)
+    bar = (width - 0.55, 0.25 * height, 0.12, 0.5 * height)
+    canvas.colorbar(bar, cmap, 0.0, 1.0, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "attention weight", 6, "{:.1f}")
+    title = f"layer {layer}: attention on the probe sentence (row = query, column = key)"
+    canvas.text(width / 2, 0.12, title, 9, ha="center", va="top")
+    return canvas.save(path, formats)
 
 
 def primary_roles(roles: Sequence[HeadRole]) -> dict[tuple[int, int], list[HeadRole]]:
@@ -325,10 +453,11 @@ def role_grid(
     ax.set_yticks(range(L))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_xticks(np.arange(-0.5, H), minor=True)
-    ax.set_yticks(np.arange(-0.5, L), minor=True)
-    ax.grid(which="minor", color="white", linewidth=1.5)
-    ax.tick_params(which="minor", length=0)
+    # Cell borders as two line collections, not a minor-tick grid (a Tick per line, each built and drawn).
+    ax.vlines(np.arange(0.5, H - 1), -0.5, L - 0.5, colors="white", linewidth=1.5)
+    ax.hlines(np.arange(0.5, L - 1), -0.5, H - 0.5, colors="white", linewidth=1.5)
+    ax.set_xlim(-0.5, H - 0.5)
+    ax.set_ylim(L - 0.5, -0.5)
     present = [f for f in families if any(r.family == f for r in roles)]
     ax.legend(
         handles=[Patch(color=FAMILY_COLORS[f], label=f) for f in present],
@@ -348,9 +477,10 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
         return None
     by_head = primary_roles(roles)
     index = hm.head_index
-    fig = Figure(figsize=(11, 4.8))
-    fig.subplots_adjust(left=0.05, right=0.97, bottom=0.08, top=0.92, wspace=0.2)
-    ax = fig.add_subplot(1, 2, 1)
+    # The JS matrix is drawn on the canvas (no axes of its own, nor one for its colour bar); the scatter
+    # needs real data axes.
+    canvas = _Canvas(11, 4.8)
+    ax = canvas.fig.add_axes((0.075, 0.08, 0.4, 0.84))
     xy = hm.mds.numpy()
     markers = "os^Dv<>ph*"
     colors = [FAMILY_COLORS[by_head[k][0].family if k in by_head else "unassigned"] for k in index]
@@ -373,19 +503,22 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
     ax.set_title("MDS of heads (sqrt JS); marker = layer, label = layer.head", fontsize=8)
     ax.set_xlabel("MDS 1 (sqrt nats)", fontsize=7)
     ax.set_ylabel("MDS 2 (sqrt nats)", fontsize=7)
-    ax2 = fig.add_subplot(1, 2, 2)
     js = hm.js.numpy()
     # Scaled to this step's largest value (the bar gives the numbers): on the fixed [0, ln 2] an
     # untrained model's heads, all within ~0.01 nats of each other, would be one flat colour.
-    im = ax2.imshow(js, cmap="magma_r", vmin=0, interpolation="nearest")
-    fig.colorbar(im, ax=ax2, fraction=0.046, pad=0.03).set_label("JS divergence (nats)", fontsize=7)
-    ticks = [k for k, (_, h) in enumerate(index) if h == 0]
-    ax2.set_xticks(ticks, [f"L{index[k][0]}" for k in ticks], fontsize=7)
-    ax2.set_yticks(ticks, [f"L{index[k][0]}" for k in ticks], fontsize=7)
-    ax2.set_xlabel("head (by layer)", fontsize=7)
-    ax2.set_ylabel("head (by layer)", fontsize=7)
-    ax2.set_title("JS divergence between heads", fontsize=8)
-    return _save(fig, path, formats)
+    hi = float(js.max()) if js.size and float(js.max()) > 0 else 1.0
+    box = (6.1, 0.45, 3.9, 3.9)
+    canvas.image(js, box, cmap="magma_r", vmin=0, vmax=hi)
+    starts = [k for k, (_, h) in enumerate(index) if h == 0]
+    names = [f"L{index[k][0]}" for k in starts]
+    canvas.x_ticks(box, len(index), names, 7, at=starts)
+    canvas.y_ticks(box, len(index), names, 7, at=starts)
+    canvas.text(box[0] + box[2] / 2, box[1] + box[3] + 0.2, "head (by layer)", 7, ha="center", va="top")
+    canvas.text(box[0] - 0.35, box[1] + box[3] / 2, "head (by layer)", 7, ha="center", va="center", rotation=90)
+    canvas.text(box[0] + box[2] / 2, box[1] - 0.05, "JS divergence between heads", 8, ha="center", va="bottom")
+    bar = (box[0] + box[2] + 0.15, box[1], 0.12, box[3])
+    canvas.colorbar(bar, "magma_r", 0.0, hi, list(np.linspace(0.0, hi, 6)), "JS divergence (nats)", 7)
+    return canvas.save(path, formats)
 
 
 def role_timeline(history: Any, n_heads: Sequence[int], path: Path, formats: Sequence[str] = ("png",)) -> Path | None:
@@ -402,9 +535,7 @@ def role_timeline(history: Any, n_heads: Sequence[int], path: Path, formats: Seq
     S, F = len(steps), len(families)
     panel_w, panel_h = max(1.3, 0.08 * S + 0.6), max(0.9, 0.13 * F + 0.5)
     width, height = H * panel_w + 1.6, L * panel_h + 1.0
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(left=1.2 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.45 / height)
-    fig.subplots_adjust(hspace=0.45, wspace=0.15)
+    canvas = _Canvas(width, height)
     col = {s: i for i, s in enumerate(steps)}
     row = {f: i for i, f in enumerate(families)}
     cmap = ListedColormap(["#ffffff"] + [FAMILY_COLORS[f] for f in families])
@@ -414,25 +545,21 @@ def role_timeline(history: Any, n_heads: Sequence[int], path: Path, formats: Seq
         if r.family in row:
             grid[row[r.family], col[int(r.step)]] = row[r.family] + 1
     ticks = sorted({0, S - 1, *range(0, S, max(1, S // 4))})
+    img_w, img_h = panel_w - 0.2, panel_h - 0.35
     for layer in range(L):
-        for h in range(H):
-            ax = fig.add_subplot(L, H, layer * H + h + 1)
-            if h >= n_heads[layer]:
-                ax.set_axis_off()
-                continue
+        for h in range(n_heads[layer]):
+            box = (1.2 + h * panel_w, 0.45 + layer * panel_h + 0.2, img_w, img_h)
             grid = grids.get((layer, h), np.zeros((F, S)))
-            ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=F + 0.5, aspect="auto", interpolation="nearest")
-            ax.set_title(f"L{layer}H{h}", fontsize=7, pad=2)
-            ax.set_yticks(range(F), families if h == 0 else [], fontsize=6)
-            ax.set_xticks(ticks, [str(steps[t]) for t in ticks] if layer == L - 1 else [], fontsize=6)
-            ax.tick_params(length=1.5, pad=1)
-            ax.set_xticks(np.arange(-0.5, S), minor=True)
-            ax.set_yticks(np.arange(-0.5, F), minor=True)
-            ax.grid(which="minor", color="#dddddd", linewidth=0.4)
-            ax.tick_params(which="minor", length=0)
-    fig.supxlabel("analysis step", fontsize=8)
-    fig.suptitle("role timeline: the role families each head held at each analysis step", fontsize=9)
-    return _save(fig, path, formats)
+            canvas.image(grid, box, cmap=cmap, vmin=-0.5, vmax=F + 0.5)
+            canvas.cell_grid(box, F, S)
+            canvas.text(box[0] + img_w / 2, box[1] - 0.03, f"L{layer}H{h}", 7, ha="center", va="bottom")
+            canvas.y_ticks(box, F, families if h == 0 else None, 6)
+            labels = [str(steps[t]) for t in ticks] if layer == L - 1 else None
+            canvas.x_ticks(box, S, labels, 6, at=ticks)
+    canvas.text(width / 2, height - 0.12, "analysis step", 8, ha="center", va="bottom")
+    title = "role timeline: the role families each head held at each analysis step"
+    canvas.text(width / 2, 0.1, title, 9, ha="center", va="top")
+    return canvas.save(path, formats)
 
 
 def all_figures(

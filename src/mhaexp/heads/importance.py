@@ -24,9 +24,9 @@ The criteria that need no model (``random``, ``role``) and the dispatch by name 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +53,10 @@ def eval_mode(model: Transformer):
         model.train(was)
 
 
-# Called with (batch index, every layer's detached pattern of that batch's inputs) by a forward that computes
-# the explicit patterns anyway: the analysis shares the importance forward instead of running its own.
-PatternSink = Callable[[int, list[Tensor]], None]
+# Called with (batch index, every layer's detached pattern of the batch's inputs, the batch's rows they are of)
+# by a forward that computes the explicit patterns anyway: the analysis shares the importance forward instead
+# of running its own. Patterns of a row group are cut to the group's extent (see ``groups``).
+PatternSink = Callable[[int, list[Tensor], Tensor], None]
 
 
 def _token_losses(
@@ -65,7 +66,7 @@ def _token_losses(
     inputs, targets = objective(batch, index)
     logits, patterns = model(inputs, attention_mask=batch["attention_mask"], need_weights=on_patterns is not None)
     if on_patterns is not None:
-        on_patterns(index, [p.detach() for p in patterns])
+        on_patterns(index, [p.detach() for p in patterns], torch.arange(inputs.shape[0]))
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none")
     scored = targets != IGNORE
     return loss.view(targets.shape), logits.argmax(-1) == targets, scored
@@ -104,11 +105,14 @@ def _gate_gradients(
     objective: Objective,
     max_tokens: int | None = None,
     on_patterns: PatternSink | None = None,
+    groups: Sequence[Sequence[Tensor]] | None = None,
 ) -> list[list[Tensor]]:
     """Per batch, the signed ``dL/d head_gate`` of every layer (the weights' ``.grad`` untouched).
 
     ``max_tokens``: run each batch in micro-batches of about that many tokens (memory). The gradient of the
     batch-mean loss is the sum of the micro-batches' gradients of their summed loss over the batch's count.
+    ``groups``: per batch, row groups (index tensors) run as micro-batches the same way, each cut to the
+    extent of its real tokens (:func:`row_groups`); ``max_tokens`` is then ignored.
     """
     layers = model.attention_layers
     gates = [layer.head_gate for layer in layers]
@@ -120,7 +124,9 @@ def _gate_gradients(
             for i, batch in enumerate(batches):
                 B, T = batch["attention_mask"].shape
                 rows = B if max_tokens is None else max(1, max_tokens // T)
-                if rows >= B:
+                if groups is not None:
+                    grads = _grouped_gradients(model, batch, i, objective, gates, groups[i], on_patterns)
+                elif rows >= B:
                     loss = batch_loss(model, batch, i, objective, on_patterns)
                     # autograd.grad, not backward: the weights' .grad must stay as training left them.
                     grads = [g.detach().float().cpu() for g in torch.autograd.grad(loss, gates)]
@@ -143,22 +149,85 @@ def _gate_gradients(
     return out
 
 
+def row_groups(mask: Tensor, overhead_tokens: int = 192) -> list[Tensor]:
+    """The rows of a batch in groups of similar extent (last real token + 1), for forwards cut to each
+    group's extent: pads cost as much as tokens in every matmul, and a batch of sentences padded to its
+    longest is often half pads. Rows are independent (no real token sees a pad: causal or key-padding
+    masks), so what the groups compute adds up to what the whole batch computes. The grouping minimizes
+    sum(rows x extent) plus ``overhead_tokens`` per group (the fixed cost of one more forward); a function
+    of the mask alone."""
+    B, T = mask.shape
+    real = mask.bool()
+    extent = torch.where(real.any(1), T - real.flip(1).int().argmax(1), torch.zeros(B, dtype=torch.long))
+    order = torch.argsort(extent, stable=True)
+    ext = extent[order].tolist()
+    best, cut = [0.0] + [math.inf] * B, [0] * (B + 1)
+    for j in range(1, B + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * ext[j - 1] + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    out, j = [], B
+    while j > 0:
+        out.append(order[cut[j] : j])
+        j = cut[j]
+    return out[::-1]
+
+
+def group_extent(mask: Tensor, rows: Tensor) -> int:
+    """How far the real tokens of ``rows`` reach (at least 1): the width a group's forward is cut to."""
+    real = mask[rows].bool()
+    cols = real.any(0).nonzero()
+    return int(cols[-1]) + 1 if len(cols) else 1
+
+
+def _grouped_gradients(
+    model: Transformer,
+    batch: Batch,
+    index: int,
+    objective: Objective,
+    gates: Sequence[Tensor],
+    groups: Sequence[Tensor],
+    on_patterns: PatternSink | None,
+) -> list[Tensor]:
+    """``dL/d head_gate`` of the batch-mean loss, one forward + backward per row group cut to its extent."""
+    inputs, targets = objective(batch, index)  # the whole batch's draws (masked LM)
+    mask = batch["attention_mask"]
+    count = (targets != IGNORE).sum().clamp_min(1)
+    grads = [torch.zeros(g.shape) for g in gates]
+    for rows in groups:
+        t = group_extent(mask, rows)
+        sub = rows.to(inputs.device)
+        logits, patterns = model(inputs[sub, :t], attention_mask=mask[sub, :t], need_weights=on_patterns is not None)
+        if on_patterns is not None:
+            on_patterns(index, [p.detach() for p in patterns], rows)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets[sub, :t].flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        for acc, g in zip(grads, torch.autograd.grad(loss / count, gates), strict=True):
+            acc += g.detach().float().cpu()
+    return grads
+
+
 def gradient_importance(
     model: Transformer,
     batches: Sequence[Batch],
     objective: Objective = causal_lm_objective,
     max_tokens: int | None = None,
     on_patterns: PatternSink | None = None,
+    groups: Sequence[Sequence[Tensor]] | None = None,
 ) -> list[Tensor]:
     """Michel et al. 2019's head importance ``I_h = E_x |dL/dxi_h|``, ``xi_h`` = ``head_gate[h]``.
 
     ``max_tokens`` bounds the tokens of one forward + backward (the same gradient, in micro-batches).
-    ``on_patterns``: the forwards take the explicit-attention path and hand each batch's patterns to it
-    (whole batches only); the gradient is the same function, computed along the other attention path.
+    ``groups`` (per batch, from :func:`row_groups`): the same gradient from forwards cut to each row group's
+    extent. ``on_patterns``: the forwards take the explicit-attention path and hand their patterns to it
+    (whole batches or row groups only); the gradient is the same function, computed along the other
+    attention path.
     """
     sizes = layer_sizes(model)
     acc = [torch.zeros(n) for n in sizes]
-    for grads in _gate_gradients(model, batches, objective, max_tokens, on_patterns):
+    for grads in _gate_gradients(model, batches, objective, max_tokens, on_patterns, groups):
         for a, g in zip(acc, grads, strict=True):
             a += g.abs()
     return [a / max(1, len(batches)) for a in acc]
@@ -215,9 +284,10 @@ def ablation_importance(
 
     Exact, and cheaper than one full forward per head: the residual stream entering block ``l`` is
     cached from the clean pass; each head's contribution ``c_h`` to block ``l``'s attention output
-    is measured once (the layer with only that head's gate on, minus the layer with all gates off,
-    which leaves the bias), and the copies "output - c_h" for up to ``max_rows // B`` heads run
-    blocks ``l..L-1`` together as one batch. Heads already gated to 0 score 0.
+    comes from one attention pass (:meth:`~mhaexp.nn.attention.MultiHeadAttention.head_contributions`),
+    and the copies "output - c_h" for up to ``max_rows // B`` heads run the rest of block ``l`` (its
+    attention output is known) and blocks ``l+1..L-1`` together as one batch. Heads already gated to 0
+    score 0.
     """
     blocks = model.blocks
     scores = [torch.zeros(b.attn.n_heads) for b in blocks]
@@ -250,21 +320,19 @@ def ablation_importance(
                 heads = [h for h in range(attn.n_heads) if float(gates[h]) != 0.0]
                 if not heads:
                     continue
-                contrib = _head_contributions(attn, block.ln_1(cached[li]), mask, heads)  # (n, B, T, d)
+                x_in = block.ln_1(cached[li])
+                clean_a, _ = attn(x_in, key_padding_mask=mask)  # (B, T, d)
+                contrib = attn.head_contributions(x_in, mask)[heads]  # (n, B, T, d)
                 chunk = max(1, max_rows // B)
                 for start in range(0, len(heads), chunk):
                     part = heads[start : start + chunk]
-                    delta = contrib[start : start + len(part)].flatten(0, 1)  # (n*B, T, d), copy-major
                     n = len(part)
-                    hook = attn.register_forward_hook(lambda m, a, out, d=delta: (out[0] - d, out[1]))
-                    try:
-                        x = cached[li].repeat(n, 1, 1)
-                        rep_mask = mask.repeat(n, 1) if mask is not None else None
-                        for block_j in blocks[li:]:
-                            x, _ = block_j(x, key_padding_mask=rep_mask)
-                        out = model.lm_head(model.ln_f(x))  # (n*B, T, V)
-                    finally:
-                        hook.remove()
+                    ablated = (clean_a[None] - contrib[start : start + n]).flatten(0, 1)  # (n*B, T, d), copy-major
+                    x = block.after_attention(cached[li].repeat(n, 1, 1), ablated)
+                    rep_mask = mask.repeat(n, 1) if mask is not None else None
+                    for block_j in blocks[li + 1 :]:
+                        x, _ = block_j(x, key_padding_mask=rep_mask)
+                    out = model.lm_head(model.ln_f(x))  # (n*B, T, V)
                     loss = (
                         F.cross_entropy(
                             out.flatten(0, 1).float(),
@@ -279,23 +347,6 @@ def ablation_importance(
                         scores[li][h] += float(loss[k] - clean)
             count += n_scored
     return [s / max(count, 1.0) for s in scores]
-
-
-def _head_contributions(attn: Any, x: Tensor, mask: Tensor | None, heads: Sequence[int]) -> Tensor:
-    """What each head adds to the layer's output, ``(len(heads), B, T, d)``, with its current gate."""
-    saved = attn.head_gate.clone()
-    try:
-        attn.head_gate.zero_()
-        bias_only, _ = attn(x, key_padding_mask=mask)
-        out = []
-        for h in heads:
-            attn.head_gate.zero_()
-            attn.head_gate[h] = saved[h]
-            y, _ = attn(x, key_padding_mask=mask)
-            out.append(y - bias_only)
-    finally:
-        attn.head_gate.copy_(saved)
-    return torch.stack(out)
 
 
 def attention_entropy(patterns: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from mhaexp.heads.patterns import Ratio, _prepare
-
-
-def _kl_terms(p: Tensor, m: Tensor) -> Tensor:
-    """Elementwise ``p log(p / m)`` with 0 where p = 0 (m > 0 wherever p > 0 since m = (p + q) / 2)."""
-    # The ratio form (not p log p - p log m) gives exactly 0 for identical rows: p / m is exactly 1.
-    return torch.where(p > 0, p * torch.log(p / m.clamp_min(1e-30)), torch.zeros_like(p))
 
 
 def js_divergence_matrix(
@@ -68,19 +60,25 @@ def js_divergence_sums(
         uniform = keys / keys.sum(-1, keepdim=True).clamp_min(1)
         patterns_all = (1.0 - smoothing) * patterns_all + smoothing * uniform[:, None, None, :]
     B, N, T, _ = patterns_all.shape
-    query_weight = mask.to(patterns_all.dtype)
-    n_queries = query_weight.sum()
-    block = max(1, math.isqrt(max(1, max_chunk_elements // (B * T * T))))
-    out = torch.zeros(N, N, dtype=patterns_all.dtype, device=patterns_all.device)
-    for i0 in range(0, N, block):
-        p = patterns_all[:, i0 : i0 + block, None]  # (B, bi, 1, T, T)
-        for j0 in range(i0, N, block):
-            r = patterns_all[:, None, j0 : j0 + block]  # (B, 1, bj, T, T)
-            m = (p + r) / 2
-            js = 0.5 * (_kl_terms(p, m) + _kl_terms(r, m)).sum(-1)  # (B, bi, bj, T)
-            total = torch.einsum("bijq,bq->ij", js, query_weight)
-            out[i0 : i0 + block, j0 : j0 + block] = total
-            out[j0 : j0 + block, i0 : i0 + block] = total.T
+    query_weight = mask.to(torch.float64)
+    n_queries = query_weight.sum().to(patterns_all.dtype)
+    # JS = H(m) - (H(p) + H(r)) / 2 with H the row entropy: each head's H once, then one xlogy per pair (of
+    # the upper triangle only; D is symmetric) instead of two logs and two divisions. float64: the
+    # difference of entropies cancels, and identical rows give m == p bit for bit, so exactly 0.
+    pats = patterns_all.to(torch.float64)
+    ent = -torch.special.xlogy(pats, pats).sum(-1)  # (B, N, T)
+    block = max(1, max_chunk_elements // (B * T * T))
+    out = torch.zeros(N, N, dtype=torch.float64, device=patterns_all.device)
+    for i in range(N):
+        p = pats[:, i : i + 1]  # (B, 1, T, T)
+        for j0 in range(i + 1, N, block):
+            r = pats[:, j0 : j0 + block]  # (B, bj, T, T)
+            m = (p + r) * 0.5
+            js = -torch.special.xlogy(m, m).sum(-1) - 0.5 * (ent[:, i : i + 1] + ent[:, j0 : j0 + block])
+            total = torch.einsum("bjq,bq->j", js, query_weight)
+            out[i, j0 : j0 + block] = total
+            out[j0 : j0 + block, i] = total
+    out = out.to(patterns_all.dtype)
     return Ratio(out, n_queries)
 
 

@@ -59,10 +59,14 @@ class Block(nn.Module):
         self, x: torch.Tensor, need_weights: bool = False, key_padding_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         a, weights = self.attn(self.ln_1(x), need_weights=need_weights, key_padding_mask=key_padding_mask)
+        return self.after_attention(x, a), weights
+
+    def after_attention(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The rest of the block given the attention output ``a`` on ``x``: residual, then the MLP."""
         x = x + self.drop(a)
         if self.mlp is not None:
             x = x + self.mlp(self.ln_2(x))
-        return x, weights
+        return x
 
 
 class Transformer(nn.Module):
