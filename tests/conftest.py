@@ -24,6 +24,13 @@ from omegaconf import DictConfig
 
 BIN = Path(sys.executable).parent
 
+# Under pytest-xdist (make test runs two workers on two cores) each worker, and every run it starts, gets
+# its share of the cores: two torch thread pools as wide as the machine would oversubscribe it, and
+# oversubscribed OpenMP pools spin, slowing a run several times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 # The one small-run override list: a 2-layer d=32 model on a few hundred grammar sentences, a few dozen
 # steps, validating often, no analysis. Tests append what they need (later overrides win in Hydra).
 TINY_RUN = (

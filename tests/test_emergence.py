@@ -42,7 +42,14 @@ def test_induction_heads_need_two_layers(
     tmp_path: Path, n_layers: int, cli: Callable[..., subprocess.CompletedProcess]
 ) -> None:
     run_dir = tmp_path / "run"
-    proc = cli("mhaexp-train", *SMALL_INDUCTION, f"model.n_layers={n_layers}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = cli(
+        "mhaexp-train",
+        *SMALL_INDUCTION,
+        f"model.n_layers={n_layers}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "head roles    :" in proc.stdout and "seed table" not in proc.stdout  # the seed's table is about syntax
     prefix = final_metric(run_dir, "prefix_matching")
