@@ -93,6 +93,7 @@ BAD_INPUTS = [
     (["analysis.every_n_steps=0"], "analysis.every_n_steps=0 is invalid: must be a positive integer"),
     (["optim.lr=-1"], "optim.lr=-1 is invalid: must be a number > 0"),
     (["gqa_init=median"], "gqa_init='median' is invalid: choose one of ['mean', 'first', 'random']"),
+    (["data=retrieval", "data.loss=answer", "model=encoder"], "data.loss='answer' is invalid: needs a causal model"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["trainer=gpu"], "trainer.accelerator='gpu' is invalid: no CUDA GPU is visible"))

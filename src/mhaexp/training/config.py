@@ -218,7 +218,9 @@ class RunConfig:
                 "model.max_seq_len", self.model.max_seq_len, f"must be >= data.seq_len={self.data.seq_len}"
             )
         if self.data.kind == "retrieval" and self.data.loss == "answer" and not self.model.causal:
-            raise ConfigError("data.loss", "answer", "all (an answer-only loss needs model.causal=true)")
+            raise ConfigError(
+                "data.loss", "answer", "needs a causal model (model.causal=true); use all with an encoder"
+            )
         validate_pruning(self.pruning, self.model, self.trainer.max_steps)
         if self.pruning.criterion == "role" and self.pruning.kind != "none" and not self.analysis.enabled:
             raise ConfigError(
