@@ -206,20 +206,24 @@ class MultiHeadAttention(nn.Module):
         nh, hs = self.n_heads, self.head_dim
         y, weights = self._attend(x, need_weights, key_padding_mask)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, nh*hs), heads side by side
-        # Scaling o_proj's input columns by the gate equals scaling each head's output, at weight-sized
-        # rather than activation-sized cost. Always applied, never skipped for all-ones gates: deciding
-        # that costs a device read, and a cached answer goes stale under edits no counter sees
-        # (``head_gate.data[h] = 0``, a numpy view); the multiply costs about nothing next to the GEMMs.
-        w_o = self.o_proj.weight.view(-1, nh, hs) * self.gates().to(self.o_proj.weight.dtype)[:, None]
-        return F.linear(y, w_o.view(-1, nh * hs), self.o_proj.bias), weights
+        return F.linear(y, self._gated_o_weight().view(-1, nh * hs), self.o_proj.bias), weights
+
+    def _gated_o_weight(self) -> torch.Tensor:
+        """``o_proj``'s weight as ``(d_model, n_heads, head_dim)``, each head's columns scaled by its gate.
+
+        Scaling o_proj's input columns by the gate equals scaling each head's output, at weight-sized
+        rather than activation-sized cost. Always applied, never skipped for all-ones gates: deciding
+        that costs a device read, and a cached answer goes stale under edits no counter sees
+        (``head_gate.data[h] = 0``, a numpy view); the multiply costs about nothing next to the GEMMs.
+        """
+        w_o = self.o_proj.weight.view(-1, self.n_heads, self.head_dim)
+        return w_o * self.gates().to(w_o.dtype)[:, None]
 
     def head_contributions(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """What each head adds to the output, gate included (the output is their sum plus ``o_proj``'s
         bias): ``(n_heads, B, T, d_model)``, from one attention pass."""
         y, _ = self._attend(x, False, key_padding_mask)  # (B, nh, T, hs)
-        w_o = self.o_proj.weight.view(-1, self.n_heads, self.head_dim)  # (d, nh, hs)
-        w_o = w_o * self.gates().to(w_o.dtype)[None, :, None]
-        return torch.einsum("bnth,dnh->nbtd", y, w_o)
+        return torch.einsum("bnth,dnh->nbtd", y, self._gated_o_weight())
 
     def _attend(
         self, x: torch.Tensor, need_weights: bool, key_padding_mask: torch.Tensor | None
