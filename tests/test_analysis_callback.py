@@ -426,3 +426,36 @@ def test_analysis_does_not_change_training(tmp_path: Path) -> None:
         trainer.fit(module, datamodule=dm)
         weights.append(module.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_csv_text_writes_what_pandas_writes() -> None:
+    """The tables' writer skips building a DataFrame; the text must be the same cell for cell: NaN and
+    None empty, floats in shortest repr, strings with commas quoted, numpy scalars as plain numbers."""
+    import numpy as np
+
+    from mhaexp.analysis.export import ROLE_COLUMNS, csv_text
+
+    rows = [
+        {
+            "step": 0,
+            "layer": 1,
+            "head": 2,
+            "role": "syntactic:nsubj",
+            "family": "syntactic",
+            "score": 0.1 + 0.2,
+            "margin": float("nan"),
+        },
+        {
+            "step": 10,
+            "layer": -1,
+            "head": -1,
+            "role": 'a,b "c"',
+            "family": "x",
+            "score": np.float64(1e-12),
+            "margin": None,
+        },
+        {"step": 20, "layer": 0, "head": 0, "role": "unassigned", "family": "unassigned", "score": 3.0, "margin": -0.5},
+    ]
+    expected = pd.DataFrame(rows, columns=list(ROLE_COLUMNS)).to_csv(index=False)
+    assert csv_text(rows, ROLE_COLUMNS) == expected
+    assert csv_text(rows, ROLE_COLUMNS, header=False) == expected.split("\n", 1)[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,7 +110,9 @@ def test_retrieval_and_streaming_roles_use_the_configured_bars() -> None:
 
 
 def test_analysis_reports_a_planted_massive_activation_on_the_sink() -> None:
-    from mhaexp.analysis.collect import _massive
+    import yaml
+
+    from mhaexp.analysis.collect import ProbeData, _massive, compute_head_metrics
     from mhaexp.nn.model import ModelConfig, Transformer
 
     torch.manual_seed(0)
@@ -119,12 +122,26 @@ def test_analysis_reports_a_planted_massive_activation_on_the_sink() -> None:
         ids = torch.randint(0, 40, (3, 12))
         mask = torch.ones(3, 12, dtype=torch.bool)
         mask[2, 8:] = False
-        found = _massive(model, ids, mask)
-    # Pre-norm blocks carry the spike down the residual stream: one per sequence, in every layer.
-    assert found["massive_count"].tolist() == [3.0, 3.0]
-    assert found["massive_on_sink"].tolist() == [3.0, 3.0]
-    assert found["massive_top_position"].tolist() == [0.0, 0.0] and found["massive_top_dim"].tolist() == [7.0, 7.0]
-    assert (found["massive_max_ratio"] > 1000).all()
+        alone = _massive(model.residual_stream(ids, mask), mask)
+    # The analysis reads the residual stream from its importance forwards (row groups cut to their extent).
+    probe = ProbeData(
+        batches=[{"input_ids": ids, "attention_mask": mask}],
+        relations=[],
+        id_to_token=str,
+        special_ids=frozenset(),
+        bos_id=0,
+        vocab_size=40,
+    )
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "analysis" / "default.yaml").read_text())
+    in_analysis = compute_head_metrics(model, probe, cfg, expensive=False).layer_metrics
+    for found in (alone, in_analysis):
+        # Pre-norm blocks carry the spike down the residual stream: one per sequence, in every layer.
+        assert found["massive_count"].tolist() == [3.0, 3.0]
+        assert found["massive_on_sink"].tolist() == [3.0, 3.0]
+        assert found["massive_top_position"].tolist() == [0.0, 0.0]
+        assert found["massive_top_dim"].tolist() == [7.0, 7.0]
+        assert (found["massive_max_ratio"] > 1000).all()
+    torch.testing.assert_close(in_analysis["massive_max_ratio"], alone["massive_max_ratio"], rtol=1e-5, atol=0)
 
 
 def test_js_within_and_across_layers_are_the_block_means() -> None:

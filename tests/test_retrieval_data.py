@@ -91,6 +91,8 @@ def test_depth_range() -> None:
         ({"min_depth": 0.8, "max_depth": 0.2}, "data.min_depth"),
         ({"seq_len": 10}, "data.seq_len"),
         ({"loss": "needle"}, "data.loss"),
+        ({"n_values": 4, "n_needles": 3, "value_len": 2}, "data.distinct_values"),
+        ({"distinct_values": "yes"}, "data.distinct_values"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs: dict, field: str) -> None:
@@ -184,3 +186,23 @@ def test_answer_only_loss_scores_exactly_the_answer_steps() -> None:
         assert all(w.startswith("v") for w in words)
         full = causal_lm_objective({k: v for k, v in batch.items() if k != LOSS_MASK})[1]
         assert int((full != IGNORE).sum()) == 63
+
+
+def test_distinct_values_never_repeat_a_value_token_in_a_sequence() -> None:
+    """8 needles x 3 values from 24 values: without replacement every value token occurs once per
+    sequence, so each answer step after the first is one induction step; with replacement repeats occur."""
+    kw = {"seq_len": 96, "sizes": SIZES, "seed": 4, "n_needles": 8, "n_queries": 1, "value_len": 3, "n_values": 24}
+    distinct, repeated = RetrievalSource(**kw), RetrievalSource(**kw, distinct_values=False)
+    assert distinct.identity() != repeated.identity()  # a different cache entry
+
+    def value_counts(src: RetrievalSource) -> list[int]:
+        counts = []
+        for row in src.generate("train"):
+            before_query = [src.tokenizer.id_to_token(i) for i in row["input_ids"][: -src.needle_len]]
+            values = [w for w in before_query if w.startswith("v")]
+            assert len(values) == 24
+            counts.append(len(set(values)))
+        return counts
+
+    assert value_counts(distinct) == [24] * SIZES["train"]
+    assert min(value_counts(repeated)) < 24

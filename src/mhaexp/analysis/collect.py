@@ -505,6 +505,10 @@ def compute_head_metrics(
     n_js = max(1, int(cfg["js_sequences"]))
     t_js = max(1, int(mask[:n_js].sum(dim=1).max()))
     n_first = int(mask[0].sum())
+    # Massive activations are read on the JS sequences, cut to their extent (nothing real lies beyond).
+    n_massive = min(n_js, mask.shape[0])
+    t_massive = group_extent(mask, torch.arange(n_massive))
+    resid: list[Tensor] = []  # their residual stream per layer, when the importance forwards give it
 
     sums = _Sums(L)
     example: list[Tensor] = []
@@ -560,12 +564,29 @@ def compute_head_metrics(
         for b in probe.batches:
             starts.append(starts[-1] + b["input_ids"].shape[0])
 
+        # The massive-activation rows' residual stream comes from the same forwards (Sun et al. read it
+        # from any forward of the sequences): rows beyond a group's extent are pads, left at 0 and masked.
+        resid = [torch.zeros(n_massive, t_massive, model.cfg.d_model, device=device) for _ in range(L)]
+        leaving: list[Tensor] = []  # each block's output in the current forward
+        hooks = [b.register_forward_hook(lambda _m, _i, out: leaving.append(out[0].detach())) for b in model.blocks]
+
         def on_patterns(index: int, ps: list[Tensor], rows: Tensor) -> None:
             for layer, w in enumerate(ps):
                 consume(starts[index] + rows, layer, w.float())
+            rows_g = (starts[index] + rows).to(device)
+            keep = rows_g < n_massive
+            if bool(keep.any()):
+                t = min(t_massive, leaving[0].shape[1])
+                for layer, x in enumerate(leaving):
+                    resid[layer][rows_g[keep], :t] = x[keep, :t].float()
+            leaving.clear()
 
         groups = _row_groups(probe)
-        grads = gradient_importance(model, batches_d, probe.objective, on_patterns=on_patterns, groups=groups)
+        try:
+            grads = gradient_importance(model, batches_d, probe.objective, on_patterns=on_patterns, groups=groups)
+        finally:
+            for hook in hooks:
+                hook.remove()
     with eval_mode(model), torch.no_grad():
         if grads is None:
             for row, layer, p in _pattern_chunks(model, probe.batches, T, chunk_elements, device):
@@ -611,9 +632,8 @@ def compute_head_metrics(
             out["group_importance"] = _per_layer(_per_head(groups, model), H)
     result = HeadMetrics(out, n_heads, relation_names, directions, expensive=expensive)
     with eval_mode(model), torch.no_grad():
-        n = max(1, int(cfg["js_sequences"]))
-        t = group_extent(mask, torch.arange(min(n, mask.shape[0])))  # nothing real lies beyond: same values
-        result.layer_metrics.update(_massive(model, on["input_ids"][:n, :t], on["attention_mask"][:n, :t]))
+        ids_m, mask_m = on["input_ids"][:n_massive, :t_massive], on["attention_mask"][:n_massive, :t_massive]
+        result.layer_metrics.update(_massive(resid or model.residual_stream(ids_m, mask_m), mask_m))
     result.example_patterns = example
     result.example_tokens = probe.tokens(0)
     if expensive:
@@ -626,14 +646,14 @@ def _per_head(per_group: Sequence[Tensor], model: Any) -> list[Tensor]:
     return [g[grp.to(g.device)] for g, grp in zip(per_group, kv_groups(model), strict=True)]
 
 
-def _massive(model: Any, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def _massive(resid: Sequence[Tensor], mask: Tensor) -> dict[str, Tensor]:
     """Per layer: how many massive activations (Sun et al. 2024, > 1000x the layer's median magnitude)
-    the residual stream holds on these sequences, how many sit on the first token, the largest ratio to
-    the median, and the position and dimension of the largest activation."""
+    the residual stream ``resid`` (per layer ``(B, T, d)``) holds on its real tokens, how many sit on the
+    first token, the largest ratio to the median, and the position and dimension of the largest activation."""
     keys = ("massive_count", "massive_on_sink", "massive_max_ratio", "massive_top_position", "massive_top_dim")
     rows: dict[str, list[float]] = {k: [] for k in keys}
     real = mask.bool()
-    for layer, x in enumerate(model.residual_stream(ids, mask)):
+    for layer, x in enumerate(resid):
         found = massive_activations(x, real, layer=layer)
         mag = x.float().abs().masked_fill(~real[..., None], 0.0)  # (B, T, d)
         _, t, d = torch.unravel_index(mag.argmax(), mag.shape)

@@ -15,6 +15,9 @@ A sequence is::
 * ``marker=false`` drops the ``<val>`` between key and value: the value then follows its key directly,
   and copying it is one induction step (find the earlier copy of the queried key, copy what follows);
   with the marker the head must match the token two back.
+* ``distinct_values`` (default) draws every value token of a sequence without replacement, so each
+  answer token after the first is also one induction step (the copied value occurs once); with
+  repeats, the second and later tokens of a value are ambiguous from their predecessor alone.
 * ``n_queries`` > 1 asks for several needles in turn, each query naming its own key (the multi-query
   associative recall of Arora et al. 2023, "Zoology"): more answer steps per sequence, so a small
   model learns the task in far fewer steps.
@@ -70,6 +73,7 @@ class RetrievalSource:
         n_needles: int = 2,
         n_queries: int = 1,
         marker: bool = True,
+        distinct_values: bool = True,
         min_depth: float = 0.0,
         max_depth: float = 1.0,
         loss: str = "all",
@@ -96,6 +100,15 @@ class RetrievalSource:
         if not isinstance(marker, bool):
             raise ConfigError("data.marker", marker, "true or false")
         self.marker = marker
+        if not isinstance(distinct_values, bool):
+            raise ConfigError("data.distinct_values", distinct_values, "true or false")
+        if distinct_values and n_needles * value_len > n_values:
+            raise ConfigError(
+                "data.distinct_values",
+                distinct_values,
+                f"false, or n_values >= n_needles * value_len = {n_needles * value_len} (n_values={n_values})",
+            )
+        self.distinct_values = distinct_values
         self.value_offset = 3 if marker else 2  # <key> k [<val>] v..v: where the values start
         self.needle_len = self.value_offset + value_len
         # A query "<query> k <val> v..v" is as long as a needle.
@@ -131,6 +144,7 @@ class RetrievalSource:
             "n_needles": self.n_needles,
             "n_queries": self.n_queries,
             "marker": self.marker,
+            "distinct_values": self.distinct_values,
             "loss": self.loss,
             "columns": list(self.annotation_columns),
             "min_depth": self.min_depth,
@@ -155,7 +169,13 @@ class RetrievalSource:
         hay = self._haystack(rng)
         keys = rng.sample(self.keys, self.n_needles)
         mark = [VAL] if self.marker else []
-        needles = [[KEY, k, *mark, *(rng.choice(self.values) for _ in range(self.value_len))] for k in keys]
+        n_vals = self.n_needles * self.value_len
+        if self.distinct_values:
+            vals = rng.sample(self.values, n_vals)
+        else:
+            vals = [rng.choice(self.values) for _ in range(n_vals)]
+        v = self.value_len
+        needles = [[KEY, k, *mark, *vals[i * v : (i + 1) * v]] for i, k in enumerate(keys)]
         lo, hi = round(self.min_depth * self.hay_len), round(self.max_depth * self.hay_len)
         cuts = sorted(rng.randint(lo, hi) for _ in needles)
         order = list(range(self.n_needles))

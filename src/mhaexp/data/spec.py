@@ -79,6 +79,7 @@ class DataConfig:
     n_needles: int = setting(positive_int(), 2, only=["retrieval"])
     n_queries: int = setting(positive_int(), 1, only=["retrieval"])
     marker: bool = setting(boolean(), True, only=["retrieval"])
+    distinct_values: bool = setting(boolean(), True, only=["retrieval"])
     min_depth: float = setting(probability(), 0.0, only=["retrieval"])
     max_depth: float = setting(probability(), 1.0, only=["retrieval"])
     loss: str = setting(choice(*LOSSES), "all", only=["retrieval"])
