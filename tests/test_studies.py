@@ -112,7 +112,7 @@ def test_wu2024_verdicts_hold_on_a_clear_case(tmp_path: Path) -> None:
     assert (sparse.holds, collapse.holds, control.holds) == (True, True, True)
     get_study("wu2024").plot(StudyContext("wu2024", tmp_path, Budget()), rows)
     assert (tmp_path / "masking.png").stat().st_size > 1000
-    assert sparse.ours.values == (1 / 24, 1 / 24)
+    assert sparse.ours["share"].values == (1 / 24, 1 / 24)
     assert collapse.ours["ratio"].values == pytest.approx((0.1 / 0.95, 0.2 / 0.9))
     assert sparse.runs == ["runs/train/0_x", "runs/train/1_x"]
 
@@ -125,6 +125,31 @@ def test_wu2024_verdicts_fail_on_a_clear_counter_case(tmp_path: Path) -> None:
     ]
     sparse, collapse, control = _wu_fixture(tmp_path, rows)
     assert (sparse.holds, collapse.holds, control.holds) == (False, False, False)
+
+
+def test_wu2024_a_model_without_retrieval_heads_is_not_sparse_and_has_nothing_to_mask(tmp_path: Path) -> None:
+    """Learned the task by another route (no head copies the needle): 'universal and sparse' does not
+    hold; masking has nothing to act on, so its two claims are inconclusive."""
+    rows = [
+        {
+            "retrieval_heads": [],
+            "best_retrieval": 0.08,
+            "acc_full": 0.9,
+            "acc_retrieval_masked": math.nan,
+            "acc_random_masked": [],
+        },
+        {
+            "retrieval_heads": [],
+            "best_retrieval": 0.05,
+            "acc_full": 0.8,
+            "acc_retrieval_masked": math.nan,
+            "acc_random_masked": [],
+        },
+    ]
+    sparse, collapse, control = _wu_fixture(tmp_path, rows)
+    assert (sparse.holds, collapse.holds, control.holds) == (False, None, None)
+    assert "no head reaches a retrieval score of 0.1" in sparse.why and "0.08" in sparse.why
+    assert "no retrieval head to mask" in collapse.why and "no retrieval head to mask" in control.why
 
 
 def test_wu2024_is_inconclusive_when_the_task_was_not_learned(tmp_path: Path) -> None:
