@@ -104,15 +104,12 @@ class Wu2024(Study):
     default_steps = 1500
     minutes = 12
 
-    def data_overrides(self) -> list[str]:
-        # Multi-query recall (six of eight needles asked), each value right after its key: enough answer
-        # steps per sequence, each one induction step, for a small model to learn retrieval in a CPU budget.
-        # One asked needle behind a <val> marker gives 3 two-hop answer steps in 128 tokens, which a
-        # 3-layer model had not begun to learn after 800 steps.
-        return ["data=retrieval", "data.seq_len=128", "data.n_needles=8", "data.n_queries=6", "data.marker=false"]
+    def task_overrides(self) -> list[str]:
+        # The task and model are conf/experiment/retrieval.yaml (why that one: its comments).
+        return ["experiment=retrieval"]
 
     def preflight_overrides(self, budget: Budget) -> list[str]:
-        return self.data_overrides()
+        return self.task_overrides()
 
     def run(self, ctx: StudyContext) -> None:
         seeds = ctx.budget.seed_list()
@@ -120,7 +117,7 @@ class Wu2024(Study):
         runs = ctx.sweep(
             "train",
             [
-                *self.data_overrides(),
+                *self.task_overrides(),
                 f"seed={','.join(map(str, seeds))}",
                 f"trainer.max_steps={steps}",
                 f"trainer.val_check_interval={ctx.budget.interval(steps, 5)}",
