@@ -40,13 +40,15 @@ RANDOM_DRAWS = 5  # random head sets per run, averaged
 MASKING_FILE = "masking.json"
 
 
-def retrieval_heads(run_dir: Path) -> tuple[list[tuple[int, int]], int]:
-    """(heads whose retrieval score at the last analysis step is >= the bar, heads scored in all)."""
+def retrieval_heads(run_dir: Path) -> tuple[list[tuple[int, int]], int, float]:
+    """(heads whose retrieval score at the last analysis step is >= the bar, heads scored in all, the best
+    score; NaN without scores)."""
     series = head_metric(run_dir, "retrieval")
     if not series:
-        return [], 0
+        return [], 0, math.nan
     scored = {h: v for h, v in series[max(series)].items() if math.isfinite(v)}
-    return sorted(h for h, v in scored.items() if v >= RETRIEVAL_BAR), len(scored)
+    found = sorted(h for h, v in scored.items() if v >= RETRIEVAL_BAR)
+    return found, len(scored), max(scored.values(), default=math.nan)
 
 
 def masked_accuracy(module: Any, batches: list[dict[str, torch.Tensor]], heads: list[tuple[int, int]]) -> float:
@@ -77,9 +79,7 @@ def measure_masking(run_dir: Path, seed: int) -> dict[str, Any]:
     datamodule = instantiate_plain(cfg.data)
     datamodule.prepare_data()
     batches = list(datamodule.val_dataloader())
-    found, n_scored = retrieval_heads(run_dir)
-    series = head_metric(run_dir, "retrieval")
-    scores = [v for v in series[max(series)].values() if math.isfinite(v)] if series else []
+    found, n_scored, best = retrieval_heads(run_dir)
     every = [(layer, h) for layer, a in enumerate(module.model.attention_layers) for h in range(a.n_heads)]
     others = [h for h in every if h not in found]
     rng = random.Random(seed)
@@ -89,7 +89,7 @@ def measure_masking(run_dir: Path, seed: int) -> dict[str, Any]:
         "n_heads": len(every),
         "n_scored": n_scored,
         "retrieval_heads": [list(h) for h in found],
-        "best_retrieval": max(scores, default=math.nan),
+        "best_retrieval": best,
         "acc_full": masked_accuracy(module, batches, []),
         "acc_retrieval_masked": masked_accuracy(module, batches, found) if found else math.nan,
         "acc_random_masked": [masked_accuracy(module, batches, d) for d in draws],
