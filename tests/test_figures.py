@@ -120,3 +120,49 @@ def test_role_timeline_fills_the_family_colour_at_each_step_a_head_held_it(tmp_p
     assert present(plots.FAMILY_COLORS["sink"]) and present(plots.FAMILY_COLORS["induction"])
     assert not present(plots.FAMILY_COLORS["copying"])
     assert plots.role_timeline(history.iloc[:0], [2], tmp_path / "none.png") is None
+
+
+def _label_figure(tmp_path: Path, name: str, stamped: bool, fmt: str = "png") -> Path:
+    """One canvas with labels in every alignment and rotation the figures use, drawn through the stamp
+    artist or as matplotlib's own texts."""
+    canvas = plots._Canvas(3.0, 2.0)
+    specs = [
+        (0.5, 0.4, "<bos>", 7, {"ha": "right", "va": "center"}),
+        (1.5, 0.4, "fluffy", 6, {"ha": "center", "va": "top", "rotation": 90}),
+        (2.5, 0.4, "L0H7", 8, {"ha": "center", "va": "bottom"}),
+        (0.5, 1.5, "layer", 6, {"ha": "center", "va": "center", "rotation": 90}),
+        (1.5, 1.5, " 2.3", 6, {"va": "bottom"}),
+        (2.5, 1.5, "red", 9, {"ha": "left", "va": "top", "color": "red"}),
+    ]
+    for x, y, s, size, kw in specs:
+        if stamped:
+            canvas.text(x, y, s, size, **kw)
+        else:
+            canvas.ax.text(x, y, s, fontsize=size, **kw)
+    return canvas.save(tmp_path / f"{name}.{fmt}", [fmt])
+
+
+def test_stamped_labels_match_matplotlib_texts_to_the_pixel(tmp_path: Path) -> None:
+    real = np.asarray(Image.open(_label_figure(tmp_path, "real", stamped=False)).convert("RGB")).astype(int)
+    for attempt in ("first", "cached"):  # the second draw comes from the bitmap cache
+        stamped = np.asarray(Image.open(_label_figure(tmp_path, attempt, stamped=True)).convert("RGB")).astype(int)
+        ink = (real.min(axis=-1) < 200).sum()
+        assert ink > 300  # the labels drew something
+        moved = (np.abs(real - stamped).max(axis=-1) > 64).sum()
+        # Each stamp sits on the whole pixel nearest the text's exact position: only glyph edges differ.
+        assert moved < 0.25 * ink, (attempt, moved, ink)
+        shifted = min(
+            (np.abs(real - np.roll(stamped, (dy, dx), axis=(0, 1))).max(axis=-1) > 64).sum()
+            for dy in (-2, -1, 0, 1, 2)
+            for dx in (-2, -1, 0, 1, 2)
+        )
+        assert moved == shifted  # no offset of a pixel or more: the stamps are where the texts are
+    red = stamped[(stamped[..., 0] > 200) & (stamped[..., 1] < 60)]
+    assert len(red) > 10  # the colour is part of the stamp
+
+
+def test_vector_figures_keep_real_texts(tmp_path: Path) -> None:
+    svg = _label_figure(tmp_path, "labels", stamped=True, fmt="svg").read_text()
+    # matplotlib writes each text as glyph references under a comment naming the string
+    for label in ("&lt;bos&gt;", "fluffy", "L0H7", "layer", "red"):
+        assert label in svg, label

@@ -11,7 +11,9 @@ one colour scale at every step (:data:`METRIC_SCALES`).
 Cost: the pictures are the end-of-run analysis's largest part, and matplotlib's cost goes by axes and
 ticks (each tick is two lines and two texts, built and drawn) and by drawn texts (about 0.4 ms each).
 So figures of many panels are drawn on one canvas axes (:class:`_Canvas`): panels are images placed in
-inches, frames and tick marks one line collection, labels plain texts.
+inches, frames and tick marks one line collection, labels one :class:`_Labels` artist. On raster output
+that artist stamps each label from a bitmap matplotlib rendered once per distinct label (the same head
+numbers and probe tokens recur on every tile and figure); vector output gets real texts.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.colors import ListedColormap
+from matplotlib.artist import Artist
+from matplotlib.backends.backend_agg import RendererAgg
+from matplotlib.colors import ListedColormap, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import Tensor
@@ -34,6 +38,9 @@ from mhaexp.analysis.config import FIGURE_FORMATS
 from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole
 
 DPI = 90
+# zlib level of the PNGs: 3 encodes about 35% faster than PIL's default 6, for files about 10% larger
+# (a figure is 15-50 KB either way); encoding was the largest single cost of the pictures.
+PNG_COMPRESS_LEVEL = 3
 # Per-head scalar metrics drawn as heatmaps, in this order (absent ones are skipped).
 HEATMAP_METRICS: tuple[str, ...] = (
     "positional_frac",
@@ -108,13 +115,107 @@ def _save(fig: Figure, path: Path, formats: Sequence[str] = ("png",)) -> Path:
         # No bbox_inches="tight" and no constrained layout: each costs a full extra draw, and drawing is
         # what makes pictures the slowest part of an analysis step.
         target = path.with_suffix(f".{fmt}")
-        fig.savefig(target, dpi=DPI, format=fmt)
+        extra = {"pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}} if fmt == "png" else {}
+        fig.savefig(target, dpi=DPI, format=fmt, **extra)
         written.append(target)
     return next((w for w in written if w.suffix == ".png"), written[0])
 
 
 FONT_IN = 1 / 72  # one point in inches
 TICK_IN = 2 * FONT_IN  # tick mark length
+
+
+# Rendered labels, by everything that decides their pixels: (text, size, ha, va, rotation, colour, dpi,
+# the text rcParams). Bounded: cleared when full.
+_STAMPS: dict[tuple, tuple[np.ndarray, int, int]] = {}
+_MAX_STAMPS = 4096
+_TEXT_RC = (
+    "font.family",
+    "font.sans-serif",
+    "font.weight",
+    "font.style",
+    "text.hinting",
+    "text.hinting_factor",
+    "text.antialiased",
+    "text.kerning_factor",
+)
+
+
+class _Labels(Artist):
+    """Single-line plain labels (``add``), in the coordinates of the artist's transform.
+
+    On an Agg renderer (PNG) each label is stamped from a bitmap that a real matplotlib ``Text`` rendered
+    once, with the same font, size, alignment and rotation, into a scratch canvas (cached in
+    :data:`_STAMPS`): drawing a text costs layout and one rendering per glyph, and a figure repeats the
+    same few dozen labels hundreds of times. The stamp sits on the whole pixel nearest the label's exact
+    position, which is at most half a pixel from where ``Text`` would put it. Every other renderer
+    (SVG, PDF) draws real ``Text`` objects, as do labels with several lines or mathtext.
+    """
+
+    zorder = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.specs: list[tuple[float, float, str, float, dict[str, Any]]] = []
+
+    def add(self, x: float, y: float, s: str, size: float, **kw: Any) -> None:
+        self.specs.append((x, y, s, size, kw))
+
+    def _text(self, x: float, y: float, s: str, size: float, kw: dict[str, Any], transform: Any) -> Any:
+        from matplotlib.text import Text
+
+        t = Text(x, y, s, fontsize=size, transform=transform, **kw)
+        t.set_figure(self.get_figure(root=True))
+        return t
+
+    def draw(self, renderer: Any) -> None:
+        if not self.get_visible():
+            return
+        transform = self.get_transform()
+        fast = isinstance(renderer, RendererAgg)
+        gc = renderer.new_gc() if fast else None
+        for x, y, s, size, kw in self.specs:
+            if not fast or "\n" in s or "$" in s:
+                self._text(x, y, s, size, kw, transform).draw(renderer)
+                continue
+            image, dx, dy = self._stamp(s, size, kw, renderer.dpi)
+            if image.size:
+                px, py = transform.transform((x, y))
+                renderer.draw_image(gc, round(px) + dx, round(py) + dy, image)
+        if gc is not None:
+            gc.restore()
+        self.stale = False
+
+    def _stamp(self, s: str, size: float, kw: dict[str, Any], dpi: float) -> tuple[np.ndarray, int, int]:
+        """(RGBA pixels, offset of their lower-left corner from the anchor in display pixels, y up)."""
+        from matplotlib.transforms import IdentityTransform
+
+        rc = tuple(str(matplotlib.rcParams[k]) for k in _TEXT_RC)
+        key = (s, size, tuple(sorted((k, str(v)) for k, v in kw.items())), dpi, rc)
+        hit = _STAMPS.get(key)
+        if hit is not None:
+            return hit
+        # A square scratch canvas the label fits in whatever its alignment and rotation, anchored at its centre.
+        side = 2 * int(math.ceil((len(s) + 2) * size * dpi / 72)) + 8
+        half = side // 2
+        scratch = RendererAgg(side, side, dpi)
+        self._text(half, half, s, size, kw, IdentityTransform()).draw(scratch)
+        rgba = np.asarray(scratch.buffer_rgba())
+        rows, cols = np.nonzero(rgba[..., 3])
+        if rows.size == 0:
+            out = (np.zeros((0, 0, 4), np.uint8), 0, 0)
+        else:
+            r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            image = rgba[r0:r1, c0:c1][::-1].copy()  # draw_image takes the bottom row first
+            # Plain colour, coverage in alpha: the text's own colour over whatever lies below.
+            colour = to_rgba(kw.get("color", matplotlib.rcParams["text.color"]))
+            image[..., :3] = np.round(np.array(colour[:3]) * 255).astype(np.uint8)
+            # Row 0 of the buffer is the top; display y grows upwards from the bottom.
+            out = (image, int(c0) - half, (side - int(r1)) - half)
+        if len(_STAMPS) >= _MAX_STAMPS:
+            _STAMPS.clear()
+        _STAMPS[key] = out
+        return out
 
 
 class _Canvas:
@@ -132,6 +233,9 @@ class _Canvas:
         self.ax.set_ylim(height, 0)
         self.segments: list[tuple[tuple[float, float], tuple[float, float]]] = []
         self.light: list[tuple[tuple[float, float], tuple[float, float]]] = []  # grid lines inside panels
+        self.labels = _Labels()
+        self.ax.add_artist(self.labels)
+        self.labels.set_transform(self.ax.transData)
 
     def image(self, values: np.ndarray, box: tuple[float, float, float, float], **kw: Any) -> Any:
         """``values`` (rows, cols) filling ``box`` = (x, y, w, h), row 0 at the top, with a frame."""
@@ -146,7 +250,7 @@ class _Canvas:
         self.segments.append(((x, y), (x, y + h)))
 
     def text(self, x: float, y: float, s: str, size: float, **kw: Any) -> None:
-        self.ax.text(x, y, s, fontsize=size, **kw)
+        self.labels.add(x, y, s, size, **kw)
 
     def x_ticks(
         self,
@@ -496,8 +600,11 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
             linewidths=0.4,
             s=50,
         )
+    names = _Labels()
+    ax.add_artist(names)
+    names.set_transform(ax.transData)
     for k, (layer, h) in enumerate(index):
-        ax.text(xy[k, 0], xy[k, 1], f" {layer}.{h}", fontsize=6, va="bottom")
+        names.add(float(xy[k, 0]), float(xy[k, 1]), f" {layer}.{h}", 6, va="bottom")
     present = [f for f in ROLE_FAMILIES if any(r.family == f for r in roles)]
     ax.legend(handles=[Patch(color=FAMILY_COLORS[f], label=f) for f in present], fontsize=6, frameon=False)
     ax.set_title("MDS of heads (sqrt JS); marker = layer, label = layer.head", fontsize=8)
