@@ -166,3 +166,31 @@ def test_vector_figures_keep_real_texts(tmp_path: Path) -> None:
     # matplotlib writes each text as glyph references under a comment naming the string
     for label in ("&lt;bos&gt;", "fluffy", "L0H7", "layer", "red"):
         assert label in svg, label
+
+
+def test_role_grid_colours_each_cell_by_its_primary_role(tmp_path: Path) -> None:
+    roles = [
+        HeadRole(0, 0, "sink", 0.5, 0.2),
+        HeadRole(1, 1, "induction", 0.8, 0.3),
+        HeadRole(1, 1, "copying", 0.7, 0.2),  # second role: the colour stays induction's
+        HeadRole(1, 2, "retrieval", 0.3, 0.2),
+    ]
+    path = plots.role_grid(roles, [3, 2], tmp_path / "grid.png", step=7)
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    Hpx, Wpx, _ = img.shape
+    # The grid box of role_grid: 8%..78% of the width, 12%..85% of the height; 2 layers x 3 heads.
+    x0, w, y0, h = 0.08 * Wpx, 0.70 * Wpx, 0.12 * Hpx, 0.73 * Hpx
+
+    def cell(layer: int, head: int) -> np.ndarray:
+        # a quarter of the way into the cell: clear of its centred labels
+        return img[int(y0 + (layer + 0.25) * h / 2), int(x0 + (head + 0.25) * w / 3)]
+
+    def rgb(hex_colour: str) -> np.ndarray:
+        return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+
+    assert np.abs(cell(0, 0) - rgb(plots.FAMILY_COLORS["sink"])).max() < 6
+    assert np.abs(cell(1, 1) - rgb(plots.FAMILY_COLORS["induction"])).max() < 6
+    assert np.abs(cell(1, 2) - rgb("#ffffff")).max() < 6  # layer 1 has 2 heads: head 2 is not there
+    legend = {tuple(int(v) for v in c) for c in img[:, int(0.79 * Wpx) :].reshape(-1, 3)[::3]}
+    for family in ("sink", "induction", "copying"):
+        assert any(np.abs(np.array(c) - rgb(plots.FAMILY_COLORS[family])).max() < 6 for c in legend), family

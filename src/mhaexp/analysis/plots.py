@@ -233,6 +233,8 @@ class _Canvas:
         self.ax.set_ylim(height, 0)
         self.segments: list[tuple[tuple[float, float], tuple[float, float]]] = []
         self.light: list[tuple[tuple[float, float], tuple[float, float]]] = []  # grid lines inside panels
+        self.lines: list[tuple[list[Any], str, float]] = []  # (segments, colour, width): other line sets
+        self.swatches: list[tuple[tuple[float, float, float, float], str]] = []  # legend patches
         self.labels = _Labels()
         self.ax.add_artist(self.labels)
         self.labels.set_transform(self.ax.transData)
@@ -251,6 +253,21 @@ class _Canvas:
 
     def text(self, x: float, y: float, s: str, size: float, **kw: Any) -> None:
         self.labels.add(x, y, s, size, **kw)
+
+    def lines_text(self, x: float, y: float, lines: Sequence[str], size: float) -> None:
+        """``lines`` stacked and centred on (x, y), one label each (a stamp per line, not one text)."""
+        pitch = 1.2 * size * FONT_IN
+        top = y - pitch * (len(lines) - 1) / 2
+        for k, line in enumerate(lines):
+            self.text(x, top + k * pitch, line, size, ha="center", va="center")
+
+    def legend(self, x: float, y: float, entries: Sequence[tuple[str, str]], size: float) -> None:
+        """A column of (colour swatch, label) entries, the first at the top-left corner (x, y)."""
+        pitch = 1.6 * size * FONT_IN
+        for k, (colour, label) in enumerate(entries):
+            cy = y + (k + 0.5) * pitch
+            self.swatches.append(((x, cy - 0.35 * size * FONT_IN, 2.0 * size * FONT_IN, 0.7 * size * FONT_IN), colour))
+            self.text(x + 2.8 * size * FONT_IN, cy, label, size, ha="left", va="center")
 
     def x_ticks(
         self,
@@ -336,7 +353,15 @@ class _Canvas:
 
         if self.light:
             self.ax.add_collection(LineCollection(self.light, colors="#dddddd", linewidths=0.4))
+        for segments, colour, width in self.lines:
+            self.ax.add_collection(LineCollection(segments, colors=colour, linewidths=width))
         self.ax.add_collection(LineCollection(self.segments, colors="black", linewidths=0.8))
+        if self.swatches:
+            from matplotlib.collections import PolyCollection
+
+            boxes, colours = zip(*self.swatches, strict=True)
+            polys = [[(x, y), (x + w, y), (x + w, y + h), (x, y + h)] for x, y, w, h in boxes]
+            self.ax.add_collection(PolyCollection(polys, facecolors=colours, edgecolors="none"))
         return _save(self.fig, path, formats)
 
 
@@ -534,15 +559,16 @@ def role_grid(
     cmap = ListedColormap([FAMILY_COLORS[f] for f in families] + ["#ffffff"])
     codes = np.full((L, H), len(families))
     by_head = primary_roles(roles)
-    fig = Figure(figsize=(max(4.0, 0.9 * H + 2.6), max(2.0, 0.75 * L + 1.0)))
-    fig.subplots_adjust(left=0.08, right=0.78, bottom=0.15, top=0.88)
-    ax = fig.add_subplot(1, 1, 1)
-    for (layer, h), held in by_head.items():
-        if h < n_heads[layer]:
-            codes[layer, h] = families.index(held[0].family)
-    ax.imshow(codes, cmap=cmap, vmin=-0.5, vmax=len(families) + 0.5, aspect="auto")
-    for (layer, h), held in by_head.items():
-        if h >= n_heads[layer]:
+    width, height = max(4.0, 0.9 * H + 2.6), max(2.0, 0.75 * L + 1.0)
+    canvas = _Canvas(width, height)
+    box = (0.08 * width, 0.12 * height, 0.70 * width, 0.73 * height)
+    x0, y0, w, h = box
+    for (layer, head), held in by_head.items():
+        if head < n_heads[layer]:
+            codes[layer, head] = families.index(held[0].family)
+    canvas.image(codes, box, cmap=cmap, vmin=-0.5, vmax=len(families) + 0.5)
+    for (layer, head), held in by_head.items():
+        if head >= n_heads[layer]:
             continue
         names = list(
             dict.fromkeys(
@@ -551,27 +577,21 @@ def role_grid(
                 if r.role != "previous_token" or not any(x.role == "positional:-1" for x in held)
             )
         )
-        text = "\n".join(n for n in names[:3] if n) + ("\n…" if len(names) > 3 else "")
-        ax.text(h, layer, text, ha="center", va="center", fontsize=6)
-    ax.set_xticks(range(H))
-    ax.set_yticks(range(L))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    # Cell borders as two line collections, not a minor-tick grid (a Tick per line, each built and drawn).
-    ax.vlines(np.arange(0.5, H - 1), -0.5, L - 0.5, colors="white", linewidth=1.5)
-    ax.hlines(np.arange(0.5, L - 1), -0.5, H - 0.5, colors="white", linewidth=1.5)
-    ax.set_xlim(-0.5, H - 0.5)
-    ax.set_ylim(L - 0.5, -0.5)
+        lines = [n for n in names[:3] if n] + (["…"] if len(names) > 3 else [])
+        canvas.lines_text(x0 + (head + 0.5) * w / H, y0 + (layer + 0.5) * h / L, lines, 6)
+    canvas.x_ticks(box, H, [str(i) for i in range(H)], 10)
+    canvas.y_ticks(box, L, [str(i) for i in range(L)], 10)
+    canvas.text(x0 + w / 2, y0 + h + 0.25, "head", 10, ha="center", va="top")
+    canvas.text(x0 - 0.35, y0 + h / 2, "layer", 10, ha="center", va="center", rotation=90)
+    # Cell borders: white lines between the cells.
+    borders = [((x0 + i * w / H, y0), (x0 + i * w / H, y0 + h)) for i in range(1, H)]
+    borders += [((x0, y0 + j * h / L), (x0 + w, y0 + j * h / L)) for j in range(1, L)]
+    canvas.lines.append((borders, "white", 1.5))
     present = [f for f in families if any(r.family == f for r in roles)]
-    ax.legend(
-        handles=[Patch(color=FAMILY_COLORS[f], label=f) for f in present],
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        fontsize=7,
-        frameon=False,
-    )
-    ax.set_title("head roles" + (f" at step {step}" if step is not None else ""), fontsize=9)
-    return _save(fig, path, formats)
+    canvas.legend(x0 + w + 0.1, y0, [(FAMILY_COLORS[f], f) for f in present], 7)
+    title = "head roles" + (f" at step {step}" if step is not None else "")
+    canvas.text(x0 + w / 2, y0 - 0.08, title, 9, ha="center", va="bottom")
+    return canvas.save(path, formats)
 
 
 def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Sequence[str] = ("png",)) -> Path | None:
