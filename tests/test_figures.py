@@ -120,3 +120,77 @@ def test_role_timeline_fills_the_family_colour_at_each_step_a_head_held_it(tmp_p
     assert present(plots.FAMILY_COLORS["sink"]) and present(plots.FAMILY_COLORS["induction"])
     assert not present(plots.FAMILY_COLORS["copying"])
     assert plots.role_timeline(history.iloc[:0], [2], tmp_path / "none.png") is None
+
+
+def _label_figure(tmp_path: Path, name: str, stamped: bool, fmt: str = "png") -> Path:
+    """One canvas with labels in every alignment and rotation the figures use, drawn through the stamp
+    artist or as matplotlib's own texts."""
+    canvas = plots._Canvas(3.0, 2.0)
+    specs = [
+        (0.5, 0.4, "<bos>", 7, {"ha": "right", "va": "center"}),
+        (1.5, 0.4, "fluffy", 6, {"ha": "center", "va": "top", "rotation": 90}),
+        (2.5, 0.4, "L0H7", 8, {"ha": "center", "va": "bottom"}),
+        (0.5, 1.5, "layer", 6, {"ha": "center", "va": "center", "rotation": 90}),
+        (1.5, 1.5, " 2.3", 6, {"va": "bottom"}),
+        (2.5, 1.5, "red", 9, {"ha": "left", "va": "top", "color": "red"}),
+    ]
+    for x, y, s, size, kw in specs:
+        if stamped:
+            canvas.text(x, y, s, size, **kw)
+        else:
+            canvas.ax.text(x, y, s, fontsize=size, **kw)
+    return canvas.save(tmp_path / f"{name}.{fmt}", [fmt])
+
+
+def test_stamped_labels_match_matplotlib_texts_to_the_pixel(tmp_path: Path) -> None:
+    real = np.asarray(Image.open(_label_figure(tmp_path, "real", stamped=False)).convert("RGB")).astype(int)
+    for attempt in ("first", "cached"):  # the second draw comes from the bitmap cache
+        stamped = np.asarray(Image.open(_label_figure(tmp_path, attempt, stamped=True)).convert("RGB")).astype(int)
+        ink = (real.min(axis=-1) < 200).sum()
+        assert ink > 300  # the labels drew something
+        moved = (np.abs(real - stamped).max(axis=-1) > 64).sum()
+        # Each stamp sits on the whole pixel nearest the text's exact position: only glyph edges differ.
+        assert moved < 0.25 * ink, (attempt, moved, ink)
+        shifted = min(
+            (np.abs(real - np.roll(stamped, (dy, dx), axis=(0, 1))).max(axis=-1) > 64).sum()
+            for dy in (-2, -1, 0, 1, 2)
+            for dx in (-2, -1, 0, 1, 2)
+        )
+        assert moved == shifted  # no offset of a pixel or more: the stamps are where the texts are
+    red = stamped[(stamped[..., 0] > 200) & (stamped[..., 1] < 60)]
+    assert len(red) > 10  # the colour is part of the stamp
+
+
+def test_vector_figures_keep_real_texts(tmp_path: Path) -> None:
+    svg = _label_figure(tmp_path, "labels", stamped=True, fmt="svg").read_text()
+    # matplotlib writes each text as glyph references under a comment naming the string
+    for label in ("&lt;bos&gt;", "fluffy", "L0H7", "layer", "red"):
+        assert label in svg, label
+
+
+def test_role_grid_colours_each_cell_by_its_primary_role(tmp_path: Path) -> None:
+    roles = [
+        HeadRole(0, 0, "sink", 0.5, 0.2),
+        HeadRole(1, 1, "induction", 0.8, 0.3),
+        HeadRole(1, 1, "copying", 0.7, 0.2),  # second role: the colour stays induction's
+        HeadRole(1, 2, "retrieval", 0.3, 0.2),
+    ]
+    path = plots.role_grid(roles, [3, 2], tmp_path / "grid.png", step=7)
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    Hpx, Wpx, _ = img.shape
+    # The grid box of role_grid: 8%..78% of the width, 12%..85% of the height; 2 layers x 3 heads.
+    x0, w, y0, h = 0.08 * Wpx, 0.70 * Wpx, 0.12 * Hpx, 0.73 * Hpx
+
+    def cell(layer: int, head: int) -> np.ndarray:
+        # a quarter of the way into the cell: clear of its centred labels
+        return img[int(y0 + (layer + 0.25) * h / 2), int(x0 + (head + 0.25) * w / 3)]
+
+    def rgb(hex_colour: str) -> np.ndarray:
+        return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+
+    assert np.abs(cell(0, 0) - rgb(plots.FAMILY_COLORS["sink"])).max() < 6
+    assert np.abs(cell(1, 1) - rgb(plots.FAMILY_COLORS["induction"])).max() < 6
+    assert np.abs(cell(1, 2) - rgb("#ffffff")).max() < 6  # layer 1 has 2 heads: head 2 is not there
+    legend = {tuple(int(v) for v in c) for c in img[:, int(0.79 * Wpx) :].reshape(-1, 3)[::3]}
+    for family in ("sink", "induction", "copying"):
+        assert any(np.abs(np.array(c) - rgb(plots.FAMILY_COLORS[family])).max() < 6 for c in legend), family

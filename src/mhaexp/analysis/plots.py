@@ -11,7 +11,9 @@ one colour scale at every step (:data:`METRIC_SCALES`).
 Cost: the pictures are the end-of-run analysis's largest part, and matplotlib's cost goes by axes and
 ticks (each tick is two lines and two texts, built and drawn) and by drawn texts (about 0.4 ms each).
 So figures of many panels are drawn on one canvas axes (:class:`_Canvas`): panels are images placed in
-inches, frames and tick marks one line collection, labels plain texts.
+inches, frames and tick marks one line collection, labels one :class:`_Labels` artist. On raster output
+that artist stamps each label from a bitmap matplotlib rendered once per distinct label (the same head
+numbers and probe tokens recur on every tile and figure); vector output gets real texts.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.colors import ListedColormap
+from matplotlib.artist import Artist
+from matplotlib.backends.backend_agg import RendererAgg
+from matplotlib.colors import ListedColormap, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import Tensor
@@ -34,6 +38,9 @@ from mhaexp.analysis.config import FIGURE_FORMATS
 from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole
 
 DPI = 90
+# zlib level of the PNGs: 3 encodes about 35% faster than PIL's default 6, for files about 10% larger
+# (a figure is 15-50 KB either way); encoding was the largest single cost of the pictures.
+PNG_COMPRESS_LEVEL = 3
 # Per-head scalar metrics drawn as heatmaps, in this order (absent ones are skipped).
 HEATMAP_METRICS: tuple[str, ...] = (
     "positional_frac",
@@ -108,13 +115,107 @@ def _save(fig: Figure, path: Path, formats: Sequence[str] = ("png",)) -> Path:
         # No bbox_inches="tight" and no constrained layout: each costs a full extra draw, and drawing is
         # what makes pictures the slowest part of an analysis step.
         target = path.with_suffix(f".{fmt}")
-        fig.savefig(target, dpi=DPI, format=fmt)
+        extra = {"pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}} if fmt == "png" else {}
+        fig.savefig(target, dpi=DPI, format=fmt, **extra)
         written.append(target)
     return next((w for w in written if w.suffix == ".png"), written[0])
 
 
 FONT_IN = 1 / 72  # one point in inches
 TICK_IN = 2 * FONT_IN  # tick mark length
+
+
+# Rendered labels, by everything that decides their pixels: (text, size, ha, va, rotation, colour, dpi,
+# the text rcParams). Bounded: cleared when full.
+_STAMPS: dict[tuple, tuple[np.ndarray, int, int]] = {}
+_MAX_STAMPS = 4096
+_TEXT_RC = (
+    "font.family",
+    "font.sans-serif",
+    "font.weight",
+    "font.style",
+    "text.hinting",
+    "text.hinting_factor",
+    "text.antialiased",
+    "text.kerning_factor",
+)
+
+
+class _Labels(Artist):
+    """Single-line plain labels (``add``), in the coordinates of the artist's transform.
+
+    On an Agg renderer (PNG) each label is stamped from a bitmap that a real matplotlib ``Text`` rendered
+    once, with the same font, size, alignment and rotation, into a scratch canvas (cached in
+    :data:`_STAMPS`): drawing a text costs layout and one rendering per glyph, and a figure repeats the
+    same few dozen labels hundreds of times. The stamp sits on the whole pixel nearest the label's exact
+    position, which is at most half a pixel from where ``Text`` would put it. Every other renderer
+    (SVG, PDF) draws real ``Text`` objects, as do labels with several lines or mathtext.
+    """
+
+    zorder = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.specs: list[tuple[float, float, str, float, dict[str, Any]]] = []
+
+    def add(self, x: float, y: float, s: str, size: float, **kw: Any) -> None:
+        self.specs.append((x, y, s, size, kw))
+
+    def _text(self, x: float, y: float, s: str, size: float, kw: dict[str, Any], transform: Any) -> Any:
+        from matplotlib.text import Text
+
+        t = Text(x, y, s, fontsize=size, transform=transform, **kw)
+        t.set_figure(self.get_figure(root=True))
+        return t
+
+    def draw(self, renderer: Any) -> None:
+        if not self.get_visible():
+            return
+        transform = self.get_transform()
+        fast = isinstance(renderer, RendererAgg)
+        gc = renderer.new_gc() if fast else None
+        for x, y, s, size, kw in self.specs:
+            if not fast or "\n" in s or "$" in s:
+                self._text(x, y, s, size, kw, transform).draw(renderer)
+                continue
+            image, dx, dy = self._stamp(s, size, kw, renderer.dpi)
+            if image.size:
+                px, py = transform.transform((x, y))
+                renderer.draw_image(gc, round(px) + dx, round(py) + dy, image)
+        if gc is not None:
+            gc.restore()
+        self.stale = False
+
+    def _stamp(self, s: str, size: float, kw: dict[str, Any], dpi: float) -> tuple[np.ndarray, int, int]:
+        """(RGBA pixels, offset of their lower-left corner from the anchor in display pixels, y up)."""
+        from matplotlib.transforms import IdentityTransform
+
+        rc = tuple(str(matplotlib.rcParams[k]) for k in _TEXT_RC)
+        key = (s, size, tuple(sorted((k, str(v)) for k, v in kw.items())), dpi, rc)
+        hit = _STAMPS.get(key)
+        if hit is not None:
+            return hit
+        # A square scratch canvas the label fits in whatever its alignment and rotation, anchored at its centre.
+        side = 2 * int(math.ceil((len(s) + 2) * size * dpi / 72)) + 8
+        half = side // 2
+        scratch = RendererAgg(side, side, dpi)
+        self._text(half, half, s, size, kw, IdentityTransform()).draw(scratch)
+        rgba = np.asarray(scratch.buffer_rgba())
+        rows, cols = np.nonzero(rgba[..., 3])
+        if rows.size == 0:
+            out = (np.zeros((0, 0, 4), np.uint8), 0, 0)
+        else:
+            r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            image = rgba[r0:r1, c0:c1][::-1].copy()  # draw_image takes the bottom row first
+            # Plain colour, coverage in alpha: the text's own colour over whatever lies below.
+            colour = to_rgba(kw.get("color", matplotlib.rcParams["text.color"]))
+            image[..., :3] = np.round(np.array(colour[:3]) * 255).astype(np.uint8)
+            # Row 0 of the buffer is the top; display y grows upwards from the bottom.
+            out = (image, int(c0) - half, (side - int(r1)) - half)
+        if len(_STAMPS) >= _MAX_STAMPS:
+            _STAMPS.clear()
+        _STAMPS[key] = out
+        return out
 
 
 class _Canvas:
@@ -132,6 +233,11 @@ class _Canvas:
         self.ax.set_ylim(height, 0)
         self.segments: list[tuple[tuple[float, float], tuple[float, float]]] = []
         self.light: list[tuple[tuple[float, float], tuple[float, float]]] = []  # grid lines inside panels
+        self.lines: list[tuple[list[Any], str, float]] = []  # (segments, colour, width): other line sets
+        self.swatches: list[tuple[tuple[float, float, float, float], str]] = []  # legend patches
+        self.labels = _Labels()
+        self.ax.add_artist(self.labels)
+        self.labels.set_transform(self.ax.transData)
 
     def image(self, values: np.ndarray, box: tuple[float, float, float, float], **kw: Any) -> Any:
         """``values`` (rows, cols) filling ``box`` = (x, y, w, h), row 0 at the top, with a frame."""
@@ -146,7 +252,22 @@ class _Canvas:
         self.segments.append(((x, y), (x, y + h)))
 
     def text(self, x: float, y: float, s: str, size: float, **kw: Any) -> None:
-        self.ax.text(x, y, s, fontsize=size, **kw)
+        self.labels.add(x, y, s, size, **kw)
+
+    def lines_text(self, x: float, y: float, lines: Sequence[str], size: float) -> None:
+        """``lines`` stacked and centred on (x, y), one label each (a stamp per line, not one text)."""
+        pitch = 1.2 * size * FONT_IN
+        top = y - pitch * (len(lines) - 1) / 2
+        for k, line in enumerate(lines):
+            self.text(x, top + k * pitch, line, size, ha="center", va="center")
+
+    def legend(self, x: float, y: float, entries: Sequence[tuple[str, str]], size: float) -> None:
+        """A column of (colour swatch, label) entries, the first at the top-left corner (x, y)."""
+        pitch = 1.6 * size * FONT_IN
+        for k, (colour, label) in enumerate(entries):
+            cy = y + (k + 0.5) * pitch
+            self.swatches.append(((x, cy - 0.35 * size * FONT_IN, 2.0 * size * FONT_IN, 0.7 * size * FONT_IN), colour))
+            self.text(x + 2.8 * size * FONT_IN, cy, label, size, ha="left", va="center")
 
     def x_ticks(
         self,
@@ -232,7 +353,15 @@ class _Canvas:
 
         if self.light:
             self.ax.add_collection(LineCollection(self.light, colors="#dddddd", linewidths=0.4))
+        for segments, colour, width in self.lines:
+            self.ax.add_collection(LineCollection(segments, colors=colour, linewidths=width))
         self.ax.add_collection(LineCollection(self.segments, colors="black", linewidths=0.8))
+        if self.swatches:
+            from matplotlib.collections import PolyCollection
+
+            boxes, colours = zip(*self.swatches, strict=True)
+            polys = [[(x, y), (x + w, y), (x + w, y + h), (x, y + h)] for x, y, w, h in boxes]
+            self.ax.add_collection(PolyCollection(polys, facecolors=colours, edgecolors="none"))
         return _save(self.fig, path, formats)
 
 
@@ -430,15 +559,16 @@ def role_grid(
     cmap = ListedColormap([FAMILY_COLORS[f] for f in families] + ["#ffffff"])
     codes = np.full((L, H), len(families))
     by_head = primary_roles(roles)
-    fig = Figure(figsize=(max(4.0, 0.9 * H + 2.6), max(2.0, 0.75 * L + 1.0)))
-    fig.subplots_adjust(left=0.08, right=0.78, bottom=0.15, top=0.88)
-    ax = fig.add_subplot(1, 1, 1)
-    for (layer, h), held in by_head.items():
-        if h < n_heads[layer]:
-            codes[layer, h] = families.index(held[0].family)
-    ax.imshow(codes, cmap=cmap, vmin=-0.5, vmax=len(families) + 0.5, aspect="auto")
-    for (layer, h), held in by_head.items():
-        if h >= n_heads[layer]:
+    width, height = max(4.0, 0.9 * H + 2.6), max(2.0, 0.75 * L + 1.0)
+    canvas = _Canvas(width, height)
+    box = (0.08 * width, 0.12 * height, 0.70 * width, 0.73 * height)
+    x0, y0, w, h = box
+    for (layer, head), held in by_head.items():
+        if head < n_heads[layer]:
+            codes[layer, head] = families.index(held[0].family)
+    canvas.image(codes, box, cmap=cmap, vmin=-0.5, vmax=len(families) + 0.5)
+    for (layer, head), held in by_head.items():
+        if head >= n_heads[layer]:
             continue
         names = list(
             dict.fromkeys(
@@ -447,27 +577,21 @@ def role_grid(
                 if r.role != "previous_token" or not any(x.role == "positional:-1" for x in held)
             )
         )
-        text = "\n".join(n for n in names[:3] if n) + ("\n…" if len(names) > 3 else "")
-        ax.text(h, layer, text, ha="center", va="center", fontsize=6)
-    ax.set_xticks(range(H))
-    ax.set_yticks(range(L))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    # Cell borders as two line collections, not a minor-tick grid (a Tick per line, each built and drawn).
-    ax.vlines(np.arange(0.5, H - 1), -0.5, L - 0.5, colors="white", linewidth=1.5)
-    ax.hlines(np.arange(0.5, L - 1), -0.5, H - 0.5, colors="white", linewidth=1.5)
-    ax.set_xlim(-0.5, H - 0.5)
-    ax.set_ylim(L - 0.5, -0.5)
+        lines = [n for n in names[:3] if n] + (["…"] if len(names) > 3 else [])
+        canvas.lines_text(x0 + (head + 0.5) * w / H, y0 + (layer + 0.5) * h / L, lines, 6)
+    canvas.x_ticks(box, H, [str(i) for i in range(H)], 10)
+    canvas.y_ticks(box, L, [str(i) for i in range(L)], 10)
+    canvas.text(x0 + w / 2, y0 + h + 0.25, "head", 10, ha="center", va="top")
+    canvas.text(x0 - 0.35, y0 + h / 2, "layer", 10, ha="center", va="center", rotation=90)
+    # Cell borders: white lines between the cells.
+    borders = [((x0 + i * w / H, y0), (x0 + i * w / H, y0 + h)) for i in range(1, H)]
+    borders += [((x0, y0 + j * h / L), (x0 + w, y0 + j * h / L)) for j in range(1, L)]
+    canvas.lines.append((borders, "white", 1.5))
     present = [f for f in families if any(r.family == f for r in roles)]
-    ax.legend(
-        handles=[Patch(color=FAMILY_COLORS[f], label=f) for f in present],
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        fontsize=7,
-        frameon=False,
-    )
-    ax.set_title("head roles" + (f" at step {step}" if step is not None else ""), fontsize=9)
-    return _save(fig, path, formats)
+    canvas.legend(x0 + w + 0.1, y0, [(FAMILY_COLORS[f], f) for f in present], 7)
+    title = "head roles" + (f" at step {step}" if step is not None else "")
+    canvas.text(x0 + w / 2, y0 - 0.08, title, 9, ha="center", va="bottom")
+    return canvas.save(path, formats)
 
 
 def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Sequence[str] = ("png",)) -> Path | None:
@@ -496,8 +620,11 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
             linewidths=0.4,
             s=50,
         )
+    names = _Labels()
+    ax.add_artist(names)
+    names.set_transform(ax.transData)
     for k, (layer, h) in enumerate(index):
-        ax.text(xy[k, 0], xy[k, 1], f" {layer}.{h}", fontsize=6, va="bottom")
+        names.add(float(xy[k, 0]), float(xy[k, 1]), f" {layer}.{h}", 6, va="bottom")
     present = [f for f in ROLE_FAMILIES if any(r.family == f for r in roles)]
     ax.legend(handles=[Patch(color=FAMILY_COLORS[f], label=f) for f in present], fontsize=6, frameon=False)
     ax.set_title("MDS of heads (sqrt JS); marker = layer, label = layer.head", fontsize=8)
