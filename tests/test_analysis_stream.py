@@ -85,8 +85,10 @@ def test_streamed_metrics_equal_the_full_pattern_reference(setup: dict, state: s
     assert "syntactic_accuracy" in hm.metrics and "rare_word" in hm.metrics and "coreference" in hm.metrics
     _close("js", hm.js, ref["js"])
     _close("mds", hm.mds, ref["mds"])
-    for got, want in zip(hm.example_patterns, ref["example_patterns"], strict=True):
-        assert torch.equal(got, want)
+    # The streamed forwards run other matmul shapes (row groups, micro-batches) than the full reference:
+    # equal to float rounding, which depends on the CPU's kernels, not bit for bit.
+    for layer, (got, want) in enumerate(zip(hm.example_patterns, ref["example_patterns"], strict=True)):
+        _close(f"example pattern, layer {layer}", got, want)
     # Probe: 2 batches of 64, then 32 induction sequences (one micro-batch each when the budget allows; the
     # shared importance forward runs each batch in row groups of similar length, cut to their longest);
     # the ablation forwards of the expensive tier compute no pattern.
