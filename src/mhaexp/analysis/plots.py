@@ -232,8 +232,7 @@ class _Canvas:
         self.ax.set_xlim(0, width)
         self.ax.set_ylim(height, 0)
         self.segments: list[tuple[tuple[float, float], tuple[float, float]]] = []
-        self.light: list[tuple[tuple[float, float], tuple[float, float]]] = []  # grid lines inside panels
-        self.lines: list[tuple[list[Any], str, float]] = []  # (segments, colour, width): other line sets
+        self.lines: list[tuple[list[Any], str, float]] = []  # (segments, colour, width): lines between cells
         self.swatches: list[tuple[tuple[float, float, float, float], str]] = []  # legend patches
         self.labels = _Labels()
         self.ax.add_artist(self.labels)
@@ -305,11 +304,14 @@ class _Canvas:
             if labels is not None:
                 self.text(x - TICK_IN - FONT_IN, cy, labels[k], size, ha="right", va="center")
 
-    def cell_grid(self, box: tuple[float, float, float, float], rows: int, cols: int) -> None:
-        """Light lines between the cells of ``box`` (the minor-tick grid of an axes)."""
+    def cell_grid(
+        self, box: tuple[float, float, float, float], rows: int, cols: int, colour: str = "#dddddd", width: float = 0.4
+    ) -> None:
+        """Lines between the cells of ``box`` (by default light ones: the minor-tick grid of an axes)."""
         x, y, w, h = box
-        self.light += [((x + i * w / cols, y), (x + i * w / cols, y + h)) for i in range(1, cols)]
-        self.light += [((x, y + j * h / rows), (x + w, y + j * h / rows)) for j in range(1, rows)]
+        segments = [((x + i * w / cols, y), (x + i * w / cols, y + h)) for i in range(1, cols)]
+        segments += [((x, y + j * h / rows), (x + w, y + j * h / rows)) for j in range(1, rows)]
+        self.lines.append((segments, colour, width))
 
     def colorbar(
         self,
@@ -351,8 +353,6 @@ class _Canvas:
     def save(self, path: Path, formats: Sequence[str]) -> Path:
         from matplotlib.collections import LineCollection
 
-        if self.light:
-            self.ax.add_collection(LineCollection(self.light, colors="#dddddd", linewidths=0.4))
         for segments, colour, width in self.lines:
             self.ax.add_collection(LineCollection(segments, colors=colour, linewidths=width))
         self.ax.add_collection(LineCollection(self.segments, colors="black", linewidths=0.8))
@@ -583,10 +583,7 @@ def role_grid(
     canvas.y_ticks(box, L, [str(i) for i in range(L)], 10)
     canvas.text(x0 + w / 2, y0 + h + 0.25, "head", 10, ha="center", va="top")
     canvas.text(x0 - 0.35, y0 + h / 2, "layer", 10, ha="center", va="center", rotation=90)
-    # Cell borders: white lines between the cells.
-    borders = [((x0 + i * w / H, y0), (x0 + i * w / H, y0 + h)) for i in range(1, H)]
-    borders += [((x0, y0 + j * h / L), (x0 + w, y0 + j * h / L)) for j in range(1, L)]
-    canvas.lines.append((borders, "white", 1.5))
+    canvas.cell_grid(box, L, H, "white", 1.5)
     present = [f for f in families if any(r.family == f for r in roles)]
     canvas.legend(x0 + w + 0.1, y0, [(FAMILY_COLORS[f], f) for f in present], 7)
     title = "head roles" + (f" at step {step}" if step is not None else "")
