@@ -194,3 +194,29 @@ def test_role_grid_colours_each_cell_by_its_primary_role(tmp_path: Path) -> None
     legend = {tuple(int(v) for v in c) for c in img[:, int(0.79 * Wpx) :].reshape(-1, 3)[::3]}
     for family in ("sink", "induction", "copying"):
         assert any(np.abs(np.array(c) - rgb(plots.FAMILY_COLORS[family])).max() < 6 for c in legend), family
+
+
+def test_mds_map_places_each_head_at_its_coordinates_in_its_role_colour(tmp_path: Path) -> None:
+    hm = HeadMetrics({"sink": torch.zeros(1, 3)}, [3])
+    hm.js = torch.tensor([[0.0, 0.4, 0.2], [0.4, 0.0, 0.3], [0.2, 0.3, 0.0]])
+    hm.mds = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.2, 0.5]])
+    roles = [HeadRole(0, 0, "sink", 0.5, 0.2), HeadRole(0, 1, "induction", 0.8, 0.3)]
+    path = plots.mds_map(hm, roles, tmp_path / "mds.png")
+    assert path is not None
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert img.shape[:2] == (round(plots.MDS_SIZE[1] * plots.DPI), round(plots.MDS_SIZE[0] * plots.DPI))
+    x, y, w, h = plots.MDS_PANEL
+    span = 2.0 * (1 + 2 * plots.MDS_PAD)  # both coordinates run from -1 to 1, padded on each side
+
+    def at(mx: float, my: float) -> np.ndarray:
+        inch_x = x + (mx + 1 + 2 * plots.MDS_PAD) / span * w
+        inch_y = y + h - (my + 1 + 2 * plots.MDS_PAD) / span * h  # MDS 2 grows upwards
+        return img[int(inch_y * plots.DPI), int(inch_x * plots.DPI)]
+
+    def rgb(hex_colour: str) -> np.ndarray:
+        return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+
+    assert np.abs(at(-1.0, -1.0) - rgb(plots.FAMILY_COLORS["sink"])).max() < 8
+    assert np.abs(at(1.0, 1.0) - rgb(plots.FAMILY_COLORS["induction"])).max() < 8
+    assert np.abs(at(0.2, 0.5) - rgb(plots.FAMILY_COLORS["unassigned"])).max() < 8
+    assert np.abs(at(-0.4, 0.6) - rgb("#ffffff")).max() < 8  # no head there: the panel is blank

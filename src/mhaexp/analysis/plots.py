@@ -30,7 +30,6 @@ from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.colors import ListedColormap, to_rgba
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from torch import Tensor
 
 from mhaexp.analysis.collect import HeadMetrics
@@ -123,6 +122,7 @@ def _save(fig: Figure, path: Path, formats: Sequence[str] = ("png",)) -> Path:
 
 FONT_IN = 1 / 72  # one point in inches
 TICK_IN = 2 * FONT_IN  # tick mark length
+TICK_PAD_IN = 3 * FONT_IN  # tick mark to its label (an axes' default pad is 3.5 points)
 
 
 # Rendered labels, by everything that decides their pixels: (text, size, ha, va, rotation, colour, dpi,
@@ -268,41 +268,47 @@ class _Canvas:
             self.swatches.append(((x, cy - 0.35 * size * FONT_IN, 2.0 * size * FONT_IN, 0.7 * size * FONT_IN), colour))
             self.text(x + 2.8 * size * FONT_IN, cy, label, size, ha="left", va="center")
 
-    def x_ticks(
+    def ticks(
         self,
         box: tuple[float, float, float, float],
+        side: str,
+        fracs: Sequence[float],
+        labels: Sequence[str] | None,
+        size: float,
+        rotation: float = 0,
+    ) -> None:
+        """Tick marks on one ``side`` of ``box`` ("bottom", "left" or "right") at ``fracs`` of its length
+        (0 = left or bottom end) and their labels (None: marks only)."""
+        x, y, w, h = box
+        for k, f in enumerate(fracs):
+            label = None if labels is None else labels[k]
+            if side == "bottom":
+                cx = x + f * w
+                self.segments.append(((cx, y + h), (cx, y + h + TICK_IN)))
+                if label is not None:
+                    self.text(cx, y + h + TICK_IN + TICK_PAD_IN, label, size, ha="center", va="top", rotation=rotation)
+            else:
+                cy, edge, out = y + h - f * h, (x if side == "left" else x + w), (-1 if side == "left" else 1)
+                self.segments.append(((edge, cy), (edge + out * TICK_IN, cy)))
+                if label is not None:
+                    ha = "right" if side == "left" else "left"
+                    self.text(edge + out * (TICK_IN + TICK_PAD_IN), cy, label, size, ha=ha, va="center")
+
+    def cell_ticks(
+        self,
+        box: tuple[float, float, float, float],
+        side: str,
         n: int,
         labels: Sequence[str] | None,
         size: float,
         at: Sequence[int] | None = None,
         rotation: float = 0,
     ) -> None:
-        """Tick marks under the centres of columns ``at`` (default: all ``n``) of ``box`` and their labels
-        (None: marks only)."""
-        x, y, w, h = box
-        base = y + h
-        for k, i in enumerate(range(n) if at is None else at):
-            cx = x + (i + 0.5) * w / n
-            self.segments.append(((cx, base), (cx, base + TICK_IN)))
-            if labels is not None:
-                self.text(cx, base + TICK_IN + FONT_IN, labels[k], size, ha="center", va="top", rotation=rotation)
-
-    def y_ticks(
-        self,
-        box: tuple[float, float, float, float],
-        n: int,
-        labels: Sequence[str] | None,
-        size: float,
-        at: Sequence[int] | None = None,
-    ) -> None:
-        """Tick marks left of the centres of rows ``at`` (default: all ``n``) of ``box`` and their labels
-        (None: marks only)."""
-        x, y, w, h = box
-        for k, i in enumerate(range(n) if at is None else at):
-            cy = y + (i + 0.5) * h / n
-            self.segments.append(((x - TICK_IN, cy), (x, cy)))
-            if labels is not None:
-                self.text(x - TICK_IN - FONT_IN, cy, labels[k], size, ha="right", va="center")
+        """Ticks at the centres of cells ``at`` (default: all ``n``) of ``box``, counted from the left
+        ("bottom") or from the top ("left", "right": row 0 is the top row)."""
+        cells = range(n) if at is None else at
+        fracs = [(i + 0.5) / n if side == "bottom" else 1 - (i + 0.5) / n for i in cells]
+        self.ticks(box, side, fracs, labels, size, rotation)
 
     def cell_grid(
         self, box: tuple[float, float, float, float], rows: int, cols: int, colour: str = "#dddddd", width: float = 0.4
@@ -332,22 +338,14 @@ class _Canvas:
         values = ramp[None, :] if horizontal else ramp[::-1, None]
         self.image(values, box, cmap=cmap, vmin=lo, vmax=hi)
         span = (hi - lo) or 1.0
-        for t in ticks:
-            f = (t - lo) / span
-            if horizontal:
-                cx = x + f * w
-                self.segments.append(((cx, y + h), (cx, y + h + TICK_IN)))
-                self.text(cx, y + h + TICK_IN + FONT_IN, fmt.format(t), size, ha="center", va="top")
-            else:
-                cy = y + h - f * h
-                self.segments.append(((x + w, cy), (x + w + TICK_IN, cy)))
-                self.text(x + w + TICK_IN + FONT_IN, cy, fmt.format(t), size, ha="left", va="center")
+        fracs = [(t - lo) / span for t in ticks]
+        self.ticks(box, "bottom" if horizontal else "right", fracs, [fmt.format(t) for t in ticks], size)
         if horizontal:
-            below = y + h + TICK_IN + 3 * FONT_IN + size * 1.2 * FONT_IN
+            below = y + h + TICK_IN + TICK_PAD_IN + 3 * FONT_IN + size * 1.2 * FONT_IN
             self.text(x + w / 2, below, label, size, ha="center", va="top")
         else:
             widest = max((len(fmt.format(t)) for t in ticks), default=1)
-            lx = x + w + TICK_IN + 3 * FONT_IN + 0.62 * size * FONT_IN * widest
+            lx = x + w + TICK_IN + TICK_PAD_IN + 3 * FONT_IN + 0.62 * size * FONT_IN * widest
             self.text(lx, y + h / 2, label, size, ha="left", va="center", rotation=90)
 
     def save(self, path: Path, formats: Sequence[str]) -> Path:
@@ -420,8 +418,8 @@ def _heatmap_figure(
         # Every map has its tick marks; the labels sit on the outer maps of the grid (matplotlib's
         # label_outer), whose ticks are aligned with every other map's: each label is a drawn text.
         outer_x, outer_y = i + cols >= len(maps), c == 0
-        canvas.x_ticks(box, H, [str(h) for h in range(H)] if outer_x else None, 6)
-        canvas.y_ticks(box, L, [str(layer) for layer in range(L)] if outer_y else None, 6)
+        canvas.cell_ticks(box, "bottom", H, [str(h) for h in range(H)] if outer_x else None, 6)
+        canvas.cell_ticks(box, "left", L, [str(layer) for layer in range(L)] if outer_y else None, 6)
         bottom = box[1] + img_h
         if outer_x:
             canvas.text(box[0] + img_w / 2, bottom + 0.15, "head", 6, ha="center", va="top")
@@ -509,9 +507,9 @@ def pattern_grid(
         canvas.text(box[0] + tile / 2, box[1] - 0.03, f"L{layer}H{h}", 8, ha="center", va="bottom")
         # Tick marks and labels only on the outer tiles: the tokens are the same on every tile.
         if c == 0:
-            canvas.y_ticks(box, T, labels, fs)
+            canvas.cell_ticks(box, "left", T, labels, fs)
         if h + cols >= n_heads:
-            canvas.x_ticks(box, T, labels, fs, rotation=90)
+            canvas.cell_ticks(box, "bottom", T, labels, fs, rotation=90)
     bar = (width - 0.55, 0.25 * height, 0.12, 0.5 * height)
     canvas.colorbar(bar, cmap, 0.0, 1.0, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "attention weight", 6, "{:.1f}")
     title = f"layer {layer}: attention on the probe sentence (row = query, column = key)"
@@ -579,8 +577,8 @@ def role_grid(
         )
         lines = [n for n in names[:3] if n] + (["…"] if len(names) > 3 else [])
         canvas.lines_text(x0 + (head + 0.5) * w / H, y0 + (layer + 0.5) * h / L, lines, 6)
-    canvas.x_ticks(box, H, [str(i) for i in range(H)], 10)
-    canvas.y_ticks(box, L, [str(i) for i in range(L)], 10)
+    canvas.cell_ticks(box, "bottom", H, [str(i) for i in range(H)], 10)
+    canvas.cell_ticks(box, "left", L, [str(i) for i in range(L)], 10)
     canvas.text(x0 + w / 2, y0 + h + 0.25, "head", 10, ha="center", va="top")
     canvas.text(x0 - 0.35, y0 + h / 2, "layer", 10, ha="center", va="center", rotation=90)
     canvas.cell_grid(box, L, H, "white", 1.5)
@@ -591,6 +589,27 @@ def role_grid(
     return canvas.save(path, formats)
 
 
+MDS_SIZE = (12.0, 4.8)  # inches
+MDS_PANEL = (0.85, 0.45, 4.2, 3.9)  # the scatter's box in the MDS figure: x, y from the top-left, w, h (inches)
+MDS_PAD = 0.08  # share of the points' range left free on each side of the scatter
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> tuple[list[float], str]:
+    """Round tick values inside [lo, hi] (matplotlib's MaxNLocator, as an axes picks them) and the format
+    that shows their step's decimals."""
+    from matplotlib.ticker import MaxNLocator
+
+    values = [float(v) for v in MaxNLocator(nbins=n).tick_values(lo, hi) if lo <= v <= hi]
+    step = values[1] - values[0] if len(values) > 1 else 1.0
+    return values, f"{{:.{max(0, -math.floor(math.log10(step)))}f}}"
+
+
+def _padded(values: np.ndarray, pad: float = MDS_PAD) -> tuple[float, float]:
+    lo, hi = float(values.min()), float(values.max())
+    span = (hi - lo) or max(abs(lo), 1.0)
+    return lo - pad * span, hi + pad * span
+
+
 def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Sequence[str] = ("png",)) -> Path | None:
     """Heads placed by classical MDS over sqrt(JS divergence) (Clark et al. 2019, Fig. 6), coloured by
     primary role, next to the JS matrix itself."""
@@ -598,45 +617,50 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
         return None
     by_head = primary_roles(roles)
     index = hm.head_index
-    # The JS matrix is drawn on the canvas (no axes of its own, nor one for its colour bar); the scatter
-    # needs real data axes.
-    canvas = _Canvas(11, 4.8)
-    ax = canvas.fig.add_axes((0.075, 0.08, 0.4, 0.84))
+    canvas = _Canvas(*MDS_SIZE)
+    # The scatter: data mapped to inches in the panel by hand (no axes of its own, like the JS matrix).
+    panel = MDS_PANEL
+    px, py, pw, ph = panel
     xy = hm.mds.numpy()
+    (x0, x1), (y0, y1) = _padded(xy[:, 0]), _padded(xy[:, 1])
+    inch_x = px + (xy[:, 0] - x0) / (x1 - x0) * pw
+    inch_y = py + ph - (xy[:, 1] - y0) / (y1 - y0) * ph  # canvas y grows downwards
+    canvas.frame(panel)
+    for side, (lo, hi) in (("bottom", (x0, x1)), ("left", (y0, y1))):
+        values, fmt = _nice_ticks(lo, hi)
+        canvas.ticks(panel, side, [(v - lo) / (hi - lo) for v in values], [fmt.format(v) for v in values], 7)
     markers = "os^Dv<>ph*"
-    colors = [FAMILY_COLORS[by_head[k][0].family if k in by_head else "unassigned"] for k in index]
+    colors = np.array([FAMILY_COLORS[by_head[k][0].family if k in by_head else "unassigned"] for k in index])
     layers = np.array([layer for layer, _ in index])
     for layer in sorted(set(layers.tolist())):
         sel = layers == layer
-        ax.scatter(
-            xy[sel, 0],
-            xy[sel, 1],
-            c=[c for c, s_ in zip(colors, sel, strict=True) if s_],
+        canvas.ax.scatter(
+            inch_x[sel],
+            inch_y[sel],
+            c=list(colors[sel]),
             marker=markers[layer % len(markers)],
             edgecolors="black",
             linewidths=0.4,
             s=50,
+            zorder=2,
         )
-    names = _Labels()
-    ax.add_artist(names)
-    names.set_transform(ax.transData)
     for k, (layer, h) in enumerate(index):
-        names.add(float(xy[k, 0]), float(xy[k, 1]), f" {layer}.{h}", 6, va="bottom")
+        canvas.text(float(inch_x[k]), float(inch_y[k]), f" {layer}.{h}", 6, va="bottom")
     present = [f for f in ROLE_FAMILIES if any(r.family == f for r in roles)]
-    ax.legend(handles=[Patch(color=FAMILY_COLORS[f], label=f) for f in present], fontsize=6, frameon=False)
-    ax.set_title("MDS of heads (sqrt JS); marker = layer, label = layer.head", fontsize=8)
-    ax.set_xlabel("MDS 1 (sqrt nats)", fontsize=7)
-    ax.set_ylabel("MDS 2 (sqrt nats)", fontsize=7)
+    canvas.legend(px + pw + 0.12, py, [(FAMILY_COLORS[f], f) for f in present], 6)
+    canvas.text(px + pw / 2, py - 0.05, "MDS of heads (sqrt JS); marker = layer, label = layer.head", 8, ha="center", va="bottom")
+    canvas.text(px + pw / 2, py + ph + 0.22, "MDS 1 (sqrt nats)", 7, ha="center", va="top")
+    canvas.text(px - 0.55, py + ph / 2, "MDS 2 (sqrt nats)", 7, ha="center", va="center", rotation=90)
     js = hm.js.numpy()
     # Scaled to this step's largest value (the bar gives the numbers): on the fixed [0, ln 2] an
     # untrained model's heads, all within ~0.01 nats of each other, would be one flat colour.
     hi = float(js.max()) if js.size and float(js.max()) > 0 else 1.0
-    box = (6.1, 0.45, 3.9, 3.9)
+    box = (7.0, 0.45, 3.9, 3.9)
     canvas.image(js, box, cmap="magma_r", vmin=0, vmax=hi)
     starts = [k for k, (_, h) in enumerate(index) if h == 0]
     names = [f"L{index[k][0]}" for k in starts]
-    canvas.x_ticks(box, len(index), names, 7, at=starts)
-    canvas.y_ticks(box, len(index), names, 7, at=starts)
+    canvas.cell_ticks(box, "bottom", len(index), names, 7, at=starts)
+    canvas.cell_ticks(box, "left", len(index), names, 7, at=starts)
     canvas.text(box[0] + box[2] / 2, box[1] + box[3] + 0.2, "head (by layer)", 7, ha="center", va="top")
     canvas.text(box[0] - 0.35, box[1] + box[3] / 2, "head (by layer)", 7, ha="center", va="center", rotation=90)
     canvas.text(box[0] + box[2] / 2, box[1] - 0.05, "JS divergence between heads", 8, ha="center", va="bottom")
@@ -677,9 +701,9 @@ def role_timeline(history: Any, n_heads: Sequence[int], path: Path, formats: Seq
             canvas.image(grid, box, cmap=cmap, vmin=-0.5, vmax=F + 0.5)
             canvas.cell_grid(box, F, S)
             canvas.text(box[0] + img_w / 2, box[1] - 0.03, f"L{layer}H{h}", 7, ha="center", va="bottom")
-            canvas.y_ticks(box, F, families if h == 0 else None, 6)
+            canvas.cell_ticks(box, "left", F, families if h == 0 else None, 6)
             labels = [str(steps[t]) for t in ticks] if layer == L - 1 else None
-            canvas.x_ticks(box, S, labels, 6, at=ticks)
+            canvas.cell_ticks(box, "bottom", S, labels, 6, at=ticks)
     canvas.text(width / 2, height - 0.12, "analysis step", 8, ha="center", va="bottom")
     title = "role timeline: the role families each head held at each analysis step"
     canvas.text(width / 2, 0.1, title, 9, ha="center", va="top")
