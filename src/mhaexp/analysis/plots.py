@@ -648,7 +648,8 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
         canvas.text(float(inch_x[k]), float(inch_y[k]), f" {layer}.{h}", 6, va="bottom")
     present = [f for f in ROLE_FAMILIES if any(r.family == f for r in roles)]
     canvas.legend(px + pw + 0.12, py, [(FAMILY_COLORS[f], f) for f in present], 6)
-    canvas.text(px + pw / 2, py - 0.05, "MDS of heads (sqrt JS); marker = layer, label = layer.head", 8, ha="center", va="bottom")
+    title = "MDS of heads (sqrt JS); marker = layer, label = layer.head"
+    canvas.text(px + pw / 2, py - 0.05, title, 8, ha="center", va="bottom")
     canvas.text(px + pw / 2, py + ph + 0.22, "MDS 1 (sqrt nats)", 7, ha="center", va="top")
     canvas.text(px - 0.55, py + ph / 2, "MDS 2 (sqrt nats)", 7, ha="center", va="center", rotation=90)
     js = hm.js.numpy()
