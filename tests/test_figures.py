@@ -220,3 +220,27 @@ def test_mds_map_places_each_head_at_its_coordinates_in_its_role_colour(tmp_path
     assert np.abs(at(1.0, 1.0) - rgb(plots.FAMILY_COLORS["induction"])).max() < 8
     assert np.abs(at(0.2, 0.5) - rgb(plots.FAMILY_COLORS["unassigned"])).max() < 8
     assert np.abs(at(-0.4, 0.6) - rgb("#ffffff")).max() < 8  # no head there: the panel is blank
+
+
+def test_panels_are_blitted_cell_by_cell_in_png_and_embedded_as_images_in_svg(tmp_path: Path) -> None:
+    from matplotlib import colormaps
+
+    canvas = plots._Canvas(3.0, 2.0)
+    values = np.array([[0.0, 0.5, 1.0], [0.25, np.nan, 0.75]])
+    box = (0.5, 0.5, 1.5, 1.0)  # 3 columns of 0.5 in, 2 rows of 0.5 in
+    canvas.image(values, box, cmap="viridis", vmin=0.0, vmax=1.0)
+    canvas.image(values[:1], (2.2, 0.5, 0.6, 0.2), cmap="magma", vmin=0.0, vmax=1.0)
+    png = canvas.save(tmp_path / "panels.png", ["png", "svg"])
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    cmap = colormaps["viridis"]
+    for r in range(2):
+        for c in range(3):
+            px = img[int((0.5 + 0.5 * r + 0.25) * plots.DPI), int((0.5 + 0.5 * c + 0.25) * plots.DPI)]
+            want = (255, 255, 255) if math.isnan(values[r, c]) else cmap(values[r, c], bytes=True)[:3]
+            assert np.abs(px - np.array(want)).max() <= 1, (r, c, px, want)
+    # A cell edge falls on the pixel nearest its exact place: 0.5 in from the left edge at 90 DPI is pixel 45.
+    row = img[int(0.75 * plots.DPI)]
+    assert np.abs(row[46] - np.array(cmap(0.0, bytes=True)[:3])).max() <= 1
+    assert np.abs(row[int(1.0 * plots.DPI) + 1] - np.array(cmap(0.5, bytes=True)[:3])).max() <= 1
+    svg = (tmp_path / "panels.svg").read_text()
+    assert svg.count("<image") == 2  # each panel embedded at its own resolution, not one raster of the page

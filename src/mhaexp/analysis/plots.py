@@ -218,6 +218,60 @@ class _Labels(Artist):
         return out
 
 
+class _Panels(Artist):
+    """Colour-mapped panels (``add``: values, box in the artist's data coordinates, colormap, limits), drawn
+    with nearest-neighbour cells.
+
+    On an Agg renderer (PNG) each panel is coloured once and its cells repeated to whole display pixels,
+    then blitted: ``imshow`` would resample every panel through Agg's image pipeline, which cost more than
+    all the labels. A cell edge lands on the pixel nearest its exact position, as nearest-neighbour
+    resampling puts it. Every other renderer (SVG, PDF) draws each panel as a real ``AxesImage``, so that
+    vector output embeds the panel at its own resolution.
+    """
+
+    zorder = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.specs: list[tuple[np.ndarray, tuple[float, float, float, float], Any, float, float]] = []
+
+    def add(
+        self, values: np.ndarray, box: tuple[float, float, float, float], cmap: Any, vmin: float, vmax: float
+    ) -> None:
+        self.specs.append((values, box, cmap, vmin, vmax))
+
+    def draw(self, renderer: Any) -> None:
+        if not self.get_visible():
+            return
+        from matplotlib import colormaps
+        from matplotlib.colors import Colormap, Normalize
+        from matplotlib.image import AxesImage
+
+        fast = isinstance(renderer, RendererAgg)
+        transform = self.get_transform()
+        gc = renderer.new_gc() if fast else None
+        for values, (x, y, w, h), cmap, vmin, vmax in self.specs:
+            cmap = cmap if isinstance(cmap, Colormap) else colormaps[cmap]
+            if not fast:
+                im = AxesImage(self.axes, cmap=cmap, norm=Normalize(vmin, vmax), interpolation="nearest")
+                im.set_transform(transform)
+                im.set_data(values)
+                im.set_extent((x, x + w, y + h, y))
+                im.draw(renderer)
+                continue
+            (x0, y0), (x1, y1) = transform.transform([(x, y + h), (x + w, y)])  # display: y grows upwards
+            rows, cols = values.shape
+            col_px = np.diff(np.round(np.linspace(x0, x1, cols + 1)).astype(int))
+            row_px = np.diff(np.round(np.linspace(y0, y1, rows + 1)).astype(int))
+            rgba = cmap(Normalize(vmin, vmax)(values[::-1]), bytes=True)  # draw_image takes the bottom row first
+            image = np.repeat(np.repeat(rgba, row_px, axis=0), col_px, axis=1)
+            if image.size:
+                renderer.draw_image(gc, int(round(x0)), int(round(y0)), np.ascontiguousarray(image))
+        if gc is not None:
+            gc.restore()
+        self.stale = False
+
+
 class _Canvas:
     """A figure ``width`` x ``height`` inches with one invisible axes whose data coordinates are inches from
     the top-left corner: panels are images placed by ``extent``, labels are texts, frames and tick marks are
@@ -235,15 +289,18 @@ class _Canvas:
         self.lines: list[tuple[list[Any], str, float]] = []  # (segments, colour, width): lines between cells
         self.swatches: list[tuple[tuple[float, float, float, float], str]] = []  # legend patches
         self.labels = _Labels()
-        self.ax.add_artist(self.labels)
-        self.labels.set_transform(self.ax.transData)
+        self.panels = _Panels()
+        for artist in (self.panels, self.labels):
+            self.ax.add_artist(artist)
+            artist.set_transform(self.ax.transData)
 
-    def image(self, values: np.ndarray, box: tuple[float, float, float, float], **kw: Any) -> Any:
-        """``values`` (rows, cols) filling ``box`` = (x, y, w, h), row 0 at the top, with a frame."""
-        x, y, w, h = box
-        im = self.ax.imshow(values, extent=(x, x + w, y + h, y), aspect="auto", interpolation="nearest", **kw)
+    def image(
+        self, values: np.ndarray, box: tuple[float, float, float, float], cmap: Any, vmin: float, vmax: float
+    ) -> None:
+        """``values`` (rows, cols) filling ``box`` = (x, y, w, h), row 0 at the top, with a frame; NaN and
+        masked cells are left blank."""
+        self.panels.add(np.ma.masked_invalid(values), box, cmap, vmin, vmax)
         self.frame(box)
-        return im
 
     def frame(self, box: tuple[float, float, float, float]) -> None:
         x, y, w, h = box
@@ -413,7 +470,7 @@ def _heatmap_figure(
         x0, y0 = 0.1 + c * tile_w, 0.4 + r * tile_h
         box = (x0 + left, y0 + title_h, img_w, img_h)
         cmap = div if diverging else seq
-        canvas.image(np.ma.masked_invalid(values), box, cmap=cmap, vmin=lo, vmax=hi)
+        canvas.image(values, box, cmap=cmap, vmin=lo, vmax=hi)
         canvas.text(box[0] + img_w / 2, y0 + title_h - 0.04, name, 8, ha="center", va="bottom")
         # Every map has its tick marks; the labels sit on the outer maps of the grid (matplotlib's
         # label_outer), whose ticks are aligned with every other map's: each label is a drawn text.
