@@ -138,7 +138,7 @@ def _label_figure(tmp_path: Path, name: str, stamped: bool, fmt: str = "png") ->
         if stamped:
             canvas.text(x, y, s, size, **kw)
         else:
-            canvas.ax.text(x, y, s, fontsize=size, **kw)
+            canvas.fig.text(x, y, s, fontsize=size, transform=canvas.inches, **kw)
     return canvas.save(tmp_path / f"{name}.{fmt}", [fmt])
 
 

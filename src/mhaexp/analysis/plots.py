@@ -225,7 +225,7 @@ class _Panels(Artist):
     On an Agg renderer (PNG) each panel is coloured once and its cells repeated to whole display pixels,
     then blitted: ``imshow`` would resample every panel through Agg's image pipeline, which cost more than
     all the labels. A cell edge lands on the pixel nearest its exact position, as nearest-neighbour
-    resampling puts it. Every other renderer (SVG, PDF) draws each panel as a real ``AxesImage``, so that
+    resampling puts it. Every other renderer (SVG, PDF) draws each panel as a real ``BboxImage``, so that
     vector output embeds the panel at its own resolution.
     """
 
@@ -245,7 +245,8 @@ class _Panels(Artist):
             return
         from matplotlib import colormaps
         from matplotlib.colors import Colormap, Normalize
-        from matplotlib.image import AxesImage
+        from matplotlib.image import BboxImage
+        from matplotlib.transforms import Bbox, TransformedBbox
 
         fast = isinstance(renderer, RendererAgg)
         transform = self.get_transform()
@@ -253,10 +254,10 @@ class _Panels(Artist):
         for values, (x, y, w, h), cmap, vmin, vmax in self.specs:
             cmap = cmap if isinstance(cmap, Colormap) else colormaps[cmap]
             if not fast:
-                im = AxesImage(self.axes, cmap=cmap, norm=Normalize(vmin, vmax), interpolation="nearest")
-                im.set_transform(transform)
+                place = TransformedBbox(Bbox.from_extents(x, y + h, x + w, y), transform)
+                im = BboxImage(place, cmap=cmap, norm=Normalize(vmin, vmax), interpolation="nearest", origin="upper")
+                im.set_figure(self.get_figure(root=True))
                 im.set_data(values)
-                im.set_extent((x, x + w, y + h, y))
                 im.draw(renderer)
                 continue
             (x0, y0), (x1, y1) = transform.transform([(x, y + h), (x + w, y)])  # display: y grows upwards
@@ -273,26 +274,47 @@ class _Panels(Artist):
 
 
 class _Canvas:
-    """A figure ``width`` x ``height`` inches with one invisible axes whose data coordinates are inches from
-    the top-left corner: panels are images placed by ``extent``, labels are texts, frames and tick marks are
-    one line collection."""
+    """A figure ``width`` x ``height`` inches whose artists are placed in inches from its top-left corner
+    (:attr:`inches`), with no axes (building one, with its ticks and spines, cost more than drawing most
+    figures): panels are one :class:`_Panels`, labels one :class:`_Labels`, frames and tick marks one line
+    collection, markers path collections."""
 
     def __init__(self, width: float, height: float) -> None:
+        from matplotlib.transforms import Affine2D
+
         self.width, self.height = width, height
         self.fig = Figure(figsize=(width, height))
-        self.ax = self.fig.add_axes((0, 0, 1, 1))
-        self.ax.set_axis_off()
-        self.ax.set_autoscale_on(False)
-        self.ax.set_xlim(0, width)
-        self.ax.set_ylim(height, 0)
+        self.inches = Affine2D().scale(1, -1).translate(0, height) + self.fig.dpi_scale_trans
         self.segments: list[tuple[tuple[float, float], tuple[float, float]]] = []
         self.lines: list[tuple[list[Any], str, float]] = []  # (segments, colour, width): lines between cells
         self.swatches: list[tuple[tuple[float, float, float, float], str]] = []  # legend patches
         self.labels = _Labels()
         self.panels = _Panels()
         for artist in (self.panels, self.labels):
-            self.ax.add_artist(artist)
-            artist.set_transform(self.ax.transData)
+            artist.set_transform(self.inches)
+            self.fig.add_artist(artist)
+
+    def scatter(
+        self, x: np.ndarray, y: np.ndarray, colours: Sequence[str], marker: str, size: float, **kw: Any
+    ) -> None:
+        """Markers of ``size`` points^2 centred on (``x``, ``y``) inches, as ``Axes.scatter`` draws them."""
+        from matplotlib.collections import PathCollection
+        from matplotlib.markers import MarkerStyle
+        from matplotlib.transforms import IdentityTransform
+
+        style = MarkerStyle(marker)
+        path = style.get_path().transformed(style.get_transform())
+        markers = PathCollection(
+            [path],
+            sizes=[size],
+            offsets=np.column_stack([x, y]),
+            offset_transform=self.inches,
+            facecolors=colours,
+            **kw,
+        )
+        markers.set_transform(IdentityTransform())
+        markers.set_zorder(2.5)
+        self.fig.add_artist(markers)
 
     def image(
         self, values: np.ndarray, box: tuple[float, float, float, float], cmap: Any, vmin: float, vmax: float
@@ -408,15 +430,16 @@ class _Canvas:
     def save(self, path: Path, formats: Sequence[str]) -> Path:
         from matplotlib.collections import LineCollection
 
-        for segments, colour, width in self.lines:
-            self.ax.add_collection(LineCollection(segments, colors=colour, linewidths=width))
-        self.ax.add_collection(LineCollection(self.segments, colors="black", linewidths=0.8))
+        for segments, colour, width in [*self.lines, (self.segments, "black", 0.8)]:
+            self.fig.add_artist(
+                LineCollection(segments, colors=colour, linewidths=width, transform=self.inches, zorder=2)
+            )
         if self.swatches:
             from matplotlib.collections import PolyCollection
 
             boxes, colours = zip(*self.swatches, strict=True)
             polys = [[(x, y), (x + w, y), (x + w, y + h), (x, y + h)] for x, y, w, h in boxes]
-            self.ax.add_collection(PolyCollection(polys, facecolors=colours, edgecolors="none"))
+            self.fig.add_artist(PolyCollection(polys, facecolors=colours, edgecolors="none", transform=self.inches))
         return _save(self.fig, path, formats)
 
 
@@ -691,15 +714,14 @@ def mds_map(hm: HeadMetrics, roles: Sequence[HeadRole], path: Path, formats: Seq
     layers = np.array([layer for layer, _ in index])
     for layer in sorted(set(layers.tolist())):
         sel = layers == layer
-        canvas.ax.scatter(
+        canvas.scatter(
             inch_x[sel],
             inch_y[sel],
-            c=list(colors[sel]),
-            marker=markers[layer % len(markers)],
+            list(colors[sel]),
+            markers[layer % len(markers)],
+            50,
             edgecolors="black",
             linewidths=0.4,
-            s=50,
-            zorder=2,
         )
     for k, (layer, h) in enumerate(index):
         canvas.text(float(inch_x[k]), float(inch_y[k]), f" {layer}.{h}", 6, va="bottom")
