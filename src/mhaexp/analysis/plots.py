@@ -9,11 +9,13 @@ head ticks (labelled on the outer maps of a grid of them, whose ticks line up); 
 one colour scale at every step (:data:`METRIC_SCALES`).
 
 Cost: the pictures are the end-of-run analysis's largest part, and matplotlib's cost goes by axes and
-ticks (each tick is two lines and two texts, built and drawn) and by drawn texts (about 0.4 ms each).
-So figures of many panels are drawn on one canvas axes (:class:`_Canvas`): panels are images placed in
-inches, frames and tick marks one line collection, labels one :class:`_Labels` artist. On raster output
-that artist stamps each label from a bitmap matplotlib rendered once per distinct label (the same head
-numbers and probe tokens recur on every tile and figure); vector output gets real texts.
+ticks (each tick is two lines and two texts, built and drawn), by drawn texts (about 0.4 ms each) and by
+images (each resampled through Agg's pipeline). So every figure is one :class:`_Canvas`, a figure with no
+axes whose artists are placed in inches: panels one :class:`_Panels` artist, frames and tick marks one
+line collection, labels one :class:`_Labels` artist. On raster output those two artists blit: each panel
+is coloured once and its cells repeated to whole pixels, each label stamped from a bitmap matplotlib
+rendered once per distinct label (the same head numbers and probe tokens recur on every tile and
+figure); vector output gets real images and texts.
 """
 
 from __future__ import annotations
