@@ -190,34 +190,62 @@ class _Labels(Artist):
 
     def _stamp(self, s: str, size: float, kw: dict[str, Any], dpi: float) -> tuple[np.ndarray, int, int]:
         """(RGBA pixels, offset of their lower-left corner from the anchor in display pixels, y up)."""
-        from matplotlib.transforms import IdentityTransform
 
         rc = tuple(str(matplotlib.rcParams[k]) for k in _TEXT_RC)
         key = (s, size, tuple(sorted((k, str(v)) for k, v in kw.items())), dpi, rc)
         hit = _STAMPS.get(key)
         if hit is not None:
             return hit
-        # A square scratch canvas the label fits in whatever its alignment and rotation, anchored at its centre.
-        side = 2 * int(math.ceil((len(s) + 2) * size * dpi / 72)) + 8
-        half = side // 2
-        scratch = RendererAgg(side, side, dpi)
-        self._text(half, half, s, size, kw, IdentityTransform()).draw(scratch)
-        rgba = np.asarray(scratch.buffer_rgba())
-        rows, cols = np.nonzero(rgba[..., 3])
-        if rows.size == 0:
-            out = (np.zeros((0, 0, 4), np.uint8), 0, 0)
-        else:
-            r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-            image = rgba[r0:r1, c0:c1][::-1].copy()  # draw_image takes the bottom row first
-            # Plain colour, coverage in alpha: the text's own colour over whatever lies below.
-            colour = to_rgba(kw.get("color", matplotlib.rcParams["text.color"]))
-            image[..., :3] = np.round(np.array(colour[:3]) * 255).astype(np.uint8)
-            # Row 0 of the buffer is the top; display y grows upwards from the bottom.
-            out = (image, int(c0) - half, (side - int(r1)) - half)
+        out = self._render(s, size, kw, dpi, tight=True)
+        if out is None:  # the label reached the tight canvas's edge: render it again with room on every side
+            out = self._render(s, size, kw, dpi, tight=False)
+        assert out is not None
         if len(_STAMPS) >= _MAX_STAMPS:
             _STAMPS.clear()
         _STAMPS[key] = out
         return out
+
+    def _render(
+        self, s: str, size: float, kw: dict[str, Any], dpi: float, tight: bool
+    ) -> tuple[np.ndarray, int, int] | None:
+        """The label drawn by a real ``Text`` into a scratch canvas, cropped to its ink. ``tight``: a canvas
+        about the label's size, anchored where its alignment lets it grow inwards (finding the ink in a
+        large canvas cost more than drawing the text); None if the ink touches its edge. Otherwise a square
+        canvas it fits in whatever its alignment and rotation, anchored at the centre."""
+        from matplotlib.transforms import IdentityTransform
+
+        em = size * dpi / 72
+        long_side = int(math.ceil((len(s) + 2) * em)) + 8
+        rotation = float(kw.get("rotation", 0) or 0) % 360
+        ha, va = kw.get("ha", "left"), kw.get("va", "baseline")
+        if tight and rotation in (0.0, 90.0):
+            across = int(math.ceil(3 * em)) + 8
+            w, h = (long_side, across) if rotation == 0.0 else (across, long_side)
+            x = {"left": 4, "right": w - 4}.get(ha, w // 2)
+            y = {"top": h - 4, "bottom": 4, "baseline": 4 + int(em * 0.4)}.get(va, h // 2)
+            if rotation == 90.0 and va == "baseline":
+                y = h // 2
+        else:
+            tight = False
+            w = h = 2 * long_side
+            x = y = long_side
+        scratch = RendererAgg(w, h, dpi)
+        self._text(x, y, s, size, kw, IdentityTransform()).draw(scratch)
+        rgba = np.asarray(scratch.buffer_rgba())
+        ink = rgba[..., 3] > 0
+        rows, cols = ink.any(axis=1), ink.any(axis=0)
+        if not rows.any():
+            return np.zeros((0, 0, 4), np.uint8), 0, 0
+        if tight and (rows[0] or rows[-1] or cols[0] or cols[-1]):
+            return None
+        r0, r1 = int(rows.argmax()), h - int(rows[::-1].argmax())
+        c0, c1 = int(cols.argmax()), w - int(cols[::-1].argmax())
+        image = rgba[r0:r1, c0:c1][::-1].copy()  # draw_image takes the bottom row first
+        # Plain colour, coverage in alpha: the text's own colour over whatever lies below.
+        colour = to_rgba(kw.get("color", matplotlib.rcParams["text.color"]))
+        image[..., :3] = np.round(np.array(colour[:3]) * 255).astype(np.uint8)
+        # Row 0 of the buffer is the top; display y grows upwards from the bottom.
+        return image, c0 - x, (h - r1) - y
 
 
 class _Panels(Artist):
