@@ -29,23 +29,37 @@ ANSWER = torch.zeros(1, T, dtype=torch.bool)
 ANSWER[0, 9:12] = True  # queries 9, 10, 11 predict the answer tokens 7, 8, 9
 
 
+GOLD = TOKENS.roll(-1, dims=1)  # a model that answers right generates the gold next token
+
+
 def test_retrieval_score_counts_copy_paste_steps() -> None:
     perfect = [0] * 9 + [4, 5, 6, 0]  # at each answer step: the needle token being produced
     half = [0] * 9 + [4, 4, 6, 0]  # step 10 attends to 7 while producing 8: no hit
     sink = [0] * T  # always BOS
     wrong_copy = [0] * 9 + [10, 11, 12, 0]  # the right tokens, but outside the needle
     p = one_hot_patterns([perfect, half, sink, wrong_copy], T)
-    score = retrieval_score(p, TOKENS, NEEDLE, ANSWER)
+    score = retrieval_score(p, TOKENS, NEEDLE, ANSWER, GOLD)
     torch.testing.assert_close(score, torch.tensor([1.0, 2 / 3, 0.0, 0.0]))
+
+
+def test_retrieval_score_follows_the_generated_token_not_the_gold_one() -> None:
+    # The model generates 9 9 7 where the gold answer is 7 8 9 (it answers wrong).
+    generated = GOLD.clone()
+    generated[0, 9:12] = torch.tensor([9, 9, 7])
+    on_gold = [0] * 9 + [4, 5, 6, 0]  # attends to the gold tokens: none is what the model generates
+    on_generated = [0] * 9 + [6, 6, 4, 0]  # copies what it generates: 9 (twice, one needle token) and 7
+    p = one_hot_patterns([on_gold, on_generated], T)
+    score = retrieval_score(p, TOKENS, NEEDLE, ANSWER, generated)
+    torch.testing.assert_close(score, torch.tensor([0.0, 2 / 3]))
 
 
 def test_retrieval_score_averages_samples_and_skips_those_without_needle() -> None:
     p = one_hot_patterns([[0] * 9 + [4, 5, 6, 0]], T)
     p2 = torch.cat([p, one_hot_patterns([[0] * 9 + [4, 0, 0, 0]], T), p])
     needle = torch.cat([NEEDLE, NEEDLE, torch.zeros_like(NEEDLE)])
-    score = retrieval_score(p2, TOKENS.repeat(3, 1), needle, ANSWER.repeat(3, 1))
+    score = retrieval_score(p2, TOKENS.repeat(3, 1), needle, ANSWER.repeat(3, 1), GOLD.repeat(3, 1))
     torch.testing.assert_close(score, torch.tensor([(1.0 + 1 / 3) / 2]))
-    assert math.isnan(float(retrieval_score(p, TOKENS, torch.zeros_like(NEEDLE), ANSWER)[0]))
+    assert math.isnan(float(retrieval_score(p, TOKENS, torch.zeros_like(NEEDLE), ANSWER, GOLD)[0]))
 
 
 def test_streaming_share() -> None:
@@ -142,6 +156,38 @@ def test_analysis_reports_a_planted_massive_activation_on_the_sink() -> None:
         assert found["massive_top_dim"].tolist() == [7.0, 7.0]
         assert (found["massive_max_ratio"] > 1000).all()
     torch.testing.assert_close(in_analysis["massive_max_ratio"], alone["massive_max_ratio"], rtol=1e-5, atol=0)
+
+
+def test_analysis_scores_retrieval_against_what_the_model_generates() -> None:
+    import yaml
+
+    from mhaexp.analysis.collect import ProbeData, compute_head_metrics
+    from mhaexp.nn.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=16, n_layers=2, d_model=32, n_heads=4, max_seq_len=16)).eval()
+    ids = TOKENS.repeat(4, 1)
+    ids[1:, 4:7] = torch.tensor([[9, 8, 7], [8, 9, 7], [7, 7, 8]])  # other needles, same answer 7 8 9
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    needle, answer = NEEDLE.repeat(4, 1), ANSWER.repeat(4, 1)
+    with torch.no_grad():
+        logits, patterns = model(ids, mask, need_weights=True)
+    generated = logits.argmax(-1)
+    probe = ProbeData(
+        batches=[{"input_ids": ids, "attention_mask": mask, "needle": needle, "answer": answer}],
+        relations=[],
+        id_to_token=str,
+        special_ids=frozenset(),
+        bos_id=0,
+        vocab_size=16,
+    )
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "analysis" / "default.yaml").read_text())
+    got = compute_head_metrics(model, probe, cfg, expensive=False).metrics["retrieval"]  # (L, H)
+    gold = torch.stack([retrieval_score(p, ids, needle, answer, ids.roll(-1, 1), mask) for p in patterns])
+    want = torch.stack([retrieval_score(p, ids, needle, answer, generated, mask) for p in patterns])
+    torch.testing.assert_close(got, want)
+    # Scored against the gold answer, heads of this untrained model would be credited for copies it never makes.
+    assert not torch.equal(want, gold), (want, gold)
 
 
 def test_js_within_and_across_layers_are_the_block_means() -> None:

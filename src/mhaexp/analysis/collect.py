@@ -497,6 +497,8 @@ def compute_head_metrics(
     on = {k: v.to(device) for k, v in batch.items()}
     on["attention_mask"] = mask.to(device)
     window = int(cfg["streaming_window"])
+    if causal and "needle" in batch and "answer" in batch:  # retrieval heads: the answer is generated
+        on["generated"] = _generated(model, probe.batches, T, device)
     # Arcs join words: score them on word-level patterns (identical to the token ones for one-piece words).
     word_batch = {**batch, "attention_mask": word_mask(batch["word_of_token"])} if "word_of_token" in batch else batch
     syntax = _syntax_targets(word_batch, probe, cfg, causal) if probe.has_syntax else None
@@ -535,9 +537,9 @@ def compute_head_metrics(
             sums.add("rare_word", layer, M.rare_token_sums(chunk, sub["input_ids"], probe.token_freq))
         if window * 4 <= T:
             sums.add("streaming", layer, streaming_sums(chunk, window))
-        if "needle" in sub and "answer" in sub:
+        if "generated" in sub:
             needle, answer = sub["needle"].bool(), sub["answer"].bool()
-            sums.add("retrieval", layer, retrieval_sums(chunk, sub["input_ids"], needle, answer))
+            sums.add("retrieval", layer, retrieval_sums(chunk, sub["input_ids"], needle, answer, sub["generated"]))
         words = _word_chunk(chunk, sub, causal) if syntax is not None or has_coref else chunk
         if syntax is not None:
             sums.add("syntactic_accuracy", layer, _syntax_sums(words, targets[:, rows, :t], syntax[1]))
@@ -702,6 +704,18 @@ def _ablation_batches(probe: ProbeData, device: torch.device) -> list[Batch]:
             t = group_extent(b["attention_mask"], rows)
             out.append({k: b[k][rows, :t].to(device) for k in ("input_ids", "attention_mask")})
     return out
+
+
+def _generated(model: Any, batches: Sequence[Batch], length: int, device: torch.device) -> Tensor:
+    """(N, length) the model's greedy token at each probe position: the token a retrieval head must copy
+    (:func:`~mhaexp.heads.longctx.retrieval_score`). Right-padded with -1, which no key holds."""
+    out = []
+    with eval_mode(model), torch.no_grad():
+        for b in batches:
+            ids = b["input_ids"].to(device)
+            logits, _ = model(ids, attention_mask=b["attention_mask"].bool().to(device))
+            out.append(F.pad(logits.argmax(-1), (0, length - ids.shape[1]), value=-1))
+    return torch.cat(out)
 
 
 def _to(batches: Sequence[Batch], device: torch.device) -> list[Batch]:

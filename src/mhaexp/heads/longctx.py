@@ -18,45 +18,57 @@ RETRIEVAL_THRESHOLD = 0.1
 
 
 def retrieval_score(
-    patterns: Tensor, tokens: Tensor, needle: Tensor, answer: Tensor, mask: Tensor | None = None
+    patterns: Tensor,
+    tokens: Tensor,
+    needle: Tensor,
+    answer: Tensor,
+    generated: Tensor,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context Factuality", Sec. 2.
 
-    While the model produces the needle's tokens, a head *copies and pastes* at a step when its
-    most-attended key lies inside the needle and holds the very token being produced. The score is
-    the number of such steps over the needle's length, averaged over samples:
-    ``R_h = mean_b |{q in answer_b : k* = argmax_k A[b, h, q, k] in needle_b, tokens[b, k*] = tokens[b, q + 1]}|``
-    ``/ |needle_b|``.
+    While the model answers, let ``w`` be the token it generates at a step. A head *copies and pastes*
+    at that step when its most-attended key lies inside the needle and holds ``w``. ``g_h`` is the set
+    of needle tokens the head copied and pasted; the score is ``|g_h| / |needle|``, averaged over samples:
+    ``R_h = mean_b |{k* = argmax_k A[b, h, q, k] : q in answer_b, k* in needle_b, tokens[b, k*] = w[b, q]}|``
+    ``/ |needle_b|`` (``k*`` counted once however many steps it is copied at).
 
-    We score under teacher forcing on the gold answer: query ``q`` is an answer step when the token
-    it predicts, ``tokens[q + 1]``, is part of the gold answer, so the sequence holds the answer and
-    no sampling is involved (Wu et al. decode greedily and count only correctly produced tokens).
+    We score under teacher forcing on the gold answer: query ``q`` is an answer step when the token it
+    predicts, ``tokens[q + 1]``, is part of the gold answer, and ``w[q]`` is the model's own greedy
+    choice there (``generated``, the argmax of its logits). Up to the first wrong step this is Wu et
+    al.'s greedy decoding; after it, the prefix is the gold one. ``w`` must be the model's choice, not
+    the gold token: a head that attends to some needle value while the model fails to answer would
+    otherwise score by chance (1 / the needle values in context per step).
 
     Args:
         patterns: ``(B, H, T, T)``.
         tokens: ``(B, T)`` token ids of the whole sequence, the gold answer included.
         needle: ``(B, T)`` bool, True on the needle's value tokens in the context (what must be copied).
         answer: ``(B, T)`` bool, True at the queries whose next token is an answer token.
+        generated: ``(B, T)`` the token the model generates at each query (argmax of its logits).
         mask: ``(B, T)`` real tokens.
 
     Returns:
         ``(H,)`` in [0, 1]; NaN when no sample has a needle.
     """
-    return retrieval_sums(Chunk(patterns, mask, causal=False), tokens, needle, answer).value()
+    return retrieval_sums(Chunk(patterns, mask, causal=False), tokens, needle, answer, generated).value()
 
 
-def retrieval_sums(chunk: Chunk, tokens: Tensor, needle: Tensor, answer: Tensor) -> Ratio:
+def retrieval_sums(chunk: Chunk, tokens: Tensor, needle: Tensor, answer: Tensor, generated: Tensor) -> Ratio:
     """:func:`retrieval_score` as a :class:`~mhaexp.heads.patterns.Ratio` (over samples with a needle)."""
     patterns, mask = chunk.patterns, chunk.mask
     B, H, T, _ = patterns.shape
-    needle = needle.to(patterns.device, torch.bool) & mask
-    answer = answer.to(patterns.device, torch.bool) & mask
+    device = patterns.device
+    needle = needle.to(device, torch.bool) & mask
+    answer = answer.to(device, torch.bool) & mask
     answer[:, -1] = False  # the last position predicts nothing inside the sequence
     top = chunk.top  # (B, H, T): each query's most-attended key
-    produced = tokens.roll(-1, dims=1)  # (B, T): the token query q predicts
     in_needle = needle.gather(1, top.flatten(1)).view(B, H, T)
-    same_token = tokens.gather(1, top.flatten(1)).view(B, H, T) == produced[:, None, :]
-    hits = (in_needle & same_token & answer[:, None, :]).sum(dim=-1).float()  # (B, H)
+    same_token = tokens.to(device).gather(1, top.flatten(1)).view(B, H, T) == generated.to(device)[:, None, :]
+    hit = in_needle & same_token & answer[:, None, :]  # (B, H, T) per query
+    # Per needle position: copied at some step (the set g_h, not the number of steps).
+    copied = torch.zeros(B, H, T, device=device).scatter_add_(2, top, hit.float()) > 0
+    hits = copied.sum(dim=-1).float()  # (B, H)
     length = needle.sum(dim=-1).float()  # (B,)
     has = length > 0
     return Ratio((hits[has] / length[has, None]).sum(dim=0), has.float().sum())
