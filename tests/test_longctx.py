@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mhaexp.analysis.collect import ProbeData
 from mhaexp.heads.longctx import massive_activations, retrieval_score, streaming_share
 
 
@@ -124,9 +125,8 @@ def test_retrieval_and_streaming_roles_use_the_configured_bars() -> None:
 
 
 def test_analysis_reports_a_planted_massive_activation_on_the_sink() -> None:
-    import yaml
 
-    from mhaexp.analysis.collect import ProbeData, _massive, compute_head_metrics
+    from mhaexp.analysis.collect import _massive, compute_head_metrics
     from mhaexp.nn.model import ModelConfig, Transformer
 
     torch.manual_seed(0)
@@ -138,16 +138,8 @@ def test_analysis_reports_a_planted_massive_activation_on_the_sink() -> None:
         mask[2, 8:] = False
         alone = _massive(model.residual_stream(ids, mask), mask)
     # The analysis reads the residual stream from its importance forwards (row groups cut to their extent).
-    probe = ProbeData(
-        batches=[{"input_ids": ids, "attention_mask": mask}],
-        relations=[],
-        id_to_token=str,
-        special_ids=frozenset(),
-        bos_id=0,
-        vocab_size=40,
-    )
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "analysis" / "default.yaml").read_text())
-    in_analysis = compute_head_metrics(model, probe, cfg, expensive=False).layer_metrics
+    probe = _probe({"input_ids": ids, "attention_mask": mask}, vocab_size=40)
+    in_analysis = compute_head_metrics(model, probe, _analysis_cfg(), expensive=False).layer_metrics
     for found in (alone, in_analysis):
         # Pre-norm blocks carry the spike down the residual stream: one per sequence, in every layer.
         assert found["massive_count"].tolist() == [3.0, 3.0]
@@ -159,9 +151,8 @@ def test_analysis_reports_a_planted_massive_activation_on_the_sink() -> None:
 
 
 def test_analysis_scores_retrieval_against_what_the_model_generates() -> None:
-    import yaml
 
-    from mhaexp.analysis.collect import ProbeData, compute_head_metrics
+    from mhaexp.analysis.collect import compute_head_metrics
     from mhaexp.nn.model import ModelConfig, Transformer
 
     torch.manual_seed(0)
@@ -173,16 +164,8 @@ def test_analysis_scores_retrieval_against_what_the_model_generates() -> None:
     with torch.no_grad():
         logits, patterns = model(ids, mask, need_weights=True)
     generated = logits.argmax(-1)
-    probe = ProbeData(
-        batches=[{"input_ids": ids, "attention_mask": mask, "needle": needle, "answer": answer}],
-        relations=[],
-        id_to_token=str,
-        special_ids=frozenset(),
-        bos_id=0,
-        vocab_size=16,
-    )
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "analysis" / "default.yaml").read_text())
-    got = compute_head_metrics(model, probe, cfg, expensive=False).metrics["retrieval"]  # (L, H)
+    probe = _probe({"input_ids": ids, "attention_mask": mask, "needle": needle, "answer": answer}, vocab_size=16)
+    got = compute_head_metrics(model, probe, _analysis_cfg(), expensive=False).metrics["retrieval"]  # (L, H)
     gold = torch.stack([retrieval_score(p, ids, needle, answer, ids.roll(-1, 1), mask) for p in patterns])
     want = torch.stack([retrieval_score(p, ids, needle, answer, generated, mask) for p in patterns])
     torch.testing.assert_close(got, want)
@@ -209,3 +192,17 @@ def test_js_within_and_across_layers_are_the_block_means() -> None:
     assert out["js_across"].tolist() == pytest.approx(
         [(0.5 + 0.6 + 0.7 + 0.4 + 0.8 + 0.9) / 6, (0.5 + 0.4 + 0.3 + 0.2) / 4, (0.6 + 0.8 + 0.3 + 0.7 + 0.9 + 0.2) / 6]
     )
+
+
+def _probe(batch: dict, vocab_size: int) -> ProbeData:
+    """One-batch probe with no relations, for running the analysis on hand-built sequences."""
+    return ProbeData(
+        batches=[batch], relations=[], id_to_token=str, special_ids=frozenset(), bos_id=0, vocab_size=vocab_size
+    )
+
+
+def _analysis_cfg() -> dict:
+    """The shipped analysis config (conf/analysis/default.yaml)."""
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "analysis" / "default.yaml").read_text())
