@@ -79,3 +79,46 @@ def test_a_concurrent_first_build_of_the_data_cache_leaves_one_dataset(sweep: di
     entries = sorted(p.name for p in cache.iterdir())
     assert len(entries) == 1 and entries[0].startswith("grammar-"), entries  # no half-built leftovers
     assert (cache / entries[0] / "dataset_dict.json").is_file()
+
+
+def test_prestarted_workers_are_the_ones_the_launcher_then_runs_jobs_in() -> None:
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from joblib import Parallel, delayed
+
+    from mhaexp.cli.preflight import check_jobs, checked_launcher
+    from mhaexp.training.parallel import prestart_workers
+
+    _, invalid = check_jobs(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1,2,3"])
+    assert not invalid
+    launcher = checked_launcher()
+    warm = prestart_workers(launcher)
+    assert warm is not None
+    warm.join(timeout=300)
+    assert len(set(warm.pids)) == 2 and os.getpid() not in warm.pids  # one warm-up in each worker
+    # What the joblib plugin's launch() hands to joblib.Parallel, built from the same composed config.
+    cfg = {k: v for k, v in launcher.items() if k != "_target_"}
+    cfg["backend"] = "loky"
+    process_joblib_cfg(cfg)
+    pids = Parallel(**cfg)(delayed(os.getpid)() for _ in range(6))
+    assert set(pids) <= set(warm.pids)  # no fresh workers: the jobs ran where the imports were done
+
+
+def test_one_job_at_a_time_starts_no_workers() -> None:
+    from mhaexp.cli.preflight import check_jobs, checked_launcher
+    from mhaexp.training.parallel import prestart_workers
+
+    check_jobs(["-m", "seed=0,1"])  # the basic launcher: jobs run in this process
+    assert prestart_workers(checked_launcher()) is None
+    check_jobs(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=1", "seed=0,1"])
+    assert prestart_workers(checked_launcher()) is None
+    check_jobs(["seed=0"])  # a single run
+    assert checked_launcher() == {}
+
+
+def test_the_launching_process_does_not_load_torch() -> None:
+    # It checks and composes every job and hands them to the workers: torch (seconds to import)
+    # would only delay the first job.
+    heavy = ("torch", "pytorch_lightning", "wandb")
+    code = f"import sys, mhaexp.cli.train; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -54,6 +55,9 @@ class Invalid:
 # RunConfigs the preflight built, by their job's resolved config: the job that composes the same config in
 # this process takes its object from here instead of building it a second time (see job_run_config).
 _checked: dict[str, RunConfig] = {}
+# hydra.launcher of the last multirun the preflight expanded (resolved): mhaexp-train starts the parallel
+# launcher's workers from it while Hydra is still setting up (mhaexp.training.parallel.prestart_workers).
+_launcher: dict[str, Any] = {}
 
 
 def _key(cfg: DictConfig) -> str:
@@ -152,6 +156,7 @@ def expand_jobs(overrides: list[str], multirun: bool, config_name: str = "train"
         return [overrides]
     fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
     hydra_cfg = compose(config_name, overrides=fixed, return_hydra_config=True).hydra
+    _launcher.update(OmegaConf.to_container(hydra_cfg.launcher, resolve=True))
     params = hydra_cfg.sweeper.get("params")
     preset = OmegaConf.to_container(params, resolve=False) if params else {}
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
@@ -167,6 +172,7 @@ def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
     """
     flags, overrides, config_name = split_argv(argv)
     multirun = "-m" in flags or "--multirun" in flags
+    _launcher.clear()
     with hydra_context():
         try:
             check_override_names(overrides, config_name)
@@ -185,6 +191,11 @@ def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
             except HydraException as e:
                 invalid.append(Invalid(job, ConfigError("config", " ".join(job), str(e).splitlines()[0])))
     return jobs, invalid
+
+
+def checked_launcher() -> dict[str, Any]:
+    """``hydra.launcher`` of the multirun :func:`check_jobs` last checked ({} for a single run)."""
+    return dict(_launcher)
 
 
 def wants_check(argv: list[str]) -> bool:

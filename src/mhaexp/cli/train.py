@@ -25,12 +25,21 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mhaexp.cli.preflight import check_jobs, compose_job, hydra_context, job_run_config, split_argv, wants_check
+from mhaexp.cli.preflight import (
+    check_jobs,
+    checked_launcher,
+    compose_job,
+    hydra_context,
+    job_run_config,
+    split_argv,
+    wants_check,
+)
 from mhaexp.config import CONF_DIR
 from mhaexp.errors import ConfigError, NonFiniteLossError, fail
 from mhaexp.rundir import STATUS_FILE
 from mhaexp.training import sweep
 from mhaexp.training.config import RunConfig
+from mhaexp.training.parallel import prestart_workers
 
 PROG = "mhaexp-train"
 # Hydra's own files share the run directory with the CSV log by design; and a deprecation inside
@@ -141,6 +150,8 @@ def main() -> None:
     argv = sys.argv[1:]
     if wants_check(argv):
         preflight(argv)
+        # The sweep is valid: its parallel workers can import torch while Hydra composes the jobs.
+        prestart_workers(checked_launcher())
     run_job()
     # Set by the SweepSummary callback once every job of a multirun has reported.
     if sweep.any_failing(sweep.last_summary):

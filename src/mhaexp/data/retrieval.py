@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads in the jobs, not in the process that checks and launches them
+    import torch
 
 FILLERS = ("random", "grammar")
 # data.loss: "all" trains on every next token, "answer" only on the answer tokens (the multi-query
@@ -233,5 +235,7 @@ def depth_bin_labels() -> list[str]:
 
 def depth_bin(depth: torch.Tensor) -> torch.Tensor:
     """Bin index of each depth in percent (0..100), so 100 falls in the last bin."""
+    import torch
+
     edges = torch.tensor(DEPTH_BINS[1:-1], device=depth.device)
     return torch.bucketize(depth, edges, right=True)
