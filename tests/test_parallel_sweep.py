@@ -122,3 +122,20 @@ def test_the_launching_process_does_not_load_torch() -> None:
     code = f"import sys, mhaexp.cli.train; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_sweep_that_stops_before_its_jobs_kills_the_warming_workers() -> None:
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import get_reusable_executor
+
+    from mhaexp.training.parallel import prestart_workers
+
+    get_reusable_executor(reuse=True).shutdown(wait=True, kill_workers=True)  # no warm workers left over
+    launcher = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}
+    warm = prestart_workers(launcher)
+    assert warm is not None and warm.is_alive()  # still importing torch in the workers
+    warm.cancel()
+    warm.join(timeout=60)
+    assert not warm.is_alive() and warm.pids == []  # the warm-up ended with its workers, unfinished
+    # The next Parallel gets fresh workers.
+    assert len(Parallel(n_jobs=2, backend="loky")(delayed(os.getpid)() for _ in range(2))) == 2

@@ -148,11 +148,17 @@ def preflight(argv: list[str]) -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
+    warm = None
     if wants_check(argv):
         preflight(argv)
         # The sweep is valid: its parallel workers can import torch while Hydra composes the jobs.
-        prestart_workers(checked_launcher())
-    run_job()
+        warm = prestart_workers(checked_launcher())
+    try:
+        run_job()
+    except BaseException:
+        if warm is not None:
+            warm.cancel()
+        raise
     # Set by the SweepSummary callback once every job of a multirun has reported.
     if sweep.any_failing(sweep.last_summary):
         sys.exit(1)

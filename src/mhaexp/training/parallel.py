@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,10 +65,25 @@ class Prestart(threading.Thread):
         super().__init__(name="mhaexp-prestart", daemon=True)
         self.cfg, self.slots = cfg, slots
         self.pids: list[int] = []
+        self.cancelled = False
+
+    def cancel(self, patience_s: float = 10.0) -> None:
+        """Stop the warm-up and kill its workers (the sweep stopped before its jobs started): exiting would
+        otherwise wait for their imports. The executor may not exist yet when this is called, so the kill
+        repeats until the warm-up has ended (or ``patience_s`` has passed)."""
+        from joblib.externals.loky import get_reusable_executor
+
+        self.cancelled = True
+        deadline = time.monotonic() + patience_s
+        while self.is_alive() and time.monotonic() < deadline:
+            get_reusable_executor(reuse=True).shutdown(wait=False, kill_workers=True)
+            self.join(timeout=0.2)
 
     def run(self) -> None:
         from joblib import Parallel, delayed
 
+        if self.cancelled:
+            return
         try:
             self.pids = Parallel(**self.cfg)(delayed(warm_worker)() for _ in range(self.slots))
         except Exception:  # a failed warm-up only loses its head start; the jobs report real errors
