@@ -93,6 +93,9 @@ BAD_INPUTS = [
     (["analysis.every_n_steps=0"], "analysis.every_n_steps=0 is invalid: must be a positive integer"),
     (["optim.lr=-1"], "optim.lr=-1 is invalid: must be a number > 0"),
     (["gqa_init=median"], "gqa_init='median' is invalid: choose one of ['mean', 'first', 'random']"),
+    # Hydra would make these directories only after the jobs' workers had started, and fail with a traceback.
+    (["hydra.run.dir=/dev/null/run"], "hydra.run.dir='/dev/null/run' is invalid: a directory path; /dev/null is not"),
+    (["-m", "seed=1,2", "hydra.sweep.dir=/dev/null/s"], "hydra.sweep.dir='/dev/null/s' is invalid: a directory path"),
     (["data=retrieval", "data.loss=answer", "model=encoder"], "data.loss='answer' is invalid: needs a causal model"),
 ]
 if not torch.cuda.is_available():

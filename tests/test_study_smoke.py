@@ -4,12 +4,18 @@ verdict.json and report.md. The verdicts' values say nothing at this budget and 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from mhaexp.studies import STUDIES
 
+BIN = Path(sys.executable).parent
 CLAIM_KEYS = {"claim", "source", "metric", "ours", "criterion", "holds", "why", "paper", "runs", "plot"}
 
 
@@ -50,3 +56,51 @@ def test_study_runs_end_to_end_at_the_smoke_budget(study: str, cli, shared_cache
     for run in {r for c in doc["claims"] for r in c["runs"]}:
         config = (out / run / ".hydra" / "config.yaml").read_text()
         assert f"study:{study}" in config
+
+
+def _processes() -> dict[int, int]:
+    """Every live process: pid -> parent pid, from /proc."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z":  # a zombie has exited; its parent has yet to reap it
+                out[int(d.name)] = int(fields[1])
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    procs, found = _processes(), {pid}
+    while True:
+        more = {p for p, parent in procs.items() if parent in found} - found
+        if not more:
+            return found - {pid}
+        found |= more
+
+
+def test_sigterm_stops_the_running_sweep_and_its_parallel_workers(shared_cache: str, tmp_path: Path) -> None:
+    """``kill <mhaexp-study>`` (or scancel) mid-sweep ends the sweep's mhaexp-train and its joblib workers too."""
+    env = {**os.environ, "WANDB_MODE": "offline", "STUDY_SMOKE": "1", "MHAEXP_CACHE": shared_cache}
+    cmd = [str(BIN / "mhaexp-study"), "olsson2022", "--out", str(tmp_path / "out"), "--jobs", "2"]
+    study = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, group = time.monotonic() + 240, set()
+        while time.monotonic() < deadline and study.poll() is None:
+            group = _descendants(study.pid)
+            if len(group) >= 3:  # mhaexp-train and both workers
+                break
+            time.sleep(0.2)
+        assert len(group) >= 3, f"no parallel sweep seen: {group}, study exit {study.poll()}"
+        study.send_signal(signal.SIGTERM)
+        assert study.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and group & set(_processes()):
+            time.sleep(0.2)
+        assert not group & set(_processes()), "processes of the sweep outlived the study"
+    finally:
+        study.kill()
+        study.wait()

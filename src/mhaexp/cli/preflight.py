@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -146,6 +148,28 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
 _MISSING = object()
 
 
+def _fixed(overrides: list[str]) -> list[str]:
+    """The overrides that are not sweeps (the same in every job)."""
+    return [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
+
+
+def check_output_dir(overrides: list[str], multirun: bool, config_name: str = "train") -> None:
+    """The directory Hydra will create for the run (``hydra.run.dir``) or the sweep (``hydra.sweep.dir``)
+    exists as a directory, or can be made under the nearest existing one: Hydra itself would fail there
+    with a traceback, after the sweep's workers had started."""
+    key = "sweep.dir" if multirun else "run.dir"
+    hydra_cfg = compose(config_name, overrides=_fixed(overrides), return_hydra_config=True).hydra
+    value = str(OmegaConf.select(hydra_cfg, key))
+    path = Path(value)
+    nearest = path
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise ConfigError(f"hydra.{key}", value, f"a directory path; {nearest} is not a directory")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(f"hydra.{key}", value, f"a directory you can create; {nearest} is not writable")
+
+
 def expand_jobs(overrides: list[str], multirun: bool, config_name: str = "train") -> list[list[str]]:
     """One override list per job: the cartesian product of sweep values under ``-m``.
 
@@ -154,8 +178,7 @@ def expand_jobs(overrides: list[str], multirun: bool, config_name: str = "train"
     """
     if not multirun:
         return [overrides]
-    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
-    hydra_cfg = compose(config_name, overrides=fixed, return_hydra_config=True).hydra
+    hydra_cfg = compose(config_name, overrides=_fixed(overrides), return_hydra_config=True).hydra
     _launcher.update(OmegaConf.to_container(hydra_cfg.launcher, resolve=True))
     params = hydra_cfg.sweeper.get("params")
     preset = OmegaConf.to_container(params, resolve=False) if params else {}
@@ -177,6 +200,7 @@ def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
         try:
             check_override_names(overrides, config_name)
             jobs = expand_jobs(overrides, multirun, config_name)
+            check_output_dir(overrides, multirun, config_name)
         except HydraException as e:  # override syntax errors
             raise ConfigError("override", " ".join(overrides), str(e).splitlines()[0]) from None
         invalid = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -42,7 +43,14 @@ def preflight(overrides: list[str]) -> None:
         raise invalid[0].error
 
 
+def _stop(signum: int, _frame: object) -> None:
+    # SIGTERM (kill, scancel) as an exception: the running sweep's process group is killed on the way out
+    # (mhaexp.studies.runner.run_group), where the default action would leave it training.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _stop)
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.study == "list":
         for name in STUDIES:

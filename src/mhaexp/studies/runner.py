@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -124,12 +125,12 @@ class StudyContext:
         with log.open("w") as f:
             f.write(" ".join(cmd) + "\n")
             f.flush()
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, env=os.environ.copy())
+            returncode = run_group(cmd, f, timeout)
         seconds = time.perf_counter() - start
         self.stage_seconds[stage] = round(seconds, 1)
         jobs = [read_job(d) for d in job_dirs(sweep_dir)]
         bad = [j for j in jobs if j["status"] != "ok"]
-        if proc.returncode != 0 or bad or not jobs:
+        if returncode != 0 or bad or not jobs:
             first = bad[0] if bad else None
             what = f"job {first['dir']}: {first['status']}: {first.get('error')}" if first else _last_line(log)
             raise StudyError(f"{self.name}: stage {stage} failed ({what}); see {log}")
@@ -142,6 +143,22 @@ class StudyContext:
 
     def rel(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.out.resolve()))
+
+
+def run_group(cmd: Sequence[str], log: Any, timeout: float | None = None) -> int:
+    """Run ``cmd`` (output to the file ``log``) in a process group of its own and return its exit code.
+    If this process is stopped meanwhile (SIGTERM, Ctrl-C, the timeout), the whole group is killed: the
+    sweep and the parallel launcher's workers, which would otherwise go on training for a study nobody reads."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        raise
 
 
 def _status(run_dir: Path) -> str | None:
