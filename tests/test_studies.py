@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mhaexp.studies import STUDIES, get_study
+from mhaexp.studies.base import Study
 from mhaexp.studies.report import report_markdown, verdict_document, write_report
 from mhaexp.studies.runner import Budget, StudyContext, prepare_out
 from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, greater
@@ -90,6 +91,41 @@ def test_a_rerun_empties_only_its_own_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--out"):
         prepare_out(other)
     assert (other / "precious.txt").exists()
+
+
+class _StepsStudy(Study):
+    """A study whose one verdict is the step count it reads from its budget."""
+
+    name, title, default_steps, minutes, summary = "steps", "Steps", 100, 1.0, "test"
+
+    def run(self, ctx: StudyContext) -> None:
+        (ctx.runs_dir / "train").mkdir(parents=True)
+
+    def verdicts(self, ctx: StudyContext) -> list[Claim]:
+        steps = ctx.budget.n_steps(self.default_steps)
+        return [Claim("steps", "test", "steps", Measure.of([steps]), "> 0", steps > 0)]
+
+
+def test_verdict_only_reads_the_budget_the_runs_were_trained_with(tmp_path: Path) -> None:
+    from mhaexp.errors import ConfigError
+
+    out = tmp_path / "study"
+    _StepsStudy().execute(out, Budget(steps=500, seeds=3), echo=lambda _: None)
+    assert json.loads((out / "budget.json").read_text())["steps"] == 500
+    again = _StepsStudy().execute(out, Budget(), rerun=False)  # as `--verdict-only` without --steps
+    assert again["budget"]["steps"] == 500 and again["claims"][0]["ours"]["values"] == [500]
+    assert _StepsStudy().execute(out, Budget(steps=500), rerun=False)["budget"]["seeds"] == 3
+    with pytest.raises(ConfigError, match=r"--steps=100 is invalid: 500, as the runs in .* had"):
+        _StepsStudy().execute(out, Budget(steps=100), rerun=False)
+    with pytest.raises(ConfigError, match=r"--seeds=2 is invalid: 3"):
+        _StepsStudy().execute(out, Budget(seeds=2), rerun=False)
+    # A study directory from before budget.json: the budget in its verdict.json.
+    (out / "budget.json").unlink()
+    assert _StepsStudy().execute(out, Budget(), rerun=False)["budget"]["steps"] == 500
+    for empty in (tmp_path / "none", tmp_path):
+        with pytest.raises(ConfigError, match="--out=.* is invalid: a directory a study run wrote"):
+            _StepsStudy().execute(empty, Budget(), rerun=False)
+    assert not (tmp_path / "none").exists()
 
 
 # ---- wu2024 on fixture results ----------------------------------------------------------------

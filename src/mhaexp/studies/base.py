@@ -7,7 +7,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from mhaexp.studies.report import verdict_document, write_report
-from mhaexp.studies.runner import Budget, StudyContext, prepare_out
+from mhaexp.errors import ConfigError
+from mhaexp.studies.runner import Budget, StudyContext, prepare_out, recorded_budget, write_budget
 from mhaexp.studies.verdict import Claim
 
 
@@ -28,6 +29,17 @@ class Study(ABC):
     def verdicts(self, ctx: StudyContext) -> list[Claim]:
         """The claims, computed from the files ``run`` wrote (and nothing else)."""
 
+    def _runs_budget(self, out: Path, asked: Budget) -> Budget:
+        """The runs' budget; ConfigError if ``--steps`` or ``--seeds`` ask for another one."""
+        runs = recorded_budget(out, asked.n_jobs)
+        for name, had, want in (
+            ("steps", runs.n_steps(self.default_steps), asked.steps and asked.n_steps(self.default_steps)),
+            ("seeds", len(runs.seed_list()), asked.seeds and len(asked.seed_list())),
+        ):
+            if want and want != had:
+                raise ConfigError(f"--{name}", want, f"{had}, as the runs in {out} had (or leave it out)")
+        return runs
+
     def preflight_overrides(self, budget: Budget) -> list[str]:
         """Overrides of the study's first stage, checked (with the user's) before anything runs."""
         return []
@@ -36,11 +48,18 @@ class Study(ABC):
         return []
 
     def execute(self, out: Path, budget: Budget, rerun: bool = True, echo=print) -> dict:
-        """Run (unless ``rerun`` is false: verdicts from the runs already there) and write the report."""
+        """Run (unless ``rerun`` is false: verdicts from the runs already there) and write the report.
+
+        Without ``rerun`` the verdicts take the budget the runs were trained with: they read it (a window's
+        share of training, the seeds to compare), and the default would silently misplace a longer run's.
+        """
+        if not rerun:
+            budget = self._runs_budget(Path(out), budget)
         ctx = StudyContext(self.name, Path(out), budget, echo=echo)
         runtime = None
         if rerun:
             prepare_out(ctx.out)
+            write_budget(ctx.out, budget)
             start = time.perf_counter()
             self.run(ctx)
             runtime = round(time.perf_counter() - start, 1)

@@ -33,6 +33,7 @@ from mhaexp.training.sweep import job_dirs, read_job
 
 MARKER = ".mhaexp-study"  # marks a directory this module made, so a rerun may empty it
 VERDICT_FILE = "verdict.json"
+BUDGET_FILE = "budget.json"  # the budget the runs were trained with, written first: --verdict-only reads it
 REPORT_FILE = "report.md"
 RUNS_DIR, LOGS_DIR, EVAL_DIR = "runs", "logs", "eval"
 SMOKE_STEPS = 24  # STUDY_SMOKE=1: enough steps for every stage to run end to end, not to learn
@@ -195,3 +196,24 @@ def budget_dict(budget: Budget) -> dict[str, Any]:
     d = asdict(budget)
     d["extra"] = list(budget.extra)
     return d
+
+
+def write_budget(out: Path, budget: Budget) -> None:
+    (Path(out) / BUDGET_FILE).write_text(json.dumps(budget_dict(budget), indent=2) + "\n")
+
+
+def recorded_budget(out: Path, n_jobs: int = 2) -> Budget:
+    """The budget the runs in ``out`` were trained with (``budget.json``; a study directory from before it
+    existed: the budget in ``verdict.json``). ConfigError if ``out`` holds no study's runs."""
+    out = Path(out)
+    bad = ConfigError("--out", str(out), "a directory a study run wrote (run the study without --verdict-only first)")
+    if not (out / MARKER).is_file() or not (out / RUNS_DIR).is_dir():
+        raise bad
+    try:
+        path = out / BUDGET_FILE
+        d = json.loads(path.read_text()) if path.is_file() else json.loads((out / VERDICT_FILE).read_text())["budget"]
+        return Budget(
+            steps=d["steps"], seeds=d["seeds"], smoke=bool(d["smoke"]), n_jobs=n_jobs, extra=tuple(d["extra"])
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        raise bad from None
