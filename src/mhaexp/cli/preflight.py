@@ -153,12 +153,11 @@ def _fixed(overrides: list[str]) -> list[str]:
     return [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
 
 
-def check_output_dir(overrides: list[str], multirun: bool, config_name: str = "train") -> None:
+def check_output_dir(hydra_cfg: DictConfig, multirun: bool) -> None:
     """The directory Hydra will create for the run (``hydra.run.dir``) or the sweep (``hydra.sweep.dir``)
     exists as a directory, or can be made under the nearest existing one: Hydra itself would fail there
     with a traceback, after the sweep's workers had started."""
     key = "sweep.dir" if multirun else "run.dir"
-    hydra_cfg = compose(config_name, overrides=_fixed(overrides), return_hydra_config=True).hydra
     value = str(OmegaConf.select(hydra_cfg, key))
     path = Path(value)
     nearest = path
@@ -170,7 +169,7 @@ def check_output_dir(overrides: list[str], multirun: bool, config_name: str = "t
         raise ConfigError(f"hydra.{key}", value, f"a directory you can create; {nearest} is not writable")
 
 
-def expand_jobs(overrides: list[str], multirun: bool, config_name: str = "train") -> list[list[str]]:
+def expand_jobs(overrides: list[str], multirun: bool, hydra_cfg: DictConfig) -> list[list[str]]:
     """One override list per job: the cartesian product of sweep values under ``-m``.
 
     Sweep values come from the command line and from ``hydra.sweeper.params`` of
@@ -178,7 +177,6 @@ def expand_jobs(overrides: list[str], multirun: bool, config_name: str = "train"
     """
     if not multirun:
         return [overrides]
-    hydra_cfg = compose(config_name, overrides=_fixed(overrides), return_hydra_config=True).hydra
     _launcher.update(OmegaConf.to_container(hydra_cfg.launcher, resolve=True))
     params = hydra_cfg.sweeper.get("params")
     preset = OmegaConf.to_container(params, resolve=False) if params else {}
@@ -199,8 +197,10 @@ def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
     with hydra_context():
         try:
             check_override_names(overrides, config_name)
-            jobs = expand_jobs(overrides, multirun, config_name)
-            check_output_dir(overrides, multirun, config_name)
+            # ``hydra`` of the settings every job shares: the sweep's launcher, presets, and directories.
+            hydra_cfg = compose(config_name, overrides=_fixed(overrides), return_hydra_config=True).hydra
+            jobs = expand_jobs(overrides, multirun, hydra_cfg)
+            check_output_dir(hydra_cfg, multirun)
         except HydraException as e:  # override syntax errors
             raise ConfigError("override", " ".join(overrides), str(e).splitlines()[0]) from None
         invalid = []
