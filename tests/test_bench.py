@@ -121,3 +121,33 @@ def test_gpu_check_tiny_runs_every_performance_section_on_cpu(tmp_path: Path) ->
     assert 0 < comp["compiled"]["mfu_measured"] < 1
     assert res["sweep"]["finished_jobs"] == {"seq": 2, "par": 2}
     assert "targets (issue 14) -- TINY MODE" in p.stdout and "trainer.compile tokens/s compiled/eager" in p.stdout
+
+
+def test_sweep_ceiling_times_a_step_of_each_jobs_own_model(tmp_path: Path, cli, tiny) -> None:
+    """The sweep section's ceiling rebuilds each sequential job's model from its checkpoint, at that job's
+    batch shape, and times it at a given thread count, alone and side by side."""
+    from mhaexp.tools.bench_sweep import ceiling
+
+    jobs = []
+    for heads in (1, 4):
+        run = tmp_path / f"h{heads}"
+        p = cli(
+            "mhaexp-train",
+            *tiny,
+            "trainer.max_steps=2",
+            f"model.n_heads={heads}",
+            "logger=csv",
+            f"hydra.run.dir={run}",
+            cwd=tmp_path,
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        jobs.append(run)
+    p = run_module("mhaexp.tools.bench_sweep", "--threads", "1", "--steps", "1", *map(str, jobs), timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    step_s = json.loads(p.stdout.strip().splitlines()[-1])["step_s"]
+    assert math.isfinite(step_s) and step_s > 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    value = ceiling(jobs, slots=2, steps=1, env=env)
+    assert math.isfinite(value) and value > 0
+    with pytest.raises(RuntimeError, match="step timing failed"):
+        ceiling([tmp_path / "no-such-job"], slots=2, steps=1, env=env)
