@@ -36,6 +36,7 @@ METRICS_FILE = "metrics.csv"  # every logged scalar by step (mhaexp.training.log
 RUN_ID_FILE = "wandb_run_id"  # the W&B run this directory logs to; a resume continues it
 INIT_CONVERSION_FILE = "init_conversion.json"  # init_from quality before and after conversion
 CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"  # in CHECKPOINT_DIR: Lightning's save_last name (mhaexp.training.run)
 PRUNED_CHECKPOINT = "pruned.ckpt"  # the physically pruned model at the end of a pruning run
 PRUNING_CURVE_FILE = "pruning_curve.csv"
 PRUNING_FILE = "pruning.json"  # every pruning step: heads, roles, quality; the physical-removal report

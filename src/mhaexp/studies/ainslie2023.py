@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from mhaexp.rundir import CHECKPOINT_DIR, INIT_CONVERSION_FILE
+from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT, INIT_CONVERSION_FILE
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import summary
 from mhaexp.studies.runner import StudyContext, run_config
@@ -45,7 +45,7 @@ class Ainslie2023(Study):
         mha = ctx.sweep("mha", [f"seed={','.join(map(str, seeds))}", f"trainer.max_steps={steps}"])
         for seed, run in zip(seeds, mha, strict=True):
             common = [
-                f"init_from={run / CHECKPOINT_DIR / 'last.ckpt'}",
+                f"init_from={run / CHECKPOINT_DIR / LAST_CHECKPOINT}",
                 f"seed={seed}",
                 f"trainer.max_steps={up}",
                 f"trainer.val_check_interval={up}",  # validate once, at the end of uptraining

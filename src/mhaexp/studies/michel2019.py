@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from mhaexp.pruning.curves import read_curve_csv
-from mhaexp.rundir import CHECKPOINT_DIR, PRUNING_CURVE_FILE
+from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT, PRUNING_CURVE_FILE
 from mhaexp.studies.base import Study
 from mhaexp.studies.report import figure
 from mhaexp.studies.readers import head_metric
@@ -71,7 +71,7 @@ class Michel2019(Study):
             ctx.sweep(
                 f"prune_seed{seed}",
                 [
-                    f"init_from={run / CHECKPOINT_DIR / 'last.ckpt'}",
+                    f"init_from={run / CHECKPOINT_DIR / LAST_CHECKPOINT}",
                     f"seed={seed}",
                     "pruning=iterative",
                     f"pruning.fraction={FRACTION}",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mhaexp.rundir import CHECKPOINT_DIR, PRUNING_FILE
+from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT, PRUNING_FILE
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import final_roles, summary
 from mhaexp.studies.runner import Budget, StudyContext, run_config
@@ -73,7 +73,7 @@ class Voita2019(Study):
                 f"l0_seed{seed}",
                 [
                     *ENCODER,
-                    f"init_from={run / CHECKPOINT_DIR / 'last.ckpt'}",
+                    f"init_from={run / CHECKPOINT_DIR / LAST_CHECKPOINT}",
                     f"seed={seed}",
                     "pruning=l0",
                     f"pruning.l0_lambda={','.join(map(str, LAMBDAS))}",

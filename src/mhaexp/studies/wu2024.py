@@ -24,7 +24,7 @@ import torch
 
 from mhaexp.config import instantiate_plain
 from mhaexp.nn.objectives import answer_exact_match, causal_targets
-from mhaexp.rundir import CHECKPOINT_DIR
+from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
 from mhaexp.studies.base import Study
 from mhaexp.studies.report import figure
 from mhaexp.studies.readers import head_metric
@@ -74,7 +74,7 @@ def masked_accuracy(module: Any, batches: list[dict[str, torch.Tensor]], heads: 
 
 def measure_masking(run_dir: Path, seed: int) -> dict[str, Any]:
     """Unmasked, retrieval-masked and random-masked accuracy of one run on its validation split."""
-    module = load_module(Path(run_dir) / CHECKPOINT_DIR / "last.ckpt")
+    module = load_module(Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT)
     cfg = run_config(run_dir)
     datamodule = instantiate_plain(cfg.data)
     datamodule.prepare_data()

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mhaexp.rundir import CHECKPOINT_DIR
+from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
 from mhaexp.tools.bench import Args, Row, register, spread
 
 STEPS = 300
@@ -69,7 +69,7 @@ def step_seconds(job_dirs: list[Path], threads: int, steps: int) -> float:
     total = 0.0
     for job in job_dirs:
         data = OmegaConf.load(job / ".hydra" / "config.yaml").data
-        model = load_model(job / CHECKPOINT_DIR / "last.ckpt")
+        model = load_model(job / CHECKPOINT_DIR / LAST_CHECKPOINT)
         step = train_step_fn(model, data.batch_size, data.seq_len, model.cfg.vocab_size, torch.device("cpu"), None)
         for _ in range(WARM_STEPS):
             step()
@@ -78,12 +78,6 @@ def step_seconds(job_dirs: list[Path], threads: int, steps: int) -> float:
             step()
         total += (time.perf_counter() - start) / steps
     return total
-
-
-def _step_cmd(job_dirs: list[Path], threads: int, steps: int) -> list[str]:
-    return [sys.executable, "-m", "mhaexp.tools.bench_sweep", "--threads", str(threads), "--steps", str(steps)] + [
-        str(j) for j in job_dirs
-    ]
 
 
 def ceiling(job_dirs: list[Path], slots: int, steps: int, env: dict[str, str]) -> float:
@@ -97,7 +91,8 @@ def ceiling(job_dirs: list[Path], slots: int, steps: int, env: dict[str, str]) -
         return float(json.loads(out.strip().splitlines()[-1])["step_s"])
 
     def popen(threads: int) -> subprocess.Popen[str]:
-        cmd = _step_cmd(job_dirs, threads, steps)
+        cmd = [sys.executable, "-m", "mhaexp.tools.bench_sweep", "--threads", str(threads), "--steps", str(steps)]
+        cmd += [str(j) for j in job_dirs]
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     alone = seconds(popen(cores))
