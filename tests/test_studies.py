@@ -119,6 +119,12 @@ def test_verdict_only_reads_the_budget_the_runs_were_trained_with(tmp_path: Path
         _StepsStudy().execute(out, Budget(steps=100), rerun=False)
     with pytest.raises(ConfigError, match=r"--seeds=2 is invalid: 3"):
         _StepsStudy().execute(out, Budget(seeds=2), rerun=False)
+    # A study stopped part way (Ctrl-C, a failed stage) left budget.json unfinished: its runs are not all of them.
+    budget_doc = json.loads((out / "budget.json").read_text())
+    assert budget_doc["finished"] is True
+    (out / "budget.json").write_text(json.dumps({**budget_doc, "finished": False}))
+    with pytest.raises(ConfigError, match=r"--out=.* is invalid: a study whose runs finished \(these were stopped"):
+        _StepsStudy().execute(out, Budget(), rerun=False)
     # A study directory from before budget.json: the budget in its verdict.json.
     (out / "budget.json").unlink()
     assert _StepsStudy().execute(out, Budget(), rerun=False)["budget"]["steps"] == 500

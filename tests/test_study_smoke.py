@@ -82,8 +82,12 @@ def _descendants(pid: int) -> set[int]:
         found |= more
 
 
-def test_sigterm_stops_the_running_sweep_and_its_parallel_workers(shared_cache: str, tmp_path: Path) -> None:
-    """``kill <mhaexp-study>`` (or scancel) mid-sweep ends the sweep's mhaexp-train and its joblib workers too."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stop_ends_the_running_sweep_and_its_parallel_workers(
+    signum: signal.Signals, shared_cache: str, tmp_path: Path
+) -> None:
+    """``kill <mhaexp-study>`` (or scancel, or Ctrl-C) mid-sweep ends the sweep's mhaexp-train and its joblib
+    workers too; Ctrl-C says so in one line, and the stopped study's runs are refused to ``--verdict-only``."""
     env = {**os.environ, "WANDB_MODE": "offline", "STUDY_SMOKE": "1", "MHAEXP_CACHE": shared_cache}
     cmd = [str(BIN / "mhaexp-study"), "olsson2022", "--out", str(tmp_path / "out"), "--jobs", "2"]
     study = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -95,12 +99,19 @@ def test_sigterm_stops_the_running_sweep_and_its_parallel_workers(shared_cache: 
                 break
             time.sleep(0.2)
         assert len(group) >= 3, f"no parallel sweep seen: {group}, study exit {study.poll()}"
-        study.send_signal(signal.SIGTERM)
-        assert study.wait(timeout=30) == 128 + signal.SIGTERM
+        study.send_signal(signum)
+        assert study.wait(timeout=30) == 128 + signum
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and group & set(_processes()):
             time.sleep(0.2)
         assert not group & set(_processes()), "processes of the sweep outlived the study"
+        said = study.stdout.read().decode()
+        assert "Traceback" not in said, said[-3000:]
+        if signum == signal.SIGINT:
+            assert said.strip().splitlines()[-1].startswith("mhaexp-study: error: interrupted; "), said[-2000:]
+        again = subprocess.run([*cmd, "--verdict-only"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert again.returncode == 2 and "Traceback" not in again.stderr
+        assert "is invalid: a study whose runs finished (these were stopped part way" in again.stderr, again.stderr
     finally:
         study.kill()
         study.wait()

@@ -63,15 +63,18 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         fail(PROG, ConfigError("override", bad[0], "key=value, e.g. trainer=gpu"))
     smoke = os.environ.get("STUDY_SMOKE", "") not in ("", "0")
+    out = args.out or Path("studies") / args.study
     try:
         budget = Budget(steps=args.steps, seeds=args.seeds, smoke=smoke, n_jobs=args.jobs, extra=tuple(args.overrides))
         study = get_study(args.study)
-        out = args.out or Path("studies") / args.study
         if not args.verdict_only:
             preflight(study.preflight_overrides(budget) + list(budget.extra))
         doc = study.execute(out, budget, rerun=not args.verdict_only)
     except (ConfigError, StudyError) as e:
         fail(PROG, e)
+    except KeyboardInterrupt:
+        # Ctrl-C: the running sweep is already killed (runner.run_group); a traceback would say nothing more.
+        fail(PROG, f"interrupted; {out} holds part of the study (a rerun starts it again)", code=128 + signal.SIGINT)
     print(f"\n{doc['title']}")
     for c in doc["claims"]:
         print(f"  [{verdict_word(c['holds']):>13}] {c['claim']}")

@@ -59,10 +59,11 @@ class Study(ABC):
         runtime = None
         if rerun:
             prepare_out(ctx.out)
-            write_budget(ctx.out, budget)
+            write_budget(ctx.out, budget, finished=False)
             start = time.perf_counter()
             self.run(ctx)
             runtime = round(time.perf_counter() - start, 1)
+            write_budget(ctx.out, budget, finished=True)
         claims = self.verdicts(ctx)
         doc = verdict_document(self.name, self.title, claims, budget, ctx.stage_seconds, runtime)
         write_report(ctx.out, doc, claims, self.notes(ctx))

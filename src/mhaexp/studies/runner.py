@@ -198,22 +198,33 @@ def budget_dict(budget: Budget) -> dict[str, Any]:
     return d
 
 
-def write_budget(out: Path, budget: Budget) -> None:
-    (Path(out) / BUDGET_FILE).write_text(json.dumps(budget_dict(budget), indent=2) + "\n")
+def write_budget(out: Path, budget: Budget, finished: bool) -> None:
+    """``budget.json``: written unfinished before the first run and finished after the last, so that
+    ``--verdict-only`` never reads a stopped study's partial runs as if they were all of them."""
+    doc = {**budget_dict(budget), "finished": finished}
+    (Path(out) / BUDGET_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def recorded_budget(out: Path, n_jobs: int = 2) -> Budget:
     """The budget the runs in ``out`` were trained with (``budget.json``; a study directory from before it
-    existed: the budget in ``verdict.json``). ConfigError if ``out`` holds no study's runs."""
+    existed: the budget in ``verdict.json``). ConfigError if ``out`` holds no study's runs, or a stopped one's."""
     out = Path(out)
     bad = ConfigError("--out", str(out), "a directory a study run wrote (run the study without --verdict-only first)")
-    if not (out / MARKER).is_file() or not (out / RUNS_DIR).is_dir():
+    if not (out / MARKER).is_file():
         raise bad
     try:
         path = out / BUDGET_FILE
         d = json.loads(path.read_text()) if path.is_file() else json.loads((out / VERDICT_FILE).read_text())["budget"]
-        return Budget(
+        finished = d.get("finished", True)  # budget.json from before the flag: it cannot tell, trusted as then
+        budget = Budget(
             steps=d["steps"], seeds=d["seeds"], smoke=bool(d["smoke"]), n_jobs=n_jobs, extra=tuple(d["extra"])
         )
     except (OSError, ValueError, KeyError, TypeError):
         raise bad from None
+    if finished is not True:
+        raise ConfigError(
+            "--out", str(out), "a study whose runs finished (these were stopped part way: rerun without --verdict-only)"
+        )
+    if not (out / RUNS_DIR).is_dir():
+        raise bad
+    return budget
