@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mhaexp import ConfigError, ModelConfig
-from mhaexp.pruning.surgery import load_model
+from mhaexp.nn.io import load_model
 from mhaexp.training.config import TrainerConfig
 from mhaexp.training.module import LMModule
 

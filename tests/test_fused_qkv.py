@@ -18,11 +18,9 @@ import torch
 
 from mhaexp import MultiHeadAttention
 from mhaexp.checkpoint import read_checkpoint
+from mhaexp.nn.io import checkpoint_config, load_model, model_state
 from mhaexp.pruning.surgery import (
-    checkpoint_config,
     convert_to_gqa,
-    load_model,
-    model_state,
     prune_checkpoint,
     prune_heads,
     validate_init,

@@ -18,13 +18,14 @@ from torch.utils.data import DataLoader
 
 from mhaexp import ConfigError, ModelConfig, Transformer
 from mhaexp.heads.importance import ablation_importance, attention_entropy, entropy_scores, gradient_importance
+from mhaexp.nn.io import load_model
 from mhaexp.nn.objectives import IGNORE, causal_lm_objective
 from mhaexp.pruning import l0 as l0mod
 from mhaexp.pruning import schedules as sch
 from mhaexp.pruning.callback import PruningCallback, build_pruning_callback, validate_pruning
 from mhaexp.pruning.criteria import random_scores, role_scores
 from mhaexp.pruning.curves import compute_pruning_curve, plot_pruning_curves, read_curve_csv, write_curve_csv
-from mhaexp.pruning.surgery import apply_mask, load_model
+from mhaexp.pruning.surgery import apply_mask
 from mhaexp.training.module import LMModule
 
 V, T = 32, 10

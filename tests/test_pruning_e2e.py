@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mhaexp.pruning.surgery import load_model
+from mhaexp.nn.io import load_model
 
 BIN = Path(sys.executable).parent
 

@@ -12,12 +12,11 @@ from torch.utils.data import DataLoader
 from mhaexp import ConfigError, ModelConfig, Transformer
 from mhaexp.checkpoint import atomic_save, read_checkpoint
 from mhaexp.cli.prune import main as prune_main
+from mhaexp.nn.io import checkpoint_for, load_model
 from mhaexp.pruning.surgery import (
     apply_mask,
-    checkpoint_for,
     convert_to_gqa,
     load_init,
-    load_model,
     parse_heads,
     plan_layer,
     prune_heads,

@@ -13,6 +13,7 @@ _LAZY = {
     "MultiHeadAttention": "mhaexp.nn.attention",
     "ModelConfig": "mhaexp.nn.config",
     "Transformer": "mhaexp.nn.model",
+    "load_model": "mhaexp.nn.io",
     "ConfigError": "mhaexp.errors",
 }
 __all__ = sorted(_LAZY)

@@ -11,7 +11,7 @@ Keys: ``ckpt`` (required), ``heads`` (``L0H1,L1H3`` or ``0:1,1:3``; default: hea
 in the checkpoint), ``out``, ``uneven`` (``pad`` | ``split``, how unequal GQA groups are kept
 valid; see :mod:`mhaexp.pruning.surgery`), ``n_kv_heads`` and ``gqa_init`` (``mean`` | ``first`` |
 ``random``) for K/V conversion. The output loads with ``LMModule.load_from_checkpoint`` or
-``mhaexp.pruning.load_model`` and trains with ``mhaexp-train init_from=<out> model.layer_n_heads=...``.
+``mhaexp.load_model`` and trains with ``mhaexp-train init_from=<out> model.layer_n_heads=...``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
 def run(argv: list[str]) -> str:
     """Do what ``argv`` asks; return the lines to print."""
     from mhaexp.checkpoint import atomic_save, read_checkpoint
+    from mhaexp.nn.io import checkpoint_for, load_model
     from mhaexp.pruning import surgery
 
     args = parse_args(argv)
@@ -55,10 +56,10 @@ def run(argv: list[str]) -> str:
             raise ConfigError("n_kv_heads", args["n_kv_heads"], "must be an integer") from None
         out = Path(args.get("out") or Path(src).with_name(Path(src).stem + f"_kv{n_kv}.ckpt"))
         ckpt = read_checkpoint(src, "ckpt")
-        model = surgery.load_model(src)
+        model = load_model(src)
         new = surgery.convert_to_gqa(model, n_kv, args.get("gqa_init", "mean"), int(args.get("seed", 0)))
         meta = {"converted_from": src, "gqa_init": args.get("gqa_init", "mean")}
-        atomic_save(surgery.checkpoint_for(new, ckpt, extra=meta), out)
+        atomic_save(checkpoint_for(new, ckpt, extra=meta), out)
         return (
             f"converted K/V heads {model.cfg.n_kv_heads} -> {n_kv} ({meta['gqa_init']}); "
             f"parameters {model.param_counts()['total']} -> {new.param_counts()['total']}\nwrote {out}"
@@ -68,7 +69,7 @@ def run(argv: list[str]) -> str:
     if out.resolve() == Path(src).resolve():
         raise ConfigError("out", str(out), "must differ from ckpt (the source is kept)")
     report = surgery.prune_checkpoint(src, heads, out, args.get("uneven", "pad"))
-    cfg = surgery.load_model(out).cfg
+    cfg = load_model(out).cfg
     lines = [
         f"removed {len(report.removed)} head(s): {surgery.format_heads(report.removed) or '(none)'}",
         report.summary(),

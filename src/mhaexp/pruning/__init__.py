@@ -37,7 +37,6 @@ _LAZY = {
     "apply_mask": "surgery",
     "convert_to_gqa": "surgery",
     "load_init": "surgery",
-    "load_model": "surgery",
     "parse_heads": "surgery",
     "prune_checkpoint": "surgery",
     "prune_heads": "surgery",

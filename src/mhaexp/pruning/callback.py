@@ -30,6 +30,7 @@ from torch import Tensor
 from mhaexp.checkpoint import atomic_save
 from mhaexp.errors import ConfigError
 from mhaexp.heads.importance import evaluate
+from mhaexp.nn.io import checkpoint_for
 from mhaexp.nn.model import ModelConfig
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 from mhaexp.pruning import l0 as l0mod
@@ -43,7 +44,7 @@ from mhaexp.pruning.schedules import (
     select_heads,
     validate_pruning,
 )
-from mhaexp.pruning.surgery import apply_mask, checkpoint_for, format_heads, masked_heads, prune_heads
+from mhaexp.pruning.surgery import apply_mask, format_heads, masked_heads, prune_heads
 from mhaexp.rundir import PRUNED_CHECKPOINT, PRUNING_CURVE_FILE, PRUNING_FILE
 
 BatchSource = Sequence[Batch] | Callable[[pl.Trainer], Sequence[Batch]] | None

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mhaexp.nn import gates
 from mhaexp.nn.model import Transformer
 from mhaexp.pruning.schedules import L0_STRETCH as DEFAULT_STRETCH
 from mhaexp.pruning.schedules import L0_TEMPERATURE as DEFAULT_TEMPERATURE
@@ -39,9 +40,8 @@ def prob_open(
 
 
 def deterministic_gate(log_alpha: Tensor, stretch: tuple[float, float] = DEFAULT_STRETCH) -> Tensor:
-    """Test-time gate ``min(1, max(0, sigmoid(log_alpha) (r - l) + l))`` (Louizos et al. 2018, eq. 13)."""
-    l, r = stretch
-    return (torch.sigmoid(log_alpha) * (r - l) + l).clamp(0.0, 1.0)
+    """Test-time gate (Louizos et al. 2018, eq. 13), default stretch unless given (:mod:`mhaexp.nn.gates`)."""
+    return gates.deterministic_gate(log_alpha, stretch)
 
 
 def sample_gate(
@@ -177,18 +177,3 @@ def fold_l0_gates(model: Transformer) -> list[tuple[int, int]]:
         del layer.gate_fn  # drops the submodule; then restore the plain attribute the layer expects
         layer.gate_fn = None
     return closed
-
-
-def fold_l0_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The same folding on a model ``state_dict`` (keys without the ``model.`` prefix): returns a new
-    dict with each ``...attn.gate_fn.*`` group folded into ``...attn.head_gate`` and removed."""
-    out = dict(state)
-    for key in [k for k in state if k.endswith("gate_fn.log_alpha")]:
-        prefix = key[: -len("gate_fn.log_alpha")]
-        stretch = state.get(prefix + "gate_fn.stretch")
-        lr = (float(stretch[0]), float(stretch[1])) if stretch is not None else DEFAULT_STRETCH
-        z = deterministic_gate(state[key].float(), lr)
-        out[prefix + "head_gate"] = state[prefix + "head_gate"] * z.to(state[prefix + "head_gate"].dtype)
-        for k in [k for k in out if k.startswith(prefix + "gate_fn.")]:
-            del out[k]
-    return out

@@ -1,4 +1,4 @@
-"""Physical head removal, MHA -> GQA/MQA conversion, and loading our checkpoints.
+"""Physical head removal and MHA -> GQA/MQA conversion (reading and writing models: :mod:`mhaexp.nn.io`).
 
 Physical removal
 ----------------
@@ -32,7 +32,6 @@ copies each K/V head to every new head of its group, which computes the same fun
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
@@ -44,12 +43,13 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from mhaexp.checkpoint import CHECKPOINT_KEY, atomic_save, read_checkpoint
+from mhaexp.checkpoint import atomic_save, read_checkpoint
 from mhaexp.errors import ConfigError
-from mhaexp.nn.attention import FUSED_QKV, fuse_separate_qkv, qkv_sizes
+from mhaexp.nn.attention import FUSED_QKV, qkv_sizes
+from mhaexp.nn.gates import fold_l0_state
+from mhaexp.nn.io import checkpoint_config, checkpoint_for, load_model, model_state
 from mhaexp.nn.model import ModelConfig, Transformer
 from mhaexp.nn.shapes import divisors
-from mhaexp.pruning.l0 import HardConcreteGate, fold_l0_state
 from mhaexp.pruning.schedules import GQA_INITS, UNEVEN
 
 Head = tuple[int, int]
@@ -440,26 +440,6 @@ def convert_state(
 # ---------------------------------------------------------------------------------------------
 
 
-def checkpoint_config(ckpt: dict[str, Any]) -> ModelConfig:
-    """The model config stored under the checkpoint's ``mhaexp`` key."""
-    return ModelConfig(**ckpt[CHECKPOINT_KEY]["model"])
-
-
-def model_state(ckpt: dict[str, Any]) -> dict[str, Tensor]:
-    """The Transformer's state (``model.`` prefix stripped), L0 gates folded into ``head_gate``, q/k/v
-    in the fused layout (checkpoints written before it carry separate ``q_proj``/``k_proj``/``v_proj``)."""
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return fuse_separate_qkv(fold_l0_state(state))
-
-
-def load_model(path: str | os.PathLike[str], field_name: str = "ckpt") -> Transformer:
-    """Rebuild the :class:`Transformer` of one of our checkpoints (pruned ones included), in eval mode."""
-    ckpt = read_checkpoint(path, field_name)
-    model = Transformer(checkpoint_config(ckpt))
-    model.load_state_dict(model_state(ckpt))
-    return model.eval()
-
-
 def validate_init(path: str | os.PathLike[str], model_cfg: ModelConfig, gqa_init: str = "mean") -> None:
     """Everything :func:`load_init` would reject, checked before training (no model is built)."""
     ckpt = read_checkpoint(path, "init_from")
@@ -502,50 +482,6 @@ def load_init(
         "kv_heads_before": [src_cfg.heads_in_layer(i)[1] for i in range(src_cfg.n_layers)],
         "kv_heads_after": [target_model_cfg.heads_in_layer(i)[1] for i in range(target_model_cfg.n_layers)],
     }
-
-
-def checkpoint_for(
-    model: Transformer,
-    base: dict[str, Any] | None = None,
-    hparams: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A checkpoint dict for ``model`` that both ``LMModule.load_from_checkpoint`` and :func:`load_model` read.
-
-    ``base`` (a source checkpoint) gives step counters and hyper-parameters; optimizer and loop
-    states are dropped (they describe the old shapes).
-    """
-    base = base or {}
-    hp = _plain(copy.deepcopy(dict(hparams if hparams is not None else base.get("hyper_parameters") or {})))
-    hp["model"] = asdict(model.cfg)
-    hp.setdefault("optim", {})
-    if any(isinstance(layer.gate_fn, HardConcreteGate) for layer in model.attention_layers):
-        raise ValueError("fold the L0 gates (fold_l0_gates) before saving a pruned checkpoint")
-    meta = {"model": asdict(model.cfg), "version": 1}
-    meta.update(_plain(extra or {}))
-    return {
-        "state_dict": {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()},
-        "hyper_parameters": hp,
-        CHECKPOINT_KEY: meta,
-        "pytorch-lightning_version": base.get("pytorch-lightning_version", pl.__version__),
-        "epoch": base.get("epoch", 0),
-        "global_step": base.get("global_step", 0),
-    }
-
-
-def _plain(x: Any) -> Any:
-    """OmegaConf containers -> dicts and lists, so the file loads with ``torch.load(weights_only=True)``."""
-    try:
-        from omegaconf import Container, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        Container = ()  # noqa: N806
-    if Container and isinstance(x, Container):
-        return OmegaConf.to_container(x, resolve=True)
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_plain(v) for v in x)
-    return x
 
 
 def prune_checkpoint(

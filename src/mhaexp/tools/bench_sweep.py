@@ -62,7 +62,7 @@ def step_seconds(job_dirs: list[Path], threads: int, steps: int) -> float:
     import torch
     from omegaconf import OmegaConf
 
-    from mhaexp.pruning.surgery import load_model
+    from mhaexp.nn.io import load_model
     from mhaexp.tools.bench import train_step_fn
 
     torch.set_num_threads(threads)  # as mhaexp.training.parallel.share_cpu_threads does in a job
