@@ -320,7 +320,7 @@ def ablation_importance(
                 heads = [h for h in range(attn.n_heads) if float(gates[h]) != 0.0]
                 if not heads:
                     continue
-                x_in = block.ln_1(cached[li])
+                x_in = block.attn_input(cached[li])
                 clean_a, _ = attn(x_in, key_padding_mask=mask)  # (B, T, d)
                 contrib = attn.head_contributions(x_in, mask)[heads]  # (n, B, T, d)
                 chunk = max(1, max_rows // B)
@@ -332,7 +332,7 @@ def ablation_importance(
                     rep_mask = mask.repeat(n, 1) if mask is not None else None
                     for block_j in blocks[li + 1 :]:
                         x, _ = block_j(x, key_padding_mask=rep_mask)
-                    out = model.lm_head(model.ln_f(x))  # (n*B, T, V)
+                    out = model.unembed(x)  # (n*B, T, V)
                     loss = (
                         F.cross_entropy(
                             out.flatten(0, 1).float(),

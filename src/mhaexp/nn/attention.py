@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mhaexp.errors import ConfigError
-from mhaexp.nn.shapes import check_heads, divisors, resolve_head_dim
+from mhaexp.nn.shapes import check_heads, divisors, resolve_head_dim, rotary_dims
 
 __all__ = [
     "FUSED_QKV",
@@ -89,24 +89,36 @@ def fuse_separate_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al. 2021), half-split layout as in GPT-NeoX/Llama."""
+    """Rotary position embedding (Su et al. 2021), half-split (``rotate_half``) layout as in GPT-NeoX/Llama.
 
-    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0) -> None:
+    ``rotary_pct < 1`` (GPT-NeoX/Pythia's partial rotary): only the leading ``n_rot`` dimensions of each
+    head are rotated, with frequencies of a ``dim = int(head_dim * rotary_pct)``-wide RoPE; the rest pass
+    through unchanged (:func:`mhaexp.nn.shapes.rotary_dims`).
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0, rotary_pct: float = 1.0) -> None:
         super().__init__()
-        if head_dim % 2 != 0:
+        dim, self.n_rot = rotary_dims(head_dim, rotary_pct)
+        if rotary_pct == 1.0 and head_dim % 2 != 0:
             raise ConfigError("model.head_dim", head_dim, "must be even when model.pos=rope")
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hs/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
+        if not 0 < self.n_rot <= head_dim:
+            raise ConfigError("model.rotary_pct", rotary_pct, f"rotates {self.n_rot} of head_dim={head_dim} dims")
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, n_rot/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, n_rot)
         # Not persistent: they are a function of the config, and old checkpoints stay loadable.
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
+        self.partial = self.n_rot < head_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, h, T, hs)
         T = x.size(-2)
+        if self.partial:
+            x, rest = x[..., : self.n_rot], x[..., self.n_rot :]  # (B, h, T, n_rot), (B, h, T, hs - n_rot)
         x1, x2 = x.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
-        return x * self.cos[:T].to(x.dtype) + rotated * self.sin[:T].to(x.dtype)
+        out = x * self.cos[:T].to(x.dtype) + rotated * self.sin[:T].to(x.dtype)
+        return torch.cat([out, rest], dim=-1) if self.partial else out
 
 
 class FusedQKV(nn.Linear):
@@ -132,11 +144,13 @@ class MultiHeadAttention(nn.Module):
         n_kv_heads: key/value heads; ``None`` means ``n_heads`` (MHA), 1 is MQA.
         head_dim: size of each head; ``None`` means ``d_model // n_heads``.
         causal: mask future keys (decoder) or not (encoder).
-        bias: biases on the four projections.
+        bias: biases on the q/k/v projection (and on ``o_proj`` unless ``o_bias`` says otherwise).
         dropout: dropout on the attention weights while training.
         rope: rotate queries and keys (RoPE) instead of relying on absolute positions.
         max_seq_len: longest sequence RoPE tables are built for.
         rope_base: RoPE frequency base.
+        rotary_pct: share of each head's dimensions RoPE rotates (GPT-NeoX's partial rotary).
+        o_bias: bias on ``o_proj``; ``None`` follows ``bias`` (Qwen2 has q/k/v biases and none here).
     """
 
     def __init__(
@@ -151,6 +165,8 @@ class MultiHeadAttention(nn.Module):
         rope: bool = False,
         max_seq_len: int = 2048,
         rope_base: float = 10000.0,
+        rotary_pct: float = 1.0,
+        o_bias: bool | None = None,
     ) -> None:
         super().__init__()
         self.n_kv_heads = check_heads(n_heads, n_kv_heads)
@@ -160,8 +176,8 @@ class MultiHeadAttention(nn.Module):
         self.causal = causal
         self.dropout = dropout
         self.qkv_proj = FusedQKV(d_model, qkv_sizes(n_heads, self.n_kv_heads, self.head_dim), bias)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
-        self.rotary = RotaryEmbedding(self.head_dim, max_seq_len, rope_base) if rope else None
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias if o_bias is None else o_bias)
+        self.rotary = RotaryEmbedding(self.head_dim, max_seq_len, rope_base, rotary_pct) if rope else None
         self.register_buffer("head_gate", torch.ones(n_heads))
         # Extra multiplicative gates (e.g. hard-concrete L0 gates while pruning); returns (n_heads,).
         self.gate_fn: Callable[[], torch.Tensor] | None = None

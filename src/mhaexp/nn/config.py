@@ -11,6 +11,7 @@ from mhaexp.config import (
     check_fields,
     choice,
     list_of,
+    non_negative_int,
     number,
     optional,
     positive_int,
@@ -18,9 +19,12 @@ from mhaexp.config import (
     setting,
 )
 from mhaexp.errors import ConfigError
-from mhaexp.nn.shapes import check_heads, resolve_head_dim
+from mhaexp.nn.shapes import check_heads, resolve_head_dim, rotary_dims
 
 POSITIONS = ("learned", "rope", "none")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+MLPS = ("gelu", "gelu_tanh", "swiglu")
 
 
 @dataclass
@@ -31,6 +35,12 @@ class ModelConfig:
     explicit ``head_dim`` keeps head size fixed while the head count varies.
     ``layer_n_heads`` / ``layer_n_kv_heads`` override the head counts per layer,
     which is what a physically pruned model needs.
+
+    The architecture options (issue 30; ``conf/model/small.yaml`` says each in a line) select the
+    modules of :mod:`mhaexp.nn.model`; their defaults are the model mhaexp always built (pre-LN
+    LayerNorm, exact GELU, sequential residual, full rotary, one ``bias`` for everything, no token
+    types, a plain linear LM head), so old checkpoints and seeds give the same numbers.
+    ``qkv_bias`` / ``o_bias`` / ``mlp_bias`` left null follow ``bias`` and are resolved to it here.
     """
 
     vocab_size: int = setting(DERIVED, 256)  # the data's tokenizer fixes it: never a YAML key
@@ -50,6 +60,17 @@ class ModelConfig:
     rope_base: float = setting(positive_number(), 10000.0)
     layer_n_heads: list[int] | None = setting(optional(list_of(positive_int())), None)
     layer_n_kv_heads: list[int] | None = setting(optional(list_of(positive_int())), None)
+    norm: str = setting(choice(*NORMS), "layernorm")
+    norm_eps: float = setting(positive_number(), 1e-5)
+    norm_position: str = setting(choice(*NORM_POSITIONS), "pre")
+    mlp: str = setting(choice(*MLPS), "gelu")
+    parallel_residual: bool = setting(boolean(), False)
+    rotary_pct: float = setting(number(0.0, 1.0, low_open=True), 1.0)
+    qkv_bias: bool | None = setting(optional(boolean()), None)
+    o_bias: bool | None = setting(optional(boolean()), None)
+    mlp_bias: bool | None = setting(optional(boolean()), None)
+    type_vocab_size: int = setting(non_negative_int(), 0)
+    mlm_head: bool = setting(boolean(), False)
     extra: dict[str, Any] = setting(DERIVED, factory=dict)  # free-form, programmatic only; checkpoints carry it
 
     def __post_init__(self) -> None:
@@ -58,8 +79,23 @@ class ModelConfig:
         check_fields(self, "model")
         self.n_kv_heads = check_heads(self.n_heads, self.n_kv_heads, "model.")
         self.head_dim = resolve_head_dim(self.d_model, self.n_heads, self.head_dim, "model.")
-        if self.pos == "rope" and self.head_dim % 2:
+        for name in ("qkv_bias", "o_bias", "mlp_bias"):
+            if getattr(self, name) is None:
+                setattr(self, name, self.bias)
+        if self.rotary_pct != 1.0 and self.pos != "rope":
+            raise ConfigError("model.rotary_pct", self.rotary_pct, f"needs model.pos=rope (it is {self.pos!r})")
+        if self.pos == "rope" and self.rotary_pct == 1.0 and self.head_dim % 2:
             raise ConfigError("model.head_dim", self.head_dim, "must be even when model.pos=rope")
+        rotated = rotary_dims(self.head_dim, self.rotary_pct)[1]
+        if self.pos == "rope" and not 0 < rotated <= self.head_dim:
+            raise ConfigError(
+                "model.rotary_pct",
+                self.rotary_pct,
+                f"would rotate {rotated} of head_dim={self.head_dim} dimensions (int(head_dim * rotary_pct) "
+                "rounded up to even); needs at least 2 and at most head_dim",
+            )
+        if self.parallel_residual and self.norm_position == "post":
+            raise ConfigError("model.parallel_residual", True, "needs model.norm_position=pre (GPT-NeoX is pre-LN)")
         for name in ("layer_n_heads", "layer_n_kv_heads"):
             value = getattr(self, name)
             if value is not None:

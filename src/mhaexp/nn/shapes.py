@@ -47,3 +47,11 @@ def check_heads(n_heads: int, n_kv_heads: int | None, prefix: str = "") -> int:
             f"{prefix}n_kv_heads", n_kv_heads, f"must divide n_heads={n_heads}; valid: {divisors(n_heads)}"
         )
     return n_kv_heads
+
+
+def rotary_dims(head_dim: int, rotary_pct: float) -> tuple[int, int]:
+    """(``dim``, rotated): RoPE's frequencies are ``base ** (-2i / dim)`` for ``dim = int(head_dim * rotary_pct)``,
+    and the leading ``2 * ceil(dim / 2)`` dimensions of each head are rotated, exactly as HF GPT-NeoX (its
+    cos/sin tables hold each of the ``ceil(dim / 2)`` frequencies twice); the rest pass through."""
+    dim = int(head_dim * rotary_pct)
+    return dim, dim + dim % 2
