@@ -248,8 +248,9 @@ def bert_weights(cfg: ModelConfig, c: dict[str, Any]) -> dict[str, Source | str]
         **_norm("mlm_head.norm", "^cls.predictions.transform.LayerNorm", True),
         "mlm_head.dense.weight": "^cls.predictions.transform.dense.weight",
         "mlm_head.dense.bias": "^cls.predictions.transform.dense.bias",
-        # The decoder's bias is tied to cls.predictions.bias; files carry one or both.
-        "lm_head.bias": _first("^cls.predictions.bias", "^cls.predictions.decoder.bias"),
+        # The decoder's own bias is what HF adds (5.x keeps it apart from cls.predictions.bias when the
+        # decoder is untied; 4.x ties the two, and older files carry only cls.predictions.bias).
+        "lm_head.bias": _first("^cls.predictions.decoder.bias", "^cls.predictions.bias"),
     }
     if not cfg.tie_embeddings:
         m["lm_head.weight"] = "^cls.predictions.decoder.weight"
