@@ -7,16 +7,18 @@ Usage::
     mhaexp-analyze ckpt=last.ckpt conllu=treebank.conllu                 # score heads on your own sentences
     mhaexp-analyze ckpt=last.ckpt probe_batches=4 thresholds.positional=0.8 data.n_probe=512
     mhaexp-analyze ckpt=last.ckpt text="the cat that sat on the mat was fluffy"   # head view of a sentence
+    mhaexp-analyze ckpt=gpt2.ckpt data.path=corpus.txt text="the cat sat"   # a model from mhaexp-import
 
-Keys: ``ckpt`` (required), ``data`` (a ``conf/data`` choice; default: the run's own data config when
-the checkpoint sits in a run directory, read with the tokenizer the run saved, else ``grammar``; it
-also gives the tokenizer), ``conllu`` (a CoNLL-U treebank used as the probe set instead of the data's:
-its sentences are tokenized as the model's tokenizer reads running text, arcs are scored on word-level
-attention, and a per-relation table is printed and written to ``treebank_relations.csv``), ``out`` (default
-``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the
-model's tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe
-sequence). Any other ``key=value`` is an override of the composed
-``conf/train.yaml``; keys of ``conf/analysis`` may drop the ``analysis.`` prefix.
+Keys: ``ckpt`` (required), ``data`` (a ``conf/data`` choice; default: the run's own data config when the
+checkpoint sits in a run directory, read with the tokenizer the run saved, else ``grammar``; it also gives the
+tokenizer; a checkpoint from ``mhaexp-import`` reads ``data=text`` with the tokenizer saved beside it unless
+``data.tokenizer`` is given), ``conllu`` (a CoNLL-U treebank used as the probe set instead of the data's: its
+sentences are tokenized as the model's tokenizer reads running text, arcs are scored on word-level attention,
+and a per-relation table is printed and written to ``treebank_relations.csv``), ``out`` (default
+``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the model's
+tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe sequence). Any other
+``key=value`` is an override of the composed ``conf/train.yaml``; keys of ``conf/analysis`` may drop the
+``analysis.`` prefix.
 
 Writes into ``out`` what training writes into ``<run>/analysis``: ``head_metrics.csv``,
 ``head_roles.csv`` (= ``head_roles_history.csv``, one step), ``summary.json``, the PNGs,
@@ -94,14 +96,19 @@ def _run_data_node(ckpt: Path) -> Any:
     return None
 
 
-def compose(own: dict[str, str], overrides: list[str]) -> Any:
-    """The composed train config with ``data=`` and the overrides applied; ConfigError for bad ones."""
+def compose(own: dict[str, str], overrides: list[str], imported_tokenizer: Path | None = None) -> Any:
+    """The composed train config with ``data=`` and the overrides applied; ConfigError for bad ones.
+
+    An imported checkpoint (``mhaexp-import``) reads text (``data=text`` unless given) with the
+    tokenizer saved beside it (``imported_tokenizer``) unless ``data.tokenizer`` is given.
+    """
     from hydra.errors import HydraException
     from omegaconf import open_dict
 
     from mhaexp.cli.preflight import check_override_names, compose_job, hydra_context
 
-    words = ([f"data={own['data']}"] if own.get("data") else []) + overrides
+    data = own.get("data") or ("text" if imported_tokenizer is not None else None)
+    words = ([f"data={data}"] if data else []) + overrides
     with hydra_context():
         check_override_names(words, "train")
         try:
@@ -113,6 +120,10 @@ def compose(own: dict[str, str], overrides: list[str]) -> Any:
     if run_data is not None:
         with open_dict(cfg):
             cfg.data = run_data
+    keys = {w.split("=")[0].lstrip("+~") for w in words}
+    if imported_tokenizer is not None and cfg.data.kind == "text" and "data.tokenizer" not in keys:
+        with open_dict(cfg):
+            cfg.data.tokenizer = str(imported_tokenizer.resolve())
     return cfg
 
 
@@ -127,7 +138,11 @@ def conllu_probe(path: str, module: Any, tokenizer: Any, batch_size: int, acfg: 
     return treebank_probe(tb, tokenizer, batch_size, objective_for(module)), tb
 
 
-def _check_vocabulary(datamodule: Any, module: Any, kind: str) -> None:
+def _check_vocabulary(datamodule: Any, module: Any, kind: str, imported: bool) -> None:
+    # An imported model's embedding table is often padded past its tokenizer (Pythia, Qwen2): ids the
+    # tokenizer never produces are never read. A trained one learned exactly its data's vocabulary.
+    if imported and datamodule.vocab_size <= module.model.cfg.vocab_size:
+        return
     if datamodule.vocab_size != module.model.cfg.vocab_size:
         raise ConfigError(
             "data",
@@ -165,19 +180,23 @@ def run(argv: list[str]) -> str:
         relation_table,
         write_relation_table,
     )
-    from mhaexp.checkpoint import read_checkpoint
+    from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
     from mhaexp.config import build, instantiate_plain
     from mhaexp.training.module import load_module
 
     own, overrides = parse_args(argv)
     ckpt_path = Path(own["ckpt"])
     module = load_module(ckpt_path, "ckpt")
-    step = int(read_checkpoint(ckpt_path, "ckpt").get("global_step", 0))
-    cfg = compose(own, overrides)
+    ckpt = read_checkpoint(ckpt_path, "ckpt")
+    step = int(ckpt.get("global_step", 0))
+    imported = "imported" in ckpt[CHECKPOINT_KEY]
+    beside = ckpt[CHECKPOINT_KEY].get("tokenizer")  # mhaexp-import saved the model's tokenizer there
+    del ckpt
+    cfg = compose(own, overrides, ckpt_path.parent / beside if beside else None)
     acfg = build(AnalysisConfig, cfg.analysis, "analysis", complete=True)
     n_batches = acfg.probe_batches
     datamodule = instantiate_plain(cfg.data)  # builds the tokenizer, generates nothing
-    _check_vocabulary(datamodule, module, cfg.data.kind)
+    _check_vocabulary(datamodule, module, cfg.data.kind, imported)
     tokenizer = datamodule.tokenizer
     treebank = None
     if own.get("conllu"):

@@ -34,6 +34,8 @@ KEYS = ("source", "out", "revision", "max_seq_len")
 TOKENIZER_SUFFIX = ".tokenizer"  # <out stem>.tokenizer/ beside the checkpoint
 # Files a hub download needs: the config, the weights, the tokenizer's files.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "merges.txt", "vocab.*"]
+# A directory holds a tokenizer when it has one of these (AutoTokenizer builds an empty one otherwise).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
 STEP_REVISION = re.compile(r"^step(\d+)$")  # Pythia's training-checkpoint branches
 
 
@@ -89,10 +91,14 @@ def framed_tokenizer(directory: Path) -> Any | None:
     """The directory's tokenizer with mhaexp's five roles given to tokens it has; None if it has none."""
     from transformers import AutoTokenizer
 
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return None  # a model saved without its tokenizer: imported without one
     try:
         tok = AutoTokenizer.from_pretrained(str(directory))
-    except Exception:  # noqa: BLE001 - a model saved without its tokenizer: imported without one
-        return None
+    except Exception as e:  # noqa: BLE001 - whatever the library says, the source's tokenizer is unusable
+        first = (str(e).strip().splitlines() or [""])[0]
+        why = f"its tokenizer cannot be loaded ({type(e).__name__}: {first})"
+        raise ConfigError("source", str(directory), why) from None
     fallbacks = {
         "bos_token": ("bos_token", "cls_token", "eos_token"),
         "eos_token": ("eos_token", "sep_token", "bos_token"),
