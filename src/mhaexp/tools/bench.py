@@ -102,6 +102,7 @@ PLUGINS: dict[str, str] = {
     "pruning": "mhaexp.tools.bench_pruning",
     "sweep": "mhaexp.tools.bench_sweep",
     "data": "mhaexp.tools.bench_data",
+    "import": "mhaexp.tools.bench_import",
 }
 BUILTIN = ("attention", "gqa", "train")
 

@@ -1,0 +1,114 @@
+"""Benchmark section ``import``: peak memory of ``mhaexp-import`` against the model's weights.
+
+``python -m mhaexp.tools.bench --sections import``. transformers builds a random-init Llama-shaped
+model (GQA, untied embeddings; :data:`SHAPE`, 2.7 GB of fp32 weights, the largest that fits next to
+other work on the 2-core, 23 GB reference machine; ``--quick``: :data:`QUICK_SHAPE`) and saves it with
+``save_pretrained`` in one process; a fresh process then runs the real ``mhaexp-import`` on that
+directory, checkpoint writing included, and reports its peak resident memory (``VmHWM``).
+
+Rows: (peak RSS - the process's RSS once its libraries are imported) / weight bytes, target
+``<= 1.3`` (issue 30: streamed import); the raw peak RSS / weight bytes (the interpreter, torch and
+transformers included); the import's seconds. One measurement: the peak of a deterministic program.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mhaexp.tools.bench import Args, Row, register
+
+TARGET = "<= 1.3"
+SHAPE = dict(
+    num_hidden_layers=12,
+    hidden_size=2048,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    intermediate_size=5632,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+)
+QUICK_SHAPE = dict(SHAPE, num_hidden_layers=2, hidden_size=256, intermediate_size=704, vocab_size=4000)
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def build(directory: Path, shape: dict) -> None:
+    """The random-init HF model of ``shape``, saved in ``directory``."""
+    from transformers import AutoConfig
+
+    from mhaexp.tools.import_parity import save_random_hf
+
+    save_random_hf(AutoConfig.for_model("llama", **shape), directory)
+
+
+def measure(directory: Path, out: Path) -> dict:
+    """Run ``mhaexp-import`` in this (fresh) process; its peak RSS, the RSS before it, the weight bytes."""
+    # Imported before the baseline is read: the libraries' memory is not the import's.
+    import torch
+    import transformers  # noqa: F401
+
+    from mhaexp.cli import import_model
+    from mhaexp.nn.hf_import import hf_model_config, read_hf_config
+    from mhaexp.nn.io import checkpoint_for  # noqa: F401
+    from mhaexp.nn.model import Transformer
+
+    baseline = _status_kb("VmRSS") * 1024
+    start = time.perf_counter()
+    import_model.run([f"source={directory}", f"out={out}"])
+    seconds = time.perf_counter() - start
+    peak = _status_kb("VmHWM") * 1024
+    with torch.device("meta"):  # the weights' size, counted without allocating them again
+        model = Transformer(hf_model_config(read_hf_config(directory, str(directory)), str(directory)))
+    weights = sum(p.numel() * 4 for p in model.parameters())  # fp32, as imported
+    return {"peak": peak, "baseline": baseline, "seconds": seconds, "weights": weights}
+
+
+@register("import")
+def bench_import(args: Args) -> list[Row]:
+    shape = QUICK_SHAPE if args.quick else SHAPE
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "hf", Path(tmp) / "imported.ckpt"
+        run = [sys.executable, "-m", "mhaexp.tools.bench_import"]
+        subprocess.run([*run, "build", str(src), json.dumps(shape)], check=True, capture_output=True)
+        proc = subprocess.run([*run, "measure", str(src), str(out)], check=True, capture_output=True, text=True)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    weights = result["weights"]
+    case = f"llama {shape['num_hidden_layers']}L d{shape['hidden_size']} ({weights / 1e9:.2f} GB fp32)"
+    above = (result["peak"] - result["baseline"]) / weights
+    extra = dict(result)
+    return [
+        # --quick's model is smaller than what the libraries load lazily on first use: no target there.
+        Row(
+            "import",
+            case,
+            "peak RSS above baseline / weights",
+            *(above,) * 3,
+            target=None if args.quick else TARGET,
+            extra=extra,
+        ),
+        Row("import", case, "peak RSS / weights", *(result["peak"] / weights,) * 3, extra=extra),
+        Row("import", case, "import s", *(result["seconds"],) * 3, unit="s"),
+    ]
+
+
+def main(argv: list[str]) -> None:
+    """``build <dir> <shape json>`` or ``measure <dir> <out.ckpt>`` (the section's two processes)."""
+    if argv[0] == "build":
+        build(Path(argv[1]), json.loads(argv[2]))
+    else:
+        print(json.dumps(measure(Path(argv[1]), Path(argv[2]))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
