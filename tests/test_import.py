@@ -298,3 +298,16 @@ def test_an_imported_checkpoint_prunes_and_converts_like_a_trained_one(tmp_path:
     assert report.removed == [(0, 0), (0, 1)] and (pruned.layer_n_heads, pruned.layer_n_kv_heads) == ([2, 4], [1, 2])
     mqa = convert_to_gqa(load_model(out), 1)
     assert mqa.cfg.n_kv_heads == 1 and mqa.cfg.norm == "rmsnorm" and mqa.cfg.mlp == "swiglu"
+
+
+def test_a_pytorch_model_bin_directory_imports_the_same_model(tmp_path: Path) -> None:
+    """Older hub revisions (Pythia's step branches among them) carry only pytorch_model.bin."""
+    from safetensors.torch import load_file
+
+    source = hf_dir(tmp_path, "gpt_neox")
+    import_model.run([f"source={source}", f"out={tmp_path / 'st.ckpt'}"])
+    torch.save(load_file(str(source / "model.safetensors")), source / "pytorch_model.bin")
+    (source / "model.safetensors").unlink()
+    import_model.run([f"source={source}", f"out={tmp_path / 'bin.ckpt'}"])
+    a, b = (load_model(tmp_path / name).state_dict() for name in ("st.ckpt", "bin.ckpt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
