@@ -305,6 +305,8 @@ def test_a_pytorch_model_bin_directory_imports_the_same_model(tmp_path: Path) ->
     from safetensors.torch import load_file
 
     source = hf_dir(tmp_path, "gpt_neox")
+    # Another *.safetensors beside the model's own (Mistral repos ship consolidated.safetensors) is not read.
+    (source / "consolidated.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:100])
     import_model.run([f"source={source}", f"out={tmp_path / 'st.ckpt'}"])
     torch.save(load_file(str(source / "model.safetensors")), source / "pytorch_model.bin")
     (source / "model.safetensors").unlink()

@@ -32,8 +32,8 @@ from mhaexp.errors import ConfigError, key_value_main
 PROG = "mhaexp-import"
 KEYS = ("source", "out", "revision", "max_seq_len")
 TOKENIZER_SUFFIX = ".tokenizer"  # <out stem>.tokenizer/ beside the checkpoint
-# Files a hub download needs: the config, the weights, the tokenizer's files.
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "merges.txt", "vocab.*"]
+# Files a hub download needs besides the weights: the config and the tokenizer's files.
+HUB_PATTERNS = ["*.json", "*.model", "*.txt", "vocab.*"]
 # A directory holds a tokenizer when it has one of these (AutoTokenizer builds an empty one otherwise).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
 STEP_REVISION = re.compile(r"^step(\d+)$")  # Pythia's training-checkpoint branches
@@ -70,21 +70,31 @@ def local_directory(source: str, revision: str | None) -> Path:
         raise ConfigError("source", source, "is a file; give a save_pretrained directory or a hub model name")
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(source, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not in the local cache: download if the hub can be reached
-        if not hub_reachable():
+    from mhaexp.nn.hf_import import WEIGHT_PATTERNS, weight_files
+
+    def fetch(weights: str, offline: bool) -> Path:
+        patterns = [*HUB_PATTERNS, weights]
+        return Path(snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=offline))
+
+    for offline in (True, False):  # the HF cache first; then the hub, when it can be reached
+        if not offline and not hub_reachable():
             raise ConfigError(
                 "source",
                 source,
                 f"not a local directory, not in the HF cache, and the hub ({hub_endpoint()}) cannot be reached "
                 "(offline?); give a save_pretrained directory",
-            ) from None
-    try:
-        return Path(snapshot_download(source, revision=revision, allow_patterns=HUB_PATTERNS))
-    except Exception as e:  # noqa: BLE001 - a wrong name or revision: the hub's one-line reason
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError("source", f"{source}@{revision}" if revision else source, first) from None
+            )
+        for weights in WEIGHT_PATTERNS:  # safetensors when the repo has them, else the .bin files
+            try:
+                directory = fetch(weights, offline)
+            except Exception as e:  # noqa: BLE001 - not cached, or a wrong name or revision
+                if offline:
+                    break
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise ConfigError("source", f"{source}@{revision}" if revision else source, first) from None
+            if weight_files(directory):
+                return directory
+    raise ConfigError("source", source, f"the repository has no weights ({' or '.join(WEIGHT_PATTERNS)})")
 
 
 def framed_tokenizer(directory: Path) -> Any | None:

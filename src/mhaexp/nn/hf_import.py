@@ -125,7 +125,7 @@ def _rope(c: dict[str, Any], partial_default: float = 1.0) -> tuple[float, float
     params = c.get("rope_parameters") or {}
     scaling = c.get("rope_scaling") or {}
     for p in (params, scaling):
-        if not isinstance(p, dict) or (p and not isinstance(p.get("rope_type", p.get("type", "")), str)):
+        if not isinstance(p, dict) or any(isinstance(v, dict) for v in p.values()):
             raise _refuse(c, f"per-layer-type RoPE parameters {p!r}")
         kind = p.get("rope_type", p.get("type", "default"))
         if kind != "default":
@@ -460,6 +460,24 @@ SAFETENSORS_DTYPES = {
 }
 
 
+# The files transformers itself loads, safetensors first; other *.safetensors some repos ship
+# (Mistral's consolidated.safetensors: the same weights under other names) are not the model's.
+WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The model's weight files in ``directory``: the shards its index names, else what matches
+    :data:`WEIGHT_PATTERNS` (safetensors first); empty if none."""
+    for pattern in WEIGHT_PATTERNS:
+        index = directory / (pattern.replace("*", "") + ".index.json")
+        if index.is_file():
+            return sorted({directory / f for f in json.loads(index.read_text())["weight_map"].values()})
+        files = sorted(directory.glob(pattern))
+        if files:
+            return files
+    return []
+
+
 class HFWeights:
     """The tensors of a ``save_pretrained`` directory, read one at a time (see the module docstring).
 
@@ -474,19 +492,18 @@ class HFWeights:
         self.used: set[str] = set()
         self._where: dict[str, tuple[Path, dict[str, Any], int]] = {}
         self._bin: dict[str, Tensor] = {}
-        files = sorted(directory.glob("*.safetensors"))
-        if files:
+        files = weight_files(directory)
+        if files and files[0].suffix == ".safetensors":
             for f in files:
                 header, start = _safetensors_header(f, source)
                 for name, info in header.items():
                     if name != "__metadata__":
                         self._where[name] = (f, info, start)
-        else:
-            bins = sorted(directory.glob("pytorch_model*.bin"))
-            if not bins:
-                raise ConfigError(FIELD, source, "has no *.safetensors or pytorch_model*.bin weights")
-            for f in bins:
+        elif files:
+            for f in files:
                 self._bin.update(torch.load(f, map_location="cpu", mmap=True, weights_only=True))
+        else:
+            raise ConfigError(FIELD, source, f"has no weights ({' or '.join(WEIGHT_PATTERNS)})")
 
     def names(self) -> set[str]:
         return set(self._where) | set(self._bin)
