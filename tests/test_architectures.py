@@ -452,3 +452,18 @@ def test_ablation_matches_one_forward_per_head(family: str) -> None:
             want = mean_loss(model, held_out) - base
             layer.head_gate[h] = 1.0
             assert float(got[i][h]) == pytest.approx(want, abs=1e-4)
+
+
+def test_init_from_refuses_weights_made_for_other_options(
+    preset_sweep: dict[str, Path], cli: Callable, tmp_path: Path
+) -> None:
+    """GPT-2's weights fit the default model's shapes exactly, but its MLP is the tanh GELU: loading them
+    into model=small would train another function, so the option is named instead."""
+    ckpt = preset_sweep["gpt2_small"] / CHECKPOINT_DIR / LAST_CHECKPOINT
+    proc = cli("mhaexp-train", f"init_from={ckpt}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mhaexp-train: error: model.mlp='gelu' is invalid: the weights in {ckpt} were made for "
+        "model.mlp='gelu_tanh'; set that"
+    ]
+    assert not list(tmp_path.glob("runs"))

@@ -25,6 +25,18 @@ POSITIONS = ("learned", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 MLPS = ("gelu", "gelu_tanh", "swiglu")
+# Options that change what the weights compute without changing their shapes (or that a shape check would
+# only name obliquely): weights loaded into a model that differs in one of them compute something else.
+ARCHITECTURE_FIELDS = (
+    "norm",
+    "norm_eps",
+    "norm_position",
+    "mlp",
+    "parallel_residual",
+    "rotary_pct",
+    "type_vocab_size",
+    "mlm_head",
+)
 
 
 @dataclass
@@ -126,3 +138,14 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_same_architecture(source: ModelConfig, target: ModelConfig, where: str) -> None:
+    """ConfigError naming the first :data:`ARCHITECTURE_FIELDS` option in which ``target`` (the model being
+    built) differs from ``source`` (the config the weights in ``where`` were trained or imported with)."""
+    for name in ARCHITECTURE_FIELDS:
+        want, got = getattr(source, name), getattr(target, name)
+        if want != got:
+            raise ConfigError(
+                f"model.{name}", got, f"the weights in {where} were made for model.{name}={want!r}; set that"
+            )

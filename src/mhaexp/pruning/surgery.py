@@ -39,15 +39,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from mhaexp.checkpoint import atomic_save, read_checkpoint
 from mhaexp.errors import ConfigError
 from mhaexp.nn.attention import FUSED_QKV, qkv_sizes
+from mhaexp.nn.config import check_same_architecture
 from mhaexp.nn.gates import fold_l0_state
-from mhaexp.nn.io import checkpoint_config, checkpoint_for, load_model, model_state
+from mhaexp.nn.io import checkpoint_for, load_model, state_shapes
 from mhaexp.nn.model import ModelConfig, Transformer
 from mhaexp.nn.shapes import divisors
 from mhaexp.pruning.schedules import GQA_INITS, UNEVEN
@@ -357,13 +357,9 @@ def convert_to_gqa(model: Transformer, n_kv_heads: int, init: str = "mean", seed
     cfg = ModelConfig(**d)  # ConfigError (model.n_kv_heads) when it does not divide n_heads
     p = next(model.parameters())
     new = Transformer(cfg).to(device=p.device, dtype=p.dtype)
-    state = convert_state(model.state_dict(), model.cfg, cfg, _shapes(new), init, seed, "model", "<in memory>")
+    state = convert_state(model.state_dict(), model.cfg, cfg, state_shapes(new), init, seed, "model", "<in memory>")
     new.load_state_dict(state)
     return new
-
-
-def _shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def convert_state(
@@ -379,10 +375,11 @@ def convert_state(
     """Source model state -> a state for ``tgt_cfg``, converting K/V heads where the counts differ.
 
     Raises ConfigError (``field_name=source``) naming the first parameter whose shape cannot match
-    and both shapes.
+    and both shapes, and one naming an option (``model.mlp``, ...) in which the configs differ.
     """
     if gqa_init not in GQA_INITS:
         raise ConfigError("gqa_init", gqa_init, f"choose one of {list(GQA_INITS)}")
+    check_same_architecture(src_cfg, tgt_cfg, source)
     src = fold_l0_state(src)
     gen = torch.Generator().manual_seed(int(seed))
     out: dict[str, Tensor] = {}
@@ -438,50 +435,6 @@ def convert_state(
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
-
-
-def validate_init(path: str | os.PathLike[str], model_cfg: ModelConfig, gqa_init: str = "mean") -> None:
-    """Everything :func:`load_init` would reject, checked before training (no model is built)."""
-    ckpt = read_checkpoint(path, "init_from")
-    with torch.device("meta"):
-        shapes = _shapes(Transformer(model_cfg))
-    convert_state(model_state(ckpt), checkpoint_config(ckpt), model_cfg, shapes, gqa_init, source=str(path))
-
-
-def load_init(
-    module: pl.LightningModule,
-    path: str | os.PathLike[str],
-    target_model_cfg: ModelConfig,
-    gqa_init: str = "mean",
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Load a checkpoint's weights into ``module.model`` (``init_from=``), converting K/V heads.
-
-    When the checkpoint has a different number of K/V heads in a layer (e.g. an MHA checkpoint and
-    ``model.n_kv_heads=2``) they are converted with ``gqa_init`` (``mean`` / ``first`` / ``random``;
-    Ainslie et al. 2023 uptrain from mean-pooled heads). ``head_gate`` (masks) come along. Only the
-    weights load: optimizer state and step start fresh.
-
-    Raises ConfigError when the file is missing or not ours, the K/V count cannot be converted,
-    or a parameter's shape differs (both shapes named). Returns a small report for the logs.
-    """
-    ckpt = read_checkpoint(path, "init_from")
-    src_cfg = checkpoint_config(ckpt)
-    model = module.model
-    state = convert_state(
-        model_state(ckpt), src_cfg, target_model_cfg, _shapes(model), gqa_init, seed, source=str(path)
-    )
-    model.load_state_dict(state)
-    converted = [
-        i for i in range(src_cfg.n_layers) if src_cfg.heads_in_layer(i)[1] != target_model_cfg.heads_in_layer(i)[1]
-    ]
-    return {
-        "init_from": str(path),
-        "gqa_init": gqa_init if converted else None,
-        "converted_layers": converted,
-        "kv_heads_before": [src_cfg.heads_in_layer(i)[1] for i in range(src_cfg.n_layers)],
-        "kv_heads_after": [target_model_cfg.heads_in_layer(i)[1] for i in range(target_model_cfg.n_layers)],
-    }
 
 
 def prune_checkpoint(
