@@ -23,8 +23,8 @@ from mhaexp.pruning.surgery import (
     convert_to_gqa,
     prune_checkpoint,
     prune_heads,
-    validate_init,
 )
+from mhaexp.training.init_from import validate_init
 from mhaexp.training.module import LMModule, load_module
 
 # Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).

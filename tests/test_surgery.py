@@ -16,12 +16,11 @@ from mhaexp.nn.io import checkpoint_for, load_model
 from mhaexp.pruning.surgery import (
     apply_mask,
     convert_to_gqa,
-    load_init,
     parse_heads,
     plan_layer,
     prune_heads,
-    validate_init,
 )
+from mhaexp.training.init_from import load_init, validate_init
 from mhaexp.training.module import LMModule
 
 # Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).

@@ -23,7 +23,7 @@ from mhaexp.nn.config import ModelConfig
 from mhaexp.nn.gates import fold_l0_state
 from mhaexp.nn.model import Transformer
 
-__all__ = ["checkpoint_config", "checkpoint_for", "load_model", "model_state", "plain"]
+__all__ = ["checkpoint_config", "checkpoint_for", "load_model", "model_state", "plain", "state_shapes"]
 
 CHECKPOINT_VERSION = 1
 
@@ -47,6 +47,11 @@ def load_model(path: str | os.PathLike[str], field_name: str = "ckpt") -> Transf
     model = Transformer(checkpoint_config(ckpt))
     model.load_state_dict(model_state(ckpt))
     return model.eval()
+
+
+def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every state_dict entry's shape: what a state must match to load into ``model``."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def checkpoint_for(

@@ -36,11 +36,9 @@ _LAZY = {
     "fold_l0_gates": "l0",
     "apply_mask": "surgery",
     "convert_to_gqa": "surgery",
-    "load_init": "surgery",
     "parse_heads": "surgery",
     "prune_checkpoint": "surgery",
     "prune_heads": "surgery",
-    "validate_init": "surgery",
 }
 __all__ = sorted(_LAZY)
 

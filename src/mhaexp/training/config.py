@@ -233,7 +233,7 @@ class RunConfig:
             # first analysis (a BPE tokenizer is trained when the data is prepared, not by a config check).
             check_treebank(self.analysis.treebank, "analysis.treebank")
         if self.init_from is not None:
-            from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
+            from mhaexp.training.init_from import validate_init  # reads the checkpoint, so it needs torch
 
             validate_init(self.init_from, self.model, self.gqa_init)
 

@@ -1,22 +1,76 @@
-"""``init_from=<ckpt>``: start a run from another run's weights, and measure what the conversion cost.
+"""``init_from=<ckpt>``: start a run from another run's (or an imported model's) weights, and measure
+what the conversion cost.
 
-The K/V head conversion itself (MHA -> GQA/MQA, Ainslie et al. 2023) is :mod:`mhaexp.pruning.surgery`;
-this module is the training side: the callback that scores the source and the converted model on the
+The K/V head conversion itself (MHA -> GQA/MQA, Ainslie et al. 2023) is
+:func:`mhaexp.pruning.surgery.convert_state` and reading the checkpoint :mod:`mhaexp.nn.io`; this
+module is the training side: the preflight check (:func:`validate_init`), the load into the run's
+model (:func:`load_init`), and the callback that scores the source and the converted model on the
 same held-out batches before the first step.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
+from mhaexp.checkpoint import read_checkpoint
 from mhaexp.heads.importance import evaluate
+from mhaexp.nn.config import ModelConfig
+from mhaexp.nn.io import checkpoint_config, model_state, state_shapes
+from mhaexp.nn.model import Transformer
 from mhaexp.pruning.callback import BatchSource, _log, held_out_batches, module_objective
+from mhaexp.pruning.surgery import convert_state
 from mhaexp.rundir import INIT_CONVERSION_FILE
 from mhaexp.training.module import load_module
+
+
+def validate_init(path: str | os.PathLike[str], model_cfg: ModelConfig, gqa_init: str = "mean") -> None:
+    """Everything :func:`load_init` would reject, checked before training (no model is built)."""
+    ckpt = read_checkpoint(path, "init_from")
+    with torch.device("meta"):
+        shapes = state_shapes(Transformer(model_cfg))
+    convert_state(model_state(ckpt), checkpoint_config(ckpt), model_cfg, shapes, gqa_init, source=str(path))
+
+
+def load_init(
+    module: pl.LightningModule,
+    path: str | os.PathLike[str],
+    target_model_cfg: ModelConfig,
+    gqa_init: str = "mean",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``module.model`` (``init_from=``), converting K/V heads.
+
+    When the checkpoint has a different number of K/V heads in a layer (e.g. an MHA checkpoint and
+    ``model.n_kv_heads=2``) they are converted with ``gqa_init`` (``mean`` / ``first`` / ``random``;
+    Ainslie et al. 2023 uptrain from mean-pooled heads). ``head_gate`` (masks) come along. Only the
+    weights load: optimizer state and step start fresh.
+
+    Raises ConfigError when the file is missing or not ours, the K/V count cannot be converted,
+    or a parameter's shape differs (both shapes named). Returns a small report for the logs.
+    """
+    ckpt = read_checkpoint(path, "init_from")
+    src_cfg = checkpoint_config(ckpt)
+    model = module.model
+    state = convert_state(
+        model_state(ckpt), src_cfg, target_model_cfg, state_shapes(model), gqa_init, seed, source=str(path)
+    )
+    model.load_state_dict(state)
+    converted = [
+        i for i in range(src_cfg.n_layers) if src_cfg.heads_in_layer(i)[1] != target_model_cfg.heads_in_layer(i)[1]
+    ]
+    return {
+        "init_from": str(path),
+        "gqa_init": gqa_init if converted else None,
+        "converted_layers": converted,
+        "kv_heads_before": [src_cfg.heads_in_layer(i)[1] for i in range(src_cfg.n_layers)],
+        "kv_heads_after": [target_model_cfg.heads_in_layer(i)[1] for i in range(target_model_cfg.n_layers)],
+    }
 
 
 class InitQualityCallback(pl.Callback):

@@ -17,11 +17,10 @@ from mhaexp.analysis.seed_table import fill, format_table, read_roles
 from mhaexp.checkpoint import read_checkpoint
 from mhaexp.data.datamodule import LMDataModule
 from mhaexp.pruning.callback import build_pruning_callback
-from mhaexp.pruning.surgery import load_init
 from mhaexp.rundir import CHECKPOINT_DIR, SUMMARY_FILE
 from mhaexp.training.checkpointing import AtomicCheckpointIO, RNGState, newest_good_checkpoint
 from mhaexp.training.config import RunConfig
-from mhaexp.training.init_from import InitQualityCallback
+from mhaexp.training.init_from import InitQualityCallback, load_init
 from mhaexp.training.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
 from mhaexp.training.module import LMModule
 from mhaexp.training.quiet import quiet_lightning
