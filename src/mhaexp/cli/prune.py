@@ -42,6 +42,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
 def run(argv: list[str]) -> str:
     """Do what ``argv`` asks; return the lines to print."""
     from mhaexp.checkpoint import atomic_save, read_checkpoint
+    from mhaexp.nn.config import architecture_overrides
     from mhaexp.nn.io import checkpoint_for, load_model
     from mhaexp.pruning import surgery
 
@@ -75,7 +76,8 @@ def run(argv: list[str]) -> str:
         report.summary(),
         f"wrote {out}",
         f"fine-tune it with: mhaexp-train init_from={out} model.head_dim={cfg.head_dim} "
-        f"'model.layer_n_heads={cfg.layer_n_heads}' 'model.layer_n_kv_heads={cfg.layer_n_kv_heads}'",
+        f"'model.layer_n_heads={cfg.layer_n_heads}' 'model.layer_n_kv_heads={cfg.layer_n_kv_heads}'"
+        + "".join(f" {o}" for o in architecture_overrides(cfg)),
     ]
     if report.padded:
         lines.insert(

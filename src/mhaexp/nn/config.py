@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from mhaexp.config import (
@@ -28,6 +28,8 @@ MLPS = ("gelu", "gelu_tanh", "swiglu")
 # Options that change what the weights compute without changing their shapes (or that a shape check would
 # only name obliquely): weights loaded into a model that differs in one of them compute something else.
 ARCHITECTURE_FIELDS = (
+    "causal",
+    "pos",
     "norm",
     "norm_eps",
     "norm_position",
@@ -138,6 +140,18 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def architecture_overrides(cfg: ModelConfig) -> list[str]:
+    """``model.<name>=<value>`` for each :data:`ARCHITECTURE_FIELDS` option where ``cfg`` differs from the
+    default model: what a command line needs to rebuild ``cfg``'s function (a fine-tuning hint)."""
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    out = []
+    for name in ARCHITECTURE_FIELDS:
+        value = getattr(cfg, name)
+        if value != defaults[name]:
+            out.append(f"model.{name}={str(value).lower() if isinstance(value, bool) else value}")
+    return out
 
 
 def check_same_architecture(source: ModelConfig, target: ModelConfig, where: str) -> None:
