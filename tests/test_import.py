@@ -173,9 +173,12 @@ def test_every_family_imports_to_a_checkpoint_load_model_reads(tmp_path: Path, f
     auto = AutoModelForMaskedLM if family == "bert" else AutoModelForCausalLM
     hf = auto.from_pretrained(str(source), attn_implementation="eager").eval()
     ids = torch.randint(0, 320, (1, 12), generator=torch.Generator().manual_seed(0))
+    from mhaexp import load_model as public_loader
+
+    assert public_loader is load_model  # `from mhaexp import load_model`: the one loader
     with torch.no_grad():
         ref = hf(ids).logits
-        ours, _ = load_model(out)(ids)
+        ours, _ = public_loader(out)(ids)
     assert float((ours - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
