@@ -17,10 +17,13 @@ Criteria:
     the fork their repository are-16-heads-really-better-than-1 points to) gates the head at every token
     separately, takes ``|ctx_t . dL/dctx_t| = |dL(x)/dxi_{h,t}|`` per token, sums over tokens and
     sentences and divides by the number of tokens. We do the same:
-    ``I_h = sum_x sum_t |dL(x)/dxi_{h,t}| / sum_x |x|`` over the real tokens ``t``. The default because it
-    is what the paper's numbers were computed with, and because the per-sentence gradient sums terms of
-    both signs that cancel, so on a trained model it is smaller and noisier (issue 28 measured it: the
-    per-token ranking agrees better with ablation).
+    ``I_h = sum_x sum_t |dL(x)/dxi_{h,t}| / sum_x |x|`` over the real tokens ``t`` (their ``L(x)`` is one
+    label's loss; a language model predicts every token, so ours sums the sentence's token losses). The
+    default: it is what the paper's results were computed with, and a sentence's per-token gradients of
+    opposite signs do not cancel (``sum_t |g_t| >= |sum_t g_t|``), so it is the steadier estimate. On the
+    default model (seed 0, 1500 steps, the 64-sentence probe; issue 28) its standard error is 6% of the
+    mean (median over heads) against 11% per sentence, and its Spearman correlation with ablation over
+    the 24 heads 0.74 against 0.70 (0.30 for the old batch-gradient estimate).
   - ``per_sentence``: eq. 2 as written, the absolute value of each sentence's gradient,
     ``I_h = mean_x |sum_t dL(x)/dxi_{h,t}|``.
 
