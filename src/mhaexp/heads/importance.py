@@ -91,14 +91,10 @@ def eval_mode(model: Transformer):
 PatternSink = Callable[[int, list[Tensor], Tensor], None]
 
 
-def _token_losses(
-    model: Transformer, batch: Batch, index: int, objective: Objective, on_patterns: PatternSink | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+def _token_losses(model: Transformer, batch: Batch, index: int, objective: Objective) -> tuple[Tensor, Tensor, Tensor]:
     """(per-token loss (B, T), correct (B, T) bool, scored (B, T) bool)."""
     inputs, targets = objective(batch, index)
-    logits, patterns = model(inputs, attention_mask=batch["attention_mask"], need_weights=on_patterns is not None)
-    if on_patterns is not None:
-        on_patterns(index, [p.detach() for p in patterns], torch.arange(inputs.shape[0]))
+    logits, _ = model(inputs, attention_mask=batch["attention_mask"])
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none")
     scored = targets != IGNORE
     return loss.view(targets.shape), logits.argmax(-1) == targets, scored
@@ -117,18 +113,6 @@ def evaluate(
             correct += float(right[scored].sum())
             count += float(scored.sum())
     return total / max(count, 1.0), correct / max(count, 1.0)
-
-
-def batch_loss(
-    model: Transformer,
-    batch: Batch,
-    index: int = 0,
-    objective: Objective = causal_lm_objective,
-    on_patterns: PatternSink | None = None,
-) -> Tensor:
-    """Mean loss over the batch's scored tokens (differentiable)."""
-    loss, _, scored = _token_losses(model, batch, index, objective, on_patterns)
-    return loss[scored].sum() / scored.sum().clamp_min(1)
 
 
 def _token_gate_gradients(
