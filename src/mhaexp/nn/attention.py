@@ -30,7 +30,10 @@ per step. :meth:`MultiHeadAttention.split_qkv` hands out the q/k/v parts of its 
 Per-head gates: ``head_gate`` is a buffer of ones, shape ``(n_heads,)``; head
 ``h``'s output is multiplied by ``head_gate[h]`` before ``o_proj``. A gate of 0
 removes exactly that head's contribution; ``head_gate.requires_grad_(True)``
-exposes dL/dgate for gradient importance (Michel et al. 2019).
+exposes dL/dgate for gradient importance (Michel et al. 2019). ``token_gate`` (None, or
+``(B, T, n_heads)``) scales each head's output at each token on top of that: ones with
+``requires_grad`` give the per-token dL/dgate of every head in one backward
+(:mod:`mhaexp.heads.importance`).
 """
 
 from __future__ import annotations
@@ -181,6 +184,8 @@ class MultiHeadAttention(nn.Module):
         self.register_buffer("head_gate", torch.ones(n_heads))
         # Extra multiplicative gates (e.g. hard-concrete L0 gates while pruning); returns (n_heads,).
         self.gate_fn: Callable[[], torch.Tensor] | None = None
+        # Per-token gates (B, T, n_heads), set only for the duration of an importance forward.
+        self.token_gate: torch.Tensor | None = None
         self.register_load_state_dict_pre_hook(_load_separate_qkv)
 
     @property
@@ -221,7 +226,10 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         nh, hs = self.n_heads, self.head_dim
         y, weights = self._attend(x, need_weights, key_padding_mask)
-        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, nh*hs), heads side by side
+        y = y.transpose(1, 2)  # (B, T, nh, hs)
+        if self.token_gate is not None:
+            y = y * self.token_gate[..., None].to(y.dtype)
+        y = y.reshape(B, T, nh * hs)  # (B, T, nh*hs), heads side by side
         return F.linear(y, self._gated_o_weight().view(-1, nh * hs), self.o_proj.bias), weights
 
     def _gated_o_weight(self) -> torch.Tensor:

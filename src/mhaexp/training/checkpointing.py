@@ -11,6 +11,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mhaexp.checkpoint import atomic_save, read_checkpoint
 from mhaexp.errors import ConfigError
@@ -30,6 +31,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             path,
             lambda obj, tmp: super(AtomicCheckpointIO, self).save_checkpoint(obj, tmp, storage_options),
         )
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (``step{N}.ckpt`` every ``every_n_train_steps``, ``last.ckpt``), plus one
+    at the end of training, always, so ``last.ckpt`` is the model the run ends with.
+
+    Lightning writes only on its step interval and, at the end, ``last.ckpt`` only if it wrote nothing at
+    all: ``max_steps=700`` with an interval of 250 left ``last.ckpt`` at step 500, while the end-of-run
+    analysis and the summary described step 700. ``saved_steps`` names the step each file this process
+    wrote holds (file name in the checkpoint folder -> global step), for the run record.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.saved_steps: dict[str, int] = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Skipped when the interval already wrote this step (or on a fast_dev_run / outside fit).
+        if not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.saved_steps[Path(filepath).name] = trainer.global_step
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        self.saved_steps.pop(Path(filepath).name, None)
 
 
 def candidates(run_dir: Path) -> list[Path]:

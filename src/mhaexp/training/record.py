@@ -12,11 +12,25 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from mhaexp.data.tokenizers import save_tokenizer
-from mhaexp.rundir import ANALYSIS_DIR, SUMMARY_FILE, TOKENIZER_DIR
+from mhaexp.rundir import ANALYSIS_DIR, CHECKPOINT_DIR, SUMMARY_FILE, TOKENIZER_DIR
+from mhaexp.training.checkpointing import RunCheckpoint
+
+
+def checkpoint_steps(trainer: pl.Trainer, run_dir: Path) -> dict[str, int]:
+    """``{path relative to the run directory: global step}`` of the checkpoints this process wrote that are
+    still there (:class:`~mhaexp.training.checkpointing.RunCheckpoint` keeps the steps)."""
+    out: dict[str, int] = {}
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, RunCheckpoint):
+            for name, step in cb.saved_steps.items():
+                if (run_dir / CHECKPOINT_DIR / name).is_file():
+                    out[f"{CHECKPOINT_DIR}/{name}"] = step
+    return dict(sorted(out.items()))
 
 
 class RunRecord(pl.Callback):
-    """Logs parameter counts and KV-cache size once, tracks the best val loss, writes ``summary.json``;
+    """Logs parameter counts and KV-cache size once, tracks the best val loss, writes ``summary.json``
+    (with the step each checkpoint holds);
     saves the data's tokenizer into ``tokenizer/`` so the checkpoints decode without the data.
 
     The summary is what ``mhaexp-compare`` reads first, and what W&B shows as the run summary.
@@ -52,6 +66,8 @@ class RunRecord(pl.Callback):
         self.summary.update(last)
         self.summary["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         self.summary["global_step"] = trainer.global_step
+        # The step each checkpoint holds ("checkpoints/last.ckpt": 700), for those this process wrote.
+        self.summary["checkpoint_steps"] = checkpoint_steps(trainer, self.run_dir)
         analysis = self.run_dir / ANALYSIS_DIR / SUMMARY_FILE
         if analysis.is_file():  # heads per role at the end, from the analysis callback
             self.summary.update(json.loads(analysis.read_text()))

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mhaexp.analysis import index_page
 from mhaexp.analysis.callback import build_analysis_callback, build_roles_provider
@@ -18,7 +17,7 @@ from mhaexp.checkpoint import read_checkpoint
 from mhaexp.data.datamodule import LMDataModule
 from mhaexp.pruning.callback import build_pruning_callback
 from mhaexp.rundir import CHECKPOINT_DIR, SUMMARY_FILE
-from mhaexp.training.checkpointing import AtomicCheckpointIO, RNGState, newest_good_checkpoint
+from mhaexp.training.checkpointing import AtomicCheckpointIO, RNGState, RunCheckpoint, newest_good_checkpoint
 from mhaexp.training.config import RunConfig
 from mhaexp.training.init_from import InitQualityCallback, load_init
 from mhaexp.training.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
@@ -63,7 +62,7 @@ def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, 
     )
     record = RunRecord(run_dir)
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(
+        RunCheckpoint(
             dirpath=run_dir / CHECKPOINT_DIR,
             filename="step{step}",
             auto_insert_metric_name=False,
