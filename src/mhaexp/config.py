@@ -13,6 +13,7 @@ Nothing here imports torch: the CLI checks every job of a sweep with these befor
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -175,6 +176,22 @@ def setting(check: Check, default: Any = MISSING, *, factory: Any = MISSING, onl
 # ---------------------------------------------------------------------------------------------
 
 
+def close_key(word: str, known: Sequence[str]) -> str | None:
+    """The one key of ``known`` that ``word`` is a likely misspelling of (difflib's ratio), or None."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return close[0] if close else None
+
+
+def unknown_key_hint(word: str, known: Sequence[str], prefix: str = "") -> str:
+    """``did you mean <prefix.key>?`` for a close key, else the keys there are: the words of every
+    unknown-key error (command line overrides and YAML files alike)."""
+    close = close_key(word, known)
+    if close is not None:
+        return f"did you mean {dotted(prefix, close)}?"
+    where = f" of {prefix}" if prefix else ""
+    return f"valid keys{where}: {', '.join(known)}" if known else "no keys are defined there"
+
+
 def dotted(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -223,7 +240,9 @@ def build(cls: type[T], raw: Any, prefix: str, *, complete: bool = False, **deri
     for key, value in raw.items():
         if key not in by_name or check_of(by_name[key]).derived:
             keys = [n for n, f in by_name.items() if not check_of(f).derived]
-            raise ConfigError(dotted(prefix, str(key)), value, f"unknown key; valid keys: {', '.join(keys)}")
+            raise ConfigError(
+                dotted(prefix, str(key)), value, f"unknown key; {unknown_key_hint(str(key), keys, prefix)}"
+            )
     kind = raw.get("kind")
     if "kind" in by_name:
         kind_check = check_of(by_name["kind"])

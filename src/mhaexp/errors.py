@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -45,3 +46,11 @@ def key_value_main(prog: str, doc: str | None, run: Callable[[list[str]], str], 
         print(run(argv))
     except ConfigError as e:
         fail(prog, e)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every ``--option`` command of the project: a bad argument is the one :func:`fail` line
+    (``argument --steps: invalid int value: 'abc'``), not argparse's usage block above the message."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog, f"{message} (--help lists the options)")

@@ -12,9 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
-from mhaexp.errors import fail
+from mhaexp.errors import ArgumentParser, fail
 
 if TYPE_CHECKING:
     from mhaexp.compare.runs import RunSet
@@ -22,13 +22,10 @@ if TYPE_CHECKING:
 PROG = "mhaexp-compare"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, like every mhaexp command, not usage + error
-        fail(PROG, message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Compare mhaexp runs: a table over seeds, plots and a Markdown/HTML report.")
+    p = ArgumentParser(
+        prog=PROG, description="Compare mhaexp runs: a table over seeds, plots and a Markdown/HTML report."
+    )
     p.add_argument(
         "paths",
         nargs="*",
