@@ -62,6 +62,10 @@ DEVICES = Check(
     "must be a positive count, -1 (all), 'auto' or a non-empty list of device ids",
     0,
 )
+# fp16 autocast has no CPU kernels: Lightning then trains bf16-mixed instead, under the name the config gives.
+CPU_UNSUPPORTED_PRECISIONS = ("16-mixed", "16", 16)
+# Bytes a parameter holds while it trains in fp32 with AdamW: the weight, its gradient and two moments.
+TRAIN_BYTES_PER_PARAM = 4 + 4 + 2 * 4
 LOGGER_KINDS = ("wandb", "csv", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -81,6 +85,30 @@ def cuda_built() -> bool:
     import torch
 
     return torch.version.cuda is not None
+
+
+def available_memory(accelerator: str) -> tuple[int, str] | None:
+    """(bytes a training run can take, where that figure comes from): the GPU's memory for a GPU
+    accelerator, else the host's MemAvailable (/proc/meminfo; os.sysconf elsewhere). None when unknown."""
+    if accelerator in ("gpu", "cuda"):
+        import torch  # already loaded: the accelerator check asked for CUDA
+
+        return torch.cuda.get_device_properties(0).total_memory, "on the GPU"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available (MemAvailable)"
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "available"
+    except (ValueError, OSError):
+        return None
+
+
+def gigabytes(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
 
 @dataclass
@@ -119,6 +147,15 @@ class TrainerConfig:
                 "torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one or set "
                 "trainer.compile=false",
             )
+        if self.precision in CPU_UNSUPPORTED_PRECISIONS and (
+            self.accelerator == "cpu" or (self.accelerator == "auto" and not cuda_available())
+        ):
+            raise ConfigError(
+                "trainer.precision",
+                self.precision,
+                "fp16 mixed precision needs a GPU; on the CPU Lightning would train bf16-mixed instead. "
+                "Use trainer.precision=bf16-mixed or 32-true",
+            )
         if self.accelerator in ("gpu", "cuda") and not cuda_available():
             raise ConfigError(
                 "trainer.accelerator",
@@ -127,6 +164,15 @@ class TrainerConfig:
                 f"{'with' if cuda_built() else 'without'} CUDA); use trainer=cpu, or install CUDA torch "
                 "with `make install TORCH=torch`",
             )
+
+    def processes(self) -> int | None:
+        """Training processes Lightning starts (one per device, on every node); None when the machine decides
+        (``devices: -1`` or ``auto``)."""
+        if isinstance(self.devices, list):
+            return len(self.devices) * self.num_nodes
+        if isinstance(self.devices, int) and self.devices >= 1:
+            return self.devices * self.num_nodes
+        return None
 
     def kwargs(self) -> dict[str, Any]:
         """The Trainer's keyword arguments."""
@@ -221,6 +267,15 @@ class RunConfig:
             raise ConfigError(
                 "data.loss", "answer", "needs a causal model (model.causal=true); use all with an encoder"
             )
+        processes = self.trainer.processes()
+        if processes is not None and self.data.batch_size % processes:
+            raise ConfigError(
+                "data.batch_size",
+                self.data.batch_size,
+                f"must be divisible by the {processes} training processes (trainer.devices={self.trainer.devices} "
+                f"x trainer.num_nodes={self.trainer.num_nodes}): the global batch is split evenly over them",
+            )
+        self.check_memory()
         validate_pruning(self.pruning, self.model, self.trainer.max_steps)
         if self.pruning.criterion == "role" and self.pruning.kind != "none" and not self.analysis.enabled:
             raise ConfigError(
@@ -236,6 +291,29 @@ class RunConfig:
             from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
 
             validate_init(self.init_from, self.model, self.gqa_init)
+
+    def check_memory(self) -> None:
+        """Refuse a model whose training state alone (:data:`TRAIN_BYTES_PER_PARAM` per parameter, per process
+        on a CPU) exceeds the memory there is: it would end in the allocator or the OOM killer minutes in."""
+        params = self.model.approx_params()
+        copies = (self.trainer.processes() or 1) // self.trainer.num_nodes if self.trainer.accelerator == "cpu" else 1
+        need = params * TRAIN_BYTES_PER_PARAM * copies
+        have = available_memory(self.trainer.accelerator)
+        if have is None or need <= have[0]:
+            return
+        embedding = self.model.vocab_size * self.model.d_model * (1 if self.model.tie_embeddings else 2)
+        if embedding * 2 > params and self.data.kind == "text" and self.data.tokenizer == "bpe":
+            field, value = "data.vocab_size", self.data.vocab_size
+        else:
+            field, value = "model", f"{params:,} parameters"
+        per = f" x {copies} processes" if copies > 1 else ""
+        raise ConfigError(
+            field,
+            value,
+            f"training needs at least {gigabytes(need)} ({params:,} parameters x {TRAIN_BYTES_PER_PARAM} bytes for "
+            f"weights, gradients and AdamW state{per}), the machine has {gigabytes(have[0])} {have[1]}; use a "
+            "smaller model or vocabulary",
+        )
 
 
 def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
