@@ -267,6 +267,7 @@ class RunConfig:
             raise ConfigError(
                 "data.loss", "answer", "needs a causal model (model.causal=true); use all with an encoder"
             )
+        self.data.check_trainable()
         processes = self.trainer.processes()
         if processes is not None and self.data.batch_size % processes:
             raise ConfigError(
