@@ -397,7 +397,15 @@ def load_saved_tokenizer(directory: str | Path, field: str = "data.tokenizer") -
     if kind == "bpe":
         from tokenizers import Tokenizer
 
-        return BPETokenizer(int(meta["vocab_size"]), lambda: Tokenizer.from_file(str(directory / HF_FILE)))
+        # Parsed now, not at the first encode: a cut-off file must fail the preflight, not the started job.
+        try:
+            hf = Tokenizer.from_file(str(directory / HF_FILE))
+        except Exception as e:  # noqa: BLE001 - a missing or unparsable file: whatever tokenizers calls it
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(
+                field, str(directory), f"its {HF_FILE} cannot be read ({first}); save the tokenizer again"
+            ) from None
+        return BPETokenizer(int(meta["vocab_size"]), lambda: hf)
     if kind == "hf":
         return HFTokenizer(str(directory), field)
     raise ConfigError(field, str(directory), f"holds a tokenizer of unknown kind {kind!r}")

@@ -288,6 +288,8 @@ class RunConfig:
             # Parsed now, so a bad file fails before training starts; its sentences are tokenized at the
             # first analysis (a BPE tokenizer is trained when the data is prepared, not by a config check).
             check_treebank(self.analysis.treebank, "analysis.treebank")
+        if self.resume not in (None, "auto"):
+            check_resume_model(self.resume, self.model)
         if self.init_from is not None:
             from mhaexp.pruning.surgery import validate_init  # reads the checkpoint, so it needs torch
 
@@ -314,6 +316,23 @@ class RunConfig:
             f"training needs at least {gigabytes(need)} ({params:,} parameters x {TRAIN_BYTES_PER_PARAM} bytes for "
             f"weights, gradients and AdamW state{per}), the machine has {gigabytes(have[0])} {have[1]}; use a "
             "smaller model or vocabulary",
+        )
+
+
+def check_resume_model(path: str, model: ModelConfig) -> None:
+    """``resume=<ckpt>`` continues the same model: refuse a checkpoint of another shape before start, naming every
+    field that differs (Lightning would fail in ``load_state_dict`` with a page of size mismatches)."""
+    from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint  # torch.load: only with resume=<path>
+
+    saved = ModelConfig(**read_checkpoint(path, "resume")[CHECKPOINT_KEY]["model"]).to_dict()
+    ours = model.to_dict()
+    differ = [f"model.{k} {ours[k]} vs {saved[k]}" for k in ours if k != "extra" and ours[k] != saved.get(k)]
+    if differ:
+        raise ConfigError(
+            "resume",
+            path,
+            f"the checkpoint holds another model ({', '.join(differ)}: this config vs the checkpoint); resume "
+            "with the config it was trained with, or start a new run from its weights with init_from=",
         )
 
 
