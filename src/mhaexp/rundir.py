@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from mhaexp.errors import ConfigError
 
 
 def run_key() -> str:
@@ -22,6 +25,20 @@ def run_key() -> str:
         task = env.get("SLURM_ARRAY_TASK_ID")
         return f"slurm-{job}" + (f"_{task}" if task else "")
     return f"{datetime.now():%Y-%m-%d/%H-%M-%S}_{uuid.uuid4().hex[:6]}"
+
+
+def check_output_dir(path: str | os.PathLike[str], field: str) -> None:
+    """An output directory a command will write into (``field``: how the user gave it): an existing directory,
+    or one that can be made under the nearest existing one. A file there (or on the way to it) would fail
+    in ``mkdir`` with a traceback, after the command had done its work."""
+    p = Path(path)
+    nearest = p
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise ConfigError(field, str(path), f"a directory path; {nearest} is not a directory")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ConfigError(field, str(path), f"a directory you can create; {nearest} is not writable")
 
 
 # Cached: Hydra copies resolver caches into each job's config, so every job of a sweep

@@ -35,6 +35,7 @@ from mhaexp.rundir import (
     HEAD_ROLES_HISTORY_FILE,
     TOKENIZER_DIR,
     TREEBANK_RELATIONS_FILE,
+    check_output_dir,
 )
 
 PROG = "mhaexp-analyze"
@@ -171,6 +172,8 @@ def run(argv: list[str]) -> str:
 
     own, overrides = parse_args(argv)
     ckpt_path = Path(own["ckpt"])
+    out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
+    check_output_dir(out, "out")  # before the work, not at the first write
     module = load_module(ckpt_path, "ckpt")
     step = int(read_checkpoint(ckpt_path, "ckpt").get("global_step", 0))
     cfg = compose(own, overrides)
@@ -195,7 +198,6 @@ def run(argv: list[str]) -> str:
         source = f"data={cfg.data.kind}" + (f" + treebank={acfg.treebank}" if treebank is not None else "")
     if own.get("text") is not None:
         text_batch = encode_text(own["text"], tokenizer, module.model.cfg.max_seq_len)
-    out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
     out.mkdir(parents=True, exist_ok=True)
     for name in (HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE):  # appended to by run_analysis: start fresh
         (out / name).unlink(missing_ok=True)

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mhaexp.errors import ArgumentParser, fail
+from mhaexp.errors import ArgumentParser, ConfigError, fail
+from mhaexp.rundir import check_output_dir
 
 if TYPE_CHECKING:
     from mhaexp.compare.runs import RunSet
@@ -63,6 +64,21 @@ def check_args(args: argparse.Namespace) -> None:
             fail(PROG, f"not a directory: {path}")
 
 
+def out_dir(args: argparse.Namespace) -> Path:
+    """The report directory, checked before anything is read or printed: a refused command prints only its error."""
+    if args.out is not None:
+        out = args.out
+    elif args.wandb:
+        out = Path("compare") / (args.group or args.wandb.replace("/", "_"))
+    else:
+        out = args.paths[0] / "compare"
+    try:
+        check_output_dir(out, "--out")
+    except ConfigError as e:
+        fail(PROG, e)
+    return out
+
+
 def load(args: argparse.Namespace) -> RunSet:
     # Imports deferred: an argument error should not wait for pandas, matplotlib or wandb.
     if args.wandb:
@@ -86,6 +102,7 @@ def load(args: argparse.Namespace) -> RunSet:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     check_args(args)
+    out = out_dir(args)
     runset = load(args)
     for warning in runset.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
@@ -105,12 +122,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     from mhaexp.compare.report import terminal_summary, write_report
 
     print(terminal_summary(runset, args.metric))
-    if args.out is not None:
-        out = args.out
-    elif args.wandb:
-        out = Path("compare") / (args.group or args.wandb.replace("/", "_"))
-    else:
-        out = args.paths[0] / "compare"
     report = write_report(runset, out, metric=args.metric, fmt=args.format, source=where)
     print(f"\nreport: {report.path}")
     for plot in report.plots:

@@ -13,7 +13,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -26,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mhaexp.config import CONF_DIR, close_key, unknown_key_hint
 from mhaexp.errors import ConfigError
+from mhaexp.rundir import check_output_dir
 from mhaexp.training.config import RunConfig, build_run
 
 # Flags of Hydra's CLI that take a value in the next argument.
@@ -171,20 +171,12 @@ def _fixed(overrides: list[str]) -> list[str]:
     return [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
 
 
-def check_output_dir(hydra_cfg: DictConfig, multirun: bool) -> None:
+def check_hydra_dir(hydra_cfg: DictConfig, multirun: bool) -> None:
     """The directory Hydra will create for the run (``hydra.run.dir``) or the sweep (``hydra.sweep.dir``)
-    exists as a directory, or can be made under the nearest existing one: Hydra itself would fail there
-    with a traceback, after the sweep's workers had started."""
+    exists as a directory, or can be made: Hydra itself would fail there with a traceback, after the
+    sweep's workers had started."""
     key = "sweep.dir" if multirun else "run.dir"
-    value = str(OmegaConf.select(hydra_cfg, key))
-    path = Path(value)
-    nearest = path
-    while not nearest.exists() and nearest != nearest.parent:
-        nearest = nearest.parent
-    if not nearest.is_dir():
-        raise ConfigError(f"hydra.{key}", value, f"a directory path; {nearest} is not a directory")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise ConfigError(f"hydra.{key}", value, f"a directory you can create; {nearest} is not writable")
+    check_output_dir(str(OmegaConf.select(hydra_cfg, key)), f"hydra.{key}")
 
 
 def check_launcher(launcher: dict[str, Any]) -> None:
@@ -236,7 +228,7 @@ def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
             # ``hydra`` of the settings every job shares: the sweep's launcher, presets, and directories.
             hydra_cfg = compose(config_name, overrides=_fixed(overrides), return_hydra_config=True).hydra
             jobs = expand_jobs(overrides, multirun, hydra_cfg)
-            check_output_dir(hydra_cfg, multirun)
+            check_hydra_dir(hydra_cfg, multirun)
             if multirun:
                 check_launcher(OmegaConf.to_container(hydra_cfg.launcher, resolve=True))
         except HydraException as e:  # override syntax errors

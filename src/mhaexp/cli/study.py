@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mhaexp.cli.preflight import check_jobs
 from mhaexp.errors import ArgumentParser, ConfigError, fail
+from mhaexp.rundir import check_output_dir
 from mhaexp.studies import STUDIES, get_study
 from mhaexp.studies.runner import Budget, StudyError
 from mhaexp.studies.verdict import verdict_word
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     smoke = os.environ.get("STUDY_SMOKE", "") not in ("", "0")
     out = args.out or Path("studies") / args.study
     try:
+        check_output_dir(out, "--out")
         budget = Budget(steps=args.steps, seeds=args.seeds, smoke=smoke, n_jobs=args.jobs, extra=tuple(args.overrides))
         study = get_study(args.study)
         if not args.verdict_only:
