@@ -335,6 +335,12 @@ class HFTokenizer:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def unknown_words(text: str, tok: Any) -> list[str]:
+    """The whitespace-separated words of ``text`` that ``tok`` reads (in part) as its unknown token."""
+    unk = getattr(tok, "unk_id", None)
+    return [] if unk is None else [w for w in text.split() if unk in tok.encode(w)]
+
+
 def tokenizer_identity(tok: Any) -> str:
     """What fixes a tokenizer's output: a hash of its serialized form (the trained merges, the vocabulary)."""
     if hasattr(tok, "identity"):
