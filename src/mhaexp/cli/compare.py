@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mhaexp.errors import ArgumentParser, ConfigError, fail
+from mhaexp.net import unreachable, wandb_server
 from mhaexp.rundir import check_output_dir
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ def check_args(args: argparse.Namespace) -> None:
             fail(PROG, f"not a directory: {path}")
 
 
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def out_dir(args: argparse.Namespace) -> Path:
     """The report directory, checked before anything is read or printed: a refused command prints only its error."""
     if args.out is not None:
@@ -87,9 +92,26 @@ def load(args: argparse.Namespace) -> RunSet:
         from mhaexp.compare.wandb_source import load_wandb_runs
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        server = wandb_server()
+        # Asked first: W&B reports a server it cannot reach as "Failed to verify credentials".
+        why = unreachable(server)
+        if why is not None:
+            fail(
+                PROG,
+                f"--wandb {args.wandb}: the W&B server {server} cannot be reached ({why}); check the network "
+                "or WANDB_BASE_URL",
+            )
         try:
             return load_wandb_runs(wandb.Api(timeout=30), args.wandb, args.group)
-        except Exception as e:  # network, auth, unknown project: all end the command the same way
+        except wandb.errors.UsageError as e:  # no key at all: nothing was sent
+            fail(PROG, f"--wandb {args.wandb}: {first_line(e)} (or set WANDB_API_KEY)")
+        except wandb.errors.AuthenticationError as e:  # the server answers (asked above): it refused the key
+            fail(
+                PROG,
+                f"--wandb {args.wandb}: the W&B server {server} did not accept the API key ({first_line(e)}); "
+                "run `wandb login` or set WANDB_API_KEY",
+            )
+        except Exception as e:  # an unknown project, a server error: the command ends the same way
             fail(PROG, f"W&B: {type(e).__name__}: {e}", code=1)
     from mhaexp.compare.runs import load_runs
 

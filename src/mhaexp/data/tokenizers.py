@@ -23,13 +23,12 @@ import functools
 import hashlib
 import json
 import os
-import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlparse
 
 from mhaexp.errors import ConfigError
+from mhaexp.net import unreachable
 from mhaexp.rundir import TOKENIZER_DIR
 
 PAD, BOS, EOS, MASK, UNK = "<pad>", "<bos>", "<eos>", "<mask>", "<unk>"
@@ -228,12 +227,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    url = urlparse(hub_endpoint())
-    try:
-        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    return unreachable(hub_endpoint(), timeout) is None
 
 
 @contextlib.contextmanager
