@@ -160,24 +160,47 @@ def test_a_cut_off_tokenizer_file_is_refused_before_start(cli: CLI, tiny: list[s
     )
 
 
+def test_the_memory_estimate_is_the_models_parameter_count() -> None:
+    """The memory check's one formula (ModelConfig.approx_params) against the built model, within 2%."""
+    import torch
+
+    from mhaexp.nn.model import ModelConfig, Transformer
+
+    shapes = [
+        {},
+        {"n_layers": 4, "d_model": 256, "n_heads": 8, "n_kv_heads": 2, "tie_embeddings": False, "vocab_size": 5000},
+        {"attn_only": True, "pos": "rope", "d_model": 64, "n_heads": 4, "layer_n_heads": [4, 2]},
+    ]
+    for shape in shapes:
+        cfg = ModelConfig(**shape)
+        with torch.device("meta"):
+            exact = Transformer(cfg).param_counts()["total"]
+        assert 0.98 * exact <= cfg.approx_params() <= exact, (shape, cfg.approx_params(), exact)
+
+
 # ---- output paths that are files ------------------------------------------------------------------------
 
-# (command, its arguments with OUT for the path of an existing file, the option's name)
+# (command, its arguments with OUT for the path of an existing file, what the one line says)
 OUTPUTS = [
-    ("mhaexp-analyze", ["ckpt=any.ckpt", "out=OUT"], "out="),
-    ("mhaexp-study", ["wu2024", "--out", "OUT"], "--out="),
-    ("mhaexp-compare", [".", "--out", "OUT"], "--out="),
-    ("mhaexp-compare", [".", "--out", "OUT/report"], "--out="),
+    ("mhaexp-analyze", ["ckpt=any.ckpt", "out=OUT"], "out='OUT' is invalid: a directory path; OUT is not a directory"),
+    ("mhaexp-study", ["wu2024", "--out", "OUT"], "--out='OUT' is invalid: a directory path; OUT is not a directory"),
+    ("mhaexp-compare", [".", "--out", "OUT"], "--out='OUT' is invalid: a directory path; OUT is not a directory"),
+    ("mhaexp-compare", [".", "--out", "OUT/cmp"], "--out='OUT/cmp' is invalid: a directory path; OUT is not a"),
+    (
+        "mhaexp-prune",
+        ["ckpt=any.ckpt", "heads=L0H0", "out=OUT/a.ckpt"],
+        "out='OUT/a.ckpt' is invalid: a file path; OUT",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("entry", "args", "name"), OUTPUTS, ids=[f"{o[0]}-{o[1][-1]}" for o in OUTPUTS])
+@pytest.mark.parametrize(("entry", "args", "says"), OUTPUTS, ids=[f"{o[0]}-{o[1][-1]}" for o in OUTPUTS])
 def test_an_output_path_that_is_a_file_is_one_line_before_any_work(
-    cli: CLI, tmp_path: Path, entry: str, args: list[str], name: str
+    cli: CLI, tmp_path: Path, entry: str, args: list[str], says: str
 ) -> None:
     (tmp_path / "OUT").write_text("a file the user already has\n")
     r = cli(entry, *args, cwd=tmp_path)
-    refused(r, entry, name, "a directory path; OUT is not a directory")
+    refused(r, entry, says)
     assert r.stdout == ""  # compare prints no table before refusing
     assert files_under(tmp_path) == {Path("OUT")}
 
@@ -293,6 +316,20 @@ def test_resume_from_a_checkpoint_of_another_shape_names_the_fields(
         "model.d_ff 128 vs 64",
         "init_from=",
     )
+
+
+@pytestmark_trained
+def test_resume_auto_finding_a_checkpoint_of_another_shape_is_one_line(
+    cli: CLI, tiny: list[str], tmp_path: Path, trained: tuple[Path, str]
+) -> None:
+    ckpt, _ = trained
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(ckpt.read_bytes())
+    r = cli("mhaexp-train", *tiny, "model.n_heads=2", "resume=auto", f"hydra.run.dir={run}", cwd=tmp_path)
+    line = refused(r, "mhaexp-train", "resume=", "model.n_heads 2 vs 4", "init_from=")
+    assert "size mismatch" not in line
+    assert not (run / "summary.json").exists()
 
 
 @pytestmark_trained

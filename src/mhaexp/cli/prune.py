@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mhaexp.errors import ConfigError, key_value_main
+from mhaexp.rundir import check_output_file
 
 PROG = "mhaexp-prune"
 KEYS = ("ckpt", "heads", "out", "uneven", "n_kv_heads", "gqa_init", "seed")
@@ -54,6 +55,7 @@ def run(argv: list[str]) -> str:
         except ValueError:
             raise ConfigError("n_kv_heads", args["n_kv_heads"], "must be an integer") from None
         out = Path(args.get("out") or Path(src).with_name(Path(src).stem + f"_kv{n_kv}.ckpt"))
+        check_output_file(out, "out")
         ckpt = read_checkpoint(src, "ckpt")
         model = surgery.load_model(src)
         new = surgery.convert_to_gqa(model, n_kv, args.get("gqa_init", "mean"), int(args.get("seed", 0)))
@@ -67,6 +69,7 @@ def run(argv: list[str]) -> str:
     out = Path(args.get("out") or Path(src).with_name(Path(src).stem + "_pruned.ckpt"))
     if out.resolve() == Path(src).resolve():
         raise ConfigError("out", str(out), "must differ from ckpt (the source is kept)")
+    check_output_file(out, "out")
     report = surgery.prune_checkpoint(src, heads, out, args.get("uneven", "pad"))
     cfg = surgery.load_model(out).cfg
     lines = [

@@ -319,12 +319,14 @@ class RunConfig:
         )
 
 
-def check_resume_model(path: str, model: ModelConfig) -> None:
-    """``resume=<ckpt>`` continues the same model: refuse a checkpoint of another shape before start, naming every
-    field that differs (Lightning would fail in ``load_state_dict`` with a page of size mismatches)."""
+def check_resume_model(path: str, model: ModelConfig, ckpt: dict[str, Any] | None = None) -> None:
+    """``resume=`` continues the same model: refuse a checkpoint of another shape (``ckpt``: the file, already
+    read), naming every field that differs; Lightning would fail in ``load_state_dict`` with a page of size
+    mismatches."""
     from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint  # torch.load: only with resume=<path>
 
-    saved = ModelConfig(**read_checkpoint(path, "resume")[CHECKPOINT_KEY]["model"]).to_dict()
+    ckpt = read_checkpoint(path, "resume") if ckpt is None else ckpt
+    saved = ModelConfig(**ckpt[CHECKPOINT_KEY]["model"]).to_dict()
     ours = model.to_dict()
     differ = [f"model.{k} {ours[k]} vs {saved[k]}" for k in ours if k != "extra" and ours[k] != saved.get(k)]
     if differ:

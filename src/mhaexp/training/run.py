@@ -20,7 +20,7 @@ from mhaexp.pruning.callback import build_pruning_callback
 from mhaexp.pruning.surgery import load_init
 from mhaexp.rundir import CHECKPOINT_DIR, SUMMARY_FILE
 from mhaexp.training.checkpointing import AtomicCheckpointIO, RNGState, newest_good_checkpoint
-from mhaexp.training.config import RunConfig
+from mhaexp.training.config import RunConfig, check_resume_model
 from mhaexp.training.init_from import InitQualityCallback
 from mhaexp.training.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
 from mhaexp.training.module import LMModule
@@ -50,7 +50,10 @@ def resume_checkpoint(run: RunConfig, run_dir: Path) -> tuple[Path | None, int |
     path = newest_good_checkpoint(run_dir) if resume == "auto" else Path(resume)
     if path is None:
         return None, None
-    return path, int(read_checkpoint(path, "resume").get("global_step", 0))
+    ckpt = read_checkpoint(path, "resume")
+    if resume == "auto":  # a path was checked in the preflight; the run directory's newest only now
+        check_resume_model(str(path), run.model, ckpt)
+    return path, int(ckpt.get("global_step", 0))
 
 
 def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
