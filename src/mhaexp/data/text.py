@@ -56,7 +56,7 @@ PATH_VALID = "an existing non-empty text file, or a directory holding non-empty 
 # Before a run starts, this many bytes of the corpus (and the head of every file) are read for what is not
 # UTF-8 text; bytes past it are decoded strictly when tokenized, so nothing is ever replaced silently.
 SCAN_BYTES = 64 << 20
-HEAD_BYTES = 1 << 12
+HEAD_BYTES = 512  # at least this much of every file: magic numbers, NUL bytes (as file(1) reads)
 # What a file that is not UTF-8 text starts with (its magic number), and what to do about it.
 MAGIC = {
     b"\x1f\x8b": ("gzip-compressed data", "decompress it first: gunzip"),
