@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import json
 import os
 import pty
 import re
@@ -274,16 +275,37 @@ def in_terminal(args: list[str], cwd: Path, timeout: float = 300) -> tuple[int, 
     return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode("utf-8", "replace"))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """(the run's last checkpoint, what its terminal showed): 30 steps of 10 batches each epoch, W&B offline."""
-    root = tmp_path_factory.mktemp("trained")
-    run = root / "run"
-    code, shown = in_terminal([str(BIN / "mhaexp-train"), *TINY_RUN, "logger=wandb", f"hydra.run.dir={run}"], root)
+def once_per_session(factory: pytest.TempPathFactory, worker_id: str, name: str, make: Callable[[Path], None]) -> Path:
+    """A directory ``make`` fills once per test session, shared by the xdist workers (whichever asks first
+    builds it; the others wait on the lock and reuse it)."""
+    from filelock import FileLock
+
+    base = factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / name  # the parent: this session's, all workers'
+    with FileLock(f"{root}.lock"):
+        if not (root / "done").exists():
+            root.mkdir(exist_ok=True)
+            make(root)
+            (root / "done").touch()
+    return root
+
+
+def train_in_terminal(root: Path) -> None:
+    code, shown = in_terminal(
+        [str(BIN / "mhaexp-train"), *TINY_RUN, "logger=wandb", f"hydra.run.dir={root / 'run'}"], root
+    )
     assert code == 0, shown[-3000:]
-    return run / "checkpoints" / "last.ckpt", shown
+    (root / "terminal.txt").write_text(shown)
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Path, str]:
+    """(the run's last checkpoint, what its terminal showed): 30 steps of 10 batches each epoch, W&B offline."""
+    root = once_per_session(tmp_path_factory, worker_id, "bad_inputs_trained", train_in_terminal)
+    return root / "run" / "checkpoints" / "last.ckpt", (root / "terminal.txt").read_text()
+
+
+# Together on one worker where it can be (the run is shared across workers in any case).
 pytestmark_trained = pytest.mark.xdist_group("test_bad_inputs_trained")
 
 
@@ -348,35 +370,44 @@ def conllu(sentences: list[tuple[list[str], list[int], list[str]]]) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def analyzed(tmp_path_factory: pytest.TempPathFactory, trained: tuple[Path, str]) -> subprocess.CompletedProcess:
-    """``mhaexp-analyze`` of the run on a treebank with broken trees, and a head-view text with unknown words."""
-    root = tmp_path_factory.mktemp("analyzed")
-    good = (["the", "cat", "sleeps"], [2, 3, 0], ["det", "nsubj", "root"])
-    (root / "trees.conllu").write_text(
-        conllu(
-            [
-                good,
-                (["the", "dog", "runs"], [2, 9, 0], ["det", "nsubj", "root"]),  # HEAD 9 in a 3-word sentence
-                (["the", "cat", "sleeps"], [2, 3, 2], ["det", "nsubj", "obj"]),  # 2 -> 3 -> 2, no root
-                good,
-                (["a", "dog", "runs"], [2, 7, 0], ["det", "nsubj", "root"]),
-            ]
+@pytest.fixture(scope="session")
+def analyzed(tmp_path_factory: pytest.TempPathFactory, worker_id: str, trained: tuple[Path, str]) -> dict[str, str]:
+    """``mhaexp-analyze`` of the run on a treebank with broken trees, and a head-view text with unknown words:
+    its exit code, stdout and stderr."""
+
+    def analyze(root: Path) -> None:
+        good = (["the", "cat", "sleeps"], [2, 3, 0], ["det", "nsubj", "root"])
+        (root / "trees.conllu").write_text(
+            conllu(
+                [
+                    good,
+                    (["the", "dog", "runs"], [2, 9, 0], ["det", "nsubj", "root"]),  # HEAD 9 in a 3-word sentence
+                    (["the", "cat", "sleeps"], [2, 3, 2], ["det", "nsubj", "obj"]),  # 2 -> 3 -> 2, no root
+                    good,
+                    (["a", "dog", "runs"], [2, 7, 0], ["det", "nsubj", "root"]),
+                ]
+            )
         )
-    )
-    text = "the zebra that qwerty on the mat was fluffy"
-    args = [f"ckpt={trained[0]}", "conllu=trees.conllu", f"text={text}", "out=analysis"]
-    return subprocess.run(
-        [str(BIN / "mhaexp-analyze"), *args], cwd=root, env=cli_env(root), capture_output=True, text=True, timeout=300
-    )
+        text = "the zebra that qwerty on the mat was fluffy"
+        args = [f"ckpt={trained[0]}", "conllu=trees.conllu", f"text={text}", "out=analysis"]
+        r = subprocess.run(
+            [str(BIN / "mhaexp-analyze"), *args],
+            cwd=root,
+            env=cli_env(root),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        (root / "result.json").write_text(json.dumps({"code": r.returncode, "stdout": r.stdout, "stderr": r.stderr}))
+
+    root = once_per_session(tmp_path_factory, worker_id, "bad_inputs_analyzed", analyze)
+    return json.loads((root / "result.json").read_text())
 
 
 @pytestmark_trained
-def test_treebank_sentences_that_are_not_trees_are_skipped_and_counted(
-    analyzed: subprocess.CompletedProcess,
-) -> None:
-    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
-    [line] = [x for x in analyzed.stdout.splitlines() if x.startswith("treebank:")]
+def test_treebank_sentences_that_are_not_trees_are_skipped_and_counted(analyzed: dict[str, str]) -> None:
+    assert analyzed["code"] == 0, analyzed["stderr"][-3000:]
+    [line] = [x for x in analyzed["stdout"].splitlines() if x.startswith("treebank:")]
     assert line.startswith("treebank: 2 of 5 sentences scored")
     assert (
         "skipped 2 with a HEAD outside its sentence; first: line 6: HEAD 9 is not an ID of its sentence (1-3)" in line
@@ -385,9 +416,7 @@ def test_treebank_sentences_that_are_not_trees_are_skipped_and_counted(
 
 
 @pytestmark_trained
-def test_analyze_text_says_how_many_words_became_unknown(analyzed: subprocess.CompletedProcess) -> None:
-    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
-    assert (
-        "note: text: 2 of 9 words are not in the tokenizer's vocabulary and were read as <unk>: zebra, qwerty"
-        in analyzed.stdout
-    )
+def test_analyze_text_says_how_many_words_became_unknown(analyzed: dict[str, str]) -> None:
+    assert analyzed["code"] == 0, analyzed["stderr"][-3000:]
+    note = "note: text: 2 of 9 words are not in the tokenizer's vocabulary and were read as <unk>: zebra, qwerty"
+    assert note in analyzed["stdout"]
