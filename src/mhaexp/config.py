@@ -13,7 +13,6 @@ Nothing here imports torch: the CLI checks every job of a sweep with these befor
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import Any, TypeVar
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from mhaexp.errors import ConfigError
+from mhaexp.errors import ConfigError, unknown_key_hint
 from mhaexp.rundir import run_key  # noqa: F401  (registers ${mhaexp_run_key:})
 
 CONF_DIR = Path(os.environ.get("MHAEXP_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
@@ -174,22 +173,6 @@ def setting(check: Check, default: Any = MISSING, *, factory: Any = MISSING, onl
 # ---------------------------------------------------------------------------------------------
 # checking and building
 # ---------------------------------------------------------------------------------------------
-
-
-def close_key(word: str, known: Sequence[str]) -> str | None:
-    """The one key of ``known`` that ``word`` is a likely misspelling of (difflib's ratio), or None."""
-    close = difflib.get_close_matches(word, list(known), n=1)
-    return close[0] if close else None
-
-
-def unknown_key_hint(word: str, known: Sequence[str], prefix: str = "") -> str:
-    """``did you mean <prefix.key>?`` for a close key, else the keys there are: the words of every
-    unknown-key error (command line overrides and YAML files alike)."""
-    close = close_key(word, known)
-    if close is not None:
-        return f"did you mean {dotted(prefix, close)}?"
-    where = f" of {prefix}" if prefix else ""
-    return f"valid keys{where}: {', '.join(known)}" if known else "no keys are defined there"
 
 
 def dotted(prefix: str, name: str) -> str:

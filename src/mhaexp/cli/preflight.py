@@ -23,8 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mhaexp.config import CONF_DIR, close_key, unknown_key_hint
-from mhaexp.errors import ConfigError
+from mhaexp.config import CONF_DIR
+from mhaexp.errors import ConfigError, close_key, unknown_key_hint
 from mhaexp.rundir import check_output_dir
 from mhaexp.training.config import RunConfig, build_run
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mhaexp.errors import ConfigError, key_value_main
+from mhaexp.errors import ConfigError, key_value_main, unknown_key_hint
 from mhaexp.rundir import check_output_file
 
 PROG = "mhaexp-prune"
@@ -33,7 +33,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         if not sep:
             raise ConfigError("argument", word, f"write key=value with keys {', '.join(KEYS)}")
         if key not in KEYS:
-            raise ConfigError(key, value, f"unknown key; valid keys: {', '.join(KEYS)}")
+            raise ConfigError(key, value, f"unknown key; {unknown_key_hint(key, KEYS)}")
         args[key] = value
     if "ckpt" not in args:
         raise ConfigError("ckpt", None, "required: the checkpoint to prune (ckpt=path/to/last.ckpt)")

@@ -43,7 +43,7 @@ from mhaexp.config import (
     string,
 )
 from mhaexp.data.spec import DataConfig
-from mhaexp.errors import ConfigError
+from mhaexp.errors import ConfigError, unknown_key_hint
 from mhaexp.nn.config import ModelConfig
 from mhaexp.pruning.schedules import GQA_INITS, PruningConfig, validate_pruning
 
@@ -348,7 +348,7 @@ def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     names = [f.name for f in fields(RunConfig) if f.name != "resolved"]
     for key in raw:
         if key not in names:
-            raise ConfigError(str(key), raw[key], f"unknown key; valid keys: {', '.join(names)}")
+            raise ConfigError(str(key), raw[key], f"unknown key; {unknown_key_hint(str(key), names)}")
     for key in names:
         if key not in raw:
             raise ConfigError(key, None, "missing: conf/train.yaml and its groups must give it a value")
