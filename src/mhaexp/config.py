@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from mhaexp.errors import ConfigError
+from mhaexp.errors import ConfigError, unknown_key_hint
 from mhaexp.rundir import run_key  # noqa: F401  (registers ${mhaexp_run_key:})
 
 CONF_DIR = Path(os.environ.get("MHAEXP_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
@@ -223,7 +223,9 @@ def build(cls: type[T], raw: Any, prefix: str, *, complete: bool = False, **deri
     for key, value in raw.items():
         if key not in by_name or check_of(by_name[key]).derived:
             keys = [n for n, f in by_name.items() if not check_of(f).derived]
-            raise ConfigError(dotted(prefix, str(key)), value, f"unknown key; valid keys: {', '.join(keys)}")
+            raise ConfigError(
+                dotted(prefix, str(key)), value, f"unknown key; {unknown_key_hint(str(key), keys, prefix)}"
+            )
     kind = raw.get("kind")
     if "kind" in by_name:
         kind_check = check_of(by_name["kind"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 
@@ -23,6 +25,22 @@ class ConfigError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """The loss or a gradient became NaN or inf; raised before the optimizer step can spread it into the weights."""
+
+
+def close_key(word: str, known: Sequence[str]) -> str | None:
+    """The one key of ``known`` that ``word`` is a likely misspelling of (difflib's ratio), or None."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return close[0] if close else None
+
+
+def unknown_key_hint(word: str, known: Sequence[str], prefix: str = "") -> str:
+    """``did you mean <prefix.key>?`` for a close key, else the keys there are: the words of every
+    unknown-key error (command line overrides and YAML files alike)."""
+    close = close_key(word, known)
+    if close is not None:
+        return f"did you mean {prefix + '.' if prefix else ''}{close}?"
+    where = f" of {prefix}" if prefix else ""
+    return f"valid keys{where}: {', '.join(known)}" if known else "no keys are defined there"
 
 
 def fail(prog: str, message: object, code: int = 2) -> NoReturn:
@@ -45,3 +63,11 @@ def key_value_main(prog: str, doc: str | None, run: Callable[[list[str]], str], 
         print(run(argv))
     except ConfigError as e:
         fail(prog, e)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every ``--option`` command of the project: a bad argument is the one :func:`fail` line
+    (``argument --steps: invalid int value: 'abc'``), not argparse's usage block above the message."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog, f"{message} (--help lists the options)")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from mhaexp.errors import ConfigError
 
 
 def run_key() -> str:
@@ -22,6 +25,35 @@ def run_key() -> str:
         task = env.get("SLURM_ARRAY_TASK_ID")
         return f"slurm-{job}" + (f"_{task}" if task else "")
     return f"{datetime.now():%Y-%m-%d/%H-%M-%S}_{uuid.uuid4().hex[:6]}"
+
+
+def _cannot_make(directory: Path) -> str | None:
+    """Why ``directory`` can neither be used nor made under its nearest existing ancestor; None if it can."""
+    nearest = directory
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        return f"{nearest} is not a directory"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"{nearest} is not writable"
+    return None
+
+
+def check_output_dir(path: str | os.PathLike[str], field: str) -> None:
+    """An output directory a command will write into (``field``: how the user gave it): an existing directory,
+    or one that can be made under the nearest existing one. A file there (or on the way to it) would fail
+    in ``mkdir`` with a traceback, after the command had done its work."""
+    why = _cannot_make(Path(path))
+    if why is not None:
+        raise ConfigError(field, str(path), f"a directory path; {why}")
+
+
+def check_output_file(path: str | os.PathLike[str], field: str) -> None:
+    """A file a command will write: not an existing directory, and in a directory it can make or write."""
+    p = Path(path)
+    why = f"{p} is a directory" if p.is_dir() else _cannot_make(p.parent)
+    if why is not None:
+        raise ConfigError(field, str(path), f"a file path; {why}")
 
 
 # Cached: Hydra copies resolver caches into each job's config, so every job of a sweep

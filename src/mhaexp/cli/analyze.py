@@ -37,6 +37,7 @@ from mhaexp.rundir import (
     HEAD_ROLES_HISTORY_FILE,
     TOKENIZER_DIR,
     TREEBANK_RELATIONS_FILE,
+    check_output_dir,
 )
 
 PROG = "mhaexp-analyze"
@@ -182,10 +183,13 @@ def run(argv: list[str]) -> str:
     )
     from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
     from mhaexp.config import build, instantiate_plain
+    from mhaexp.data.tokenizers import unknown_words
     from mhaexp.training.module import load_module
 
     own, overrides = parse_args(argv)
     ckpt_path = Path(own["ckpt"])
+    out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
+    check_output_dir(out, "out")  # before the work, not at the first write
     module = load_module(ckpt_path, "ckpt")
     ckpt = read_checkpoint(ckpt_path, "ckpt")
     step = int(ckpt.get("global_step", 0))
@@ -212,9 +216,15 @@ def run(argv: list[str]) -> str:
         max_tokens, batch_size = module.model.cfg.max_seq_len, int(cfg.data.batch_size)
         probe, treebank = probe_with_treebank(probe, acfg, tokenizer, max_tokens, batch_size)
         source = f"data={cfg.data.kind}" + (f" + treebank={acfg.treebank}" if treebank is not None else "")
+    notes: list[str] = []
     if own.get("text") is not None:
         text_batch = encode_text(own["text"], tokenizer, module.model.cfg.max_seq_len)
-    out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
+        unknown = unknown_words(own["text"], tokenizer)
+        if unknown:  # the head view then shows <unk> where the user typed a word
+            notes.append(
+                f"note: text: {len(unknown)} of {len(own['text'].split())} words are not in the tokenizer's "
+                f"vocabulary and were read as {tokenizer.id_to_token(tokenizer.unk_id)}: {', '.join(unknown)}"
+            )
     out.mkdir(parents=True, exist_ok=True)
     for name in (HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE):  # appended to by run_analysis: start fresh
         (out / name).unlink(missing_ok=True)
@@ -239,6 +249,7 @@ def run(argv: list[str]) -> str:
         [
             f"analysed {ckpt_path} (step {step}) on {source}: {sum(len(b['input_ids']) for b in probe.batches)} "
             "probe sequences",
+            *notes,
             *table,
             "heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
             f"wrote {len(rows)} metric values, head roles and {n_pictures} pictures to {out}",

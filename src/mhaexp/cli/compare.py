@@ -12,9 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
-from mhaexp.errors import fail
+from mhaexp.errors import ArgumentParser, ConfigError, fail
+from mhaexp.net import unreachable, wandb_server
+from mhaexp.rundir import check_output_dir
 
 if TYPE_CHECKING:
     from mhaexp.compare.runs import RunSet
@@ -22,13 +24,10 @@ if TYPE_CHECKING:
 PROG = "mhaexp-compare"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, like every mhaexp command, not usage + error
-        fail(PROG, message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Compare mhaexp runs: a table over seeds, plots and a Markdown/HTML report.")
+    p = ArgumentParser(
+        prog=PROG, description="Compare mhaexp runs: a table over seeds, plots and a Markdown/HTML report."
+    )
     p.add_argument(
         "paths",
         nargs="*",
@@ -66,6 +65,25 @@ def check_args(args: argparse.Namespace) -> None:
             fail(PROG, f"not a directory: {path}")
 
 
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def out_dir(args: argparse.Namespace) -> Path:
+    """The report directory, checked before anything is read or printed: a refused command prints only its error."""
+    if args.out is not None:
+        out = args.out
+    elif args.wandb:
+        out = Path("compare") / (args.group or args.wandb.replace("/", "_"))
+    else:
+        out = args.paths[0] / "compare"
+    try:
+        check_output_dir(out, "--out")
+    except ConfigError as e:
+        fail(PROG, e)
+    return out
+
+
 def load(args: argparse.Namespace) -> RunSet:
     # Imports deferred: an argument error should not wait for pandas, matplotlib or wandb.
     if args.wandb:
@@ -74,9 +92,26 @@ def load(args: argparse.Namespace) -> RunSet:
         from mhaexp.compare.wandb_source import load_wandb_runs
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        server = wandb_server()
+        # Asked first: W&B reports a server it cannot reach as "Failed to verify credentials".
+        why = unreachable(server)
+        if why is not None:
+            fail(
+                PROG,
+                f"--wandb {args.wandb}: the W&B server {server} cannot be reached ({why}); check the network "
+                "or WANDB_BASE_URL",
+            )
         try:
             return load_wandb_runs(wandb.Api(timeout=30), args.wandb, args.group)
-        except Exception as e:  # network, auth, unknown project: all end the command the same way
+        except wandb.errors.UsageError as e:  # no key at all: nothing was sent
+            fail(PROG, f"--wandb {args.wandb}: {first_line(e)} (or set WANDB_API_KEY)")
+        except wandb.errors.AuthenticationError as e:  # the server answers (asked above): it refused the key
+            fail(
+                PROG,
+                f"--wandb {args.wandb}: the W&B server {server} did not accept the API key ({first_line(e)}); "
+                "run `wandb login` or set WANDB_API_KEY",
+            )
+        except Exception as e:  # an unknown project, a server error: the command ends the same way
             fail(PROG, f"W&B: {type(e).__name__}: {e}", code=1)
     from mhaexp.compare.runs import load_runs
 
@@ -89,6 +124,7 @@ def load(args: argparse.Namespace) -> RunSet:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     check_args(args)
+    out = out_dir(args)
     runset = load(args)
     for warning in runset.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
@@ -108,12 +144,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     from mhaexp.compare.report import terminal_summary, write_report
 
     print(terminal_summary(runset, args.metric))
-    if args.out is not None:
-        out = args.out
-    elif args.wandb:
-        out = Path("compare") / (args.group or args.wandb.replace("/", "_"))
-    else:
-        out = args.paths[0] / "compare"
     report = write_report(runset, out, metric=args.metric, fmt=args.format, source=where)
     print(f"\nreport: {report.path}")
     for plot in report.plots:

@@ -8,13 +8,11 @@ and what is valid, and nothing is written to disk.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -26,7 +24,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mhaexp.config import CONF_DIR
-from mhaexp.errors import ConfigError
+from mhaexp.errors import ConfigError, close_key, unknown_key_hint
+from mhaexp.rundir import check_output_dir
 from mhaexp.training.config import RunConfig, build_run
 
 # Flags of Hydra's CLI that take a value in the next argument.
@@ -132,17 +131,36 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
         if key.startswith("hydra") or key in groups or o.is_add() or o.is_force_add() or o.is_delete():
             continue
         if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
-            parent_key, _, leaf = key.rpartition(".")
-            parent = OmegaConf.select(base, parent_key) if parent_key else base
-            known = list(parent.keys()) if isinstance(parent, DictConfig) else []
-            close = difflib.get_close_matches(leaf, [str(k) for k in known], n=1)
-            hint = (
-                f"did you mean {parent_key + '.' if parent_key else ''}{close[0]}?"
-                if close
-                else (f"valid keys here: {known}" if known else "no such key")
-            )
             value = o.get_value_element_as_str() if not o.is_sweep_override() else ",".join(o.sweep_string_iterator())
-            raise ConfigError(key, value, f"no such key; {hint} (prefix with '+' to add a new key)")
+            raise ConfigError(
+                key, value, f"no such key; {missing_key_hint(base, key)} (prefix with '+' to add a new key)"
+            )
+
+
+def missing_key_hint(cfg: DictConfig, key: str) -> str:
+    """What a dotted ``key`` absent from ``cfg`` was likely meant to be, segment by segment from the first
+    one that does not exist (``analysis.tresholds.sink`` -> ``analysis.thresholds.sink``); else the keys of
+    the deepest group that does exist."""
+    parts = key.split(".")
+    found: list[str] = []
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig):
+            return f"{'.'.join(found)} is a value, not a group of keys"
+        known = [str(k) for k in node.keys()]
+        if part not in known:
+            close = close_key(part, known)
+            fixed = ".".join([*found, close, *parts[i + 1 :]]) if close is not None else None
+            if fixed is not None and OmegaConf.select(cfg, fixed, default=_MISSING) is not _MISSING:
+                return f"did you mean {fixed}?"
+            if fixed is not None and i + 1 < len(parts):
+                deeper = missing_key_hint(cfg, fixed)
+                if deeper.startswith("did you mean"):
+                    return deeper
+            return unknown_key_hint(part, known, ".".join(found))
+        found.append(part)
+        node = node[part]
+    return "no such key"
 
 
 _MISSING = object()
@@ -153,20 +171,30 @@ def _fixed(overrides: list[str]) -> list[str]:
     return [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
 
 
-def check_output_dir(hydra_cfg: DictConfig, multirun: bool) -> None:
+def check_hydra_dir(hydra_cfg: DictConfig, multirun: bool) -> None:
     """The directory Hydra will create for the run (``hydra.run.dir``) or the sweep (``hydra.sweep.dir``)
-    exists as a directory, or can be made under the nearest existing one: Hydra itself would fail there
-    with a traceback, after the sweep's workers had started."""
+    exists as a directory, or can be made: Hydra itself would fail there with a traceback, after the
+    sweep's workers had started."""
     key = "sweep.dir" if multirun else "run.dir"
-    value = str(OmegaConf.select(hydra_cfg, key))
-    path = Path(value)
-    nearest = path
-    while not nearest.exists() and nearest != nearest.parent:
-        nearest = nearest.parent
-    if not nearest.is_dir():
-        raise ConfigError(f"hydra.{key}", value, f"a directory path; {nearest} is not a directory")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise ConfigError(f"hydra.{key}", value, f"a directory you can create; {nearest} is not writable")
+    check_output_dir(str(OmegaConf.select(hydra_cfg, key)), f"hydra.{key}")
+
+
+def check_launcher(launcher: dict[str, Any]) -> None:
+    """joblib's ``n_jobs`` (hydra/launcher=parallel): joblib itself refuses 0, or a negative count beyond the
+    cores, only once the sweep is launching, with a traceback."""
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return
+    n = launcher.get("n_jobs")
+    cores = os.cpu_count() or 1
+    if n is None:
+        return
+    if not isinstance(n, int) or isinstance(n, bool) or n == 0 or cores + 1 + n < 1:
+        raise ConfigError(
+            "hydra.launcher.n_jobs",
+            n,
+            f"must be how many jobs run at once: a positive count, or -1 for one per CPU core "
+            f"(-k: cores + 1 - k, so -1 to -{cores} on these {cores} cores)",
+        )
 
 
 def expand_jobs(overrides: list[str], multirun: bool, hydra_cfg: DictConfig) -> list[list[str]]:
@@ -200,7 +228,9 @@ def check_jobs(argv: list[str]) -> tuple[list[list[str]], list[Invalid]]:
             # ``hydra`` of the settings every job shares: the sweep's launcher, presets, and directories.
             hydra_cfg = compose(config_name, overrides=_fixed(overrides), return_hydra_config=True).hydra
             jobs = expand_jobs(overrides, multirun, hydra_cfg)
-            check_output_dir(hydra_cfg, multirun)
+            check_hydra_dir(hydra_cfg, multirun)
+            if multirun:
+                check_launcher(OmegaConf.to_container(hydra_cfg.launcher, resolve=True))
         except HydraException as e:  # override syntax errors
             raise ConfigError("override", " ".join(overrides), str(e).splitlines()[0]) from None
         invalid = []

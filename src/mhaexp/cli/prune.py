@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mhaexp.errors import ConfigError, key_value_main
+from mhaexp.errors import ConfigError, key_value_main, unknown_key_hint
+from mhaexp.rundir import check_output_file
 
 PROG = "mhaexp-prune"
 KEYS = ("ckpt", "heads", "out", "uneven", "n_kv_heads", "gqa_init", "seed")
@@ -32,7 +33,7 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         if not sep:
             raise ConfigError("argument", word, f"write key=value with keys {', '.join(KEYS)}")
         if key not in KEYS:
-            raise ConfigError(key, value, f"unknown key; valid keys: {', '.join(KEYS)}")
+            raise ConfigError(key, value, f"unknown key; {unknown_key_hint(key, KEYS)}")
         args[key] = value
     if "ckpt" not in args:
         raise ConfigError("ckpt", None, "required: the checkpoint to prune (ckpt=path/to/last.ckpt)")
@@ -56,6 +57,7 @@ def run(argv: list[str]) -> str:
         except ValueError:
             raise ConfigError("n_kv_heads", args["n_kv_heads"], "must be an integer") from None
         out = Path(args.get("out") or Path(src).with_name(Path(src).stem + f"_kv{n_kv}.ckpt"))
+        check_output_file(out, "out")
         ckpt = read_checkpoint(src, "ckpt")
         model = load_model(src)
         new = surgery.convert_to_gqa(model, n_kv, args.get("gqa_init", "mean"), int(args.get("seed", 0)))
@@ -69,6 +71,7 @@ def run(argv: list[str]) -> str:
     out = Path(args.get("out") or Path(src).with_name(Path(src).stem + "_pruned.ckpt"))
     if out.resolve() == Path(src).resolve():
         raise ConfigError("out", str(out), "must differ from ckpt (the source is kept)")
+    check_output_file(out, "out")
     report = surgery.prune_checkpoint(src, heads, out, args.get("uneven", "pad"))
     cfg = load_model(out).cfg
     lines = [

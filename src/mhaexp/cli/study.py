@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from mhaexp.cli.preflight import check_jobs
-from mhaexp.errors import ConfigError, fail
+from mhaexp.errors import ArgumentParser, ConfigError, fail
+from mhaexp.rundir import check_output_dir
 from mhaexp.studies import STUDIES, get_study
 from mhaexp.studies.runner import Budget, StudyError
 from mhaexp.studies.verdict import verdict_word
@@ -25,7 +26,7 @@ PROG = "mhaexp-study"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description="Reproduce a head-specialization study; write its verdicts.")
+    p = ArgumentParser(prog=PROG, description="Reproduce a head-specialization study; write its verdicts.")
     p.add_argument("study", help=f"list, or one of: {', '.join(STUDIES)}")
     p.add_argument("overrides", nargs="*", help="mhaexp-train overrides for every job, e.g. trainer=gpu")
     p.add_argument("--out", type=Path, default=None, help="study directory (default: studies/<study>)")
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     smoke = os.environ.get("STUDY_SMOKE", "") not in ("", "0")
     out = args.out or Path("studies") / args.study
     try:
+        check_output_dir(out, "--out")
         budget = Budget(steps=args.steps, seeds=args.seeds, smoke=smoke, n_jobs=args.jobs, extra=tuple(args.overrides))
         study = get_study(args.study)
         if not args.verdict_only:

@@ -7,6 +7,8 @@ scores heads on the synthetic grammar can score them on a real treebank:
 
 * multiword-token ranges (``1-2``) and empty nodes (``3.1``) are skipped;
 * a missing HEAD becomes ``-1`` and a missing DEPREL the empty name (no arc);
+* a sentence whose HEAD points outside it, or whose heads form a cycle (no path to the root), is not
+  a tree: it is left out and counted in :class:`ReadStats` by reason, with its first line;
 * DEPREL names are kept verbatim, including ones unknown to ``RELATIONS``
   (``relation_list`` grows the relation list from them);
 * with a ``vocab``, words are mapped to its spelling (exact, then lower case)
@@ -15,8 +17,9 @@ scores heads on the synthetic grammar can score them on a real treebank:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from conllu.models import Token, TokenList
@@ -66,12 +69,30 @@ class TreebankError(ValueError):
     """A file that is not CoNLL-U; the message names the line and what is wrong with it."""
 
 
+# Why a sentence of the file is not read as a tree (the "skipped" line of a treebank's report).
+NOT_A_TREE = {
+    "head_outside": "with a HEAD outside its sentence",
+    "cycle": "whose heads form a cycle without the root",
+}
+
+
+class NotATreeError(ValueError):
+    """A sentence whose HEAD column does not form a tree; ``reason`` is a key of :data:`NOT_A_TREE`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
 @dataclass
 class ReadStats:
-    """What :func:`read_treebank` read past: multiword-token ranges and empty nodes (not words of the tree)."""
+    """What :func:`read_treebank` read past: multiword-token ranges and empty nodes (not words of the tree),
+    and sentences that are not trees (by reason, with the first one's message)."""
 
     multiword_tokens: int = 0
     empty_nodes: int = 0
+    not_trees: Counter[str] = field(default_factory=Counter)
+    first_not_tree: dict[str, str] = field(default_factory=dict)
 
 
 def _field_int(value: str, line_no: int, column: str) -> int:
@@ -86,16 +107,29 @@ def _block_sentence(rows: list[tuple[int, list[str]]]) -> Sentence:
     index = {word_id: i for i, word_id in enumerate(ids)}
 
     def position(ref: str, line_no: int, column: str) -> int:
-        # HEAD 0 (root), "_" and references to absent IDs mean "no arc".
+        # HEAD 0 (root) and "_" mean "no arc"; MISC antecedents to absent IDs too.
         return -1 if ref == "_" else index.get(_field_int(ref, line_no, column), -1)
 
     tokens, heads, rels, coref = [], [], [], []
     for n, cols in rows:
+        if cols[6] not in ("_", "0") and _field_int(cols[6], n, "HEAD") not in index:
+            raise NotATreeError(
+                "head_outside", f"line {n}: HEAD {cols[6]} is not an ID of its sentence ({ids[0]}-{ids[-1]})"
+            )
         tokens.append(cols[1])
         heads.append(position(cols[6], n, "HEAD"))
         rels.append("" if cols[7] == "_" else cols[7])
         misc = dict(item.partition("=")[::2] for item in cols[9].split("|")) if cols[9] != "_" else {}
         coref.append(position(misc["Antecedent"], n, "MISC Antecedent") if "Antecedent" in misc else -1)
+    for start in range(len(heads)):
+        seen, i = [], start
+        while i >= 0 and i not in seen:
+            seen.append(i)
+            i = heads[i]
+        if i >= 0:  # came back to a word already on the path: a cycle the root cannot reach
+            loop = seen[seen.index(i) :]
+            words = " -> ".join(str(ids[w]) for w in [*loop, i])
+            raise NotATreeError("cycle", f"line {rows[0][0]}: the heads of words {words} form a cycle")
     return Sentence(tuple(tokens), tuple(heads), tuple(rels), tuple(coref))
 
 
@@ -103,7 +137,7 @@ def read_treebank(path: str | Path, stats: ReadStats | None = None) -> list[Sent
     """The sentences of a CoNLL-U file, words verbatim; TreebankError naming the line for a bad one.
 
     Multiword-token ranges (``1-2``) and empty nodes (``8.1``) are counted into ``stats`` and left out:
-    the basic tree is over the syntactic words.
+    the basic tree is over the syntactic words. So are sentences that are not trees (:data:`NOT_A_TREE`).
     """
     stats = stats if stats is not None else ReadStats()
     sentences: list[Sentence] = []
@@ -117,7 +151,11 @@ def read_treebank(path: str | Path, stats: ReadStats | None = None) -> list[Sent
         line = line.rstrip("\r\n")
         if not line.strip():
             if block:
-                sentences.append(_block_sentence(block))
+                try:
+                    sentences.append(_block_sentence(block))
+                except NotATreeError as e:
+                    stats.not_trees[e.reason] += 1
+                    stats.first_not_tree.setdefault(e.reason, str(e))
                 block = []
             continue
         if line.startswith("#"):

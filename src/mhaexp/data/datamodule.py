@@ -68,6 +68,7 @@ class LMDataModule(pl.LightningDataModule):
             config.seq_len,
             config.batch_size,
         )
+        self.config = config
         self.sizes, self.num_workers, self.source = config.sizes, config.num_workers, config.source
         self.tokenizer = self.source.tokenizer
         self.vocab_size: int = config.n_vocab
@@ -187,6 +188,7 @@ class LMDataModule(pl.LightningDataModule):
         if self.batch_size % world:
             raise ConfigError("data.batch_size", self.batch_size, f"must be divisible by the {world} processes")
         ds = self.dataset("train")
+        self.config.check_batch_fits(len(ds))
         sampler = GlobalBatchSampler(len(ds), self.batch_size, self.seed, rank, world, start_step=step)
         return DataLoader(
             ds,

@@ -8,13 +8,12 @@ Real-looking text for ``data=text`` without a download::
 
 from __future__ import annotations
 
-import argparse
-
 from mhaexp.data.grammar import TEXT_STYLES, render_text
+from mhaexp.errors import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m mhaexp.data.render_text", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m mhaexp.data.render_text", description=__doc__.splitlines()[0])
     p.add_argument("out_dir", help="directory to write part-00000.txt ... into (created)")
     p.add_argument("--sentences", type=int, default=200_000, help="sentences in all (default 200000, ~11 MB)")
     p.add_argument("--files", type=int, default=10, help="files to spread them over (each one document)")

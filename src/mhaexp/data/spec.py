@@ -31,6 +31,7 @@ from mhaexp.data.induction import VARIANTS, InductionSource
 from mhaexp.data.retrieval import FILLERS, LOSSES, RetrievalSource
 from mhaexp.data.text import TextSource
 from mhaexp.data.tokenizers import BPE_MIN_VOCAB
+from mhaexp.errors import ConfigError
 
 SOURCES: dict[str, type] = {
     "grammar": GrammarSource,
@@ -94,6 +95,29 @@ class DataConfig:
         own = self.keys(source_only=True)
         self.source = cls(seq_len=self.seq_len, sizes=self.sizes, seed=self.seed, **own, **extra)
         self.n_vocab = self.source.tokenizer.vocab_size
+
+    def check_trainable(self) -> None:
+        """Before training starts: at least one batch of windows (a text corpus: by its size, untokenized)."""
+        bound = getattr(self.source, "max_train_windows", None)
+        most = bound() if bound is not None else self.n_train
+        if most is not None:
+            self.check_batch_fits(most, exact=bound is None)
+
+    def check_batch_fits(self, windows: int, exact: bool = True) -> None:
+        """Refuse training data that gives fewer than one batch of windows: every batch would be dropped, and
+        the run would end "ok" after 0 steps. The preflight checks a bound; the datamodule the real count."""
+        if windows >= self.batch_size:
+            return
+        if windows >= self.n_train or self.kind != "text":
+            field, value = "data.n_train", self.n_train
+        else:
+            field, value = ("data.path", self.path) if self.path is not None else ("data.name", self.name)
+        raise ConfigError(
+            field,
+            value,
+            f"gives {'' if exact else 'at most '}{windows} training windows of data.seq_len={self.seq_len}; one batch "
+            f"needs data.batch_size={self.batch_size}: give more data, or lower data.batch_size",
+        )
 
     def check_available(self) -> None:
         """What the preflight checks beyond the values: a hub dataset needs the network (or offline mode)."""

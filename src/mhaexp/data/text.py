@@ -53,6 +53,22 @@ from mhaexp.data.tokenizers import (
 from mhaexp.errors import ConfigError
 
 PATH_VALID = "an existing non-empty text file, or a directory holding non-empty .txt files"
+# Before a run starts, this many bytes of the corpus (and the head of every file) are read for what is not
+# UTF-8 text; bytes past it are decoded strictly when tokenized, so nothing is ever replaced silently.
+SCAN_BYTES = 64 << 20
+HEAD_BYTES = 512  # at least this much of every file: magic numbers, NUL bytes (as file(1) reads)
+# What a file that is not UTF-8 text starts with (its magic number), and what to do about it.
+MAGIC = {
+    b"\x1f\x8b": ("gzip-compressed data", "decompress it first: gunzip"),
+    b"PK\x03\x04": ("a zip archive", "unpack it first: unzip"),
+    b"BZh": ("bzip2-compressed data", "decompress it first: bunzip2"),
+    b"\xfd7zXZ\x00": ("xz-compressed data", "decompress it first: unxz"),
+    b"\x28\xb5\x2f\xfd": ("zstd-compressed data", "decompress it first: unzstd"),
+    b"7z\xbc\xaf\x27\x1c": ("a 7z archive", "unpack it first"),
+    b"\xff\xfe": ("UTF-16 text", "convert it: iconv -f UTF-16 -t UTF-8 IN > OUT"),
+    b"\xfe\xff": ("UTF-16 text", "convert it: iconv -f UTF-16 -t UTF-8 IN > OUT"),
+}
+NOT_UTF8_FIX = "the corpus must be UTF-8 text; convert it, e.g. iconv -f latin1 -t utf-8 IN > OUT"
 VAL_PARTS = 10  # the held-out tail: about the last 1/VAL_PARTS of the corpus' bytes (integers: exact cuts)
 FORMAT = 1  # the token cache layout and the split rule; a change renames every cache entry
 PIECE_BYTES = 1 << 18  # text goes to the tokenizer in pieces of about this many bytes ...
@@ -77,6 +93,58 @@ def text_files(path: str | Path) -> list[Path]:
     if not files:
         raise ConfigError("data.path", str(path), PATH_VALID)
     return files
+
+
+def check_text_file(f: Path, budget: int) -> int:
+    """Raise ConfigError (``data.path``, naming ``f``) when ``f`` is compressed, binary or not UTF-8 within its
+    first ``max(budget, HEAD_BYTES)`` bytes; return the bytes read."""
+    limit = max(budget, HEAD_BYTES)
+    pos, carry = 0, b""
+    with open(f, "rb") as fh:
+        while pos < limit:
+            block = fh.read(min(PIECE_BYTES, limit - pos))
+            if pos == 0:
+                for magic, (what, fix) in MAGIC.items():
+                    if block.startswith(magic):
+                        raise ConfigError(
+                            "data.path", str(f), f"is {what}, not UTF-8 text (it starts with {magic.hex(' ')}); {fix}"
+                        )
+            nul = block.find(b"\0")
+            if nul >= 0:
+                raise ConfigError("data.path", str(f), f"is binary, not text: a NUL byte at offset {pos + nul}")
+            data, start = carry + block, pos - len(carry)
+            pos += len(block)
+            try:
+                data.decode("utf-8")
+                carry = b""
+            except UnicodeDecodeError as e:
+                cut_short = e.reason == "unexpected end of data" and e.end == len(data)
+                if cut_short and block and pos < limit:
+                    carry = data[e.start :]  # a character the next block completes
+                    continue
+                if cut_short and block:  # the scan ends inside a character: the rest is read when tokenized
+                    break
+                raise ConfigError(
+                    "data.path",
+                    str(f),
+                    f"is not UTF-8: byte {data[e.start]:#04x} at offset {start + e.start} ({e.reason}); {NOT_UTF8_FIX}",
+                ) from None
+            if not block:
+                break
+    return pos
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_files(files: tuple[tuple[str, int, int], ...]) -> None:
+    budget = SCAN_BYTES
+    for name, _, _ in files:
+        budget -= check_text_file(Path(name), budget)
+
+
+def check_text_files(files: list[Path]) -> None:
+    """:func:`check_text_file` over a corpus: the head of every file, the first :data:`SCAN_BYTES` in all.
+    Once per file version in a process (a sweep's jobs share their corpus)."""
+    _checked_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
 def offline_mode() -> bool:
@@ -195,18 +263,18 @@ def pieces(blocks: Iterator[tuple[bytes, bool]]) -> Iterator[tuple[str, bool]]:
         buf = carry + data if carry else data
         if doc_end:
             if buf:
-                yield buf.decode("utf-8", errors="replace"), True
+                yield buf.decode("utf-8"), True
             carry = b""
             continue
         while len(buf) >= PIECE_BYTES:
             cut = last_cut(buf)
             if cut <= 0:
                 break
-            yield buf[:cut].decode("utf-8", errors="replace"), False
+            yield buf[:cut].decode("utf-8"), False
             buf = buf[cut:]
         carry = buf
     if carry:
-        yield carry.decode("utf-8", errors="replace"), False
+        yield carry.decode("utf-8"), False
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -380,6 +448,7 @@ class TextSource:
         if seq_len < 2:
             raise ConfigError("data.seq_len", seq_len, "an int >= 2 (BOS + one token)")
         self.files = text_files(path) if path is not None else []
+        check_text_files(self.files)
         self.seq_len = seq_len
         self.sizes = sizes
         self.seed = seed
@@ -474,10 +543,27 @@ class TextSource:
         """(text piece, document ends here) of the training or held-out text."""
         corpus, cut = self.corpus, self.cut
         begin, end = ((0, 0), cut) if split == "train" else (cut, (len(corpus.lengths), 0))
-        return pieces(corpus.blocks(begin, end))
+        try:
+            yield from pieces(corpus.blocks(begin, end))
+        except UnicodeDecodeError as e:  # past the part the preflight read (check_text_files)
+            raise ConfigError(
+                "data.path",
+                self.path,
+                f"holds bytes that are not UTF-8 ({e.reason}) past its first {SCAN_BYTES} "
+                f"bytes, which were checked before start; {NOT_UTF8_FIX}",
+            ) from None
 
     def has_val_text(self) -> bool:
         return self.cut < (len(self.corpus.lengths), 0)
+
+    def max_train_windows(self) -> int | None:
+        """At most how many training windows a local corpus gives, from its size alone (before tokenizing):
+        a byte or byte-level BPE token covers at least one byte, and each document adds one EOS. None for a
+        hub dataset or a HF tokenizer (the datamodule counts their windows once tokenized)."""
+        if not self.files or not isinstance(self.tokenizer, (ByteTokenizer, BPETokenizer)):
+            return None
+        tokens = sum(f.stat().st_size for f in self.files) + len(self.files)
+        return min(self.sizes["train"], -(-tokens // (self.seq_len - 1)))
 
     # -------------------------------------------------------------- the tokenizer --
     @property

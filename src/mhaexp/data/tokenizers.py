@@ -23,13 +23,12 @@ import functools
 import hashlib
 import json
 import os
-import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlparse
 
 from mhaexp.errors import ConfigError
+from mhaexp.net import unreachable
 from mhaexp.rundir import TOKENIZER_DIR
 
 PAD, BOS, EOS, MASK, UNK = "<pad>", "<bos>", "<eos>", "<mask>", "<unk>"
@@ -228,12 +227,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    url = urlparse(hub_endpoint())
-    try:
-        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    return unreachable(hub_endpoint(), timeout) is None
 
 
 @contextlib.contextmanager
@@ -335,6 +329,12 @@ class HFTokenizer:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def unknown_words(text: str, tok: Any) -> list[str]:
+    """The whitespace-separated words of ``text`` that ``tok`` reads (in part) as its unknown token."""
+    unk = getattr(tok, "unk_id", None)
+    return [] if unk is None else [w for w in text.split() if unk in tok.encode(w)]
+
+
 def tokenizer_identity(tok: Any) -> str:
     """What fixes a tokenizer's output: a hash of its serialized form (the trained merges, the vocabulary)."""
     if hasattr(tok, "identity"):
@@ -397,7 +397,15 @@ def load_saved_tokenizer(directory: str | Path, field: str = "data.tokenizer") -
     if kind == "bpe":
         from tokenizers import Tokenizer
 
-        return BPETokenizer(int(meta["vocab_size"]), lambda: Tokenizer.from_file(str(directory / HF_FILE)))
+        # Parsed now, not at the first encode: a cut-off file must fail the preflight, not the started job.
+        try:
+            hf = Tokenizer.from_file(str(directory / HF_FILE))
+        except Exception as e:  # noqa: BLE001 - a missing or unparsable file: whatever tokenizers calls it
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(
+                field, str(directory), f"its {HF_FILE} cannot be read ({first}); save the tokenizer again"
+            ) from None
+        return BPETokenizer(int(meta["vocab_size"]), lambda: hf)
     if kind == "hf":
         return HFTokenizer(str(directory), field)
     raise ConfigError(field, str(directory), f"holds a tokenizer of unknown kind {kind!r}")

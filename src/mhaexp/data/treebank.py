@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mhaexp.data.conllu_io import ReadStats, TreebankError, read_treebank
+from mhaexp.data.conllu_io import NOT_A_TREE, ReadStats, TreebankError, read_treebank
 from mhaexp.data.grammar import relation_list
 from mhaexp.data.lexicon import Sentence
 from mhaexp.data.tokenizers import Tokenizer
@@ -66,6 +66,7 @@ def word_of_token(pieces: Sequence[Sequence[int]]) -> list[int]:
 
 
 SKIP_REASONS = {
+    **NOT_A_TREE,
     "long": "longer than the model's context",
     "align": "not aligned with the tokenizer",
     "no_arc": "without an arc",
@@ -143,8 +144,9 @@ def encode_treebank(
     arcs in the scored sentences; arcs of the others get relation -1 (no arc). All rows share one
     width, the longest scored sentence.
     """
-    skipped: Counter[str] = Counter()
-    first: dict[str, str] = {}
+    read = read or ReadStats()
+    skipped: Counter[str] = Counter(read.not_trees)  # left out when the file was read
+    first: dict[str, str] = dict(read.first_not_tree)
     kept: list[tuple[Sentence, list[list[int]]]] = []
     unused = 0
     for i, s in enumerate(sentences):
@@ -175,7 +177,8 @@ def encode_treebank(
     rel_id = {r: i for i, r in enumerate(relations)}
     width = max((sum(map(len, p)) + 2 for _, p in kept), default=2)
     rows = [encode_sentence_pieces(s, p, tokenizer, rel_id, width) for s, p in kept]
-    return Treebank(rows, relations, dict(arcs), len(sentences), read or ReadStats(), skipped, dropped, unused, first)
+    n_read = len(sentences) + sum(read.not_trees.values())
+    return Treebank(rows, relations, dict(arcs), n_read, read, skipped, dropped, unused, first)
 
 
 def check_treebank(path: str | Path, field_name: str) -> tuple[list[Sentence], ReadStats]:
@@ -188,6 +191,9 @@ def check_treebank(path: str | Path, field_name: str) -> tuple[list[Sentence], R
         sentences = read_treebank(p, read)
     except TreebankError as e:
         raise ConfigError(field_name, str(path), f"cannot be read as CoNLL-U: {e}") from None
+    if not sentences and read.not_trees:
+        bad = "; ".join(f"{n} {NOT_A_TREE[r]} (first: {read.first_not_tree[r]})" for r, n in read.not_trees.items())
+        raise ConfigError(field_name, str(path), f"holds no sentence that is a tree: {bad}")
     if not sentences:
         raise ConfigError(field_name, str(path), "holds no sentence (CoNLL-U: word lines, a blank line after each)")
     return sentences, read

@@ -133,6 +133,19 @@ class ModelConfig:
     def ffn_dim(self) -> int:
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
 
+    def approx_params(self) -> int:
+        """Parameters of the Transformer this config builds, from the shapes alone (no torch): the embedding,
+        positions, LM head (when untied), Q/K/V/O and MLP weights. Biases and norms are left out (well under
+        1% of any model here); ``Transformer.param_counts()['total']`` is the exact count."""
+        d, v = self.d_model, self.vocab_size
+        total = v * d * (1 if self.tie_embeddings else 2) + (self.max_seq_len * d if self.pos == "learned" else 0)
+        for i in range(self.n_layers):
+            nh, nkv = self.heads_in_layer(i)
+            total += d * (nh + 2 * nkv) * self.head_dim + nh * self.head_dim * d
+            if not self.attn_only:
+                total += 2 * d * self.ffn_dim
+        return total
+
     def kv_cache_bytes_per_token(self, bytes_per_value: int = 2) -> int:
         """K and V cached per generated token, all layers, at ``bytes_per_value`` (2 for bf16)."""
         kv_heads = sum(self.heads_in_layer(i)[1] for i in range(self.n_layers))

@@ -93,6 +93,19 @@ def check_heads_exist(heads: Iterable[Head], sizes: Sequence[int], field_name: s
             raise ConfigError(field_name, f"L{layer}H{head}", f"layer {layer} has heads 0..{sizes[layer] - 1}")
 
 
+def check_layers_keep_a_head(heads: Iterable[Head], sizes: Sequence[int], field_name: str = "heads") -> None:
+    """ConfigError if ``heads`` empties a layer: its attention would be gone (training refuses the same
+    through ``pruning.min_heads_per_layer``, at least 1)."""
+    removed = set(heads)
+    for layer, n in enumerate(sizes):
+        if all((layer, h) in removed for h in range(n)):
+            raise ConfigError(
+                field_name,
+                format_heads(sorted(removed)),
+                f"removes all {n} heads of layer {layer}; keep at least one head in every layer",
+            )
+
+
 def masked_heads(model: Transformer) -> list[Head]:
     """Heads whose ``head_gate`` is exactly 0."""
     return [
@@ -443,8 +456,11 @@ def prune_checkpoint(
     """Physically remove ``heads`` (``None``: the heads masked in the checkpoint) and save to ``out``."""
     ckpt = read_checkpoint(path, "ckpt")
     model = load_model(path)
+    given = heads is not None
     heads = masked_heads(model) if heads is None else list(heads)
-    check_heads_exist(heads, [layer.n_heads for layer in model.attention_layers])
+    sizes = [layer.n_heads for layer in model.attention_layers]
+    check_heads_exist(heads, sizes)
+    check_layers_keep_a_head(heads, sizes, "heads" if given else "ckpt")
     new, report = prune_heads(model, heads, uneven)
     atomic_save(checkpoint_for(new, ckpt, extra={"pruned_from": str(path), "pruning": report.to_dict()}), out)
     return report

@@ -20,7 +20,6 @@ and names its module in :data:`PLUGINS`, or is imported before :func:`main` runs
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib
 import json
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mhaexp.errors import ArgumentParser
 from mhaexp.nn.attention import MultiHeadAttention
 from mhaexp.nn.model import ModelConfig, Transformer
 
@@ -650,7 +650,7 @@ def environment(args: Args) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Args, list[str] | None, Path | None]:
-    p = argparse.ArgumentParser(prog="python -m mhaexp.tools.bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m mhaexp.tools.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few, short repeats: a smoke test, not a measurement")
     p.add_argument("--sections", help=f"comma-separated, default all: {','.join([*BUILTIN, *PLUGINS])}")
     p.add_argument("--out", type=Path, help="also write the results here as JSON")

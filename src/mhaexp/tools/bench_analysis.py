@@ -28,7 +28,6 @@ where the full patterns of all layers alone would take 8.6 GB. ``python -m mhaex
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -41,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from mhaexp.errors import ArgumentParser
 from mhaexp.rundir import ANALYSIS_DIR
 from mhaexp.tools.bench import Args, Row, default_model_config, register
 
@@ -199,7 +199,7 @@ def memory_rows(batch: int, seed: int = 0, seq_lens: tuple[int, ...] = MEMORY_SE
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Peak memory and time of one analysis step against T.")
+    p = ArgumentParser(description="Peak memory and time of one analysis step against T.")
     p.add_argument("--batch", type=int, default=MEMORY_BATCH, help=f"probe sequences (default {MEMORY_BATCH})")
     p.add_argument("--step", type=int, help="internal: run one step at this T and print its figures as JSON")
     p.add_argument("--seed", type=int, default=0)

@@ -3,8 +3,8 @@
 ``python -m mhaexp.tools.bench --sections import``. transformers builds a random-init Llama-shaped
 model (GQA, untied embeddings; :data:`SHAPE`, 2.7 GB of fp32 weights, the largest that fits next to
 other work on the 2-core, 23 GB reference machine; ``--quick``: :data:`QUICK_SHAPE`) and saves it with
-``save_pretrained`` in one process; a fresh process then runs the real ``mhaexp-import`` on that
-directory, checkpoint writing included, and reports its peak resident memory (``VmHWM``).
+``save_pretrained`` in one process; the real ``mhaexp-import`` then runs on that directory in a
+process of its own, checkpoint writing included, and its peak resident memory is read from ``wait4``.
 
 Rows: (peak RSS - the process's RSS once its libraries are imported) / weight bytes, target
 ``<= 1.3`` (issue 30: streamed import); the raw peak RSS / weight bytes (the interpreter, torch and
@@ -14,6 +14,7 @@ transformers included); the import's seconds. One measurement: the peak of a det
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,11 +37,15 @@ SHAPE = dict(
 QUICK_SHAPE = dict(SHAPE, num_hidden_layers=2, hidden_size=256, intermediate_size=704, vocab_size=4000)
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+def _peak_rss(argv: list[str]) -> tuple[int, float]:
+    """(peak resident bytes, seconds) of ``python <argv>`` run as its own process (``wait4``'s ru_maxrss)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss * 1024, seconds  # ru_maxrss is in KiB on Linux
 
 
 def build(directory: Path, shape: dict) -> None:
@@ -53,21 +58,15 @@ def build(directory: Path, shape: dict) -> None:
 
 
 def measure(directory: Path, out: Path) -> dict:
-    """Run ``mhaexp-import`` in this (fresh) process; its peak RSS, the RSS before it, the weight bytes."""
-    # Imported before the baseline is read: the libraries' memory is not the import's.
+    """The real ``mhaexp-import`` in a fresh process: its peak RSS and seconds; the peak of a process that
+    only loads the same libraries (the baseline: the libraries' memory is not the import's); the weight bytes."""
     import torch
-    import transformers  # noqa: F401
 
-    from mhaexp.cli import import_model
     from mhaexp.nn.hf_import import hf_model_config, read_hf_config
-    from mhaexp.nn.io import checkpoint_for  # noqa: F401
     from mhaexp.nn.model import Transformer
 
-    baseline = _status_kb("VmRSS") * 1024
-    start = time.perf_counter()
-    import_model.run([f"source={directory}", f"out={out}"])
-    seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM") * 1024
+    baseline, _ = _peak_rss(["-c", "import torch, transformers, mhaexp.nn.hf_import, mhaexp.nn.io"])
+    peak, seconds = _peak_rss(["-m", "mhaexp.cli.import_model", f"source={directory}", f"out={out}"])
     with torch.device("meta"):  # the weights' size, counted without allocating them again
         model = Transformer(hf_model_config(read_hf_config(directory, str(directory)), str(directory)))
     weights = sum(p.numel() * 4 for p in model.parameters())  # fp32, as imported

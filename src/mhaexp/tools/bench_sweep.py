@@ -23,7 +23,6 @@ alone and at ``cores // slots`` threads with ``slots`` such processes side by si
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -33,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mhaexp.errors import ArgumentParser
 from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
 from mhaexp.tools.bench import Args, Row, register, spread
 
@@ -147,7 +147,7 @@ def bench_sweep(args: Args) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="internal: time one optimizer step of each job's model (JSON).")
+    p = ArgumentParser(description="internal: time one optimizer step of each job's model (JSON).")
     p.add_argument("jobs", nargs="+", type=Path, help="job run directories (each with its last checkpoint)")
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--steps", type=int, default=CEILING_STEPS)

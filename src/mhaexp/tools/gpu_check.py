@@ -34,7 +34,6 @@ machine without a GPU. Its figures mean nothing for a GPU. Results also go to ``
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -53,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mhaexp.errors import ArgumentParser
 
 DEADLINE_S = 540.0  # the whole check; sections that would start past it are skipped (--tiny: TINY_DEADLINE_S)
 TINY_DEADLINE_S = 840.0
@@ -865,7 +866,7 @@ def report(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mhaexp.tools.gpu_check", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m mhaexp.tools.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="JSON results (default $OUT/gpu_check.json or ./)")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out, e.g. cli")
     p.add_argument(

@@ -43,7 +43,7 @@ from mhaexp.config import (
     string,
 )
 from mhaexp.data.spec import DataConfig
-from mhaexp.errors import ConfigError
+from mhaexp.errors import ConfigError, unknown_key_hint
 from mhaexp.nn.config import ModelConfig
 from mhaexp.pruning.schedules import GQA_INITS, PruningConfig, validate_pruning
 
@@ -62,6 +62,10 @@ DEVICES = Check(
     "must be a positive count, -1 (all), 'auto' or a non-empty list of device ids",
     0,
 )
+# fp16 autocast has no CPU kernels: Lightning then trains bf16-mixed instead, under the name the config gives.
+CPU_UNSUPPORTED_PRECISIONS = ("16-mixed", "16", 16)
+# Bytes a parameter holds while it trains in fp32 with AdamW: the weight, its gradient and two moments.
+TRAIN_BYTES_PER_PARAM = 4 + 4 + 2 * 4
 LOGGER_KINDS = ("wandb", "csv", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -81,6 +85,30 @@ def cuda_built() -> bool:
     import torch
 
     return torch.version.cuda is not None
+
+
+def available_memory(accelerator: str) -> tuple[int, str] | None:
+    """(bytes a training run can take, where that figure comes from): the GPU's memory for a GPU
+    accelerator, else the host's MemAvailable (/proc/meminfo; os.sysconf elsewhere). None when unknown."""
+    if accelerator in ("gpu", "cuda"):
+        import torch  # already loaded: the accelerator check asked for CUDA
+
+        return torch.cuda.get_device_properties(0).total_memory, "on the GPU"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available (MemAvailable)"
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "available"
+    except (ValueError, OSError):
+        return None
+
+
+def gigabytes(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
 
 @dataclass
@@ -119,6 +147,15 @@ class TrainerConfig:
                 "torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one or set "
                 "trainer.compile=false",
             )
+        if self.precision in CPU_UNSUPPORTED_PRECISIONS and (
+            self.accelerator == "cpu" or (self.accelerator == "auto" and not cuda_available())
+        ):
+            raise ConfigError(
+                "trainer.precision",
+                self.precision,
+                "fp16 mixed precision needs a GPU; on the CPU Lightning would train bf16-mixed instead. "
+                "Use trainer.precision=bf16-mixed or 32-true",
+            )
         if self.accelerator in ("gpu", "cuda") and not cuda_available():
             raise ConfigError(
                 "trainer.accelerator",
@@ -127,6 +164,15 @@ class TrainerConfig:
                 f"{'with' if cuda_built() else 'without'} CUDA); use trainer=cpu, or install CUDA torch "
                 "with `make install TORCH=torch`",
             )
+
+    def processes(self) -> int | None:
+        """Training processes Lightning starts (one per device, on every node); None when the machine decides
+        (``devices: -1`` or ``auto``)."""
+        if isinstance(self.devices, list):
+            return len(self.devices) * self.num_nodes
+        if isinstance(self.devices, int) and self.devices >= 1:
+            return self.devices * self.num_nodes
+        return None
 
     def kwargs(self) -> dict[str, Any]:
         """The Trainer's keyword arguments."""
@@ -221,6 +267,16 @@ class RunConfig:
             raise ConfigError(
                 "data.loss", "answer", "needs a causal model (model.causal=true); use all with an encoder"
             )
+        self.data.check_trainable()
+        processes = self.trainer.processes()
+        if processes is not None and self.data.batch_size % processes:
+            raise ConfigError(
+                "data.batch_size",
+                self.data.batch_size,
+                f"must be divisible by the {processes} training processes (trainer.devices={self.trainer.devices} "
+                f"x trainer.num_nodes={self.trainer.num_nodes}): the global batch is split evenly over them",
+            )
+        self.check_memory()
         validate_pruning(self.pruning, self.model, self.trainer.max_steps)
         if self.pruning.criterion == "role" and self.pruning.kind != "none" and not self.analysis.enabled:
             raise ConfigError(
@@ -232,10 +288,54 @@ class RunConfig:
             # Parsed now, so a bad file fails before training starts; its sentences are tokenized at the
             # first analysis (a BPE tokenizer is trained when the data is prepared, not by a config check).
             check_treebank(self.analysis.treebank, "analysis.treebank")
+        if self.resume not in (None, "auto"):
+            check_resume_model(self.resume, self.model)
         if self.init_from is not None:
             from mhaexp.training.init_from import validate_init  # reads the checkpoint, so it needs torch
 
             validate_init(self.init_from, self.model, self.gqa_init)
+
+    def check_memory(self) -> None:
+        """Refuse a model whose training state alone (:data:`TRAIN_BYTES_PER_PARAM` per parameter, per process
+        on a CPU) exceeds the memory there is: it would end in the allocator or the OOM killer minutes in."""
+        params = self.model.approx_params()
+        copies = (self.trainer.processes() or 1) // self.trainer.num_nodes if self.trainer.accelerator == "cpu" else 1
+        need = params * TRAIN_BYTES_PER_PARAM * copies
+        have = available_memory(self.trainer.accelerator)
+        if have is None or need <= have[0]:
+            return
+        embedding = self.model.vocab_size * self.model.d_model * (1 if self.model.tie_embeddings else 2)
+        if embedding * 2 > params and self.data.kind == "text" and self.data.tokenizer == "bpe":
+            field, value = "data.vocab_size", self.data.vocab_size
+        else:
+            field, value = "model", f"{params:,} parameters"
+        per = f" x {copies} processes" if copies > 1 else ""
+        raise ConfigError(
+            field,
+            value,
+            f"training needs at least {gigabytes(need)} ({params:,} parameters x {TRAIN_BYTES_PER_PARAM} bytes for "
+            f"weights, gradients and AdamW state{per}), the machine has {gigabytes(have[0])} {have[1]}; use a "
+            "smaller model or vocabulary",
+        )
+
+
+def check_resume_model(path: str, model: ModelConfig, ckpt: dict[str, Any] | None = None) -> None:
+    """``resume=`` continues the same model: refuse a checkpoint of another shape (``ckpt``: the file, already
+    read), naming every field that differs; Lightning would fail in ``load_state_dict`` with a page of size
+    mismatches."""
+    from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint  # torch.load: only with resume=<path>
+
+    ckpt = read_checkpoint(path, "resume") if ckpt is None else ckpt
+    saved = ModelConfig(**ckpt[CHECKPOINT_KEY]["model"]).to_dict()
+    ours = model.to_dict()
+    differ = [f"model.{k} {ours[k]} vs {saved[k]}" for k in ours if k != "extra" and ours[k] != saved.get(k)]
+    if differ:
+        raise ConfigError(
+            "resume",
+            path,
+            f"the checkpoint holds another model ({', '.join(differ)}: this config vs the checkpoint); resume "
+            "with the config it was trained with, or start a new run from its weights with init_from=",
+        )
 
 
 def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
@@ -248,7 +348,7 @@ def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     names = [f.name for f in fields(RunConfig) if f.name != "resolved"]
     for key in raw:
         if key not in names:
-            raise ConfigError(str(key), raw[key], f"unknown key; valid keys: {', '.join(names)}")
+            raise ConfigError(str(key), raw[key], f"unknown key; {unknown_key_hint(str(key), names)}")
     for key in names:
         if key not in raw:
             raise ConfigError(key, None, "missing: conf/train.yaml and its groups must give it a value")

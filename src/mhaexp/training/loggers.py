@@ -12,6 +12,7 @@ from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
+from mhaexp.net import unreachable, wandb_server
 from mhaexp.nn.config import ModelConfig
 from mhaexp.rundir import METRICS_FILE, RUN_ID_FILE
 from mhaexp.training.config import LoggerConfig, RunConfig
@@ -93,6 +94,12 @@ class FallbackWandbLogger(WandbLogger):
     ``wandb sync`` uploads it later; training never waits longer than ``init_timeout``.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Lightning always passes wandb.init(anonymous=...), which W&B >= 0.19 answers in every run with
+        # "The anonymous setting has no effect and will be removed": no user can act on it.
+        self._wandb_init.pop("anonymous", None)
+
     @property
     def experiment(self) -> Any:
         try:
@@ -103,8 +110,16 @@ class FallbackWandbLogger(WandbLogger):
             import wandb
 
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            server = wandb_server()
+            why = unreachable(server)
+            # W&B words a server it cannot reach as a credentials failure: say which it really is.
+            problem = (
+                f"the W&B server {server} cannot be reached ({why})"
+                if why is not None
+                else f"the W&B server {server} answers but refused the run ({first}; check the API key: wandb login)"
+            )
             print(
-                f"mhaexp-train: notice: W&B is unreachable ({first}); logging offline instead. "
+                f"mhaexp-train: notice: {problem}; logging offline instead. "
                 f"Upload later with `wandb sync {self.save_dir}/wandb/offline-run-*`",
                 file=sys.stderr,
             )

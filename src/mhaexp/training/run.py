@@ -18,10 +18,11 @@ from mhaexp.data.datamodule import LMDataModule
 from mhaexp.pruning.callback import build_pruning_callback
 from mhaexp.rundir import CHECKPOINT_DIR, SUMMARY_FILE
 from mhaexp.training.checkpointing import AtomicCheckpointIO, RNGState, RunCheckpoint, newest_good_checkpoint
-from mhaexp.training.config import RunConfig
+from mhaexp.training.config import RunConfig, check_resume_model
 from mhaexp.training.init_from import InitQualityCallback, load_init
 from mhaexp.training.loggers import build_loggers, remember_run_id, saved_run_id, wandb_always_finished, wandb_run_dir
 from mhaexp.training.module import LMModule
+from mhaexp.training.progress import StepProgressBar
 from mhaexp.training.quiet import quiet_lightning
 from mhaexp.training.record import RunRecord
 
@@ -47,7 +48,10 @@ def resume_checkpoint(run: RunConfig, run_dir: Path) -> tuple[Path | None, int |
     path = newest_good_checkpoint(run_dir) if resume == "auto" else Path(resume)
     if path is None:
         return None, None
-    return path, int(read_checkpoint(path, "resume").get("global_step", 0))
+    ckpt = read_checkpoint(path, "resume")
+    if resume == "auto":  # a path was checked in the preflight; the run directory's newest only now
+        check_resume_model(str(path), run.model, ckpt)
+    return path, int(ckpt.get("global_step", 0))
 
 
 def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
@@ -89,15 +93,15 @@ def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, 
     )
     if pruning is not None:
         callbacks.append(pruning)
+    # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
+    progress_bar = run.trainer.enable_progress_bar and sys.stdout.isatty()
+    if progress_bar:
+        callbacks.append(StepProgressBar())
     callbacks.append(record)  # last: its summary gathers what the others found at the end
     run_id = saved_run_id(run_dir_of(ckpt)) if ckpt is not None else saved_run_id(run_dir)
     loggers = build_loggers(run, run_dir, group, run_id=run_id, resume_step=step)
     trainer = pl.Trainer(
-        **{
-            **run.trainer.kwargs(),
-            # A progress bar redrawn into a log file or a pipe is noise; keep it for terminals.
-            "enable_progress_bar": run.trainer.enable_progress_bar and sys.stdout.isatty(),
-        },
+        **{**run.trainer.kwargs(), "enable_progress_bar": progress_bar},
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
