@@ -2,7 +2,7 @@
 
 Each config group owns one dataclass (``ModelConfig`` in :mod:`mhaexp.nn.config`, ``DataConfig`` in
 :mod:`mhaexp.data.spec`, ``AnalysisConfig`` in :mod:`mhaexp.analysis.config`, ``PruningConfig`` in
-:mod:`mhaexp.pruning.schedules`, trainer/optim/logger and the assembled ``RunConfig`` in
+:mod:`mhaexp.pruning.config`, trainer/optim/logger and the assembled ``RunConfig`` in
 :mod:`mhaexp.training.config`). Every field says its domain with :func:`setting`; ``__post_init__``
 calls :func:`check_fields`, so an object that exists holds values in their domains. Each
 :class:`Check` also knows a value outside its domain, which is how ``tests/test_schema.py`` shows that

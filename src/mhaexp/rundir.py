@@ -39,6 +39,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"  # in CHECKPOINT_DIR: Lightning's save_last name (mhaexp.training.run)
 PRUNED_CHECKPOINT = "pruned.ckpt"  # the physically pruned model at the end of a pruning run
 PRUNING_CURVE_FILE = "pruning_curve.csv"
+PRUNING_CURVE_PNG = "pruning_curve.png"
 PRUNING_FILE = "pruning.json"  # every pruning step: heads, roles, quality; the physical-removal report
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, to decode and analyse its checkpoints offline (data.tokenizers)
 ANALYSIS_DIR = "analysis"  # the per-head analysis' tables, report and pictures

@@ -49,8 +49,8 @@ from mhaexp.errors import ConfigError
 from mhaexp.nn.attention import FUSED_QKV, fuse_separate_qkv, qkv_sizes
 from mhaexp.nn.model import ModelConfig, Transformer
 from mhaexp.nn.shapes import divisors
+from mhaexp.pruning.config import GQA_INITS, UNEVEN
 from mhaexp.pruning.l0 import HardConcreteGate, fold_l0_state
-from mhaexp.pruning.schedules import GQA_INITS, UNEVEN
 
 Head = tuple[int, int]
 

@@ -45,7 +45,7 @@ from mhaexp.config import (
 from mhaexp.data.spec import DataConfig
 from mhaexp.errors import ConfigError
 from mhaexp.nn.config import ModelConfig
-from mhaexp.pruning.schedules import GQA_INITS, PruningConfig, validate_pruning
+from mhaexp.pruning.config import GQA_INITS, PruningConfig, validate_pruning
 
 TRAINER_TARGET = "pytorch_lightning.Trainer"
 # TrainerConfig fields that are ours, not Lightning Trainer keyword arguments.
