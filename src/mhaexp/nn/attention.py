@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mhaexp.errors import ConfigError
-from mhaexp.nn.shapes import check_heads, divisors, resolve_head_dim
+from mhaexp.nn.shapes import check_heads, divisors, group_size, kv_head_of, resolve_head_dim
 
 __all__ = [
     "FUSED_QKV",
@@ -170,7 +170,7 @@ class MultiHeadAttention(nn.Module):
     @property
     def group_size(self) -> int:
         """Query heads per K/V head."""
-        return self.n_heads // self.n_kv_heads
+        return group_size(self.n_heads, self.n_kv_heads)
 
     def split_qkv(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The q, k and v parts of ``qkv_proj``'s weight, bias or grad (views, rows per head ``head_dim``)."""
@@ -178,7 +178,7 @@ class MultiHeadAttention(nn.Module):
 
     def kv_head_of(self, h: int) -> int:
         """The K/V head that query head ``h`` reads."""
-        return h // self.group_size
+        return kv_head_of(h, self.n_heads, self.n_kv_heads)
 
     def gates(self) -> torch.Tensor:
         """The gate each head's output is multiplied by, shape ``(n_heads,)``."""

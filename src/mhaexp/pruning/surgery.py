@@ -48,7 +48,7 @@ from mhaexp.checkpoint import CHECKPOINT_KEY, atomic_save, read_checkpoint
 from mhaexp.errors import ConfigError
 from mhaexp.nn.attention import FUSED_QKV, fuse_separate_qkv, qkv_sizes
 from mhaexp.nn.model import ModelConfig, Transformer
-from mhaexp.nn.shapes import divisors
+from mhaexp.nn.shapes import divisors, group_size
 from mhaexp.pruning.config import GQA_INITS, UNEVEN
 from mhaexp.pruning.l0 import HardConcreteGate, fold_l0_state
 
@@ -152,7 +152,7 @@ def plan_layer(
         raise ConfigError("uneven", uneven, f"choose one of {list(UNEVEN)}")
     gates = [1.0] * n_heads if gates is None else [float(g) for g in gates]
     gone = set(remove)
-    size = n_heads // n_kv_heads
+    size = group_size(n_heads, n_kv_heads)
     groups = [list(range(j * size, (j + 1) * size)) for j in range(n_kv_heads)]
     keep = [[h for h in grp if h not in gone] for grp in groups]
     plan = LayerPlan(n_heads, n_kv_heads, [], [], [], removed=sorted(gone))
