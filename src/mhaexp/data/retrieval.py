@@ -38,6 +38,7 @@ import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from mhaexp.batch import LOSS_MASK
 from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.errors import ConfigError
 
@@ -49,9 +50,6 @@ FILLERS = ("random", "grammar")
 # associative recall of Arora et al. 2023 takes its loss there): the filler is random, so its loss
 # carries no signal, and on 2 CPU cores it drowns the few answer steps.
 LOSSES = ("all", "answer")
-# The batch column of the positions whose loss counts: mhaexp.nn.objectives.LOSS_MASK (data cannot
-# import nn; a test ties the two).
-LOSS_COLUMN = "loss_mask"
 KEY, VAL, QUERY = "<key>", "<val>", "<query>"
 
 
@@ -84,7 +82,7 @@ class RetrievalSource:
             raise ConfigError("data.loss", loss, f"one of {', '.join(LOSSES)}")
         self.loss = loss
         # Training reads the loss mask; every other annotation is for validation and analysis only.
-        self.train_columns: tuple[str, ...] = (LOSS_COLUMN,) if loss == "answer" else ()
+        self.train_columns: tuple[str, ...] = (LOSS_MASK,) if loss == "answer" else ()
         self.annotation_columns = self.base_columns + self.train_columns
         if filler not in FILLERS:
             raise ConfigError("data.filler", filler, f"one of {', '.join(FILLERS)}")
@@ -220,7 +218,7 @@ class RetrievalSource:
                 "depth": depth,
             }
             if self.train_columns:
-                row[LOSS_COLUMN] = [int(a > 0) for a in answer]
+                row[LOSS_MASK] = [int(a > 0) for a in answer]
             yield row
 
 
