@@ -65,18 +65,18 @@ class RetrievalSource:
         seq_len: int,
         sizes: dict[str, int],
         seed: int,
-        filler: str = "random",
-        n_filler: int = 64,
-        n_keys: int = 32,
-        n_values: int = 32,
-        value_len: int = 3,
-        n_needles: int = 2,
-        n_queries: int = 1,
-        marker: bool = True,
-        distinct_values: bool = True,
-        min_depth: float = 0.0,
+        filler: str = "random",  # random: filler tokens f0..; grammar: words of grammar sentences, cut to length
+        n_filler: int = 64,  # random filler alphabet
+        n_keys: int = 32,  # needle keys k0..
+        n_values: int = 32,  # needle values v0..
+        value_len: int = 3,  # value tokens per needle (what the model must copy)
+        n_needles: int = 2,  # needles per sequence; n_queries of them are asked for, the others distract
+        n_queries: int = 1,  # queries at the end, each asking for another needle (> 1: multi-query recall)
+        marker: bool = True,  # <val> between key and value; false: the value follows its key (one induction step)
+        distinct_values: bool = True,  # no value token twice in a sequence (needs n_values >= n_needles * value_len)
+        min_depth: float = 0.0,  # where the needles may sit, as shares of the haystack
         max_depth: float = 1.0,
-        loss: str = "all",
+        loss: str = "all",  # all: every next token; answer: only the answer tokens (Arora et al. 2023's MQAR)
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError("data.loss", loss, f"one of {', '.join(LOSSES)}")

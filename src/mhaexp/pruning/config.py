@@ -56,41 +56,62 @@ STRETCH = Check(
 
 @dataclass
 class PruningConfig:
-    """``conf/pruning/*.yaml`` as a checked object; the YAML files document every key.
+    """``conf/pruning/*.yaml`` as a checked object. Its defaults are the one table of defaults: an option's
+    YAML states only what it changes (the README's configuration section).
 
     ``only`` names the kinds a key belongs to: ``pruning=l0 pruning.count=3`` is refused by name.
     """
 
     kind: str = setting(choice(*KINDS), "none")
+    # importance: Michel et al. 2019 eq. 2, E_x |dL/d gate_h|; ablation: loss increase when the head alone
+    # is gated to 0 (Michel et al. 2019, Tab. 1); random (seeded); entropy: most diffuse attention first;
+    # role: keep heads holding a role (roles from the analysis). Re-ranked at every pruning step.
     criterion: str = setting(choice(*CRITERIA), "importance", only=RANKED)
+    # global: one ranking over all heads; per_layer: every layer loses the same share
     scope: str = setting(choice(*SCOPES), "global", only=RANKED)
+    # divide scores by their per-layer L2 norm before a global ranking (Michel et al. 2019, Sec. 4.2)
     normalize_by_layer: bool = setting(boolean(), False, only=RANKED)
-    min_heads_per_layer: int = setting(positive_int(), 1, only=RANKED)
+    min_heads_per_layer: int = setting(positive_int(), 1, only=RANKED)  # no layer drops below this many live heads
     # heads to prune in all; wins over fraction
     count: int | None = setting(optional(non_negative_int()), None, only=RANKED)
+    # else this share of all heads, in [0, 1), rounded to the nearest head (gradual: the final sparsity s_f)
     fraction: float | None = setting(optional(number(0.0, 1.0, high_open=True)), None, only=RANKED)
-    # first pruning step; null = end of training
+    # training step of the (first) pruning step (0 = before the first step); null = at the end of training
     at_step: int | None = setting(optional(non_negative_int()), None, only=("one_shot", "iterative"))
+    # share of ALL heads pruned per iterative step (Michel et al. 2019 use 10%)
     step_fraction: float = setting(number(0.0, 1.0, low_open=True, high_open=True), 0.1, only=["iterative"])
+    # training steps between pruning steps; 0 = all steps back to back (no fine-tuning)
     finetune_steps: int = setting(non_negative_int(), 0, only=["iterative"])
+    # re-estimate the scores before every step (false: rank once, then follow that order)
     exact: bool = setting(boolean(), True, only=["iterative"])
+    # stop below this validation accuracy; the step that crossed it is undone
     quality_floor: float | None = setting(optional(probability()), None, only=["iterative"])
+    # quality_floor is a share of the unpruned accuracy (0.9 = keep 90%), else absolute
     floor_relative: bool = setting(boolean(), True, only=["iterative"])
-    start_step: int = setting(non_negative_int(), 0, only=["gradual"])  # t0
-    end_step: int | None = setting(optional(positive_int()), None, only=["gradual"])  # t1
-    every: int = setting(positive_int(), 1, only=["gradual"])  # dt
-    initial_fraction: float = setting(number(0.0, 1.0, high_open=True), 0.0, only=["gradual"])  # s_i
+    start_step: int = setting(non_negative_int(), 0, only=["gradual"])  # t0; before it nothing is pruned
+    # t1; s_f is reached here (must be <= trainer.max_steps)
+    end_step: int | None = setting(optional(positive_int()), None, only=["gradual"])
+    every: int = setting(positive_int(), 1, only=["gradual"])  # dt: the target changes only every this many steps
+    initial_fraction: float = setting(number(0.0, 1.0, high_open=True), 0.0, only=["gradual"])  # s_i, at t0
+    # penalty weight lambda (Voita et al. sweep it to trade heads for quality)
     l0_lambda: float = setting(positive_number(), 0.01, only=["l0"])
-    temperature: float = setting(positive_number(), L0_TEMPERATURE, only=["l0"])
+    temperature: float = setting(positive_number(), L0_TEMPERATURE, only=["l0"])  # beta
+    # (l, r): the sigmoid is stretched to (l, r) and clamped to [0, 1] (Louizos et al. 2018)
     stretch: tuple[float, float] = setting(STRETCH, L0_STRETCH, only=["l0"])
+    # initial log alpha; >= log(11) = 2.398 starts every deterministic gate fully open
     log_alpha_init: float = setting(number(), 2.5, only=["l0"])
+    # The gates' own learning rate (null: optim.lr). log_alpha starts at 2.5 and a gate closes below about
+    # -2.4: at AdamW's step of ~lr per update that takes > 1600 steps at lr 3e-3, longer than a short fine-tune.
     gate_lr: float | None = setting(optional(positive_number()), None, only=["l0"])
     n_batches: int = setting(positive_int(), 4, only=PRUNING)  # held-out batches for rankings and quality
     max_rows: int = setting(positive_int(), 256, only=RANKED)  # ablation: sequences per batched forward
     seed: int = setting(integer(), 0, only=RANKED)  # random criterion and random tie-breaks
+    # criterion=role: order within role holders and within the others
     role_tiebreak: str = setting(choice(*(c for c in CRITERIA if c != "role")), "random", only=RANKED)
-    physical: bool = setting(boolean(), True, only=PRUNING)  # write pruned.ckpt with the heads removed at the end
-    uneven: str = setting(choice(*UNEVEN), "pad", only=PRUNING)  # GQA groups left unequal: pad or split
+    # at the end, write <run>/pruned.ckpt with the heads removed (mhaexp.pruning.surgery)
+    physical: bool = setting(boolean(), True, only=PRUNING)
+    # GQA groups left with unequal sizes: pad (keep removed heads gated 0) | split (copy K/V heads)
+    uneven: str = setting(choice(*UNEVEN), "pad", only=PRUNING)
 
     def __post_init__(self) -> None:
         check_fields(self, "pruning")
