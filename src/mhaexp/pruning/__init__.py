@@ -8,7 +8,8 @@
 * :mod:`.l0` - hard-concrete gates with an expected-L0 penalty (Voita et al. 2019).
 * :mod:`.surgery` - physical removal (GQA-aware), K/V head conversion.
 * :mod:`.callback` - the Lightning callback that drives a schedule; :mod:`.l0_callback` - the L0 one;
-  :mod:`.recorder` - what both record and write.
+  :mod:`.recorder` - what both record and write; :mod:`.held_out` - held-out batches, the module's
+  objective, logging from any hook (also used by ``init_from``).
 * :mod:`.curves` - pruning curves (CSV, PNG, overlays).
 
 Names are imported on first use, so ``from mhaexp.pruning import validate_pruning`` does not
