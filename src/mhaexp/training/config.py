@@ -187,8 +187,9 @@ class LoggerConfig:
 class SweepConfig:
     """How a ``-m`` sweep treats its jobs (mhaexp.cli.train, mhaexp.training.sweep)."""
 
-    skip_invalid: bool = setting(boolean(), False)
-    objective: str | None = setting(optional(string()), None)  # a summary.json key for a model-based sweeper
+    # No dataclass defaults: conf/train.yaml's sweep node is the table (like the top-level keys').
+    skip_invalid: bool = setting(boolean())
+    objective: str | None = setting(optional(string()))  # a summary.json key for a model-based sweeper
 
     def __post_init__(self) -> None:
         check_fields(self, "sweep")
