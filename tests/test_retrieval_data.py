@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mhaexp.data.retrieval import KEY, LOSS_COLUMN, QUERY, VAL, RetrievalSource, depth_bin, depth_bin_labels
+from mhaexp.data.retrieval import KEY, QUERY, VAL, RetrievalSource, depth_bin, depth_bin_labels
 from mhaexp.errors import ConfigError
 from mhaexp.nn.objectives import IGNORE, LOSS_MASK, answer_depth, answer_exact_match, causal_lm_objective
 
@@ -170,7 +170,6 @@ def test_without_the_marker_the_value_follows_its_key() -> None:
 
 
 def test_answer_only_loss_scores_exactly_the_answer_steps() -> None:
-    assert LOSS_COLUMN == LOSS_MASK  # the data's column is the one the objective reads
     src = RetrievalSource(seq_len=64, sizes=SIZES, seed=3, n_needles=3, n_queries=2, value_len=2, loss="answer")
     plain = RetrievalSource(seq_len=64, sizes=SIZES, seed=3, n_needles=3, n_queries=2, value_len=2)
     assert src.train_columns == (LOSS_MASK,) and plain.train_columns == ()

@@ -20,7 +20,7 @@ from mhaexp.config import CONF_DIR, applies, check_fields, domain, yaml_fields
 from mhaexp.data.spec import DataConfig
 from mhaexp.errors import ConfigError
 from mhaexp.nn.config import ModelConfig
-from mhaexp.pruning.schedules import PruningConfig
+from mhaexp.pruning.config import PruningConfig
 from mhaexp.training.config import LoggerConfig, OptimConfig, RunConfig, TrainerConfig, build_run, cuda_available
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 Each config group owns one dataclass (``ModelConfig`` in :mod:`mhaexp.nn.config`, ``DataConfig`` in
 :mod:`mhaexp.data.spec`, ``AnalysisConfig`` in :mod:`mhaexp.analysis.config`, ``PruningConfig`` in
-:mod:`mhaexp.pruning.schedules`, trainer/optim/logger and the assembled ``RunConfig`` in
+:mod:`mhaexp.pruning.config`, trainer/optim/logger and the assembled ``RunConfig`` in
 :mod:`mhaexp.training.config`). Every field says its domain with :func:`setting`; ``__post_init__``
 calls :func:`check_fields`, so an object that exists holds values in their domains. Each
 :class:`Check` also knows a value outside its domain, which is how ``tests/test_schema.py`` shows that
@@ -162,6 +162,16 @@ def nested(cls: type) -> Check:
 DERIVED = Check(lambda v: True, "set from other fields, not by a key", None, derived=True)
 
 
+def param_default(func: Callable[..., Any], name: str) -> Any:
+    """The default of parameter ``name`` of ``func`` (a class: its ``__init__``), where that is the table."""
+    import inspect
+
+    default = inspect.signature(func).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise TypeError(f"{getattr(func, '__name__', func)}({name}) has no default")
+    return default
+
+
 def setting(check: Check, default: Any = MISSING, *, factory: Any = MISSING, only: Sequence[str] = ()) -> Any:
     """A dataclass field with its domain. ``only``: the ``kind`` values the key belongs to (all when empty)."""
     meta = {"check": check, "only": tuple(only)}
@@ -212,7 +222,8 @@ def build(cls: type[T], raw: Any, prefix: str, *, complete: bool = False, **deri
     """``cls(**raw)`` from a config node, with a ConfigError naming the key for anything not in its schema.
 
     A class with a ``kind`` field refuses keys another kind owns. ``complete``: every key that applies
-    must be given (the CLI path: defaults live in the YAML, not in the dataclass). ``derived``: the
+    must be given (the CLI path: the composition, the dataclass's defaults merged in, holds them all, so a
+    key missing there is a broken composition, not a default). ``derived``: the
     fields the caller computes (``vocab_size`` from the data).
     """
     if isinstance(raw, DictConfig):
@@ -247,6 +258,62 @@ def build(cls: type[T], raw: Any, prefix: str, *, complete: bool = False, **deri
         if inner is not None and isinstance(value, Mapping):
             values[name] = build(inner, value, dotted(prefix, name), complete=complete)
     return cls(**values, **derived)
+
+
+# ---------------------------------------------------------------------------------------------
+# the one table of defaults
+# ---------------------------------------------------------------------------------------------
+
+# The Hydra config-store group conf/train.yaml merges under each group option (``dataclass/<group>``).
+DEFAULTS_GROUP = "dataclass"
+
+
+def defaults_of(cls: type, kind: Any = None) -> dict[str, Any]:
+    """The dataclass's defaults of the keys ``kind`` takes (all keys for a group without kinds), as YAML values.
+
+    The dataclass is the one table of defaults: a ``conf/<group>/<option>.yaml`` holds only the keys that
+    option changes, and :func:`register_defaults` gives Hydra the rest from here.
+    """
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if check_of(f).derived or not applies(f, kind):
+            continue
+        if f.default is not MISSING:
+            value = f.default
+        elif f.default_factory is not MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    if kind is not None and "kind" in out:
+        out["kind"] = kind
+    return out
+
+
+def register_defaults(group: str, cls: type) -> None:
+    """Put the dataclass's defaults in Hydra's config store, one node per option of ``conf/<group>/``.
+
+    ``conf/train.yaml`` merges ``dataclass/<group>/<option>`` under the chosen option (its defaults list
+    interpolates the choice), so the composed group holds every key its kind takes: the option's own
+    values over the dataclass's. An option's kind is the ``kind`` its file states, else its base option's
+    (``defaults: [text, _self_]``).
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    has_kind = "kind" in yaml_fields(cls)
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        kind = option_kind(group, path.stem) if has_kind else None
+        store.store(group=f"{DEFAULTS_GROUP}/{group}", name=path.stem, node=defaults_of(cls, kind))
+
+
+def option_kind(group: str, option: str) -> Any:
+    """The ``kind`` of ``conf/<group>/<option>.yaml``: its own, else that of the option it builds on."""
+    raw = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    if "kind" in raw:
+        return raw["kind"]
+    bases = [e for e in raw.get("defaults", []) if isinstance(e, str) and e != "_self_"]
+    return option_kind(group, bases[0]) if bases else None
 
 
 def yaml_fields(cls: type) -> dict[str, Check]:

@@ -67,10 +67,18 @@ SUMMARY_FILE = "summary.json"  # best val loss, parameter counts, KV-cache bytes
 METRICS_FILE = "metrics.csv"  # every logged scalar by step (mhaexp.training.loggers)
 RUN_ID_FILE = "wandb_run_id"  # the W&B run this directory logs to; a resume continues it
 INIT_CONVERSION_FILE = "init_conversion.json"  # init_from quality before and after conversion
+# Hydra's record of the job, written before it starts: the composed config, the command-line overrides
+# and Hydra's own settings (the job number of a sweep).
+HYDRA_DIR = ".hydra"
+JOB_CONFIG_FILE = "config.yaml"  # in HYDRA_DIR
+JOB_OVERRIDES_FILE = "overrides.yaml"  # in HYDRA_DIR
+HYDRA_SETTINGS_FILE = "hydra.yaml"  # in HYDRA_DIR
+WANDB_DIR = "wandb"  # the offline W&B run (mhaexp.training.loggers)
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"  # in CHECKPOINT_DIR: Lightning's save_last name (mhaexp.training.run)
 PRUNED_CHECKPOINT = "pruned.ckpt"  # the physically pruned model at the end of a pruning run
 PRUNING_CURVE_FILE = "pruning_curve.csv"
+PRUNING_CURVE_PNG = "pruning_curve.png"
 PRUNING_FILE = "pruning.json"  # every pruning step: heads, roles, quality; the physical-removal report
 TOKENIZER_DIR = "tokenizer"  # the run's tokenizer, to decode and analyse its checkpoints offline (data.tokenizers)
 ANALYSIS_DIR = "analysis"  # the per-head analysis' tables, report and pictures
@@ -82,3 +90,8 @@ TREEBANK_RELATIONS_FILE = "treebank_relations.csv"  # mhaexp-analyze conllu=: th
 # In a sweep directory.
 SWEEP_SUMMARY_FILE = "sweep_summary.json"
 SKIPPED_FILE = "skipped_jobs.json"
+
+
+def job_config_path(run_dir: os.PathLike[str] | str) -> Path:
+    """``<run>/.hydra/config.yaml``: the job's composed config."""
+    return Path(run_dir) / HYDRA_DIR / JOB_CONFIG_FILE

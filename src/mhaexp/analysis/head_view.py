@@ -26,17 +26,13 @@ import numpy as np
 from torch import Tensor
 
 from mhaexp.analysis.roles import HeadRole
+from mhaexp.nn.shapes import kv_head_of
 
 FILE_NAME = "head_view.html"
 # Weights below this are not drawn: at 256 tokens an unthresholded layer would be 65k lines per head.
 THRESHOLD = 0.05
 # Weights are stored as integers in 1/SCALE; a line is drawn when its stored weight >= THRESHOLD * SCALE.
 SCALE = 1000
-
-
-def kv_group(head: int, n_heads: int, n_kv_heads: int) -> int:
-    """The KV head query head ``head`` reads (grouped-query attention, Ainslie et al. 2023)."""
-    return head // (n_heads // n_kv_heads)
 
 
 def head_label(layer: int, head: int, roles: Sequence[HeadRole]) -> str:
@@ -81,7 +77,7 @@ def view_data(
             heads.append(
                 {
                     "label": head_label(layer, h, roles),
-                    "kv": kv_group(h, n_heads, int(n_kv_heads[layer])),
+                    "kv": kv_head_of(h, n_heads, int(n_kv_heads[layer])),
                     "links": links,
                 }
             )

@@ -18,10 +18,18 @@ import torch
 from mhaexp.analysis.collect import HeadMetrics
 from mhaexp.analysis.export import all_role_counts
 from mhaexp.analysis.roles import HeadRole
+from mhaexp.rundir import (
+    ANALYSIS_REPORT_FILE,
+    HEAD_METRICS_FILE,
+    HEAD_ROLES_FILE,
+    HEAD_ROLES_HISTORY_FILE,
+    SUMMARY_FILE,
+    job_config_path,
+)
 
 FILE_NAME = "index.html"
 # Files of the analysis folder the page links when they exist (see mhaexp.analysis.export).
-TABLES = ("head_roles.csv", "head_roles_history.csv", "head_metrics.csv", "summary.json", "analysis.md")
+TABLES = (HEAD_ROLES_FILE, HEAD_ROLES_HISTORY_FILE, HEAD_METRICS_FILE, SUMMARY_FILE, ANALYSIS_REPORT_FILE)
 # Picture order on the page; others (attention patterns per layer) follow in name order.
 FIRST = ("role_grid", "role_timeline", "heatmaps", "syntactic", "mds")
 STYLE = """
@@ -148,7 +156,7 @@ def render(
     if tables:
         parts += ["<h2>Tables</h2>", "<ul>"] + [f'<li><a href="{t}">{t}</a></li>' for t in tables] + ["</ul>"]
     if config_text is None:
-        cfg = out_dir.parent / ".hydra" / "config.yaml"
+        cfg = job_config_path(out_dir.parent)
         config_text = cfg.read_text(encoding="utf-8") if cfg.is_file() else None
     if config_text:
         parts += ["<h2>Config</h2>", f"<pre>{html.escape(config_text)}</pre>"]

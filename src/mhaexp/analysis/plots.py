@@ -37,6 +37,7 @@ from torch import Tensor
 from mhaexp.analysis.collect import HeadMetrics
 from mhaexp.analysis.config import FIGURE_FORMATS
 from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole
+from mhaexp.rundir import HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE
 
 DPI = 90
 # zlib level of the PNGs: 3 encodes about 35% faster than PIL's default 6, for files about 10% larger
@@ -549,7 +550,7 @@ def _heatmap_figure(
 
 def history_ranges(out_dir: Path | None) -> dict[str, tuple[float, float]]:
     """(min, max) per metric over every step in ``out_dir/head_metrics.csv`` (per-head rows only)."""
-    path = None if out_dir is None else out_dir / "head_metrics.csv"
+    path = None if out_dir is None else out_dir / HEAD_METRICS_FILE
     if path is None or not path.is_file() or path.stat().st_size == 0:
         return {}
     import pandas as pd
@@ -834,7 +835,7 @@ def all_figures(
     Attention patterns: one picture per layer (a grid of its heads) for the first ``max_pictures``
     layers. The role timeline reads ``head_roles_history.csv`` (this step included).
     """
-    history_csv = out_dir / "head_roles_history.csv"
+    history_csv = out_dir / HEAD_ROLES_HISTORY_FILE
     history = None
     if history_csv.is_file() and history_csv.stat().st_size:
         import pandas as pd

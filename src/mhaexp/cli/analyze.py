@@ -33,11 +33,13 @@ from typing import Any
 from mhaexp.errors import ConfigError, key_value_main
 from mhaexp.rundir import (
     ANALYSIS_DIR,
+    ANALYSIS_REPORT_FILE,
     HEAD_METRICS_FILE,
     HEAD_ROLES_HISTORY_FILE,
     TOKENIZER_DIR,
     TREEBANK_RELATIONS_FILE,
     check_output_dir,
+    job_config_path,
 )
 
 PROG = "mhaexp-analyze"
@@ -85,7 +87,7 @@ def _run_data_node(ckpt: Path) -> Any:
     from mhaexp.data.tokenizers import is_saved_tokenizer
 
     for run_dir in (ckpt.parent.parent, ckpt.parent):
-        config = run_dir / ".hydra" / "config.yaml"
+        config = job_config_path(run_dir)
         if config.is_file():
             node = OmegaConf.load(config).get("data")
             if node is not None:
@@ -253,7 +255,7 @@ def run(argv: list[str]) -> str:
             *table,
             "heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
             f"wrote {len(rows)} metric values, head roles and {n_pictures} pictures to {out}",
-            f"report: {out / 'analysis.md'}",
+            f"report: {out / ANALYSIS_REPORT_FILE}",
             f"head view: {out / HEAD_VIEW}" + (" (text=)" if own.get("text") is not None else " (probe sequence 0)"),
             f"page: {out / 'index.html'}",
         ]

@@ -24,12 +24,17 @@ import yaml
 
 from mhaexp.rundir import (
     ANALYSIS_DIR,
+    CHECKPOINT_DIR,
     HEAD_ROLES_FILE,
     HEAD_ROLES_HISTORY_FILE,
+    HYDRA_DIR,
+    JOB_OVERRIDES_FILE,
     METRICS_FILE,
     PRUNING_CURVE_FILE,
     STATUS_FILE,
     SUMMARY_FILE,
+    WANDB_DIR,
+    job_config_path,
 )
 
 # Shown in every table: the head layout of a configuration. Grouping does not use them, it uses
@@ -66,7 +71,7 @@ PRUNING_COLUMNS = ("run", "criterion", "frac_pruned", "heads_remaining", "val_lo
 
 # Directories inside a run (or beside runs) that never hold runs: not walking them keeps discovery
 # fast on sweeps with thousands of checkpoint and W&B files.
-_NOT_RUNS = {".hydra", "analysis", "checkpoints", "wandb", "compare", "lightning_logs", "__pycache__", ".git"}
+_NOT_RUNS = {HYDRA_DIR, ANALYSIS_DIR, CHECKPOINT_DIR, WANDB_DIR, "compare", "lightning_logs", "__pycache__", ".git"}
 
 # Config keys that name, place or log a run rather than decide what it computes (see config_axes).
 _IDENTITY_KEYS = frozenset({"seed", "name", "resume", "trainer.enable_progress_bar", "trainer.enable_model_summary"})
@@ -309,7 +314,7 @@ def role_counts(roles: pd.DataFrame) -> pd.DataFrame:
 
 def is_run_dir(path: Path) -> bool:
     # status.json alone also counts: a job whose config could not be written still has a verdict.
-    return (path / ".hydra" / "config.yaml").is_file() or (path / STATUS_FILE).is_file()
+    return job_config_path(path).is_file() or (path / STATUS_FILE).is_file()
 
 
 def discover_run_dirs(paths: Sequence[Path]) -> list[Path]:
@@ -413,12 +418,12 @@ class LoadedRun:
 
 def load_run_dir(path: Path, label: str) -> LoadedRun:
     """Read one run directory; raises :class:`RunFileError` naming the first missing or corrupt file."""
-    config = _read_yaml(path / ".hydra" / "config.yaml")
+    config = _read_yaml(job_config_path(path))
     status_doc = _read_json(path / STATUS_FILE)
     status = status_doc.get("status")
     if status not in STATUSES:
         raise RunFileError(path / STATUS_FILE, f"status {status!r} is not one of {', '.join(STATUSES)}")
-    overrides_path = path / ".hydra" / "overrides.yaml"
+    overrides_path = path / HYDRA_DIR / JOB_OVERRIDES_FILE
     overrides: Any = None
     if overrides_path.exists():
         try:

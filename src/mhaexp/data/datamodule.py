@@ -39,29 +39,14 @@ class LMDataModule(pl.LightningDataModule):
 
     ``vocab_size``, ``seq_len``, ``tokenizer`` and ``relations`` are set at
     construction without generating any data; bad settings raise ConfigError.
-    Extra keyword arguments go to the source (``grammar.GrammarSource``,
-    ``induction.InductionSource``, ``text.TextSource``).
+    ``keys`` are ``conf/data`` keys (:class:`DataConfig`'s defaults for the others; the source's own
+    keys go to it: ``grammar.GrammarSource``, ``induction.InductionSource``, ``text.TextSource``, ...).
     """
 
-    def __init__(
-        self,
-        kind: str = "grammar",
-        seq_len: int = 32,
-        batch_size: int = 64,
-        n_train: int = 20000,
-        n_val: int = 1000,
-        n_probe: int = 256,
-        seed: int = 0,
-        cache_dir: str | None = None,
-        num_workers: int = 0,
-        config: DataConfig | None = None,
-        **source_kwargs: Any,
-    ) -> None:
+    def __init__(self, config: DataConfig | None = None, **keys: Any) -> None:
         super().__init__()
         if config is None:  # programmatic use; the CLI passes the DataConfig it checked (from_config)
-            given = dict(kind=kind, seq_len=seq_len, batch_size=batch_size, n_train=n_train, n_val=n_val)
-            given.update(n_probe=n_probe, seed=seed, cache_dir=cache_dir, num_workers=num_workers)
-            config = build(DataConfig, {**given, **source_kwargs}, "data")
+            config = build(DataConfig, keys, "data")
         self.kind, self.seed, self.seq_len, self.batch_size = (
             config.kind,
             config.seed,

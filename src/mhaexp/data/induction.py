@@ -57,8 +57,9 @@ class InductionSource:
         seq_len: int,
         sizes: dict[str, int],
         seed: int,
-        variant: str = "repeat",
-        n_tokens: int = 100,
+        variant: str = "repeat",  # repeat: BOS x x | random: no repeat (control) | copy: BOS x <sep> x
+        n_tokens: int = 30,  # size of the random-token alphabet (specials come on top)
+        # false: L varies per sequence (L/2..L), so copying needs content, not a fixed offset
         fixed_length: bool = False,
     ) -> None:
         if variant not in VARIANTS:

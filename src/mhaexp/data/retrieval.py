@@ -38,6 +38,7 @@ import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from mhaexp.batch import LOSS_MASK
 from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.errors import ConfigError
 
@@ -49,9 +50,6 @@ FILLERS = ("random", "grammar")
 # associative recall of Arora et al. 2023 takes its loss there): the filler is random, so its loss
 # carries no signal, and on 2 CPU cores it drowns the few answer steps.
 LOSSES = ("all", "answer")
-# The batch column of the positions whose loss counts: mhaexp.nn.objectives.LOSS_MASK (data cannot
-# import nn; a test ties the two).
-LOSS_COLUMN = "loss_mask"
 KEY, VAL, QUERY = "<key>", "<val>", "<query>"
 
 
@@ -67,24 +65,24 @@ class RetrievalSource:
         seq_len: int,
         sizes: dict[str, int],
         seed: int,
-        filler: str = "random",
-        n_filler: int = 64,
-        n_keys: int = 32,
-        n_values: int = 32,
-        value_len: int = 3,
-        n_needles: int = 2,
-        n_queries: int = 1,
-        marker: bool = True,
-        distinct_values: bool = True,
-        min_depth: float = 0.0,
+        filler: str = "random",  # random: filler tokens f0..; grammar: words of grammar sentences, cut to length
+        n_filler: int = 64,  # random filler alphabet
+        n_keys: int = 32,  # needle keys k0..
+        n_values: int = 32,  # needle values v0..
+        value_len: int = 3,  # value tokens per needle (what the model must copy)
+        n_needles: int = 2,  # needles per sequence; n_queries of them are asked for, the others distract
+        n_queries: int = 1,  # queries at the end, each asking for another needle (> 1: multi-query recall)
+        marker: bool = True,  # <val> between key and value; false: the value follows its key (one induction step)
+        distinct_values: bool = True,  # no value token twice in a sequence (needs n_values >= n_needles * value_len)
+        min_depth: float = 0.0,  # where the needles may sit, as shares of the haystack
         max_depth: float = 1.0,
-        loss: str = "all",
+        loss: str = "all",  # all: every next token; answer: only the answer tokens (Arora et al. 2023's MQAR)
     ) -> None:
         if loss not in LOSSES:
             raise ConfigError("data.loss", loss, f"one of {', '.join(LOSSES)}")
         self.loss = loss
         # Training reads the loss mask; every other annotation is for validation and analysis only.
-        self.train_columns: tuple[str, ...] = (LOSS_COLUMN,) if loss == "answer" else ()
+        self.train_columns: tuple[str, ...] = (LOSS_MASK,) if loss == "answer" else ()
         self.annotation_columns = self.base_columns + self.train_columns
         if filler not in FILLERS:
             raise ConfigError("data.filler", filler, f"one of {', '.join(FILLERS)}")
@@ -220,7 +218,7 @@ class RetrievalSource:
                 "depth": depth,
             }
             if self.train_columns:
-                row[LOSS_COLUMN] = [int(a > 0) for a in answer]
+                row[LOSS_MASK] = [int(a > 0) for a in answer]
             yield row
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from mhaexp.config import (
     DERIVED,
+    Check,
     applies,
     boolean,
     check_fields,
@@ -20,6 +21,7 @@ from mhaexp.config import (
     literal,
     non_negative_int,
     optional,
+    param_default,
     positive_int,
     probability,
     setting,
@@ -42,48 +44,54 @@ SOURCES: dict[str, type] = {
 TARGET = "mhaexp.data.LMDataModule"
 
 
+def source_key(check: Check, kind: str, name: str) -> Any:
+    """A key of one source kind; its default is the source's own (the source class is its table)."""
+    return setting(check, param_default(SOURCES[kind], name), only=[kind])
+
+
 @dataclass
 class DataConfig:
     """Validated data settings and the source they select (grammar, induction, text or retrieval).
 
-    Keys marked ``only`` belong to one kind; the YAML files document every key. ``source`` (with its
-    tokenizer) and ``n_vocab`` (the model's vocabulary: the tokenizer's) are set on construction;
+    Keys marked ``only`` belong to one kind; their defaults are the source class's own (``source_key``).
+    These defaults are the one table: a ``conf/data`` option states only what it changes. ``source`` (with
+    its tokenizer) and ``n_vocab`` (the model's vocabulary: the tokenizer's) are set on construction;
     ``vocab_size`` is the size a ``tokenizer: bpe`` is trained to.
     """
 
     _target_: str = setting(literal(TARGET), TARGET)
     kind: str = setting(choice(*SOURCES), "grammar")
-    seq_len: int = setting(positive_int(), 32)
+    seq_len: int = setting(positive_int(), 32)  # T, tokens per sequence; <= model.max_seq_len
     batch_size: int = setting(positive_int(), 64)
-    n_train: int = setting(positive_int(), 20000)
-    n_val: int = setting(positive_int(), 1000)
-    n_probe: int = setting(positive_int(), 256)
-    seed: int = setting(integer(), 0)
-    cache_dir: str | None = setting(optional(string()), None)
-    num_workers: int = setting(non_negative_int(), 0)
-    probe_conllu: str | None = setting(optional(string()), None, only=["grammar"])
-    variant: str = setting(choice(*VARIANTS), "repeat", only=["induction"])
-    n_tokens: int = setting(int_at_least(2), 100, only=["induction"])
-    fixed_length: bool = setting(boolean(), False, only=["induction"])
-    path: str | None = setting(optional(string()), None, only=["text"])
-    name: str | None = setting(optional(string()), None, only=["text"])
-    config_name: str | None = setting(optional(string()), None, only=["text"])
-    split: str = setting(string(), "train", only=["text"])
-    text_field: str = setting(string(), "text", only=["text"])
-    tokenizer: str = setting(string(), "bytes", only=["text"])
-    vocab_size: int = setting(int_at_least(BPE_MIN_VOCAB), 4096, only=["text"])
-    filler: str = setting(choice(*FILLERS), "random", only=["retrieval"])
-    n_filler: int = setting(int_at_least(2), 64, only=["retrieval"])
-    n_keys: int = setting(int_at_least(2), 32, only=["retrieval"])
-    n_values: int = setting(int_at_least(2), 32, only=["retrieval"])
-    value_len: int = setting(positive_int(), 3, only=["retrieval"])
-    n_needles: int = setting(positive_int(), 2, only=["retrieval"])
-    n_queries: int = setting(positive_int(), 1, only=["retrieval"])
-    marker: bool = setting(boolean(), True, only=["retrieval"])
-    distinct_values: bool = setting(boolean(), True, only=["retrieval"])
-    min_depth: float = setting(probability(), 0.0, only=["retrieval"])
-    max_depth: float = setting(probability(), 1.0, only=["retrieval"])
-    loss: str = setting(choice(*LOSSES), "all", only=["retrieval"])
+    n_train: int = setting(positive_int(), 20000)  # sequences (text: at most this many windows)
+    n_val: int = setting(positive_int(), 1000)  # held-out sequences
+    n_probe: int = setting(positive_int(), 256)  # the fixed analysis set
+    seed: int = setting(integer(), 0)  # same seed -> byte-identical data
+    cache_dir: str | None = setting(optional(string()), None)  # null: $MHAEXP_CACHE, else ~/.cache/mhaexp
+    num_workers: int = setting(non_negative_int(), 0)  # DataLoader worker processes
+    probe_conllu: str | None = source_key(optional(string()), "grammar", "probe_conllu")
+    variant: str = source_key(choice(*VARIANTS), "induction", "variant")
+    n_tokens: int = source_key(int_at_least(2), "induction", "n_tokens")
+    fixed_length: bool = source_key(boolean(), "induction", "fixed_length")
+    path: str | None = source_key(optional(string()), "text", "path")
+    name: str | None = source_key(optional(string()), "text", "name")
+    config_name: str | None = source_key(optional(string()), "text", "config_name")
+    split: str = source_key(string(), "text", "split")
+    text_field: str = source_key(string(), "text", "text_field")
+    tokenizer: str = source_key(string(), "text", "tokenizer")
+    vocab_size: int = source_key(int_at_least(BPE_MIN_VOCAB), "text", "vocab_size")
+    filler: str = source_key(choice(*FILLERS), "retrieval", "filler")
+    n_filler: int = source_key(int_at_least(2), "retrieval", "n_filler")
+    n_keys: int = source_key(int_at_least(2), "retrieval", "n_keys")
+    n_values: int = source_key(int_at_least(2), "retrieval", "n_values")
+    value_len: int = source_key(positive_int(), "retrieval", "value_len")
+    n_needles: int = source_key(positive_int(), "retrieval", "n_needles")
+    n_queries: int = source_key(positive_int(), "retrieval", "n_queries")
+    marker: bool = source_key(boolean(), "retrieval", "marker")
+    distinct_values: bool = source_key(boolean(), "retrieval", "distinct_values")
+    min_depth: float = source_key(probability(), "retrieval", "min_depth")
+    max_depth: float = source_key(probability(), "retrieval", "max_depth")
+    loss: str = source_key(choice(*LOSSES), "retrieval", "loss")
     source: Any = setting(DERIVED, None)
     n_vocab: int = setting(DERIVED, 0)
 

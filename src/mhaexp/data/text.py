@@ -434,13 +434,16 @@ class TextSource:
         seq_len: int,
         sizes: dict[str, int],
         seed: int,
-        path: str | None = None,
+        path: str | None = None,  # local text file, or directory of .txt files
+        # or a HF dataset: a hub name (needs the network or a warm datasets cache) or a local data dir
         name: str | None = None,
-        config_name: str | None = None,
-        split: str = "train",
-        text_field: str = "text",
+        config_name: str | None = None,  # hub dataset config, e.g. wikitext-2-raw-v1
+        split: str = "train",  # hub dataset split
+        text_field: str = "text",  # hub dataset column holding the text
+        # bytes (256 + specials) | bpe (trained here on the training text) | a saved tokenizer directory
+        # (save_pretrained, tokenizer.json, or a run's tokenizer/) | a hub tokenizer name
         tokenizer: str = "bytes",
-        vocab_size: int = 4096,
+        vocab_size: int = 4096,  # tokenizer=bpe: the vocabulary it is trained to (>= 261: every byte and 5 specials)
         cache_root: Path | None = None,
     ) -> None:
         if (path is None) == (name is None):

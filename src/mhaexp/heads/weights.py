@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mhaexp.nn.shapes import kv_heads
+
 
 # Capitalised names follow the paper notation (W_E, W_U, W_V, W_O).
 def copying_score(W_E: Tensor, W_U: Tensor, W_V: Tensor, W_O: Tensor) -> Tensor:  # noqa: N803
@@ -55,7 +57,7 @@ def copying_score(W_E: Tensor, W_U: Tensor, W_V: Tensor, W_O: Tensor) -> Tensor:
     if n_kv != n_heads:
         if n_heads % n_kv != 0:
             raise ValueError(f"W_V has {n_kv} heads, which does not divide W_O's {n_heads} query heads")
-        W_V = W_V.repeat_interleave(n_heads // n_kv, dim=0)
+        W_V = W_V[torch.tensor(kv_heads(n_heads, n_kv))]  # each query head's K/V head's W_V
     # float64: sums of eigenvalues of near-singular products lose sign information in float32.
     dtype = torch.float64
     through_vocab = W_U.to(dtype) @ W_E.to(dtype)  # (d, d): the V-sized part, computed once

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mhaexp.errors import ConfigError
-from mhaexp.nn.shapes import check_heads, divisors, resolve_head_dim, rotary_dims
+from mhaexp.nn.shapes import check_heads, divisors, group_size, kv_head_of, resolve_head_dim, rotary_dims
 
 __all__ = [
     "FUSED_QKV",
@@ -191,7 +191,7 @@ class MultiHeadAttention(nn.Module):
     @property
     def group_size(self) -> int:
         """Query heads per K/V head."""
-        return self.n_heads // self.n_kv_heads
+        return group_size(self.n_heads, self.n_kv_heads)
 
     def split_qkv(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The q, k and v parts of ``qkv_proj``'s weight, bias or grad (views, rows per head ``head_dim``)."""
@@ -199,7 +199,7 @@ class MultiHeadAttention(nn.Module):
 
     def kv_head_of(self, h: int) -> int:
         """The K/V head that query head ``h`` reads."""
-        return h // self.group_size
+        return kv_head_of(h, self.n_heads, self.n_kv_heads)
 
     def gates(self) -> torch.Tensor:
         """The gate each head's output is multiplied by, shape ``(n_heads,)``."""

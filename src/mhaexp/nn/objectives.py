@@ -11,15 +11,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from mhaexp.batch import LOSS_MASK
+
 Batch = dict[str, Tensor]
 # (batch, index of the batch in the held-out list) -> (model input ids, targets with IGNORE). The
 # index lets a masked-LM objective draw the same masks every time the same batch is re-scored.
 Objective = Callable[[Batch, int], tuple[Tensor, Tensor]]
 
 IGNORE = -100  # torch's cross_entropy default ignore_index
-# Batch column (bool, B x T) of the positions whose next-token loss counts, where a dataset gives one
-# (data=retrieval with data.loss=answer); absent: every real position counts.
-LOSS_MASK = "loss_mask"
 
 
 def causal_lm_objective(batch: Batch, index: int = 0) -> tuple[Tensor, Tensor]:

@@ -28,6 +28,25 @@ def resolve_head_dim(d_model: int, n_heads: int, head_dim: int | None, prefix: s
     return d_model // n_heads
 
 
+def group_size(n_heads: int, n_kv_heads: int) -> int:
+    """Query heads per K/V head under grouped-query attention (Ainslie et al. 2023; MHA: 1, MQA: ``n_heads``)."""
+    return n_heads // n_kv_heads
+
+
+def kv_head_of(head: int, n_heads: int, n_kv_heads: int) -> int:
+    """The K/V head query head ``head`` reads: consecutive query heads share one, ``head // group_size``.
+
+    The one statement of the GQA grouping rule; the attention layer, surgery, the weight-based scores,
+    the head view and the benchmarks all call it (or :func:`group_size`).
+    """
+    return head // group_size(n_heads, n_kv_heads)
+
+
+def kv_heads(n_heads: int, n_kv_heads: int) -> list[int]:
+    """:func:`kv_head_of` for every query head, in order (an index that expands K/V heads to query heads)."""
+    return [kv_head_of(h, n_heads, n_kv_heads) for h in range(n_heads)]
+
+
 def check_heads(n_heads: int, n_kv_heads: int | None, prefix: str = "") -> int:
     """Validate the query/KV head counts and return ``n_kv_heads`` (``None`` means MHA)."""
     if not isinstance(n_heads, int) or n_heads <= 0:

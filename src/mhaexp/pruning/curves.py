@@ -16,9 +16,9 @@ from typing import Any
 from mhaexp.heads.importance import evaluate, layer_sizes
 from mhaexp.nn.model import Transformer
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
-from mhaexp.pruning.criteria import head_scores
-from mhaexp.pruning.schedules import fraction_to_count, max_prunable, select_heads
-from mhaexp.pruning.surgery import apply_mask, masked_heads
+from mhaexp.pruning.schedules import fraction_to_count, max_prunable
+from mhaexp.pruning.step import Ranking, prune_step
+from mhaexp.pruning.surgery import masked_heads
 
 CURVE_COLUMNS = ("step", "fraction_pruned", "heads_pruned", "heads_remaining", "val_loss", "val_acc", "criterion")
 
@@ -99,6 +99,7 @@ def compute_pruning_curve(
     """Prune ``model`` step by step without fine-tuning and evaluate after each step (Michel et al.
     2019, Fig. 3): ``step_fraction`` of all heads per step, re-ranking each step when ``exact``.
 
+    Each step is :func:`~mhaexp.pruning.step.prune_step`, the step the pruning callback takes.
     ``model``'s gates are restored afterwards. Heads already masked count as pruned from the start.
     """
     sizes = layer_sizes(model)
@@ -107,40 +108,32 @@ def compute_pruning_curve(
     pruned = masked_heads(model)
     limit = max_prunable(sizes, min_heads_per_layer)
     d = max(1, fraction_to_count(step_fraction, total))
-    loss, acc = evaluate(model, batches, objective)
-    points = [
-        {
-            "step": 0,
-            "fraction_pruned": len(pruned) / total,
-            "heads_pruned": len(pruned),
-            "heads_remaining": total - len(pruned),
+    ranking = Ranking(criterion, scope, min_heads_per_layer, normalize, seed, roles)
+
+    def point(loss: float, acc: float, step: int) -> dict[str, Any]:
+        n = len(pruned)
+        return {
+            "step": step,
+            "fraction_pruned": n / total,
+            "heads_pruned": n,
+            "heads_remaining": total - n,
             "val_loss": loss,
             "val_acc": acc,
             "criterion": criterion,
         }
-    ]
+
+    points = [point(*evaluate(model, batches, objective), 0)]
     scores = None
     try:
         while len(pruned) < limit:
-            if scores is None or exact:
-                scores = head_scores(criterion, model, batches, objective, seed=seed, roles=roles)
-            new = select_heads(scores, pruned, min(limit, len(pruned) + d), scope, min_heads_per_layer, normalize)
-            if not new:
-                break
-            apply_mask(model, new)
-            pruned += new
-            loss, acc = evaluate(model, batches, objective)
-            points.append(
-                {
-                    "step": len(points),
-                    "fraction_pruned": len(pruned) / total,
-                    "heads_pruned": len(pruned),
-                    "heads_remaining": total - len(pruned),
-                    "val_loss": loss,
-                    "val_acc": acc,
-                    "criterion": criterion,
-                }
+            step = prune_step(
+                model, batches, objective, pruned, min(limit, len(pruned) + d), ranking, None if exact else scores
             )
+            scores = step.scores
+            if not step.new:
+                break
+            pruned += step.new
+            points.append(point(step.val_loss, step.val_acc, len(points)))
     finally:
         for layer, g in zip(model.attention_layers, saved, strict=True):
             layer.head_gate.copy_(g)

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from mhaexp.nn import gates
 from mhaexp.nn.model import Transformer
-from mhaexp.pruning.schedules import L0_STRETCH as DEFAULT_STRETCH
-from mhaexp.pruning.schedules import L0_TEMPERATURE as DEFAULT_TEMPERATURE
+from mhaexp.pruning.config import L0_STRETCH as DEFAULT_STRETCH
+from mhaexp.pruning.config import L0_TEMPERATURE as DEFAULT_TEMPERATURE
 
 
 def prob_open(

@@ -49,8 +49,8 @@ from mhaexp.nn.config import check_same_architecture
 from mhaexp.nn.gates import fold_l0_state
 from mhaexp.nn.io import checkpoint_for, load_model, state_shapes
 from mhaexp.nn.model import ModelConfig, Transformer
-from mhaexp.nn.shapes import divisors
-from mhaexp.pruning.schedules import GQA_INITS, UNEVEN
+from mhaexp.nn.shapes import divisors, group_size
+from mhaexp.pruning.config import GQA_INITS, UNEVEN
 
 Head = tuple[int, int]
 
@@ -165,7 +165,7 @@ def plan_layer(
         raise ConfigError("uneven", uneven, f"choose one of {list(UNEVEN)}")
     gates = [1.0] * n_heads if gates is None else [float(g) for g in gates]
     gone = set(remove)
-    size = n_heads // n_kv_heads
+    size = group_size(n_heads, n_kv_heads)
     groups = [list(range(j * size, (j + 1) * size)) for j in range(n_kv_heads)]
     keep = [[h for h in grp if h not in gone] for grp in groups]
     plan = LayerPlan(n_heads, n_kv_heads, [], [], [], removed=sorted(gone))

@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mhaexp.errors import ConfigError
-from mhaexp.rundir import STATUS_FILE
+from mhaexp.rundir import STATUS_FILE, job_config_path
 from mhaexp.training.sweep import job_dirs, read_job
 
 MARKER = ".mhaexp-study"  # marks a directory this module made, so a rerun may empty it
@@ -176,7 +176,7 @@ def _last_line(path: Path) -> str:
 
 def run_config(run_dir: Path) -> DictConfig:
     """The job's composed config (``.hydra/config.yaml``)."""
-    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    cfg = OmegaConf.load(job_config_path(run_dir))
     assert isinstance(cfg, DictConfig)
     return cfg
 

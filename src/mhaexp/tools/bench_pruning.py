@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from mhaexp.nn.model import ModelConfig, Transformer
+from mhaexp.nn.shapes import group_size
 from mhaexp.pruning.surgery import apply_mask, prune_heads
 from mhaexp.tools.bench import (
     Args,
@@ -39,7 +40,7 @@ TARGET = "<= 0.6"
 def half_of_every_group(n_heads: int, n_kv_heads: int, fraction: float = FRACTION) -> list[tuple[int, int]]:
     """``fraction`` of layer 0's query heads, removed so that no group is left unequal: the same
     number from every K/V group when that divides evenly, else whole groups (always so for MHA)."""
-    size = n_heads // n_kv_heads
+    size = group_size(n_heads, n_kv_heads)
     total = int(fraction * n_heads + 0.5)
     if size > 1 and total % n_kv_heads == 0:
         k = total // n_kv_heads

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from mhaexp.errors import ArgumentParser
-from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
+from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT, job_config_path
 from mhaexp.tools.bench import Args, Row, register, spread
 
 STEPS = 300
@@ -68,7 +68,7 @@ def step_seconds(job_dirs: list[Path], threads: int, steps: int) -> float:
     torch.set_num_threads(threads)  # as mhaexp.training.parallel.share_cpu_threads does in a job
     total = 0.0
     for job in job_dirs:
-        data = OmegaConf.load(job / ".hydra" / "config.yaml").data
+        data = OmegaConf.load(job_config_path(job)).data
         model = load_model(job / CHECKPOINT_DIR / LAST_CHECKPOINT)
         step = train_step_fn(model, data.batch_size, data.seq_len, model.cfg.vocab_size, torch.device("cpu"), None)
         for _ in range(WARM_STEPS):

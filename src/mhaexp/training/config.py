@@ -39,13 +39,14 @@ from mhaexp.config import (
     positive_int,
     positive_number,
     probability,
+    register_defaults,
     setting,
     string,
 )
 from mhaexp.data.spec import DataConfig
 from mhaexp.errors import ConfigError, unknown_key_hint
 from mhaexp.nn.config import ModelConfig
-from mhaexp.pruning.schedules import GQA_INITS, PruningConfig, validate_pruning
+from mhaexp.pruning.config import GQA_INITS, PruningConfig, validate_pruning
 
 TRAINER_TARGET = "pytorch_lightning.Trainer"
 # TrainerConfig fields that are ours, not Lightning Trainer keyword arguments.
@@ -113,12 +114,15 @@ def gigabytes(n: float) -> str:
 
 @dataclass
 class TrainerConfig:
-    """``conf/trainer/*.yaml``: the keyword arguments of Lightning's Trainer that our YAML sets."""
+    """``conf/trainer/*.yaml``: the keyword arguments of Lightning's Trainer that our YAML sets.
+
+    These defaults are the table (``trainer=cpu`` states nothing; other options state what they change).
+    """
 
     _target_: str = setting(literal(TRAINER_TARGET), TRAINER_TARGET)
     accelerator: str = setting(choice(*ACCELERATORS), "cpu")
     devices: Any = setting(DEVICES, 1)
-    num_nodes: int = setting(positive_int(), 1)
+    num_nodes: int = setting(positive_int(), 1)  # multi-node also needs hydra.launcher.nodes to match (SLURM)
     strategy: str = setting(choice(*STRATEGIES), "auto")
     precision: Any = setting(choice(*PRECISIONS), "32-true")
     max_steps: int = setting(positive_int(), 1500)
@@ -134,8 +138,12 @@ class TrainerConfig:
     enable_progress_bar: bool = setting(boolean(), True)
     enable_model_summary: bool = setting(boolean(), False)
     deterministic: Any = setting(either(boolean(), choice("warn"), valid="must be true, false or 'warn'"), False)
+    # Our sampler shards each global batch over the ranks itself (mhaexp.data.sampler), so
+    # 1 and N processes see the same batches and resumed runs continue mid-epoch exactly.
     use_distributed_sampler: bool = setting(boolean(), False)
-    # Ours, not a Trainer argument: torch.compile of the Transformer, in place (see mhaexp.training.run).
+    # Ours, not a Trainer argument: torch.compile of the Transformer, in place (see mhaexp.training.run);
+    # analysis, gates and pruning keep working. Off by default: on a small CPU run the compile time costs
+    # more than it saves (README, "Speed"); on a GPU it pays.
     compile: bool = setting(boolean(), False)
 
     def __post_init__(self) -> None:
@@ -203,14 +211,18 @@ class OptimConfig:
 class LoggerConfig:
     """``conf/logger/*.yaml``: a CSV log always (unless none), plus W&B for ``kind: wandb``."""
 
-    kind: str = setting(choice(*LOGGER_KINDS), "csv")
+    # W&B: offline writes the run under the run directory (`wandb sync` uploads it later); online needs
+    # `wandb login`.
+
+    kind: str = setting(choice(*LOGGER_KINDS), "wandb")
     mode: str = setting(choice(*WANDB_MODES), "offline", only=["wandb"])
     project: str = setting(string(), "mhaexp", only=["wandb"])
     entity: str | None = setting(optional(string()), None, only=["wandb"])
-    group: str | None = setting(optional(string()), None, only=["wandb"])
+    group: str | None = setting(optional(string()), None, only=["wandb"])  # null: the sweep directory in multirun
     # Every kind takes tags, so a preset that tags its runs (experiment=induction) combines with any logger.
     tags: list[str] = setting(list_of(string()), factory=list)
     name: str | None = setting(optional(string()), None, only=["wandb"])  # ${name} in the YAML
+    # seconds to wait for the server when online; then the run goes on offline
     init_timeout: float = setting(positive_number(), 30, only=["wandb"])
 
     def __post_init__(self) -> None:
@@ -221,8 +233,9 @@ class LoggerConfig:
 class SweepConfig:
     """How a ``-m`` sweep treats its jobs (mhaexp.cli.train, mhaexp.training.sweep)."""
 
-    skip_invalid: bool = setting(boolean(), False)
-    objective: str | None = setting(optional(string()), None)  # a summary.json key for a model-based sweeper
+    # No dataclass defaults: conf/train.yaml's sweep node is the table (like the top-level keys').
+    skip_invalid: bool = setting(boolean())
+    objective: str | None = setting(optional(string()))  # a summary.json key for a model-based sweeper
 
     def __post_init__(self) -> None:
         check_fields(self, "sweep")
@@ -341,8 +354,9 @@ def check_resume_model(path: str, model: ModelConfig, ckpt: dict[str, Any] | Non
 def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     """THE builder: a composed ``train`` config (without its ``hydra`` node) -> a checked RunConfig.
 
-    Every key must be in the schema and have its value in the YAML (``complete``): a default that
-    only the dataclass knows would be a second table of defaults.
+    Every key must be in the schema and have its value in the composition (``complete``): Hydra merged the
+    dataclasses' defaults in (:func:`mhaexp.config.register_defaults`), so a missing key means a
+    composition that bypassed them.
     """
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     names = [f.name for f in fields(RunConfig) if f.name != "resolved"]
@@ -365,3 +379,16 @@ def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     }
     top = {k: raw[k] for k in ("name", "seed", "init_from", "gqa_init", "resume")}
     return RunConfig(model=model, data=data, **groups, **top, resolved=raw)
+
+
+# The groups whose dataclass is their table of defaults (conf/train.yaml merges these under each option).
+# model and analysis still state every key in their YAML.
+TABLED = {
+    "data": DataConfig,
+    "trainer": TrainerConfig,
+    "optim": OptimConfig,
+    "pruning": PruningConfig,
+    "logger": LoggerConfig,
+}
+for _group, _cls in TABLED.items():
+    register_defaults(_group, _cls)

@@ -23,7 +23,7 @@ from mhaexp.heads.importance import evaluate
 from mhaexp.nn.config import ModelConfig
 from mhaexp.nn.io import checkpoint_config, model_state, state_shapes
 from mhaexp.nn.model import Transformer
-from mhaexp.pruning.callback import BatchSource, _log, held_out_batches, module_objective
+from mhaexp.pruning.held_out import BatchSource, held_out_batches, log_to_loggers, module_objective
 from mhaexp.pruning.surgery import convert_state
 from mhaexp.rundir import INIT_CONVERSION_FILE
 from mhaexp.training.module import load_module
@@ -110,7 +110,7 @@ class InitQualityCallback(pl.Callback):
             "init/converted_val_loss": c_loss,
             "init/converted_val_acc": c_acc,
         }
-        _log(trainer, self.result, step=0)
+        log_to_loggers(trainer, self.result, step=0)
         if trainer.is_global_zero and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / INIT_CONVERSION_FILE).write_text(json.dumps({**self.report, **self.result}, indent=2))

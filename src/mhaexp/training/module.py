@@ -12,13 +12,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from mhaexp.batch import LOSS_MASK
 from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from mhaexp.data.retrieval import DEPTH_BINS, depth_bin, depth_bin_labels
 from mhaexp.errors import NonFiniteLossError
 from mhaexp.nn.attention import FUSED_QKV, SEPARATE_QKV
 from mhaexp.nn.io import model_state
 from mhaexp.nn.model import ModelConfig, Transformer
-from mhaexp.nn.objectives import IGNORE, LOSS_MASK, answer_depth, answer_exact_match, causal_targets
+from mhaexp.nn.objectives import IGNORE, answer_depth, answer_exact_match, causal_targets
 from mhaexp.training.config import OptimConfig
 
 __all__ = ["LMModule", "warmup_cosine"]

@@ -16,7 +16,7 @@ from mhaexp.analysis.seed_table import fill, format_table, read_roles
 from mhaexp.checkpoint import read_checkpoint
 from mhaexp.data.datamodule import LMDataModule
 from mhaexp.pruning.callback import build_pruning_callback
-from mhaexp.rundir import CHECKPOINT_DIR, SUMMARY_FILE
+from mhaexp.rundir import ANALYSIS_DIR, CHECKPOINT_DIR, SUMMARY_FILE
 from mhaexp.training.checkpointing import AtomicCheckpointIO, RNGState, RunCheckpoint, newest_good_checkpoint
 from mhaexp.training.config import RunConfig, check_resume_model
 from mhaexp.training.init_from import InitQualityCallback, load_init
@@ -29,7 +29,7 @@ from mhaexp.training.record import RunRecord
 
 def run_dir_of(ckpt: Path) -> Path:
     """The run directory a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` or ``<run>/hpc_ckpt_1.ckpt``)."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else ckpt.parent
 
 
 def resume_checkpoint(run: RunConfig, run_dir: Path) -> tuple[Path | None, int | None]:
@@ -155,7 +155,7 @@ def report(run_dir: Path, summary: dict[str, Any], seed_table: bool = False) -> 
             f"  browse      : {wandb_bin} leet {wb}",
             f"  upload      : {wandb_bin} sync {wb}",
         ]
-    page = run_dir / "analysis" / index_page.FILE_NAME
+    page = run_dir / ANALYSIS_DIR / index_page.FILE_NAME
     if page.is_file():  # last: the one path to open
         lines.append(f"analysis page : {page}")
     print("\n".join(lines))

@@ -25,7 +25,14 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mhaexp.rundir import SKIPPED_FILE, STATUS_FILE, SWEEP_SUMMARY_FILE
+from mhaexp.rundir import (
+    HYDRA_DIR,
+    HYDRA_SETTINGS_FILE,
+    JOB_OVERRIDES_FILE,
+    SKIPPED_FILE,
+    STATUS_FILE,
+    SWEEP_SUMMARY_FILE,
+)
 
 STATES = ("ok", "failed", "invalid", "skipped", "unfinished")
 # States a CI script should treat as a broken sweep. Skipped jobs were left out on request.
@@ -110,12 +117,12 @@ def launch_without(jobs: list[list[str]]) -> Callable[[], None]:
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """Run directories of a sweep in job order (Hydra writes ``.hydra/`` before the job starts)."""
-    dirs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    dirs = [p.parent.parent for p in sweep_dir.glob(f"*/{HYDRA_DIR}/{JOB_OVERRIDES_FILE}")]
     return sorted(dirs, key=lambda d: (job_num(d) is None, job_num(d) or 0, d.name))
 
 
 def job_num(run_dir: Path) -> int | None:
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    hydra_yaml = run_dir / HYDRA_DIR / HYDRA_SETTINGS_FILE
     if hydra_yaml.is_file():
         num = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num", default=None)
         if isinstance(num, int):
@@ -125,7 +132,7 @@ def job_num(run_dir: Path) -> int | None:
 
 
 def read_job(run_dir: Path) -> dict[str, Any]:
-    overrides = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+    overrides = OmegaConf.to_container(OmegaConf.load(run_dir / HYDRA_DIR / JOB_OVERRIDES_FILE))
     job: dict[str, Any] = {"num": job_num(run_dir), "dir": run_dir.name, "overrides": overrides}
     status_file = run_dir / STATUS_FILE
     if not status_file.is_file():
