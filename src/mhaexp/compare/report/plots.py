@@ -70,22 +70,22 @@ def plot_loss_vs_heads(
 
 
 def _plot_loss_by_series(panels: list[tuple[str, pd.DataFrame]], path: Path) -> Path:
-    # One head count: against n_heads every series would sit on one x, hiding each other; a point per
-    # series along the x axis, named there, shows them all.
+    # One head count: against n_heads every series would sit on one x, hiding each other. A row per
+    # series instead, its label written once, horizontally, on the shared y axis.
     labels = list(dict.fromkeys(panels[0][1]["series"]))
     heads = _fmt_heads(panels[0][1]["n_heads"].iloc[0])
-    long = max(map(len, labels)) > 8
-    fig = Figure(figsize=(max(4.0, 0.6 * len(labels) + 2.5) * len(panels), 4.2), layout="constrained")
-    for i, (name, data) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+    fig = Figure(
+        figsize=(4.5 * len(panels) + 0.07 * max(map(len, labels)), 1.6 + 0.35 * len(labels)), layout="constrained"
+    )
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (name, data) in zip(axes, panels, strict=True):
         by = data.set_index("series").reindex(labels)
-        ax.errorbar(range(len(labels)), by["mean"], yerr=by["std"].fillna(0), fmt="o", capsize=3)
-        ax.set_xticks(range(len(labels)), labels, rotation=30 if long else 0, ha="right" if long else "center")
-        ax.set_xlim(-0.5, len(labels) - 0.5)
-        ax.set_xlabel("configuration")
-        ax.set_ylabel(f"{name} (mean ± std over seeds)")
-        ax.set_title(f"{_TITLES.get(name, name).removesuffix(' vs n_heads')} by configuration ({heads} heads)")
+        ax.errorbar(by["mean"], range(len(labels)), xerr=by["std"].fillna(0), fmt="o", capsize=3)
+        ax.set_xlabel(f"{name} (mean ± std over seeds)")
+        ax.set_title(f"{_TITLES.get(name, name).removesuffix(' vs n_heads')}, {heads} heads", fontsize="medium")
         ax.grid(alpha=0.3)
+    axes[0].set_yticks(range(len(labels)), labels)
+    axes[0].set_ylim(len(labels) - 0.5, -0.5)  # first configuration on top, as in the table
     fig.savefig(path, dpi=DPI)
     return path
 
