@@ -106,13 +106,16 @@ def series_labels(frame: pd.DataFrame, axes: Sequence[str], x: str, names: Namin
     """A line of a plot against shape column ``x``: one per value of every other axis ("all runs" if none).
 
     Within a series only ``x``'s own config key differs, so each point is one configuration. The label is
-    the configuration's name (:class:`Naming`), then any other head-shape key that differs.
+    every other axis as ``key=value`` in axis order or, with short names (:class:`Naming`), the name and
+    then any other head-shape key that differs.
     """
-    shape = [a for a in axes if a in SHAPE_KEYS and SHAPE_KEYS[a] != x]
+    other = [a for a in axes if SHAPE_KEYS.get(a) != x]
+    if names.short:
+        other = [a for a in other if a not in names.keys]
     labels = []
     for _, row in frame.iterrows():
-        parts = [names.of(row)] if names.keys else []
-        parts += [f"{a}={format_value(row[a])}" for a in shape]
+        parts = [names.of(row)] if names.short else []
+        parts += [f"{a}={format_value(row[a])}" for a in other]
         labels.append(", ".join(parts) or "all runs")
     return labels
 
