@@ -795,7 +795,7 @@ def test_layer_sweep_rows_are_configurations_in_both_sources(
 
 
 def test_plots_draw_a_series_per_configuration(tmp_path: Path) -> None:
-    from mhaexp.compare.report import aggregate, role_points
+    from mhaexp.compare.report.aggregation import aggregate, role_points
     from mhaexp.compare.runs import load_runs
 
     runset = load_runs([make_sweep(tmp_path, LAYER_RUNS)])
@@ -901,14 +901,17 @@ def test_real_sweep_over_data(real_sweeps: dict[str, tuple[Path, subprocess.Comp
     assert proc.returncode == 0, proc.stderr
     rows = parse_table(section(proc.stdout, "configurations"))
     expected = own_best(sweep, "data.kind")
-    assert [r["data.kind"] for r in rows] == ["grammar", "induction"]
+    # The two data groups differ in many keys: a name per configuration, the keys once in its key table.
+    keys = key_table(proc.stdout)
+    assert [r["name"] for r in rows] == ["A", "B"]
+    assert keys["data.kind"] == {"A": "grammar", "B": "induction"}
     for row in rows:
         assert row["runs"] == "2"
-        assert row["best_val_loss (mean ± std)"] == mean_std(expected[(row["data.kind"],)])
+        assert row["best_val_loss (mean ± std)"] == mean_std(expected[(keys["data.kind"][row["name"]],)])
     # Every key the two data groups do not share shows, absent where a group lacks it.
-    assert [r["data.seq_len"] for r in rows] == ["37", "41"]
-    assert [r["data.variant"] for r in rows] == ["(missing)", "repeat"]
-    assert [r["data.probe_conllu"] for r in rows] == ["null", "(missing)"]
+    assert keys["data.seq_len"] == {"A": "37", "B": "41"}
+    assert keys["data.variant"] == {"A": "(missing)", "B": "repeat"}
+    assert keys["data.probe_conllu"] == {"A": "null", "B": "(missing)"}
 
 
 def test_compare_html_report_loads_with_every_plot(
@@ -932,3 +935,108 @@ def test_compare_html_report_loads_with_every_plot(
         shot = b.screenshot(tmp_path / "compare_report.png", full_page=True)
     show("mhaexp-compare --format html", shot)
     assert ink(shot) > 0.02
+
+
+# --------------------------------------------------------------------------- runs that differ in many keys
+
+MANY_SWEEP = "13-00-00_mn56op"
+# Three unrelated configurations (grammar trained for 200 and 1000 steps, a byte-level text model), as
+# the data/trainer config keys their runs differ in. Every other key is job_config's.
+MANY_CONFIGS = (
+    {"trainer.max_steps": 200},
+    {"trainer.max_steps": 1000},
+    {
+        "data": {"kind": "text", "seq_len": 33, "batch_size": 32, "n_train": 20000, "n_val": 1000, "seed": 0},
+        "data.path": "/data/corpus",
+        "data.tokenizer": "bytes",
+        "data.vocab_size": 4096,
+        "data.split": "train",
+    },
+)
+SHORT_NAMES = ["A", "B", "C"]
+
+
+def make_many_key_runs(root: Path, heads: tuple[int, ...]) -> Path:
+    """Run directories of MANY_CONFIGS, one run per configuration and head count."""
+    runs = tuple(
+        FakeRun(job, h, 0, round(2.0 + 0.1 * c - 0.05 * i, 4), f"mk{job:02d}q7z", group=MANY_SWEEP)
+        for job, (c, (i, h)) in enumerate((c, ih) for c in range(len(MANY_CONFIGS)) for ih in enumerate(heads))
+    )
+    sweep = make_sweep(root, runs)
+    for run in runs:
+        path = sweep / run.dirname / ".hydra" / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        for key, value in MANY_CONFIGS[run.job // len(heads)].items():
+            *parents, leaf = key.split(".")
+            node = config
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return sweep
+
+
+def key_table(stdout: str) -> dict[str, dict[str, str]]:
+    """The terminal's configuration-names table: key -> {name: value}."""
+    return {r.pop("key"): r for r in parse_table(section(stdout, "configuration names"))}
+
+
+def test_runs_differing_in_many_keys_get_short_names_and_one_key_table(tmp_path: Path) -> None:
+    from mhaexp.compare.report.aggregation import LABEL_MAX_CHARS, aggregate, role_points
+    from mhaexp.compare.runs import load_runs
+
+    sweep = make_many_key_runs(tmp_path, heads=(2,))
+    out = tmp_path / "report"
+    proc = run_cli(str(sweep), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    table = section(proc.stdout, "configurations")
+    rows = parse_table(table)
+    roles = ["positional", "previous_token", "syntactic", "induction", "unassigned"]
+    # Shape, the name, runs, metric, params, KV bytes and one column per role: no column per differing key.
+    assert re.split(r"\s{2,}", table[0].strip()) == [
+        *("n_heads", "n_kv_heads", "head_dim", "d_model", "pruning", "name", "runs"),
+        *("best_val_loss (mean ± std)", "params", "KV bytes/token", *roles),
+    ]
+    assert [r["name"] for r in rows] == SHORT_NAMES
+    assert [r["best_val_loss (mean ± std)"] for r in rows] == ["2.0000 ± n/a", "2.1000 ± n/a", "2.2000 ± n/a"]
+    # The key table: each differing key once, its value per name (absent keys are "(missing)").
+    keys = key_table(proc.stdout)
+    assert list(keys) == [
+        *("data.kind", "data.seq_len", "data.batch_size", "trainer.max_steps"),
+        *("data.path", "data.tokenizer", "data.vocab_size", "data.split"),
+    ]
+    assert keys["data.kind"] == {"A": "grammar", "B": "grammar", "C": "text"}
+    assert keys["trainer.max_steps"] == {"A": "200", "B": "1000", "C": "200"}
+    assert keys["data.path"] == {"A": "(missing)", "B": "(missing)", "C": "/data/corpus"}
+    # One head count: nothing per doubling to show, in the terminal or the report.
+    assert "marginal gain" not in proc.stdout
+    report = (out / "report.md").read_text()
+    assert "## Marginal gain" not in report
+    assert "## Validation loss\n\n![Validation loss vs number of heads](loss_vs_heads.png)" in report
+    assert report.count("| data.kind | grammar | grammar | text |") == 1
+    assert "| trainer.max_steps |" not in report.split("## Configuration names")[0]
+    # Legends and panel titles use the same labels: the names, not key=value text past LABEL_MAX_CHARS.
+    runset = load_runs([sweep])
+    assert aggregate(runset.runs, "best_val_loss", runset.axes)["series"].tolist() == SHORT_NAMES
+    assert role_points(runset.runs, runset.axes, "n_heads")["series"].tolist() == SHORT_NAMES
+    long_label = ", ".join(f"{k}={v['C']}" for k, v in keys.items())
+    assert len(long_label) > LABEL_MAX_CHARS  # what the label would have been
+    assert {p.name for p in out.glob("*.png")} == {"loss_vs_heads.png", "roles_vs_heads.png", "role_emergence.png"}
+
+
+def test_doubling_section_needs_two_head_counts(tmp_path: Path) -> None:
+    sweep = make_many_key_runs(tmp_path, heads=(2, 4))
+    out = tmp_path / "report"
+    proc = run_cli(str(sweep), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    gains = parse_table(section(proc.stdout, "marginal gain per doubling"))
+    # A series per name; 2 -> 4 heads is one doubling, -0.05 in every configuration.
+    assert [(g["series"], g["n_heads"], g["Δ per doubling"]) for g in gains] == [
+        (name, h, d) for name in SHORT_NAMES for h, d in (("2", "-"), ("4", "-0.0500"))
+    ]
+    # Rows in config_id order (model.n_heads is the first axis); the names keep one meaning across them.
+    rows = parse_table(section(proc.stdout, "configurations"))
+    assert [(r["n_heads"], r["name"]) for r in rows] == [(h, n) for h in ("2", "4") for n in SHORT_NAMES]
+    report = (out / "report.md").read_text()
+    assert "## Marginal gain per doubling of heads" in report and "## Validation loss" not in report
+    assert "![Validation loss vs number of heads](loss_vs_heads.png)" in report
