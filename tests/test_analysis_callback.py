@@ -199,12 +199,10 @@ def test_run_dir_tables_markdown_and_csv_log(run: dict[str, Any]) -> None:
     assert not any(c.startswith("heads/") for c in metrics.columns)  # per-head scalars stay in the tidy table
 
 
-def test_analysis_off_builds_no_callback(tmp_path: Path) -> None:
+def test_analysis_off_builds_no_callback(tmp_path: Path, compose: Callable[[list[str]], Any]) -> None:
     from mhaexp.analysis.callback import build_analysis_callback
-    from mhaexp.cli.preflight import compose_job, hydra_context
 
-    with hydra_context():
-        off = compose_job(["analysis=off"]).analysis  # off.yaml inherits every other key from default.yaml
+    off = compose(["analysis=off"]).analysis  # off.yaml inherits every other key from default.yaml
     assert build_analysis_callback(off, object(), tmp_path) is None
 
 
