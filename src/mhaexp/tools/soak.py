@@ -8,7 +8,7 @@ each resumed run must end with the numbers of an uninterrupted run, bit for bit 
    passes each fault point of :mod:`mhaexp.faults`.
 2. Each of the N runs is killed once, by a plan drawn from a seeded RNG: mostly at the n-th pass of a
    point (a training step, a checkpoint write, an analysis step, a W&B write; n uniform over the passes the
-   reference counted), else by a timer at a random moment of the reference's wall time. It then resumes
+   reference counted), else by a timer at a random moment of the reference's training time. It then resumes
    with ``resume=auto`` into the same run directory.
 3. The resumed run's ``metrics.csv`` and ``analysis/head_metrics.csv`` must equal the reference's byte for
    byte, and its ``summary.json`` best val loss exactly. Any difference fails the soak (exit 1).
@@ -28,13 +28,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mhaexp.checkpoint import read_checkpoint
 from mhaexp.faults import COUNT, COUNT_PREFIX, ENV, KILL_PREFIX, POINTS
 from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, METRICS_FILE, SUMMARY_FILE
+from mhaexp.training.checkpointing import newest_good_checkpoint
 
 # The soak config: the default model, data, logger and analysis; a short run that passes every fault point
 # several times (4 validations and checkpoint saves, 6 analyses, a W&B record every 5 steps).
@@ -46,6 +49,7 @@ SOAK_RUN = (
     "analysis.every_n_steps=15",
 )
 TIMER_SHARE = 0.2  # share of the runs killed by a timer rather than at a named point
+POLL_SECONDS = 0.05
 TIMER_TRIES = 4  # a timer kill that came after the run ended is tried again this often, at half the delay
 COMPARED = (METRICS_FILE, f"{ANALYSIS_DIR}/{HEAD_METRICS_FILE}")
 TRAIN = Path(sys.executable).parent / "mhaexp-train"
@@ -66,36 +70,34 @@ class Outcome:
 
 def run_train(
     args: list[str], run_dir: Path, env: dict[str, str], fault: str | None = None, kill_after: float | None = None
-) -> subprocess.CompletedProcess:
-    """``mhaexp-train`` into ``run_dir``; ``fault``: ``MHAEXP_FAULT``; ``kill_after``: SIGKILL it after that many
-    seconds. Own process group: a kill also takes the W&B service it started, as a crash of the node would."""
-    env = {**env, **({ENV: fault} if fault else {})}
-    if fault is None:
-        env.pop(ENV, None)
-    with subprocess.Popen(
-        [str(TRAIN), *args, f"hydra.run.dir={run_dir}"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-        else:
-            if proc.returncode == -signal.SIGKILL:
-                _kill_group(proc.pid)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+) -> tuple[subprocess.CompletedProcess, float | None]:
+    """``mhaexp-train`` into ``run_dir``, and the seconds it trained (from its first ``metrics.csv`` row to its end).
 
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    ``fault``: ``MHAEXP_FAULT``. ``kill_after``: SIGKILL it after that many seconds of training. Its own
+    process group: a kill also takes the W&B service it started, as the loss of the machine would.
+    """
+    env = {k: v for k, v in env.items() if k != ENV} | ({ENV: fault} if fault else {})
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [str(TRAIN), *args, f"hydra.run.dir={run_dir}"], env=env, stdout=out, stderr=err, start_new_session=True
+        )
+        started = None
+        while proc.poll() is None:
+            if started is None and (run_dir / METRICS_FILE).is_file():
+                started = time.monotonic()
+            if kill_after is not None and started is not None and time.monotonic() - started >= kill_after:
+                break
+            time.sleep(POLL_SECONDS)
+        if proc.poll() is None or proc.returncode == -signal.SIGKILL:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        trained = time.monotonic() - started if started is not None else None
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read()), trained
 
 
 def passes(stderr: str) -> dict[str, int]:
@@ -122,14 +124,10 @@ def last_logged_step(run_dir: Path) -> int | None:
     return max(found, default=None)
 
 
-def resumed_from(stderr: str) -> int | None:
-    """The global step of the checkpoint a ``resume=auto`` run said it resumed from."""
-    m = re.search(r"^mhaexp-train: resuming from (.+)$", stderr, flags=re.M)
-    if m is None:
-        return None
-    from mhaexp.checkpoint import read_checkpoint
-
-    return int(read_checkpoint(m.group(1).strip(), "resume")["global_step"])
+def resume_point(run_dir: Path) -> int | None:
+    """The global step of the checkpoint ``resume=auto`` will take in ``run_dir`` (None: it starts afresh)."""
+    path = newest_good_checkpoint(run_dir)
+    return None if path is None else int(read_checkpoint(path, "resume")["global_step"])
 
 
 def differences(reference: Path, run_dir: Path) -> list[str]:
@@ -152,13 +150,13 @@ def differences(reference: Path, run_dir: Path) -> list[str]:
 
 def plan_kills(n: int, counts: dict[str, int], seconds: float, seed: int) -> list[str]:
     """N kill plans from a seeded RNG: the points in turn (so each is hit), n uniform over its passes;
-    every so often a timer at a random moment between 10% and 90% of the reference's wall time."""
+    every so often a timer at a random moment of the ``seconds`` the reference trained."""
     rng = random.Random(seed)
     points = [p for p in POINTS if counts.get(p)]
     plans = []
     for i in range(n):
         if rng.random() < TIMER_SHARE:
-            plans.append(f"timer:{rng.uniform(0.1, 0.9) * seconds:.1f}s")
+            plans.append(f"timer:{rng.uniform(0.05, 0.95) * seconds:.1f}s")
         else:
             point = points[i % len(points)]
             plans.append(f"{point}:{rng.randint(1, counts[point])}")
@@ -175,14 +173,14 @@ def kill_and_resume(
         # The machine may be faster than when the reference ran: a run that ends first is run again,
         # killed sooner.
         for _ in range(TIMER_TRIES):
-            first = run_train(args, run_dir, env, kill_after=delay)
+            first, _ = run_train(args, run_dir, env, kill_after=delay)
             if first.returncode != 0:
                 break
             shutil.rmtree(run_dir)
             delay /= 2
         outcome.plan = f"timer:{delay:.1f}s"
     else:
-        first = run_train(args, run_dir, env, fault=plan)
+        first, _ = run_train(args, run_dir, env, fault=plan)
     if first.returncode == 0:
         outcome.differences.append("the run finished before it was killed")
         return outcome
@@ -194,11 +192,11 @@ def kill_and_resume(
         outcome.hit, outcome.step_killed = hit
     else:
         outcome.step_killed = last_logged_step(run_dir)
-    second = run_train([*args, "resume=auto"], run_dir, env)
+    outcome.resumed_from = resume_point(run_dir)
+    second, _ = run_train([*args, "resume=auto"], run_dir, env)
     if second.returncode != 0:
         outcome.differences.append(f"resume failed (exit {second.returncode}): {second.stderr[-1500:]}")
         return outcome
-    outcome.resumed_from = resumed_from(second.stderr)
     outcome.differences += differences(reference, run_dir)
     outcome.identical = not outcome.differences
     return outcome
@@ -236,14 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     args = [*SOAK_RUN, *a.overrides]
     env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(out / "cache")}
     reference = out / "reference"
-    start = time.monotonic()
-    ref = run_train(args, reference, env, fault=COUNT)
-    seconds = time.monotonic() - start
-    if ref.returncode != 0:
+    ref, seconds = run_train(args, reference, env, fault=COUNT)
+    if ref.returncode != 0 or seconds is None:
         print(f"soak: error: the reference run failed (exit {ref.returncode}):\n{ref.stderr[-3000:]}", file=sys.stderr)
         return 1
     counts = passes(ref.stderr)
-    print(f"reference: {seconds:.0f}s, passes {counts}", flush=True)
+    print(f"reference: trained {seconds:.0f}s, passes {counts}", flush=True)
     outcomes = []
     plans = a.plans.split(",") if a.plans else plan_kills(a.n, counts, seconds, a.seed)
     for i, plan in enumerate(plans):
