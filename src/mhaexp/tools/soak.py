@@ -64,6 +64,7 @@ class Outcome:
     hit: str | None = None  # the point the process died at (None: a timer kill)
     step_killed: int | None = None  # the fault's step, or for a timer the last step metrics.csv held
     resumed_from: int | None = None  # the global step of the checkpoint resume=auto took (None: from scratch)
+    resumed_path: str | None = None
     identical: bool = False
     differences: list[str] = field(default_factory=list)
 
@@ -124,10 +125,16 @@ def last_logged_step(run_dir: Path) -> int | None:
     return max(found, default=None)
 
 
-def resume_point(run_dir: Path) -> int | None:
-    """The global step of the checkpoint ``resume=auto`` will take in ``run_dir`` (None: it starts afresh)."""
+def resume_point(run_dir: Path) -> tuple[Path | None, int | None]:
+    """The checkpoint ``resume=auto`` should take in ``run_dir`` and its global step (None: it starts afresh)."""
     path = newest_good_checkpoint(run_dir)
-    return None if path is None else int(read_checkpoint(path, "resume")["global_step"])
+    return path, None if path is None else int(read_checkpoint(path, "resume")["global_step"])
+
+
+def resumed(stderr: str) -> str | None:
+    """The checkpoint a resumed run said it resumed from."""
+    m = re.search(r"^mhaexp-train: resuming from (.+)$", stderr, flags=re.M)
+    return m.group(1).strip() if m else None
 
 
 def differences(reference: Path, run_dir: Path) -> list[str]:
@@ -192,11 +199,14 @@ def kill_and_resume(
         outcome.hit, outcome.step_killed = hit
     else:
         outcome.step_killed = last_logged_step(run_dir)
-    outcome.resumed_from = resume_point(run_dir)
+    path, outcome.resumed_from = resume_point(run_dir)
     second, _ = run_train([*args, "resume=auto"], run_dir, env)
     if second.returncode != 0:
         outcome.differences.append(f"resume failed (exit {second.returncode}): {second.stderr[-1500:]}")
         return outcome
+    outcome.resumed_path = resumed(second.stderr)
+    if outcome.resumed_path != (str(path) if path else None):
+        outcome.differences.append(f"resume=auto took {outcome.resumed_path}, not the newest good checkpoint {path}")
     outcome.differences += differences(reference, run_dir)
     outcome.identical = not outcome.differences
     return outcome
