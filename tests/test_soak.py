@@ -14,10 +14,11 @@ from mhaexp.errors import ConfigError
 from mhaexp.faults import armed
 
 # A tiny run that checkpoints (after validation) at steps 10, 20 and 30 and analyses at 0, 10, 20 and 30
-# (the one at 30 in full, so none is added at the end).
+# (the one at 30 in full, so none is added at the end). 15 batches an epoch: it resumes mid-epoch, where
+# the sampler must skip the batches the checkpoint had seen.
 TINY_SOAK = [
     "model=tiny",
-    "data.n_train=640",
+    "data.n_train=960",
     "data.n_val=64",
     "data.n_probe=16",
     "trainer.max_steps=30",
