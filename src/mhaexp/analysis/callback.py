@@ -134,9 +134,14 @@ class AnalysisCallback(pl.Callback):
             self._written = set(state["written"])
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # After the checkpoint is restored, before anything is analysed: the tables as they were at it.
-        if self._table_sizes is not None and trainer.is_global_zero:
-            for name, size in self._table_sizes.items():
+        # After the checkpoint is restored, before anything is analysed: the tables as they were at it. A run
+        # that starts from step 0 starts them empty (killed before its first checkpoint, it starts afresh
+        # in the same directory: the rows it wrote before are written again).
+        sizes = self._table_sizes
+        if sizes is None and trainer.global_step == 0:
+            sizes = dict.fromkeys(APPENDED_TABLES, 0)
+        if sizes is not None and trainer.is_global_zero:
+            for name, size in sizes.items():
                 path = self.out_dir / name
                 if path.is_file() and path.stat().st_size > size:
                     with path.open("r+b") as f:
