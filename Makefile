@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint bench gpu-check clean
+.PHONY: install train test lint bench gpu-check soak clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests experiments
 	$(VENV)/bin/lint-imports
 
+# Not part of `make test`: N runs of the default model, each SIGKILLed at a random moment and resumed, must end
+# bit-identical to an uninterrupted run (mhaexp.tools.soak; about N x 2 short runs).
+N ?= 10
+soak: install
+	$(PY) -m mhaexp.tools.soak --n $(N) --out soak_out/$$(date +%Y%m%d-%H%M%S) $(ARGS)
+
 bench: install
 	$(PY) -m mhaexp.tools.bench $(ARGS)
 
@@ -39,5 +45,5 @@ gpu-check: install
 	$(PY) -m mhaexp.tools.gpu_check $(ARGS)
 
 clean:
-	rm -rf runs multirun outputs wandb studies .pytest_cache .ruff_cache bench_out
+	rm -rf runs multirun outputs wandb studies .pytest_cache .ruff_cache bench_out soak_out
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -199,12 +199,10 @@ def test_run_dir_tables_markdown_and_csv_log(run: dict[str, Any]) -> None:
     assert not any(c.startswith("heads/") for c in metrics.columns)  # per-head scalars stay in the tidy table
 
 
-def test_analysis_off_builds_no_callback(tmp_path: Path) -> None:
+def test_analysis_off_builds_no_callback(tmp_path: Path, compose: Callable[[list[str]], Any]) -> None:
     from mhaexp.analysis.callback import build_analysis_callback
-    from mhaexp.cli.preflight import compose_job, hydra_context
 
-    with hydra_context():
-        off = compose_job(["analysis=off"]).analysis  # off.yaml inherits every other key from default.yaml
+    off = compose(["analysis=off"]).analysis  # off.yaml inherits every other key from default.yaml
     assert build_analysis_callback(off, object(), tmp_path) is None
 
 
@@ -459,3 +457,38 @@ def test_csv_text_writes_what_pandas_writes() -> None:
     expected = pd.DataFrame(rows, columns=list(ROLE_COLUMNS)).to_csv(index=False)
     assert csv_text(rows, ROLE_COLUMNS) == expected
     assert csv_text(rows, ROLE_COLUMNS, header=False) == expected.split("\n", 1)[1]
+
+
+def test_a_run_started_again_from_step_0_in_its_directory_writes_its_tables_once(tmp_path: Path) -> None:
+    """A run killed before its first checkpoint starts afresh in the same directory (resume=auto finds no
+    checkpoint): its tables start empty, not appended to the killed attempt's rows."""
+    import pytorch_lightning as pl
+
+    from mhaexp.analysis.callback import build_analysis_callback
+    from mhaexp.data import LMDataModule
+    from mhaexp.nn.model import ModelConfig
+    from mhaexp.training.module import LMModule
+
+    dm = LMDataModule(**{**DATA, "n_train": 160, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
+    cfg = ModelConfig(vocab_size=dm.vocab_size, n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32)
+    sizes = []
+    for _ in range(2):
+        cb = build_analysis_callback(analysis_cfg(expensive_every=0, max_pictures=0), dm, tmp_path)
+        trainer = pl.Trainer(
+            max_steps=10,
+            accelerator="cpu",
+            logger=False,
+            callbacks=[cb],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
+        pl.seed_everything(0, verbose=False)
+        trainer.fit(LMModule(cfg, {"lr": 1e-3}), datamodule=dm)
+        sizes.append(
+            [(tmp_path / "analysis" / name).stat().st_size for name in ("head_metrics.csv", "head_roles_history.csv")]
+        )
+    assert sizes[0] == sizes[1] and min(sizes[0]) > 0
+    tidy = pd.read_csv(tmp_path / "analysis" / "head_metrics.csv")
+    assert set(tidy["step"]) == {0, 10} and not tidy.duplicated(["step", "layer", "head", "metric"]).any()

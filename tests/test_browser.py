@@ -7,10 +7,8 @@ test's tmp dir; their paths are printed to the terminal (``make test`` shows the
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ from mhaexp.analysis.roles import HeadRole
 # Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
 pytestmark = pytest.mark.xdist_group("test_browser")
 
-BIN = Path(sys.executable).parent
 LINES = "document.querySelectorAll('svg.hv-lines line.attn').length"
 
 
@@ -108,10 +105,9 @@ def test_bidirectional_head_view_draws_lines_both_ways(tmp_path: Path, browser: 
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run(tmp_path_factory: pytest.TempPathFactory, cli: Callable[..., subprocess.CompletedProcess]) -> dict[str, Any]:
     """A real tiny GQA training run with W&B offline, and mhaexp-analyze on its checkpoint with text=."""
     cwd = tmp_path_factory.mktemp("pages")
-    env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(cwd / "cache")}
     args = [
         "model=tiny",
         "model.n_kv_heads=2",
@@ -122,24 +118,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "trainer.val_check_interval=10",
         "analysis.every_n_steps=10",
     ]
-    train = subprocess.run(
-        [str(BIN / "mhaexp-train"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+    train = cli("mhaexp-train", *args, cwd=cwd)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     [run_dir] = [p.parent for p in cwd.glob("runs/*/*/status.json")]
     text = "the cat that sat on the mat was fluffy"
-    analyze = subprocess.run(
-        [
-            str(BIN / "mhaexp-analyze"),
-            f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
-            f"out={cwd / 'an'}",
-            f"text={text}",
-        ],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    analyze = cli(
+        "mhaexp-analyze", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", f"out={cwd / 'an'}", f"text={text}", cwd=cwd
     )
     assert analyze.returncode == 0, analyze.stdout[-3000:] + analyze.stderr[-3000:]
     return {"cwd": cwd, "run_dir": run_dir, "train": train.stdout, "analyze": analyze.stdout, "text": text}

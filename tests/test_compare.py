@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -310,15 +310,14 @@ def make_sweep(root: Path, runs: tuple[FakeRun, ...] = RUNS) -> Path:
 # --------------------------------------------------------------------------- helpers
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mhaexp.cli.compare", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        cwd=cwd or ROOT,
-    )
+@pytest.fixture(scope="module")
+def run_cli(cli: Callable[..., subprocess.CompletedProcess]) -> Callable[..., subprocess.CompletedProcess]:
+    """``run_cli(*args, env=None, cwd=None)``: ``mhaexp-compare`` through the ``cli`` fixture."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return cli("mhaexp-compare", *args, cwd=cwd or ROOT, env={**os.environ, **(env or {})}, timeout=120)
+
+    return run
 
 
 def section(stdout: str, title: str) -> list[str]:
@@ -349,7 +348,9 @@ def mean_std(values: list[float]) -> str:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def local_run(
+    tmp_path_factory: pytest.TempPathFactory, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> tuple[Path, subprocess.CompletedProcess]:
     sweep = make_sweep(tmp_path_factory.mktemp("local"))
     return sweep, run_cli(str(sweep))
 
@@ -644,7 +645,10 @@ def wandb_env(url: str, tmp_path: Path) -> dict[str, str]:
 
 
 def test_wandb_source_matches_local_source(
-    local_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, replay_server: tuple[str, list[dict[str, Any]]]
+    local_run: tuple[Path, subprocess.CompletedProcess],
+    tmp_path: Path,
+    replay_server: tuple[str, list[dict[str, Any]]],
+    run_cli: Callable[..., subprocess.CompletedProcess],
 ) -> None:
     sweep, local = local_run
     url, requests = replay_server
@@ -751,7 +755,7 @@ def test_missing_key_is_its_own_configuration(tmp_path: Path) -> None:
 
 
 def test_layer_sweep_rows_are_configurations_in_both_sources(
-    tmp_path: Path, replay_server: tuple[str, list[dict[str, Any]]]
+    tmp_path: Path, replay_server: tuple[str, list[dict[str, Any]]], run_cli: Callable[..., subprocess.CompletedProcess]
 ) -> None:
     sweep = make_sweep(tmp_path / "local", LAYER_RUNS)
     local = run_cli(str(sweep))
@@ -841,7 +845,9 @@ REAL_SWEEPS = {
 
 
 @pytest.fixture(scope="module")
-def real_sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+def real_sweeps(
+    tmp_path_factory: pytest.TempPathFactory, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Both sweeps trained at once (``mhaexp-train -m``), then compared; each has its own data cache."""
     root = tmp_path_factory.mktemp("real")
     procs = {}
@@ -915,16 +921,16 @@ def test_real_sweep_over_data(real_sweeps: dict[str, tuple[Path, subprocess.Comp
 
 
 def test_compare_html_report_loads_with_every_plot(
-    tmp_path: Path, show: Any, browser: Any, ink: Any, page_resolves: Any
+    tmp_path: Path,
+    show: Any,
+    browser: Any,
+    ink: Any,
+    page_resolves: Any,
+    cli: Callable[..., subprocess.CompletedProcess],
 ) -> None:
     sweep = make_sweep(tmp_path)
     out = tmp_path / "cmp"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mhaexp.cli.compare", str(sweep), "--out", str(out), "--format", "html"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = cli("mhaexp-compare", str(sweep), "--out", str(out), "--format", "html", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = out / "report.html"
     with browser(1280, 900) as b:

@@ -4,45 +4,43 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
-from mhaexp.cli.preflight import check_jobs, compose_job, hydra_context
+from mhaexp.cli.preflight import check_jobs
 from mhaexp.config import CONF_DIR
 from mhaexp.training.config import build_run
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def test_every_group_option_composes_and_builds() -> None:
-    with hydra_context():
-        for group in ("model", "data", "trainer", "logger", "optim", "analysis", "pruning"):
-            for option in group_options(group):
-                overrides = [f"{group}={option}"]
-                if group == "data" and option == "text":
-                    overrides.append(f"data.path={ROOT / 'README.md'}")
-                cfg = compose_job(overrides)
-                if group == "trainer" and option in ("gpu", "fsdp") and not torch.cuda.is_available():
-                    continue
-                run = build_run(cfg)
-                assert run.model.vocab_size == run.data.n_vocab
-                assert run.model.max_seq_len >= run.data.seq_len
+def test_every_group_option_composes_and_builds(compose: Callable[[list[str]], DictConfig]) -> None:
+    for group in ("model", "data", "trainer", "logger", "optim", "analysis", "pruning"):
+        for option in group_options(group):
+            overrides = [f"{group}={option}"]
+            if group == "data" and option == "text":
+                overrides.append(f"data.path={ROOT / 'README.md'}")
+            cfg = compose(overrides)
+            if group == "trainer" and option in ("gpu", "fsdp") and not torch.cuda.is_available():
+                continue
+            run = build_run(cfg)
+            assert run.model.vocab_size == run.data.n_vocab
+            assert run.model.max_seq_len >= run.data.seq_len
 
 
-def test_experiment_presets_compose() -> None:
-    with hydra_context():
-        for option in group_options("experiment"):
-            cfg = compose_job([f"experiment={option}"])
-            assert cfg.model.n_heads >= 1
+def test_experiment_presets_compose(compose: Callable[[list[str]], DictConfig]) -> None:
+    for option in group_options("experiment"):
+        cfg = compose([f"experiment={option}"])
+        assert cfg.model.n_heads >= 1
 
 
 def test_sweep_is_expanded_and_every_job_checked() -> None:
@@ -102,18 +100,18 @@ if not torch.cuda.is_available():
     BAD_INPUTS.append((["trainer=gpu"], "trainer.accelerator='gpu' is invalid: no CUDA GPU is visible"))
 
 
-def run_cli(overrides: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    start = time.monotonic()
-    proc = subprocess.run(
-        [str(BIN / "mhaexp-train"), *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
-    )
-    return proc, time.monotonic() - start
-
-
-def test_bad_inputs_end_to_end_one_line_each_and_nothing_written(tmp_path: Path) -> None:
+def test_bad_inputs_end_to_end_one_line_each_and_nothing_written(
+    tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     """The real CLI, one process per bad input (run three at a time to keep the suite short)."""
+
+    def run_cli(overrides: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+        # No data cache in the environment: the check that nothing is written sees the whole directory.
+        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"WANDB_MODE": "offline"}
+        start = time.monotonic()
+        proc = cli("mhaexp-train", *overrides, cwd=cwd, env=env, timeout=180)
+        return proc, time.monotonic() - start
+
     dirs = [tmp_path / str(i) for i in range(len(BAD_INPUTS))]
     for d in dirs:
         d.mkdir()
@@ -137,10 +135,10 @@ def test_bad_inputs_end_to_end_one_line_each_and_nothing_written(tmp_path: Path)
     assert not failures, failures
 
 
-def test_info_prints_head_dim_and_parameter_parts() -> None:
-    proc = subprocess.run(
-        [str(BIN / "mhaexp-info"), "model.d_model=768", "model.n_heads=12"], capture_output=True, text=True, timeout=120
-    )
+def test_info_prints_head_dim_and_parameter_parts(
+    tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
+    proc = cli("mhaexp-info", "model.d_model=768", "model.n_heads=12", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "head_dim          64  (= d_model / n_heads)" in out
@@ -150,10 +148,8 @@ def test_info_prints_head_dim_and_parameter_parts() -> None:
         assert part in out
 
 
-def test_info_bad_input_is_one_line() -> None:
-    proc = subprocess.run(
-        [str(BIN / "mhaexp-info"), "model.d_model=512", "model.n_heads=7"], capture_output=True, text=True, timeout=120
-    )
+def test_info_bad_input_is_one_line(tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]) -> None:
+    proc = cli("mhaexp-info", "model.d_model=512", "model.n_heads=7", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "mhaexp-info: error: model.n_heads=7 is invalid: d_model=512 is not divisible by it; valid head counts are "

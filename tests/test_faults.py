@@ -37,18 +37,17 @@ def env_for(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def train(args: list[str], tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(BIN / "mhaexp-train"), *args],
-        cwd=tmp_path,
-        env=env_for(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+@pytest.fixture
+def train(cli: Callable[..., subprocess.CompletedProcess]) -> Callable[..., subprocess.CompletedProcess]:
+    """``train(args, tmp_path, check=True)``: ``mhaexp-train`` through the ``cli`` fixture."""
+
+    def run(args: list[str], tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
+        proc = cli("mhaexp-train", *args, cwd=tmp_path, env=env_for(tmp_path))
+        if check:
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    return run
 
 
 def logged_steps(run_dir: Path) -> list[int]:
@@ -66,7 +65,9 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(df["step"], df["train/loss"], strict=True)}
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_curve(tmp_path: Path, tiny: list[str]) -> None:
+def test_sigkill_then_resume_gives_the_uninterrupted_curve(
+    tmp_path: Path, tiny: list[str], train: Callable[..., subprocess.CompletedProcess]
+) -> None:
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     train([*tiny, *EXTRA, f"hydra.run.dir={whole}"], tmp_path)
     kill_after = random.Random().randint(22, 48)
@@ -139,7 +140,9 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(io: str, tmp_path:
         assert not [p for p in tmp_path.glob("*.ckpt") if p.name != "last.ckpt"]
 
 
-def test_truncated_or_empty_checkpoint_is_named_and_auto_skips_it(tmp_path: Path, tiny: list[str]) -> None:
+def test_truncated_or_empty_checkpoint_is_named_and_auto_skips_it(
+    tmp_path: Path, tiny: list[str], train: Callable[..., subprocess.CompletedProcess]
+) -> None:
     run = tmp_path / "run"
     train([*tiny, *EXTRA, "trainer.max_steps=20", f"hydra.run.dir={run}"], tmp_path)
     good = run / "checkpoints" / "last.ckpt"
@@ -167,7 +170,9 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_wandb_falls_back_offline_and_training_completes(tmp_path: Path, tiny: list[str]) -> None:
+def test_unreachable_wandb_falls_back_offline_and_training_completes(
+    tmp_path: Path, tiny: list[str], cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     env = {**env_for(tmp_path), "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}", "WANDB_API_KEY": "x" * 40}
     env.pop("WANDB_MODE")
     run = tmp_path / "run"
@@ -181,9 +186,7 @@ def test_unreachable_wandb_falls_back_offline_and_training_completes(tmp_path: P
         f"hydra.run.dir={run}",
     ]
     start = time.monotonic()
-    proc = subprocess.run(
-        [str(BIN / "mhaexp-train"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = cli("mhaexp-train", *args, cwd=tmp_path, env=env)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cannot be reached (Connection refused)" in proc.stderr and "logging offline" in proc.stderr
@@ -194,7 +197,9 @@ def test_unreachable_wandb_falls_back_offline_and_training_completes(tmp_path: P
     print(f"online->offline fallback run took {elapsed:.1f}s")
 
 
-def test_two_process_ddp_matches_one_process_loss_curve(tmp_path: Path, tiny: list[str]) -> None:
+def test_two_process_ddp_matches_one_process_loss_curve(
+    tmp_path: Path, tiny: list[str], train: Callable[..., subprocess.CompletedProcess]
+) -> None:
     """Same global batch (data.batch_size is global): 2 gloo ranks reproduce the 1-process curve."""
     one, two = tmp_path / "one", tmp_path / "two"
     args = [*tiny, *EXTRA, "trainer.max_steps=20", "trainer.val_check_interval=20"]
@@ -208,7 +213,10 @@ def test_two_process_ddp_matches_one_process_loss_curve(tmp_path: Path, tiny: li
 
 
 def test_non_finite_loss_stops_with_one_line_naming_the_step_and_fails_the_wandb_run(
-    tmp_path: Path, wandb_records: Callable[[Path], list[dict]], tiny: list[str]
+    tmp_path: Path,
+    wandb_records: Callable[[Path], list[dict]],
+    tiny: list[str],
+    train: Callable[..., subprocess.CompletedProcess],
 ) -> None:
     run = tmp_path / "run"
     args = [*tiny, *EXTRA, "logger=wandb", "optim.lr=1e12", "trainer.gradient_clip_val=null", f"hydra.run.dir={run}"]

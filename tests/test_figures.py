@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ from mhaexp.analysis import plots
 from mhaexp.analysis.collect import HeadMetrics
 from mhaexp.analysis.roles import HeadRole
 from mhaexp.errors import ConfigError
-
-BIN = Path(sys.executable).parent
 
 
 def small_metrics(seed: int = 0) -> HeadMetrics:
@@ -56,12 +53,11 @@ def test_an_unknown_figure_format_is_one_clear_error(bad: object) -> None:
     assert plots.check_formats("svg") == ["svg"] and plots.check_formats(["png", "png", "pdf"]) == ["png", "pdf"]
 
 
-def test_train_rejects_a_bad_format_before_training(tmp_path: Path) -> None:
-    env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(tmp_path / "cache")}
+def test_train_rejects_a_bad_format_before_training(
+    tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     args = ["model=tiny", "logger=csv", "data.n_train=200", "trainer.max_steps=2", "analysis.figure_formats=[png,jpg]"]
-    proc = subprocess.run(
-        [str(BIN / "mhaexp-train"), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
-    )
+    proc = cli("mhaexp-train", *args, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
         "mhaexp-train: error: analysis.figure_formats=['png', 'jpg'] is invalid: must be a list of values that each "

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -14,21 +14,20 @@ import pytest
 # Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
 pytestmark = pytest.mark.xdist_group("test_parallel_sweep")
 
-BIN = Path(sys.executable).parent
 # This file's runs: the shared tiny run (tests/conftest.py), with these on top.
 EXTRA = ["data.n_train=400", "trainer.max_steps=20"]
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory, tiny: list[str]) -> dict:
+def sweep(
+    tmp_path_factory: pytest.TempPathFactory, tiny: list[str], cli: Callable[..., subprocess.CompletedProcess]
+) -> dict:
     """One parallel sweep: two identical jobs (seed 0 twice), one other seed, one job that diverges.
 
     A fresh, empty data cache: all four jobs build the same dataset at the same time.
     """
     root = tmp_path_factory.mktemp("parallel")
-    env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(root / "cache")}
     args = [
-        str(BIN / "mhaexp-train"),
         "-m",
         "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=2",
@@ -39,7 +38,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, tiny: list[str]) -> dict:
         "seed=0,0,1",
         "optim.lr=3e-3,1e12",
     ]
-    proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    proc = cli("mhaexp-train", *args, cwd=root, timeout=600)
     return {"proc": proc, "root": root, "sweep": root / "sweep"}
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,11 +12,9 @@ import torch
 
 from mhaexp.nn.io import load_model
 
-BIN = Path(sys.executable).parent
-
 
 def test_iterative_pruning_run_writes_curve_pruned_checkpoint_and_wandb_records(
-    tmp_path: Path, wandb_records: Callable[[Path], list[dict]]
+    tmp_path: Path, wandb_records: Callable[[Path], list[dict]], cli: Callable[..., subprocess.CompletedProcess]
 ) -> None:
     run = tmp_path / "run"
     args = [
@@ -36,10 +32,7 @@ def test_iterative_pruning_run_writes_curve_pruned_checkpoint_and_wandb_records(
         "pruning.finetune_steps=5",
         f"hydra.run.dir={run}",
     ]
-    env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run(
-        [str(BIN / "mhaexp-train"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = cli("mhaexp-train", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     curve = pd.read_csv(run / "pruning_curve.csv")
     # 8 heads, 2 per step, to half: the unpruned point plus 2 steps.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -101,10 +101,11 @@ def test_bad_settings_name_the_field(kwargs: dict, field: str) -> None:
         RetrievalSource(**args)
 
 
-def test_training_on_retrieval_data_scores_retrieval_and_streaming(tmp_path: Path) -> None:
+def test_training_on_retrieval_data_scores_retrieval_and_streaming(
+    tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     run = tmp_path / "run"
     args = [
-        str(Path(sys.executable).parent / "mhaexp-train"),
         "data=retrieval",
         "model=tiny",
         "trainer.max_steps=20",
@@ -117,7 +118,7 @@ def test_training_on_retrieval_data_scores_retrieval_and_streaming(tmp_path: Pat
         f"hydra.run.dir={run}",
     ]
     env = {**os.environ, "MHAEXP_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = cli("mhaexp-train", *args, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "head roles    :" in proc.stdout
     with open(run / "analysis" / "head_metrics.csv") as f:

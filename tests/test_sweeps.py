@@ -46,10 +46,14 @@ def cli_env(cache: Path, **extra: str) -> dict[str, str]:
     return {**env, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(cache), **extra}
 
 
-def train(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "mhaexp-train"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+@pytest.fixture(scope="module")
+def train(cli: Callable[..., subprocess.CompletedProcess]) -> Callable[..., subprocess.CompletedProcess]:
+    """``train(args, cwd, env)``: ``mhaexp-train`` through the ``cli`` fixture."""
+
+    def run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+        return cli("mhaexp-train", *args, cwd=cwd, env=env, timeout=timeout)
+
+    return run
 
 
 def sweep_dirs(cwd: Path) -> list[Path]:
@@ -80,6 +84,7 @@ def test_sweep_gives_each_job_its_own_dir_and_wandb_run_grouped_by_sweep(
     wandb_run: Callable[[Path], Path],
     wandb_records: Callable[[Path], list[dict]],
     tiny: list[str],
+    train: Callable[..., subprocess.CompletedProcess],
 ) -> None:
     proc = train(
         ["-m", *tiny, *EXTRA, "logger=wandb", "trainer.max_steps=10", "model.n_heads=2,4", "seed=0,1"],
@@ -102,7 +107,7 @@ def test_sweep_gives_each_job_its_own_dir_and_wandb_run_grouped_by_sweep(
 
 
 def test_invalid_combinations_stop_the_sweep_before_anything_is_written(
-    tmp_path: Path, cache: Path, tiny: list[str]
+    tmp_path: Path, cache: Path, tiny: list[str], train: Callable[..., subprocess.CompletedProcess]
 ) -> None:
     proc = train(["-m", *tiny, *EXTRA, "model.n_heads=3,4"], tmp_path, cli_env(cache))
     lines = proc.stderr.strip().splitlines()
@@ -199,7 +204,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, proc: subprocess.P
 
 
 def test_slurm_requeue_saves_hpc_checkpoint_and_rerun_resumes_from_it(
-    tmp_path: Path, cache: Path, tiny: list[str]
+    tmp_path: Path, cache: Path, tiny: list[str], train: Callable[..., subprocess.CompletedProcess]
 ) -> None:
     """SIGUSR1 on a run under (faked) SLURM: Lightning checkpoints, requeues; the same job id resumes."""
     bin_dir = tmp_path / "bin"

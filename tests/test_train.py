@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,18 +16,20 @@ from mhaexp.data import LMDataModule
 from mhaexp.nn.model import ModelConfig
 from mhaexp.training.module import LMModule
 
-BIN = Path(sys.executable).parent
 # This file's runs: the shared tiny run (tests/conftest.py), with these on top.
 EXTRA = ["data.n_train=1000", "data.n_val=128", "trainer.val_check_interval=15"]
 
 
-def train_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "MHAEXP_CACHE": str(cwd / "cache")}
-    proc = subprocess.run(
-        [str(BIN / "mhaexp-train"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+@pytest.fixture
+def train_cli(cli: Callable[..., subprocess.CompletedProcess]) -> Callable[..., subprocess.CompletedProcess]:
+    """``train_cli(args, cwd)``: ``mhaexp-train`` through the ``cli`` fixture; it must succeed."""
+
+    def run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+        proc = cli("mhaexp-train", *args, cwd=cwd, timeout=timeout)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    return run
 
 
 def only_run_dir(cwd: Path) -> Path:
@@ -39,7 +39,11 @@ def only_run_dir(cwd: Path) -> Path:
 
 
 def test_cli_run_reaches_wandb_with_config_and_loss_history(
-    tmp_path: Path, wandb_run: Callable[[Path], Path], wandb_records: Callable[[Path], list[dict]], tiny: list[str]
+    tmp_path: Path,
+    wandb_run: Callable[[Path], Path],
+    wandb_records: Callable[[Path], list[dict]],
+    tiny: list[str],
+    train_cli: Callable[..., subprocess.CompletedProcess],
 ) -> None:
     proc = train_cli([*tiny, *EXTRA, "model.n_heads=4", "model.n_kv_heads=2", "logger.tags=[e2e]"], tmp_path)
     run_dir = only_run_dir(tmp_path)
@@ -70,7 +74,9 @@ def test_cli_run_reaches_wandb_with_config_and_loss_history(
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_same_seed_same_curve_other_seed_other_curve(tmp_path: Path, tiny: list[str]) -> None:
+def test_same_seed_same_curve_other_seed_other_curve(
+    tmp_path: Path, tiny: list[str], train_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     curves = []
     for i, seed in enumerate([3, 3, 4]):
         cwd = tmp_path / str(i)
@@ -82,7 +88,9 @@ def test_same_seed_same_curve_other_seed_other_curve(tmp_path: Path, tiny: list[
     assert curves[0] != curves[2]
 
 
-def test_two_process_cpu_ddp_run_finishes(tmp_path: Path, tiny: list[str]) -> None:
+def test_two_process_cpu_ddp_run_finishes(
+    tmp_path: Path, tiny: list[str], train_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     train_cli(
         [
             *tiny,

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from mhaexp import faults
 from mhaexp.errors import ConfigError
 
 CHECKPOINT_KEY = "mhaexp"
@@ -58,6 +59,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], save: Any = None) -> Pat
         save = torch.save
     try:
         save(obj, tmp)
+        faults.point("checkpoint", obj.get("global_step") if isinstance(obj, dict) else None)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

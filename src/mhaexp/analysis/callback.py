@@ -28,12 +28,17 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from mhaexp import faults
 from mhaexp.analysis import export, head_view, index_page, plots, wandb_log
 from mhaexp.analysis.collect import HeadMetrics, ProbeData, compute_head_metrics, objective_for, probe_from_datamodule
 from mhaexp.analysis.config import AnalysisConfig
 from mhaexp.analysis.roles import HeadRole, classify_heads
 from mhaexp.config import build
-from mhaexp.rundir import ANALYSIS_DIR, ANALYSIS_REPORT_FILE
+from mhaexp.rundir import ANALYSIS_DIR, ANALYSIS_REPORT_FILE, HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE
+
+# In a checkpoint: the analysis' state when it was saved; the appended tables' sizes in bytes among it.
+ANALYSIS_STATE_KEY = "analysis"
+APPENDED_TABLES = (HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE)
 
 
 def analysis_settings(analysis_cfg: AnalysisConfig | Mapping[str, Any]) -> AnalysisConfig:
@@ -68,6 +73,7 @@ def run_analysis(
     if skip_metrics:
         rows = [r for r in rows if r["metric"] not in skip_metrics]
     export.append_metrics(out_dir, rows)
+    faults.point("analysis", step)
     export.write_roles(out_dir, step, roles, history=history)
     export.write_summary(out_dir, step, roles)
     formats = plots.check_formats(cfg.figure_formats)
@@ -87,6 +93,10 @@ class AnalysisCallback(pl.Callback):
 
     After fit, ``role_counts`` holds ``{family: heads}`` of the final analysis and ``summary`` the
     ``roles/<family>`` entries for the run's summary; ``seconds`` the wall time the analysis took.
+
+    Resume: each checkpoint holds the size of the appended tables and the latest analysis. A resumed run
+    cuts the tables back to those sizes (rows written after the checkpoint, even half a row, are written
+    again), and does not repeat an analysis the checkpoint already held.
     """
 
     def __init__(self, analysis_cfg: AnalysisConfig | Mapping[str, Any], datamodule: Any, run_dir: str | Path) -> None:
@@ -104,15 +114,48 @@ class AnalysisCallback(pl.Callback):
         self._last: tuple[int, bool] | None = None  # (step, expensive) of the latest analysis
         self._written: set[str] = set()  # metric names written at the latest step
         self._disabled = False
+        self._table_sizes: dict[str, int] | None = None  # a resumed run's checkpoint's, until cut back to
+        self._ended = False  # on_train_end ran (a run resumed from its final checkpoint skips it)
 
     # ------------------------------------------------------------------ hooks --
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        sizes = {name: _size(self.out_dir / name) for name in APPENDED_TABLES}
+        checkpoint[ANALYSIS_STATE_KEY] = {
+            "table_sizes": sizes if trainer.is_global_zero else None,
+            "last": list(self._last) if self._last else None,
+            "written": sorted(self._written),
+        }
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get(ANALYSIS_STATE_KEY)
+        if state:
+            self._table_sizes = state["table_sizes"]
+            self._last = (int(state["last"][0]), bool(state["last"][1])) if state["last"] else None
+            self._written = set(state["written"])
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the checkpoint is restored, before anything is analysed: the tables as they were at it. A run
+        # that starts from step 0 starts them empty (killed before its first checkpoint, it starts afresh
+        # in the same directory: the rows it wrote before are written again).
+        sizes = self._table_sizes
+        if sizes is None and trainer.global_step == 0:
+            sizes = dict.fromkeys(APPENDED_TABLES, 0)
+        if sizes is not None and trainer.is_global_zero:
+            for name, size in sizes.items():
+                path = self.out_dir / name
+                if path.is_file() and path.stat().st_size > size:
+                    with path.open("r+b") as f:
+                        f.truncate(size)
+            self._table_sizes = {}
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if _is_fsdp(trainer):
             self._disabled = True
             rank_zero_warn("analysis: skipped under FSDP (the model's weights are sharded across ranks)")
         if trainer.global_step > 0:
-            # Resumed: the step was analysed before the interruption; later rows are from a rolled-back past.
-            if trainer.is_global_zero and not self._disabled:
+            # Resumed from a checkpoint without the tables' sizes (an older one): the step was analysed
+            # before the interruption; later rows are from a rolled-back past.
+            if trainer.is_global_zero and not self._disabled and self._table_sizes is None:
                 export.drop_after(self.out_dir, trainer.global_step)
         elif self.cfg.at_start:
             self._analyse(trainer, pl_module, expensive=False)
@@ -128,6 +171,14 @@ class AnalysisCallback(pl.Callback):
         self._analyse(trainer, pl_module, expensive=last or periodic)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ended = True
+        self._finish(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._ended:  # resumed from the final checkpoint: Lightning skipped training and on_train_end
+            self._finish(trainer, pl_module)
+
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Stopped other than at a full analysis (max_epochs, early stopping): finish with one.
         if self._last is None or self._last != (trainer.global_step, True):
             self._analyse(trainer, pl_module, expensive=True)
@@ -204,6 +255,10 @@ def with_treebank(probe: ProbeData, cfg: AnalysisConfig, datamodule: Any, model:
 
     max_tokens = int(model.cfg.max_seq_len)
     return probe_with_treebank(probe, cfg, datamodule.tokenizer, max_tokens, int(datamodule.batch_size))[0]
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
 
 
 def _is_fsdp(trainer: pl.Trainer) -> bool:

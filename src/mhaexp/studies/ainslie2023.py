@@ -20,11 +20,11 @@ import json
 import math
 from pathlib import Path
 
-from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT, INIT_CONVERSION_FILE
+from mhaexp.rundir import CHECKPOINT_DIR, INIT_CONVERSION_FILE, LAST_CHECKPOINT
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import summary
 from mhaexp.studies.runner import StudyContext, run_config
-from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, greater
+from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, decided, greater
 
 UPTRAIN_SHARE = 0.05  # Ainslie et al. uptrain with alpha = 5% of the pre-training steps
 MOST = 0.5  # "closes most of the gap": more than half

@@ -6,8 +6,8 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from mhaexp.studies.report import verdict_document, write_report
 from mhaexp.errors import ConfigError
+from mhaexp.studies.report import verdict_document, write_report
 from mhaexp.studies.runner import Budget, StudyContext, prepare_out, recorded_budget, write_budget
 from mhaexp.studies.verdict import Claim
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import final_roles, head_metric, head_metrics
 from mhaexp.studies.runner import Budget, StudyContext
-from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, greater
+from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, decided, greater
 
 ENCODER = ["model=encoder", "model.n_layers=4"]
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 
 from mhaexp.studies.base import Study
-from mhaexp.studies.report import figure
 from mhaexp.studies.readers import head_metric_mean
+from mhaexp.studies.report import figure
 from mhaexp.studies.runner import StudyContext
-from mhaexp.studies.verdict import Claim, decided, Measure, at_most, greater
+from mhaexp.studies.verdict import Claim, Measure, at_most, decided, greater
 
 NEAR_ZERO = 0.05  # "near zero" at initialization
 ANALYSES = 20

@@ -13,10 +13,10 @@ import math
 from pathlib import Path
 
 from mhaexp.studies.base import Study
-from mhaexp.studies.report import figure
 from mhaexp.studies.readers import summary
+from mhaexp.studies.report import figure
 from mhaexp.studies.runner import Budget, StudyContext, run_config
-from mhaexp.studies.verdict import Claim, decided, Measure, greater
+from mhaexp.studies.verdict import Claim, Measure, decided, greater
 
 HEADS = (1, 2, 4, 8, 16)
 SMOKE_HEADS = (1, 2, 4)  # a smoke run proves the path, with fewer jobs

@@ -21,10 +21,10 @@ import pandas as pd
 from mhaexp.pruning.curves import read_curve_csv
 from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT, PRUNING_CURVE_FILE
 from mhaexp.studies.base import Study
-from mhaexp.studies.report import figure
 from mhaexp.studies.readers import head_metric
+from mhaexp.studies.report import figure
 from mhaexp.studies.runner import StudyContext, run_config
-from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, greater
+from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, decided, greater
 
 FRACTION = 0.85  # 3 layers x 8 heads with at least one head a layer: 21 of 24 can go (0.875)
 SMALL_COST = 0.01  # "at small cost": val loss at most 1% above the unpruned model's

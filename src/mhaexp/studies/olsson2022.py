@@ -16,10 +16,10 @@ import math
 from pathlib import Path
 
 from mhaexp.studies.base import Study
-from mhaexp.studies.report import figure
 from mhaexp.studies.readers import head_metric_max, rise_window, scalar
+from mhaexp.studies.report import figure
 from mhaexp.studies.runner import Budget, StudyContext, run_config
-from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, at_most
+from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, decided
 
 INDUCTION_BAR = 0.5  # Olsson et al.: heads above 0.5 prefix matching are induction heads
 SHORT_WINDOW = 0.25  # the climb spans at most this share of training

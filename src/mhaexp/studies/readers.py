@@ -10,7 +10,6 @@ from pathlib import Path
 
 from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, HEAD_ROLES_FILE, METRICS_FILE, SUMMARY_FILE
 
-
 Series = dict[int, dict[tuple[int, int], float]]  # {step: {(layer, head): value}}
 
 

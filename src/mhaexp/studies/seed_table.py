@@ -10,7 +10,7 @@ from __future__ import annotations
 from mhaexp.analysis.seed_table import SEED_ROWS, fill, read_roles
 from mhaexp.studies.base import Study
 from mhaexp.studies.runner import StudyContext, run_config
-from mhaexp.studies.verdict import Claim, decided, Measure, at_least
+from mhaexp.studies.verdict import Claim, Measure, at_least, decided
 
 
 class SeedTable(Study):

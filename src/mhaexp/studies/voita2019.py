@@ -25,7 +25,7 @@ from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT, PRUNING_FILE
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import final_roles, summary
 from mhaexp.studies.runner import Budget, StudyContext, run_config
-from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, greater
+from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, decided, greater
 
 ENCODER = ["model=encoder", "model.n_layers=4"]
 LAMBDAS = (0.01, 0.03, 0.1)

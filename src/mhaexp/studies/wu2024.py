@@ -26,10 +26,10 @@ from mhaexp.config import instantiate_plain
 from mhaexp.nn.objectives import answer_exact_match, causal_targets
 from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
 from mhaexp.studies.base import Study
-from mhaexp.studies.report import figure
 from mhaexp.studies.readers import head_metric
+from mhaexp.studies.report import figure
 from mhaexp.studies.runner import Budget, StudyContext, run_config
-from mhaexp.studies.verdict import Claim, decided, Measure, all_hold, at_least, at_most, greater
+from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, decided, greater
 from mhaexp.training.module import load_module
 
 RETRIEVAL_BAR = 0.1  # Wu et al. Sec. 2: a head is a retrieval head above this score
@@ -134,7 +134,9 @@ class Wu2024(Study):
             for i, r in enumerate(results):
                 rand = r["acc_random_masked"]
                 vals = [r["acc_full"], r["acc_retrieval_masked"], sum(rand) / len(rand) if rand else math.nan]
-                ax.bar([x + 0.8 * i / len(results) for x in range(3)], vals, width=0.8 / len(results), label=f"seed {i}")
+                ax.bar(
+                    [x + 0.8 * i / len(results) for x in range(3)], vals, width=0.8 / len(results), label=f"seed {i}"
+                )
             ax.set_xticks([x + 0.4 - 0.4 / len(results) for x in range(3)], labels, fontsize=8)
             ax.set_ylabel("needle exact match (val)")
             ax.set_ylim(0, 1.05)

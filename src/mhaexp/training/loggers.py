@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from mhaexp import faults
 from mhaexp.net import unreachable, wandb_server
 from mhaexp.nn.config import ModelConfig
 from mhaexp.rundir import METRICS_FILE, RUN_ID_FILE
@@ -34,39 +37,95 @@ def flat_config(resolved: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
     return config
 
 
-def csv_logger(run_dir: Path, resume_step: int | None) -> CSVLogger:
-    """``metrics.csv`` in the run directory, written through at every log call.
+# In a checkpoint: how many data rows metrics.csv held when it was saved (written by RunRecord). A run resumed
+# from it keeps exactly those rows: the rows logged after the checkpoint are logged again by the resumed run.
+METRICS_ROWS_KEY = "metrics_rows"
 
-    Lightning's CSVLogger deletes an existing file; a resumed run instead keeps the
-    rows logged before its checkpoint's step (later ones are about to be logged again).
+
+class RunCSVWriter(ExperimentWriter):
+    """Lightning's ``metrics.csv`` writer that starts from a resumed run's rows, counts the rows it holds,
+    and rewrites the file atomically when a new column appears (Lightning truncates it, then writes it
+    again: a kill in between lost every row)."""
+
+    def __init__(self, log_dir: str, header: list[str], kept: list[dict[str, str]]) -> None:
+        super().__init__(log_dir)
+        self.rows = 0
+        if kept:  # replaced in one step: a kill now leaves the old file, which the next resume cuts again
+            self._write_all(header, kept)
+            self.metrics_keys = list(header)
+            self.rows = len(kept)
+        elif os.path.isfile(self.metrics_file_path):  # a fresh start
+            os.remove(self.metrics_file_path)
+
+    def _check_log_dir_exists(self) -> None:
+        """Lightning's deletes an existing metrics.csv here, before the kept rows could replace it."""
+
+    def save(self) -> None:
+        self.rows += len(self.metrics)
+        super().save()
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            self._write_all(fieldnames, list(csv.DictReader(f)))
+
+    def _write_all(self, header: list[str], rows: list[dict[str, str]]) -> None:
+        tmp = f"{self.metrics_file_path}.tmp"
+        with open(tmp, "w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=header)
+            out.writeheader()
+            out.writerows(rows)
+        os.replace(tmp, self.metrics_file_path)
+
+
+class RunCSVLogger(CSVLogger):
+    """``metrics.csv`` in the run directory (through :class:`RunCSVWriter`), written through at every log call."""
+
+    def __init__(self, run_dir: Path, header: list[str], kept: list[dict[str, str]]) -> None:
+        super().__init__(save_dir=str(run_dir), name="", version="", flush_logs_every_n_steps=1)
+        self._kept = (header, kept)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> RunCSVWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = RunCSVWriter(self.log_dir, *self._kept)
+        return self._experiment
+
+
+def csv_logger(run_dir: Path, resume: dict[str, Any] | None) -> RunCSVLogger:
+    """``metrics.csv`` in the run directory; ``resume``: the checkpoint a resumed run starts from.
+
+    Lightning's CSVLogger deletes an existing file; a resumed run instead keeps the rows logged before
+    its checkpoint: as many as the checkpoint counted (:data:`METRICS_ROWS_KEY`), or, for a checkpoint
+    written before that count was kept, the rows of the steps before its global step.
     """
     path = run_dir / METRICS_FILE
     header: list[str] = []
     kept: list[dict[str, str]] = []
-    if resume_step is not None and path.is_file():
+    if resume is not None and path.is_file():
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             header = sorted(reader.fieldnames or [])
-            kept = [row for row in reader if row.get("step") and int(float(row["step"])) < resume_step]
-    logger = CSVLogger(save_dir=str(run_dir), name="", version="", flush_logs_every_n_steps=1)
-    writer = logger.experiment
-    if kept and hasattr(writer, "metrics_keys"):  # rank 0 only: other ranks hold a dummy
-        with path.open("w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=header)
-            out.writeheader()
-            out.writerows(kept)
-        writer.metrics_keys = header
-    return logger
+            rows = list(reader)
+        if METRICS_ROWS_KEY in resume:
+            kept = rows[: resume[METRICS_ROWS_KEY]]
+        else:
+            step = int(resume.get("global_step", 0))
+            kept = [row for row in rows if row.get("step") and int(float(row["step"])) < step]
+    return RunCSVLogger(run_dir, header, kept)
 
 
 def build_loggers(
-    run: RunConfig, run_dir: Path, group: str | None, run_id: str | None = None, resume_step: int | None = None
+    run: RunConfig, run_dir: Path, group: str | None, run_id: str | None = None, resume: dict[str, Any] | None = None
 ) -> list[Logger]:
-    """A CSV logger always (the run directory's own record), plus W&B unless ``logger=csv|none``."""
+    """A CSV logger always (the run directory's own record), plus W&B unless ``logger=csv|none``.
+
+    ``resume``: the checkpoint a resumed run starts from."""
     lc = run.logger
     if lc.kind == "none":
         return []
-    loggers: list[Logger] = [csv_logger(run_dir, resume_step)]
+    loggers: list[Logger] = [csv_logger(run_dir, resume)]
     if lc.kind == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(
@@ -127,6 +186,10 @@ class FallbackWandbLogger(WandbLogger):
             self._wandb_init["mode"] = "offline"
             self._experiment = None
             return super().experiment
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        faults.point("wandb", step)
 
 
 def saved_run_id(run_dir: Path) -> str | None:

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from mhaexp import faults
 from mhaexp.batch import LOSS_MASK
 from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from mhaexp.data.retrieval import DEPTH_BINS, depth_bin, depth_bin_labels
@@ -133,6 +134,7 @@ class LMModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         total, correct, count = self._sums(batch, salt=self.global_step)
+        faults.point("step", self.global_step)
         world = self.trainer.world_size
         if world > 1:
             # Normalize by the tokens of the whole global batch, not this rank's share: DDP then

@@ -14,6 +14,9 @@ from pytorch_lightning.loggers import WandbLogger
 from mhaexp.data.tokenizers import save_tokenizer
 from mhaexp.rundir import ANALYSIS_DIR, CHECKPOINT_DIR, SUMMARY_FILE, TOKENIZER_DIR
 from mhaexp.training.checkpointing import RunCheckpoint
+from mhaexp.training.loggers import METRICS_ROWS_KEY, RunCSVLogger, RunCSVWriter
+
+RECORD_KEY = "run_record"  # in a checkpoint: the best val loss and the latest metrics up to it
 
 
 def checkpoint_steps(trainer: pl.Trainer, run_dir: Path) -> dict[str, int]:
@@ -34,12 +37,16 @@ class RunRecord(pl.Callback):
     saves the data's tokenizer into ``tokenizer/`` so the checkpoints decode without the data.
 
     The summary is what ``mhaexp-compare`` reads first, and what W&B shows as the run summary.
+
+    Each checkpoint carries what a resumed run needs to end with the same record: the best val loss and
+    latest metrics so far, and the number of rows ``metrics.csv`` held (see :func:`csv_logger`).
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.best_val_loss = math.inf
         self.summary: dict[str, Any] = {}
+        self._restored: dict[str, float] = {}  # the latest metrics a resumed run's checkpoint held
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model, cfg = pl_module.model, pl_module.model_cfg
@@ -61,9 +68,25 @@ class RunRecord(pl.Callback):
         if val is not None and float(val) < self.best_val_loss:
             self.best_val_loss = float(val)
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, RunCSVLogger) and isinstance(logger.experiment, RunCSVWriter):
+                logger.save()  # the rows logged so far reach the file before they are counted
+                checkpoint[METRICS_ROWS_KEY] = logger.experiment.rows
+        checkpoint[RECORD_KEY] = {"best_val_loss": self.best_val_loss, "last": self._latest(trainer)}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        saved = checkpoint.get(RECORD_KEY)
+        if saved:
+            self.best_val_loss = float(saved["best_val_loss"])
+            self._restored = dict(saved["last"])
+
+    def _latest(self, trainer: pl.Trainer) -> dict[str, float]:
+        """The latest value of every scalar logged so far (a resumed run that trains no further logs none)."""
+        return {**self._restored, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        self.summary.update(last)
+        self.summary.update(self._latest(trainer))
         self.summary["best_val_loss"] = self.best_val_loss if math.isfinite(self.best_val_loss) else None
         self.summary["global_step"] = trainer.global_step
         # The step each checkpoint holds ("checkpoints/last.ckpt": 700), for those this process wrote.

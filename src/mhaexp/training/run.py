@@ -32,8 +32,8 @@ def run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else ckpt.parent
 
 
-def resume_checkpoint(run: RunConfig, run_dir: Path) -> tuple[Path | None, int | None]:
-    """(checkpoint, its global step) to continue from.
+def resume_checkpoint(run: RunConfig, run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """(checkpoint, its contents) to continue from.
 
     ``resume=auto``: the newest good checkpoint in this run directory, if any (also what
     a requeued SLURM job finds); a path: that file, checked.
@@ -51,7 +51,7 @@ def resume_checkpoint(run: RunConfig, run_dir: Path) -> tuple[Path | None, int |
     ckpt = read_checkpoint(path, "resume")
     if resume == "auto":  # a path was checked in the preflight; the run directory's newest only now
         check_resume_model(str(path), run.model, ckpt)
-    return path, int(ckpt.get("global_step", 0))
+    return path, ckpt
 
 
 def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, Any]:
@@ -65,18 +65,23 @@ def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, 
         model_cfg, run.optim, pad_id=tok.pad_id, mask_id=tok.mask_id, seed=run.seed, compile=run.trainer.compile
     )
     record = RunRecord(run_dir)
+    validates = run.trainer.limit_val_batches != 0
     callbacks: list[pl.Callback] = [
         RunCheckpoint(
             dirpath=run_dir / CHECKPOINT_DIR,
             filename="step{step}",
             auto_insert_metric_name=False,
-            every_n_train_steps=run.trainer.val_check_interval,
+            # After the validation of every val_check_interval steps, not before it at the end of the step:
+            # Lightning does not run again a validation that a resumed checkpoint preceded, so its numbers
+            # (metrics.csv, the best val loss) would be lost. Without validation, at the end of the step.
+            every_n_train_steps=None if validates else run.trainer.val_check_interval,
+            save_on_train_epoch_end=False,
             save_last=True,
             save_top_k=1,
         ),
         RNGState(),
     ]
-    ckpt, step = resume_checkpoint(run, run_dir)
+    ckpt, saved = resume_checkpoint(run, run_dir)
     if run.init_from and ckpt is None:  # a resumed run takes its weights from its checkpoint
         init = load_init(module, run.init_from, model_cfg, gqa_init=run.gqa_init, seed=run.seed)
         callbacks.append(InitQualityCallback(run.init_from, init, run_dir))
@@ -99,7 +104,7 @@ def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, 
         callbacks.append(StepProgressBar())
     callbacks.append(record)  # last: its summary gathers what the others found at the end
     run_id = saved_run_id(run_dir_of(ckpt)) if ckpt is not None else saved_run_id(run_dir)
-    loggers = build_loggers(run, run_dir, group, run_id=run_id, resume_step=step)
+    loggers = build_loggers(run, run_dir, group, run_id=run_id, resume=saved)
     trainer = pl.Trainer(
         **{**run.trainer.kwargs(), "enable_progress_bar": progress_bar},
         logger=loggers or False,
