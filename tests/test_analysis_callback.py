@@ -20,14 +20,14 @@ pytestmark = pytest.mark.xdist_group("test_analysis_callback")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {"kind": "grammar", "seq_len": 16, "n_train": 200, "n_val": 32, "n_probe": 24, "batch_size": 16}
-STEPS, EVERY, PROBE_BATCHES = 20, 10, 2
+STEPS, EVERY, PROBE = 20, 10, 24
 
 
 def analysis_cfg(**kw: Any) -> dict[str, Any]:
     cfg = yaml.safe_load((ROOT / "conf" / "analysis" / "default.yaml").read_text())
     # Expensive tier (ablation, JS, pictures) at every periodic analysis (10) and at the end (20); the
     # analysis at the start is always cheap.
-    cfg.update(every_n_steps=EVERY, expensive_every=1, probe_batches=PROBE_BATCHES, max_pictures=1)
+    cfg.update(every_n_steps=EVERY, expensive_every=1, probe_sequences=PROBE, max_pictures=1)
     cfg.update(kw)
     return cfg
 
@@ -214,7 +214,7 @@ def test_analyze_cli_on_the_checkpoint(run: dict[str, Any], tmp_path: Path, caps
 
     ckpt = run["root"] / "last.ckpt"
     data = [f"data.{k}={v}" for k, v in DATA.items() if k != "kind"] + [f"data.cache_dir={run['root'] / 'cache'}"]
-    main([f"ckpt={ckpt}", f"out={tmp_path / 'a'}", "max_pictures=0", "probe_batches=2", *data])
+    main([f"ckpt={ckpt}", f"out={tmp_path / 'a'}", "max_pictures=0", f"probe_sequences={PROBE}", *data])
     printed = capsys.readouterr().out
     assert "step 20" in printed and "24 probe sequences" in printed
     roles = pd.read_csv(tmp_path / "a" / "head_roles.csv")
@@ -307,7 +307,7 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     model = Transformer(cfg)
     hm, roles, rows, images = run_analysis(
         model,
-        probe_from_datamodule(dm, 1),
+        probe_from_datamodule(dm, 8),
         analysis_settings(analysis_cfg()),
         tmp_path / "a",
         0,
@@ -324,7 +324,7 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     assert math.isnan(float(hm.layer_metrics["gqa_across"][1]))
     # Group importance and group ablation sit beside the per-head figures: every query head of a KV group
     # shows its group's value, which is the group's own measure (not a sum of its heads').
-    probe = probe_from_datamodule(dm, 1)
+    probe = probe_from_datamodule(dm, 8)
     batches = [{k: v for k, v in b.items()} for b in probe.batches]
     for key, fn in (("group_importance", group_importance), ("group_ablation", group_ablation)):
         per_group = fn(model, batches, probe.objective)
@@ -338,7 +338,7 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     model.blocks[0].attn.head_gate[1] = 0.0
     hm2, *_ = run_analysis(
         model,
-        probe_from_datamodule(dm, 1),
+        probe_from_datamodule(dm, 8),
         analysis_settings(analysis_cfg()),
         tmp_path / "b",
         0,

@@ -196,7 +196,7 @@ def test_grammar_export_through_the_treebank_path_scores_as_the_grammar_path(tmp
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=dm.vocab_size, n_layers=2, d_model=32, n_heads=4, max_seq_len=37))
     settings = AnalysisConfig().to_dict()
-    grammar = probe_from_datamodule(dm, 3)
+    grammar = probe_from_datamodule(dm, 48)
     tb = load_treebank(gold, WordTokenizer(VOCAB), 37, "conllu", min_arcs=1)
     treebank = treebank_probe(tb, WordTokenizer(VOCAB), 16, token_freq=grammar.token_freq)
     assert all(b["word_of_token"].shape == b["input_ids"].shape for b in treebank.batches)
@@ -292,7 +292,7 @@ def test_bpe_model_on_grammar_text_finds_the_heads_the_word_level_model_finds(
     gold = tmp_path / "gold.conllu"
     write_conllu(gold, generate_corpus(256, seed=9, max_len=20))
     common = ["model=tiny", f"trainer.max_steps={BPE_STEPS}", f"trainer.val_check_interval={BPE_STEPS}"]
-    common += ["analysis=off", "logger=csv", "optim.lr=3e-3", "data.n_val=64", "data.n_probe=64"]
+    common += ["analysis=off", "logger=csv", "optim.lr=3e-3", "data.n_val=64", "analysis.probe_sequences=64"]
     data = {
         "word": ["data=grammar", "data.n_train=4000"],
         "bpe": ["data=text", f"data.path={corpus}", "data.tokenizer=bpe", "data.vocab_size=420"],

@@ -56,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dm = LMDataModule(**DATA, cache_dir=tmp)
         dm.prepare_data()
-        probe = probe_from_datamodule(dm, 2)
+        probe = probe_from_datamodule(dm, 128)
         ref = {}
         for name, model in models(dm.vocab_size).items():
             torch.manual_seed(0)

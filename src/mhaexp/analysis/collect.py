@@ -74,6 +74,10 @@ class ProbeData:
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
+    def n_sequences(self) -> int:
+        return sum(len(b["input_ids"]) for b in self.batches)
+
+    @property
     def has_syntax(self) -> bool:
         return bool(self.relations) and all("heads" in b and "rels" in b for b in self.batches)
 
@@ -119,13 +123,16 @@ def objective_for(module: Any) -> Objective:
     return lambda batch, index: module.inputs_and_targets(batch, salt=-100_000 - index)
 
 
-def probe_from_datamodule(datamodule: Any, n_batches: int, objective: Objective = causal_lm_objective) -> ProbeData:
-    """Take the first ``n_batches`` probe batches of an :class:`~mhaexp.data.LMDataModule`."""
+def probe_from_datamodule(datamodule: Any, n_sequences: int, objective: Objective = causal_lm_objective) -> ProbeData:
+    """The first ``n_sequences`` probe sequences of an :class:`~mhaexp.data.LMDataModule` (all of them when
+    its probe set holds fewer), in its batches."""
     datamodule.setup()
     batches: list[Batch] = []
+    left = max(1, n_sequences)
     for batch in datamodule.probe_dataloader():
-        batches.append({k: v for k, v in batch.items() if isinstance(v, Tensor)})
-        if len(batches) >= max(1, n_batches):
+        batches.append({k: v[:left] for k, v in batch.items() if isinstance(v, Tensor)})
+        left -= len(batches[-1]["input_ids"])
+        if left <= 0:
             break
     tok = datamodule.tokenizer
     source = getattr(datamodule, "source", None)

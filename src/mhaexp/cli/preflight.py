@@ -25,6 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mhaexp.analysis.config import REPLACED_KEYS as ANALYSIS_REPLACED_KEYS
 from mhaexp.config import CONF_DIR
 from mhaexp.errors import ConfigError
 from mhaexp.training.config import RunConfig, build_run
@@ -132,6 +133,9 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
         if key.startswith("hydra") or key in groups or o.is_add() or o.is_force_add() or o.is_delete():
             continue
         if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            value = o.get_value_element_as_str() if not o.is_sweep_override() else ",".join(o.sweep_string_iterator())
+            if key in REPLACED_KEYS:
+                raise ConfigError(key, value, REPLACED_KEYS[key])
             parent_key, _, leaf = key.rpartition(".")
             parent = OmegaConf.select(base, parent_key) if parent_key else base
             known = list(parent.keys()) if isinstance(parent, DictConfig) else []
@@ -141,11 +145,12 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
                 if close
                 else (f"valid keys here: {known}" if known else "no such key")
             )
-            value = o.get_value_element_as_str() if not o.is_sweep_override() else ",".join(o.sweep_string_iterator())
             raise ConfigError(key, value, f"no such key; {hint} (prefix with '+' to add a new key)")
 
 
 _MISSING = object()
+# Keys that once existed, with what replaced them (an override naming one is told, not "no such key").
+REPLACED_KEYS = {f"analysis.{k}": v for k, v in ANALYSIS_REPLACED_KEYS.items()}
 
 
 def _fixed(overrides: list[str]) -> list[str]:

@@ -37,7 +37,7 @@ BUDGET_FILE = "budget.json"  # the budget the runs were trained with, written fi
 REPORT_FILE = "report.md"
 RUNS_DIR, LOGS_DIR, EVAL_DIR = "runs", "logs", "eval"
 SMOKE_STEPS = 24  # STUDY_SMOKE=1: enough steps for every stage to run end to end, not to learn
-SMOKE_DATA = ("data.n_train=512", "data.n_val=64", "data.n_probe=16")  # and small datasets to build
+SMOKE_DATA = ("data.n_train=512", "data.n_val=64", "analysis.probe_sequences=16")  # small datasets to build (n_probe follows)
 
 
 class StudyError(RuntimeError):
