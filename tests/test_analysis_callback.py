@@ -354,10 +354,12 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
 
 
 def test_stop_at_a_cheap_step_finishes_expensive_without_duplicates(tmp_path: Path) -> None:
-    """max_epochs ends fit at step 10, which got a cheap analysis: the end adds the expensive tier only."""
+    """max_epochs ends fit at step 10, which got a cheap analysis on the per-step probe (4 sequences): the end
+    analyses it again, both tiers on the full probe (8), whose rows replace the per-step ones."""
     import pytorch_lightning as pl
 
-    from mhaexp.analysis.callback import build_analysis_callback
+    from mhaexp.analysis.callback import analysis_settings, build_analysis_callback
+    from mhaexp.analysis.collect import compute_head_metrics, probe_from_datamodule
     from mhaexp.analysis.export import drop_after
     from mhaexp.data import LMDataModule
     from mhaexp.nn.model import ModelConfig
@@ -365,7 +367,11 @@ def test_stop_at_a_cheap_step_finishes_expensive_without_duplicates(tmp_path: Pa
 
     dm = LMDataModule(**{**DATA, "n_train": 160, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
     cfg = ModelConfig(vocab_size=dm.vocab_size, n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32)
-    cb = build_analysis_callback(analysis_cfg(expensive_every=0, at_start=False, max_pictures=0), dm, tmp_path)
+    settings = analysis_cfg(
+        expensive_every=0, at_start=False, max_pictures=0, probe_sequences=8, step_probe_sequences=4
+    )
+    cb = build_analysis_callback(settings, dm, tmp_path)
+    module = LMModule(cfg, {"lr": 1e-3})
     trainer = pl.Trainer(
         max_epochs=1,
         accelerator="cpu",
@@ -376,10 +382,19 @@ def test_stop_at_a_cheap_step_finishes_expensive_without_duplicates(tmp_path: Pa
         enable_model_summary=False,
         limit_val_batches=0,
     )
-    trainer.fit(LMModule(cfg, {"lr": 1e-3}), datamodule=dm)
+    trainer.fit(module, datamodule=dm)
     assert [(s, e) for s, e, _ in cb.timings] == [(10, False), (10, True)]
     tidy = pd.read_csv(tmp_path / "analysis" / "head_metrics.csv")
     assert not tidy.duplicated(["step", "layer", "head", "metric"]).any() and "ablation" in set(tidy["metric"])
+    probes = {n: probe_from_datamodule(dm, n) for n in (4, 8)}
+    entropy = {
+        n: compute_head_metrics(module.model, p, analysis_settings(settings).to_dict(), expensive=False)
+        .metrics["entropy"][0]
+        .tolist()
+        for n, p in probes.items()
+    }
+    assert entropy[4] != pytest.approx(entropy[8], abs=1e-6)  # the two probes tell the rows apart
+    assert tidy[tidy.metric == "entropy"].sort_values("head").value.tolist() == pytest.approx(entropy[8], abs=1e-6)
     history = pd.read_csv(tmp_path / "analysis" / "head_roles_history.csv")
     assert set(history["step"]) == {10} and not history.duplicated(["layer", "head", "role"]).any()
     # Resuming from an earlier checkpoint drops the rows written after it.
@@ -459,3 +474,32 @@ def test_csv_text_writes_what_pandas_writes() -> None:
     expected = pd.DataFrame(rows, columns=list(ROLE_COLUMNS)).to_csv(index=False)
     assert csv_text(rows, ROLE_COLUMNS) == expected
     assert csv_text(rows, ROLE_COLUMNS, header=False) == expected.split("\n", 1)[1]
+
+
+def test_each_tier_reads_its_probe_size(tmp_path: Path) -> None:
+    """Full analyses read probe_sequences sequences (and the whole treebank, or treebank_max_sentences of it),
+    per-step ones the first step_probe_sequences of them (and as many treebank sentences at most)."""
+    from mhaexp.analysis.callback import analysis_settings, tier_probe
+    from mhaexp.data import LMDataModule, generate_corpus, write_conllu
+    from mhaexp.nn.model import ModelConfig, Transformer
+
+    dm = LMDataModule(**{**DATA, "n_train": 40, "n_val": 8, "n_probe": 24}, cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    model = Transformer(ModelConfig(vocab_size=dm.vocab_size, n_layers=1, d_model=16, n_heads=2, max_seq_len=32))
+    gold = tmp_path / "gold.conllu"
+    write_conllu(gold, generate_corpus(30, seed=7, max_len=9))
+
+    def sizes(**kw: Any) -> tuple[int, int]:
+        cfg = analysis_settings(analysis_cfg(probe_sequences=20, step_probe_sequences=5, **kw))
+        return tier_probe(cfg, dm, model, full=True).n_sequences, tier_probe(cfg, dm, model, full=False).n_sequences
+
+    assert sizes() == (20, 5)
+    assert sizes(treebank=str(gold)) == (20 + 30, 5 + 5)
+    assert sizes(treebank=str(gold), treebank_max_sentences=12) == (20 + 12, 5 + 5)
+    cfg = analysis_settings(analysis_cfg(probe_sequences=20, step_probe_sequences=5))
+    full, step = tier_probe(cfg, dm, model), tier_probe(cfg, dm, model, full=False)
+    assert [len(b["input_ids"]) for b in full.batches] == [16, 4]  # the data's batches, the last one cut
+    assert torch.equal(step.batches[0]["input_ids"], full.batches[0]["input_ids"][:5])  # its first sequences
+    # A probe set that holds fewer than asked (a short held-out text, data.probe_conllu): read whole, said.
+    with pytest.warns(UserWarning, match="the probe set holds 24 sequences, fewer than analysis.probe_sequences=30"):
+        assert tier_probe(analysis_settings(analysis_cfg(probe_sequences=30)), dm, model).n_sequences == 24

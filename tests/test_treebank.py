@@ -254,6 +254,18 @@ def test_byte_text_model_tracks_and_scores_a_treebank(
     printed = [line.split() for line in out[header + 1 : header + 1 + len(table)]]
     assert [(p[0], p[2]) for p in printed] == list(zip(table.relation, table.direction, strict=True))
 
+    # The whole file by default (the old default read one batch: 32 sentences here), or the first N.
+    many = tmp_path / "many.conllu"
+    write_conllu(many, generate_corpus(150, seed=3, max_len=9))  # every sentence fits 64 bytes
+    for cap, scored in ((None, 150), (40, 40)):
+        extra = [] if cap is None else [f"treebank_max_sentences={cap}"]
+        proc = cli("mhaexp-analyze", f"ckpt={ckpt}", f"conllu={many}", f"out={tmp_path / 'm'}", "max_pictures=0",
+                   *extra, cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f": {scored} probe sequences" in proc.stdout
+        assert f"treebank: {scored} of 150 sentences scored" in proc.stdout
+        assert ("110 more not looked at (treebank_max_sentences caps" in proc.stdout) == (cap is not None)
+
     bad = tmp_path / "bad.conllu"
     bad.write_text("1\tThe\n\n")
     for entry, word in (("mhaexp-analyze", f"conllu={bad}"), ("mhaexp-train", f"analysis.treebank={bad}")):

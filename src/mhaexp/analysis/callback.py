@@ -63,7 +63,7 @@ def run_analysis(
 
     Returns the metrics, the roles, the tidy rows written and the pictures.
     """
-    settings = cfg.to_dict()
+    settings = tier_settings(cfg, full=expensive)
     hm = compute_head_metrics(model, probe, settings, expensive=expensive)
     roles = export.real_roles(classify_heads(hm.metrics, settings["thresholds"], hm.relation_names), hm.n_heads)
     rows = export.tidy_rows(step, hm)
@@ -196,6 +196,15 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
     finally:
         random.setstate(py)
         np.random.set_state(np_state)
+
+
+def tier_settings(cfg: AnalysisConfig, full: bool) -> dict[str, Any]:
+    """The analysis settings of a full analysis, or of a per-step one: that reads at most
+    ``step_probe_sequences`` of the random repeated sequences too (``induction_sequences``)."""
+    settings = cfg.to_dict()
+    if not full:
+        settings["induction_sequences"] = min(cfg.induction_sequences, cfg.step_probe_sequences)
+    return settings
 
 
 def tier_probe(

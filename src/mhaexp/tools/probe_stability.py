@@ -44,7 +44,7 @@ class StabilityRow:
     n: int  # sequences per probe
     heads: int  # heads compared (real and finite on both probes)
     spearman: float  # the smallest over the pairs; NaN when constant or undefined
-    pairs: int
+    pairs: int  # pairs whose probes hold the metric (a relation with arcs in some only)
     note: str  # "", "constant" or "undefined"
     arcs: int | None = None  # syntactic accuracy: the fewer gold arcs of the two probes
 
@@ -99,7 +99,8 @@ def stability(model: Any, probe: Any, settings: Any, sizes: Sequence[int], pairs
                 rel = metric.partition("/")[2] if metric.startswith("syntactic_accuracy/") else None
                 result[metric] = (rho, heads, note, min(a.get(rel, 0) for a in arcs) if rel else None)
             per_pair.append(result)
-        for metric in per_pair[0]:
+        # A relation may have arcs in one pair's probes only: each metric over the pairs that score it.
+        for metric in dict.fromkeys(m for p in per_pair for m in p):
             got = [p[metric] for p in per_pair if metric in p]
             rhos = [g[0] for g in got if not math.isnan(g[0])]
             note = next((g[2] for g in got if g[2]), "") if len(rhos) < len(got) else ""
