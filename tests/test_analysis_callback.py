@@ -111,11 +111,15 @@ def test_analysis_steps_and_probe_only_patterns(run: dict[str, Any]) -> None:
     assert [(s, e) for s, e, _ in cb.timings] == [(0, False), (10, True), (20, True)]
     # Only the callback asks for patterns, and only on probe sequences: per analysis, each probe sentence
     # once (the probe batches run in row groups of similar length) and the repeated random sequences
-    # (induction) once, through every layer. Training and validation batches never return a pattern.
-    induction = analysis_cfg()["induction_sequences"]
-    probe_sentences = 24  # in batches of 16 and 8
-    assert sum(run["calls"]) == cb.analyses * (probe_sentences + induction) * run["n_layers"]
-    assert induction in run["calls"] and max(c for c in run["calls"] if c != induction) <= 16
+    # (induction) once, through every layer. Training and validation batches never return a pattern. The
+    # per-step analysis at step 0 reads at most step_probe_sequences of the random sequences, the full ones all.
+    cfg = analysis_cfg()
+    induction, step_induction = cfg["induction_sequences"], min(cfg["induction_sequences"], cfg["step_probe_sequences"])
+    probe_sentences = 24  # in batches of 16 and 8, in both tiers (the probe set holds no more)
+    per_layer = (probe_sentences + step_induction) + 2 * (probe_sentences + induction)
+    assert step_induction < induction and sum(run["calls"]) == per_layer * run["n_layers"]
+    assert {induction, step_induction} <= set(run["calls"])
+    assert max(c for c in run["calls"] if c not in (induction, step_induction)) <= 16
 
 
 def test_wandb_holds_per_head_scalars_table_and_images(run: dict[str, Any]) -> None:

@@ -387,7 +387,7 @@ def _copying(model: Any) -> list[Tensor]:
 
 # One layer's patterns of one micro-batch hold at most this many values (64 MB of float32): sequences are
 # analysed in micro-batches of max(1, PATTERN_CHUNK_ELEMENTS // (H T^2)) rows, one layer at a time. The
-# default probe (64 x 37, 8 heads) is one micro-batch; at T = 1024 a micro-batch is 2 sequences.
+# grammar probe batch (64 x 37, 8 heads) is one micro-batch; at T = 1024 a micro-batch is 2 sequences.
 PATTERN_CHUNK_ELEMENTS = 2**24
 # Tokens per forward + backward of gradient importance (activations and logits of a micro-batch).
 IMPORTANCE_CHUNK_TOKENS = 4096
