@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 
 # Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
 pytestmark = pytest.mark.xdist_group("test_analysis_stream")
@@ -43,7 +42,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "probe": probe_from_datamodule(dm, 128),
         "models": gen.models(dm.vocab_size),
         "reference": torch.load(REFERENCE),
-        "cfg": yaml.safe_load((ROOT / "conf" / "analysis" / "default.yaml").read_text()),
+        "cfg": gen.analysis_settings(),
     }
 
 
