@@ -20,14 +20,14 @@ pytestmark = pytest.mark.xdist_group("test_analysis_callback")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {"kind": "grammar", "seq_len": 16, "n_train": 200, "n_val": 32, "n_probe": 24, "batch_size": 16}
-STEPS, EVERY, PROBE_BATCHES = 20, 10, 2
+STEPS, EVERY, PROBE = 20, 10, 24
 
 
 def analysis_cfg(**kw: Any) -> dict[str, Any]:
     cfg = yaml.safe_load((ROOT / "conf" / "analysis" / "default.yaml").read_text())
     # Expensive tier (ablation, JS, pictures) at every periodic analysis (10) and at the end (20); the
     # analysis at the start is always cheap.
-    cfg.update(every_n_steps=EVERY, expensive_every=1, probe_batches=PROBE_BATCHES, max_pictures=1)
+    cfg.update(every_n_steps=EVERY, expensive_every=1, probe_sequences=PROBE, max_pictures=1)
     cfg.update(kw)
     return cfg
 
@@ -111,11 +111,15 @@ def test_analysis_steps_and_probe_only_patterns(run: dict[str, Any]) -> None:
     assert [(s, e) for s, e, _ in cb.timings] == [(0, False), (10, True), (20, True)]
     # Only the callback asks for patterns, and only on probe sequences: per analysis, each probe sentence
     # once (the probe batches run in row groups of similar length) and the repeated random sequences
-    # (induction) once, through every layer. Training and validation batches never return a pattern.
-    induction = analysis_cfg()["induction_sequences"]
-    probe_sentences = 24  # in batches of 16 and 8
-    assert sum(run["calls"]) == cb.analyses * (probe_sentences + induction) * run["n_layers"]
-    assert induction in run["calls"] and max(c for c in run["calls"] if c != induction) <= 16
+    # (induction) once, through every layer. Training and validation batches never return a pattern. The
+    # per-step analysis at step 0 reads at most step_probe_sequences of the random sequences, the full ones all.
+    cfg = analysis_cfg()
+    induction, step_induction = cfg["induction_sequences"], min(cfg["induction_sequences"], cfg["step_probe_sequences"])
+    probe_sentences = 24  # in batches of 16 and 8, in both tiers (the probe set holds no more)
+    per_layer = (probe_sentences + step_induction) + 2 * (probe_sentences + induction)
+    assert step_induction < induction and sum(run["calls"]) == per_layer * run["n_layers"]
+    assert {induction, step_induction} <= set(run["calls"])
+    assert max(c for c in run["calls"] if c not in (induction, step_induction)) <= 16
 
 
 def test_wandb_holds_per_head_scalars_table_and_images(run: dict[str, Any]) -> None:
@@ -212,7 +216,7 @@ def test_analyze_cli_on_the_checkpoint(run: dict[str, Any], tmp_path: Path, caps
 
     ckpt = run["root"] / "last.ckpt"
     data = [f"data.{k}={v}" for k, v in DATA.items() if k != "kind"] + [f"data.cache_dir={run['root'] / 'cache'}"]
-    main([f"ckpt={ckpt}", f"out={tmp_path / 'a'}", "max_pictures=0", "probe_batches=2", *data])
+    main([f"ckpt={ckpt}", f"out={tmp_path / 'a'}", "max_pictures=0", f"probe_sequences={PROBE}", *data])
     printed = capsys.readouterr().out
     assert "step 20" in printed and "24 probe sequences" in printed
     roles = pd.read_csv(tmp_path / "a" / "head_roles.csv")
@@ -305,7 +309,7 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     model = Transformer(cfg)
     hm, roles, rows, images = run_analysis(
         model,
-        probe_from_datamodule(dm, 1),
+        probe_from_datamodule(dm, 8),
         analysis_settings(analysis_cfg()),
         tmp_path / "a",
         0,
@@ -322,7 +326,7 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     assert math.isnan(float(hm.layer_metrics["gqa_across"][1]))
     # Group importance and group ablation sit beside the per-head figures: every query head of a KV group
     # shows its group's value, which is the group's own measure (not a sum of its heads').
-    probe = probe_from_datamodule(dm, 1)
+    probe = probe_from_datamodule(dm, 8)
     batches = [{k: v for k, v in b.items()} for b in probe.batches]
     for key, fn in (("group_importance", group_importance), ("group_ablation", group_ablation)):
         per_group = fn(model, batches, probe.objective)
@@ -336,7 +340,7 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     model.blocks[0].attn.head_gate[1] = 0.0
     hm2, *_ = run_analysis(
         model,
-        probe_from_datamodule(dm, 1),
+        probe_from_datamodule(dm, 8),
         analysis_settings(analysis_cfg()),
         tmp_path / "b",
         0,
@@ -352,10 +356,12 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
 
 
 def test_stop_at_a_cheap_step_finishes_expensive_without_duplicates(tmp_path: Path) -> None:
-    """max_epochs ends fit at step 10, which got a cheap analysis: the end adds the expensive tier only."""
+    """max_epochs ends fit at step 10, which got a cheap analysis on the per-step probe (4 sequences): the end
+    analyses it again, both tiers on the full probe (8), whose rows replace the per-step ones."""
     import pytorch_lightning as pl
 
-    from mhaexp.analysis.callback import build_analysis_callback
+    from mhaexp.analysis.callback import analysis_settings, build_analysis_callback
+    from mhaexp.analysis.collect import compute_head_metrics, probe_from_datamodule
     from mhaexp.analysis.export import drop_after
     from mhaexp.data import LMDataModule
     from mhaexp.nn.model import ModelConfig
@@ -363,7 +369,11 @@ def test_stop_at_a_cheap_step_finishes_expensive_without_duplicates(tmp_path: Pa
 
     dm = LMDataModule(**{**DATA, "n_train": 160, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
     cfg = ModelConfig(vocab_size=dm.vocab_size, n_layers=1, d_model=16, n_heads=2, d_ff=32, max_seq_len=32)
-    cb = build_analysis_callback(analysis_cfg(expensive_every=0, at_start=False, max_pictures=0), dm, tmp_path)
+    settings = analysis_cfg(
+        expensive_every=0, at_start=False, max_pictures=0, probe_sequences=8, step_probe_sequences=4
+    )
+    cb = build_analysis_callback(settings, dm, tmp_path)
+    module = LMModule(cfg, {"lr": 1e-3})
     trainer = pl.Trainer(
         max_epochs=1,
         accelerator="cpu",
@@ -374,10 +384,19 @@ def test_stop_at_a_cheap_step_finishes_expensive_without_duplicates(tmp_path: Pa
         enable_model_summary=False,
         limit_val_batches=0,
     )
-    trainer.fit(LMModule(cfg, {"lr": 1e-3}), datamodule=dm)
+    trainer.fit(module, datamodule=dm)
     assert [(s, e) for s, e, _ in cb.timings] == [(10, False), (10, True)]
     tidy = pd.read_csv(tmp_path / "analysis" / "head_metrics.csv")
     assert not tidy.duplicated(["step", "layer", "head", "metric"]).any() and "ablation" in set(tidy["metric"])
+    probes = {n: probe_from_datamodule(dm, n) for n in (4, 8)}
+    entropy = {
+        n: compute_head_metrics(module.model, p, analysis_settings(settings).to_dict(), expensive=False)
+        .metrics["entropy"][0]
+        .tolist()
+        for n, p in probes.items()
+    }
+    assert entropy[4] != pytest.approx(entropy[8], abs=1e-6)  # the two probes tell the rows apart
+    assert tidy[tidy.metric == "entropy"].sort_values("head").value.tolist() == pytest.approx(entropy[8], abs=1e-6)
     history = pd.read_csv(tmp_path / "analysis" / "head_roles_history.csv")
     assert set(history["step"]) == {10} and not history.duplicated(["layer", "head", "role"]).any()
     # Resuming from an earlier checkpoint drops the rows written after it.
@@ -492,3 +511,32 @@ def test_a_run_started_again_from_step_0_in_its_directory_writes_its_tables_once
     assert sizes[0] == sizes[1] and min(sizes[0]) > 0
     tidy = pd.read_csv(tmp_path / "analysis" / "head_metrics.csv")
     assert set(tidy["step"]) == {0, 10} and not tidy.duplicated(["step", "layer", "head", "metric"]).any()
+
+
+def test_each_tier_reads_its_probe_size(tmp_path: Path) -> None:
+    """Full analyses read probe_sequences sequences (and the whole treebank, or treebank_max_sentences of it),
+    per-step ones the first step_probe_sequences of them (and as many treebank sentences at most)."""
+    from mhaexp.analysis.callback import analysis_settings, tier_probe
+    from mhaexp.data import LMDataModule, generate_corpus, write_conllu
+    from mhaexp.nn.model import ModelConfig, Transformer
+
+    dm = LMDataModule(**{**DATA, "n_train": 40, "n_val": 8, "n_probe": 24}, cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    model = Transformer(ModelConfig(vocab_size=dm.vocab_size, n_layers=1, d_model=16, n_heads=2, max_seq_len=32))
+    gold = tmp_path / "gold.conllu"
+    write_conllu(gold, generate_corpus(30, seed=7, max_len=9))
+
+    def sizes(**kw: Any) -> tuple[int, int]:
+        cfg = analysis_settings(analysis_cfg(probe_sequences=20, step_probe_sequences=5, **kw))
+        return tier_probe(cfg, dm, model, full=True).n_sequences, tier_probe(cfg, dm, model, full=False).n_sequences
+
+    assert sizes() == (20, 5)
+    assert sizes(treebank=str(gold)) == (20 + 30, 5 + 5)
+    assert sizes(treebank=str(gold), treebank_max_sentences=12) == (20 + 12, 5 + 5)
+    cfg = analysis_settings(analysis_cfg(probe_sequences=20, step_probe_sequences=5))
+    full, step = tier_probe(cfg, dm, model), tier_probe(cfg, dm, model, full=False)
+    assert [len(b["input_ids"]) for b in full.batches] == [16, 4]  # the data's batches, the last one cut
+    assert torch.equal(step.batches[0]["input_ids"], full.batches[0]["input_ids"][:5])  # its first sequences
+    # A probe set that holds fewer than asked (a short held-out text, data.probe_conllu): read whole, said.
+    with pytest.warns(UserWarning, match="the probe set holds 24 sequences, fewer than analysis.probe_sequences=30"):
+        assert tier_probe(analysis_settings(analysis_cfg(probe_sequences=30)), dm, model).n_sequences == 24

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 
 # Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
 pytestmark = pytest.mark.xdist_group("test_analysis_stream")
@@ -40,10 +39,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     dm = LMDataModule(**gen.DATA, cache_dir=str(tmp_path_factory.mktemp("cache")))
     dm.prepare_data()
     return {
-        "probe": probe_from_datamodule(dm, 2),
+        "probe": probe_from_datamodule(dm, 128),
         "models": gen.models(dm.vocab_size),
         "reference": torch.load(REFERENCE),
-        "cfg": yaml.safe_load((ROOT / "conf" / "analysis" / "default.yaml").read_text()),
+        "cfg": gen.analysis_settings(),
     }
 
 

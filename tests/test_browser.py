@@ -113,7 +113,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, cli: Callable[..., subprocess.
         "model.n_kv_heads=2",
         "data.n_train=1000",
         "data.n_val=64",
-        "data.n_probe=16",
+        "analysis.probe_sequences=16",
         "trainer.max_steps=20",
         "trainer.val_check_interval=10",
         "analysis.every_n_steps=10",

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from mhaexp.cli.preflight import check_jobs
+from mhaexp.cli.preflight import check_jobs, compose_job, hydra_context
 from mhaexp.config import CONF_DIR
 from mhaexp.training.config import build_run
 
@@ -48,6 +48,20 @@ def test_sweep_is_expanded_and_every_job_checked() -> None:
     assert len(jobs) == 6
     bad = {(tuple(j.overrides), j.error.field) for j in invalid}
     assert bad == {(("model.n_heads=3", "seed=0"), "model.n_heads"), (("model.n_heads=3", "seed=1"), "model.n_heads")}
+
+
+def test_every_data_probe_set_follows_the_analysis_probe_size() -> None:
+    """data.n_probe follows analysis.probe_sequences in every data config, unless set (then not smaller)."""
+    with hydra_context():
+        for option in group_options("data"):
+            extra = [f"data.path={ROOT / 'README.md'}"] if option in ("text", "tinystories", "wikitext103") else []
+            cfg = compose_job([f"data={option}", *extra, "analysis.probe_sequences=48"])
+            assert cfg.data.n_probe == 48, option
+        assert build_run(compose_job([])).data.n_probe == build_run(compose_job([])).analysis.probe_sequences
+        run = build_run(compose_job(["data.n_probe=600", "analysis.probe_sequences=40"]))
+        assert (run.data.n_probe, run.analysis.probe_sequences) == (600, 40)
+        # With the analysis off nothing reads the probe: a smaller set is no conflict.
+        assert build_run(compose_job(["analysis=off", "data.n_probe=8"])).data.n_probe == 8
 
 
 EMPTY = ROOT / "tests" / "data" / "empty.txt"
@@ -89,6 +103,12 @@ BAD_INPUTS = [
     (["model.n_heads=[1,"], "override="),
     # Once accepted (or a traceback after the data and model were built): every field has a declared domain.
     (["analysis.every_n_steps=0"], "analysis.every_n_steps=0 is invalid: must be a positive integer"),
+    (["analysis.probe_batches=4"], "analysis.probe_batches='4' is invalid: replaced by analysis.probe_sequences"),
+    (
+        ["data.n_probe=16", "analysis.probe_sequences=32"],
+        "data.n_probe=16 is invalid: must be >= analysis.probe_sequences=32, the probe sequences the analysis reads",
+    ),
+    (["analysis.treebank_max_sentences=0"], "analysis.treebank_max_sentences=0 is invalid: must be a positive integer"),
     (["optim.lr=-1"], "optim.lr=-1 is invalid: must be a number > 0"),
     (["gqa_init=median"], "gqa_init='median' is invalid: choose one of ['mean', 'first', 'random']"),
     # Hydra would make these directories only after the jobs' workers had started, and fail with a traceback.

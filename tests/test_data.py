@@ -416,11 +416,14 @@ def test_text_bad_path(tmp_path: Path, case: str) -> None:
 
 @pytest.mark.parametrize("name", ["grammar", "induction", "text"])
 def test_yaml_configs_instantiate(tmp_path: Path, name: str) -> None:
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    # The probe set's size follows analysis.probe_sequences: composed, the data sits beside the analysis.
+    cfg = OmegaConf.create({"data": OmegaConf.load(CONF / f"{name}.yaml"), "analysis": {"probe_sequences": 16}})
     doc = tmp_path / "doc.txt"
     doc.write_text("some text " * 100)
     overrides = {"cache_dir": str(tmp_path / "c"), "path": str(doc)} if name == "text" else {}
-    dm = instantiate(OmegaConf.merge(cfg, overrides))
+    dm = instantiate(OmegaConf.merge(cfg, {"data": overrides}).data)
+    assert dm.sizes["probe"] == 16
+    cfg = cfg.data
     assert isinstance(dm, LMDataModule) and dm.kind == name
     assert dm.vocab_size == {"grammar": 189, "induction": 36, "text": 261}[name]
     assert dm.seq_len == cfg.seq_len

@@ -21,7 +21,7 @@ def test_iterative_pruning_run_writes_curve_pruned_checkpoint_and_wandb_records(
         "model=tiny",
         "data.n_train=640",
         "data.n_val=64",
-        "data.n_probe=16",
+        "analysis.probe_sequences=16",
         "trainer.max_steps=40",
         "trainer.val_check_interval=20",
         "analysis=off",

@@ -112,7 +112,7 @@ def test_training_on_retrieval_data_scores_retrieval_and_streaming(
         "trainer.val_check_interval=10",
         "data.n_train=300",
         "data.n_val=32",
-        "data.n_probe=8",
+        "analysis.probe_sequences=8",
         "data.seq_len=128",
         "logger=csv",
         f"hydra.run.dir={run}",

@@ -29,7 +29,9 @@ THRESHOLDS = yaml.safe_load((CONF / "default.yaml").read_text())["thresholds"]
 def test_config_files() -> None:
     default = yaml.safe_load((CONF / "default.yaml").read_text())
     assert default["enabled"] is True
-    assert (default["every_n_steps"], default["max_pictures"], default["probe_batches"]) == (100, 8, 1)
+    assert (default["every_n_steps"], default["max_pictures"]) == (100, 8)
+    # The per-step tier reads a part of the end-of-run probe; a treebank is read whole unless capped.
+    assert default["step_probe_sequences"] < default["probe_sequences"] and default["treebank_max_sentences"] is None
     assert THRESHOLDS == {
         "positional": 0.9,
         "syntactic_margin": 0.10,

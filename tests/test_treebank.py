@@ -196,7 +196,7 @@ def test_grammar_export_through_the_treebank_path_scores_as_the_grammar_path(tmp
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=dm.vocab_size, n_layers=2, d_model=32, n_heads=4, max_seq_len=37))
     settings = AnalysisConfig().to_dict()
-    grammar = probe_from_datamodule(dm, 3)
+    grammar = probe_from_datamodule(dm, 48)
     tb = load_treebank(gold, WordTokenizer(VOCAB), 37, "conllu", min_arcs=1)
     treebank = treebank_probe(tb, WordTokenizer(VOCAB), 16, token_freq=grammar.token_freq)
     assert all(b["word_of_token"].shape == b["input_ids"].shape for b in treebank.batches)
@@ -254,6 +254,18 @@ def test_byte_text_model_tracks_and_scores_a_treebank(
     printed = [line.split() for line in out[header + 1 : header + 1 + len(table)]]
     assert [(p[0], p[2]) for p in printed] == list(zip(table.relation, table.direction, strict=True))
 
+    # The whole file by default (the old default read one batch: 32 sentences here), or the first N.
+    many = tmp_path / "many.conllu"
+    write_conllu(many, generate_corpus(150, seed=3, max_len=9))  # every sentence fits 64 bytes
+    for cap, scored in ((None, 150), (40, 40)):
+        extra = [] if cap is None else [f"treebank_max_sentences={cap}"]
+        proc = cli("mhaexp-analyze", f"ckpt={ckpt}", f"conllu={many}", f"out={tmp_path / 'm'}", "max_pictures=0",
+                   *extra, cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f": {scored} probe sequences" in proc.stdout
+        assert f"treebank: {scored} of 150 sentences scored" in proc.stdout
+        assert ("110 more not looked at (treebank_max_sentences caps" in proc.stdout) == (cap is not None)
+
     bad = tmp_path / "bad.conllu"
     bad.write_text("1\tThe\n\n")
     for entry, word in (("mhaexp-analyze", f"conllu={bad}"), ("mhaexp-train", f"analysis.treebank={bad}")):
@@ -292,7 +304,7 @@ def test_bpe_model_on_grammar_text_finds_the_heads_the_word_level_model_finds(
     gold = tmp_path / "gold.conllu"
     write_conllu(gold, generate_corpus(256, seed=9, max_len=20))
     common = ["model=tiny", f"trainer.max_steps={BPE_STEPS}", f"trainer.val_check_interval={BPE_STEPS}"]
-    common += ["analysis=off", "logger=csv", "optim.lr=3e-3", "data.n_val=64", "data.n_probe=64"]
+    common += ["analysis=off", "logger=csv", "optim.lr=3e-3", "data.n_val=64", "analysis.probe_sequences=64"]
     data = {
         "word": ["data=grammar", "data.n_train=4000"],
         "bpe": ["data=text", f"data.path={corpus}", "data.tokenizer=bpe", "data.vocab_size=420"],

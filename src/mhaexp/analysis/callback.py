@@ -5,6 +5,10 @@ Every analysis computes the cheap tier (pattern metrics, copying score, gradient
 every ``expensive_every``-th one (0: none), and the last, also the expensive tier (ablation, JS + MDS, GQA
 diversity) and the pictures (see :mod:`mhaexp.analysis.collect`).
 
+Probe size: a full analysis (the expensive tier, so the end of the run) reads the first
+``probe_sequences`` probe sequences, a cheap-only one the first ``step_probe_sequences`` of them (the
+same sequences, fewer), which keeps the per-step analyses cheap (see :func:`tier_probe`).
+
 Only this callback asks the model for attention patterns (``need_weights=True``), and only on probe
 batches: training and validation steps stay on the fused SDPA path.
 
@@ -34,6 +38,7 @@ from mhaexp.analysis.collect import HeadMetrics, ProbeData, compute_head_metrics
 from mhaexp.analysis.config import AnalysisConfig
 from mhaexp.analysis.roles import HeadRole, classify_heads
 from mhaexp.config import build
+from mhaexp.nn.objectives import Objective, causal_lm_objective
 from mhaexp.rundir import ANALYSIS_DIR, ANALYSIS_REPORT_FILE, HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE
 
 # In a checkpoint: the analysis' state when it was saved; the appended tables' sizes in bytes among it.
@@ -57,24 +62,19 @@ def run_analysis(
     *,
     expensive: bool,
     pictures: bool,
-    skip_metrics: set[str] | None = None,
-    history: bool = True,
 ) -> tuple[HeadMetrics, list[HeadRole], list[dict[str, Any]], dict[str, Path]]:
     """One analysis step into ``out_dir`` (CSV tables, summary, markdown, PNGs, ``head_view.html``,
     ``index.html``); shared with the CLI.
 
-    ``skip_metrics``: metric names already in ``head_metrics.csv`` for this step (not written again).
     Returns the metrics, the roles, the tidy rows written and the pictures.
     """
-    settings = cfg.to_dict()
+    settings = tier_settings(cfg, full=expensive)
     hm = compute_head_metrics(model, probe, settings, expensive=expensive)
     roles = export.real_roles(classify_heads(hm.metrics, settings["thresholds"], hm.relation_names), hm.n_heads)
     rows = export.tidy_rows(step, hm)
-    if skip_metrics:
-        rows = [r for r in rows if r["metric"] not in skip_metrics]
     export.append_metrics(out_dir, rows)
     faults.point("analysis", step)
-    export.write_roles(out_dir, step, roles, history=history)
+    export.write_roles(out_dir, step, roles)
     export.write_summary(out_dir, step, roles)
     formats = plots.check_formats(cfg.figure_formats)
     images = plots.all_figures(hm, roles, out_dir, cfg.max_pictures, step, formats) if pictures else {}
@@ -105,14 +105,13 @@ class AnalysisCallback(pl.Callback):
         self.expensive_every = self.cfg.expensive_every  # 0: only at the end
         self.datamodule = datamodule
         self.out_dir = Path(run_dir) / ANALYSIS_DIR
-        self.probe: ProbeData | None = None
+        self.probes: dict[bool, ProbeData] = {}  # expensive (full analysis) or not -> its probe
         self.role_counts: dict[str, int] = {}
         self.summary: dict[str, Any] = {}
         self.seconds = 0.0
         self.analyses = 0
         self.timings: list[tuple[int, bool, float]] = []  # (step, expensive, seconds) per analysis
         self._last: tuple[int, bool] | None = None  # (step, expensive) of the latest analysis
-        self._written: set[str] = set()  # metric names written at the latest step
         self._disabled = False
         self._table_sizes: dict[str, int] | None = None  # a resumed run's checkpoint's, until cut back to
         self._ended = False  # on_train_end ran (a run resumed from its final checkpoint skips it)
@@ -199,23 +198,24 @@ class AnalysisCallback(pl.Callback):
     def _analyse_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule, expensive: bool) -> None:
         start = time.perf_counter()
         step = trainer.global_step
-        if self.probe is None:
-            probe = probe_from_datamodule(self.datamodule, self.cfg.probe_batches, objective_for(pl_module))
-            self.probe = with_treebank(probe, self.cfg, self.datamodule, pl_module.model)
-        again = self._last is not None and self._last[0] == step
-        skip = self._written if again else set()
+        if not self.probes:
+            objective = objective_for(pl_module)
+            self.probes = {
+                full: tier_probe(self.cfg, self.datamodule, pl_module.model, objective, full) for full in (True, False)
+            }
+        if self._last is not None and self._last[0] == step:
+            # A full analysis after a per-step one at this step (fit ended there): its rows, on the full
+            # probe, replace that one's.
+            export.drop_after(self.out_dir, step - 1)
         _, roles, rows, images = run_analysis(
             pl_module.model,
-            self.probe,
+            self.probes[expensive],
             self.cfg,
             self.out_dir,
             step,
             expensive=expensive,
             pictures=expensive,
-            skip_metrics=skip,
-            history=not again,
         )
-        self._written = skip | {r["metric"] for r in rows}
         counts = export.all_role_counts(roles)
         self.role_counts = counts
         self.summary = {f"roles/{k}": v for k, v in counts.items()}
@@ -249,12 +249,35 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
         np.random.set_state(np_state)
 
 
-def with_treebank(probe: ProbeData, cfg: AnalysisConfig, datamodule: Any, model: Any) -> ProbeData:
-    """``probe`` plus the sentences of ``analysis.treebank`` (if set), read with the data's tokenizer."""
+def tier_settings(cfg: AnalysisConfig, full: bool) -> dict[str, Any]:
+    """The analysis settings of a full analysis, or of a per-step one: that reads at most
+    ``step_probe_sequences`` of the random repeated sequences too (``induction_sequences``)."""
+    settings = cfg.to_dict()
+    if not full:
+        settings["induction_sequences"] = min(cfg.induction_sequences, cfg.step_probe_sequences)
+    return settings
+
+
+def tier_probe(
+    cfg: AnalysisConfig, datamodule: Any, model: Any, objective: Objective = causal_lm_objective, full: bool = True
+) -> ProbeData:
+    """The probe of a full analysis (``full``: ``probe_sequences`` sequences of the data's probe set, and
+    ``analysis.treebank``'s sentences up to ``treebank_max_sentences``) or of a cheap per-step one (the first
+    ``step_probe_sequences`` of those sequences, and at most as many treebank sentences). A probe set
+    holding fewer sequences than a full analysis asks for is read whole, with a warning."""
     from mhaexp.analysis.treebank import probe_with_treebank
 
+    n = cfg.probe_sequences if full else min(cfg.step_probe_sequences, cfg.probe_sequences)
+    probe = probe_from_datamodule(datamodule, n, objective)
+    if full and probe.n_sequences < n:
+        rank_zero_warn(
+            f"analysis: the probe set holds {probe.n_sequences} sequences, fewer than analysis.probe_sequences={n}; "
+            "the analysis reads those"
+        )
+    cap = cfg.treebank_max_sentences
+    limit = cap if full else min(n, cap or n)
     max_tokens = int(model.cfg.max_seq_len)
-    return probe_with_treebank(probe, cfg, datamodule.tokenizer, max_tokens, int(datamodule.batch_size))[0]
+    return probe_with_treebank(probe, cfg, datamodule.tokenizer, max_tokens, int(datamodule.batch_size), limit)[0]
 
 
 def _size(path: Path) -> int:
@@ -271,7 +294,7 @@ def build_roles_provider(
     """A roles provider for :mod:`mhaexp.pruning` (``criterion=role``): the heads' roles on the probe set.
 
     The batches the pruner passes are ignored: roles are defined on the fixed, annotated probe set, the
-    same one the callback uses. Only the cheap tier is computed (roles need nothing else).
+    one the callback's full analyses use. Only the cheap tier is computed (roles need nothing else).
     """
     cfg = analysis_settings(analysis_cfg)
     settings = cfg.to_dict()
@@ -279,7 +302,7 @@ def build_roles_provider(
 
     def provide(model: Any, batches: Sequence[Any]) -> list[HeadRole]:
         if "probe" not in cache:
-            cache["probe"] = with_treebank(probe_from_datamodule(datamodule, cfg.probe_batches), cfg, datamodule, model)
+            cache["probe"] = tier_probe(cfg, datamodule, model)
         hm = compute_head_metrics(model, cache["probe"], settings, expensive=False, importance=False)
         roles = classify_heads(hm.metrics, settings["thresholds"], hm.relation_names)
         return export.real_roles(roles, hm.n_heads)

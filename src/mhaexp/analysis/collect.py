@@ -74,6 +74,10 @@ class ProbeData:
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
+    def n_sequences(self) -> int:
+        return sum(len(b["input_ids"]) for b in self.batches)
+
+    @property
     def has_syntax(self) -> bool:
         return bool(self.relations) and all("heads" in b and "rels" in b for b in self.batches)
 
@@ -119,13 +123,16 @@ def objective_for(module: Any) -> Objective:
     return lambda batch, index: module.inputs_and_targets(batch, salt=-100_000 - index)
 
 
-def probe_from_datamodule(datamodule: Any, n_batches: int, objective: Objective = causal_lm_objective) -> ProbeData:
-    """Take the first ``n_batches`` probe batches of an :class:`~mhaexp.data.LMDataModule`."""
+def probe_from_datamodule(datamodule: Any, n_sequences: int, objective: Objective = causal_lm_objective) -> ProbeData:
+    """The first ``n_sequences`` probe sequences of an :class:`~mhaexp.data.LMDataModule` (all of them when
+    its probe set holds fewer), in its batches."""
     datamodule.setup()
     batches: list[Batch] = []
+    left = max(1, n_sequences)
     for batch in datamodule.probe_dataloader():
-        batches.append({k: v for k, v in batch.items() if isinstance(v, Tensor)})
-        if len(batches) >= max(1, n_batches):
+        batches.append({k: v[:left] for k, v in batch.items() if isinstance(v, Tensor)})
+        left -= len(batches[-1]["input_ids"])
+        if left <= 0:
             break
     tok = datamodule.tokenizer
     source = getattr(datamodule, "source", None)
@@ -380,7 +387,7 @@ def _copying(model: Any) -> list[Tensor]:
 
 # One layer's patterns of one micro-batch hold at most this many values (64 MB of float32): sequences are
 # analysed in micro-batches of max(1, PATTERN_CHUNK_ELEMENTS // (H T^2)) rows, one layer at a time. The
-# default probe (64 x 37, 8 heads) is one micro-batch; at T = 1024 a micro-batch is 2 sequences.
+# grammar probe batch (64 x 37, 8 heads) is one micro-batch; at T = 1024 a micro-batch is 2 sequences.
 PATTERN_CHUNK_ELEMENTS = 2**24
 # Tokens per forward + backward of gradient importance (activations and logits of a micro-batch).
 IMPORTANCE_CHUNK_TOKENS = 4096

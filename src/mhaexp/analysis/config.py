@@ -26,6 +26,11 @@ from mhaexp.config import (
 )
 
 DIRECTIONS = ("auto", "predictive", "visible", "dep2head", "head2dep")
+# Keys that were replaced, with what to write instead: an override naming one gets this, not "no such key".
+REPLACED_KEYS = {
+    "probe_batches": "replaced by analysis.probe_sequences (sequences, not batches: probe_batches=N read "
+    "N x data.batch_size sequences) and analysis.step_probe_sequences (the per-step tier)",
+}
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
 
@@ -56,18 +61,20 @@ class AnalysisConfig:
     enabled: bool = setting(boolean(), True)
     every_n_steps: int = setting(positive_int(), 100)
     max_pictures: int = setting(non_negative_int(), 8)
-    probe_batches: int = setting(positive_int(), 1)
+    probe_sequences: int = setting(positive_int(), 512)
+    step_probe_sequences: int = setting(positive_int(), 64)
     max_offset: int = setting(positive_int(), 3)
     expensive_every: int = setting(non_negative_int(), 0)
     at_start: bool = setting(boolean(), True)
     direction: str = setting(choice(*DIRECTIONS), "auto")
     position_baseline: bool = setting(boolean(), True)
-    induction_sequences: int = setting(positive_int(), 32)
+    induction_sequences: int = setting(positive_int(), 256)
     js_sequences: int = setting(positive_int(), 16)
     streaming_window: int = setting(positive_int(), 16)
     figure_formats: list[str] = setting(list_of(choice(*FIGURE_FORMATS)), factory=lambda: ["png"])
     seed: int = setting(integer(), 0)
     treebank: str | None = setting(optional(existing_file("CoNLL-U treebank")), None)
+    treebank_max_sentences: int | None = setting(optional(positive_int()), None)
     min_arcs: int = setting(positive_int(), 20)
     thresholds: Thresholds = setting(nested(Thresholds), factory=Thresholds)
 

@@ -85,9 +85,10 @@ def add_treebank(probe: ProbeData, tb: Treebank, batch_size: int) -> ProbeData:
 
 
 def probe_with_treebank(
-    probe: ProbeData, cfg: AnalysisConfig, tokenizer: Any, max_tokens: int, batch_size: int
+    probe: ProbeData, cfg: AnalysisConfig, tokenizer: Any, max_tokens: int, batch_size: int, limit: int | None
 ) -> tuple[ProbeData, Treebank | None]:
-    """``probe`` plus ``cfg.treebank``'s sentences (none when it is null), and the treebank."""
+    """``probe`` plus ``cfg.treebank``'s sentences, the first ``limit`` that can be scored (None: all;
+    none when ``cfg.treebank`` is null), and the treebank."""
     if cfg.treebank is None:
         return probe, None
     tb = load_treebank(
@@ -95,7 +96,7 @@ def probe_with_treebank(
         tokenizer,
         max_tokens,
         "analysis.treebank",
-        limit=cfg.probe_batches * batch_size,
+        limit=limit,
         min_arcs=cfg.min_arcs,
         base_relations=probe.relations if probe.has_syntax else (),
     )
@@ -128,7 +129,7 @@ def relation_table(model: Any, probe: ProbeData, cfg: AnalysisConfig) -> list[Re
     Each direction is one streamed :func:`~mhaexp.analysis.collect.compute_head_metrics` (cheap tier,
     no importance): the arcs are scored by the analysis' own code, in its memory bound."""
     causal = bool(model.cfg.causal)
-    arcs = _arc_counts(probe.batches, probe.relations)
+    arcs = arc_counts(probe.batches, probe.relations)
     settings = cfg.to_dict()
     rows = []
     for direction in (*TABLE_DIRECTIONS, *(("predictive",) if causal else ())):
@@ -160,7 +161,7 @@ def relation_table(model: Any, probe: ProbeData, cfg: AnalysisConfig) -> list[Re
     return sorted(rows, key=lambda row: (order.get(row.relation, len(order)), row.relation))
 
 
-def _arc_counts(batches: Sequence[Batch], relations: Sequence[str]) -> dict[str, int]:
+def arc_counts(batches: Sequence[Batch], relations: Sequence[str]) -> dict[str, int]:
     """Gold arcs per relation name (with ``amod:pred`` when it can be derived), over every batch."""
     out: dict[str, int] = {}
     for b in batches:

@@ -5,20 +5,22 @@ Usage::
     mhaexp-analyze ckpt=runs/.../checkpoints/last.ckpt                   # probe data of the run, or data=grammar
     mhaexp-analyze ckpt=last.ckpt data=induction out=induction_analysis
     mhaexp-analyze ckpt=last.ckpt conllu=treebank.conllu                 # score heads on your own sentences
-    mhaexp-analyze ckpt=last.ckpt probe_batches=4 thresholds.positional=0.8 data.n_probe=512
+    mhaexp-analyze ckpt=last.ckpt probe_sequences=512 thresholds.positional=0.8
+    mhaexp-analyze ckpt=last.ckpt conllu=treebank.conllu treebank_max_sentences=500   # the first 500 only
     mhaexp-analyze ckpt=last.ckpt text="the cat that sat on the mat was fluffy"   # head view of a sentence
     mhaexp-analyze ckpt=gpt2.ckpt data.path=corpus.txt text="the cat sat"   # a model from mhaexp-import
 
-Keys: ``ckpt`` (required), ``data`` (a ``conf/data`` choice; default: the run's own data config when the
-checkpoint sits in a run directory, read with the tokenizer the run saved, else ``grammar``; it also gives the
-tokenizer; a checkpoint from ``mhaexp-import`` reads ``data=text`` with the tokenizer saved beside it unless
-``data.tokenizer`` is given), ``conllu`` (a CoNLL-U treebank used as the probe set instead of the data's: its
-sentences are tokenized as the model's tokenizer reads running text, arcs are scored on word-level attention,
-and a per-relation table is printed and written to ``treebank_relations.csv``), ``out`` (default
-``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the model's
-tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe sequence). Any other
-``key=value`` is an override of the composed ``conf/train.yaml``; keys of ``conf/analysis`` may drop the
-``analysis.`` prefix.
+Keys: ``ckpt`` (required), ``data`` (a ``conf/data`` choice; default: the run's own data config when
+the checkpoint sits in a run directory, read with the tokenizer the run saved, else ``grammar``; it
+also gives the tokenizer; a checkpoint from ``mhaexp-import`` reads ``data=text`` with the tokenizer
+saved beside it unless ``data.tokenizer`` is given), ``conllu`` (a CoNLL-U treebank used as the probe
+set instead of the data's: its sentences are tokenized as the model's tokenizer reads running text,
+arcs are scored on word-level attention, and a per-relation table is printed and written to
+``treebank_relations.csv``; every sentence of the file is scored, or the first ``treebank_max_sentences``), ``out`` (default
+``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the
+model's tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe
+sequence). Any other ``key=value`` is an override of the composed
+``conf/train.yaml``; keys of ``conf/analysis`` may drop the ``analysis.`` prefix.
 
 Writes into ``out`` what training writes into ``<run>/analysis``: ``head_metrics.csv``,
 ``head_roles.csv`` (= ``head_roles_history.csv``, one step), ``summary.json``, the PNGs,
@@ -36,10 +38,8 @@ from mhaexp.rundir import (
     ANALYSIS_REPORT_FILE,
     HEAD_METRICS_FILE,
     HEAD_ROLES_HISTORY_FILE,
-    TOKENIZER_DIR,
     TREEBANK_RELATIONS_FILE,
     check_output_dir,
-    job_config_path,
 )
 
 PROG = "mhaexp-analyze"
@@ -48,6 +48,7 @@ OWN_KEYS = ("ckpt", "data", "conllu", "out", "text")
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     """(our keys, Hydra overrides); ConfigError for a word that is not key=value or a missing ckpt."""
+    from mhaexp.analysis.config import REPLACED_KEYS
     from mhaexp.config import CONF_DIR
 
     analysis_keys = _analysis_keys(CONF_DIR / ANALYSIS_DIR / "default.yaml")
@@ -61,7 +62,7 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         bare = key[len(prefix) :]
         if key in OWN_KEYS:
             own[key] = value
-        elif bare.split(".")[0] in analysis_keys:
+        elif bare.split(".")[0] in analysis_keys or bare.split(".")[0] in REPLACED_KEYS:
             overrides.append(f"{prefix}analysis.{bare}={value}")
         else:
             overrides.append(word)
@@ -76,29 +77,6 @@ def _analysis_keys(path: Path) -> set[str]:
     return set(yaml.safe_load(path.read_text()) or {})
 
 
-def _run_data_node(ckpt: Path) -> Any:
-    """The data config of the run a checkpoint belongs to (``<run>/checkpoints/x.ckpt``), if any.
-
-    A text run reads its data with the tokenizer the run saved (``<run>/tokenizer``): a trained BPE
-    then never needs retraining, and the ids are those the checkpoint learned.
-    """
-    from omegaconf import OmegaConf, open_dict
-
-    from mhaexp.data.tokenizers import is_saved_tokenizer
-
-    for run_dir in (ckpt.parent.parent, ckpt.parent):
-        config = job_config_path(run_dir)
-        if config.is_file():
-            node = OmegaConf.load(config).get("data")
-            if node is not None:
-                saved = run_dir / TOKENIZER_DIR
-                if node.get("kind") == "text" and is_saved_tokenizer(saved):
-                    with open_dict(node):
-                        node.tokenizer = str(saved.resolve())
-                return node
-    return None
-
-
 def compose(own: dict[str, str], overrides: list[str], imported_tokenizer: Path | None = None) -> Any:
     """The composed train config with ``data=`` and the overrides applied; ConfigError for bad ones.
 
@@ -109,6 +87,7 @@ def compose(own: dict[str, str], overrides: list[str], imported_tokenizer: Path 
     from omegaconf import open_dict
 
     from mhaexp.cli.preflight import check_override_names, compose_job, hydra_context
+    from mhaexp.training.run_data import run_data_node
 
     data = own.get("data") or ("text" if imported_tokenizer is not None else None)
     words = ([f"data={data}"] if data else []) + overrides
@@ -119,7 +98,7 @@ def compose(own: dict[str, str], overrides: list[str], imported_tokenizer: Path 
         except HydraException as e:
             raise ConfigError("override", " ".join(words), str(e).splitlines()[0]) from None
     user_data = any(w.split("=")[0].lstrip("+~").split(".")[0] == "data" for w in words)
-    run_data = None if user_data else _run_data_node(Path(own["ckpt"]))
+    run_data = None if user_data else run_data_node(Path(own["ckpt"]))
     if run_data is not None:
         with open_dict(cfg):
             cfg.data = run_data
@@ -131,12 +110,13 @@ def compose(own: dict[str, str], overrides: list[str], imported_tokenizer: Path 
 
 
 def conllu_probe(path: str, module: Any, tokenizer: Any, batch_size: int, acfg: Any) -> tuple[Any, Any]:
-    """Probe batches from a CoNLL-U file as ``tokenizer`` (the model's) reads its sentences; the treebank."""
+    """Probe batches from a CoNLL-U file as ``tokenizer`` (the model's) reads its sentences (all of them,
+    or the first ``treebank_max_sentences``); the treebank."""
     from mhaexp.analysis.collect import objective_for
     from mhaexp.analysis.treebank import treebank_probe
     from mhaexp.data.treebank import load_treebank
 
-    limit = acfg.probe_batches * batch_size
+    limit = acfg.treebank_max_sentences
     tb = load_treebank(path, tokenizer, module.model.cfg.max_seq_len, "conllu", limit=limit, min_arcs=acfg.min_arcs)
     return treebank_probe(tb, tokenizer, batch_size, objective_for(module)), tb
 
@@ -200,11 +180,11 @@ def run(argv: list[str]) -> str:
     del ckpt
     cfg = compose(own, overrides, ckpt_path.parent / beside if beside else None)
     acfg = build(AnalysisConfig, cfg.analysis, "analysis", complete=True)
-    n_batches = acfg.probe_batches
     datamodule = instantiate_plain(cfg.data)  # builds the tokenizer, generates nothing
     _check_vocabulary(datamodule, module, cfg.data.kind, imported)
     tokenizer = datamodule.tokenizer
     treebank = None
+    fewer = ""
     if own.get("conllu"):
         probe, treebank = conllu_probe(own["conllu"], module, tokenizer, int(cfg.data.batch_size), acfg)
         source = f"conllu={own['conllu']}"
@@ -214,9 +194,12 @@ def run(argv: list[str]) -> str:
                 "data.seq_len", datamodule.seq_len, f"must be <= the model's max_seq_len={module.model.cfg.max_seq_len}"
             )
         datamodule.prepare_data()
-        probe = probe_from_datamodule(datamodule, n_batches, objective_for(module))
+        probe = probe_from_datamodule(datamodule, acfg.probe_sequences, objective_for(module))
+        if probe.n_sequences < acfg.probe_sequences:
+            fewer = f" (all the probe set holds; probe_sequences={acfg.probe_sequences})"
         max_tokens, batch_size = module.model.cfg.max_seq_len, int(cfg.data.batch_size)
-        probe, treebank = probe_with_treebank(probe, acfg, tokenizer, max_tokens, batch_size)
+        limit = acfg.treebank_max_sentences
+        probe, treebank = probe_with_treebank(probe, acfg, tokenizer, max_tokens, batch_size, limit)
         source = f"data={cfg.data.kind}" + (f" + treebank={acfg.treebank}" if treebank is not None else "")
     notes: list[str] = []
     if own.get("text") is not None:
@@ -249,8 +232,7 @@ def run(argv: list[str]) -> str:
     n_pictures = sum(Path(p).suffix == ".png" for p in images.values())
     return "\n".join(
         [
-            f"analysed {ckpt_path} (step {step}) on {source}: {sum(len(b['input_ids']) for b in probe.batches)} "
-            "probe sequences",
+            f"analysed {ckpt_path} (step {step}) on {source}: {probe.n_sequences} probe sequences{fewer}",
             *notes,
             *table,
             "heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()),

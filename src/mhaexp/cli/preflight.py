@@ -23,6 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mhaexp.analysis.config import REPLACED_KEYS as ANALYSIS_REPLACED_KEYS
 from mhaexp.config import CONF_DIR
 from mhaexp.errors import ConfigError, close_key, unknown_key_hint
 from mhaexp.rundir import check_output_dir
@@ -132,6 +133,8 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
             continue
         if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
             value = o.get_value_element_as_str() if not o.is_sweep_override() else ",".join(o.sweep_string_iterator())
+            if key in REPLACED_KEYS:
+                raise ConfigError(key, value, REPLACED_KEYS[key])
             raise ConfigError(
                 key, value, f"no such key; {missing_key_hint(base, key)} (prefix with '+' to add a new key)"
             )
@@ -164,6 +167,8 @@ def missing_key_hint(cfg: DictConfig, key: str) -> str:
 
 
 _MISSING = object()
+# Keys that once existed, with what replaced them (an override naming one is told, not "no such key").
+REPLACED_KEYS = {f"analysis.{k}": v for k, v in ANALYSIS_REPLACED_KEYS.items()}
 
 
 def _fixed(overrides: list[str]) -> list[str]:

@@ -95,7 +95,7 @@ class Treebank:
             first = f"; first: {self.first_error[reason]}" if reason in self.first_error else ""
             parts.append(f"skipped {n} {text}{first}")
         if self.n_unused:
-            parts.append(f"{self.n_unused} more not looked at (the probe takes probe_batches x data.batch_size)")
+            parts.append(f"{self.n_unused} more not looked at (treebank_max_sentences caps the sentences scored)")
         if self.read.multiword_tokens or self.read.empty_nodes:
             parts.append(
                 f"ignored {self.read.multiword_tokens} multiword-token lines (their words are scored) and "

@@ -37,7 +37,8 @@ BUDGET_FILE = "budget.json"  # the budget the runs were trained with, written fi
 REPORT_FILE = "report.md"
 RUNS_DIR, LOGS_DIR, EVAL_DIR = "runs", "logs", "eval"
 SMOKE_STEPS = 24  # STUDY_SMOKE=1: enough steps for every stage to run end to end, not to learn
-SMOKE_DATA = ("data.n_train=512", "data.n_val=64", "data.n_probe=16")  # and small datasets to build
+# Small datasets to build (data.n_probe follows analysis.probe_sequences).
+SMOKE_DATA = ("data.n_train=512", "data.n_val=64", "analysis.probe_sequences=16")
 
 
 class StudyError(RuntimeError):

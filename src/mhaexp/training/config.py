@@ -295,6 +295,13 @@ class RunConfig:
             raise ConfigError(
                 "pruning.criterion", "role", "needs the analysis (roles come from it); set analysis=default"
             )
+        if self.analysis.enabled and self.data.n_probe < self.analysis.probe_sequences:
+            raise ConfigError(
+                "data.n_probe",
+                self.data.n_probe,
+                f"must be >= analysis.probe_sequences={self.analysis.probe_sequences}, the probe sequences the "
+                "analysis reads; leave data.n_probe out (it follows analysis.probe_sequences) or lower that",
+            )
         if self.analysis.enabled and self.analysis.treebank is not None:
             from mhaexp.data.treebank import check_treebank
 
