@@ -16,7 +16,8 @@ also gives the tokenizer; a checkpoint from ``mhaexp-import`` reads ``data=text`
 saved beside it unless ``data.tokenizer`` is given), ``conllu`` (a CoNLL-U treebank used as the probe
 set instead of the data's: its sentences are tokenized as the model's tokenizer reads running text,
 arcs are scored on word-level attention, and a per-relation table is printed and written to
-``treebank_relations.csv``; every sentence of the file is scored, or the first ``treebank_max_sentences``), ``out`` (default
+``treebank_relations.csv``; every sentence of the file is scored, or the first ``treebank_max_sentences``),
+``out`` (default
 ``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the
 model's tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe
 sequence). Any other ``key=value`` is an override of the composed
