@@ -134,9 +134,8 @@ def test_gpt2_tokenizer_round_trips_through_import_and_analyze(tmp_path: Path, c
         f"ckpt={out}",
         f"data.path={corpus}",
         "data.seq_len=16",
-        "data.n_probe=4",
         "data.batch_size=4",
-        "probe_batches=1",
+        "probe_sequences=4",
         f"text={sentence}",
         cwd=tmp_path,
     )

@@ -122,7 +122,6 @@ class AnalysisCallback(pl.Callback):
         checkpoint[ANALYSIS_STATE_KEY] = {
             "table_sizes": sizes if trainer.is_global_zero else None,
             "last": list(self._last) if self._last else None,
-            "written": sorted(self._written),
         }
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
@@ -130,7 +129,6 @@ class AnalysisCallback(pl.Callback):
         if state:
             self._table_sizes = state["table_sizes"]
             self._last = (int(state["last"][0]), bool(state["last"][1])) if state["last"] else None
-            self._written = set(state["written"])
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the checkpoint is restored, before anything is analysed: the tables as they were at it. A run
