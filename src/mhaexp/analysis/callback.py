@@ -63,7 +63,8 @@ def run_analysis(
     """
     settings = cfg.to_dict()
     hm = compute_head_metrics(model, probe, settings, expensive=expensive)
-    roles = export.real_roles(classify_heads(hm.metrics, settings["thresholds"], hm.relation_names), hm.n_heads)
+    roles = classify_heads(hm.metrics, settings["thresholds"], hm.relation_names, hm.se)
+    roles = export.real_roles(roles, hm.n_heads)
     rows = export.tidy_rows(step, hm)
     if skip_metrics:
         rows = [r for r in rows if r["metric"] not in skip_metrics]
@@ -226,7 +227,7 @@ def build_roles_provider(
         if "probe" not in cache:
             cache["probe"] = with_treebank(probe_from_datamodule(datamodule, cfg.probe_batches), cfg, datamodule, model)
         hm = compute_head_metrics(model, cache["probe"], settings, expensive=False, importance=False)
-        roles = classify_heads(hm.metrics, settings["thresholds"], hm.relation_names)
+        roles = classify_heads(hm.metrics, settings["thresholds"], hm.relation_names, hm.se)
         return export.real_roles(roles, hm.n_heads)
 
     return provide

@@ -1,16 +1,22 @@
 """``conf/analysis/*.yaml`` as one checked object (no torch import: the CLI checks whole sweeps with it).
 
 conf/analysis/default.yaml documents every key and holds every default; the dataclass defaults
-below serve programmatic use only (the CLI builds with ``complete=True``).
+below serve programmatic use only (the CLI builds with ``complete=True``). The role thresholds have
+no dataclass defaults: programmatic use reads them from the YAML (:func:`default_thresholds`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, make_dataclass
 from typing import Any
 
+import yaml
+
+from mhaexp.analysis.registry import bars
 from mhaexp.config import (
+    CONF_DIR,
     boolean,
+    build,
     check_fields,
     choice,
     existing_file,
@@ -21,7 +27,6 @@ from mhaexp.config import (
     number,
     optional,
     positive_int,
-    probability,
     setting,
 )
 
@@ -29,24 +34,24 @@ DIRECTIONS = ("auto", "predictive", "visible", "dep2head", "head2dep")
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
 
-@dataclass
-class Thresholds:
-    """The bars of :func:`mhaexp.analysis.roles.classify_heads`; the YAML cites each one's source."""
+def _thresholds_post_init(self: Any) -> None:
+    check_fields(self, "analysis.thresholds")
 
-    positional: float = setting(probability(), 0.9)
-    syntactic_margin: float = setting(probability(), 0.10)
-    coreference_margin: float = setting(probability(), 0.10)
-    induction: float = setting(probability(), 0.5)
-    duplicate: float = setting(probability(), 0.5)
-    copying: float = setting(number(-1.0, 1.0), 0.5)  # sum Re(l) / sum |l| lies in [-1, 1]
-    sink: float = setting(probability(), 0.3)
-    broad: float = setting(probability(), 0.9)
-    rare_word: float = setting(probability(), 0.5)
-    retrieval: float = setting(probability(), 0.1)
-    streaming: float = setting(probability(), 0.9)
 
-    def __post_init__(self) -> None:
-        check_fields(self, "analysis.thresholds")
+# The bars of :func:`mhaexp.analysis.roles.classify_heads`: one field per bar of the role registry
+# (:data:`mhaexp.analysis.registry.ROLES`), with no defaults: the values live in conf/analysis/default.yaml
+# only (:func:`default_thresholds`), which cites each one's source.
+Thresholds = make_dataclass(
+    "Thresholds",
+    [(bar, float, setting(number(lo, hi))) for bar, (lo, hi) in bars().items()],
+    namespace={"__post_init__": _thresholds_post_init, "__module__": __name__},
+)
+
+
+def default_thresholds() -> Any:
+    """The ``thresholds`` of conf/analysis/default.yaml as :class:`Thresholds` (their one home)."""
+    raw = yaml.safe_load((CONF_DIR / "analysis" / "default.yaml").read_text(encoding="utf-8"))["thresholds"]
+    return build(Thresholds, raw, "analysis.thresholds", complete=True)
 
 
 @dataclass
@@ -69,11 +74,13 @@ class AnalysisConfig:
     seed: int = setting(integer(), 0)
     treebank: str | None = setting(optional(existing_file("CoNLL-U treebank")), None)
     min_arcs: int = setting(positive_int(), 20)
-    thresholds: Thresholds = setting(nested(Thresholds), factory=Thresholds)
+    thresholds: Any = setting(nested(Thresholds), factory=default_thresholds)
 
     def __post_init__(self) -> None:
-        if isinstance(self.thresholds, dict):  # programmatic use: AnalysisConfig(thresholds={...})
-            self.thresholds = Thresholds(**self.thresholds)
+        if isinstance(
+            self.thresholds, dict
+        ):  # programmatic use: AnalysisConfig(thresholds={...}), the YAML's for the rest
+            self.thresholds = Thresholds(**{**asdict(default_thresholds()), **self.thresholds})
         check_fields(self, "analysis")
 
     def to_dict(self) -> dict[str, Any]:
