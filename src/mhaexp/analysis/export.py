@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from mhaexp.analysis.collect import HeadMetrics
+from mhaexp.analysis.registry import role_interval
 from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole, role_counts
 from mhaexp.rundir import (
     ANALYSIS_REPORT_FILE,
@@ -49,7 +50,8 @@ def tidy_rows(step: int, hm: HeadMetrics) -> list[dict[str, Any]]:
 
     def add(layer: int, head: int, metric: str, value: float, se: float | None = None, n: float | None = None) -> None:
         count = None if n is None or math.isnan(n) else int(n)
-        rows.append({"step": step, "layer": layer, "head": head, "metric": metric, "value": value, "se": se, "n": count})
+        row = {"step": step, "layer": layer, "head": head, "metric": metric, "value": value}
+        rows.append({**row, "se": se, "n": count})
 
     names = hm.relation_names
     # .tolist() once per metric: indexing a tensor element by element costs microseconds a value.
@@ -204,14 +206,9 @@ def write_summary(out_dir: Path, step: int, roles: Sequence[HeadRole]) -> dict[s
     return summary
 
 
-def role_interval(r: HeadRole) -> str:
-    """``syntactic:nsubj 0.98 ± 0.02 (+0.64)``: the role, its score ± standard error (no ± where there is
-    none, as for weight-only metrics), and its margin over the bar."""
-    if r.role == "unassigned":
-        return r.role
-    err = "" if math.isnan(r.se) or r.se == 0 else f" ± {r.se:.2f}"
-    margin = "" if math.isnan(r.margin) else f" ({r.margin:+.2f})"
-    return f"{r.role} {r.score:.2f}{err}{margin}"
+def role_text(r: HeadRole) -> str:
+    """A held role with its interval and margin (:func:`~mhaexp.analysis.registry.role_interval`)."""
+    return r.role if r.role == "unassigned" else role_interval(r.role, r.score, r.se, r.margin)
 
 
 def write_markdown(
@@ -232,7 +229,7 @@ def write_markdown(
     for r in roles:
         by_head.setdefault((r.layer, r.head), []).append(r)
     for (layer, head), held in sorted(by_head.items()):
-        cell = "; ".join(role_interval(r) for r in held)
+        cell = "; ".join(role_text(r) for r in held)
         lines.append(f"| {layer} | {head} | {cell} |")
     pages = [k for k in images if Path(images[k]).suffix == ".html"]
     others = [k for k in images if k != "role_grid" and k not in pages]

@@ -21,6 +21,7 @@ No torch import: the CLI's config check reads the roles' bars through :mod:`mhae
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -314,6 +315,13 @@ def family_colours() -> dict[str, str]:
 def bars() -> dict[str, tuple[float, float]]:
     """Threshold keys (``analysis.thresholds``) in role order, each with its valid range."""
     return {r.bar: r.bar_range for r in ROLES}
+
+
+def role_interval(role: str, score: float, se: float, margin: float) -> str:
+    """``syntactic:nsubj 0.98 ± 0.02 (+0.64)``: a held role, its score ± standard error (no ± without one:
+    weight-only metrics, or tables written before the standard errors) and its margin over the bar."""
+    err = "" if math.isnan(se) or se == 0 else f" ± {se:.2f}"
+    return f"{role} {score:.2f}{err} ({margin:+.2f})"
 
 
 def resolve(ref: str | Callable[..., Any] | None) -> Callable[..., Any]:

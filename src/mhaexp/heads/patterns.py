@@ -22,6 +22,7 @@ Shared conventions
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -184,7 +185,9 @@ def _ratio_se(value: Tensor, seq_num: Tensor, seq_den: Tensor) -> tuple[Tensor, 
     n = used.sum(0)
     mean_den = den.sum(0) / n.clamp_min(1)
     z = torch.where(used, (num - value.double().cpu() * den) / mean_den.clamp_min(1e-300), math.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # Columns with fewer than 2 sequences have no standard error: NaN, without scipy's warning about them.
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         se = stats.sem(z.numpy(), axis=0, nan_policy="omit") if z.shape[0] > 1 else np.full(z.shape[1:], np.nan)
     se = torch.as_tensor(np.asarray(se, dtype=float)).float()
     se = torch.where(n >= 2, se, math.nan)
