@@ -512,18 +512,26 @@ def history_ranges(out_dir: Path | None) -> dict[str, tuple[float, float]]:
     return {m: (float(lo[m]), float(hi[m])) for m in lo.index}
 
 
+def heatmap_panels(
+    hm: HeadMetrics, seen: dict[str, tuple[float, float]] | None = None
+) -> list[tuple[str, np.ndarray, tuple[float, float], str, bool]]:
+    """The panels of :func:`metric_heatmaps`: ``(name, values (L, H), colour range, colour-bar label,
+    diverging)`` for each metric with a scale in the registry (:func:`mhaexp.analysis.registry.heatmap_metrics`,
+    in its order) that ``hm`` holds; ``seen``: the ranges so far of the unbounded ones."""
+    seen = seen or {}
+    panels = []
+    for m in (m for m in heatmap_metrics() if m.name in hm.metrics):
+        v = hm.metrics[m.name].numpy().astype(float)
+        panels.append((m.name, v, metric_scale(m.name, v, seen.get(m.name)), m.units or m.name, m.diverging))
+    return panels
+
+
 def metric_heatmaps(
     hm: HeadMetrics, path: Path, cols: int = 5, formats: Sequence[str] = ("png",), out_dir: Path | None = None
 ) -> Path:
-    """One layer x head heatmap per metric with a scale in the registry
-    (:func:`mhaexp.analysis.registry.heatmap_metrics`, in its order), each on its fixed scale (unbounded
-    ones on their range over every step in ``out_dir/head_metrics.csv``), its units under the colour bar."""
-    seen = history_ranges(out_dir)
-    maps = []
-    for m in (m for m in heatmap_metrics() if m.name in hm.metrics):
-        v = hm.metrics[m.name].numpy().astype(float)
-        maps.append((m.name, v, metric_scale(m.name, v, seen.get(m.name)), m.units or m.name, m.diverging))
-    return _heatmap_figure(maps, cols, "per-head metrics").save(path, formats)
+    """One layer x head heatmap per metric of :func:`heatmap_panels`, each on its fixed scale (unbounded ones
+    on their range over every step in ``out_dir/head_metrics.csv``), its units under the colour bar."""
+    return _heatmap_figure(heatmap_panels(hm, history_ranges(out_dir)), cols, "per-head metrics").save(path, formats)
 
 
 def syntactic_heatmaps(hm: HeadMetrics, path: Path, cols: int = 5, formats: Sequence[str] = ("png",)) -> Path | None:
