@@ -657,7 +657,8 @@ def compute_head_metrics(
             result.metrics.update(_coref_outputs(_coref_baselines(word_batch, probe, cfg, causal)))
     with eval_mode(model), torch.no_grad():
         ids_m, mask_m = on["input_ids"][:n_massive, :t_massive], on["attention_mask"][:n_massive, :t_massive]
-        result.layer_metrics.update(_massive(resid or model.residual_stream(ids_m, mask_m), mask_m))
+        stream = resid or model.residual_stream(ids_m, mask_m)
+        result.layer_metrics.update(_massive(stream, mask_m, float(cfg["massive_ratio"])))
     result.example_patterns = example
     result.example_tokens = probe.tokens(0)
     if expensive:
@@ -678,15 +679,15 @@ def _per_head(per_group: Sequence[Tensor], model: Any) -> list[Tensor]:
     return [g[grp.to(g.device)] for g, grp in zip(per_group, kv_groups(model), strict=True)]
 
 
-def _massive(resid: Sequence[Tensor], mask: Tensor) -> dict[str, Tensor]:
-    """Per layer: how many massive activations (Sun et al. 2024, > 1000x the layer's median magnitude)
+def _massive(resid: Sequence[Tensor], mask: Tensor, ratio: float) -> dict[str, Tensor]:
+    """Per layer: how many massive activations (Sun et al. 2024, > ``ratio`` x the layer's median magnitude)
     the residual stream ``resid`` (per layer ``(B, T, d)``) holds on its real tokens, how many sit on the
     first token, the largest ratio to the median, and the position and dimension of the largest activation."""
     keys = ("massive_count", "massive_on_sink", "massive_max_ratio", "massive_top_position", "massive_top_dim")
     rows: dict[str, list[float]] = {k: [] for k in keys}
     real = mask.bool()
     for layer, x in enumerate(resid):
-        found = massive_activations(x, real, layer=layer)
+        found = massive_activations(x, real, ratio=ratio, layer=layer)
         mag = x.float().abs().masked_fill(~real[..., None], 0.0)  # (B, T, d)
         _, t, d = torch.unravel_index(mag.argmax(), mag.shape)
         rows["massive_count"].append(float(found.count))

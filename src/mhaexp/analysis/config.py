@@ -70,6 +70,7 @@ class AnalysisConfig:
     induction_sequences: int = setting(positive_int(), 32)
     js_sequences: int = setting(positive_int(), 16)
     streaming_window: int = setting(positive_int(), 16)
+    massive_ratio: float = setting(number(1.0, low_open=True), 1000.0)
     figure_formats: list[str] = setting(list_of(choice(*FIGURE_FORMATS)), factory=lambda: ["png"])
     seed: int = setting(integer(), 0)
     treebank: str | None = setting(optional(existing_file("CoNLL-U treebank")), None)

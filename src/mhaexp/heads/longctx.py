@@ -123,13 +123,14 @@ class MassiveActivations:
 
 
 def massive_activations(
-    resid: Tensor, mask: Tensor | None = None, ratio: float = 1000.0, layer: int = 0
+    resid: Tensor, mask: Tensor | None = None, *, ratio: float, layer: int = 0
 ) -> MassiveActivations:
     """Sun et al. 2024, "Massive Activations in Large Language Models", Sec. 2.
 
-    Activations of the residual stream whose magnitude exceeds ``ratio`` times the layer's median
-    magnitude (over every real token and dimension). Sun et al. also require ``|x| > 100``; that
-    absolute bar is for billion-parameter models, so we keep only the relative criterion (1000x).
+    Activations of the residual stream whose magnitude exceeds ``ratio`` (1000 in the paper,
+    ``analysis.massive_ratio``) times the layer's median magnitude (over every real token and dimension).
+    Sun et al. also require ``|x| > 100``; that absolute bar is for billion-parameter models, so we keep
+    only the relative criterion.
     They sit on the first token or on delimiters and act as fixed biases that make the first token
     an attention sink, which is why ``on_sink`` is reported.
 
