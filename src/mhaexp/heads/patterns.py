@@ -434,14 +434,21 @@ def _detection_score(
     Sequences whose A' sums to 0 (e.g. every query attends only to BOS with ``exclude_bos``) have no
     defined score and are left out of the mean; NaN if that leaves none.
     """
+    keep = _kept_area(mask, exclude_bos, exclude_current_token)
+    mass = _mass_on(patterns, torch.stack([keep & detection, keep], dim=1))
+    return _per_sequence_ratio(mass[..., 0], mass[..., 1])
+
+
+def _kept_area(mask: Tensor, exclude_bos: bool, exclude_current_token: bool) -> Tensor:
+    """``(B, Q, K)`` bool: the real query x key area, without column 0 (``exclude_bos``) and the diagonal
+    (``exclude_current_token``): TransformerLens's A'."""
     T = mask.shape[-1]
     keep = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
     if exclude_bos:
         keep = keep & (torch.arange(T, device=mask.device) != 0)
     if exclude_current_token:
         keep = keep & ~torch.eye(T, dtype=torch.bool, device=mask.device)
-    mass = _mass_on(patterns, torch.stack([keep & detection, keep], dim=1))
-    return _per_sequence_ratio(mass[..., 0], mass[..., 1])
+    return keep
 
 
 def _mass_on(patterns: Tensor, areas: Tensor) -> Tensor:
@@ -528,8 +535,7 @@ def duplicate_token_sums(
     chunk: Chunk, tokens: Tensor, exclude_bos: bool = False, exclude_current_token: bool = False
 ) -> Ratio:
     """:func:`duplicate_token_score` as a :class:`Ratio` (over sequences)."""
-    tokens = _check_tokens(tokens, chunk.patterns)
-    return _detection_score(chunk.patterns, _duplicate_pattern(tokens), chunk.mask, exclude_bos, exclude_current_token)
+    return repeat_sums(chunk, tokens, exclude_bos, exclude_current_token)["duplicate"]
 
 
 def induction_score(
@@ -563,20 +569,7 @@ def induction_sums(
     chunk: Chunk, tokens: Tensor, exclude_bos: bool = False, exclude_current_token: bool = False
 ) -> Ratio:
     """:func:`induction_score` as a :class:`Ratio` (over sequences)."""
-    tokens = _check_tokens(tokens, chunk.patterns)
-    return _detection_score(chunk.patterns, _induction_pattern(tokens), chunk.mask, exclude_bos, exclude_current_token)
-
-
-def _target_attention(patterns: Tensor, detection: Tensor, mask: Tensor) -> Ratio:
-    """Mean over the real queries that have at least one real target key of the attention on targets.
-
-    Unlike the TransformerLens ratio, queries with nothing to find (the first half of a repeated
-    sequence) are left out instead of counting as misses, so a perfect head scores 1, not ~0.5.
-    """
-    real = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
-    targets = detection & real
-    # A query without targets puts no mass on them: summing over all queries is summing over the eligible.
-    return _mass_ratio(_mass_on(patterns, targets[:, None])[..., 0], targets.any(-1).to(patterns.dtype))
+    return repeat_sums(chunk, tokens, exclude_bos, exclude_current_token)["induction"]
 
 
 def _mass_ratio(mass: Tensor, eligible: Tensor) -> Ratio:
@@ -584,12 +577,21 @@ def _mass_ratio(mass: Tensor, eligible: Tensor) -> Ratio:
     return Ratio(mass.sum(0), eligible.sum(), math.nan, mass, eligible.sum(1))
 
 
-def repeat_sums(chunk: Chunk, tokens: Tensor) -> dict[str, Ratio]:
+def repeat_sums(
+    chunk: Chunk, tokens: Tensor, exclude_bos: bool = False, exclude_current_token: bool = False
+) -> dict[str, Ratio]:
     """``induction``, ``duplicate`` (:func:`induction_score`, :func:`duplicate_token_score`),
-    ``prefix_matching`` and ``duplicate_matching`` of one chunk, from one pass over its patterns."""
+    ``prefix_matching`` and ``duplicate_matching`` (:func:`prefix_matching_score`,
+    :func:`duplicate_matching_score`) of one chunk, from one pass over its patterns: the one
+    implementation of the four. The exclusions (TransformerLens's options) shrink the area all four see.
+
+    The matching scores average the attention on the targets over the real queries that have at least
+    one target key: unlike the TransformerLens ratio, queries with nothing to find (the first half of a
+    repeated sequence) are left out instead of counting as misses, so a perfect head scores 1, not ~0.5.
+    A query without targets puts no mass on them: summing over all queries is summing over the eligible.
+    """
     tokens = _check_tokens(tokens, chunk.patterns)
-    mask = chunk.mask
-    real = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
+    real = _kept_area(chunk.mask, exclude_bos, exclude_current_token)
     induction, duplicate = _induction_pattern(tokens) & real, _duplicate_pattern(tokens) & real
     mass = _mass_on(chunk.patterns, torch.stack([induction, duplicate, real], dim=1))
     dtype = chunk.patterns.dtype
@@ -616,8 +618,7 @@ def prefix_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None 
 
 def prefix_matching_sums(chunk: Chunk, tokens: Tensor) -> Ratio:
     """:func:`prefix_matching_score` as a :class:`Ratio`."""
-    tokens = _check_tokens(tokens, chunk.patterns)
-    return _target_attention(chunk.patterns, _induction_pattern(tokens), chunk.mask)
+    return repeat_sums(chunk, tokens)["prefix_matching"]
 
 
 def duplicate_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -632,8 +633,7 @@ def duplicate_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | No
 
 def duplicate_matching_sums(chunk: Chunk, tokens: Tensor) -> Ratio:
     """:func:`duplicate_matching_score` as a :class:`Ratio`."""
-    tokens = _check_tokens(tokens, chunk.patterns)
-    return _target_attention(chunk.patterns, _duplicate_pattern(tokens), chunk.mask)
+    return repeat_sums(chunk, tokens)["duplicate_matching"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -724,8 +724,9 @@ def _relation_hits(
     pred_c = pred.clamp(0, T - 1)
     has_pred = (pred >= 0) & (pred < T)
     if direction == "dep2head":
-        hit = (has_pred & (pred == heads[:, None, :])).to(torch.float32)  # (B, P, T)
-        return torch.einsum("bpt,btr->bpr", hit, rel_onehot), rel_onehot.sum(dim=1)
+        targets = torch.stack([torch.where(rels == r, heads, -1) for r in range(n_relations)])  # (R, B, T)
+        seq_hits, seq_totals = _dep2head_counts(pred, targets, mask)
+        return seq_hits.permute(1, 2, 0).float(), seq_totals.T.float()
     if direction == "head2dep":
         # governs[b, g, d]: d is an annotated dependent of g.
         governs = (F.one_hot(heads_c, T).transpose(1, 2) & arc[:, None, :]).to(torch.float32)  # (B, G, D)
@@ -990,15 +991,21 @@ def dep2head_accuracy(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     return dep2head_sums(pred, targets, mask).value()
 
 
-def dep2head_sums(pred: Tensor, targets: Tensor, mask: Tensor) -> Ratio:
-    """:func:`dep2head_accuracy` as a :class:`Ratio` ``(H, R)``."""
+def _dep2head_counts(pred: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sequence, the queries whose prediction ``pred`` ``(B, P, T)`` is their gold key ``targets``
+    ``(R, B, T)`` (-1: none) and the queries with a gold key, among real queries with a real gold key:
+    ``(hits (R, B, P), totals (R, B))``, integers. The one count behind every dep2head accuracy."""
     T = targets.shape[-1]
     safe = targets.clamp(0, T - 1)
     key_real = mask[None].expand_as(targets).gather(2, safe)
     valid = (targets >= 0) & (targets < T) & mask[None] & key_real  # (R, B, T)
+    return ((pred[None] == safe[:, :, None, :]) & valid[:, :, None, :]).sum(dim=3), valid.sum(dim=2)
+
+
+def dep2head_sums(pred: Tensor, targets: Tensor, mask: Tensor) -> Ratio:
+    """:func:`dep2head_accuracy` as a :class:`Ratio` ``(H, R)``."""
+    seq_hits, seq_totals = _dep2head_counts(pred, targets, mask)
     # Integer counts: summing the per-sequence counts gives exactly the pooled ones.
-    seq_hits = ((pred[None] == safe[:, :, None, :]) & valid[:, :, None, :]).sum(dim=3)  # (R, B, H)
-    seq_totals = valid.sum(dim=2)  # (R, B)
     hits, totals = seq_hits.sum(1), seq_totals.sum(1)
     return Ratio(hits.T.float(), totals.float(), math.nan, seq_hits.permute(1, 2, 0).float(), seq_totals.T.float())
 
