@@ -363,9 +363,10 @@ class _Sums:
     def values(self, key: str) -> list[Tensor]:
         return [r.value() for r in self.parts[key] if r is not None]
 
-    def stats(self, key: str) -> list[Stats]:
-        """Per layer, ``(value, se, n)`` of the summed ratio (:meth:`~mhaexp.heads.patterns.Ratio.stats`)."""
-        return [r.stats() for r in self.parts[key] if r is not None]
+    def stats(self, keys: Sequence[str]) -> dict[str, list[Stats]]:
+        """Per key, per layer, ``(value, se, n)`` of the summed ratio (:meth:`~mhaexp.heads.patterns.Ratio.stats`),
+        finished together (:func:`~mhaexp.heads.patterns.ratio_stats`)."""
+        return M.ratio_stats({k: [r for r in self.parts[k] if r is not None] for k in keys})
 
 
 # One layer's ``(value, standard error, n)`` of a metric; se and n None for metrics without them.
@@ -634,9 +635,10 @@ def compute_head_metrics(
         grads = gradient_importance(model, batches_d, probe.objective, max_tokens=IMPORTANCE_CHUNK_TOKENS)
     # Everything the cheap tier computes, by name; the registry's order is the result's (and so the tables').
     computed: dict[str, list[Stats]] = {}
+    finished = sums.stats([m.name for m in streamed if m.name in sums])
     for metric in streamed:
-        if metric.name in sums:
-            per_layer = sums.stats(metric.name)
+        if metric.name in finished:
+            per_layer = finished[metric.name]
             if metric.finish is not None:
                 computed.update(resolve(metric.finish)(per_layer, cfg))
             else:

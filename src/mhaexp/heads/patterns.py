@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -161,37 +161,75 @@ class Ratio:
         The score pools queries over sequences, a ratio of two sums whose sequences are the independent
         units. Its standard error is that of a ratio estimator under cluster sampling, by the delta method
         (Cochran 1977, "Sampling Techniques", Sec. 6.4): ``scipy.stats.sem`` of the linearised sequence
-        values ``(num_s - value * den_s) / mean(den_s)``. For a score that is a plain mean over sequences
+        values ``(num_s - value * den_s) / mean(den_s)`` (``scipy.stats.mstats.sem`` over the sequences with
+        ``den_s > 0``). For a score that is a plain mean over sequences
         (``den_s`` 1 or 0) that is the usual standard error of the mean. NaN where ``n < 2`` or the
         ratio carries no per-sequence parts.
         """
-        value = self.value()
-        if self.seq_num is None or self.seq_den is None:
-            nan = torch.full_like(value, math.nan)
-            return value, nan, nan
-        return (value, *_ratio_se(value, self.seq_num, self.seq_den))
+        return ratio_stats({"": [self]})[""][0]
 
 
-def _ratio_se(value: Tensor, seq_num: Tensor, seq_den: Tensor) -> tuple[Tensor, Tensor]:
-    """Standard error and n of :meth:`Ratio.stats` (see there)."""
+def ratio_stats(metrics: Mapping[str, Sequence[Ratio]]) -> dict[str, list[tuple[Tensor, Tensor, Tensor]]]:
+    """:meth:`Ratio.stats` of every ratio of ``metrics`` (per metric, e.g. one ratio per layer), with one
+    scipy call per number of sequences rather than one per ratio: the standard errors' cost is mostly per
+    call (scipy's argument handling), not per value, and the analysis finishes dozens of ratios a step."""
+    out: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}
+    blocks: dict[int, list[tuple[str, int, Tensor, Tensor]]] = {}  # by sequences: (metric, index, z, used)
+    for name, ratios in metrics.items():
+        out[name] = []
+        for i, r in enumerate(ratios):
+            value = r.value()
+            out[name].append((value, torch.full_like(value, math.nan), torch.full_like(value, math.nan)))
+            if r.seq_num is not None and r.seq_den is not None:
+                z, used = _linearised(value, r.seq_num, r.seq_den)
+                blocks.setdefault(z.shape[0], []).append((name, i, z, used))
+    for group in blocks.values():
+        z = torch.cat([b[2].reshape(b[2].shape[0], -1) for b in group], dim=1)
+        used = torch.cat([b[3].reshape(b[3].shape[0], -1) for b in group], dim=1)
+        se, start = _sem(z, used), 0
+        for name, i, part, part_used in group:
+            cols = part[0].numel()
+            value = out[name][i][0]
+            n = part_used.sum(0).float()
+            err = torch.where(n >= 2, se[start : start + cols].reshape(n.shape), math.nan)
+            out[name][i] = (value, err.to(value.device), n.to(value.device))
+            start += cols
+    return out
+
+
+def _full_den(seq_num: Tensor, seq_den: Tensor) -> Tensor:
+    """``seq_den`` broadcast to ``seq_num``'s shape: a count per sequence is shared by the trailing
+    dimensions of ``num`` it lacks (numpy's rule, after the leading sequence dimension)."""
+    if seq_den.dim() < seq_num.dim():
+        seq_den = seq_den.reshape(seq_den.shape[0], *([1] * (seq_num.dim() - seq_den.dim())), *seq_den.shape[1:])
+    return seq_den.expand_as(seq_num)
+
+
+def _linearised(value: Tensor, seq_num: Tensor, seq_den: Tensor) -> tuple[Tensor, Tensor]:
+    """The delta method's per-sequence values of :meth:`Ratio.stats`, ``(num_s - value den_s) / mean(den_s)``
+    (NaN where a sequence does not contribute), and where sequences contribute (``den_s > 0``)."""
+    num = seq_num.detach().double().cpu()
+    den = _full_den(seq_num, seq_den).detach().double().cpu()
+    used = den > 0
+    mean_den = den.sum(0) / used.sum(0).clamp_min(1)
+    z = torch.where(used, (num - value.detach().double().cpu() * den) / mean_den.clamp_min(1e-300), math.nan)
+    return z, used
+
+
+def _sem(z: Tensor, used: Tensor) -> Tensor:
+    """``scipy.stats.sem`` over dimension 0 of ``z`` ``(S, C)``, each column over its contributing rows
+    (``used``). The masked-array sem when the rows differ by column (per head, per relation): it is
+    vectorised over columns, where nan_policy="omit" loops over them (20x slower). Columns with fewer
+    than 2 rows come back NaN."""
     from scipy import stats
 
-    num = seq_num.detach().double().cpu()
-    den = seq_den.detach().double().cpu().expand_as(num) if seq_den.dim() == num.dim() else None
-    if den is None:  # per-sequence den broadcast over the trailing dimensions of num (heads)
-        shape = [seq_den.shape[0], *([1] * (num.dim() - seq_den.dim())), *seq_den.shape[1:]]
-        den = seq_den.detach().double().cpu().reshape(shape).expand_as(num)
-    used = den > 0
-    n = used.sum(0)
-    mean_den = den.sum(0) / n.clamp_min(1)
-    z = torch.where(used, (num - value.double().cpu() * den) / mean_den.clamp_min(1e-300), math.nan)
-    # Columns with fewer than 2 sequences have no standard error: NaN, without scipy's warning about them.
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        se = stats.sem(z.numpy(), axis=0, nan_policy="omit") if z.shape[0] > 1 else np.full(z.shape[1:], np.nan)
-    se = torch.as_tensor(np.asarray(se, dtype=float)).float()
-    se = torch.where(n >= 2, se, math.nan)
-    return se.to(value.device), n.float().to(value.device)
+        if bool(used.all()):  # every sequence counts everywhere (most metrics): the plain, faster sem
+            se = stats.sem(z.numpy(), axis=0)
+        else:
+            se = np.ma.filled(stats.mstats.sem(np.ma.masked_invalid(z.numpy()), axis=0).astype(float), np.nan)
+    return torch.as_tensor(np.asarray(se, dtype=float).reshape(z.shape[1])).float()
 
 
 def _query_mean(values: Tensor, weight: Tensor) -> Ratio:
