@@ -340,7 +340,7 @@ def _gu_runs(tmp_path: Path, init: float, final: float) -> StudyContext:
         for step in (0, 500, 1000, 1500):
             rate = init if step == 0 else (final if step >= 1000 else init)
             rows += [(step, 0, h, "sink_rate", rate + 0.01 * seed) for h in range(4)]
-        fake_run(ctx.runs_dir / "train", seed, {"seed": seed}, rows)
+        fake_run(ctx.runs_dir / "train", seed, {"seed": seed, "analysis": {"thresholds": {"sink": 0.3}}}, rows)
     return ctx
 
 
@@ -348,6 +348,7 @@ def test_gu2024_verdicts_pass_and_fail(tmp_path: Path) -> None:
     ctx = _gu_runs(tmp_path / "a", 0.0, 0.6)
     no_sink, emerges = get_study("gu2024").verdicts(ctx)
     assert (no_sink.holds, emerges.holds) == (True, True)
+    assert "attending > 0.3 to the first token" in no_sink.metric  # the runs' analysis.thresholds.sink
     get_study("gu2024").plot(ctx)
     assert (tmp_path / "a" / "sink_rate.png").stat().st_size > 1000
     assert emerges.ours["onset step"].values == (1000.0, 1000.0)
