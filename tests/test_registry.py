@@ -105,10 +105,9 @@ def test_a_metric_added_to_the_registry_alone_reaches_the_csv_the_heatmap_and_wa
 def test_the_role_bars_have_one_home_the_yaml() -> None:
     from mhaexp.analysis.config import AnalysisConfig, Thresholds
 
-    # The dataclass has one field per role bar of the registry and no default of its own.
+    # The dataclass has one field per role bar of the registry, its default the YAML's value.
     assert [f.name for f in dataclasses.fields(Thresholds)] == list(registry.bars())
-    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(Thresholds))
-    assert set(registry.bars()) == set(YAML["thresholds"])
+    assert {f.name: f.default for f in dataclasses.fields(Thresholds)} == YAML["thresholds"]
     # Built without thresholds, the config takes the YAML's; a partial mapping, the YAML's for the rest.
     assert dataclasses.asdict(AnalysisConfig().thresholds) == YAML["thresholds"]
     partial = AnalysisConfig(thresholds={"sink": 0.4}).thresholds

@@ -1,13 +1,13 @@
 """``conf/analysis/*.yaml`` as one checked object (no torch import: the CLI checks whole sweeps with it).
 
 conf/analysis/default.yaml documents every key and holds every default; the dataclass defaults
-below serve programmatic use only (the CLI builds with ``complete=True``). The role thresholds have
-no dataclass defaults: programmatic use reads them from the YAML (:func:`default_thresholds`).
+below serve programmatic use only (the CLI builds with ``complete=True``). The role thresholds' defaults
+are read from the YAML itself (:func:`yaml_thresholds`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, make_dataclass
+from dataclasses import MISSING, asdict, dataclass, make_dataclass
 from typing import Any
 
 import yaml
@@ -16,7 +16,6 @@ from mhaexp.analysis.registry import bars
 from mhaexp.config import (
     CONF_DIR,
     boolean,
-    build,
     check_fields,
     choice,
     existing_file,
@@ -38,20 +37,20 @@ def _thresholds_post_init(self: Any) -> None:
     check_fields(self, "analysis.thresholds")
 
 
+def yaml_thresholds() -> dict[str, float]:
+    """``analysis.thresholds`` of conf/analysis/default.yaml: the one home of every role bar's value."""
+    return yaml.safe_load((CONF_DIR / "analysis" / "default.yaml").read_text(encoding="utf-8"))["thresholds"]
+
+
 # The bars of :func:`mhaexp.analysis.roles.classify_heads`: one field per bar of the role registry
-# (:data:`mhaexp.analysis.registry.ROLES`), with no defaults: the values live in conf/analysis/default.yaml
-# only (:func:`default_thresholds`), which cites each one's source.
+# (:data:`mhaexp.analysis.registry.ROLES`). Their defaults (programmatic use; the CLI composes the YAML)
+# are read from conf/analysis/default.yaml, which cites each one's source: no second table of values.
+_DEFAULTS = yaml_thresholds()
 Thresholds = make_dataclass(
     "Thresholds",
-    [(bar, float, setting(number(lo, hi))) for bar, (lo, hi) in bars().items()],
+    [(bar, float, setting(number(lo, hi), _DEFAULTS.get(bar, MISSING))) for bar, (lo, hi) in bars().items()],
     namespace={"__post_init__": _thresholds_post_init, "__module__": __name__},
 )
-
-
-def default_thresholds() -> Any:
-    """The ``thresholds`` of conf/analysis/default.yaml as :class:`Thresholds` (their one home)."""
-    raw = yaml.safe_load((CONF_DIR / "analysis" / "default.yaml").read_text(encoding="utf-8"))["thresholds"]
-    return build(Thresholds, raw, "analysis.thresholds", complete=True)
 
 
 @dataclass
@@ -75,13 +74,11 @@ class AnalysisConfig:
     seed: int = setting(integer(), 0)
     treebank: str | None = setting(optional(existing_file("CoNLL-U treebank")), None)
     min_arcs: int = setting(positive_int(), 20)
-    thresholds: Any = setting(nested(Thresholds), factory=default_thresholds)
+    thresholds: Any = setting(nested(Thresholds), factory=Thresholds)
 
     def __post_init__(self) -> None:
-        if isinstance(
-            self.thresholds, dict
-        ):  # programmatic use: AnalysisConfig(thresholds={...}), the YAML's for the rest
-            self.thresholds = Thresholds(**{**asdict(default_thresholds()), **self.thresholds})
+        if isinstance(self.thresholds, dict):  # programmatic use: AnalysisConfig(thresholds={...})
+            self.thresholds = Thresholds(**self.thresholds)
         check_fields(self, "analysis")
 
     def to_dict(self) -> dict[str, Any]:
