@@ -157,7 +157,7 @@ def test_wandb_holds_per_head_scalars_table_and_images(run: dict[str, Any]) -> N
 def test_tidy_table_matches_wandb(run: dict[str, Any]) -> None:
     analysis = run["root"] / "analysis"
     tidy = pd.read_csv(analysis / "head_metrics.csv")
-    assert list(tidy.columns) == ["step", "layer", "head", "metric", "value"]
+    assert list(tidy.columns) == ["step", "layer", "head", "metric", "value", "se", "n"]
     rows = analysis_rows(run["records"])
     checked = 0
     for step, layer, head, metric in [
@@ -180,6 +180,14 @@ def test_tidy_table_matches_wandb(run: dict[str, Any]) -> None:
             assert rows[step][key] == pytest.approx(value, rel=1e-6, abs=1e-9)
             checked += 1
     assert checked >= 3
+    # Standard errors over the probe's sequences (24 of them) reach W&B as <key>_se; weight-only copying has none.
+    entropy = tidy[(tidy["step"] == 20) & (tidy["layer"] == 1) & (tidy["head"] == 2) & (tidy["metric"] == "entropy")]
+    se = float(entropy.se.iloc[0])
+    assert 0 < se < float(entropy.value.iloc[0]) and int(entropy.n.iloc[0]) == DATA["n_probe"]
+    assert rows[20]["heads/L01H02/entropy_se"] == pytest.approx(se, rel=1e-6)
+    copying = tidy[tidy["metric"] == "copying"]
+    assert copying.se.isna().all() and copying.n.isna().all()
+    assert "heads/L01H02/copying_se" not in rows[20] and "heads/L01H02/copying" in rows[20]
     # One write per step and metric: no duplicates although the end of fit re-ran step 20 expensively.
     assert not tidy.duplicated(["step", "layer", "head", "metric"]).any()
 
@@ -187,7 +195,7 @@ def test_tidy_table_matches_wandb(run: dict[str, Any]) -> None:
 def test_run_dir_tables_markdown_and_csv_log(run: dict[str, Any]) -> None:
     analysis = run["root"] / "analysis"
     roles = pd.read_csv(analysis / "head_roles.csv")
-    assert list(roles.columns) == ["step", "layer", "head", "role", "family", "score", "margin"]
+    assert list(roles.columns) == ["step", "layer", "head", "role", "family", "score", "margin", "se"]
     assert set(roles.step) == {20} and {(r.layer, r.head) for r in roles.itertuples()} == {
         (layer, h) for layer in range(2) for h in range(4)
     }

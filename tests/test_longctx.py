@@ -97,7 +97,7 @@ def test_massive_activations_relative_criterion_and_sink() -> None:
     resid[1, 3, 1] = 5.0  # 500x: below the bar
     resid[1, 4, 0] = 1e6  # huge, but on a pad
     mask = torch.tensor([[True] * 5, [True, True, True, True, False]])
-    out = massive_activations(resid, mask, layer=2)
+    out = massive_activations(resid, mask, ratio=1000.0, layer=2)
     assert out.layer == 2 and out.median == pytest.approx(0.01)
     assert out.count == 2
     assert list(zip(out.batch, out.position, out.dim, strict=True)) == [(0, 0, 3), (1, 2, 6)]
@@ -136,7 +136,7 @@ def test_analysis_reports_a_planted_massive_activation_on_the_sink() -> None:
         ids = torch.randint(0, 40, (3, 12))
         mask = torch.ones(3, 12, dtype=torch.bool)
         mask[2, 8:] = False
-        alone = _massive(model.residual_stream(ids, mask), mask)
+        alone = _massive(model.residual_stream(ids, mask), mask, 1000.0)
     # The analysis reads the residual stream from its importance forwards (row groups cut to their extent).
     probe = _probe({"input_ids": ids, "attention_mask": mask}, vocab_size=40)
     in_analysis = compute_head_metrics(model, probe, _analysis_cfg(), expensive=False).layer_metrics

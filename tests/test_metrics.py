@@ -146,7 +146,7 @@ def test_previous_token_profile_and_positional_heads() -> None:
     torch.testing.assert_close(mean_weight[0], torch.tensor([0.0, 1.0, 1 / T, 0.0, 0.0]))
     # BOS head: query 0 (offset 0), query 1 (offset -1), query 2 (offset -2).
     torch.testing.assert_close(argmax_frac[1], torch.tensor([1 / (T - 2), 1 / (T - 1), 1 / T, 0.0, 0.0]))
-    is_pos, offset, frac = positional_heads(A, max_offset=2)
+    is_pos, offset, frac = positional_heads(A, max_offset=2, threshold=0.9)
     assert is_pos.tolist() == [True, False]
     assert offset[0].item() == -1 and frac[0].item() == 1.0
 
@@ -156,7 +156,7 @@ def test_next_token_head_bidirectional() -> None:
     A = onehot_pattern([[min(q + 1, T - 1) for q in range(T)]])
     argmax_frac, _ = relative_position_profile(A, max_offset=1, causal=False)
     torch.testing.assert_close(argmax_frac[0], torch.tensor([0.0, 1 / T, 1.0]))
-    is_pos, offset, _ = positional_heads(A, max_offset=1, causal=False)
+    is_pos, offset, _ = positional_heads(A, max_offset=1, threshold=0.9, causal=False)
     assert is_pos.item() and offset.item() == 1
 
 
@@ -282,7 +282,7 @@ def test_detection_score_is_mean_over_sequences() -> None:
 def test_sink_score_and_rate() -> None:
     T = 12
     sink = onehot_pattern([[0] * T])
-    assert sink_score(sink).item() == 1.0 and sink_rate(sink).item() == 1.0
+    assert sink_score(sink).item() == 1.0 and sink_rate(sink, eps=0.3).item() == 1.0
     harmonic = sum(1 / k for k in range(1, T + 1))
     assert sink_score(uniform(T, causal=True)).item() == pytest.approx(harmonic / T)  # 0.259 < 0.3
     batch = torch.cat([sink, uniform(T, causal=True)])
@@ -322,7 +322,7 @@ def test_dependency_accuracy_dep2head_and_baseline() -> None:
     base_c, offset_c = offset_baseline(DEP_HEADS, DEP_RELS, 2, max_offset=3, causal=True)
     torch.testing.assert_close(base_c, torch.tensor([0.6, 1 / 3]))
     assert offset_c.tolist() == [-1, -3]
-    is_syn, gain = syntactic_heads(A, DEP_HEADS, DEP_RELS, 2, max_offset=3, causal=False)
+    is_syn, gain = syntactic_heads(A, DEP_HEADS, DEP_RELS, 2, max_offset=3, margin=0.1, causal=False)
     torch.testing.assert_close(gain, torch.tensor([[0.4, 1 / 3], [0.0, -2 / 3]]))
     assert is_syn.tolist() == [[True, True], [False, False]]
 
@@ -340,7 +340,7 @@ def test_dependency_accuracy_excludes_self_and_handles_empty_relations() -> None
     A = onehot_pattern([list(range(T_DEP))])  # pure self-attention: argmax falls back to BOS after masking
     acc = dependency_accuracy(A, DEP_HEADS, DEP_RELS, 3)
     assert acc[0, :2].tolist() == [0.0, 0.0] and math.isnan(acc[0, 2].item())
-    is_syn, _ = syntactic_heads(A, DEP_HEADS, DEP_RELS, 3, causal=False)
+    is_syn, _ = syntactic_heads(A, DEP_HEADS, DEP_RELS, 3, margin=0.1, causal=False)
     assert not is_syn.any()
 
 
@@ -497,7 +497,7 @@ PER_HEAD_METRICS = {
     "normalized_entropy": lambda a, m, tok, heads, rels: normalized_entropy(a, m),
     "confidence": lambda a, m, tok, heads, rels: confidence(a, m),
     "profile": lambda a, m, tok, heads, rels: torch.cat(relative_position_profile(a, m, 2), -1),
-    "positional": lambda a, m, tok, heads, rels: positional_heads(a, m, 2)[2],
+    "positional": lambda a, m, tok, heads, rels: positional_heads(a, m, 2, threshold=0.9)[2],
     "previous_token": lambda a, m, tok, heads, rels: previous_token_score(a, m, True, True),
     "duplicate": lambda a, m, tok, heads, rels: duplicate_token_score(a, tok, m),
     "induction": lambda a, m, tok, heads, rels: induction_score(a, tok, m, exclude_bos=True),
@@ -505,7 +505,7 @@ PER_HEAD_METRICS = {
     "sink_rate": lambda a, m, tok, heads, rels: sink_rate(a, m, eps=0.2),
     "dep2head": lambda a, m, tok, heads, rels: dependency_accuracy(a, heads, rels, 2, m),
     "head2dep": lambda a, m, tok, heads, rels: dependency_accuracy(a, heads, rels, 2, m, "head2dep"),
-    "syntactic": lambda a, m, tok, heads, rels: syntactic_heads(a, heads, rels, 2, m, max_offset=2)[1],
+    "syntactic": lambda a, m, tok, heads, rels: syntactic_heads(a, heads, rels, 2, m, max_offset=2, margin=0.1)[1],
     "antecedent": lambda a, m, tok, heads, rels: antecedent_accuracy(a, heads, m),
     "rare": lambda a, m, tok, heads, rels: rare_token_score(a, tok, PAD_FREQ, m),
     "js": lambda a, m, tok, heads, rels: js_divergence_matrix(a, m),

@@ -93,7 +93,7 @@ def test_rules_margins_and_unassigned() -> None:
     }
     rows = roles_table(roles)
     assert rows[0] == {"layer": 0, "head": 0, "role": "positional:-1", "score": get[0, "positional:-1"].score,
-                       "margin": get[0, "positional:-1"].margin}  # fmt: skip
+                       "margin": get[0, "positional:-1"].margin, "se": 0.0}  # fmt: skip
 
 
 def test_missing_threshold_or_baseline_is_a_clear_error() -> None:
@@ -171,7 +171,7 @@ def planted_copying(signs: list[int]) -> torch.Tensor:
 
 
 def layer_metrics(attn: torch.Tensor) -> dict[str, torch.Tensor]:
-    _, offset, frac = positional_heads(attn, max_offset=3)
+    _, offset, frac = positional_heads(attn, max_offset=3, threshold=0.9)
     return {
         "positional_frac": frac,
         "positional_offset": offset,

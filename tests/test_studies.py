@@ -141,6 +141,7 @@ def _wu_fixture(tmp_path: Path, rows: list[dict]) -> list[Claim]:
         r.setdefault("run", str(tmp_path / "runs" / "train" / f"{i}_x"))
         r.setdefault("n_heads", 24)
         r.setdefault("n_scored", 24)
+        r.setdefault("retrieval_bar", 0.1)  # the runs' analysis.thresholds.retrieval, recorded by measure_masking
     ctx.eval_path("masking.json").write_text(json.dumps(rows))
     return get_study("wu2024").verdicts(ctx)
 
@@ -157,6 +158,17 @@ def test_wu2024_verdicts_hold_on_a_clear_case(tmp_path: Path) -> None:
     assert sparse.ours["share"].values == (1 / 24, 1 / 24)
     assert collapse.ours["ratio"].values == pytest.approx((0.1 / 0.95, 0.2 / 0.9))
     assert sparse.runs == ["runs/train/0_x", "runs/train/1_x"]
+
+
+def test_wu2024_retrieval_heads_are_those_above_the_runs_own_bar(tmp_path: Path) -> None:
+    """The bar is the run's analysis.thresholds.retrieval (its .hydra/config.yaml), not a copy in the study."""
+    from mhaexp.studies.wu2024 import retrieval_heads
+
+    rows = [(100, 0, h, "retrieval", v) for h, v in enumerate((0.05, 0.15, 0.4))]
+    paper = fake_run(tmp_path / "a", 0, {"analysis": {"thresholds": {"retrieval": 0.1}}}, rows)
+    strict = fake_run(tmp_path / "b", 0, {"analysis": {"thresholds": {"retrieval": 0.3}}}, rows)
+    assert retrieval_heads(paper) == ([(0, 1), (0, 2)], 3, 0.4)
+    assert retrieval_heads(strict) == ([(0, 2)], 3, 0.4)
 
 
 def test_wu2024_verdicts_fail_on_a_clear_counter_case(tmp_path: Path) -> None:
@@ -274,9 +286,10 @@ def fake_run(
     return run
 
 
-def _olsson_runs(tmp_path: Path, jump: int, gap_drop_at: int, final_2l: float) -> StudyContext:
+def _olsson_runs(tmp_path: Path, jump: int, gap_drop_at: int, final_2l: float, bar: float = 0.5) -> StudyContext:
     """Two seeds of 1 and 2 layers over 1500 steps, analysed every 50; the 2-layer runs' best prefix
-    matching jumps from 0.05 to ``final_2l`` at step ``jump``; the in-context gap falls at ``gap_drop_at``."""
+    matching jumps from 0.05 to ``final_2l`` at step ``jump``; the in-context gap falls at ``gap_drop_at``.
+    The runs were trained with ``analysis.thresholds.induction=bar``."""
     ctx = StudyContext("olsson2022", tmp_path, Budget(seeds=2))
     steps = range(0, 1501, 50)
     num = 0
@@ -285,7 +298,8 @@ def _olsson_runs(tmp_path: Path, jump: int, gap_drop_at: int, final_2l: float) -
             pm = [(s, 0, 0, "prefix_matching", 0.05 if layers == 1 or s < jump else final_2l) for s in steps]
             pm += [(s, 0, 1, "prefix_matching", 0.01) for s in steps]
             gap = [{"step": s - 1, "val/icl_gap": 0.0 if s < gap_drop_at or layers == 1 else -1.5} for s in steps if s]
-            fake_run(ctx.runs_dir / "train", num, {"seed": seed, "model": {"n_layers": layers}}, pm, gap)
+            config = {"seed": seed, "model": {"n_layers": layers}, "analysis": {"thresholds": {"induction": bar}}}
+            fake_run(ctx.runs_dir / "train", num, config, pm, gap)
             num += 1
     return ctx
 
@@ -310,6 +324,15 @@ def test_olsson2022_verdicts_fail_when_they_do_not(tmp_path: Path) -> None:
     assert [c.holds for c in claims] == [True, True, False]
 
 
+def test_olsson2022_judges_heads_by_the_runs_own_induction_bar(tmp_path: Path) -> None:
+    """The bar is each run's analysis.thresholds.induction, not a copy in the study: the same heads (best
+    prefix matching 0.9) are induction heads under the paper's 0.5 and not under a bar of 0.95."""
+    formed = get_study("olsson2022").verdicts(_olsson_runs(tmp_path / "a", 600, 600, 0.9, bar=0.5))[0]
+    assert formed.holds is True and ">= 0.5 " in formed.criterion
+    formed = get_study("olsson2022").verdicts(_olsson_runs(tmp_path / "b", 600, 600, 0.9, bar=0.95))[0]
+    assert formed.holds is False and ">= 0.95 " in formed.criterion
+
+
 def _gu_runs(tmp_path: Path, init: float, final: float) -> StudyContext:
     ctx = StudyContext("gu2024", tmp_path, Budget(seeds=2))
     for seed in (0, 1):
@@ -317,7 +340,7 @@ def _gu_runs(tmp_path: Path, init: float, final: float) -> StudyContext:
         for step in (0, 500, 1000, 1500):
             rate = init if step == 0 else (final if step >= 1000 else init)
             rows += [(step, 0, h, "sink_rate", rate + 0.01 * seed) for h in range(4)]
-        fake_run(ctx.runs_dir / "train", seed, {"seed": seed}, rows)
+        fake_run(ctx.runs_dir / "train", seed, {"seed": seed, "analysis": {"thresholds": {"sink": 0.3}}}, rows)
     return ctx
 
 
@@ -325,6 +348,7 @@ def test_gu2024_verdicts_pass_and_fail(tmp_path: Path) -> None:
     ctx = _gu_runs(tmp_path / "a", 0.0, 0.6)
     no_sink, emerges = get_study("gu2024").verdicts(ctx)
     assert (no_sink.holds, emerges.holds) == (True, True)
+    assert "attending > 0.3 to the first token" in no_sink.metric  # the runs' analysis.thresholds.sink
     get_study("gu2024").plot(ctx)
     assert (tmp_path / "a" / "sink_rate.png").stat().st_size > 1000
     assert emerges.ours["onset step"].values == (1000.0, 1000.0)

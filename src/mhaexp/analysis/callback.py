@@ -70,7 +70,8 @@ def run_analysis(
     """
     settings = tier_settings(cfg, full=expensive)
     hm = compute_head_metrics(model, probe, settings, expensive=expensive)
-    roles = export.real_roles(classify_heads(hm.metrics, settings["thresholds"], hm.relation_names), hm.n_heads)
+    roles = classify_heads(hm.metrics, settings["thresholds"], hm.relation_names, hm.se)
+    roles = export.real_roles(roles, hm.n_heads)
     rows = export.tidy_rows(step, hm)
     export.append_metrics(out_dir, rows)
     faults.point("analysis", step)
@@ -302,7 +303,7 @@ def build_roles_provider(
         if "probe" not in cache:
             cache["probe"] = tier_probe(cfg, datamodule, model)
         hm = compute_head_metrics(model, cache["probe"], settings, expensive=False, importance=False)
-        roles = classify_heads(hm.metrics, settings["thresholds"], hm.relation_names)
+        roles = classify_heads(hm.metrics, settings["thresholds"], hm.relation_names, hm.se)
         return export.real_roles(roles, hm.n_heads)
 
     return provide

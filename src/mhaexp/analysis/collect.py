@@ -7,13 +7,16 @@ Layout of the result (:class:`HeadMetrics`):
   The keys of :mod:`mhaexp.analysis.roles` are all here (when the data allows), so ``metrics`` goes
   straight into ``classify_heads``, together with the baselines ``syntactic_baseline`` ``(R,)`` and
   ``coreference_baseline`` (scalar).
+* ``se[key]`` / ``n[key]``: the standard error over probe sequences and the sequences behind it, shaped as
+  ``metrics[key]``, for the metrics that have one (:data:`mhaexp.analysis.registry.METRICS`, ``se``).
 * ``layer_metrics[key]``: ``(L,)`` per-layer values (GQA group diversity).
 * ``js`` ``(N, N)`` / ``mds`` ``(N, 2)``: over all real heads, head ``k`` is ``head_index[k]``.
 
 Memory: the analysis streams (:func:`compute_head_metrics`). Patterns exist for one layer and one
 micro-batch of sequences at a time (:data:`PATTERN_CHUNK_ELEMENTS`), and every metric is accumulated as
-a sum and a count, so a long-context probe (B = 64, T = 1024: 8.6 GB of patterns over 4 layers of 8
-heads) is analysed in about a gigabyte, with the numbers of the whole-pattern computation.
+a sum and a count, with each sequence's share for the standard error over sequences, so a long-context
+probe (B = 64, T = 1024: 8.6 GB of patterns over 4 layers of 8 heads) is analysed in about a gigabyte,
+with the numbers of the whole-pattern computation.
 
 Two tiers, so that periodic analysis stays cheap (see ``expensive_every`` in conf/analysis):
 
@@ -29,12 +32,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mhaexp.analysis import registry
+from mhaexp.analysis.registry import Metric, resolve
 from mhaexp.heads import patterns as M
 from mhaexp.heads.importance import (
     ablation_importance,
@@ -46,7 +52,7 @@ from mhaexp.heads.importance import (
     kv_groups,
     row_groups,
 )
-from mhaexp.heads.longctx import massive_activations, retrieval_sums, streaming_sums
+from mhaexp.heads.longctx import massive_activations
 from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_sums, mds_embedding
 from mhaexp.heads.weights import copying_score
 from mhaexp.heads.wordlevel import word_attention, word_mask
@@ -98,6 +104,10 @@ class HeadMetrics:
 
     metrics: dict[str, Tensor]
     n_heads: list[int]
+    # Per metric (the keys of ``metrics`` that have them), the standard error over probe sequences and the
+    # number of sequences it rests on, shaped like the metric (:meth:`~mhaexp.heads.patterns.Ratio.stats`).
+    se: dict[str, Tensor] = field(default_factory=dict)
+    n: dict[str, Tensor] = field(default_factory=dict)
     relation_names: list[str] = field(default_factory=list)
     syntactic_direction: list[str] = field(default_factory=list)
     layer_metrics: dict[str, Tensor] = field(default_factory=dict)
@@ -296,50 +306,13 @@ def _syntax_targets(
     return probe.cache[key]
 
 
-def _syntax_sums(chunk: M.Chunk, targets: Tensor, directions: Sequence[str]) -> M.Ratio:
-    """Per-relation accuracy ``(H, R)`` of one chunk as a :class:`~mhaexp.heads.patterns.Ratio`; ``targets``
-    ``(R, b, T)`` are the chunk's rows of :func:`_syntax_setup`'s arrays."""
-    acc = M.dep2head_sums(chunk.top_other, targets, chunk.mask)
-    by_h2d = [r for r, d in enumerate(directions) if d == "head2dep"]
-    if not by_h2d:
-        return acc
-    num, den = acc.num.clone(), acc.den.clone()
-    for r in by_h2d:
-        one = torch.where(targets[r] >= 0, 0, -1)
-        h2d = M.dependency_sums(chunk, targets[r], one, 1, "head2dep")
-        num[:, r], den[r] = h2d.num[:, 0], h2d.den[0]
-    return M.Ratio(num, den)
-
-
-def _syntax_outputs(per_layer_acc: Sequence[Tensor], bases: Mapping[str, Tensor], width: int) -> dict[str, Tensor]:
+def _syntax_outputs(bases: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The baselines of the syntactic role: ``syntactic_baseline`` is the bar (the larger of the two)."""
     return {
-        "syntactic_accuracy": _per_layer(per_layer_acc, width),
         "syntactic_baseline": bases["combined"].clone(),
         "syntactic_offset_baseline": bases["offset"].clone(),
         "syntactic_position_baseline": bases["position"].clone(),
     }
-
-
-def _syntax_metrics(
-    per_layer: Sequence[Tensor],
-    batch: Batch,
-    probe: ProbeData,
-    cfg: Mapping[str, Any],
-    causal: bool,
-    width: int,
-) -> tuple[dict[str, Tensor], list[str], list[str]]:
-    """``syntactic_accuracy`` (L, H, R) and ``syntactic_baseline`` (R,), relation names, directions, from
-    every layer's whole patterns ``(B, H_l, T, T)`` (:func:`compute_head_metrics` streams the same sums).
-
-    The probe's relations, plus ``amod:pred`` when the grammar's relations allow deriving it. What
-    depends on the probe alone (arcs, baselines) is computed once per probe and direction setting.
-    """
-    names, directions, targets, bases = _syntax_targets(batch, probe, cfg, causal)
-    device = per_layer[0].device
-    mask = batch["attention_mask"].bool().to(device)
-    targets = targets.to(device)
-    acc = [_syntax_sums(M.Chunk(p, mask, causal), targets, directions).value() for p in per_layer]
-    return _syntax_outputs(acc, bases, width), list(names), list(directions)
 
 
 def _coref_baselines(batch: Batch, probe: ProbeData, cfg: Mapping[str, Any], causal: bool) -> dict[str, Tensor]:
@@ -350,25 +323,12 @@ def _coref_baselines(batch: Batch, probe: ProbeData, cfg: Mapping[str, Any], cau
     return probe.cache[key]
 
 
-def _coref_outputs(per_layer_acc: Sequence[Tensor], bases: Mapping[str, Tensor], width: int) -> dict[str, Tensor]:
+def _coref_outputs(bases: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {
-        "coreference": _per_layer(per_layer_acc, width),
         "coreference_baseline": bases["combined"][0].cpu(),
         "coreference_offset_baseline": bases["offset"][0].cpu(),
         "coreference_position_baseline": bases["position"][0].cpu(),
     }
-
-
-def _coref_metrics(
-    per_layer: Sequence[Tensor], batch: Batch, cfg: Mapping[str, Any], causal: bool, width: int
-) -> dict[str, Tensor]:
-    """``coreference`` (L, H) and its baselines: mention -> antecedent (Clark et al. 2019) in every
-    ``direction`` mode; the antecedent always comes first, so causal heads can see it."""
-    device = per_layer[0].device
-    mask, coref = batch["attention_mask"].bool().to(device), batch["coref"].long().to(device)
-    acc = [M.dep2head_sums(M.Chunk(p, mask, causal).top_other, coref[None], mask).value()[:, 0] for p in per_layer]
-    bases = _baselines(batch["coref"].long()[None], ["dep2head"], batch["attention_mask"].bool(), cfg, causal)
-    return _coref_outputs(acc, bases, width)
 
 
 def _copying(model: Any) -> list[Tensor]:
@@ -392,20 +352,6 @@ PATTERN_CHUNK_ELEMENTS = 2**24
 # Tokens per forward + backward of gradient importance (activations and logits of a micro-batch).
 IMPORTANCE_CHUNK_TOKENS = 4096
 
-# Order of the pattern metrics in the result (and so in head_metrics.csv).
-_PATTERN_KEYS = (
-    "normalized_entropy",
-    "entropy",
-    "confidence",
-    "prev_token_attn",
-    "sink",
-    "sink_rate",
-    "rare_word",
-    "streaming",
-    "retrieval",
-)
-_INDUCTION_KEYS = ("induction", "duplicate", "prefix_matching", "duplicate_matching")
-
 
 class _Sums:
     """Per metric and layer, the :class:`~mhaexp.heads.patterns.Ratio` summed over the chunks seen so far."""
@@ -423,6 +369,88 @@ class _Sums:
 
     def values(self, key: str) -> list[Tensor]:
         return [r.value() for r in self.parts[key] if r is not None]
+
+    def stats(self, keys: Sequence[str]) -> dict[str, list[Stats]]:
+        """Per key, per layer, ``(value, se, n)`` of the summed ratio (:meth:`~mhaexp.heads.patterns.Ratio.stats`),
+        finished together (:func:`~mhaexp.heads.patterns.ratio_stats`)."""
+        return M.ratio_stats({k: [r for r in self.parts[k] if r is not None] for k in keys})
+
+
+# One layer's ``(value, standard error, n)`` of a metric; se and n None for metrics without them.
+Stats = tuple[Tensor, Tensor | None, Tensor | None]
+
+
+class ChunkInputs:
+    """What a metric's streaming function (:attr:`mhaexp.analysis.registry.Metric.sums`) may ask for by name
+    (:attr:`~mhaexp.analysis.registry.Metric.needs`), for one layer's chunk of probe rows. None: the probe
+    lacks it, and the metrics needing it are not computed. ``words`` (word-level attention) is made on
+    first use."""
+
+    def __init__(self, chunk: M.Chunk, thresholds: Mapping[str, Any], **inputs: Any) -> None:
+        self.chunk = chunk
+        self.thresholds = thresholds
+        self.sub: Batch = inputs.pop("sub", {})
+        self.tokens: Tensor | None = inputs.pop("tokens", None)
+        for name in ("token_freq", "max_offset", "streaming_window", "syntax_targets", "syntax_directions", "coref"):
+            setattr(self, name, inputs.pop(name, None))
+        for name in ("needle", "answer", "generated"):
+            setattr(self, name, self.sub.get(name) if "generated" in self.sub else None)
+        if self.needle is not None:
+            self.needle, self.answer = self.needle.bool(), self.answer.bool()
+        if inputs:
+            raise TypeError(f"unknown chunk inputs: {sorted(inputs)}")
+        self._results: dict[Any, Any] = {}
+
+    @cached_property
+    def words(self) -> M.Chunk:
+        return _word_chunk(self.chunk, self.sub, self.chunk.causal)
+
+    def get(self, need: str) -> Any:
+        if need.startswith("thresholds."):
+            return float(self.thresholds[need.split(".", 1)[1]])
+        return getattr(self, need)
+
+    def run(self, metric: Metric) -> M.Ratio | None:
+        """``metric``'s ratio on this chunk; None when an input is missing. Metrics naming the same function
+        with the same inputs share one call (``repeat_sums`` gives four metrics from one pass)."""
+        args = [self.get(n) for n in metric.needs]
+        if any(a is None for a in args):
+            return None
+        key = (metric.sums, metric.needs)
+        if key not in self._results:
+            self._results[key] = metric.function()(*args)
+        result = self._results[key]
+        return result if metric.pick is None else result[metric.pick]
+
+
+def best_offset_stats(per_layer: Sequence[Stats], cfg: Mapping[str, Any]) -> dict[str, list[Stats]]:
+    """``positional_frac`` and ``positional_offset`` from the relative-position profile (``argmax_frac``
+    ``(H, 2k + 1)`` per layer): each head's best offset and its share, with that share's SE and n."""
+    frac_out, offset_out = [], []
+    for value, se, n in per_layer:
+        offset, frac = M.best_offset(value, int(cfg["max_offset"]))
+        at = (offset + int(cfg["max_offset"]))[:, None]
+        frac_out.append(
+            (frac, None if se is None else se.gather(-1, at)[:, 0], None if n is None else n.gather(-1, at)[:, 0])
+        )
+        offset_out.append((offset.float(), None, None))
+    return {"positional_frac": frac_out, "positional_offset": offset_out}
+
+
+def estimate_stats(per_layer: Sequence[Any]) -> list[Stats]:
+    """Gradient importance and ablation (:mod:`mhaexp.heads.importance`) as ``(value, se, n)`` per layer.
+
+    The one place their standard errors over probe sentences plug in: :mod:`mhaexp.heads.importance` returns
+    each layer's mean only today, so se and n stay empty; a per-layer result with ``mean``, ``se`` and ``n``
+    is taken as it comes.
+    """
+    out: list[Stats] = []
+    for r in per_layer:
+        if all(hasattr(r, k) for k in ("mean", "se", "n")):
+            out.append((r.mean, r.se, torch.as_tensor(r.n, dtype=torch.float32).expand_as(r.mean)))
+        else:
+            out.append((r, None, None))
+    return out
 
 
 def _pattern_chunks(
@@ -466,11 +494,6 @@ def _can_share_forward(model: Any, probe: ProbeData, seq_len: int, chunk_element
     )
 
 
-def _induction_sums(sums: _Sums, layer: int, chunk: M.Chunk, tokens: Tensor) -> None:
-    for key, value in M.repeat_sums(chunk, tokens).items():
-        sums.add(key, layer, value)
-
-
 def compute_head_metrics(
     model: Any,
     probe: ProbeData,
@@ -504,6 +527,10 @@ def compute_head_metrics(
     on = {k: v.to(device) for k, v in batch.items()}
     on["attention_mask"] = mask.to(device)
     window = int(cfg["streaming_window"])
+    thresholds = cfg["thresholds"]
+    streamed = [m for m in registry.METRICS if m.sums is not None and m.tier == "cheap"]
+    on_repeats = [m for m in streamed if m.on == "repeats"]
+    on_probe = [m for m in streamed if m.on == "probe" or probe.repeated]
     if causal and "needle" in batch and "answer" in batch:  # retrieval heads: the answer is generated
         on["generated"] = _generated(model, probe.batches, T, device)
     # Arcs join words: score them on word-level patterns (identical to the token ones for one-piece words).
@@ -531,29 +558,22 @@ def compute_head_metrics(
         rows = rows.to(device)
         t = p.shape[-1]
         sub = {k: v[rows, :t] for k, v in on.items()}
-        chunk = M.Chunk(p, sub["attention_mask"], causal)
-        frac, _ = M.relative_position_sums(chunk, max_offset)
-        sums.add("argmax_frac", layer, frac)
-        sums.add("normalized_entropy", layer, M.normalized_entropy_sums(chunk))
-        sums.add("entropy", layer, M.entropy_sums(chunk))
-        sums.add("confidence", layer, M.confidence_sums(chunk))
-        sums.add("prev_token_attn", layer, M.previous_token_sums(chunk))
-        sums.add("sink", layer, M.sink_sums(chunk))
-        sums.add("sink_rate", layer, M.sink_rate_sums(chunk))
-        if probe.token_freq is not None:
-            sums.add("rare_word", layer, M.rare_token_sums(chunk, sub["input_ids"], probe.token_freq))
-        if window * 4 <= T:
-            sums.add("streaming", layer, streaming_sums(chunk, window))
-        if "generated" in sub:
-            needle, answer = sub["needle"].bool(), sub["answer"].bool()
-            sums.add("retrieval", layer, retrieval_sums(chunk, sub["input_ids"], needle, answer, sub["generated"]))
-        words = _word_chunk(chunk, sub, causal) if syntax is not None or has_coref else chunk
-        if syntax is not None:
-            sums.add("syntactic_accuracy", layer, _syntax_sums(words, targets[:, rows, :t], syntax[1]))
-        if has_coref:
-            sums.add("coreference", layer, M.dep2head_sums(words.top_other, sub["coref"].long()[None], words.mask))
-        if probe.repeated:
-            _induction_sums(sums, layer, chunk, sub["input_ids"])
+        inputs = ChunkInputs(
+            M.Chunk(p, sub["attention_mask"], causal),
+            thresholds,
+            sub=sub,
+            tokens=sub["input_ids"],
+            token_freq=probe.token_freq,
+            max_offset=max_offset,
+            streaming_window=window if window * 4 <= T else None,
+            syntax_targets=None if syntax is None else targets[:, rows, :t],
+            syntax_directions=None if syntax is None else syntax[1],
+            coref=sub["coref"].long() if has_coref else None,
+        )
+        for metric in on_probe:
+            ratio = inputs.run(metric)
+            if ratio is not None:
+                sums.add(metric.name, layer, ratio)
         first = (rows == 0).nonzero()
         if len(first):
             example.append(p[int(first[0]), :, :n_first, :n_first].cpu().clone())
@@ -609,40 +629,45 @@ def compute_head_metrics(
             T_rep = rep_ids.shape[1]
             for row, layer, p in _pattern_chunks(model, [rep], T_rep, chunk_elements, device):
                 rows = slice(row, row + p.shape[0])
-                _induction_sums(sums, layer, M.Chunk(p, rep_mask[rows], causal), rep_ids[rows])
+                inputs = ChunkInputs(M.Chunk(p, rep_mask[rows], causal), thresholds, tokens=rep_ids[rows])
+                for metric in on_repeats:
+                    ratio = inputs.run(metric)
+                    if ratio is not None:
+                        sums.add(metric.name, layer, ratio)
                 del p
 
-    out: dict[str, Tensor] = {}
-    _, offset, frac = zip(*(M.best_offset(f, max_offset) for f in sums.values("argmax_frac")), strict=True)
-    out["positional_frac"] = _per_layer(frac, H)
-    out["positional_offset"] = _per_layer([o.float() for o in offset], H)
-    for key in _PATTERN_KEYS:
-        if key in sums:
-            out[key] = _per_layer(sums.values(key), H)
-    relation_names: list[str] = []
-    directions: list[str] = []
-    if syntax is not None:
-        relation_names, directions = list(syntax[0]), list(syntax[1])
-        out.update(_syntax_outputs(sums.values("syntactic_accuracy"), syntax[3], H))
-    if has_coref:
-        coref = [a[:, 0] for a in sums.values("coreference")]
-        out.update(_coref_outputs(coref, _coref_baselines(word_batch, probe, cfg, causal), H))
-    for key in _INDUCTION_KEYS:
-        out[key] = _per_layer(sums.values(key), H)
-    out["copying"] = _per_layer(_copying(model), H)
-
+    result = HeadMetrics({}, n_heads, expensive=expensive)
     gqa = any(a.n_kv_heads < a.n_heads for a in layers)
+    if importance and grads is None:
+        grads = gradient_importance(model, batches_d, probe.objective, max_tokens=IMPORTANCE_CHUNK_TOKENS)
+    # Everything the cheap tier computes, by name; the registry's order is the result's (and so the tables').
+    computed: dict[str, list[Stats]] = {}
+    finished = sums.stats([m.name for m in streamed if m.name in sums])
+    for metric in streamed:
+        if metric.name in finished:
+            per_layer = finished[metric.name]
+            if metric.finish is not None:
+                computed.update(resolve(metric.finish)(per_layer, cfg))
+            else:
+                computed[metric.name] = per_layer
+    computed["copying"] = [(c, None, None) for c in _copying(model)]
     if importance:
-        if grads is None:
-            grads = gradient_importance(model, batches_d, probe.objective, max_tokens=IMPORTANCE_CHUNK_TOKENS)
-        out["importance"] = _per_layer(grads, H)
+        computed["importance"] = estimate_stats(grads)
         if gqa:
-            groups = group_importance(model, batches_d, probe.objective)
-            out["group_importance"] = _per_layer(_per_head(groups, model), H)
-    result = HeadMetrics(out, n_heads, relation_names, directions, expensive=expensive)
+            per_head = _per_head(group_importance(model, batches_d, probe.objective), model)
+            computed["group_importance"] = estimate_stats(per_head)
+    for metric in registry.METRICS:
+        if metric.name in computed:
+            _put(result, metric.name, computed[metric.name], H)
+        if metric.name == "syntactic_accuracy" and syntax is not None:
+            result.relation_names, result.syntactic_direction = list(syntax[0]), list(syntax[1])
+            result.metrics.update(_syntax_outputs(syntax[3]))
+        if metric.name == "coreference" and has_coref:
+            result.metrics.update(_coref_outputs(_coref_baselines(word_batch, probe, cfg, causal)))
     with eval_mode(model), torch.no_grad():
         ids_m, mask_m = on["input_ids"][:n_massive, :t_massive], on["attention_mask"][:n_massive, :t_massive]
-        result.layer_metrics.update(_massive(resid or model.residual_stream(ids_m, mask_m), mask_m))
+        stream = resid or model.residual_stream(ids_m, mask_m)
+        result.layer_metrics.update(_massive(stream, mask_m, float(cfg["massive_ratio"])))
     result.example_patterns = example
     result.example_tokens = probe.tokens(0)
     if expensive:
@@ -650,20 +675,28 @@ def compute_head_metrics(
     return result
 
 
+def _put(result: HeadMetrics, name: str, per_layer: Sequence[Stats], width: int) -> None:
+    """Metric ``name`` into ``result`` as ``(L, H[, ...])`` tensors: value, and se and n where it has them."""
+    result.metrics[name] = _per_layer([v for v, _, _ in per_layer], width)
+    if registry.metric(name).se and all(se is not None for _, se, _ in per_layer):
+        result.se[name] = _per_layer([se for _, se, _ in per_layer], width)
+        result.n[name] = _per_layer([n for _, _, n in per_layer], width)
+
+
 def _per_head(per_group: Sequence[Tensor], model: Any) -> list[Tensor]:
     """A per-KV-group value (``(n_kv_heads,)`` per layer) given to each query head of the group."""
     return [g[grp.to(g.device)] for g, grp in zip(per_group, kv_groups(model), strict=True)]
 
 
-def _massive(resid: Sequence[Tensor], mask: Tensor) -> dict[str, Tensor]:
-    """Per layer: how many massive activations (Sun et al. 2024, > 1000x the layer's median magnitude)
+def _massive(resid: Sequence[Tensor], mask: Tensor, ratio: float) -> dict[str, Tensor]:
+    """Per layer: how many massive activations (Sun et al. 2024, > ``ratio`` x the layer's median magnitude)
     the residual stream ``resid`` (per layer ``(B, T, d)``) holds on its real tokens, how many sit on the
     first token, the largest ratio to the median, and the position and dimension of the largest activation."""
     keys = ("massive_count", "massive_on_sink", "massive_max_ratio", "massive_top_position", "massive_top_dim")
     rows: dict[str, list[float]] = {k: [] for k in keys}
     real = mask.bool()
     for layer, x in enumerate(resid):
-        found = massive_activations(x, real, layer=layer)
+        found = massive_activations(x, real, ratio=ratio, layer=layer)
         mag = x.float().abs().masked_fill(~real[..., None], 0.0)  # (B, T, d)
         _, t, d = torch.unravel_index(mag.argmax(), mag.shape)
         rows["massive_count"].append(float(found.count))
@@ -738,9 +771,8 @@ def _expensive(model: Any, probe: ProbeData, js: Tensor, result: HeadMetrics, wi
     them) divides the cost by (T / longest)^2 without changing a value.
     """
     device = next(model.parameters()).device
-    result.metrics["ablation"] = _per_layer(
-        ablation_importance(model, _ablation_batches(probe, device), probe.objective), width
-    )
+    ablation = ablation_importance(model, _ablation_batches(probe, device), probe.objective)
+    _put(result, "ablation", estimate_stats(ablation), width)
     result.js = js
     result.mds = mds_embedding(js.clamp_min(0).sqrt(), dim=2) if js.shape[0] >= 2 else None
     nearest = js + torch.diag(torch.full((js.shape[0],), float("inf")))
@@ -773,4 +805,4 @@ def _expensive(model: Any, probe: ProbeData, js: Tensor, result: HeadMetrics, wi
             {"gqa_within": torch.tensor(within), "gqa_across": torch.tensor(across), "gqa_ratio": torch.tensor(ratio)}
         )
         groups = group_ablation(model, _to(probe.batches, device), probe.objective)
-        result.metrics["group_ablation"] = _per_layer(_per_head(groups, model), width)
+        _put(result, "group_ablation", estimate_stats(_per_head(groups, model)), width)

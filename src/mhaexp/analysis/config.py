@@ -1,15 +1,20 @@
 """``conf/analysis/*.yaml`` as one checked object (no torch import: the CLI checks whole sweeps with it).
 
 conf/analysis/default.yaml documents every key and holds every default; the dataclass defaults
-below serve programmatic use only (the CLI builds with ``complete=True``).
+below serve programmatic use only (the CLI builds with ``complete=True``). The role thresholds' defaults
+are read from the YAML itself (:func:`yaml_thresholds`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, make_dataclass
 from typing import Any
 
+import yaml
+
+from mhaexp.analysis.registry import bars
 from mhaexp.config import (
+    CONF_DIR,
     boolean,
     check_fields,
     choice,
@@ -21,7 +26,6 @@ from mhaexp.config import (
     number,
     optional,
     positive_int,
-    probability,
     setting,
 )
 
@@ -34,24 +38,24 @@ REPLACED_KEYS = {
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
 
-@dataclass
-class Thresholds:
-    """The bars of :func:`mhaexp.analysis.roles.classify_heads`; the YAML cites each one's source."""
+def _thresholds_post_init(self: Any) -> None:
+    check_fields(self, "analysis.thresholds")
 
-    positional: float = setting(probability(), 0.9)
-    syntactic_margin: float = setting(probability(), 0.10)
-    coreference_margin: float = setting(probability(), 0.10)
-    induction: float = setting(probability(), 0.5)
-    duplicate: float = setting(probability(), 0.5)
-    copying: float = setting(number(-1.0, 1.0), 0.5)  # sum Re(l) / sum |l| lies in [-1, 1]
-    sink: float = setting(probability(), 0.3)
-    broad: float = setting(probability(), 0.9)
-    rare_word: float = setting(probability(), 0.5)
-    retrieval: float = setting(probability(), 0.1)
-    streaming: float = setting(probability(), 0.9)
 
-    def __post_init__(self) -> None:
-        check_fields(self, "analysis.thresholds")
+def yaml_thresholds() -> dict[str, float]:
+    """``analysis.thresholds`` of conf/analysis/default.yaml: the one home of every role bar's value."""
+    return yaml.safe_load((CONF_DIR / "analysis" / "default.yaml").read_text(encoding="utf-8"))["thresholds"]
+
+
+# The bars of :func:`mhaexp.analysis.roles.classify_heads`: one field per bar of the role registry
+# (:data:`mhaexp.analysis.registry.ROLES`). Their defaults (programmatic use; the CLI composes the YAML)
+# are read from conf/analysis/default.yaml, which cites each one's source: no second table of values.
+_DEFAULTS = yaml_thresholds()
+Thresholds = make_dataclass(
+    "Thresholds",
+    [(bar, float, setting(number(lo, hi), _DEFAULTS.get(bar, MISSING))) for bar, (lo, hi) in bars().items()],
+    namespace={"__post_init__": _thresholds_post_init, "__module__": __name__},
+)
 
 
 @dataclass
@@ -71,12 +75,13 @@ class AnalysisConfig:
     induction_sequences: int = setting(positive_int(), 256)
     js_sequences: int = setting(positive_int(), 16)
     streaming_window: int = setting(positive_int(), 16)
+    massive_ratio: float = setting(number(1.0, low_open=True), 1000.0)
     figure_formats: list[str] = setting(list_of(choice(*FIGURE_FORMATS)), factory=lambda: ["png"])
     seed: int = setting(integer(), 0)
     treebank: str | None = setting(optional(existing_file("CoNLL-U treebank")), None)
     treebank_max_sentences: int | None = setting(optional(positive_int()), None)
     min_arcs: int = setting(positive_int(), 20)
-    thresholds: Thresholds = setting(nested(Thresholds), factory=Thresholds)
+    thresholds: Any = setting(nested(Thresholds), factory=Thresholds)
 
     def __post_init__(self) -> None:
         if isinstance(self.thresholds, dict):  # programmatic use: AnalysisConfig(thresholds={...})

@@ -1,12 +1,15 @@
 """The analysis record in the run directory, ``<run_dir>/analysis/``:
 
-* ``head_metrics.csv``: tidy long table, one row per (step, layer, head, metric, value), appended at
-  every analysis step. Per-relation metrics are named ``syntactic_accuracy/<relation>``; relations
+* ``head_metrics.csv``: tidy long table, one row per (step, layer, head, metric, value, se, n), appended
+  at every analysis step, metrics in the registry's order (:data:`mhaexp.analysis.registry.METRICS`).
+  ``se`` is the value's standard error over the probe sequences and ``n`` the number of sequences it rests
+  on (empty for metrics without one: weight-only ``copying``, the chosen ``positional_offset``, the JS/MDS
+  map, importance and ablation for now). Per-relation metrics are named ``syntactic_accuracy/<relation>``; relations
   with no instance in the probe set are left out. Rows that are not per head use ``head = -1``
   (per-layer values such as ``gqa_ratio``) or ``layer = head = -1`` (the baselines:
   ``syntactic_baseline/<rel>``, the bar of the role rule, is the larger of ``syntactic_offset_baseline``
   and ``syntactic_position_baseline``; the same three for ``coreference``). NaN values are written as empty cells.
-* ``head_roles_history.csv``: columns ``step, layer, head, role, family, score, margin``, the roles
+* ``head_roles_history.csv``: columns ``step, layer, head, role, family, score, margin, se``, the roles
   of every head at every analysis step (``unassigned`` with empty score/margin if it has none);
   ``head_roles.csv``: the same for the latest step only (the final roles once training ended).
 * ``summary.json``: heads per role family (``roles/<family>``, zeros included) at the latest step.
@@ -26,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from mhaexp.analysis.collect import HeadMetrics
+from mhaexp.analysis.registry import role_interval
 from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole, role_counts
 from mhaexp.rundir import (
     ANALYSIS_REPORT_FILE,
@@ -35,16 +39,19 @@ from mhaexp.rundir import (
     SUMMARY_FILE,
 )
 
-METRIC_COLUMNS = ("step", "layer", "head", "metric", "value")
-ROLE_COLUMNS = ("step", "layer", "head", "role", "family", "score", "margin")
+METRIC_COLUMNS = ("step", "layer", "head", "metric", "value", "se", "n")
+ROLE_COLUMNS = ("step", "layer", "head", "role", "family", "score", "margin", "se")
 
 
 def tidy_rows(step: int, hm: HeadMetrics) -> list[dict[str, Any]]:
-    """Every number of ``hm`` as (step, layer, head, metric, value) rows; pruned-away heads are left out."""
+    """Every number of ``hm`` as (step, layer, head, metric, value, se, n) rows; pruned-away heads are left
+    out. ``se`` and ``n`` are None (empty cells) where the metric has none."""
     rows: list[dict[str, Any]] = []
 
-    def add(layer: int, head: int, metric: str, value: float) -> None:
-        rows.append({"step": step, "layer": layer, "head": head, "metric": metric, "value": value})
+    def add(layer: int, head: int, metric: str, value: float, se: float | None = None, n: float | None = None) -> None:
+        count = None if n is None or math.isnan(n) else int(n)
+        row = {"step": step, "layer": layer, "head": head, "metric": metric, "value": value}
+        rows.append({**row, "se": se, "n": count})
 
     names = hm.relation_names
     # .tolist() once per metric: indexing a tensor element by element costs microseconds a value.
@@ -52,16 +59,32 @@ def tidy_rows(step: int, hm: HeadMetrics) -> list[dict[str, Any]]:
         if key.endswith("_baseline"):
             continue
         grid = value.double().tolist()
+        se = hm.se[key].double().tolist() if key in hm.se else None
+        n = hm.n[key].double().tolist() if key in hm.n else None
         if value.dim() == 3:
             keep = _present_relations(hm)
-            for layer, n in enumerate(hm.n_heads):
-                for h in range(n):
+            for layer, count in enumerate(hm.n_heads):
+                for h in range(count):
                     for r in keep:
-                        add(layer, h, f"{key}/{names[r]}", grid[layer][h][r])
+                        add(
+                            layer,
+                            h,
+                            f"{key}/{names[r]}",
+                            grid[layer][h][r],
+                            None if se is None else se[layer][h][r],
+                            None if n is None else n[layer][h][r],
+                        )
         else:
-            for layer, n in enumerate(hm.n_heads):
-                for h in range(n):
-                    add(layer, h, key, grid[layer][h])
+            for layer, count in enumerate(hm.n_heads):
+                for h in range(count):
+                    add(
+                        layer,
+                        h,
+                        key,
+                        grid[layer][h],
+                        None if se is None else se[layer][h],
+                        None if n is None else n[layer][h],
+                    )
     for key, value in hm.metrics.items():
         if not key.endswith("_baseline"):
             continue
@@ -100,6 +123,7 @@ def role_rows(step: int, roles: Iterable[HeadRole]) -> list[dict[str, Any]]:
             "family": r.family,
             "score": r.score,
             "margin": r.margin,
+            "se": r.se,
         }
         for r in roles
     ]
@@ -182,8 +206,9 @@ def write_summary(out_dir: Path, step: int, roles: Sequence[HeadRole]) -> dict[s
     return summary
 
 
-def _fmt(x: float) -> str:
-    return "" if math.isnan(x) else f"{x:.3f}"
+def role_text(r: HeadRole) -> str:
+    """A held role with its interval and margin (:func:`~mhaexp.analysis.registry.role_interval`)."""
+    return r.role if r.role == "unassigned" else role_interval(r.role, r.score, r.se, r.margin)
 
 
 def write_markdown(
@@ -199,14 +224,12 @@ def write_markdown(
     if hm.relation_names and hm.syntactic_direction:
         dirs = ", ".join(f"{hm.relation_names[r]} {hm.syntactic_direction[r]}" for r in _present_relations(hm))
         lines += [f"Syntactic accuracy direction per relation: {dirs}.", ""]
-    lines += ["| layer | head | roles (score / margin) |", "|---:|---:|---|"]
+    lines += ["| layer | head | roles (score ± standard error (margin over the bar)) |", "|---:|---:|---|"]
     by_head: dict[tuple[int, int], list[HeadRole]] = {}
     for r in roles:
         by_head.setdefault((r.layer, r.head), []).append(r)
     for (layer, head), held in sorted(by_head.items()):
-        cell = "; ".join(
-            r.role if r.role == "unassigned" else f"{r.role} ({_fmt(r.score)} / {_fmt(r.margin)})" for r in held
-        )
+        cell = "; ".join(role_text(r) for r in held)
         lines.append(f"| {layer} | {head} | {cell} |")
     pages = [k for k in images if Path(images[k]).suffix == ".html"]
     others = [k for k in images if k != "role_grid" and k not in pages]

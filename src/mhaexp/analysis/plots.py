@@ -6,7 +6,7 @@ safe inside a training process. Each function writes its figure once per format 
 ``analysis.figure_formats`` (png, svg, pdf) and returns the PNG's path (else the first format's).
 Every colour has a colour bar (name and units) or a legend; every layer x head map has layer and
 head ticks (labelled on the outer maps of a grid of them, whose ticks line up); each heatmap metric has
-one colour scale at every step (:data:`METRIC_SCALES`).
+one colour scale at every step (:attr:`mhaexp.analysis.registry.Metric.scale`).
 
 Cost: the pictures are the end-of-run analysis's largest part, and matplotlib's cost goes by axes and
 ticks (each tick is two lines and two texts, built and drawn), by drawn texts (about 0.4 ms each) and by
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from mhaexp.analysis.collect import HeadMetrics
 from mhaexp.analysis.config import FIGURE_FORMATS
+from mhaexp.analysis.registry import family_colours, heatmap_metrics
 from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole
 from mhaexp.rundir import HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE
 
@@ -43,59 +44,8 @@ DPI = 90
 # zlib level of the PNGs: 3 encodes about 35% faster than PIL's default 6, for files about 10% larger
 # (a figure is 15-50 KB either way); encoding was the largest single cost of the pictures.
 PNG_COMPRESS_LEVEL = 3
-# Per-head scalar metrics drawn as heatmaps, in this order (absent ones are skipped).
-HEATMAP_METRICS: tuple[str, ...] = (
-    "positional_frac",
-    "prev_token_attn",
-    "induction",
-    "duplicate",
-    "copying",
-    "sink",
-    "rare_word",
-    "coreference",
-    "normalized_entropy",
-    "confidence",
-    "importance",
-    "ablation",
-    "js_nearest",
-)
-# One colour per role family (tab20 has enough distinct ones); "unassigned" is light grey.
-FAMILY_COLORS: dict[str, str] = {
-    "positional": "#1f77b4",
-    "previous_token": "#aec7e8",
-    "syntactic": "#2ca02c",
-    "coreference": "#d62728",
-    "induction": "#9467bd",
-    "duplicate": "#c5b0d5",
-    "copying": "#8c564b",
-    "sink": "#7f7f7f",
-    "rare_word": "#e377c2",
-    "broad": "#bcbd22",
-    "retrieval": "#ff7f0e",
-    "streaming": "#17becf",
-    "unassigned": "#eeeeee",
-}
-
-
-# Colour scale and colour-bar label of each heatmap metric: the same at every analysis step, so that
-# W&B's step slider compares like with like. None: unbounded, scaled to its range over every step so
-# far (head_metrics.csv), which can only widen as training goes on.
-METRIC_SCALES: dict[str, tuple[float | None, float | None, str]] = {
-    "positional_frac": (0.0, 1.0, "share of queries at the head's offset"),
-    "prev_token_attn": (0.0, 1.0, "attention weight on the previous token"),
-    "induction": (0.0, 1.0, "induction score (TransformerLens ratio)"),
-    "duplicate": (0.0, 1.0, "duplicate-token score"),
-    "copying": (-1.0, 1.0, "copying: sum Re(lambda) / sum |lambda|"),
-    "sink": (0.0, 1.0, "attention weight on the first token"),
-    "rare_word": (0.0, 1.0, "share of queries on the rarest token"),
-    "coreference": (0.0, 1.0, "antecedent accuracy"),
-    "normalized_entropy": (0.0, 1.0, "entropy / log(visible keys)"),
-    "confidence": (0.0, 1.0, "mean max attention weight"),
-    "importance": (0.0, None, "E|dL/dgate| (nats)"),
-    "ablation": (None, None, "loss change without the head (nats)"),
-    "js_nearest": (0.0, math.log(2), "JS divergence to the nearest head (nats)"),
-}
-DIVERGING = {"copying", "ablation"}
+# One colour per role family (from the role registry); "unassigned" is light grey.
+FAMILY_COLORS: dict[str, str] = family_colours()
 
 
 def check_formats(formats: str | Sequence[str] | None) -> list[str]:
@@ -482,14 +432,15 @@ def _grid(n: int, cols: int) -> tuple[int, int]:
 def metric_scale(name: str, values: np.ndarray, seen: tuple[float, float] | None = None) -> tuple[float, float]:
     """The colour range of metric ``name``: fixed where the metric is bounded, else the range of ``seen``
     (all steps so far) widened by ``values``; symmetric around 0 for signed metrics."""
-    lo, hi, _ = METRIC_SCALES.get(name, (None, None, name))
+    entry = next((m for m in heatmap_metrics() if m.name == name), None)
+    lo, hi = entry.scale if entry is not None and entry.scale is not None else (None, None)
     finite = values[np.isfinite(values)]
     pool = np.concatenate([finite, np.asarray(seen if seen else [], dtype=float)])
     if lo is None:
         lo = float(pool.min()) if pool.size else 0.0
     if hi is None:
         hi = float(pool.max()) if pool.size else 1.0
-    if name in DIVERGING:
+    if entry is not None and entry.diverging:
         m = max(abs(lo), abs(hi), 1e-12)
         lo, hi = -m, m
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
@@ -556,23 +507,32 @@ def history_ranges(out_dir: Path | None) -> dict[str, tuple[float, float]]:
     import pandas as pd
 
     table = pd.read_csv(path, usecols=["head", "metric", "value"])
-    table = table[(table["head"] >= 0) & table["metric"].isin(list(METRIC_SCALES))].dropna()
+    table = table[(table["head"] >= 0) & table["metric"].isin([m.name for m in heatmap_metrics()])].dropna()
     g = table.groupby("metric")["value"]
     lo, hi = g.min(), g.max()
     return {m: (float(lo[m]), float(hi[m])) for m in lo.index}
 
 
+def heatmap_panels(
+    hm: HeadMetrics, seen: dict[str, tuple[float, float]] | None = None
+) -> list[tuple[str, np.ndarray, tuple[float, float], str, bool]]:
+    """The panels of :func:`metric_heatmaps`: ``(name, values (L, H), colour range, colour-bar label,
+    diverging)`` for each metric with a scale in the registry (:func:`mhaexp.analysis.registry.heatmap_metrics`,
+    in its order) that ``hm`` holds; ``seen``: the ranges so far of the unbounded ones."""
+    seen = seen or {}
+    panels = []
+    for m in (m for m in heatmap_metrics() if m.name in hm.metrics):
+        v = hm.metrics[m.name].numpy().astype(float)
+        panels.append((m.name, v, metric_scale(m.name, v, seen.get(m.name)), m.units or m.name, m.diverging))
+    return panels
+
+
 def metric_heatmaps(
     hm: HeadMetrics, path: Path, cols: int = 5, formats: Sequence[str] = ("png",), out_dir: Path | None = None
 ) -> Path:
-    """One layer x head heatmap per scalar metric, each on its fixed scale (:data:`METRIC_SCALES`;
-    unbounded ones on their range over every step in ``out_dir/head_metrics.csv``)."""
-    seen = history_ranges(out_dir)
-    maps = []
-    for k in (k for k in HEATMAP_METRICS if k in hm.metrics):
-        v = hm.metrics[k].numpy().astype(float)
-        maps.append((k, v, metric_scale(k, v, seen.get(k)), METRIC_SCALES[k][2], k in DIVERGING))
-    return _heatmap_figure(maps, cols, "per-head metrics").save(path, formats)
+    """One layer x head heatmap per metric of :func:`heatmap_panels`, each on its fixed scale (unbounded ones
+    on their range over every step in ``out_dir/head_metrics.csv``), its units under the colour bar."""
+    return _heatmap_figure(heatmap_panels(hm, history_ranges(out_dir)), cols, "per-head metrics").save(path, formats)
 
 
 def syntactic_heatmaps(hm: HeadMetrics, path: Path, cols: int = 5, formats: Sequence[str] = ("png",)) -> Path | None:

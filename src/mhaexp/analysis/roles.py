@@ -1,32 +1,17 @@
 """Turn per-head metrics into named roles.
 
-``classify_heads`` reads a dict of metric tensors, one value per (layer, head), and the thresholds of
-``conf/analysis/default.yaml`` (``analysis.thresholds``), and returns every role each head holds.
-Metrics absent from the dict simply produce no role, so a caller without dependency annotations can
-still classify the other roles. Accuracies come with their baseline: a syntactic or coreference role is
-a margin over a baseline, never a raw accuracy.
+``classify_heads`` reads a dict of metric tensors, one value per (layer, head), their standard errors,
+and the thresholds of ``conf/analysis/default.yaml`` (``analysis.thresholds``), and returns every role
+each head holds. The roles, the metric behind each, its bar and its rule are the table
+:data:`mhaexp.analysis.registry.ROLES`; the metrics are :data:`mhaexp.analysis.registry.METRICS` (keys of
+:class:`mhaexp.analysis.collect.HeadMetrics`). Metrics absent from the dict simply produce no role, so a
+caller without dependency annotations can still classify the other roles. Accuracies come with their
+baseline (``syntactic_baseline`` ``(R,)``, ``coreference_baseline`` scalar): a syntactic or coreference
+role is a margin over a baseline, never a raw accuracy.
 
-Metric keys (``L`` layers, ``H`` heads, ``R`` relations), with the function that computes each:
-
-==========================  ===========  =====================================================
-key                         shape        source
-==========================  ===========  =====================================================
-``positional_frac``         (L, H)       ``positional_heads(...)[2]``
-``positional_offset``       (L, H)       ``positional_heads(...)[1]``
-``syntactic_accuracy``      (L, H, R)    ``dependency_accuracy``
-``syntactic_baseline``      (R,)         ``offset_baseline(...)[0]`` (anything broadcastable)
-``coreference``             (L, H)       ``antecedent_accuracy``
-``coreference_baseline``    scalar       ``offset_baseline(antecedent, ...)[0]`` (broadcastable)
-``prefix_matching``         (L, H)       ``prefix_matching_score``
-``duplicate_matching``      (L, H)       ``duplicate_matching_score``
-``copying``                 (L, H)       ``copying_score``
-``sink``                    (L, H)       ``sink_score``
-``rare_word``               (L, H)       ``rare_token_score``
-``normalized_entropy``      (L, H)       ``normalized_entropy``
-==========================  ===========  =====================================================
-
-Threshold keys: ``positional``, ``syntactic_margin``, ``coreference_margin``, ``induction``,
-``duplicate``, ``copying``, ``sink``, ``rare_word``, ``broad``.
+A head holds a role only when the bar is cleared at the lower end of the metric's interval,
+value - 2 SE (:data:`~mhaexp.analysis.registry.SE_MULTIPLE`): a score that clears its bar by less than
+its sampling noise says nothing.
 """
 
 from __future__ import annotations
@@ -38,29 +23,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mhaexp.analysis.registry import ROLES, SE_MULTIPLE, Role
 from mhaexp.analysis.role_families import ROLE_FAMILIES
-
-# Roles decided by "score >= threshold": (role, metric key, threshold key).
-_AT_LEAST: tuple[tuple[str, str, str], ...] = (
-    # Olsson et al.'s score, over the queries that have an earlier copy: the TransformerLens ratios
-    # (``induction``, ``duplicate``) divide by every query and stay below 0.5 even for perfect heads.
-    ("induction", "prefix_matching", "induction"),
-    ("duplicate", "duplicate_matching", "duplicate"),
-    ("copying", "copying", "copying"),
-    ("rare_word", "rare_word", "rare_word"),
-    ("broad", "normalized_entropy", "broad"),
-    ("retrieval", "retrieval", "retrieval"),
-    ("streaming", "streaming", "streaming"),
-)
 
 
 @dataclass(frozen=True)
 class HeadRole:
     """One role held by one head.
 
-    ``score`` is the metric behind the role; ``margin`` is how far it clears its bar: score - threshold,
-    or, for syntactic and coreference roles, accuracy - baseline (the bar being the margin threshold).
-    ``unassigned`` rows carry NaN for both.
+    ``score`` is the metric behind the role and ``se`` its standard error over probe sequences (0 for
+    weight-only metrics, NaN when unknown); ``margin`` is how far the score clears its bar:
+    score - threshold, or, for syntactic and coreference roles, accuracy - baseline (the bar being the
+    margin threshold). ``unassigned`` rows carry NaN for all three.
     """
 
     layer: int
@@ -68,6 +42,7 @@ class HeadRole:
     role: str
     score: float
     margin: float
+    se: float = float("nan")
 
     @property
     def family(self) -> str:
@@ -86,7 +61,7 @@ def _metric(metrics: Mapping[str, Tensor], key: str) -> Tensor:
     try:
         return torch.as_tensor(metrics[key]).float().cpu()
     except KeyError:
-        raise KeyError(f"metrics has no '{key}' (see the key table in mhaexp.analysis.roles)") from None
+        raise KeyError(f"metrics has no '{key}' (see mhaexp.analysis.registry)") from None
 
 
 def _layer_head_shape(metrics: Mapping[str, Tensor]) -> tuple[int, int]:
@@ -103,70 +78,79 @@ def classify_heads(
     metrics: Mapping[str, Tensor],
     thresholds: Mapping[str, Any],
     relation_names: Sequence[str] = (),
+    se: Mapping[str, Tensor] | None = None,
 ) -> list[HeadRole]:
     """Assign roles to heads. A head can hold several roles; a head with none gets ``unassigned``.
 
-    Rules (thresholds from ``thresholds``; see the module docstring for the metric keys):
+    Each :class:`~mhaexp.analysis.registry.Role` of the registry, with ``lower = score - 2 * se``:
 
-    * ``positional:<offset>``: ``positional_frac >= positional`` (Voita et al. 2019); also
-      ``previous_token`` when that offset is -1.
-    * ``syntactic:<relation>``: ``accuracy - baseline >= syntactic_margin`` (Voita et al. 2019).
-    * ``coreference``: ``accuracy - coreference_baseline >= coreference_margin``.
-    * ``induction``, ``duplicate``, ``copying``, ``rare_word``, ``broad`` (normalized entropy):
-      ``score >= threshold``.
-    * ``sink``: the ``sink`` score strictly above the ``sink`` threshold (Gu et al. 2024 use ``>``).
+    * ``at_least``: ``lower >= thresholds[bar]`` (``induction``, ``copying``, ``broad``, ...);
+    * ``above``: ``lower > thresholds[bar]`` (``sink``: Gu et al. 2024 use ``>``);
+    * ``margin``: ``lower - baseline >= thresholds[bar]`` (``syntactic:<relation>``, ``coreference``).
 
-    NaN scores never pass. Relation r is named ``relation_names[r]`` (``str(r)`` if not given).
+    ``positional:<offset>`` names the head's best offset, and ``previous_token`` is that role at offset -1.
+    ``se``: the metrics' standard errors (same shapes); a metric without one there counts as exact (0),
+    one with a NaN SE (too few sequences to tell) holds no role. NaN scores never pass. Relation r is
+    named ``relation_names[r]`` (``str(r)`` if not given).
 
     Returns:
         Roles sorted by layer, head, then :data:`ROLE_FAMILIES` order.
     """
     L, H = _layer_head_shape(metrics)
+    se = se or {}
     found: list[HeadRole] = []
 
-    def add(role: str | list[str], score: Tensor, margin: Tensor, hit: Tensor) -> None:
+    def add(role: str | list[str], score: Tensor, err: Tensor, margin: Tensor, hit: Tensor) -> None:
         if tuple(hit.shape[:2]) != (L, H):
             raise ValueError(f"metric for role '{role}' has shape {tuple(hit.shape)}, expected ({L}, {H}, ...)")
         for idx in hit.nonzero().tolist():
             name = role if isinstance(role, str) else role[idx[2]]
-            found.append(HeadRole(idx[0], idx[1], name, float(score[tuple(idx)]), float(margin[tuple(idx)])))
+            at = tuple(idx)
+            found.append(HeadRole(idx[0], idx[1], name, float(score[at]), float(margin[at]), float(err[at])))
 
-    if "positional_frac" in metrics:
-        frac = _metric(metrics, "positional_frac")
-        offset = _metric(metrics, "positional_offset").long()
-        bar = _threshold(thresholds, "positional")
-        hit = frac >= bar
-        for value in offset[hit].unique().tolist():
-            add(f"positional:{value}", frac, frac - bar, hit & (offset == value))
-        add("previous_token", frac, frac - bar, hit & (offset == -1))
-
-    if "syntactic_accuracy" in metrics:
-        accuracy = _metric(metrics, "syntactic_accuracy")
-        gain = accuracy - _metric(metrics, "syntactic_baseline")
-        names = [relation_names[r] if r < len(relation_names) else str(r) for r in range(accuracy.shape[-1])]
-        add([f"syntactic:{n}" for n in names], accuracy, gain, gain >= _threshold(thresholds, "syntactic_margin"))
-
-    if "coreference" in metrics:
-        accuracy = _metric(metrics, "coreference")
-        gain = accuracy - _metric(metrics, "coreference_baseline")
-        add("coreference", accuracy, gain, gain >= _threshold(thresholds, "coreference_margin"))
-
-    for role, key, threshold_key in _AT_LEAST:
-        if key in metrics:
-            score = _metric(metrics, key)
-            bar = _threshold(thresholds, threshold_key)
-            add(role, score, score - bar, score >= bar)
-
-    if "sink" in metrics:
-        score = _metric(metrics, "sink")
-        bar = _threshold(thresholds, "sink")
-        add("sink", score, score - bar, score > bar)
+    for role in ROLES:
+        if role.metric in metrics:
+            _apply(role, metrics, se, thresholds, relation_names, add)
 
     assigned = {(r.layer, r.head) for r in found}
     nan = float("nan")
     found += [HeadRole(l, h, "unassigned", nan, nan) for l in range(L) for h in range(H) if (l, h) not in assigned]
     rank = {family: i for i, family in enumerate(ROLE_FAMILIES)}
     return sorted(found, key=lambda r: (r.layer, r.head, rank[r.family], r.role))
+
+
+def _apply(
+    role: Role,
+    metrics: Mapping[str, Tensor],
+    se: Mapping[str, Tensor],
+    thresholds: Mapping[str, Any],
+    relation_names: Sequence[str],
+    add: Any,
+) -> None:
+    """The heads holding ``role``, handed to ``add(name(s), score, se, margin, hit)``."""
+    score = _metric(metrics, role.metric)
+    err = torch.as_tensor(se[role.metric]).float().cpu() if role.metric in se else torch.zeros_like(score)
+    lower = score - SE_MULTIPLE * err
+    bar = _threshold(thresholds, role.bar)
+    if role.direction == "margin":
+        baseline = _metric(metrics, str(role.baseline))
+        margin = score - baseline
+        hit = lower - baseline >= bar
+    else:
+        margin = score - bar
+        hit = lower > bar if role.direction == "above" else lower >= bar
+    if role.name_by == "relation":
+        names = [relation_names[r] if r < len(relation_names) else str(r) for r in range(score.shape[-1])]
+        add([f"{role.family}:{n}" for n in names], score, err, margin, hit)
+    elif role.name_by == "offset" or role.offset is not None:
+        offset = _metric(metrics, "positional_offset").long()
+        if role.offset is not None:
+            add(role.family, score, err, margin, hit & (offset == role.offset))
+        else:
+            for value in offset[hit].unique().tolist():
+                add(f"{role.family}:{value}", score, err, margin, hit & (offset == value))
+    else:
+        add(role.family, score, err, margin, hit)
 
 
 def role_counts(roles: Sequence[HeadRole]) -> dict[str, int]:
@@ -179,5 +163,5 @@ def role_counts(roles: Sequence[HeadRole]) -> dict[str, int]:
 
 
 def roles_table(roles: Sequence[HeadRole]) -> list[dict[str, Any]]:
-    """One dict per role, keys ``layer, head, role, score, margin`` (e.g. rows of a W&B table)."""
+    """One dict per role, keys ``layer, head, role, score, margin, se`` (e.g. rows of a W&B table)."""
     return [asdict(r) for r in roles]

@@ -13,11 +13,13 @@ Reads only ``<run>/analysis/head_roles.csv``; no torch.
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mhaexp.analysis.registry import role_interval
 from mhaexp.rundir import ANALYSIS_DIR, HEAD_ROLES_FILE
 
 
@@ -49,6 +51,7 @@ class Found:
     role: str
     score: float
     margin: float
+    se: float = math.nan
 
 
 def read_roles(run_dir: Path) -> list[dict[str, str]]:
@@ -70,7 +73,8 @@ def fill(runs: Iterable[tuple[str, Sequence[dict[str, str]]]]) -> list[tuple[See
             for seed in SEED_ROWS:
                 if seed.matches(row["role"]):
                     layer, head = int(row["layer"]), int(row["head"])
-                    found = Found(name, layer, head, row["role"], float(row["score"]), float(row["margin"]))
+                    score, margin, se = float(row["score"]), float(row["margin"]), float(row.get("se") or "nan")
+                    found = Found(name, layer, head, row["role"], score, margin, se)
                     if seed.label not in best or found.margin > best[seed.label].margin:
                         best[seed.label] = found
     return [(seed, best.get(seed.label)) for seed in SEED_ROWS]
@@ -85,10 +89,8 @@ def format_table(filled: Sequence[tuple[SeedRow, Found | None]], show_run: bool 
             lines.append(f"  {seed.label:<24} not found")
             continue
         where = f"{found.run}: " if show_run else ""
-        lines.append(
-            f"  {seed.label:<24} {where}L{found.layer}H{found.head} {found.role} "
-            f"{found.score:.2f} (+{found.margin:.2f})"
-        )
+        role = role_interval(found.role, found.score, found.se, found.margin)
+        lines.append(f"  {seed.label:<24} {where}L{found.layer}H{found.head} {role}")
     return lines
 
 

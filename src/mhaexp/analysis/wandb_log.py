@@ -5,7 +5,8 @@ row with ``trainer/global_step``, the x-axis Lightning defines for every key):
 
 * ``heads/L{layer:02d}H{head:02d}/{metric}``: per-head scalars (zero-padded to two digits so that keys
   sort in layer/head order up to 100 layers and heads), ``metric`` as in ``head_metrics.csv``
-  (``syntactic_accuracy/nsubj``...);
+  (``syntactic_accuracy/nsubj``...), and ``heads/L{layer:02d}H{head:02d}/{metric}_se``, its standard error
+  over probe sequences, for the metrics that have one (not weight-only ones such as ``copying``);
 * ``layers/L{layer:02d}/{metric}``: per-layer values (GQA group diversity);
 * ``baselines/{metric}``: the fixed-offset baselines;
 * ``roles/<family>``: heads per role family, zeros included;
@@ -46,8 +47,17 @@ def wandb_key(row: Mapping[str, Any]) -> str:
 
 
 def scalars(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """W&B keys for tidy rows; NaN values (undefined metrics) are left out rather than charted."""
-    return {wandb_key(r): float(r["value"]) for r in rows if not math.isnan(float(r["value"]))}
+    """W&B keys for tidy rows, with ``<key>_se`` for the rows that have a standard error; NaN values
+    (undefined metrics, or a standard error over fewer than 2 sequences) are left out rather than charted."""
+    out: dict[str, float] = {}
+    for r in rows:
+        key = wandb_key(r)
+        if not math.isnan(float(r["value"])):
+            out[key] = float(r["value"])
+        se = r.get("se")
+        if se is not None and not math.isnan(float(se)):
+            out[f"{key}_se"] = float(se)
+    return out
 
 
 def roles_table(roles: Sequence[HeadRole]) -> Any:

@@ -6,15 +6,13 @@ post-softmax, ``mask`` ``(B, T)`` True on real tokens, BOS at position 0; one sc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from mhaexp.heads.patterns import Chunk, Ratio
-
-# Wu et al. 2024, Sec. 2: heads whose retrieval score is at least 0.1 are retrieval heads.
-RETRIEVAL_THRESHOLD = 0.1
 
 
 def retrieval_score(
@@ -71,7 +69,9 @@ def retrieval_sums(chunk: Chunk, tokens: Tensor, needle: Tensor, answer: Tensor,
     hits = copied.sum(dim=-1).float()  # (B, H)
     length = needle.sum(dim=-1).float()  # (B,)
     has = length > 0
-    return Ratio((hits[has] / length[has, None]).sum(dim=0), has.float().sum())
+    per_sample = hits[has] / length[has, None]  # (samples with a needle, H)
+    ones = torch.ones(per_sample.shape[0], device=device)
+    return Ratio(per_sample.sum(dim=0), has.float().sum(), math.nan, per_sample, ones)
 
 
 def streaming_share(patterns: Tensor, window: int, mask: Tensor | None = None, sink: int = 0) -> Tensor:
@@ -81,7 +81,7 @@ def streaming_share(patterns: Tensor, window: int, mask: Tensor | None = None, s
     attention sinks and recent tokens (StreamingLLM, Xiao et al. 2023), and *retrieval* heads, which
     need the whole context. DuoAttention learns that split with trained gates; we measure it from the
     patterns: for every real query ``q`` the mass on ``{sink} ∪ [q - window + 1, q]``, averaged over
-    the real queries. A head whose share is at least 0.9 is ``streaming``.
+    the real queries. A head whose share is at least ``analysis.thresholds.streaming`` is ``streaming``.
 
     Returns:
         ``(H,)`` in [0, 1].
@@ -100,7 +100,8 @@ def streaming_sums(chunk: Chunk, window: int, sink: int = 0) -> Ratio:
     keep = ((k <= q) & (k > q - window)) | (k == sink)  # (T, T)
     share = (patterns * keep).sum(dim=-1)  # (B, H, T)
     weight = mask[:, None, :].float()
-    return Ratio((share * weight).sum(dim=(0, 2)), weight.sum(), 0.0)
+    weighted = share * weight
+    return Ratio(weighted.sum(dim=(0, 2)), weight.sum(), 0.0, weighted.sum(2), weight[:, 0].sum(-1))
 
 
 @dataclass(frozen=True)
@@ -122,13 +123,14 @@ class MassiveActivations:
 
 
 def massive_activations(
-    resid: Tensor, mask: Tensor | None = None, ratio: float = 1000.0, layer: int = 0
+    resid: Tensor, mask: Tensor | None = None, *, ratio: float, layer: int = 0
 ) -> MassiveActivations:
     """Sun et al. 2024, "Massive Activations in Large Language Models", Sec. 2.
 
-    Activations of the residual stream whose magnitude exceeds ``ratio`` times the layer's median
-    magnitude (over every real token and dimension). Sun et al. also require ``|x| > 100``; that
-    absolute bar is for billion-parameter models, so we keep only the relative criterion (1000x).
+    Activations of the residual stream whose magnitude exceeds ``ratio`` (1000 in the paper,
+    ``analysis.massive_ratio``) times the layer's median magnitude (over every real token and dimension).
+    Sun et al. also require ``|x| > 100``; that absolute bar is for billion-parameter models, so we keep
+    only the relative criterion.
     They sit on the first token or on delimiters and act as fixed biases that make the first token
     an attention sink, which is why ``on_sink`` is reported.
 

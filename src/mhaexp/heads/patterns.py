@@ -22,11 +22,13 @@ Shared conventions
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -122,14 +124,27 @@ class Ratio:
     gives the score of the whole batch by adding the chunks' ratios: ``sum(parts).value()`` equals the
     score computed on all sequences at once, up to float summation order. ``value`` is ``empty`` where
     ``den`` is 0 (NaN for "undefined", 0 for scores that define it so).
+
+    ``seq_num`` ``(S, *num.shape)`` and ``seq_den`` ``(S, *den.shape)`` are each sequence's share of
+    ``num`` and ``den``: adding ratios stacks them, and :meth:`stats` turns them into the standard error
+    over sequences. They never enter ``value``, which stays the pooled sums' quotient.
     """
 
     num: Tensor
     den: Tensor
     empty: float = math.nan
+    seq_num: Tensor | None = None
+    seq_den: Tensor | None = None
 
     def __add__(self, other: Ratio) -> Ratio:
-        return Ratio(self.num + other.num, self.den + other.den, self.empty)
+        both = self.seq_num is not None and other.seq_num is not None
+        return Ratio(
+            self.num + other.num,
+            self.den + other.den,
+            self.empty,
+            torch.cat([self.seq_num, other.seq_num]) if both else None,
+            torch.cat([self.seq_den, other.seq_den]) if both else None,
+        )
 
     def __radd__(self, other: object) -> Ratio:  # sum() starts from 0
         if other == 0:
@@ -139,11 +154,89 @@ class Ratio:
     def value(self) -> Tensor:
         return _safe_ratio(self.num, self.den.to(self.num.dtype), self.empty)
 
+    def stats(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(value, se, n)``: the score, its standard error over sequences, and ``n`` the sequences that
+        contribute (``den`` > 0), each shaped like ``num``.
+
+        The score pools queries over sequences, a ratio of two sums whose sequences are the independent
+        units. Its standard error is that of a ratio estimator under cluster sampling, by the delta method
+        (Cochran 1977, "Sampling Techniques", Sec. 6.4): ``scipy.stats.sem`` of the linearised sequence
+        values ``(num_s - value * den_s) / mean(den_s)`` (``scipy.stats.mstats.sem`` over the sequences with
+        ``den_s > 0``). For a score that is a plain mean over sequences
+        (``den_s`` 1 or 0) that is the usual standard error of the mean. NaN where ``n < 2`` or the
+        ratio carries no per-sequence parts.
+        """
+        return ratio_stats({"": [self]})[""][0]
+
+
+def ratio_stats(metrics: Mapping[str, Sequence[Ratio]]) -> dict[str, list[tuple[Tensor, Tensor, Tensor]]]:
+    """:meth:`Ratio.stats` of every ratio of ``metrics`` (per metric, e.g. one ratio per layer), with one
+    scipy call per number of sequences rather than one per ratio: the standard errors' cost is mostly per
+    call (scipy's argument handling), not per value, and the analysis finishes dozens of ratios a step."""
+    out: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}
+    blocks: dict[int, list[tuple[str, int, Tensor, Tensor]]] = {}  # by sequences: (metric, index, z, used)
+    for name, ratios in metrics.items():
+        out[name] = []
+        for i, r in enumerate(ratios):
+            value = r.value()
+            out[name].append((value, torch.full_like(value, math.nan), torch.full_like(value, math.nan)))
+            if r.seq_num is not None and r.seq_den is not None:
+                z, used = _linearised(value, r.seq_num, r.seq_den)
+                blocks.setdefault(z.shape[0], []).append((name, i, z, used))
+    for group in blocks.values():
+        z = torch.cat([b[2].reshape(b[2].shape[0], -1) for b in group], dim=1)
+        used = torch.cat([b[3].reshape(b[3].shape[0], -1) for b in group], dim=1)
+        se, start = _sem(z, used), 0
+        for name, i, part, part_used in group:
+            cols = part[0].numel()
+            value = out[name][i][0]
+            n = part_used.sum(0).float()
+            err = torch.where(n >= 2, se[start : start + cols].reshape(n.shape), math.nan)
+            out[name][i] = (value, err.to(value.device), n.to(value.device))
+            start += cols
+    return out
+
+
+def _full_den(seq_num: Tensor, seq_den: Tensor) -> Tensor:
+    """``seq_den`` broadcast to ``seq_num``'s shape: a count per sequence is shared by the trailing
+    dimensions of ``num`` it lacks (numpy's rule, after the leading sequence dimension)."""
+    if seq_den.dim() < seq_num.dim():
+        seq_den = seq_den.reshape(seq_den.shape[0], *([1] * (seq_num.dim() - seq_den.dim())), *seq_den.shape[1:])
+    return seq_den.expand_as(seq_num)
+
+
+def _linearised(value: Tensor, seq_num: Tensor, seq_den: Tensor) -> tuple[Tensor, Tensor]:
+    """The delta method's per-sequence values of :meth:`Ratio.stats`, ``(num_s - value den_s) / mean(den_s)``
+    (NaN where a sequence does not contribute), and where sequences contribute (``den_s > 0``)."""
+    num = seq_num.detach().double().cpu()
+    den = _full_den(seq_num, seq_den).detach().double().cpu()
+    used = den > 0
+    mean_den = den.sum(0) / used.sum(0).clamp_min(1)
+    z = torch.where(used, (num - value.detach().double().cpu() * den) / mean_den.clamp_min(1e-300), math.nan)
+    return z, used
+
+
+def _sem(z: Tensor, used: Tensor) -> Tensor:
+    """``scipy.stats.sem`` over dimension 0 of ``z`` ``(S, C)``, each column over its contributing rows
+    (``used``). The masked-array sem when the rows differ by column (per head, per relation): it is
+    vectorised over columns, where nan_policy="omit" loops over them (20x slower). Columns with fewer
+    than 2 rows come back NaN."""
+    from scipy import stats
+
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if bool(used.all()):  # every sequence counts everywhere (most metrics): the plain, faster sem
+            se = stats.sem(z.numpy(), axis=0)
+        else:
+            se = np.ma.filled(stats.mstats.sem(np.ma.masked_invalid(z.numpy()), axis=0).astype(float), np.nan)
+    return torch.as_tensor(np.asarray(se, dtype=float).reshape(z.shape[1])).float()
+
 
 def _query_mean(values: Tensor, weight: Tensor) -> Ratio:
     """``(B, H, Q)`` values pooled over the queries where ``weight`` ``(B, Q)`` is True (NaN when none)."""
     w = weight.to(values.dtype)
-    return Ratio((values * w[:, None, :]).sum(dim=(0, 2)), w.sum())
+    weighted = values * w[:, None, :]
+    return Ratio(weighted.sum(dim=(0, 2)), w.sum(), math.nan, weighted.sum(2), w.sum(1))
 
 
 class Chunk:
@@ -322,23 +415,25 @@ def relative_position_sums(chunk: Chunk, max_offset: int = 3) -> tuple[Ratio, Ra
     weight = eligible.to(patterns.dtype)
     count = weight.sum(dim=(0, 1))  # (O,)
 
-    at_offset = patterns.gather(-1, keys_c[None, None].expand(B, H, T, -1))  # (B, H, T, O)
-    mean_weight = (at_offset * weight[:, None]).sum(dim=(0, 2))
-    hits = (chunk.top[..., None] == keys_c).to(patterns.dtype)  # (B, H, T, O)
-    argmax_frac = (hits * weight[:, None]).sum(dim=(0, 2))
-    return Ratio(argmax_frac, count, 0.0), Ratio(mean_weight, count, 0.0)
+    seq_count = weight.sum(1)  # (B, O)
+    at_offset = patterns.gather(-1, keys_c[None, None].expand(B, H, T, -1)) * weight[:, None]  # (B, H, T, O)
+    hits = (chunk.top[..., None] == keys_c).to(patterns.dtype) * weight[:, None]  # (B, H, T, O)
+    return (
+        Ratio(hits.sum(dim=(0, 2)), count, 0.0, hits.sum(2), seq_count),
+        Ratio(at_offset.sum(dim=(0, 2)), count, 0.0, at_offset.sum(2), seq_count),
+    )
 
 
 def positional_heads(
     patterns: Tensor,
     mask: Tensor | None = None,
     max_offset: int = 3,
-    threshold: float = 0.9,
     *,
+    threshold: float,
     causal: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Positional heads (Voita et al. 2019, Sec. 5.1): one relative offset takes the argmax in at least
-    ``threshold`` (0.9 in the paper) of the queries, using ``argmax_frac`` of
+    ``threshold`` (0.9 in the paper, ``analysis.thresholds.positional``) of the queries, using ``argmax_frac`` of
     :func:`relative_position_profile`.
 
     Returns:
@@ -346,13 +441,15 @@ def positional_heads(
         to the most negative offset.
     """
     argmax_frac, _ = relative_position_profile(patterns, mask, max_offset, causal=causal)
-    return best_offset(argmax_frac, max_offset, threshold)
+    offset, frac = best_offset(argmax_frac, max_offset)
+    return frac >= threshold, offset, frac
 
 
-def best_offset(argmax_frac: Tensor, max_offset: int, threshold: float = 0.9) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`positional_heads` from ``argmax_frac`` ``(H, 2k + 1)`` of :func:`relative_position_profile`."""
+def best_offset(argmax_frac: Tensor, max_offset: int) -> tuple[Tensor, Tensor]:
+    """``(best_offset (H,) long, best_frac (H,))`` from ``argmax_frac`` ``(H, 2k + 1)`` of
+    :func:`relative_position_profile`: the offset a positional head (:func:`positional_heads`) is tested at."""
     best_frac, best_idx = argmax_frac.max(dim=-1)
-    return best_frac >= threshold, best_idx - max_offset, best_frac
+    return best_idx - max_offset, best_frac
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,14 +472,21 @@ def _detection_score(
     Sequences whose A' sums to 0 (e.g. every query attends only to BOS with ``exclude_bos``) have no
     defined score and are left out of the mean; NaN if that leaves none.
     """
+    keep = _kept_area(mask, exclude_bos, exclude_current_token)
+    mass = _mass_on(patterns, torch.stack([keep & detection, keep], dim=1))
+    return _per_sequence_ratio(mass[..., 0], mass[..., 1])
+
+
+def _kept_area(mask: Tensor, exclude_bos: bool, exclude_current_token: bool) -> Tensor:
+    """``(B, Q, K)`` bool: the real query x key area, without column 0 (``exclude_bos``) and the diagonal
+    (``exclude_current_token``): TransformerLens's A'."""
     T = mask.shape[-1]
     keep = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
     if exclude_bos:
         keep = keep & (torch.arange(T, device=mask.device) != 0)
     if exclude_current_token:
         keep = keep & ~torch.eye(T, dtype=torch.bool, device=mask.device)
-    mass = _mass_on(patterns, torch.stack([keep & detection, keep], dim=1))
-    return _per_sequence_ratio(mass[..., 0], mass[..., 1])
+    return keep
 
 
 def _mass_on(patterns: Tensor, areas: Tensor) -> Tensor:
@@ -396,7 +500,8 @@ def _mass_on(patterns: Tensor, areas: Tensor) -> Tensor:
 def _per_sequence_ratio(num: Tensor, den: Tensor) -> Ratio:
     """``num / den`` per sequence ``(B, H)``, averaged over the sequences where ``den > 0``."""
     defined = (den > 0).to(num.dtype)
-    return Ratio((_safe_ratio(num, den, 0.0) * defined).sum(0), defined.sum(0))
+    per_sequence = _safe_ratio(num, den, 0.0) * defined
+    return Ratio(per_sequence.sum(0), defined.sum(0), math.nan, per_sequence, defined)
 
 
 def _earlier(n: int, device: torch.device) -> Tensor:
@@ -468,8 +573,7 @@ def duplicate_token_sums(
     chunk: Chunk, tokens: Tensor, exclude_bos: bool = False, exclude_current_token: bool = False
 ) -> Ratio:
     """:func:`duplicate_token_score` as a :class:`Ratio` (over sequences)."""
-    tokens = _check_tokens(tokens, chunk.patterns)
-    return _detection_score(chunk.patterns, _duplicate_pattern(tokens), chunk.mask, exclude_bos, exclude_current_token)
+    return repeat_sums(chunk, tokens, exclude_bos, exclude_current_token)["duplicate"]
 
 
 def induction_score(
@@ -503,36 +607,37 @@ def induction_sums(
     chunk: Chunk, tokens: Tensor, exclude_bos: bool = False, exclude_current_token: bool = False
 ) -> Ratio:
     """:func:`induction_score` as a :class:`Ratio` (over sequences)."""
-    tokens = _check_tokens(tokens, chunk.patterns)
-    return _detection_score(chunk.patterns, _induction_pattern(tokens), chunk.mask, exclude_bos, exclude_current_token)
+    return repeat_sums(chunk, tokens, exclude_bos, exclude_current_token)["induction"]
 
 
-def _target_attention(patterns: Tensor, detection: Tensor, mask: Tensor) -> Ratio:
-    """Mean over the real queries that have at least one real target key of the attention on targets.
-
-    Unlike the TransformerLens ratio, queries with nothing to find (the first half of a repeated
-    sequence) are left out instead of counting as misses, so a perfect head scores 1, not ~0.5.
-    """
-    real = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
-    targets = detection & real
-    # A query without targets puts no mass on them: summing over all queries is summing over the eligible.
-    return Ratio(_mass_on(patterns, targets[:, None])[..., 0].sum(0), targets.any(-1).to(patterns.dtype).sum())
+def _mass_ratio(mass: Tensor, eligible: Tensor) -> Ratio:
+    """Attention mass ``(B, H)`` summed over sequences, over the eligible queries ``(B, Q)``."""
+    return Ratio(mass.sum(0), eligible.sum(), math.nan, mass, eligible.sum(1))
 
 
-def repeat_sums(chunk: Chunk, tokens: Tensor) -> dict[str, Ratio]:
+def repeat_sums(
+    chunk: Chunk, tokens: Tensor, exclude_bos: bool = False, exclude_current_token: bool = False
+) -> dict[str, Ratio]:
     """``induction``, ``duplicate`` (:func:`induction_score`, :func:`duplicate_token_score`),
-    ``prefix_matching`` and ``duplicate_matching`` of one chunk, from one pass over its patterns."""
+    ``prefix_matching`` and ``duplicate_matching`` (:func:`prefix_matching_score`,
+    :func:`duplicate_matching_score`) of one chunk, from one pass over its patterns: the one
+    implementation of the four. The exclusions (TransformerLens's options) shrink the area all four see.
+
+    The matching scores average the attention on the targets over the real queries that have at least
+    one target key: unlike the TransformerLens ratio, queries with nothing to find (the first half of a
+    repeated sequence) are left out instead of counting as misses, so a perfect head scores 1, not ~0.5.
+    A query without targets puts no mass on them: summing over all queries is summing over the eligible.
+    """
     tokens = _check_tokens(tokens, chunk.patterns)
-    mask = chunk.mask
-    real = mask[:, :, None] & mask[:, None, :]  # (B, Q, K)
+    real = _kept_area(chunk.mask, exclude_bos, exclude_current_token)
     induction, duplicate = _induction_pattern(tokens) & real, _duplicate_pattern(tokens) & real
     mass = _mass_on(chunk.patterns, torch.stack([induction, duplicate, real], dim=1))
     dtype = chunk.patterns.dtype
     return {
         "induction": _per_sequence_ratio(mass[..., 0], mass[..., 2]),
         "duplicate": _per_sequence_ratio(mass[..., 1], mass[..., 2]),
-        "prefix_matching": Ratio(mass[..., 0].sum(0), induction.any(-1).to(dtype).sum()),
-        "duplicate_matching": Ratio(mass[..., 1].sum(0), duplicate.any(-1).to(dtype).sum()),
+        "prefix_matching": _mass_ratio(mass[..., 0], induction.any(-1).to(dtype)),
+        "duplicate_matching": _mass_ratio(mass[..., 1], duplicate.any(-1).to(dtype)),
     }
 
 
@@ -551,8 +656,7 @@ def prefix_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None 
 
 def prefix_matching_sums(chunk: Chunk, tokens: Tensor) -> Ratio:
     """:func:`prefix_matching_score` as a :class:`Ratio`."""
-    tokens = _check_tokens(tokens, chunk.patterns)
-    return _target_attention(chunk.patterns, _induction_pattern(tokens), chunk.mask)
+    return repeat_sums(chunk, tokens)["prefix_matching"]
 
 
 def duplicate_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -567,8 +671,7 @@ def duplicate_matching_score(patterns: Tensor, tokens: Tensor, mask: Tensor | No
 
 def duplicate_matching_sums(chunk: Chunk, tokens: Tensor) -> Ratio:
     """:func:`duplicate_matching_score` as a :class:`Ratio`."""
-    tokens = _check_tokens(tokens, chunk.patterns)
-    return _target_attention(chunk.patterns, _duplicate_pattern(tokens), chunk.mask)
+    return repeat_sums(chunk, tokens)["duplicate_matching"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -597,8 +700,9 @@ def sink_sums(chunk: Chunk) -> Ratio:
     return _query_mean(_first_token_attention(chunk.patterns), chunk.mask)
 
 
-def sink_rate(patterns: Tensor, mask: Tensor | None = None, eps: float = 0.3) -> Tensor:
-    """Share of sequences where the first token is a sink (Gu et al. 2024, Sec. 3, eps = 0.3).
+def sink_rate(patterns: Tensor, mask: Tensor | None = None, *, eps: float) -> Tensor:
+    """Share of sequences where the first token is a sink (Gu et al. 2024, Sec. 3; their eps is 0.3,
+    ``analysis.thresholds.sink``).
 
     Per sequence ``alpha = mean over real queries of A[q, 0]``; the head sinks in that sequence when
     ``alpha > eps``. Gu et al. average the indicator over heads, layers and samples; here it is kept per
@@ -610,14 +714,14 @@ def sink_rate(patterns: Tensor, mask: Tensor | None = None, eps: float = 0.3) ->
     return sink_rate_sums(Chunk(patterns, mask, causal=False), eps).value()
 
 
-def sink_rate_sums(chunk: Chunk, eps: float = 0.3) -> Ratio:
+def sink_rate_sums(chunk: Chunk, eps: float) -> Ratio:
     """:func:`sink_rate` as a :class:`Ratio` (over sequences)."""
     patterns, mask = chunk.patterns, chunk.mask
     w = mask.to(patterns.dtype)
     alpha = (_first_token_attention(patterns) * w[:, None]).sum(-1) / w.sum(-1).clamp_min(1)[:, None]  # (B, H)
     real = mask.any(-1)
-    sinks = ((alpha > eps) & real[:, None]).to(patterns.dtype).sum(0)
-    return Ratio(sinks, real.to(patterns.dtype).sum())
+    sinks = ((alpha > eps) & real[:, None]).to(patterns.dtype)
+    return Ratio(sinks.sum(0), real.to(patterns.dtype).sum(), math.nan, sinks, real.to(patterns.dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -642,7 +746,8 @@ def _relation_hits(
     """Count correct predictions per relation.
 
     ``pred`` is ``(B, P, T)``: the key each query points to (-1 for "no prediction"), for P predictors.
-    Returns ``(hits (P, R), totals (R,))``.
+    Returns the counts per sequence, ``(hits (B, P, R), totals (B, R))`` (integers, so their sums over
+    sequences are exact).
 
     * dep2head: one instance per real dependent d with a relation and a real gold head; hit when
       ``pred[d] == heads[d]``.
@@ -657,18 +762,19 @@ def _relation_hits(
     pred_c = pred.clamp(0, T - 1)
     has_pred = (pred >= 0) & (pred < T)
     if direction == "dep2head":
-        hit = (has_pred & (pred == heads[:, None, :])).to(torch.float32)  # (B, P, T)
-        return torch.einsum("bpt,btr->pr", hit, rel_onehot), rel_onehot.sum(dim=(0, 1))
+        targets = torch.stack([torch.where(rels == r, heads, -1) for r in range(n_relations)])  # (R, B, T)
+        seq_hits, seq_totals = _dep2head_counts(pred, targets, mask)
+        return seq_hits.permute(1, 2, 0).float(), seq_totals.T.float()
     if direction == "head2dep":
         # governs[b, g, d]: d is an annotated dependent of g.
         governs = (F.one_hot(heads_c, T).transpose(1, 2) & arc[:, None, :]).to(torch.float32)  # (B, G, D)
-        totals = (torch.bmm(governs, rel_onehot) > 0).to(torch.float32).sum(dim=(0, 1))
+        totals = (torch.bmm(governs, rel_onehot) > 0).to(torch.float32).sum(dim=1)
         pointed = torch.arange(T, device=heads.device)
         batch_idx = torch.arange(B, device=heads.device)[:, None, None]
         # Does the predicted key depend on the query? If so, the hit goes to that arc's relation.
         lands_on_dep = governs[batch_idx, pointed[None, None, :], pred_c] * has_pred  # (B, P, G)
         pred_rel = rel_onehot[batch_idx, pred_c]  # (B, P, G, R)
-        return torch.einsum("bpg,bpgr->pr", lands_on_dep, pred_rel), totals
+        return torch.einsum("bpg,bpgr->bpr", lands_on_dep, pred_rel), totals
     raise ValueError(f"direction must be 'dep2head' or 'head2dep'; got {direction!r}")
 
 
@@ -713,7 +819,7 @@ def dependency_sums(
     heads = _check_annotation("heads", heads, chunk.mask)
     rels = _check_annotation("rels", rels, chunk.mask)
     hits, totals = _relation_hits(chunk.top_other, heads, rels, n_relations, chunk.mask, direction)
-    return Ratio(hits, totals)
+    return Ratio(hits.sum(0), totals.sum(0), math.nan, hits, totals)
 
 
 def offset_baseline(
@@ -755,6 +861,7 @@ def offset_baseline(
         ok = ok[None] & mask.gather(1, target.clamp(0, T - 1)[None].expand(B, -1))
         preds.append(torch.where(ok, target[None], torch.full_like(ok, -1, dtype=torch.long)))
     hits, totals = _relation_hits(torch.stack(preds, dim=1), heads, rels, n_relations, mask, direction)
+    hits, totals = hits.sum(0), totals.sum(0)
     acc = _safe_ratio(hits, totals, float("nan"))  # (O, R)
     best_idx = acc.nan_to_num(-1.0).argmax(dim=0)
     best = acc.gather(0, best_idx[None])[0]
@@ -770,12 +877,12 @@ def syntactic_heads(
     mask: Tensor | None = None,
     direction: Direction = "dep2head",
     max_offset: int = 3,
-    margin: float = 0.10,
     *,
+    margin: float,
     causal: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Syntactic heads (Voita et al. 2019, Sec. 5.2): accuracy on relation r beats the best fixed-offset
-    baseline by at least ``margin`` (10 points in the paper).
+    baseline by at least ``margin`` (10 points in the paper, ``analysis.thresholds.syntactic_margin``).
 
     Returns:
         ``(is_syntactic (H, R) bool, accuracy - baseline (H, R))``; relations without instances are
@@ -799,8 +906,14 @@ def antecedent_accuracy(patterns: Tensor, antecedent: Tensor, mask: Tensor | Non
     Returns:
         ``(H,)``; NaN when the batch has no mention.
     """
-    rels = torch.where(antecedent >= 0, 0, -1)
-    return dependency_accuracy(patterns, antecedent, rels, 1, mask, "dep2head")[:, 0]
+    return antecedent_sums(Chunk(patterns, mask, causal=False), antecedent).value()
+
+
+def antecedent_sums(chunk: Chunk, antecedent: Tensor) -> Ratio:
+    """:func:`antecedent_accuracy` as a :class:`Ratio` ``(H,)`` (over mentions)."""
+    antecedent = _check_annotation("antecedent", antecedent, chunk.mask)
+    r = dep2head_sums(chunk.top_other, antecedent[None], chunk.mask)
+    return Ratio(r.num[:, 0], r.den[0], r.empty, r.seq_num[..., 0], r.seq_den[:, 0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -916,15 +1029,41 @@ def dep2head_accuracy(pred: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     return dep2head_sums(pred, targets, mask).value()
 
 
-def dep2head_sums(pred: Tensor, targets: Tensor, mask: Tensor) -> Ratio:
-    """:func:`dep2head_accuracy` as a :class:`Ratio` ``(H, R)``."""
+def _dep2head_counts(pred: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sequence, the queries whose prediction ``pred`` ``(B, P, T)`` is their gold key ``targets``
+    ``(R, B, T)`` (-1: none) and the queries with a gold key, among real queries with a real gold key:
+    ``(hits (R, B, P), totals (R, B))``, integers. The one count behind every dep2head accuracy."""
     T = targets.shape[-1]
     safe = targets.clamp(0, T - 1)
     key_real = mask[None].expand_as(targets).gather(2, safe)
     valid = (targets >= 0) & (targets < T) & mask[None] & key_real  # (R, B, T)
-    hits = ((pred[None] == safe[:, :, None, :]) & valid[:, :, None, :]).sum(dim=(1, 3))  # (R, H)
-    totals = valid.sum(dim=(1, 2))  # (R,)
-    return Ratio(hits.T.float(), totals.float())
+    return ((pred[None] == safe[:, :, None, :]) & valid[:, :, None, :]).sum(dim=3), valid.sum(dim=2)
+
+
+def dep2head_sums(pred: Tensor, targets: Tensor, mask: Tensor) -> Ratio:
+    """:func:`dep2head_accuracy` as a :class:`Ratio` ``(H, R)``."""
+    seq_hits, seq_totals = _dep2head_counts(pred, targets, mask)
+    # Integer counts: summing the per-sequence counts gives exactly the pooled ones.
+    hits, totals = seq_hits.sum(1), seq_totals.sum(1)
+    return Ratio(hits.T.float(), totals.float(), math.nan, seq_hits.permute(1, 2, 0).float(), seq_totals.T.float())
+
+
+def relation_sums(chunk: Chunk, targets: Tensor, directions: Sequence[str]) -> Ratio:
+    """Per-relation accuracy ``(H, R)`` as a :class:`Ratio`: :func:`dep2head_sums` for the relations scored
+    from the dependent, :func:`dependency_sums` ``head2dep`` for those scored from the head (``directions``
+    per relation). ``targets`` ``(R, B, T)``: each query's gold key per relation (-1 for none)."""
+    acc = dep2head_sums(chunk.top_other, targets, chunk.mask)
+    by_h2d = [r for r, d in enumerate(directions) if d == "head2dep"]
+    if not by_h2d:
+        return acc
+    num, den = acc.num.clone(), acc.den.clone()
+    seq_num, seq_den = acc.seq_num.clone(), acc.seq_den.clone()
+    for r in by_h2d:
+        one = torch.where(targets[r] >= 0, 0, -1)
+        h2d = dependency_sums(chunk, targets[r], one, 1, "head2dep")
+        num[:, r], den[r] = h2d.num[:, 0], h2d.den[0]
+        seq_num[:, :, r], seq_den[:, r] = h2d.seq_num[..., 0], h2d.seq_den[:, 0]
+    return Ratio(num, den, acc.empty, seq_num, seq_den)
 
 
 def position_baseline(targets: Tensor, mask: Tensor, causal: bool) -> Tensor:

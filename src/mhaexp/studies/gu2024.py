@@ -8,7 +8,8 @@ On the default causal LM (grammar data):
    reaches half its final value.
 
 The sink rate is Gu et al.'s: the share of (head, sequence) pairs whose mean attention to the first token
-exceeds 0.3 (:func:`mhaexp.heads.patterns.sink_rate`, per head, averaged over heads here).
+exceeds eps = 0.3, the runs' ``analysis.thresholds.sink`` (:func:`mhaexp.heads.patterns.sink_rate`, per
+head, averaged over heads here).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 
 from mhaexp.studies.base import Study
-from mhaexp.studies.readers import head_metric_mean
+from mhaexp.studies.readers import head_metric_mean, role_bar
 from mhaexp.studies.report import figure
 from mhaexp.studies.runner import StudyContext
 from mhaexp.studies.verdict import Claim, Measure, at_most, decided, greater
@@ -67,6 +68,10 @@ class Gu2024(Study):
             "the 0.3 bar for T <= 9, so short sentences count as sinks even at initialization."
         ]
 
+    def _eps(self, ctx: StudyContext) -> str:
+        """The runs' sink bar, ``analysis.thresholds.sink`` of their own configs (Gu et al.: 0.3)."""
+        return ", ".join(f"{v:g}" for v in sorted({role_bar(d, "sink") for d in ctx.stage_runs("train")}))
+
     def verdicts(self, ctx: StudyContext) -> list[Claim]:
         runs = ctx.stage_runs("train")
         series = [head_metric_mean(d, "sink_rate") for d in runs]
@@ -74,13 +79,14 @@ class Gu2024(Study):
         final = Measure.of(s[-1][1] if s else math.nan for s in series)
         when = Measure.of(onset(s) for s in series)
         rel = [ctx.rel(d) for d in runs]
+        eps = self._eps(ctx)
         no_sink = at_most(init, NEAR_ZERO)
         rises = greater(final, init)
         return [
             Claim(
                 claim="At initialization there is no attention sink",
                 source="Gu et al. 2024, Sec. 3 (sink rate of randomly initialized models)",
-                metric="sink rate (share of heads x sequences attending > 0.3 to the first token) at step 0",
+                metric=f"sink rate (share of heads x sequences attending > {eps} to the first token) at step 0",
                 ours=init,
                 criterion=f"every seed <= {NEAR_ZERO:g}",
                 **decided(no_sink),

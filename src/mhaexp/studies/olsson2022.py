@@ -16,12 +16,11 @@ import math
 from pathlib import Path
 
 from mhaexp.studies.base import Study
-from mhaexp.studies.readers import head_metric_max, rise_window, scalar
+from mhaexp.studies.readers import head_metric_max, rise_window, role_bar, scalar
 from mhaexp.studies.report import figure
 from mhaexp.studies.runner import Budget, StudyContext, run_config
 from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, decided
 
-INDUCTION_BAR = 0.5  # Olsson et al.: heads above 0.5 prefix matching are induction heads
 SHORT_WINDOW = 0.25  # the climb spans at most this share of training
 IN_WINDOW = 0.5  # at least this share of the ICL gap's fall happens around the window
 ANALYSES = 30  # analysis and validation points per run: the resolution of the window
@@ -72,6 +71,10 @@ class Olsson2022(Study):
             out.setdefault(int(run_config(d).model.n_layers), []).append(d)
         return out
 
+    def _bars(self, ctx: StudyContext) -> list[float]:
+        """The induction bars (``analysis.thresholds.induction``, Olsson et al.: 0.5) of the study's runs."""
+        return sorted({role_bar(d, "induction") for d in ctx.stage_runs("train")})
+
     def plot(self, ctx: StudyContext) -> None:
         with figure(ctx.out / "phase_change.png", (9, 3.2), 2) as (fig, (a1, a2)):
             for n_layers, runs in sorted(self._by_layers(ctx).items()):
@@ -81,7 +84,8 @@ class Olsson2022(Study):
                     gap = scalar(d, "val/icl_gap")
                     if gap:
                         a2.plot(*zip(*gap, strict=True), label=f"{n_layers} layer(s), seed {i}")
-            a1.axhline(INDUCTION_BAR, color="grey", lw=0.8, ls="--")
+            for bar in self._bars(ctx):
+                a1.axhline(bar, color="grey", lw=0.8, ls="--")
             a1.set(xlabel="step", ylabel="best head's prefix matching", ylim=(0, 1.05))
             a2.set(xlabel="step", ylabel="loss(repeat) - loss(first copy)")
             a1.legend(fontsize=7)
@@ -98,7 +102,11 @@ class Olsson2022(Study):
         # same model. Put both on the analysis clock, so "before the window" means the same for both.
         gaps = [[(s + 1, v) for s, v in scalar(d, "val/icl_gap")] for d in two]
         fall = Measure.of(icl_fall_in_window(g, w) if w else math.nan for g, w in zip(gaps, windows, strict=True))
-        formed = at_least(pm2, INDUCTION_BAR)
+        # The runs' own induction bars (one, unless runs were trained with different ones: then the
+        # strictest of them for "formed" and the most lenient for "did not form").
+        bars = self._bars(ctx) or [math.nan]
+        bar, lenient = max(bars), min(bars)
+        formed = at_least(pm2, bar)
         precondition = formed if formed[0] else (None, f"no induction head formed in the 2-layer model ({pm2})")
         rel = [ctx.rel(d) for d in [*one, *two]]
         window_text = ", ".join(f"{w[0]}-{w[1]}" if w else "none" for w in windows)
@@ -108,8 +116,9 @@ class Olsson2022(Study):
                 source="Olsson et al. 2022, Sec. 2 and Argument 1 (induction heads need two layers)",
                 metric="best head's prefix-matching score at the end of training",
                 ours={"2 layers": pm2, "1 layer": pm1},
-                criterion=f"every 2-layer seed >= {INDUCTION_BAR:g} and every 1-layer seed <= {INDUCTION_BAR:g}",
-                **decided(all_hold([formed, at_most(pm1, INDUCTION_BAR)])),
+                criterion=f"every 2-layer seed >= {bar:g} and every 1-layer seed <= {lenient:g} "
+                "(analysis.thresholds.induction of the runs)",
+                **decided(all_hold([formed, at_most(pm1, lenient)])),
                 paper="induction heads (prefix matching > 0.5) only in models of 2+ layers",
                 runs=rel,
                 plot="phase_change.png",

@@ -8,6 +8,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, HEAD_ROLES_FILE, METRICS_FILE, SUMMARY_FILE
 
 Series = dict[int, dict[tuple[int, int], float]]  # {step: {(layer, head): value}}
@@ -44,6 +46,16 @@ def head_metric_mean(run_dir: Path, metric: str) -> list[tuple[int, float]]:
         finite = [v for v in heads.values() if math.isfinite(v)]
         series.append((step, sum(finite) / len(finite) if finite else math.nan))
     return series
+
+
+def role_bar(run_dir: Path, key: str) -> float:
+    """``analysis.thresholds.<key>`` of the run's own composed config (``.hydra/config.yaml``): the bar its
+    roles were assigned with, whatever the YAML says today (one home for every threshold: the config)."""
+    cfg = yaml.safe_load((Path(run_dir) / ".hydra" / "config.yaml").read_text(encoding="utf-8"))
+    try:
+        return float(cfg["analysis"]["thresholds"][key])
+    except (KeyError, TypeError):
+        raise KeyError(f"{run_dir}: its .hydra/config.yaml has no analysis.thresholds.{key}") from None
 
 
 def scalar(run_dir: Path, key: str) -> list[tuple[int, float]]:

@@ -26,13 +26,12 @@ from mhaexp.config import instantiate_plain
 from mhaexp.nn.objectives import answer_exact_match, causal_targets
 from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
 from mhaexp.studies.base import Study
-from mhaexp.studies.readers import head_metric
+from mhaexp.studies.readers import head_metric, role_bar
 from mhaexp.studies.report import figure
 from mhaexp.studies.runner import Budget, StudyContext, run_config
 from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, decided, greater
 from mhaexp.training.module import load_module
 
-RETRIEVAL_BAR = 0.1  # Wu et al. Sec. 2: a head is a retrieval head above this score
 SPARSE_SHARE = 0.05  # Sec. 3: "less than 5% of the attention heads"
 COLLAPSE_RATIO = 0.5  # masked accuracy at most half the unmasked one counts as a collapse
 LEARNED_ACC = 0.5  # below this unmasked accuracy the model has not learned the task: masking says nothing
@@ -41,13 +40,14 @@ MASKING_FILE = "masking.json"
 
 
 def retrieval_heads(run_dir: Path) -> tuple[list[tuple[int, int]], int, float]:
-    """(heads whose retrieval score at the last analysis step is >= the bar, heads scored in all, the best
-    score; NaN without scores)."""
+    """(heads whose retrieval score at the last analysis step is >= the run's own ``analysis.thresholds.retrieval``
+    (Wu et al. Sec. 2: 0.1), heads scored in all, the best score; NaN without scores)."""
     series = head_metric(run_dir, "retrieval")
     if not series:
         return [], 0, math.nan
+    bar = role_bar(run_dir, "retrieval")
     scored = {h: v for h, v in series[max(series)].items() if math.isfinite(v)}
-    found = sorted(h for h, v in scored.items() if v >= RETRIEVAL_BAR)
+    found = sorted(h for h, v in scored.items() if v >= bar)
     return found, len(scored), max(scored.values(), default=math.nan)
 
 
@@ -90,6 +90,7 @@ def measure_masking(run_dir: Path, seed: int) -> dict[str, Any]:
         "n_scored": n_scored,
         "retrieval_heads": [list(h) for h in found],
         "best_retrieval": best,
+        "retrieval_bar": role_bar(run_dir, "retrieval"),
         "acc_full": masked_accuracy(module, batches, []),
         "acc_retrieval_masked": masked_accuracy(module, batches, found) if found else math.nan,
         "acc_random_masked": [masked_accuracy(module, batches, d) for d in draws],
@@ -162,10 +163,13 @@ class Wu2024(Study):
             else (None, f"the model did not learn the task at this budget (unmasked accuracy {full})")
         )
         best = Measure.of(r.get("best_retrieval", math.nan) for r in results)
+        # Each run's own bar (masking.json files from before it was recorded: named, not guessed).
+        bar = ", ".join(sorted({f"{r['retrieval_bar']:g}" for r in results if "retrieval_bar" in r}))
+        bar = bar or "analysis.thresholds.retrieval"
         some = at_least(Measure.of(len(r["retrieval_heads"]) for r in results), 1)
         if some[0] is False:
             per_seed = ", ".join(f"{v:.3g}" for v in best.values)
-            some = (False, f"no head reaches a retrieval score of {RETRIEVAL_BAR:g} (best head per seed: {per_seed})")
+            some = (False, f"no head reaches a retrieval score of {bar} (best head per seed: {per_seed})")
         # Universal and sparse: a model without retrieval heads fails the claim; it leaves nothing to mask.
         sparse = all_hold([precondition, some, at_most(share, SPARSE_SHARE)])
         maskable = some if some[0] is not False else (None, f"{some[1]}: no retrieval head to mask")
@@ -173,9 +177,9 @@ class Wu2024(Study):
         control = all_hold([precondition, maskable, greater(rand, masked)])
         return [
             Claim(
-                claim="Retrieval heads exist and are sparse: some, but few, heads have a retrieval score >= 0.1",
+                claim=f"Retrieval heads exist and are sparse: some, but few, heads have a retrieval score >= {bar}",
                 source="Wu et al. 2024, Sec. 3 (universal and sparse)",
-                metric="share of all heads with retrieval score >= 0.1 at the end of training",
+                metric=f"share of all heads with retrieval score >= {bar} at the end of training",
                 ours={"share": share, "best retrieval score": best},
                 criterion=f"every seed has at least one such head and a share <= {SPARSE_SHARE:g}, on a model "
                 f"that learned the task (unmasked accuracy >= {LEARNED_ACC:g})",

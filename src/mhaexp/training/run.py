@@ -12,6 +12,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 
 from mhaexp.analysis import index_page
 from mhaexp.analysis.callback import build_analysis_callback, build_roles_provider
+from mhaexp.analysis.registry import role_interval
 from mhaexp.analysis.seed_table import fill, format_table, read_roles
 from mhaexp.checkpoint import read_checkpoint
 from mhaexp.data.datamodule import LMDataModule
@@ -128,7 +129,8 @@ def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, 
 
 
 def role_table(rows: list[dict[str, str]]) -> list[str]:
-    """One line per head with its roles (score, margin over the bar): the rows of ``analysis/head_roles.csv``."""
+    """One line per head with its roles (score ± standard error, margin over the bar): the rows of
+    ``analysis/head_roles.csv``."""
     if not rows:
         return []
     heads: dict[tuple[int, int], list[str]] = {}
@@ -136,7 +138,8 @@ def role_table(rows: list[dict[str, str]]) -> list[str]:
         key = (int(row["layer"]), int(row["head"]))
         role = row["role"]
         if row.get("score"):
-            role += f" {float(row['score']):.2f} (+{float(row['margin']):.2f})"
+            se = float(row.get("se") or "nan")
+            role = role_interval(role, float(row["score"]), se, float(row["margin"]))
         heads.setdefault(key, []).append(role)
     lines = [f"  L{layer}H{head:<3} {', '.join(roles)}" for (layer, head), roles in sorted(heads.items())]
     return ["head roles    :", *lines]
