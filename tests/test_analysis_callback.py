@@ -187,6 +187,10 @@ def test_tidy_table_matches_wandb(run: dict[str, Any]) -> None:
     assert rows[20]["heads/L01H02/entropy_se"] == pytest.approx(se, rel=1e-6)
     copying = tidy[tidy["metric"] == "copying"]
     assert copying.se.isna().all() and copying.n.isna().all()
+    # Importance and ablation: intervals over the probe's sentences too (heads.importance.SentenceValues).
+    for metric in ("importance", "ablation"):
+        final = tidy[(tidy["step"] == 20) & (tidy["metric"] == metric)]
+        assert len(final) == 8 and (final.se > 0).all() and (final.n == DATA["n_probe"]).all(), metric
     assert "heads/L01H02/copying_se" not in rows[20] and "heads/L01H02/copying" in rows[20]
     # One write per step and metric: no duplicates although the end of fit re-ran step 20 expensively.
     assert not tidy.duplicated(["step", "layer", "head", "metric"]).any()

@@ -43,12 +43,13 @@ from mhaexp.analysis import registry
 from mhaexp.analysis.registry import Metric, resolve
 from mhaexp.heads import patterns as M
 from mhaexp.heads.importance import (
-    ablation_importance,
+    SentenceValues,
+    ablation_values,
     eval_mode,
-    gradient_importance,
     group_ablation,
     group_extent,
-    group_importance,
+    group_importance_values,
+    importance_values,
     kv_groups,
     row_groups,
 )
@@ -437,17 +438,16 @@ def best_offset_stats(per_layer: Sequence[Stats], cfg: Mapping[str, Any]) -> dic
     return {"positional_frac": frac_out, "positional_offset": offset_out}
 
 
-def estimate_stats(per_layer: Sequence[Any]) -> list[Stats]:
-    """Gradient importance and ablation (:mod:`mhaexp.heads.importance`) as ``(value, se, n)`` per layer.
-
-    The one place their standard errors over probe sentences plug in: :mod:`mhaexp.heads.importance` returns
-    each layer's mean only today, so se and n stay empty; a per-layer result with ``mean``, ``se`` and ``n``
-    is taken as it comes.
-    """
+def estimate_stats(per_layer: Sequence[SentenceValues | Tensor]) -> list[Stats]:
+    """Gradient importance and ablation (:mod:`mhaexp.heads.importance`) as ``(value, se, n)`` per layer:
+    the mean over probe sentences, its standard error over them and their number, from each layer's
+    :class:`~mhaexp.heads.importance.SentenceValues`; a bare tensor (a per-group ablation, which has no
+    per-sentence values) keeps se and n empty."""
     out: list[Stats] = []
     for r in per_layer:
-        if all(hasattr(r, k) for k in ("mean", "se", "n")):
-            out.append((r.mean, r.se, torch.as_tensor(r.n, dtype=torch.float32).expand_as(r.mean)))
+        if isinstance(r, SentenceValues):
+            mean = r.mean().float()
+            out.append((mean, r.se().float(), torch.full_like(mean, float(r.n))))
         else:
             out.append((r, None, None))
     return out
@@ -612,7 +612,7 @@ def compute_head_metrics(
 
         groups = _row_groups(probe)
         try:
-            grads = gradient_importance(model, batches_d, probe.objective, on_patterns=on_patterns, groups=groups)
+            grads = importance_values(model, batches_d, probe.objective, on_patterns=on_patterns, groups=groups)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -639,7 +639,7 @@ def compute_head_metrics(
     result = HeadMetrics({}, n_heads, expensive=expensive)
     gqa = any(a.n_kv_heads < a.n_heads for a in layers)
     if importance and grads is None:
-        grads = gradient_importance(model, batches_d, probe.objective, max_tokens=IMPORTANCE_CHUNK_TOKENS)
+        grads = importance_values(model, batches_d, probe.objective, max_tokens=IMPORTANCE_CHUNK_TOKENS)
     # Everything the cheap tier computes, by name; the registry's order is the result's (and so the tables').
     computed: dict[str, list[Stats]] = {}
     finished = sums.stats([m.name for m in streamed if m.name in sums])
@@ -654,8 +654,8 @@ def compute_head_metrics(
     if importance:
         computed["importance"] = estimate_stats(grads)
         if gqa:
-            per_head = _per_head(group_importance(model, batches_d, probe.objective), model)
-            computed["group_importance"] = estimate_stats(per_head)
+            per_group = estimate_stats(group_importance_values(model, batches_d, probe.objective))
+            computed["group_importance"] = _per_head_stats(per_group, model)
     for metric in registry.METRICS:
         if metric.name in computed:
             _put(result, metric.name, computed[metric.name], H)
@@ -681,6 +681,15 @@ def _put(result: HeadMetrics, name: str, per_layer: Sequence[Stats], width: int)
     if registry.metric(name).se and all(se is not None for _, se, _ in per_layer):
         result.se[name] = _per_layer([se for _, se, _ in per_layer], width)
         result.n[name] = _per_layer([n for _, _, n in per_layer], width)
+
+
+def _per_head_stats(per_group: Sequence[Stats], model: Any) -> list[Stats]:
+    """:func:`_per_head` of a per-group ``(value, se, n)``: each query head gets its group's three."""
+    groups = kv_groups(model)
+    return [
+        tuple(None if t is None else t[grp.to(t.device)] for t in stats)  # type: ignore[misc]
+        for stats, grp in zip(per_group, groups, strict=True)
+    ]
 
 
 def _per_head(per_group: Sequence[Tensor], model: Any) -> list[Tensor]:
@@ -771,7 +780,7 @@ def _expensive(model: Any, probe: ProbeData, js: Tensor, result: HeadMetrics, wi
     them) divides the cost by (T / longest)^2 without changing a value.
     """
     device = next(model.parameters()).device
-    ablation = ablation_importance(model, _ablation_batches(probe, device), probe.objective)
+    ablation = ablation_values(model, _ablation_batches(probe, device), probe.objective)
     _put(result, "ablation", estimate_stats(ablation), width)
     result.js = js
     result.mds = mds_embedding(js.clamp_min(0).sqrt(), dim=2) if js.shape[0] >= 2 else None
