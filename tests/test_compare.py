@@ -987,7 +987,9 @@ def key_table(stdout: str) -> dict[str, dict[str, str]]:
     return {r.pop("key"): r for r in parse_table(section(stdout, "configuration names"))}
 
 
-def test_runs_differing_in_many_keys_get_short_names_and_one_key_table(tmp_path: Path) -> None:
+def test_runs_differing_in_many_keys_get_short_names_and_one_key_table(
+    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     from mhaexp.compare.report.aggregation import LABEL_MAX_CHARS, aggregate, role_points
     from mhaexp.compare.runs import load_runs
 
@@ -1030,7 +1032,9 @@ def test_runs_differing_in_many_keys_get_short_names_and_one_key_table(tmp_path:
     assert {p.name for p in out.glob("*.png")} == {"loss_vs_heads.png", "roles_vs_heads.png", "role_emergence.png"}
 
 
-def test_doubling_section_needs_two_head_counts(tmp_path: Path) -> None:
+def test_doubling_section_needs_two_head_counts(
+    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     sweep = make_many_key_runs(tmp_path, heads=(2, 4))
     out = tmp_path / "report"
     proc = run_cli(str(sweep), "--out", str(out))

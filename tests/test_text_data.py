@@ -188,7 +188,8 @@ def test_bpe_text_run_ends_with_roles_wandb_series_and_a_tokenizer_that_analysis
         "mhaexp-analyze", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "text=The cat sat.", cwd=tmp_path, env=env
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "on data=text: 16 probe sequences" in out.stdout
+    # mhaexp-analyze reads its own default probe size: all 64 held-out windows the run's data holds, and says so.
+    assert "on data=text: 64 probe sequences (all the probe set holds" in out.stdout, out.stdout[:400]
     assert sorted(p.name for p in cache.iterdir()) == [n for n in before if not n.startswith("bpe-")]  # nothing rebuilt
     view = (run_dir / "checkpoints" / "analysis-last" / "head_view.html").read_text()
     assert '"\\u0120cat"' in view  # the head view shows the run's BPE pieces (Ġcat, JSON-escaped)
