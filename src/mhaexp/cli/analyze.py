@@ -13,17 +13,17 @@ Usage::
     mhaexp-analyze series=EleutherAI/pythia-70m@step1000,step2000,step4000 data.path=corpus.txt  # network
 
 Keys: ``ckpt`` or ``series`` (one of them: a series of checkpoints, run directories, save_pretrained
-directories, or ``<hub name>@step1000,step2000``, each analysed the same way into one ``out``
-(default ``analysis-series``) at its training step: one ``head_metrics.csv``, one
-``head_roles_history.csv`` and the role timeline ``role_timeline.png``; see :mod:`mhaexp.cli.series`
-for where each step is read and what is refused), ``data`` (a ``conf/data`` choice; default: the run's own data config when the
-checkpoint sits in a run directory, read with the tokenizer the run saved, else ``grammar``; it also gives the
-tokenizer; a checkpoint from ``mhaexp-import`` reads ``data=text`` with the tokenizer saved beside it unless
+directories, or ``<hub name>@step1000,step2000``, each analysed the same way into one ``out`` (default
+``analysis-series``) at its training step: one ``head_metrics.csv``, one ``head_roles_history.csv`` and the
+role timeline ``role_timeline.png``; see :mod:`mhaexp.cli.series` for where each step is read and what is
+refused), ``data`` (a ``conf/data`` choice; default: the run's own data config when the checkpoint sits in a
+run directory, read with the tokenizer the run saved, else ``grammar``; it also gives the tokenizer; a
+checkpoint from ``mhaexp-import`` reads ``data=text`` with the tokenizer saved beside it unless
 ``data.tokenizer`` is given), ``conllu`` (a CoNLL-U treebank used as the probe set instead of the data's: its
 sentences are tokenized as the model's tokenizer reads running text, arcs are scored on word-level attention,
-and a per-relation table is printed and written to ``treebank_relations.csv``), ``out`` (default
-``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the model's
-tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe sequence). Any other
+and a per-relation table is printed and written to ``treebank_relations.csv``), ``out`` (default ``<ckpt
+dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the model's tokenizer,
+framed by BOS/EOS as the data frames its sequences; default: the first probe sequence). Any other
 ``key=value`` is an override of the composed ``conf/train.yaml``; keys of ``conf/analysis`` may drop the
 ``analysis.`` prefix.
 
