@@ -109,6 +109,13 @@ def _hf_dir(tmp_path: Path, lines: list[str], byte_level: bool, vocab: int) -> s
     return str(out)
 
 
+class WordsOnly:
+    """A tokenizer seen through ``encode`` alone (no character spans): the prefix-encoding alignment."""
+
+    def __init__(self, tok: object) -> None:
+        self.encode = tok.encode
+
+
 def test_align_byte_level_bpe_and_a_tokenizer_that_merges_across_spaces(tmp_path: Path) -> None:
     from mhaexp.data.tokenizers import HFTokenizer
 
@@ -119,10 +126,15 @@ def test_align_byte_level_bpe_and_a_tokenizer_that_merges_across_spaces(tmp_path
     assert [bpe.hf.convert_ids_to_tokens(p) for p in pieces[:2]] == [["the"], ["Ġcat"]]  # no space before word 1
     assert sum(pieces, []) == bpe.encode("the cat sat on the wooden mat")
     assert len(pieces[5]) > 1  # "wooden" was never seen: split into pieces
-    # Without a pre-tokenizer, BPE learns merges across the space: "the cat" is one token.
+    # Without a pre-tokenizer, BPE learns merges across the space: "the cat" is one token. This BPE has
+    # no unknown token and drops what it has no piece for, shifting its character spans: it is aligned by
+    # prefix encodings, which see the merge.
     across = HFTokenizer(_hf_dir(tmp_path, lines, byte_level=False, vocab=120))
+    assert across.encode_offsets("the cat") is None and bpe.encode_offsets("the cat") is not None
     with pytest.raises(AlignmentError, match="changes how the words before it are tokenized"):
         align_words(["the", "cat", "sat"], across)
+    # The byte-level BPE's spans and its prefix encodings give the same pieces.
+    assert align_words(words, WordsOnly(bpe)) == pieces
     # Nothing of the UD file aligns (its alphabet lacks "I"): one line says why, for the first sentence.
     with pytest.raises(ConfigError, match=r"skipped 5 not aligned with the tokenizer; first: sentence 1: word 1"):
         load_treebank(UD, across, 64, "conllu")

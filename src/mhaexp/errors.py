@@ -53,6 +53,19 @@ def fail(prog: str, message: object, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def key_value_args(argv: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
+    """The ``key=value`` commands' words -> dict; ConfigError for a word without ``=`` or an unknown key."""
+    args: dict[str, str] = {}
+    for word in argv:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise ConfigError("argument", word, f"write key=value with keys {', '.join(keys)}")
+        if key not in keys:
+            raise ConfigError(key, value, f"unknown key; {unknown_key_hint(key, keys)}")
+        args[key] = value
+    return args
+
+
 def key_value_main(prog: str, doc: str | None, run: Callable[[list[str]], str], argv: list[str] | None) -> None:
     """The ``key=value`` commands' shared shape: help on no arguments, one error line on bad input."""
     argv = sys.argv[1:] if argv is None else argv

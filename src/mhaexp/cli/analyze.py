@@ -9,19 +9,25 @@ Usage::
     mhaexp-analyze ckpt=last.ckpt conllu=treebank.conllu treebank_max_sentences=500   # the first 500 only
     mhaexp-analyze ckpt=last.ckpt text="the cat that sat on the mat was fluffy"   # head view of a sentence
     mhaexp-analyze ckpt=gpt2.ckpt data.path=corpus.txt text="the cat sat"   # a model from mhaexp-import
+    mhaexp-analyze series=runs/a/checkpoints/step250.ckpt,runs/a/checkpoints/last.ckpt out=timeline
+    mhaexp-analyze series=pythia/step1000,pythia/step2000 data.path=corpus.txt   # save_pretrained dirs
+    mhaexp-analyze series=EleutherAI/pythia-70m@step1000,step2000,step4000 data.path=corpus.txt  # network
 
-Keys: ``ckpt`` (required), ``data`` (a ``conf/data`` choice; default: the run's own data config when
-the checkpoint sits in a run directory, read with the tokenizer the run saved, else ``grammar``; it
-also gives the tokenizer; a checkpoint from ``mhaexp-import`` reads ``data=text`` with the tokenizer
-saved beside it unless ``data.tokenizer`` is given), ``conllu`` (a CoNLL-U treebank used as the probe
-set instead of the data's: its sentences are tokenized as the model's tokenizer reads running text,
-arcs are scored on word-level attention, and a per-relation table is printed and written to
-``treebank_relations.csv``; every sentence of the file is scored, or the first ``treebank_max_sentences``),
-``out`` (default
-``<ckpt dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the
-model's tokenizer, framed by BOS/EOS as the data frames its sequences; default: the first probe
-sequence). Any other ``key=value`` is an override of the composed
-``conf/train.yaml``; keys of ``conf/analysis`` may drop the ``analysis.`` prefix.
+Keys: ``ckpt`` or ``series`` (one of them: a series of checkpoints, run directories, save_pretrained
+directories, or ``<hub name>@step1000,step2000``, each analysed the same way into one ``out`` (default
+``analysis-series``) at its training step: one ``head_metrics.csv``, one ``head_roles_history.csv`` and the
+role timeline ``role_timeline.png``; see :mod:`mhaexp.cli.series` for where each step is read and what is
+refused), ``data`` (a ``conf/data`` choice; default: the run's own data config when the checkpoint sits in a
+run directory, read with the tokenizer the run saved, else ``grammar``; it also gives the tokenizer; a
+checkpoint from ``mhaexp-import`` reads ``data=text`` with the tokenizer saved beside it unless
+``data.tokenizer`` is given), ``conllu`` (a CoNLL-U treebank used as the probe set instead of the data's: its
+sentences are tokenized as the model's tokenizer reads running text, arcs are scored on word-level attention,
+and a per-relation table is printed and written to ``treebank_relations.csv``; every sentence of the file
+is scored, or the first ``treebank_max_sentences``), ``out`` (default ``<ckpt
+dir>/analysis-<ckpt name>``), ``text`` (a sentence for the head view, tokenized with the model's tokenizer,
+framed by BOS/EOS as the data frames its sequences; default: the first probe sequence). Any other
+``key=value`` is an override of the composed ``conf/train.yaml``; keys of ``conf/analysis`` may drop the
+``analysis.`` prefix.
 
 Writes into ``out`` what training writes into ``<run>/analysis``: ``head_metrics.csv``,
 ``head_roles.csv`` (= ``head_roles_history.csv``, one step), ``summary.json``, the PNGs,
@@ -44,7 +50,7 @@ from mhaexp.rundir import (
 )
 
 PROG = "mhaexp-analyze"
-OWN_KEYS = ("ckpt", "data", "conllu", "out", "text")
+OWN_KEYS = ("ckpt", "series", "data", "conllu", "out", "text")
 
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -67,8 +73,12 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             overrides.append(f"{prefix}analysis.{bare}={value}")
         else:
             overrides.append(word)
-    if not own.get("ckpt"):
-        raise ConfigError("ckpt", None, "required: the checkpoint to analyse (ckpt=path/to/last.ckpt)")
+    if bool(own.get("ckpt")) == bool(own.get("series")):
+        raise ConfigError(
+            "ckpt",
+            own.get("ckpt"),
+            "give one checkpoint (ckpt=path/to/last.ckpt) or a series (series=a.ckpt,b.ckpt), not both",
+        )
     return own, overrides
 
 
@@ -152,6 +162,68 @@ def encode_text(text: str, tokenizer: Any, max_seq_len: int) -> dict[str, Any]:
 
 def run(argv: list[str]) -> str:
     """Do what ``argv`` asks; return the lines to print."""
+    own, overrides = parse_args(argv)
+    if own.get("series"):
+        return run_series(own, overrides)
+    ckpt_path = Path(own["ckpt"])
+    out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
+    check_output_dir(out, "out")  # before the work, not at the first write
+    return "\n".join(analyse(ckpt_path, own, overrides, out, None, fresh=True, pictures=True))
+
+
+def heads_per_layer(ckpt_path: Path) -> tuple[int, ...]:
+    """The attention heads of each layer of a checkpoint's model."""
+    from mhaexp.checkpoint import read_checkpoint
+    from mhaexp.nn.io import checkpoint_config
+
+    cfg = checkpoint_config(read_checkpoint(ckpt_path, "series"))
+    return tuple(cfg.layer_n_heads or [cfg.n_heads] * cfg.n_layers)
+
+
+def run_series(own: dict[str, str], overrides: list[str]) -> str:
+    """``series=``: the same analysis of each checkpoint, oldest step first, into one ``out``: one
+    ``head_metrics.csv`` and one ``head_roles_history.csv`` with the training steps as their steps, and
+    the role timeline drawn from them."""
+    from mhaexp.cli import import_model
+    from mhaexp.cli.series import FIELD, resolve_series
+
+    out = Path(own.get("out") or "analysis-series")
+    check_output_dir(out, "out")
+    items = resolve_series(own["series"], out, import_model.run)
+    shapes = [heads_per_layer(item.ckpt) for item in items]
+    for item, shape in zip(items, shapes, strict=True):  # checked before anything is written
+        if shape != shapes[0]:
+            why = f"has heads per layer {list(shape)}, step {items[0].step}'s checkpoint {list(shapes[0])}"
+            raise ConfigError(FIELD, str(item.ckpt), why + "; a timeline compares the same heads")
+    lines = []
+    for k, item in enumerate(items):
+        done = analyse(item.ckpt, own, overrides, out, item.step, fresh=k == 0, pictures=k == len(items) - 1)
+        roles = next(line for line in done if line.startswith("heads per role: "))
+        lines.append(f"step {item.step} ({item.how}): {item.ckpt}: {roles[len('heads per role: ') :]}")
+    steps = ", ".join(str(i.step) for i in items)
+    return "\n".join(
+        [
+            *lines,
+            f"analysed {len(items)} checkpoints at steps {steps} into {out}",
+            f"head metrics: {out / HEAD_METRICS_FILE}",
+            f"role timeline: {out / 'role_timeline.png'}",
+            f"page: {out / 'index.html'}",
+        ]
+    )
+
+
+def analyse(
+    ckpt_path: Path,
+    own: dict[str, str],
+    overrides: list[str],
+    out: Path,
+    step: int | None,
+    *,
+    fresh: bool,
+    pictures: bool,
+) -> list[str]:
+    """One checkpoint's analysis into ``out`` at ``step`` (None: its recorded global_step); ``fresh``
+    starts the appended tables anew, ``pictures`` draws the figures. The lines to print."""
     from mhaexp.analysis.callback import run_analysis
     from mhaexp.analysis.collect import collect_patterns, objective_for, probe_from_datamodule
     from mhaexp.analysis.config import AnalysisConfig
@@ -169,17 +241,13 @@ def run(argv: list[str]) -> str:
     from mhaexp.data.tokenizers import unknown_words
     from mhaexp.training.module import load_module
 
-    own, overrides = parse_args(argv)
-    ckpt_path = Path(own["ckpt"])
-    out = Path(own.get("out") or ckpt_path.parent / f"analysis-{ckpt_path.stem}")
-    check_output_dir(out, "out")  # before the work, not at the first write
     module = load_module(ckpt_path, "ckpt")
     ckpt = read_checkpoint(ckpt_path, "ckpt")
-    step = int(ckpt.get("global_step", 0))
+    step = int(ckpt.get("global_step", 0)) if step is None else step
     imported = "imported" in ckpt[CHECKPOINT_KEY]
     beside = ckpt[CHECKPOINT_KEY].get("tokenizer")  # mhaexp-import saved the model's tokenizer there
     del ckpt
-    cfg = compose(own, overrides, ckpt_path.parent / beside if beside else None)
+    cfg = compose({**own, "ckpt": str(ckpt_path)}, overrides, ckpt_path.parent / beside if beside else None)
     acfg = build(AnalysisConfig, cfg.analysis, "analysis", complete=True)
     datamodule = instantiate_plain(cfg.data)  # builds the tokenizer, generates nothing
     _check_vocabulary(datamodule, module, cfg.data.kind, imported)
@@ -213,8 +281,9 @@ def run(argv: list[str]) -> str:
             )
     out.mkdir(parents=True, exist_ok=True)
     for name in (HEAD_METRICS_FILE, HEAD_ROLES_HISTORY_FILE):  # appended to by run_analysis: start fresh
-        (out / name).unlink(missing_ok=True)
-    _, roles, rows, images = run_analysis(module.model, probe, acfg, out, step, expensive=True, pictures=True)
+        if fresh:
+            (out / name).unlink(missing_ok=True)
+    _, roles, rows, images = run_analysis(module.model, probe, acfg, out, step, expensive=True, pictures=pictures)
     if own.get("text") is not None:
         patterns = [p[0].cpu() for p in collect_patterns(module.model, text_batch)]
         tokens = [tokenizer.id_to_token(int(i)) for i in text_batch["input_ids"][0]]
@@ -231,18 +300,16 @@ def run(argv: list[str]) -> str:
         ]
     counts = {k: v for k, v in all_role_counts(roles).items() if v}
     n_pictures = sum(Path(p).suffix == ".png" for p in images.values())
-    return "\n".join(
-        [
-            f"analysed {ckpt_path} (step {step}) on {source}: {probe.n_sequences} probe sequences{fewer}",
-            *notes,
-            *table,
-            "heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
-            f"wrote {len(rows)} metric values, head roles and {n_pictures} pictures to {out}",
-            f"report: {out / ANALYSIS_REPORT_FILE}",
-            f"head view: {out / HEAD_VIEW}" + (" (text=)" if own.get("text") is not None else " (probe sequence 0)"),
-            f"page: {out / 'index.html'}",
-        ]
-    )
+    return [
+        f"analysed {ckpt_path} (step {step}) on {source}: {probe.n_sequences} probe sequences{fewer}",
+        *notes,
+        *table,
+        "heads per role: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        f"wrote {len(rows)} metric values, head roles and {n_pictures} pictures to {out}",
+        f"report: {out / ANALYSIS_REPORT_FILE}",
+        f"head view: {out / HEAD_VIEW}" + (" (text=)" if own.get("text") is not None else " (probe sequence 0)"),
+        f"page: {out / 'index.html'}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mhaexp.errors import ConfigError, key_value_main
+from mhaexp.errors import ConfigError, key_value_args, key_value_main
 
 PROG = "mhaexp-import"
 KEYS = ("source", "out", "revision", "max_seq_len")
@@ -41,14 +41,7 @@ STEP_REVISION = re.compile(r"^step(\d+)$")  # Pythia's training-checkpoint branc
 
 def parse_args(argv: list[str]) -> dict[str, str]:
     """``key=value`` words -> dict; ConfigError for anything else or a missing required key."""
-    args: dict[str, str] = {}
-    for word in argv:
-        key, sep, value = word.partition("=")
-        if not sep:
-            raise ConfigError("argument", word, f"write key=value with keys {', '.join(KEYS)}")
-        if key not in KEYS:
-            raise ConfigError(key, value, f"unknown key; valid keys: {', '.join(KEYS)}")
-        args[key] = value
+    args = key_value_args(argv, KEYS)
     for key, example in (("source", "source=gpt2 or source=path/to/dir"), ("out", "out=model.ckpt")):
         if not args.get(key):
             raise ConfigError(key, None, f"required ({example})")

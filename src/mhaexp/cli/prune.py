@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mhaexp.errors import ConfigError, key_value_main, unknown_key_hint
+from mhaexp.errors import ConfigError, key_value_args, key_value_main
 from mhaexp.rundir import check_output_file
 
 PROG = "mhaexp-prune"
@@ -27,14 +27,7 @@ KEYS = ("ckpt", "heads", "out", "uneven", "n_kv_heads", "gqa_init", "seed")
 
 def parse_args(argv: list[str]) -> dict[str, str]:
     """``key=value`` words -> dict; ConfigError for anything else."""
-    args: dict[str, str] = {}
-    for word in argv:
-        key, sep, value = word.partition("=")
-        if not sep:
-            raise ConfigError("argument", word, f"write key=value with keys {', '.join(KEYS)}")
-        if key not in KEYS:
-            raise ConfigError(key, value, f"unknown key; {unknown_key_hint(key, KEYS)}")
-        args[key] = value
+    args = key_value_args(argv, KEYS)
     if "ckpt" not in args:
         raise ConfigError("ckpt", None, "required: the checkpoint to prune (ckpt=path/to/last.ckpt)")
     return args

@@ -182,6 +182,17 @@ class BPETokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
 
+    @functools.cached_property
+    def _exact_spans(self) -> bool:
+        return spans_are_exact(self.hf)
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]] | None:
+        """``encode(text)`` and each token's character span in ``text`` (see :func:`encode_offsets`)."""
+        if not self._exact_spans:
+            return None
+        e = self.hf.encode(text, add_special_tokens=False)
+        return list(e.ids), [tuple(o) for o in e.offsets]
+
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.hf.decode([int(i) for i in ids], skip_special_tokens=True))
 
@@ -318,6 +329,17 @@ class HFTokenizer:
             return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
         return [list(self.hf.encode(t, add_special_tokens=False)) for t in texts]
 
+    @functools.cached_property
+    def _exact_spans(self) -> bool:
+        return spans_are_exact(self._backend)
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]] | None:
+        """``encode(text)`` and each token's character span, from a fast tokenizer; None from a slow one."""
+        if self._backend is None or not self._exact_spans:
+            return None
+        e = self._backend.encode(text, add_special_tokens=False)
+        return list(e.ids), [tuple(o) for o in e.offsets]
+
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.hf.decode([int(i) for i in ids], skip_special_tokens=True))
 
@@ -342,6 +364,25 @@ def tokenizer_identity(tok: Any) -> str:
     if isinstance(tok, ByteTokenizer):
         return "bytes"
     return hashlib.sha256(json.dumps(getattr(tok, "tokens", [])).encode()).hexdigest()[:16]
+
+
+def spans_are_exact(backend: Any) -> bool:
+    """Whether a ``tokenizers.Tokenizer`` reports true character spans. A BPE with no unknown token and
+    no byte alphabet drops the characters it has no piece for, and the spans of the tokens after them
+    come out shifted (seen with tokenizers 0.22); byte-level BPE, WordPiece and Unigram drop nothing."""
+    model = json.loads(backend.model.__getstate__())  # the model's settings, as saved in tokenizer.json
+    if model.get("type") != "BPE" or model.get("unk_token") is not None:
+        return True
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    return set(ByteLevel.alphabet()) <= set(backend.get_vocab())
+
+
+def encode_offsets(tok: Any, text: str) -> tuple[list[int], list[tuple[int, int]]] | None:
+    """(ids, character spans) of ``text`` as ``tok`` encodes it, when its tokenizer reports spans (the
+    ``tokenizers`` library's fast tokenizers do); None otherwise."""
+    method = getattr(tok, "encode_offsets", None)
+    return None if method is None else method(text)
 
 
 def encode_batch(tok: Any, texts: Sequence[str]) -> list[list[int]]:

@@ -2,10 +2,13 @@
 
 A sentence's words are joined by single spaces into the running text the model reads (the first word
 has no leading space, which byte-level BPE spells differently). :func:`align_words` finds the pieces
-of each word with nothing but ``Tokenizer.encode``: it encodes successive word prefixes and takes the
-differences, then checks that the pieces concatenate to the encoding of the whole text. A piece that
-spans a word boundary (a tokenizer merging across the space) cannot belong to one word, and the
-check refuses it.
+of each word. A fast tokenizer (the ``tokenizers`` library's: byte-level BPE ``Ġ``, WordPiece ``##``,
+SentencePiece ``▁``) reports each token's character span, and a token belongs to the word its
+non-space characters lie in; a token of spaces alone (a lone ``▁`` or ``Ġ``) to the word after it.
+Other tokenizers are aligned with nothing but ``Tokenizer.encode``: successive word prefixes are
+encoded and their differences taken, then checked to concatenate to the encoding of the whole text.
+Either way a piece that spans a word boundary (a tokenizer merging across the space) cannot belong
+to one word, and is refused.
 
 :func:`encode_treebank` frames each sentence as the datamodules frame theirs (BOS + pieces + EOS) and
 writes the annotation in word units (``unit 0 = BOS``, ``unit i = word i - 1``, ``unit n + 1 = EOS``),
@@ -24,7 +27,7 @@ from pathlib import Path
 from mhaexp.data.conllu_io import NOT_A_TREE, ReadStats, TreebankError, read_treebank
 from mhaexp.data.grammar import relation_list
 from mhaexp.data.lexicon import Sentence
-from mhaexp.data.tokenizers import Tokenizer
+from mhaexp.data.tokenizers import Tokenizer, encode_offsets
 from mhaexp.errors import ConfigError
 
 
@@ -40,11 +43,15 @@ def sentence_text(words: Sequence[str]) -> str:
 def align_words(words: Sequence[str], tokenizer: Tokenizer) -> list[list[int]]:
     """The token ids of each word of ``words`` as ``tokenizer`` encodes the running text.
 
-    Word ``i``'s pieces are ``encode(w_0 .. w_i)`` minus ``encode(w_0 .. w_{i-1})`` (texts as
+    With a fast tokenizer, by the tokens' character spans (:func:`align_by_offsets`); else word ``i``'s
+    pieces are ``encode(w_0 .. w_i)`` minus ``encode(w_0 .. w_{i-1})`` (texts as
     :func:`sentence_text`), so the space before a word belongs to that word's pieces. Raises
     :class:`AlignmentError` when a prefix's encoding does not extend the previous one, when the
     pieces do not concatenate to ``encode`` of the whole text, or when a word has no piece.
     """
+    spans = encode_offsets(tokenizer, sentence_text(words))
+    if spans is not None:
+        return align_by_offsets(words, *spans)
     pieces: list[list[int]] = []
     done: list[int] = []
     for i in range(len(words)):
@@ -57,6 +64,41 @@ def align_words(words: Sequence[str], tokenizer: Tokenizer) -> list[list[int]]:
         done = ids
     if list(tokenizer.encode(sentence_text(words))) != [t for p in pieces for t in p]:
         raise AlignmentError("the words' pieces do not concatenate to the encoding of the sentence")
+    return pieces
+
+
+def align_by_offsets(words: Sequence[str], ids: Sequence[int], offsets: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Each word's token ids, from the tokens' character spans in :func:`sentence_text` of ``words``.
+
+    A token's non-space characters must lie within one word (else it crosses a boundary); a token of
+    spaces alone goes to the next word, as the space before a word belongs to that word's pieces.
+    """
+    text = sentence_text(words)
+    word_at = [-1] * len(text)  # the word of each character; -1 on the spaces between words
+    start = 0
+    for w, word in enumerate(words):
+        word_at[start : start + len(word)] = [w] * len(word)
+        start += len(word) + 1
+    pieces: list[list[int]] = [[] for _ in words]
+    pending: list[int] = []  # space-only tokens waiting for the word after them
+    for t, (i, (a, b)) in enumerate(zip(ids, offsets, strict=True)):
+        owners = {word_at[c] for c in range(a, b) if not text[c].isspace()} - {-1}
+        if len(owners) > 1:
+            names = " ".join(words[w] for w in sorted(owners))
+            raise AlignmentError(f"token {t + 1} spans the words {names!r}")
+        if not owners:
+            pending.append(i)
+            continue
+        w = owners.pop()
+        pieces[w] += pending + [i]
+        pending = []
+    for w, p in enumerate(pieces):
+        if not p:
+            raise AlignmentError(f"word {w + 1} ({words[w]!r}) encodes to no token")
+    if pending:
+        raise AlignmentError("the sentence ends in tokens of spaces alone")
+    if [i for p in pieces for i in p] != list(ids):
+        raise AlignmentError("the words' pieces are not in the order of the sentence's tokens")
     return pieces
 
 

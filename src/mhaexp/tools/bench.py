@@ -103,6 +103,7 @@ PLUGINS: dict[str, str] = {
     "sweep": "mhaexp.tools.bench_sweep",
     "data": "mhaexp.tools.bench_data",
     "import": "mhaexp.tools.bench_import",
+    "tlens": "mhaexp.tools.bench_tlens",
 }
 BUILTIN = ("attention", "gqa", "train")
 
