@@ -21,7 +21,7 @@ TEXT = [
     "a bird sang in the tree while the cat slept on the warm mat",
     "the dog chased the cat around the garden and back to the house",
 ] * 20
-ANALYSIS = ("data.seq_len=16", "data.n_probe=4", "data.batch_size=4", "probe_batches=1")
+ANALYSIS = ("data.seq_len=16", "data.batch_size=4", "probe_sequences=4")
 
 
 def bpe_tokenizer(directory: Path) -> None:
@@ -103,7 +103,7 @@ def test_a_runs_step_checkpoints_form_a_series(tmp_path: Path, tiny: list[str], 
     assert r.returncode == 0, r.stderr
 
     out = tmp_path / "timeline"
-    a = cli("mhaexp-analyze", f"series={run_dir}", f"out={out}", "probe_batches=1", cwd=tmp_path)
+    a = cli("mhaexp-analyze", f"series={run_dir}", f"out={out}", "probe_sequences=4", cwd=tmp_path)
     assert a.returncode == 0, a.stderr
     assert f"step 10 (global_step): {ckpts / 'kept-step10.ckpt'}" in a.stdout
     assert f"step 20 (global_step): {ckpts / 'step20.ckpt'}" in a.stdout  # last.ckpt repeats step 20
