@@ -62,6 +62,7 @@ from torch import Tensor
 from mhaexp.heads.patterns import entropy
 from mhaexp.nn.model import Transformer
 from mhaexp.nn.objectives import IGNORE, Batch, Objective, causal_lm_objective
+from mhaexp.nn.shapes import kv_heads
 
 # How importance averages |dL/dxi| (module docstring): over tokens, as Michel et al.'s code, or over sentences,
 # as their eq. 2 reads.
@@ -321,8 +322,8 @@ def gradient_importance(
 
 
 def kv_groups(model: Transformer) -> list[Tensor]:
-    """Per layer, the K/V head each query head reads: ``h // (n_heads // n_kv_heads)`` (``(H,)`` long)."""
-    return [torch.arange(layer.n_heads) // (layer.n_heads // layer.n_kv_heads) for layer in model.attention_layers]
+    """Per layer, the K/V head each query head reads (:func:`mhaexp.nn.shapes.kv_heads`, ``(H,)`` long)."""
+    return [torch.tensor(kv_heads(layer.n_heads, layer.n_kv_heads)) for layer in model.attention_layers]
 
 
 def group_importance_values(
