@@ -64,6 +64,7 @@ def test_report_and_verdict_files(tmp_path: Path) -> None:
         "metric": "metric a",
         "ours": {"mean": pytest.approx(0.85), "std": pytest.approx(0.0707, abs=1e-4), "n": 2, "values": [0.9, 0.8]},
         "criterion": ">= 0.5",
+        "criterion_source": "",
         "holds": True,
         "why": "",
         "paper": "",

@@ -5,6 +5,8 @@ mhaexp-study wu2024                         # default budget, studies/wu2024/{ve
 mhaexp-study wu2024 --steps 4000 --seeds 3 trainer=gpu
 STUDY_SMOKE=1 mhaexp-study wu2024           # a few dozen steps: proves it runs, says nothing
 mhaexp-study wu2024 --verdict-only          # recompute the verdicts from the runs already there
+mhaexp-study clark2019 --model bert-base-uncased   # the measurement claims on a pretrained model (network)
+mhaexp-study gu2024 --model path/to/save_pretrained_dir --out studies/gu2024-gpt2   # offline
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=None, help="seeds per compared setting (default: the study's)")
     p.add_argument("--jobs", type=int, default=2, help="sweep jobs run at once (default 2; 1 = one after another)")
     p.add_argument("--verdict-only", action="store_true", help="no training: verdicts from the runs in --out")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="measure a pretrained model instead of training (hub name or save_pretrained directory; "
+        "studies whose paper measured one)",
+    )
     return p.parse_intermixed_args(argv)  # options and key=value overrides in any order
 
 
@@ -42,6 +50,15 @@ def preflight(overrides: list[str]) -> None:
     _, invalid = check_jobs(overrides)
     if invalid:
         raise invalid[0].error
+
+
+def check_source(source: str) -> None:
+    """``--model``: a directory or hub name mhaexp-import can read, of a family it converts (before anything
+    is written; a hub name is downloaded into the HF cache here, and the import reads it from there)."""
+    from mhaexp.cli.import_model import local_directory
+    from mhaexp.nn.hf_import import hf_model_config, read_hf_config
+
+    hf_model_config(read_hf_config(local_directory(source, None), source), source)
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -67,9 +84,21 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or Path("studies") / args.study
     try:
         check_output_dir(out, "--out")
-        budget = Budget(steps=args.steps, seeds=args.seeds, smoke=smoke, n_jobs=args.jobs, extra=tuple(args.overrides))
+        budget = Budget(
+            steps=args.steps,
+            seeds=args.seeds,
+            smoke=smoke,
+            n_jobs=args.jobs,
+            extra=tuple(args.overrides),
+            model=args.model,
+        )
         study = get_study(args.study)
-        if not args.verdict_only:
+        study.check_model(budget)
+        if args.verdict_only:
+            pass
+        elif args.model is not None:
+            check_source(args.model)
+        else:
             preflight(study.preflight_overrides(budget) + list(budget.extra))
         doc = study.execute(out, budget, rerun=not args.verdict_only)
     except (ConfigError, StudyError) as e:

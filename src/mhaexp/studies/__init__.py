@@ -28,3 +28,8 @@ STUDIES: dict[str, str] = {
 
 def get_study(name: str) -> Study:
     return importlib.import_module(STUDIES[name]).STUDY
+
+
+def model_studies() -> list[str]:
+    """The studies that take ``--model <source>`` (the paper measured a pretrained model)."""
+    return [name for name in STUDIES if get_study(name).takes_model]

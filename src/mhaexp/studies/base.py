@@ -20,6 +20,9 @@ class Study(ABC):
     default_steps: int
     minutes: float
     summary: str  # one line for the table of studies
+    # The paper measured a pretrained model: ``--model <source>`` imports one and runs the measurement
+    # claims on it (run_model / model_verdicts) instead of training.
+    takes_model: bool = False
 
     @abstractmethod
     def run(self, ctx: StudyContext) -> None:
@@ -28,6 +31,23 @@ class Study(ABC):
     @abstractmethod
     def verdicts(self, ctx: StudyContext) -> list[Claim]:
         """The claims, computed from the files ``run`` wrote (and nothing else)."""
+
+    def run_model(self, ctx: StudyContext, ckpt: Path) -> None:
+        """``--model``: measure the imported checkpoint ``ckpt``; every number ends up under ``ctx.out``."""
+        raise NotImplementedError
+
+    def model_verdicts(self, ctx: StudyContext) -> list[Claim]:
+        """``--model``: the measurement claims, computed from the files ``run_model`` wrote."""
+        raise NotImplementedError
+
+    def check_model(self, budget: Budget) -> None:
+        """ConfigError when ``--model`` is given to a study whose paper trained its own models."""
+        if budget.model is not None and not self.takes_model:
+            from mhaexp.studies import model_studies
+
+            takes = ", ".join(model_studies())
+            valid = f"only with a study of a pretrained model ({takes}); {self.name} trains its own"
+            raise ConfigError("--model", budget.model, valid)
 
     def _runs_budget(self, out: Path, asked: Budget) -> Budget:
         """The runs' budget; ConfigError if ``--steps`` or ``--seeds`` ask for another one."""
@@ -53,6 +73,7 @@ class Study(ABC):
         Without ``rerun`` the verdicts take the budget the runs were trained with: they read it (a window's
         share of training, the seeds to compare), and the default would silently misplace a longer run's.
         """
+        self.check_model(budget)
         if not rerun:
             budget = self._runs_budget(Path(out), budget)
         ctx = StudyContext(self.name, Path(out), budget, echo=echo)
@@ -61,10 +82,13 @@ class Study(ABC):
             prepare_out(ctx.out)
             write_budget(ctx.out, budget, finished=False)
             start = time.perf_counter()
-            self.run(ctx)
+            if budget.model is not None:
+                self.run_model(ctx, ctx.import_model())
+            else:
+                self.run(ctx)
             runtime = round(time.perf_counter() - start, 1)
             write_budget(ctx.out, budget, finished=True)
-        claims = self.verdicts(ctx)
+        claims = self.model_verdicts(ctx) if budget.model is not None else self.verdicts(ctx)
         doc = verdict_document(self.name, self.title, claims, budget, ctx.stage_seconds, runtime)
         write_report(ctx.out, doc, claims, self.notes(ctx))
         return doc

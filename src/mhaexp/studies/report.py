@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mhaexp.studies.runner import REPORT_FILE, VERDICT_FILE, Budget, budget_dict
-from mhaexp.studies.verdict import Claim, Measure, verdict_word
+from mhaexp.studies.verdict import UNTESTABLE, Claim, Measure, decidable, verdict_word
 
 
 def verdict_document(
@@ -48,7 +48,9 @@ def report_markdown(doc: dict[str, Any], claims: Sequence[Claim], notes: Sequenc
         "",
         f"Study `{doc['study']}`: {len(claims)} claims, "
         f"{sum(c.holds is True for c in claims)} hold, {sum(c.holds is False for c in claims)} do not, "
-        f"{sum(c.holds is None for c in claims)} inconclusive. Budget: steps={b['steps'] or 'default'}, "
+        f"{sum(c.holds is None for c in claims)} inconclusive, {sum(c.holds == UNTESTABLE for c in claims)} "
+        f"untestable ({sum(c.holds is True for c in decidable(claims))} of {len(decidable(claims))} testable hold). "
+        f"Budget: steps={b['steps'] or 'default'}, "
         f"seeds={b['seeds'] or 'default'}, smoke={b['smoke']}, jobs at once={b['n_jobs']}"
         + (f", overrides: `{' '.join(b['extra'])}`" if b["extra"] else "")
         + (f". Ran in {doc['runtime_s'] / 60:.1f} min." if doc["runtime_s"] is not None else "."),
@@ -63,7 +65,8 @@ def report_markdown(doc: dict[str, Any], claims: Sequence[Claim], notes: Sequenc
         )
     for i, c in enumerate(claims, 1):
         lines += ["", f"## {i}. {c.claim}", "", f"*Source:* {c.source}.", ""]
-        lines += [f"- **Metric:** {c.metric}", f"- **Ours:** {_ours(c)}", f"- **Criterion:** {c.criterion}"]
+        criterion = c.criterion + (f" (from {c.criterion_source})" if c.criterion_source else "")
+        lines += [f"- **Metric:** {c.metric}", f"- **Ours:** {_ours(c)}", f"- **Criterion:** {criterion}"]
         if c.paper:
             lines.append(f"- **Paper:** {c.paper}")
         lines.append(f"- **Verdict:** {verdict_word(c.holds)}" + (f". {c.why}" if c.why else ""))

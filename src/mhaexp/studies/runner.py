@@ -5,6 +5,7 @@ A study directory (``studies/<name>/`` by default) holds::
     runs/<stage>/<job>/     one run directory per job, as mhaexp-train writes it (plus sweep_summary.json)
     logs/<stage>.log        the stage's terminal output
     eval/*.json             measurements a study makes on the trained checkpoints (e.g. masked accuracy)
+    model/                  --model <source>: the pretrained model imported (mhaexp-import) and measured
     *.png                   the study's figures
     verdict.json report.md  the verdicts, computed from the files above only
 
@@ -35,7 +36,8 @@ MARKER = ".mhaexp-study"  # marks a directory this module made, so a rerun may e
 VERDICT_FILE = "verdict.json"
 BUDGET_FILE = "budget.json"  # the budget the runs were trained with, written first: --verdict-only reads it
 REPORT_FILE = "report.md"
-RUNS_DIR, LOGS_DIR, EVAL_DIR = "runs", "logs", "eval"
+RUNS_DIR, LOGS_DIR, EVAL_DIR, MODEL_DIR = "runs", "logs", "eval", "model"
+MODEL_CKPT = "model.ckpt"  # MODEL_DIR/MODEL_CKPT: --model's import, its tokenizer beside it
 SMOKE_STEPS = 24  # STUDY_SMOKE=1: enough steps for every stage to run end to end, not to learn
 # Small datasets to build (data.n_probe follows analysis.probe_sequences).
 SMOKE_DATA = ("data.n_train=512", "data.n_val=64", "analysis.probe_sequences=16")
@@ -54,6 +56,7 @@ class Budget:
     smoke: bool = False
     n_jobs: int = 2  # sweep jobs at once (hydra/launcher=parallel); 1 = sequential
     extra: tuple[str, ...] = ()  # overrides for every job, e.g. trainer=gpu
+    model: str | None = None  # --model: a pretrained source (hub name or save_pretrained dir) measured, not trained
 
     def __post_init__(self) -> None:
         for name in ("steps", "seeds"):
@@ -139,6 +142,34 @@ class StudyContext:
         self.echo(f"[{self.name}] {stage}: {len(jobs)} jobs ok in {seconds:.0f} s")
         return job_dirs(sweep_dir)
 
+    def command(self, stage: str, program: str, args: Sequence[str], timeout: int | None = None) -> None:
+        """Run another mhaexp command (``mhaexp-import``, ``mhaexp-analyze``) as stage ``stage``, logged like a
+        sweep; StudyError with the log's last line when it fails."""
+        log = self.out / LOGS_DIR / f"{stage}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [str(Path(sys.executable).parent / program), *args]
+        self.echo(f"[{self.name}] {stage}: {program} {' '.join(args)}")
+        start = time.perf_counter()
+        with log.open("w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            returncode = run_group(cmd, f, timeout)
+        self.stage_seconds[stage] = round(time.perf_counter() - start, 1)
+        if returncode != 0:
+            raise StudyError(f"{self.name}: stage {stage} failed ({_last_line(log)}); see {log}")
+
+    @property
+    def model_ckpt(self) -> Path:
+        """Where ``--model``'s source is imported (the tokenizer is saved beside it)."""
+        return self.out / MODEL_DIR / MODEL_CKPT
+
+    def import_model(self) -> Path:
+        """``mhaexp-import`` of ``--model`` into :attr:`model_ckpt` (stage ``import``)."""
+        assert self.budget.model is not None
+        self.model_ckpt.parent.mkdir(parents=True, exist_ok=True)
+        self.command("import", "mhaexp-import", [f"source={self.budget.model}", f"out={self.model_ckpt}"])
+        return self.model_ckpt
+
     def stage_runs(self, stage: str) -> list[Path]:
         """The ok run directories of a finished stage, in job order (for ``verdicts``)."""
         return [d for d in job_dirs(self.runs_dir / stage) if _status(d) == "ok"]
@@ -218,7 +249,12 @@ def recorded_budget(out: Path, n_jobs: int = 2) -> Budget:
         d = json.loads(path.read_text()) if path.is_file() else json.loads((out / VERDICT_FILE).read_text())["budget"]
         finished = d.get("finished", True)  # budget.json from before the flag: it cannot tell, trusted as then
         budget = Budget(
-            steps=d["steps"], seeds=d["seeds"], smoke=bool(d["smoke"]), n_jobs=n_jobs, extra=tuple(d["extra"])
+            steps=d["steps"],
+            seeds=d["seeds"],
+            smoke=bool(d["smoke"]),
+            n_jobs=n_jobs,
+            extra=tuple(d["extra"]),
+            model=d.get("model"),
         )
     except (OSError, ValueError, KeyError, TypeError):
         raise bad from None
@@ -226,6 +262,6 @@ def recorded_budget(out: Path, n_jobs: int = 2) -> Budget:
         raise ConfigError(
             "--out", str(out), "a study whose runs finished (these were stopped part way: rerun without --verdict-only)"
         )
-    if not (out / RUNS_DIR).is_dir():
+    if not (out / (MODEL_DIR if budget.model else RUNS_DIR)).is_dir():
         raise bad
     return budget
