@@ -236,6 +236,12 @@ class RetrievalSource(RowSource):
                 row[LOSS_MASK] = [int(a > 0) for a in answer]
             yield row
 
+    def check_model(self, causal: bool) -> None:
+        if self.loss == "answer" and not causal:  # a masked LM has no next-token answer steps to mask
+            raise ConfigError(
+                "data.loss", "answer", "needs a causal model (model.causal=true); use all with an encoder"
+            )
+
     def validation_metrics(self, causal: bool) -> list[ValidationMetric]:
         return [RetrievalAccuracy()]
 

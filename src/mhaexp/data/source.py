@@ -87,6 +87,16 @@ class Source(ABC):
         windows (a text corpus's path), for the error line; None: ``data.n_train`` itself."""
         return None
 
+    def check_model(self, causal: bool) -> None:
+        """Raise ConfigError when this data cannot train a model with that objective (``causal``: a causal LM,
+        else a masked LM). Any model by default."""
+        return None
+
+    def vocab_key(self) -> tuple[str, Any] | None:
+        """The key (dotted name, value) that sets the vocabulary's size, for an error line about a model too big
+        for memory (a BPE trained to ``data.vocab_size``); None: the data fixes it."""
+        return None
+
     def validation_metrics(self, causal: bool) -> list[ValidationMetric]:
         """The task scores validation logs for a model (``causal``: a causal LM), besides loss and accuracy."""
         return []

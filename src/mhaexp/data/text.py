@@ -571,6 +571,9 @@ class TextSource(TokenSource):
     def has_val_text(self) -> bool:
         return self.cut < (len(self.corpus.lengths), 0)
 
+    def vocab_key(self) -> tuple[str, Any] | None:
+        return ("data.vocab_size", self.bpe_vocab_size) if self.tokenizer_name == "bpe" else None
+
     def size_key(self) -> tuple[str, Any]:
         return ("data.path", self.path) if self.path is not None else ("data.name", self.name)
 
