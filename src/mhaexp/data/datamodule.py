@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from mhaexp.config import build
 from mhaexp.data.cache import build_once, cache_root, default_cache_dir, fingerprint
 from mhaexp.data.sampler import GlobalBatchSampler
+from mhaexp.data.source import TokenSource, ValidationMetric
 from mhaexp.data.spec import DataConfig
 from mhaexp.errors import ConfigError
 
@@ -40,7 +41,8 @@ class LMDataModule(pl.LightningDataModule):
     ``vocab_size``, ``seq_len``, ``tokenizer`` and ``relations`` are set at
     construction without generating any data; bad settings raise ConfigError.
     ``keys`` are ``conf/data`` keys (:class:`DataConfig`'s defaults for the others; the source's own
-    keys go to it: ``grammar.GrammarSource``, ``induction.InductionSource``, ``text.TextSource``, ...).
+    keys go to it: ``grammar.GrammarSource``, ``induction.InductionSource``, ``text.TextSource``, ...,
+    each a :class:`mhaexp.data.source.Source`).
     """
 
     def __init__(self, config: DataConfig | None = None, **keys: Any) -> None:
@@ -75,7 +77,7 @@ class LMDataModule(pl.LightningDataModule):
     @property
     def tokenizes(self) -> bool:
         """Whether the source tokenizes text into its own token cache (text) instead of generating rows."""
-        return hasattr(self.source, "prepare")
+        return isinstance(self.source, TokenSource)
 
     @property
     def fingerprint(self) -> str:
@@ -146,7 +148,7 @@ class LMDataModule(pl.LightningDataModule):
         ds = self._data[split]
         if split == "train" and not self.tokenizes:
             # Training reads no annotation but a loss mask (retrieval's data.loss=answer); skip decoding them.
-            own = list(getattr(self.source, "train_columns", ()))
+            own = list(self.source.train_columns)
             ds = ds.with_format("torch", columns=["input_ids", "attention_mask", *own])
         return ds
 
@@ -193,6 +195,10 @@ class LMDataModule(pl.LightningDataModule):
     def probe_batch(self) -> dict[str, torch.Tensor]:
         """The whole probe set as one batch (it is small by design)."""
         return self.dataset("probe")[:]
+
+    def validation_metrics(self, causal: bool) -> list[ValidationMetric]:
+        """The source's task scores that validation logs besides loss and accuracy (``causal``: the model's)."""
+        return self.source.validation_metrics(causal)
 
     # ------------------------------------------------------ token statistics --
     def _columns(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

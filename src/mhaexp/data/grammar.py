@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mhaexp.config import optional, string
 from mhaexp.data.conllu_io import read_conllu
 from mhaexp.data.lexicon import (
     ADJECTIVES,
@@ -83,6 +84,7 @@ from mhaexp.data.lexicon import (
     Sentence,
     Verb,
 )
+from mhaexp.data.source import RowSource
 from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.errors import ConfigError
 
@@ -412,10 +414,11 @@ def arc_masks(
     return out
 
 
-class GrammarSource:
+class GrammarSource(RowSource):
     """Feeds the datamodule: word tokenizer from the lexicon, seeded splits."""
 
     kind = "grammar"
+    config_keys = {"probe_conllu": optional(string())}
 
     def __init__(self, seq_len: int, sizes: dict[str, int], seed: int, probe_conllu: str | None = None) -> None:
         if seq_len < MIN_SEQ_LEN:

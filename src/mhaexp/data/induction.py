@@ -20,10 +20,16 @@ that shortcut, so only content-based (induction) attention predicts the repeat.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
+from mhaexp.config import boolean, choice, int_at_least
+from mhaexp.data.source import RowSource, ValidationMetric
 from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads in the jobs, not in the process that checks and launches them
+    import torch
 
 VARIANTS = ("repeat", "random", "copy")
 SEP = "<sep>"
@@ -46,11 +52,11 @@ def induction_sequence(
     return [bos_id, *x, *middle, *x]
 
 
-class InductionSource:
+class InductionSource(RowSource):
     """Feeds the datamodule with token ids ``t0 .. t{n_tokens-1}`` plus ``<sep>``."""
 
     kind = "induction"
-    relations: list[str] = []
+    config_keys = {"variant": choice(*VARIANTS), "n_tokens": int_at_least(2), "fixed_length": boolean()}
 
     def __init__(
         self,
@@ -123,3 +129,32 @@ class InductionSource:
 
     # ``half`` scores in-context learning at validation: loss on the repeat minus loss on the first copy.
     annotation_columns: tuple[str, ...] = ("half",)
+
+    def validation_metrics(self, causal: bool) -> list[ValidationMetric]:
+        # Only a causal model predicts the repeat from the first copy; a masked LM sees both.
+        return [InContextGap()] if causal else []
+
+
+class InContextGap(ValidationMetric):
+    """``val/loss_first``, ``val/loss_repeat``, ``val/icl_gap`` = repeat - first (< 0: it learns in context).
+
+    In-context learning (Olsson et al. 2022): the mean loss on the repeat's tokens against the first copy's,
+    each copy's first token left out (the ``half`` column).
+    """
+
+    def sums(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        from mhaexp.nn.objectives import IGNORE
+
+        token_loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none"
+        ).view_as(targets)
+        half = batch["half"].masked_fill(targets == IGNORE, 0)
+        # (loss on the first copy, on the repeat, tokens of the first copy, of the repeat)
+        return torch.stack([token_loss[half == k].sum() for k in (1, 2)] + [(half == k).sum() for k in (1, 2)])
+
+    def finish(self, sums: torch.Tensor) -> dict[str, torch.Tensor]:
+        first, repeat = sums[0] / sums[2].clamp(min=1), sums[1] / sums[3].clamp(min=1)
+        return {"val/loss_first": first, "val/loss_repeat": repeat, "val/icl_gap": repeat - first}

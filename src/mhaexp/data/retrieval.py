@@ -35,10 +35,12 @@ Annotation columns, one per position:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from mhaexp.batch import LOSS_MASK
+from mhaexp.config import boolean, choice, int_at_least, positive_int, probability
+from mhaexp.data.source import RowSource, ValidationMetric
 from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.errors import ConfigError
 
@@ -53,11 +55,24 @@ LOSSES = ("all", "answer")
 KEY, VAL, QUERY = "<key>", "<val>", "<query>"
 
 
-class RetrievalSource:
+class RetrievalSource(RowSource):
     """Feeds the datamodule with needle-in-a-haystack sequences of exactly ``seq_len`` tokens."""
 
     kind = "retrieval"
-    relations: list[str] = []
+    config_keys = {
+        "filler": choice(*FILLERS),
+        "n_filler": int_at_least(2),
+        "n_keys": int_at_least(2),
+        "n_values": int_at_least(2),
+        "value_len": positive_int(),
+        "n_needles": positive_int(),
+        "n_queries": positive_int(),
+        "marker": boolean(),
+        "distinct_values": boolean(),
+        "min_depth": probability(),
+        "max_depth": probability(),
+        "loss": choice(*LOSSES),
+    }
     base_columns: tuple[str, ...] = ("needle", "answer", "depth")
 
     def __init__(
@@ -221,6 +236,15 @@ class RetrievalSource:
                 row[LOSS_MASK] = [int(a > 0) for a in answer]
             yield row
 
+    def check_model(self, causal: bool) -> None:
+        if self.loss == "answer" and not causal:  # a masked LM has no next-token answer steps to mask
+            raise ConfigError(
+                "data.loss", "answer", "needs a causal model (model.causal=true); use all with an encoder"
+            )
+
+    def validation_metrics(self, causal: bool) -> list[ValidationMetric]:
+        return [RetrievalAccuracy()]
+
 
 # Needle depth (percent of the haystack) bins for accuracy by depth; the last bin includes 100.
 DEPTH_BINS: tuple[int, ...] = (0, 20, 40, 60, 80, 100)
@@ -237,3 +261,37 @@ def depth_bin(depth: torch.Tensor) -> torch.Tensor:
 
     edges = torch.tensor(DEPTH_BINS[1:-1], device=depth.device)
     return torch.bucketize(depth, edges, right=True)
+
+
+class RetrievalAccuracy(ValidationMetric):
+    """``val/retrieval_acc`` and ``val/retrieval_acc/depth_<lo>-<hi>``: exact match of the copied value, over all
+    queries and by the asked needle's depth (:data:`DEPTH_BINS`; a bin no needle fell in is not logged).
+
+    Exact match per query as Wu et al. (2024) score the retrieved answer, under teacher forcing
+    (:func:`mhaexp.nn.objectives.answer_exact_match`).
+    """
+
+    def sums(self, batch: Mapping[str, torch.Tensor], logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        from mhaexp.nn.objectives import answer_depth, answer_exact_match
+
+        hit = answer_exact_match(logits, targets, batch["answer"])  # (B, Q)
+        scored = ~hit.isnan()
+        bins = depth_bin(answer_depth(batch["depth"], batch["answer"]))[scored]
+        n_bins = len(DEPTH_BINS) - 1
+        # (hits per depth bin, queries per depth bin)
+        return torch.stack(
+            [
+                torch.bincount(bins, weights=hit[scored], minlength=n_bins),
+                torch.bincount(bins, minlength=n_bins).to(hit.dtype),
+            ]
+        )
+
+    def finish(self, sums: torch.Tensor) -> dict[str, torch.Tensor]:
+        hits, seen = sums
+        out = {"val/retrieval_acc": hits.sum() / seen.sum().clamp(min=1)}
+        for label, h, c in zip(depth_bin_labels(), hits, seen, strict=True):
+            if c > 0:
+                out[f"val/retrieval_acc/depth_{label}"] = h / c
+        return out

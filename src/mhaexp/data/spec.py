@@ -6,36 +6,35 @@ cheap: the source is constructed (tokenizer, file list) but no data is generated
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, fields
 from typing import Any
 
 from mhaexp.config import (
     DERIVED,
-    Check,
     applies,
-    boolean,
     check_fields,
+    check_of,
     choice,
-    int_at_least,
     integer,
     literal,
     non_negative_int,
     optional,
     param_default,
     positive_int,
-    probability,
     setting,
     string,
 )
 from mhaexp.data.cache import cache_root
 from mhaexp.data.grammar import GrammarSource
-from mhaexp.data.induction import VARIANTS, InductionSource
-from mhaexp.data.retrieval import FILLERS, LOSSES, RetrievalSource
+from mhaexp.data.induction import InductionSource
+from mhaexp.data.retrieval import RetrievalSource
+from mhaexp.data.source import Source, TokenSource
 from mhaexp.data.text import TextSource
-from mhaexp.data.tokenizers import BPE_MIN_VOCAB
 from mhaexp.errors import ConfigError
 
-SOURCES: dict[str, type] = {
+# data.kind -> its source: adding a source is its own module, its conf/data YAML and one line here.
+SOURCES: dict[str, type[Source]] = {
     "grammar": GrammarSource,
     "induction": InductionSource,
     "text": TextSource,
@@ -44,19 +43,40 @@ SOURCES: dict[str, type] = {
 TARGET = "mhaexp.data.LMDataModule"
 
 
-def source_key(check: Check, kind: str, name: str) -> Any:
-    """A key of one source kind; its default is the source's own (the source class is its table)."""
-    return setting(check, param_default(SOURCES[kind], name), only=[kind])
+def with_source_keys(cls: type) -> type:
+    """Add every source's :attr:`~mhaexp.data.source.Source.config_keys` to ``cls`` as fields that apply to
+    that kind only (``setting(only=...)``), with the source's ``__init__`` default as theirs; then make it a
+    dataclass. A key two kinds share must have the same domain and default in both."""
+    declared: dict[str, tuple[Any, Any, str, list[str]]] = {}
+    for kind, source in SOURCES.items():
+        for name, check in source.config_keys.items():
+            default = param_default(source, name)
+            if name in declared:
+                first, first_default, first_type, kinds = declared[name]
+                if (first.valid, first_default) != (check.valid, default):
+                    raise TypeError(f"data.{name}: {kinds[0]} and {kind} declare it with another domain or default")
+                kinds.append(kind)
+                continue
+            annotation = inspect.signature(source).parameters[name].annotation
+            declared[name] = (check, default, annotation, [kind])
+    for name, (check, default, annotation, kinds) in declared.items():
+        cls.__annotations__[name] = annotation
+        setattr(cls, name, setting(check, default, only=kinds))
+    # The derived fields last, after every key: the keys' order is the composed config's.
+    for name in [n for n in cls.__annotations__ if check_of(getattr(cls, n)).derived]:
+        cls.__annotations__[name] = cls.__annotations__.pop(name)
+    return dataclass(cls)
 
 
-@dataclass
+@with_source_keys
 class DataConfig:
-    """Validated data settings and the source they select (grammar, induction, text or retrieval).
+    """Validated data settings and the source they select (``SOURCES``: grammar, induction, text or retrieval).
 
-    Keys marked ``only`` belong to one kind; their defaults are the source class's own (``source_key``).
-    These defaults are the one table: a ``conf/data`` option states only what it changes. ``source`` (with
-    its tokenizer) and ``n_vocab`` (the model's vocabulary: the tokenizer's) are set on construction;
-    ``vocab_size`` is the size a ``tokenizer: bpe`` is trained to.
+    The fields below are the keys every kind shares; each source adds its own (:attr:`Source.config_keys
+    <mhaexp.data.source.Source.config_keys>`, :func:`with_source_keys`), which belong to its kind only and
+    take the source's defaults. These defaults are the one table: a ``conf/data`` option states only what
+    it changes. ``source`` (with its tokenizer) and ``n_vocab`` (the model's vocabulary: the tokenizer's)
+    are set on construction; a text source's ``vocab_size`` is the size a ``tokenizer: bpe`` is trained to.
     """
 
     _target_: str = setting(literal(TARGET), TARGET)
@@ -69,57 +89,31 @@ class DataConfig:
     seed: int = setting(integer(), 0)  # same seed -> byte-identical data
     cache_dir: str | None = setting(optional(string()), None)  # null: $MHAEXP_CACHE, else ~/.cache/mhaexp
     num_workers: int = setting(non_negative_int(), 0)  # DataLoader worker processes
-    probe_conllu: str | None = source_key(optional(string()), "grammar", "probe_conllu")
-    variant: str = source_key(choice(*VARIANTS), "induction", "variant")
-    n_tokens: int = source_key(int_at_least(2), "induction", "n_tokens")
-    fixed_length: bool = source_key(boolean(), "induction", "fixed_length")
-    path: str | None = source_key(optional(string()), "text", "path")
-    name: str | None = source_key(optional(string()), "text", "name")
-    config_name: str | None = source_key(optional(string()), "text", "config_name")
-    split: str = source_key(string(), "text", "split")
-    text_field: str = source_key(string(), "text", "text_field")
-    tokenizer: str = source_key(string(), "text", "tokenizer")
-    vocab_size: int = source_key(int_at_least(BPE_MIN_VOCAB), "text", "vocab_size")
-    filler: str = source_key(choice(*FILLERS), "retrieval", "filler")
-    n_filler: int = source_key(int_at_least(2), "retrieval", "n_filler")
-    n_keys: int = source_key(int_at_least(2), "retrieval", "n_keys")
-    n_values: int = source_key(int_at_least(2), "retrieval", "n_values")
-    value_len: int = source_key(positive_int(), "retrieval", "value_len")
-    n_needles: int = source_key(positive_int(), "retrieval", "n_needles")
-    n_queries: int = source_key(positive_int(), "retrieval", "n_queries")
-    marker: bool = source_key(boolean(), "retrieval", "marker")
-    distinct_values: bool = source_key(boolean(), "retrieval", "distinct_values")
-    min_depth: float = source_key(probability(), "retrieval", "min_depth")
-    max_depth: float = source_key(probability(), "retrieval", "max_depth")
-    loss: str = source_key(choice(*LOSSES), "retrieval", "loss")
-    source: Any = setting(DERIVED, None)
+    source: Source = setting(DERIVED, None)
     n_vocab: int = setting(DERIVED, 0)
 
     def __post_init__(self) -> None:
         check_fields(self, "data")
         # The source checks what needs its kind (seq_len minimums, the text files exist and hold text).
         cls = SOURCES[self.kind]
-        extra = {"cache_root": cache_root(self.cache_dir)} if getattr(cls, "needs_cache_root", False) else {}
+        extra = {"cache_root": cache_root(self.cache_dir)} if cls.needs_cache_root else {}
         own = self.keys(source_only=True)
         self.source = cls(seq_len=self.seq_len, sizes=self.sizes, seed=self.seed, **own, **extra)
         self.n_vocab = self.source.tokenizer.vocab_size
 
     def check_trainable(self) -> None:
         """Before training starts: at least one batch of windows (a text corpus: by its size, untokenized)."""
-        bound = getattr(self.source, "max_train_windows", None)
-        most = bound() if bound is not None else self.n_train
+        most = self.source.max_train_windows()
         if most is not None:
-            self.check_batch_fits(most, exact=bound is None)
+            self.check_batch_fits(most, exact=not isinstance(self.source, TokenSource))
 
     def check_batch_fits(self, windows: int, exact: bool = True) -> None:
         """Refuse training data that gives fewer than one batch of windows: every batch would be dropped, and
         the run would end "ok" after 0 steps. The preflight checks a bound; the datamodule the real count."""
         if windows >= self.batch_size:
             return
-        if windows >= self.n_train or self.kind != "text":
-            field, value = "data.n_train", self.n_train
-        else:
-            field, value = ("data.path", self.path) if self.path is not None else ("data.name", self.name)
+        short = self.source.size_key() if windows < self.n_train else None
+        field, value = short if short is not None else ("data.n_train", self.n_train)
         raise ConfigError(
             field,
             value,
@@ -129,9 +123,7 @@ class DataConfig:
 
     def check_available(self) -> None:
         """What the preflight checks beyond the values: a hub dataset needs the network (or offline mode)."""
-        check = getattr(self.source, "check_available", None)
-        if check is not None:
-            check()
+        self.source.check_available()
 
     @property
     def sizes(self) -> dict[str, int]:

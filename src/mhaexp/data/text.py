@@ -39,8 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from mhaexp.config import int_at_least, optional, string
 from mhaexp.data.cache import build_once, default_cache_dir, fingerprint
+from mhaexp.data.source import TokenSource
 from mhaexp.data.tokenizers import (
+    BPE_MIN_VOCAB,
     BPETokenizer,
     ByteTokenizer,
     encode_batch,
@@ -423,10 +426,19 @@ class TokenWindows:
 # ---- the source ------------------------------------------------------------------------------------
 
 
-class TextSource:
+class TextSource(TokenSource):
+    """Plain text (local files or a HF dataset) tokenized into one token file per split, served as windows."""
+
     kind = "text"
-    relations: list[str] = []
-    annotation_columns: tuple[str, ...] = ()
+    config_keys = {
+        "path": optional(string()),
+        "name": optional(string()),
+        "config_name": optional(string()),
+        "split": string(),
+        "text_field": string(),
+        "tokenizer": string(),
+        "vocab_size": int_at_least(BPE_MIN_VOCAB),
+    }
     needs_cache_root = True  # DataConfig hands it the cache: BPE tokenizers and token files live there
 
     def __init__(
@@ -558,6 +570,12 @@ class TextSource:
 
     def has_val_text(self) -> bool:
         return self.cut < (len(self.corpus.lengths), 0)
+
+    def vocab_key(self) -> tuple[str, Any] | None:
+        return ("data.vocab_size", self.bpe_vocab_size) if self.tokenizer_name == "bpe" else None
+
+    def size_key(self) -> tuple[str, Any]:
+        return ("data.path", self.path) if self.path is not None else ("data.name", self.name)
 
     def max_train_windows(self) -> int | None:
         """At most how many training windows a local corpus gives, from its size alone (before tokenizing):

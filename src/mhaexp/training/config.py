@@ -276,10 +276,7 @@ class RunConfig:
             raise ConfigError(
                 "model.max_seq_len", self.model.max_seq_len, f"must be >= data.seq_len={self.data.seq_len}"
             )
-        if self.data.kind == "retrieval" and self.data.loss == "answer" and not self.model.causal:
-            raise ConfigError(
-                "data.loss", "answer", "needs a causal model (model.causal=true); use all with an encoder"
-            )
+        self.data.source.check_model(self.model.causal)
         self.data.check_trainable()
         processes = self.trainer.processes()
         if processes is not None and self.data.batch_size % processes:
@@ -325,10 +322,8 @@ class RunConfig:
         if have is None or need <= have[0]:
             return
         embedding = self.model.vocab_size * self.model.d_model * (1 if self.model.tie_embeddings else 2)
-        if embedding * 2 > params and self.data.kind == "text" and self.data.tokenizer == "bpe":
-            field, value = "data.vocab_size", self.data.vocab_size
-        else:
-            field, value = "model", f"{params:,} parameters"
+        vocab = self.data.source.vocab_key() if embedding * 2 > params else None
+        field, value = vocab if vocab is not None else ("model", f"{params:,} parameters")
         per = f" x {copies} processes" if copies > 1 else ""
         raise ConfigError(
             field,

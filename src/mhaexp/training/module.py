@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from mhaexp import faults
 from mhaexp.batch import LOSS_MASK
 from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
-from mhaexp.data.retrieval import DEPTH_BINS, depth_bin, depth_bin_labels
+from mhaexp.data.source import ValidationMetric
 from mhaexp.errors import NonFiniteLossError
 from mhaexp.nn.attention import FUSED_QKV, SEPARATE_QKV
 from mhaexp.nn.io import model_state
 from mhaexp.nn.model import ModelConfig, Transformer
-from mhaexp.nn.objectives import IGNORE, answer_depth, answer_exact_match, causal_targets
+from mhaexp.nn.objectives import IGNORE, causal_targets
 from mhaexp.training.config import OptimConfig
 
 __all__ = ["LMModule", "warmup_cosine"]
@@ -69,8 +69,8 @@ class LMModule(pl.LightningModule):
         self.extra_losses: dict[str, Callable[[], torch.Tensor]] = {}
         # Parameters trained at their own learning rate, by name (L0 gates under pruning.gate_lr); callbacks fill it.
         self.param_lr: dict[str, float] = {}
-        self._retrieval_sums: torch.Tensor | None = None
-        self._icl_sums: torch.Tensor | None = None
+        # The data source's task scores this validation, each with its running sums (None before a batch).
+        self._val_metrics: list[tuple[ValidationMetric, torch.Tensor | None]] = []
         self.save_hyperparameters(
             {
                 "model": asdict(self.model_cfg),
@@ -178,63 +178,28 @@ class LMModule(pl.LightningModule):
         n = count.clamp(min=1)
         self.log("val/loss", total / n, prog_bar=True, sync_dist=True)
         self.log("val/acc", correct / n, sync_dist=True)
-        if "half" in batch and self.model_cfg.causal:
-            # In-context learning (Olsson et al. 2022): the repeat's loss against the first copy's.
-            token_loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none"
-            ).view_as(targets)
-            half = batch["half"].masked_fill(targets == IGNORE, 0)
-            sums = torch.stack([token_loss[half == k].sum() for k in (1, 2)] + [(half == k).sum() for k in (1, 2)])
-            self._icl_sums = sums if self._icl_sums is None else self._icl_sums + sums
-        if "answer" in batch and "depth" in batch:
-            # Sums per depth bin, reduced once at epoch end: a mean of per-batch means would weight a
-            # bin by how its sequences happened to fall into batches.
-            hit = answer_exact_match(logits, targets, batch["answer"])  # (B, Q)
-            scored = ~hit.isnan()
-            bins = depth_bin(answer_depth(batch["depth"], batch["answer"]))[scored]
-            n_bins = len(DEPTH_BINS) - 1
-            sums = torch.stack(
-                [
-                    torch.bincount(bins, weights=hit[scored], minlength=n_bins),
-                    torch.bincount(bins, minlength=n_bins).to(hit.dtype),
-                ]
-            )
-            self._retrieval_sums = sums if self._retrieval_sums is None else self._retrieval_sums + sums
+        # Sums per metric, reduced once at epoch end (ValidationMetric: no mean of per-batch means).
+        for i, (metric, sums) in enumerate(self._val_metrics):
+            batch_sums = metric.sums(batch, logits, targets)
+            self._val_metrics[i] = (metric, batch_sums if sums is None else sums + batch_sums)
 
     def on_validation_epoch_start(self) -> None:
-        self._retrieval_sums: torch.Tensor | None = None
-        self._icl_sums: torch.Tensor | None = None
+        from mhaexp.data.datamodule import LMDataModule  # datasets loads with the data, not with this module
+
+        dm = self.trainer.datamodule
+        metrics = dm.validation_metrics(self.model_cfg.causal) if isinstance(dm, LMDataModule) else []
+        self._val_metrics = [(metric, None) for metric in metrics]
 
     def on_validation_epoch_end(self) -> None:
-        self._log_icl()
-        self._log_retrieval()
-
-    def _log_icl(self) -> None:
-        """``val/loss_first``, ``val/loss_repeat``, ``val/icl_gap`` = repeat - first (< 0: it learns in context)."""
-        sums = self._icl_sums
-        if sums is None:
-            return
-        if self.trainer.world_size > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        first, repeat = sums[0] / sums[2].clamp(min=1), sums[1] / sums[3].clamp(min=1)
-        self.log("val/loss_first", first, rank_zero_only=True)
-        self.log("val/loss_repeat", repeat, rank_zero_only=True)
-        self.log("val/icl_gap", repeat - first, rank_zero_only=True)
-        self._icl_sums = None
-
-    def _log_retrieval(self) -> None:
-        """``val/retrieval_acc`` and ``val/retrieval_acc/depth_<lo>-<hi>``: exact match of the copied value."""
-        sums = self._retrieval_sums
-        if sums is None:
-            return
-        if self.trainer.world_size > 1:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        hits, seen = sums
-        self.log("val/retrieval_acc", hits.sum() / seen.sum().clamp(min=1), rank_zero_only=True)
-        for label, h, c in zip(depth_bin_labels(), hits, seen, strict=True):
-            if c > 0:
-                self.log(f"val/retrieval_acc/depth_{label}", h / c, rank_zero_only=True)
-        self._retrieval_sums = None
+        """Log what each of the data source's validation metrics makes of its sums over the whole split."""
+        for metric, sums in self._val_metrics:
+            if sums is None:
+                continue
+            if self.trainer.world_size > 1:
+                sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            for name, value in metric.finish(sums).items():
+                self.log(name, value, rank_zero_only=True)
+        self._val_metrics = []
 
     # ---- optimization ------------------------------------------------------------------------
     def param_groups(self) -> list[tuple[list[str], dict[str, float]]]:
