@@ -14,9 +14,22 @@ from pathlib import Path
 import pytest
 
 from mhaexp.studies import STUDIES
+from mhaexp.studies.verdict import UNTESTABLE
 
 BIN = Path(sys.executable).parent
-CLAIM_KEYS = {"claim", "source", "metric", "ours", "criterion", "holds", "why", "paper", "runs", "plot"}
+CLAIM_KEYS = {
+    "claim",
+    "source",
+    "metric",
+    "ours",
+    "criterion",
+    "criterion_source",
+    "holds",
+    "why",
+    "paper",
+    "runs",
+    "plot",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +56,9 @@ def test_study_runs_end_to_end_at_the_smoke_budget(study: str, cli, shared_cache
     assert doc["claims"], "a study makes at least one claim"
     for claim in doc["claims"]:
         assert set(claim) == CLAIM_KEYS
-        assert claim["holds"] in (True, False, None)
-        assert claim["holds"] is not None or claim["why"], "an inconclusive verdict says why"
-        assert claim["source"] and claim["criterion"] and claim["metric"]
+        assert claim["holds"] in (True, False, None, UNTESTABLE)
+        assert claim["holds"] not in (None, UNTESTABLE) or claim["why"], "an undecided verdict says why"
+        assert claim["source"] and claim["criterion"] and claim["criterion_source"] and claim["metric"]
         for run in claim["runs"]:
             assert (out / run / "status.json").is_file(), run
         if claim["plot"]:
