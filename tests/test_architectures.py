@@ -480,3 +480,17 @@ def test_the_fine_tuning_hint_names_the_options_that_differ() -> None:
         "model.mlm_head=true",
     ]
     assert architecture_overrides(tiny()) == []
+
+
+def test_every_layer_reads_one_rotary_table() -> None:
+    """RoPE's cos/sin tables are built once per model, not once per layer: at a long context (32768
+    positions, 128-wide heads) each copy is 32 MiB. Moving the model moves the one table."""
+    model = Transformer(tiny(**FAMILIES["pythia"], n_layers=3, layer_n_heads=[4, 2, 3]))
+    tables = {(b.attn.rotary.cos.data_ptr(), b.attn.rotary.sin.data_ptr()) for b in model.blocks}
+    assert len(tables) == 1
+    assert sum(1 for name, _ in model.named_buffers() if name.endswith((".cos", ".sin"))) == 2
+    double = model.to(torch.float64)  # a move converts the one module once: the layers still share it
+    assert len({id(b.attn.rotary.cos) for b in double.blocks}) == 1
+    assert double.blocks[2].attn.rotary.cos.dtype == torch.float64
+    assert len({id(b.attn.rotary) for b in Transformer(tiny(**FAMILIES["llama"])).blocks}) == 1
+    assert all(b.attn.rotary is None for b in Transformer(tiny()).blocks)  # learned positions: no table
