@@ -167,6 +167,27 @@ def architecture_overrides(cfg: ModelConfig) -> list[str]:
     return out
 
 
+def model_overrides(cfg: ModelConfig) -> list[str]:
+    """``model.<field>=<value>`` for every field a command line sets (all but the derived ``vocab_size``
+    and ``extra``; ``null`` for None): what rebuilds ``cfg`` whatever ``model=`` preset the command
+    composes, e.g. an imported model's shape in a fine-tuning hint."""
+    out = []
+    for f in fields(ModelConfig):
+        if f.name in ("vocab_size", "extra"):
+            continue
+        value = getattr(cfg, f.name)
+        if value is None:
+            text = "null"
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, list):
+            text = "[" + ",".join(map(str, value)) + "]"
+        else:
+            text = str(value)
+        out.append(f"model.{f.name}={text}")
+    return out
+
+
 def check_same_architecture(source: ModelConfig, target: ModelConfig, where: str) -> None:
     """ConfigError naming the first :data:`ARCHITECTURE_FIELDS` option in which ``target`` (the model being
     built) differs from ``source`` (the config the weights in ``where`` were trained or imported with)."""
