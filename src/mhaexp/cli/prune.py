@@ -57,7 +57,6 @@ def run(argv: list[str]) -> str:
 
     args = parse_args(argv)
     src = args["ckpt"]
-    tokenizer = saved_tokenizer(read_checkpoint(src, "ckpt", mmap=True), src)
     if "n_kv_heads" in args:
         if "heads" in args:
             raise ConfigError("heads", args["heads"], "prune and convert in two calls (n_kv_heads is also given)")
@@ -68,6 +67,7 @@ def run(argv: list[str]) -> str:
         out = Path(args.get("out") or Path(src).with_name(Path(src).stem + f"_kv{n_kv}.ckpt"))
         check_output_file(out, "out")
         ckpt = read_checkpoint(src, "ckpt")
+        tokenizer = saved_tokenizer(ckpt, src)
         model = load_model(src)
         new = surgery.convert_to_gqa(model, n_kv, args.get("gqa_init", "mean"), int(args.get("seed", 0)))
         meta = {"converted_from": src, "gqa_init": args.get("gqa_init", "mean")}
@@ -83,6 +83,7 @@ def run(argv: list[str]) -> str:
         raise ConfigError("out", str(out), "must differ from ckpt (the source is kept)")
     check_output_file(out, "out")
     report = surgery.prune_checkpoint(src, heads, out, args.get("uneven", "pad"))
+    tokenizer = saved_tokenizer(read_checkpoint(src, "ckpt", mmap=True), src)
     cfg = load_model(out).cfg
     lines = [
         f"removed {len(report.removed)} head(s): {surgery.format_heads(report.removed) or '(none)'}",

@@ -155,18 +155,6 @@ class ModelConfig:
         return asdict(self)
 
 
-def architecture_overrides(cfg: ModelConfig) -> list[str]:
-    """``model.<name>=<value>`` for each :data:`ARCHITECTURE_FIELDS` option where ``cfg`` differs from the
-    default model: what a command line needs to rebuild ``cfg``'s function (a fine-tuning hint)."""
-    defaults = {f.name: f.default for f in fields(ModelConfig)}
-    out = []
-    for name in ARCHITECTURE_FIELDS:
-        value = getattr(cfg, name)
-        if value != defaults[name]:
-            out.append(f"model.{name}={str(value).lower() if isinstance(value, bool) else value}")
-    return out
-
-
 def model_overrides(cfg: ModelConfig) -> list[str]:
     """``model.<field>=<value>`` for every field a command line sets (all but the derived ``vocab_size``
     and ``extra``; ``null`` for None): what rebuilds ``cfg`` whatever ``model=`` preset the command
