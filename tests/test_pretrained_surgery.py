@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mhaexp.checkpoint import read_checkpoint
+from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from mhaexp.cli import import_model, prune
 from mhaexp.data.tokenizers import load_saved_tokenizer
 from mhaexp.nn.config import model_overrides
@@ -224,6 +224,10 @@ def test_the_printed_fine_tune_command_runs(padded: Path, how: list[str], cli) -
     assert hint.startswith("fine-tune it with: mhaexp-train ")
     words = shlex.split(hint.removeprefix("fine-tune it with: "))
     assert f"data.path={prune.CORPUS_PLACEHOLDER}" in words and "model.rotary_pct=0.25" in words
+    tokenizer = padded.with_name("pythia.tokenizer").resolve()
+    assert f"data.tokenizer={tokenizer}" in words
+    meta = read_checkpoint(out)[CHECKPOINT_KEY]  # the output still knows its tokenizer, wherever it is written
+    assert meta["tokenizer"] == str(tokenizer) and meta["imported"]["model_type"] == "gpt_neox"
     words = [w.replace(prune.CORPUS_PLACEHOLDER, str(root / "corpus")) for w in words]
     run_dir = root / f"hint-{out.stem}"
     size = ["data.seq_len=16", "data.batch_size=4", "analysis=off", "trainer.max_steps=2"]

@@ -52,7 +52,7 @@ def fine_tune_hint(out: Path, cfg: Any, tokenizer: Path | None) -> str:
 def run(argv: list[str]) -> str:
     """Do what ``argv`` asks; return the lines to print."""
     from mhaexp.checkpoint import atomic_save, read_checkpoint
-    from mhaexp.nn.io import checkpoint_for, load_model, saved_tokenizer
+    from mhaexp.nn.io import checkpoint_for, load_model, provenance, saved_tokenizer
     from mhaexp.pruning import surgery
 
     args = parse_args(argv)
@@ -70,7 +70,7 @@ def run(argv: list[str]) -> str:
         tokenizer = saved_tokenizer(ckpt, src)
         model = load_model(src)
         new = surgery.convert_to_gqa(model, n_kv, args.get("gqa_init", "mean"), int(args.get("seed", 0)))
-        meta = {"converted_from": src, "gqa_init": args.get("gqa_init", "mean")}
+        meta = {"converted_from": src, "gqa_init": args.get("gqa_init", "mean"), **provenance(ckpt, src)}
         atomic_save(checkpoint_for(new, ckpt, extra=meta), out)
         return (
             f"converted K/V heads {model.cfg.n_kv_heads} -> {n_kv} ({meta['gqa_init']}); "

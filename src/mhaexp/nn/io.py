@@ -31,6 +31,7 @@ __all__ = [
     "load_model",
     "model_state",
     "plain",
+    "provenance",
     "saved_tokenizer",
     "state_shapes",
 ]
@@ -61,9 +62,23 @@ def data_vocab_bounds(ckpt: dict[str, Any]) -> tuple[int, int]:
 
 def saved_tokenizer(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> Path | None:
     """The tokenizer ``mhaexp-import`` saved beside the checkpoint at ``path`` (its ``tokenizer`` entry
-    names it relative to the checkpoint's folder, so the two move together), or None."""
+    names it relative to the checkpoint's folder, so the two move together; one derived from it names it
+    by its absolute path, :func:`provenance`), or None."""
     beside = ckpt[CHECKPOINT_KEY].get("tokenizer")
     return Path(path).parent / beside if beside else None
+
+
+def provenance(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a checkpoint made from the one at ``path`` (pruned, converted) carries over of where its model
+    came from: the ``imported`` record, and the tokenizer saved beside it, as an absolute path (the new file
+    may be written elsewhere), so ``mhaexp-analyze`` and ``mhaexp-prune``'s hint still find it."""
+    out: dict[str, Any] = {}
+    if "imported" in ckpt[CHECKPOINT_KEY]:
+        out["imported"] = ckpt[CHECKPOINT_KEY]["imported"]
+    tokenizer = saved_tokenizer(ckpt, path)
+    if tokenizer is not None:
+        out["tokenizer"] = str(tokenizer.resolve())
+    return out
 
 
 def model_state(ckpt: dict[str, Any]) -> dict[str, Tensor]:
