@@ -235,3 +235,24 @@ def test_the_printed_fine_tune_command_runs(padded: Path, how: list[str], cli) -
     assert r.returncode == 0, r.stderr
     trained = load_model(run_dir / "checkpoints" / "last.ckpt").cfg
     assert trained == load_model(out).cfg  # the shape it was pruned or converted to, the padded table kept
+
+
+def test_masked_lm_random_replacements_are_tokens_of_the_data() -> None:
+    """BERT's 10% random replacements come from the ids the data's tokenizer produces, never from the rows
+    padded past it (HF's collator draws from len(tokenizer) too)."""
+    import torch
+
+    from mhaexp.nn.config import ModelConfig
+    from mhaexp.training.module import LMModule
+
+    cfg = ModelConfig(vocab_size=64, n_layers=1, d_model=16, n_heads=2, causal=False, mlm_head=True)
+    ids = torch.full((64, 32), 5)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool)}
+    inputs = {}
+    for n in (None, 10):
+        module = LMModule(cfg, {}, mask_id=1, mlm_probability=1.0, data_vocab_size=n)
+        inputs[n], _ = module.inputs_and_targets(batch, salt=0)
+    random10, random_all = (t[(t != 1) & (t != 5)] for t in (inputs[10], inputs[None]))  # neither mask nor original
+    assert int(random10.max()) < 10 and int(random_all.max()) >= 10
+    with pytest.raises(ValueError, match="data_vocab_size=65"):
+        LMModule(cfg, {}, data_vocab_size=65)
