@@ -21,7 +21,7 @@ from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from mhaexp.config import CONF_DIR
 from mhaexp.heads.importance import ablation_importance
 from mhaexp.nn.attention import MultiHeadAttention, RotaryEmbedding
-from mhaexp.nn.config import architecture_overrides
+from mhaexp.nn.config import model_overrides
 from mhaexp.nn.model import MLP, Block, ModelConfig, Transformer, make_norm
 from mhaexp.nn.objectives import IGNORE, causal_lm_objective
 from mhaexp.pruning.surgery import apply_mask, convert_to_gqa, prune_heads
@@ -470,13 +470,27 @@ def test_init_from_refuses_weights_made_for_other_options(
     assert not list(tmp_path.glob("runs"))
 
 
-def test_the_fine_tuning_hint_names_the_options_that_differ() -> None:
-    """mhaexp-prune's "fine-tune it with" line ends with these: a pruned BERT trains as a BERT."""
-    assert architecture_overrides(tiny(**FAMILIES["bert"])) == [
-        "model.causal=false",
-        "model.norm_eps=1e-12",
-        "model.norm_position=post",
-        "model.type_vocab_size=2",
-        "model.mlm_head=true",
-    ]
-    assert architecture_overrides(tiny()) == []
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_fine_tuning_hint_rebuilds_the_model(family: str, compose) -> None:
+    """mhaexp-prune's "fine-tune it with" line spells every model field (model_overrides): composed by
+    Hydra over the default model, they rebuild the pruned model of each family, per-layer heads included."""
+    cfg = tiny(**FAMILIES[family], layer_n_heads=[4, 2])
+    from omegaconf import OmegaConf
+
+    composed = OmegaConf.to_container(compose(model_overrides(cfg)).model, resolve=True)
+    assert ModelConfig(**{**composed, "vocab_size": V}) == cfg
+    assert "model.mlm_head=true" in model_overrides(tiny(**FAMILIES["bert"]))
+
+
+def test_every_layer_reads_one_rotary_table() -> None:
+    """RoPE's cos/sin tables are built once per model, not once per layer: at a long context (32768
+    positions, 128-wide heads) each copy is 32 MiB. Moving the model moves the one table."""
+    model = Transformer(tiny(**FAMILIES["pythia"], n_layers=3, layer_n_heads=[4, 2, 3]))
+    tables = {(b.attn.rotary.cos.data_ptr(), b.attn.rotary.sin.data_ptr()) for b in model.blocks}
+    assert len(tables) == 1
+    assert sum(1 for name, _ in model.named_buffers() if name.endswith((".cos", ".sin"))) == 2
+    double = model.to(torch.float64)  # a move converts the one module once: the layers still share it
+    assert len({id(b.attn.rotary.cos) for b in double.blocks}) == 1
+    assert double.blocks[2].attn.rotary.cos.dtype == torch.float64
+    assert len({id(b.attn.rotary) for b in Transformer(tiny(**FAMILIES["llama"])).blocks}) == 1
+    assert all(b.attn.rotary is None for b in Transformer(tiny()).blocks)  # learned positions: no table

@@ -315,3 +315,33 @@ def test_a_pytorch_model_bin_directory_imports_the_same_model(tmp_path: Path) ->
     import_model.run([f"source={source}", f"out={tmp_path / 'bin.ckpt'}"])
     a, b = (load_model(tmp_path / name).state_dict() for name in ("st.ckpt", "bin.ckpt"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _rss_file() -> int:
+    """This process's resident file-backed memory in bytes (mapped file pages, /proc/self/status)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssFile:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads Linux's /proc")
+def test_a_bin_source_gives_back_its_mapped_pages_as_it_is_copied(tmp_path: Path) -> None:
+    """A memory-mapped ``pytorch_model.bin`` counts in the resident memory as its pages are read: copied
+    into the model and then released, a 64 MiB tensor leaves (almost) nothing resident, where holding
+    its pages would add all 64 MiB (the import's peak would be the model plus the whole file)."""
+    from mhaexp.nn.hf_import import HFWeights
+
+    weight = torch.randn(4096, 4096)  # 64 MiB
+    torch.save({"gpt_neox.embed_in.weight": weight}, tmp_path / "pytorch_model.bin")
+    weights = HFWeights(tmp_path, "gpt_neox.", "bin")
+    dst = torch.empty_like(weight)
+    dst.fill_(0.0)  # the destination's own pages are anonymous memory, not RssFile
+    before = _rss_file()
+    weights.copy_into("embed_in.weight", dst)
+    grown = _rss_file() - before
+    assert torch.equal(dst, weight)
+    assert grown < 8 << 20, f"{grown / 2**20:.1f} MiB of the file stayed resident"
+    t = weights.read("embed_in.weight")
+    assert float(t.sum()) == float(weight.sum())  # reading it whole maps every page again ...
+    assert _rss_file() - before > 48 << 20
+    weights.release()  # ... and release gives them back
+    assert _rss_file() - before < 8 << 20

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mhaexp.nn import hf_import
-from mhaexp.tools.import_parity import CASES, TOLERANCE, parity
+from mhaexp.tools.import_parity import CASES, TOLERANCE, hf_config, parity, save_random_hf
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.family}-{i}" for i, c in enumerate(CASES)])
@@ -26,6 +26,28 @@ def test_imported_model_matches_hf_logits_hidden_states_and_patterns(case, tmp_p
     assert row["patterns"] < TOLERANCE, row
     # The comparison has teeth only if attention is far from uniform.
     assert row["peak"] > 2 * row["uniform"], row
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.family}-{i}" for i, c in enumerate(CASES)])
+@torch.no_grad()
+def test_a_pytorch_model_bin_imports_the_same_weights(case, tmp_path: Path) -> None:
+    """``pytorch_model.bin`` as transformers 4.x's ``save_pretrained(safe_serialization=False)`` wrote it
+    (``torch.save`` of the state dict; transformers 5 writes safetensors only): read memory-mapped, its
+    pages released as they are copied, it gives bit for bit the weights of the safetensors import (which
+    the test above holds to HF) and HF's logits."""
+    from safetensors.torch import load_file
+
+    hf = save_random_hf(hf_config(case), tmp_path)
+    from_safetensors, _ = hf_import.import_hf_directory(tmp_path, "st")
+    # The file's tensors under the file's names (5.x's state_dict() renames some, e.g. NeoX's embed_out).
+    torch.save(load_file(str(tmp_path / "model.safetensors")), tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    from_bin, _ = hf_import.import_hf_directory(tmp_path, "bin")
+    a, b = from_safetensors.state_dict(), from_bin.state_dict()
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    ids = torch.randint(0, hf.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    ref = hf(ids).logits
+    assert float((from_bin(ids)[0] - ref).abs().max() / ref.abs().max()) < TOLERANCE
 
 
 def _case(family: str):

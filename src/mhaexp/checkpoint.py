@@ -19,8 +19,9 @@ from mhaexp.errors import ConfigError
 CHECKPOINT_KEY = "mhaexp"
 
 
-def read_checkpoint(path: str | os.PathLike[str], field: str = "ckpt") -> dict[str, Any]:
-    """Load one of our checkpoints on the CPU, or raise a ConfigError naming ``field`` and the file."""
+def read_checkpoint(path: str | os.PathLike[str], field: str = "ckpt", mmap: bool = False) -> dict[str, Any]:
+    """Load one of our checkpoints on the CPU, or raise a ConfigError naming ``field`` and the file.
+    ``mmap``: the tensors stay in the file until read (for a look at the config of a large model)."""
     import torch  # here only: config checks that never open a checkpoint should not pay for torch
 
     p = Path(path)
@@ -31,7 +32,7 @@ def read_checkpoint(path: str | os.PathLike[str], field: str = "ckpt") -> dict[s
     try:
         # Our checkpoints carry plain hyper-parameter dicts next to the tensors; Lightning loads
         # local files the same way.
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - a damaged archive fails in many ways inside torch.load
         raise ConfigError(field, str(path), f"the checkpoint could not be read ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:

@@ -132,17 +132,15 @@ def conllu_probe(path: str, module: Any, tokenizer: Any, batch_size: int, acfg: 
     return treebank_probe(tb, tokenizer, batch_size, objective_for(module)), tb
 
 
-def _check_vocabulary(datamodule: Any, module: Any, kind: str, imported: bool) -> None:
-    # An imported model's embedding table is often padded past its tokenizer (Pythia, Qwen2): ids the
-    # tokenizer never produces are never read. A trained one learned exactly its data's vocabulary.
-    if imported and datamodule.vocab_size <= module.model.cfg.vocab_size:
-        return
-    if datamodule.vocab_size != module.model.cfg.vocab_size:
+def _check_vocabulary(datamodule: Any, bounds: tuple[int, int], kind: str) -> None:
+    fewest, rows = bounds  # mhaexp.nn.io.data_vocab_bounds: an imported table may be padded past its tokenizer
+    if not fewest <= datamodule.vocab_size <= rows:
+        valid = f"{rows}" if fewest == rows else f"{fewest}..{rows}"
         raise ConfigError(
             "data",
             kind,
-            f"its vocabulary has {datamodule.vocab_size} tokens, the "
-            f"checkpoint's model {module.model.cfg.vocab_size}: pass the data= it was trained on",
+            f"its vocabulary has {datamodule.vocab_size} tokens, the checkpoint's model was made for "
+            f"{valid}: pass the data= it was trained on",
         )
 
 
@@ -236,21 +234,22 @@ def analyse(
         relation_table,
         write_relation_table,
     )
-    from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
+    from mhaexp.checkpoint import read_checkpoint
     from mhaexp.config import build, instantiate_plain
     from mhaexp.data.tokenizers import unknown_words
+    from mhaexp.nn.io import data_vocab_bounds, saved_tokenizer
     from mhaexp.training.module import load_module
 
     module = load_module(ckpt_path, "ckpt")
     ckpt = read_checkpoint(ckpt_path, "ckpt")
     step = int(ckpt.get("global_step", 0)) if step is None else step
-    imported = "imported" in ckpt[CHECKPOINT_KEY]
-    beside = ckpt[CHECKPOINT_KEY].get("tokenizer")  # mhaexp-import saved the model's tokenizer there
+    bounds = data_vocab_bounds(ckpt)
+    beside = saved_tokenizer(ckpt, ckpt_path)  # mhaexp-import saved the model's tokenizer there
     del ckpt
-    cfg = compose({**own, "ckpt": str(ckpt_path)}, overrides, ckpt_path.parent / beside if beside else None)
+    cfg = compose({**own, "ckpt": str(ckpt_path)}, overrides, beside)
     acfg = build(AnalysisConfig, cfg.analysis, "analysis", complete=True)
     datamodule = instantiate_plain(cfg.data)  # builds the tokenizer, generates nothing
-    _check_vocabulary(datamodule, module, cfg.data.kind, imported)
+    _check_vocabulary(datamodule, bounds, cfg.data.kind)
     tokenizer = datamodule.tokenizer
     treebank = None
     fewer = ""

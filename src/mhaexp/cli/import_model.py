@@ -168,6 +168,8 @@ def run(argv: list[str]) -> str:
     hparams = {
         "pad_id": int(tok.pad_token_id) if tok is not None else 0,
         "mask_id": int(tok.mask_token_id) if tok is not None else None,
+        # The ids its tokenizer produces: the embedding table may be padded past them (Pythia, Qwen2).
+        "data_vocab_size": len(tok) if tok is not None else None,
     }
     lines = []
     if tok is not None:

@@ -102,6 +102,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0, rotary_pct: float = 1.0) -> None:
         super().__init__()
         dim, self.n_rot = rotary_dims(head_dim, rotary_pct)
+        self.head_dim = head_dim
         if rotary_pct == 1.0 and head_dim % 2 != 0:
             raise ConfigError("model.head_dim", head_dim, "must be even when model.pos=rope")
         if not 0 < self.n_rot <= head_dim:
@@ -154,6 +155,9 @@ class MultiHeadAttention(nn.Module):
         rope_base: RoPE frequency base.
         rotary_pct: share of each head's dimensions RoPE rotates (GPT-NeoX's partial rotary).
         o_bias: bias on ``o_proj``; ``None`` follows ``bias`` (Qwen2 has q/k/v biases and none here).
+        rotary: a :class:`RotaryEmbedding` to use instead of building one (``rope`` must be set): the
+            model passes every layer the same one, so its cos/sin tables exist once, not once per layer
+            (at ``max_seq_len=32768`` they are 32 MiB a layer for a 128-wide head).
     """
 
     def __init__(
@@ -170,6 +174,7 @@ class MultiHeadAttention(nn.Module):
         rope_base: float = 10000.0,
         rotary_pct: float = 1.0,
         o_bias: bool | None = None,
+        rotary: RotaryEmbedding | None = None,
     ) -> None:
         super().__init__()
         self.n_kv_heads = check_heads(n_heads, n_kv_heads)
@@ -180,7 +185,12 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.qkv_proj = FusedQKV(d_model, qkv_sizes(n_heads, self.n_kv_heads, self.head_dim), bias)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias if o_bias is None else o_bias)
-        self.rotary = RotaryEmbedding(self.head_dim, max_seq_len, rope_base, rotary_pct) if rope else None
+        if rope and rotary is None:
+            rotary = RotaryEmbedding(self.head_dim, max_seq_len, rope_base, rotary_pct)
+        elif rotary is not None and (not rope or rotary.head_dim != self.head_dim):
+            raise ValueError(f"a shared rotary table needs rope=True and head_dim={rotary.head_dim}")
+        # A submodule even when shared: .to(device) moves the one module, so the layers keep sharing it.
+        self.rotary = rotary
         self.register_buffer("head_gate", torch.ones(n_heads))
         # Extra multiplicative gates (e.g. hard-concrete L0 gates while pruning); returns (n_heads,).
         self.gate_fn: Callable[[], torch.Tensor] | None = None

@@ -155,15 +155,24 @@ class ModelConfig:
         return asdict(self)
 
 
-def architecture_overrides(cfg: ModelConfig) -> list[str]:
-    """``model.<name>=<value>`` for each :data:`ARCHITECTURE_FIELDS` option where ``cfg`` differs from the
-    default model: what a command line needs to rebuild ``cfg``'s function (a fine-tuning hint)."""
-    defaults = {f.name: f.default for f in fields(ModelConfig)}
+def model_overrides(cfg: ModelConfig) -> list[str]:
+    """``model.<field>=<value>`` for every field a command line sets (all but the derived ``vocab_size``
+    and ``extra``; ``null`` for None): what rebuilds ``cfg`` whatever ``model=`` preset the command
+    composes, e.g. an imported model's shape in a fine-tuning hint."""
     out = []
-    for name in ARCHITECTURE_FIELDS:
-        value = getattr(cfg, name)
-        if value != defaults[name]:
-            out.append(f"model.{name}={str(value).lower() if isinstance(value, bool) else value}")
+    for f in fields(ModelConfig):
+        if f.name in ("vocab_size", "extra"):
+            continue
+        value = getattr(cfg, f.name)
+        if value is None:
+            text = "null"
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, list):
+            text = "[" + ",".join(map(str, value)) + "]"
+        else:
+            text = str(value)
+        out.append(f"model.{f.name}={text}")
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -23,7 +24,17 @@ from mhaexp.nn.config import ModelConfig
 from mhaexp.nn.gates import fold_l0_state
 from mhaexp.nn.model import Transformer
 
-__all__ = ["checkpoint_config", "checkpoint_for", "load_model", "model_state", "plain", "state_shapes"]
+__all__ = [
+    "checkpoint_config",
+    "checkpoint_for",
+    "data_vocab_bounds",
+    "load_model",
+    "model_state",
+    "plain",
+    "provenance",
+    "saved_tokenizer",
+    "state_shapes",
+]
 
 CHECKPOINT_VERSION = 1
 
@@ -31,6 +42,43 @@ CHECKPOINT_VERSION = 1
 def checkpoint_config(ckpt: dict[str, Any]) -> ModelConfig:
     """The model config stored under the checkpoint's ``mhaexp`` key."""
     return ModelConfig(**ckpt[CHECKPOINT_KEY]["model"])
+
+
+def data_vocab_bounds(ckpt: dict[str, Any]) -> tuple[int, int]:
+    """(fewest, most) tokens the data's vocabulary may have to feed the model of ``ckpt``.
+
+    At most its token embedding rows (``model.vocab_size``): more ids would have no embedding. At least
+    the vocabulary it was made for, the ``data_vocab_size`` its training run or ``mhaexp-import`` recorded:
+    an imported table is often padded past its tokenizer (Pythia: 50277 tokens in 50304 rows), and a
+    tokenizer extended into the padding fits as well, but a smaller one is another tokenizer. An imported
+    model saved without a tokenizer takes any that fits; a checkpoint without the record, exactly its rows.
+    """
+    rows = checkpoint_config(ckpt).vocab_size
+    made_for = (ckpt.get("hyper_parameters") or {}).get("data_vocab_size")
+    if made_for is None:
+        made_for = 1 if "imported" in ckpt[CHECKPOINT_KEY] else rows
+    return int(made_for), rows
+
+
+def saved_tokenizer(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> Path | None:
+    """The tokenizer ``mhaexp-import`` saved beside the checkpoint at ``path`` (its ``tokenizer`` entry
+    names it relative to the checkpoint's folder, so the two move together; one derived from it names it
+    by its absolute path, :func:`provenance`), or None."""
+    beside = ckpt[CHECKPOINT_KEY].get("tokenizer")
+    return Path(path).parent / beside if beside else None
+
+
+def provenance(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a checkpoint made from the one at ``path`` (pruned, converted) carries over of where its model
+    came from: the ``imported`` record, and the tokenizer saved beside it, as an absolute path (the new file
+    may be written elsewhere), so ``mhaexp-analyze`` and ``mhaexp-prune``'s hint still find it."""
+    out: dict[str, Any] = {}
+    if "imported" in ckpt[CHECKPOINT_KEY]:
+        out["imported"] = ckpt[CHECKPOINT_KEY]["imported"]
+    tokenizer = saved_tokenizer(ckpt, path)
+    if tokenizer is not None:
+        out["tokenizer"] = str(tokenizer.resolve())
+    return out
 
 
 def model_state(ckpt: dict[str, Any]) -> dict[str, Tensor]:

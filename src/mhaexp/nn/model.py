@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mhaexp.errors import ConfigError
-from mhaexp.nn.attention import FusedQKV, MultiHeadAttention
+from mhaexp.nn.attention import FusedQKV, MultiHeadAttention, RotaryEmbedding
 from mhaexp.nn.config import ModelConfig
 
 __all__ = ["MLP", "Block", "MLMHead", "ModelConfig", "Transformer", "activation", "make_norm"]
@@ -69,7 +69,7 @@ class Block(nn.Module):
     * post-LN (BERT):        x = ln_1(x + attn(x));  x = ln_2(x + mlp(x))
     """
 
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, rotary: RotaryEmbedding | None = None) -> None:
         super().__init__()
         n_heads, n_kv_heads = cfg.heads_in_layer(layer)
         self.post_norm = cfg.norm_position == "post"
@@ -88,6 +88,7 @@ class Block(nn.Module):
             rope_base=cfg.rope_base,
             rotary_pct=cfg.rotary_pct,
             o_bias=cfg.o_bias,
+            rotary=rotary,
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.ln_2 = None if cfg.attn_only else make_norm(cfg)
@@ -145,7 +146,11 @@ class Transformer(nn.Module):
         post = cfg.norm_position == "post"
         self.emb_norm = make_norm(cfg) if post else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        # One RoPE table for all layers (they share head_dim and base): built once, moved once.
+        rotary = (
+            RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, cfg.rotary_pct) if cfg.pos == "rope" else None
+        )
+        self.blocks = nn.ModuleList(Block(cfg, i, rotary) for i in range(cfg.n_layers))
         self.ln_f = None if post else make_norm(cfg)
         self.mlm_head = MLMHead(cfg) if cfg.mlm_head else None
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.mlm_head)

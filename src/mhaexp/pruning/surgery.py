@@ -47,7 +47,7 @@ from mhaexp.errors import ConfigError
 from mhaexp.nn.attention import FUSED_QKV, qkv_sizes
 from mhaexp.nn.config import check_same_architecture
 from mhaexp.nn.gates import fold_l0_state
-from mhaexp.nn.io import checkpoint_for, load_model, state_shapes
+from mhaexp.nn.io import checkpoint_for, load_model, provenance, state_shapes
 from mhaexp.nn.model import ModelConfig, Transformer
 from mhaexp.nn.shapes import divisors, group_size
 from mhaexp.pruning.config import GQA_INITS, UNEVEN
@@ -462,5 +462,6 @@ def prune_checkpoint(
     check_heads_exist(heads, sizes)
     check_layers_keep_a_head(heads, sizes, "heads" if given else "ckpt")
     new, report = prune_heads(model, heads, uneven)
-    atomic_save(checkpoint_for(new, ckpt, extra={"pruned_from": str(path), "pruning": report.to_dict()}), out)
+    meta = {"pruned_from": str(path), "pruning": report.to_dict(), **provenance(ckpt, path)}
+    atomic_save(checkpoint_for(new, ckpt, extra=meta), out)
     return report

@@ -370,7 +370,12 @@ def build_run(cfg: DictConfig | dict[str, Any]) -> RunConfig:
             raise ConfigError(key, None, "missing: conf/train.yaml and its groups must give it a value")
     check_mapping(RunConfig, raw, "")  # top-level values first: logger.name interpolates name
     data = build(DataConfig, raw["data"], "data", complete=True)
-    model = build(ModelConfig, raw["model"], "model", complete=True, vocab_size=data.n_vocab)
+    vocab = data.n_vocab
+    if raw["init_from"] is not None:  # the checkpoint's table, which may be padded past the data's ids
+        from mhaexp.training.init_from import init_vocab_size  # reads the checkpoint, so it needs torch
+
+        vocab = init_vocab_size(raw["init_from"], data.n_vocab)
+    model = build(ModelConfig, raw["model"], "model", complete=True, vocab_size=vocab)
     groups = {
         "trainer": build(TrainerConfig, raw["trainer"], "trainer", complete=True),
         "optim": build(OptimConfig, raw["optim"], "optim", complete=True),

@@ -19,14 +19,35 @@ import pytorch_lightning as pl
 import torch
 
 from mhaexp.checkpoint import read_checkpoint
+from mhaexp.errors import ConfigError
 from mhaexp.heads.importance import evaluate
 from mhaexp.nn.config import ModelConfig
-from mhaexp.nn.io import checkpoint_config, model_state, state_shapes
+from mhaexp.nn.io import checkpoint_config, data_vocab_bounds, model_state, saved_tokenizer, state_shapes
 from mhaexp.nn.model import Transformer
 from mhaexp.pruning.held_out import BatchSource, held_out_batches, log_to_loggers, module_objective
 from mhaexp.pruning.surgery import convert_state
 from mhaexp.rundir import INIT_CONVERSION_FILE
 from mhaexp.training.module import load_module
+
+
+def init_vocab_size(path: str | os.PathLike[str], data_vocab: int) -> int:
+    """The token embedding rows (``model.vocab_size``) of a run initialized from ``path``: the checkpoint's,
+    which may exceed the data's vocabulary (:func:`mhaexp.nn.io.data_vocab_bounds`: a table padded past
+    its tokenizer, as Pythia's). The rows past the data's ids are never read as inputs, but their logits
+    stay in the softmax, so the model computes what it computed (``init/source_val_loss`` equals
+    ``init/converted_val_loss``); cutting them off would change every probability."""
+    ckpt = read_checkpoint(path, "init_from", mmap=True)
+    fewest, rows = data_vocab_bounds(ckpt)
+    if not fewest <= data_vocab <= rows:
+        tokenizer = saved_tokenizer(ckpt, path)
+        use = f"data.tokenizer={tokenizer}" if tokenizer else "the data it was trained on"
+        valid = f"{rows}" if fewest == rows else f"{fewest}..{rows}"
+        raise ConfigError(
+            "init_from",
+            str(path),
+            f"its model was made for a vocabulary of {valid} tokens, the data's has {data_vocab}; use {use}",
+        )
+    return rows
 
 
 def validate_init(path: str | os.PathLike[str], model_cfg: ModelConfig, gqa_init: str = "mean") -> None:

@@ -34,6 +34,10 @@ class LMModule(pl.LightningModule):
         optim: the checked ``conf/optim`` (an OptimConfig); a mapping of its keys is checked here, the keys
             it lacks taking OptimConfig's defaults (programmatic use and old checkpoints).
         pad_id / mask_id: special tokens of the data's tokenizer.
+        data_vocab_size: the ids the data's tokenizer produces, at most ``model.vocab_size`` (an imported
+            table padded past its tokenizer, :func:`mhaexp.training.init_from.init_vocab_size`); None: all
+            of them. Masked-LM's random replacements are drawn from these; saved, so the checkpoint says
+            which vocabulary it was made for (``mhaexp-analyze`` checks the data against it).
         mlm_probability: share of real tokens masked when the model is bidirectional.
         seed: makes the masked-LM choices a function of (seed, step), so a resumed run repeats them.
         compile: run the training and validation steps' forward through ``torch.compile`` (``trainer.compile``).
@@ -53,6 +57,7 @@ class LMModule(pl.LightningModule):
         mlm_probability: float = 0.15,
         seed: int = 0,
         compile: bool = False,
+        data_vocab_size: int | None = None,
     ) -> None:
         super().__init__()
         self.compile_model = compile
@@ -64,6 +69,9 @@ class LMModule(pl.LightningModule):
         self.mask_id = mask_id
         self.mlm_probability = mlm_probability
         self.seed = seed
+        self.data_vocab_size = self.model_cfg.vocab_size if data_vocab_size is None else data_vocab_size
+        if not 0 < self.data_vocab_size <= self.model_cfg.vocab_size:
+            raise ValueError(f"data_vocab_size={data_vocab_size} must be in 1..{self.model_cfg.vocab_size}")
         self.model = Transformer(self.model_cfg)
         # Extra training-loss terms by name (e.g. the L0 penalty of mhaexp.pruning); callbacks fill it.
         self.extra_losses: dict[str, Callable[[], torch.Tensor]] = {}
@@ -79,6 +87,7 @@ class LMModule(pl.LightningModule):
                 "mask_id": mask_id,
                 "mlm_probability": mlm_probability,
                 "seed": seed,
+                "data_vocab_size": self.data_vocab_size,
             },
             logger=False,  # the loggers get the whole resolved Hydra config instead
         )
@@ -100,7 +109,7 @@ class LMModule(pl.LightningModule):
         targets = ids.masked_fill(~chosen, IGNORE)
         # BERT's 80/10/10: mostly [MASK], sometimes a random token, sometimes unchanged.
         r = torch.rand(ids.shape, generator=gen).to(ids.device)
-        rand_tok = torch.randint(0, self.model_cfg.vocab_size, ids.shape, generator=gen).to(ids.device)
+        rand_tok = torch.randint(0, self.data_vocab_size, ids.shape, generator=gen).to(ids.device)
         inputs = torch.where(chosen & (r < 0.8), torch.full_like(ids, self.mask_id), ids)
         inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), rand_tok, inputs)
         return inputs, targets

@@ -63,7 +63,13 @@ def train(run: RunConfig, run_dir: Path, group: str | None = None) -> dict[str, 
     datamodule = LMDataModule.from_config(run.data)
     tok = datamodule.tokenizer
     module = LMModule(
-        model_cfg, run.optim, pad_id=tok.pad_id, mask_id=tok.mask_id, seed=run.seed, compile=run.trainer.compile
+        model_cfg,
+        run.optim,
+        pad_id=tok.pad_id,
+        mask_id=tok.mask_id,
+        seed=run.seed,
+        compile=run.trainer.compile,
+        data_vocab_size=run.data.n_vocab,
     )
     record = RunRecord(run_dir)
     validates = run.trainer.limit_val_batches != 0
