@@ -123,7 +123,7 @@ def test_gradient_importance_in_micro_batches_is_the_whole_batch_gradient(setup:
 
 
 def test_bench_memory_rows_measure_one_step_in_a_fresh_process() -> None:
-    from mhaexp.tools.bench_analysis import memory_rows
+    from mhaexp.tools.bench.analysis import memory_rows
 
     rows = memory_rows(2, seq_lens=(64,))
     assert [r.metric for r in rows] == ["peak memory", "time per analysis step"]

@@ -1,4 +1,4 @@
-"""``python -m mhaexp.tools.gpu_check``: does mhaexp work, and work fast, on this machine's CUDA GPUs?
+"""``python -m mhaexp.tools.bench.gpu_check``: does mhaexp work, and work fast, on this machine's CUDA GPUs?
 
 Written for a GPU lent for a few minutes: every section is small, runs under
 its own time limit, and reports PASS or FAIL without stopping the others; the
@@ -54,6 +54,25 @@ from typing import Any
 import torch
 
 from mhaexp.errors import ArgumentParser
+from mhaexp.tools.bench import train as train_section
+from mhaexp.tools.bench.harness import (
+    SectionTimeoutError,
+    block_seconds,
+    interleave,
+    measured_peak,
+    median_call_seconds,
+    sync,
+)
+from mhaexp.tools.bench.reference import DEFAULT_LAYER, GPT2_LAYER, GPT2_SMALL
+from mhaexp.tools.bench.sweep import (
+    HEADS,
+    cli_env,
+    common_overrides,
+    finished_jobs,
+    sequential_and_parallel,
+    train_command,
+    warm_up,
+)
 
 DEADLINE_S = 540.0  # the whole check; sections that would start past it are skipped (--tiny: TINY_DEADLINE_S)
 TINY_DEADLINE_S = 840.0
@@ -102,15 +121,15 @@ class Mode:
 
 GPU = Mode(
     tiny=False,
-    layer_shapes=((64, 32, 128, 8), (8, 1024, 768, 12)),
-    gpt2={"vocab_size": 50304, "n_layers": 12, "d_model": 768, "n_heads": 12, "max_seq_len": 1024},
+    layer_shapes=(DEFAULT_LAYER, GPT2_LAYER),
+    gpt2=GPT2_SMALL,
     batch=8,
     seq=1024,
     compile_repeats=5,
     compile_steps=10,
     peak_n=8192,
     sweep_steps=300,
-    sweep_heads="1,2,4,8",
+    sweep_heads=HEADS,
     sweep_overrides=("trainer=gpu",),
 )
 TINY = Mode(
@@ -142,10 +161,6 @@ MFU_TARGET = 0.40  # of the measured matmul peak, at least
 SWEEP_TARGET = 3.0  # 4 jobs sharing one GPU / sequential, jobs per hour, at least
 
 
-class SectionTimeoutError(Exception):
-    """A section ran past its own time limit."""
-
-
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Raise SectionTimeoutError in the main thread after ``seconds`` (checked between CUDA calls)."""
@@ -160,32 +175,6 @@ def time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-def cuda_time(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
-    """Median seconds per call over ``iters`` calls, each bracketed by CUDA events (CPU: the wall clock)."""
-    if not torch.cuda.is_available():
-        for _ in range(warmup):
-            fn()
-        cpu_times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            cpu_times.append(time.perf_counter() - t0)
-        return sorted(cpu_times)[len(cpu_times) // 2]
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def datasheet_peak(name: str) -> float | None:
@@ -256,7 +245,7 @@ def check_layer() -> dict[str, Any]:
     dev = torch.device("cuda")
     out: dict[str, Any] = {}
     ok = True
-    B, T, d, nh = 8, 1024, 768, 12
+    B, T, d, nh = GPT2_LAYER
     for label, nkv in (("MHA", nh), ("GQA", nh // 4)):
         torch.manual_seed(0)
         layer = MultiHeadAttention(d, nh, nkv).to(dev)
@@ -314,7 +303,7 @@ def check_sdpa() -> dict[str, Any]:
     from mhaexp.nn.attention import MultiHeadAttention
 
     dev = torch.device("cuda")
-    B, T, d, nh = 8, 1024, 768, 12
+    B, T, d, nh = GPT2_LAYER
     out: dict[str, Any] = {}
     for label, nkv in (("MHA", nh), ("GQA", nh // 4)):
         torch.manual_seed(0)
@@ -335,7 +324,7 @@ def check_sdpa() -> dict[str, Any]:
                     warnings.simplefilter("ignore", UserWarning)
                     step()
                     kernels = _backend_kernels(step)
-                    ms = cuda_time(step, 10) * 1e3
+                    ms = median_call_seconds(step, 10) * 1e3
                 res[backend.name] = {"runs": True, "ms_fwd_bwd": ms, "kernels": kernels}
             except Exception as e:  # refusal is an answer here, not a failure of the check
                 res[backend.name] = {"runs": False, "error": str(e).strip().splitlines()[0][:300]}
@@ -349,7 +338,7 @@ def check_sdpa() -> dict[str, Any]:
 
 def _throughput_case(cfg_kw: dict[str, Any], batch: int, seq: int, steps: int, peak: float | None) -> dict[str, Any]:
     from mhaexp.nn.model import ModelConfig, Transformer
-    from mhaexp.tools.bench import NanoGPT, matmul_flops_per_token, train_step_fn
+    from mhaexp.tools.bench.reference import NanoGPT, matmul_flops_per_token, train_step_fn
 
     dev = torch.device("cuda")
     cfg = ModelConfig(**cfg_kw)
@@ -365,12 +354,7 @@ def _throughput_case(cfg_kw: dict[str, Any], batch: int, seq: int, steps: int, p
         warm = max(3, steps // 4)
         for _ in range(warm):
             step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps - warm):
-            step()
-        torch.cuda.synchronize()
-        dt = (time.perf_counter() - t0) / (steps - warm)
+        dt = block_seconds(step, steps - warm, dev)
         fpt = matmul_flops_per_token(model, cfg.n_layers, seq, cfg.n_heads * cfg.head_dim)
         tok_s = batch * seq / dt
         res[name] = {
@@ -390,20 +374,15 @@ def check_throughput() -> dict[str, Any]:
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(0)
     peak = datasheet_peak(name)
-    # The measured ceiling: a large bf16 matmul on random data (zeros run faster and flatter the card).
-    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    c = torch.empty_like(a)
-    measured = 2 * 8192**3 / cuda_time(lambda: torch.mm(a, b, out=c), 10)
+    measured = measured_peak(GPU.peak_n, dev, GPU.dtype)  # the ceiling this card reaches
     out: dict[str, Any] = {
         "device": name,
         "datasheet_bf16_tflops": peak and peak / 1e12,
         "measured_bf16_matmul_tflops": measured / 1e12,
     }
-    small = {"vocab_size": 150, "n_layers": 3, "d_model": 128, "n_heads": 8, "d_ff": 512, "max_seq_len": 64}
-    gpt2 = {"vocab_size": 50304, "n_layers": 12, "d_model": 768, "n_heads": 12, "max_seq_len": 1024}
-    out["model_small"] = _throughput_case(small, 64, 32, 20, peak)
-    out["gpt2_small_shape"] = _throughput_case(gpt2, 8, 1024, 20, peak)
+    small = {"vocab_size": train_section.VOCAB, **train_section.SMALL_SHAPE}
+    out["model_small"] = _throughput_case(small, train_section.BATCH, train_section.SEQ, 20, peak)
+    out["gpt2_small_shape"] = _throughput_case(GPT2_SMALL, GPU.batch, GPU.seq, 20, peak)
     for case in ("model_small", "gpt2_small_shape"):
         for m in ("ours", "nanoGPT"):
             out[case][m]["mfu_measured"] = out[case][m]["achieved_tflops"] * 1e12 / measured
@@ -414,9 +393,10 @@ def check_throughput() -> dict[str, Any]:
 def layer_timing(mode: Mode) -> dict[str, Any]:
     """Our layer's forward + backward against nanoGPT's, same weights, at each of ``mode.layer_shapes``."""
     from mhaexp.nn.attention import MultiHeadAttention
-    from mhaexp.tools.bench import NanoCausalSelfAttention, copy_into_nano_attention
+    from mhaexp.tools.bench.reference import NanoCausalSelfAttention, copy_into_nano_attention
 
     dev, dt = mode.device, mode.dtype
+    iters = 3 if mode.tiny else 20
     timing = {}
     for B, T, d, nh in mode.layer_shapes:
         torch.manual_seed(0)
@@ -434,12 +414,9 @@ def layer_timing(mode: Mode) -> dict[str, Any]:
         def step_nano(nano: torch.nn.Module = nano, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
             nano(x).backward(g)
 
-        t_ours, t_nano = [], []
-        iters = 3 if mode.tiny else 20
-        for r in range(5):  # interleaved repeats, alternating who goes first: the ratio cancels drift
-            pair = [(t_ours, step_ours), (t_nano, step_nano)]
-            for times, fn in pair if r % 2 == 0 else pair[::-1]:
-                times.append(cuda_time(fn, iters))
+        steps = {"ours": step_ours, "nanoGPT": step_nano}
+        t = interleave(list(steps), 5, lambda name, steps=steps: median_call_seconds(steps[name], iters))
+        t_ours, t_nano = t["ours"], t["nanoGPT"]
         ratios = sorted(a / b for a, b in zip(t_ours, t_nano, strict=True))
         timing[f"B{B} T{T} d{d} h{nh}"] = {
             "ours_ms": sorted(t_ours)[2] * 1e3,
@@ -456,15 +433,6 @@ def check_layer_timing(mode: Mode) -> dict[str, Any]:
     return {"fwd_bwd": timing, "ok": all(math.isfinite(t["ours/nanoGPT"]["median"]) for t in timing.values())}
 
 
-def measured_peak(mode: Mode) -> float:
-    """FLOP/s of a large square matmul on random data in ``mode.dtype`` (zeros would flatter the card)."""
-    n, dev = mode.peak_n, mode.device
-    a = torch.randn(n, n, device=dev, dtype=mode.dtype)
-    b = torch.randn(n, n, device=dev, dtype=mode.dtype)
-    c = torch.empty_like(a)
-    return 2 * n**3 / cuda_time(lambda: torch.mm(a, b, out=c), 10)
-
-
 def check_compile(mode: Mode) -> dict[str, Any]:
     """``trainer.compile``: LMModule's training forward (``forward_fn``, exactly what the flag compiles)
     eager and compiled, each in a full step (cross-entropy, backward, fused AdamW on CUDA, bf16 autocast),
@@ -472,14 +440,14 @@ def check_compile(mode: Mode) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from mhaexp.nn.model import ModelConfig
-    from mhaexp.tools.bench import matmul_flops_per_token
+    from mhaexp.tools.bench.reference import matmul_flops_per_token
     from mhaexp.training.module import LMModule
 
     dev, B, T = mode.device, mode.batch, mode.seq
     cfg = ModelConfig(**mode.gpt2)
     ids = torch.randint(cfg.vocab_size, (B, T + 1), device=dev, generator=torch.Generator(dev).manual_seed(0))
     inputs, targets = ids[:, :-1], ids[:, 1:]
-    peak = measured_peak(mode)
+    peak = measured_peak(mode.peak_n, mode.device, mode.dtype)
     steps: dict[str, Callable[[], None]] = {}
     res: dict[str, Any] = {
         "shape": {**mode.gpt2, "batch": B, "seq_len": T},
@@ -505,13 +473,11 @@ def check_compile(mode: Mode) -> dict[str, Any]:
         t0 = time.perf_counter()
         for _ in range(3):  # the first calls compile (forward, backward, then a steady shape)
             step()
-        _sync(dev)
+        sync(dev)
         res[f"{name}_first_3_steps_s"] = time.perf_counter() - t0
         steps[name] = step
-    times: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for r in range(mode.compile_repeats):
-        for name in ("eager", "compiled") if r % 2 == 0 else ("compiled", "eager"):
-            times[name].append(cuda_time(steps[name], mode.compile_steps, warmup=1))
+    n = mode.compile_steps
+    times = interleave(["eager", "compiled"], mode.compile_repeats, lambda name: median_call_seconds(steps[name], n, 1))
     for name, ts in times.items():
         tok_s = sorted(B * T / t for t in ts)
         med = tok_s[len(tok_s) // 2]
@@ -533,60 +499,22 @@ def check_compile(mode: Mode) -> dict[str, Any]:
     return res
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _train_cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "mhaexp-train"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mhaexp.cli.train"]
-
-
-def _cli_env(root: Path) -> dict[str, str]:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "MHAEXP_CACHE": str(root / "cache")}
-    src = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    return env
-
-
 def check_sweep(mode: Mode, limit: float) -> dict[str, Any]:
     """The same sweep (4 jobs; 2 in --tiny) through the real ``mhaexp-train -m``: Hydra's basic launcher
     (one job after another) and ``hydra/launcher=parallel`` with one slot per job (side by side on the one
     device). The data cache is built first, so neither pays for it. Jobs per hour = jobs * 3600 / wall s."""
-    t_start = time.perf_counter()
-    common = [*mode.sweep_overrides, f"trainer.max_steps={mode.sweep_steps}", "trainer.enable_progress_bar=false"]
-    sweep = [f"model.n_heads={mode.sweep_heads}"]
-    out: dict[str, Any] = {"overrides": common + sweep, "jobs": len(mode.sweep_heads.split(","))}
+    deadline = time.perf_counter() + limit
+    common = common_overrides(mode.sweep_steps, mode.sweep_overrides)
+    n = len(mode.sweep_heads.split(","))
+    out: dict[str, Any] = {"overrides": [*common, f"model.n_heads={mode.sweep_heads}"], "jobs": n}
     with tempfile.TemporaryDirectory(prefix="mhaexp-gpu-sweep-") as tmp:
         root = Path(tmp)
-        env = _cli_env(root)
-
-        def run(args: list[str], name: str) -> float:
-            left = limit - (time.perf_counter() - t_start)
-            if left < 5:
-                raise SectionTimeoutError(f"no time left for the {name} sweep")
-            t0 = time.perf_counter()
-            p = subprocess.run(_train_cmd() + args, cwd=root, env=env, capture_output=True, text=True, timeout=left)
-            if p.returncode != 0:
-                raise RuntimeError(f"{name} sweep exited {p.returncode}: {(p.stdout + p.stderr).strip()[-1500:]}")
-            return time.perf_counter() - t0
-
-        out["warm_s"] = run([*common, "trainer.max_steps=1", f"hydra.run.dir={root / 'warm'}"], "warm-up")
-        n = out["jobs"]
-        out["sequential_s"] = run(["-m", *sweep, *common, f"hydra.sweep.dir={root / 'seq'}"], "sequential")
-        out["parallel_s"] = run(
-            [
-                "-m",
-                "hydra/launcher=parallel",
-                f"hydra.launcher.n_jobs={n}",
-                *sweep,
-                *common,
-                f"hydra.sweep.dir={root / 'par'}",
-            ],
-            "parallel",
+        env = cli_env(root)
+        out["warm_s"] = warm_up(root, env, common, deadline)
+        out["sequential_s"], out["parallel_s"] = sequential_and_parallel(
+            root, env, common, mode.sweep_heads, n, deadline=deadline
         )
-        out["finished_jobs"] = {k: len(list((root / k).glob("*/summary.json"))) for k in ("seq", "par")}
+        out["finished_jobs"] = {k: finished_jobs(root / k) for k in ("seq", "par")}
     out["sequential_jobs_per_hour"] = n * 3600 / out["sequential_s"]
     out["parallel_jobs_per_hour"] = n * 3600 / out["parallel_s"]
     out["parallel/sequential"] = out["sequential_s"] / out["parallel_s"]
@@ -726,9 +654,7 @@ def check_ddp(limit: float) -> dict[str, Any]:
 
 
 def check_cli(limit: float) -> dict[str, Any]:
-    exe = Path(sys.executable).parent / "mhaexp-train"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mhaexp.cli.train"]
-    cmd += [
+    cmd = train_command() + [
         "trainer=ddp",
         "trainer.devices=-1",
         "trainer.max_steps=30",
@@ -737,9 +663,7 @@ def check_cli(limit: float) -> dict[str, Any]:
         "data.n_train=2000",
     ]
     with tempfile.TemporaryDirectory() as tmp:  # Hydra's run directories go here, not into the checkout
-        env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "disabled"}
-        src = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        env = cli_env(Path(tmp), WANDB_MODE="disabled")
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=limit)
@@ -866,7 +790,7 @@ def report(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m mhaexp.tools.gpu_check", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m mhaexp.tools.bench.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="JSON results (default $OUT/gpu_check.json or ./)")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out, e.g. cli")
     p.add_argument(
@@ -952,8 +876,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main: spawned DDP workers unpickle mhaexp.tools.gpu_check._ddp_worker,
+    # Run the importable module's main: spawned DDP workers unpickle mhaexp.tools.bench.gpu_check._ddp_worker,
     # which must not be a __main__ attribute.
-    from mhaexp.tools.gpu_check import main as _main
+    from mhaexp.tools.bench.gpu_check import main as _main
 
     sys.exit(_main())
