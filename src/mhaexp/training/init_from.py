@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from mhaexp.checkpoint import read_checkpoint
-from mhaexp.heads.importance import evaluate
+from mhaexp.heads.evaluation import evaluate
 from mhaexp.nn.config import ModelConfig
 from mhaexp.nn.io import checkpoint_config, model_state, state_shapes
 from mhaexp.nn.model import Transformer
