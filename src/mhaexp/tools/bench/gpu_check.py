@@ -30,6 +30,12 @@ Exit code: 0 when every required section passed, 1 otherwise (and at once, with
 at toy sizes, in about two minutes: it proves the script and its JSON end to end on a
 machine without a GPU. Its figures mean nothing for a GPU. Results also go to ``--out`` as JSON
 (default ``$OUT/gpu_check.json`` when ``OUT`` is set, else ``gpu_check.json``).
+
+It is the benchmark's profile for a lent GPU: a :class:`Mode` (``GPU`` or ``TINY``) sets the sizes, and
+the timing, the matmul peak, the references and the sweep are the bench's own
+(:mod:`~mhaexp.tools.bench.harness`, :mod:`~mhaexp.tools.bench.reference`,
+:mod:`~mhaexp.tools.bench.sweep`). What is its own: the pass/fail checks, each section's time limit, and
+issue 14's target table.
 """
 
 from __future__ import annotations
@@ -476,8 +482,8 @@ def check_compile(mode: Mode) -> dict[str, Any]:
         sync(dev)
         res[f"{name}_first_3_steps_s"] = time.perf_counter() - t0
         steps[name] = step
-    n = mode.compile_steps
-    times = interleave(["eager", "compiled"], mode.compile_repeats, lambda name: median_call_seconds(steps[name], n, 1))
+    calls = mode.compile_steps  # timed steps per repeat, after one warm-up step
+    times = interleave(["eager", "compiled"], mode.compile_repeats, lambda k: median_call_seconds(steps[k], calls, 1))
     for name, ts in times.items():
         tok_s = sorted(B * T / t for t in ts)
         med = tok_s[len(tok_s) // 2]
