@@ -31,11 +31,12 @@ at toy sizes, in about two minutes: it proves the script and its JSON end to end
 machine without a GPU. Its figures mean nothing for a GPU. Results also go to ``--out`` as JSON
 (default ``$OUT/gpu_check.json`` when ``OUT`` is set, else ``gpu_check.json``).
 
-It is the benchmark's profile for a lent GPU: a :class:`Mode` (``GPU`` or ``TINY``) sets the sizes, and
-the timing, the matmul peak, the references and the sweep are the bench's own
-(:mod:`~mhaexp.tools.bench.harness`, :mod:`~mhaexp.tools.bench.reference`,
-:mod:`~mhaexp.tools.bench.sweep`). What is its own: the pass/fail checks, each section's time limit, and
-issue 14's target table.
+It is the benchmark's profile for a lent GPU: a :class:`~mhaexp.tools.bench.gpu_profile.Mode` (``GPU``
+or ``TINY``, :mod:`~mhaexp.tools.bench.gpu_profile`) sets the sizes, and the timing, the matmul peak, the
+references and the sweep are the bench's own (:mod:`~mhaexp.tools.bench.harness`,
+:mod:`~mhaexp.tools.bench.reference`, :mod:`~mhaexp.tools.bench.sweep`). What is its own: the pass/fail
+checks and each section's time limit (here), the summary and issue 14's target table
+(:mod:`~mhaexp.tools.bench.gpu_report`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ import torch
 
 from mhaexp.errors import ArgumentParser
 from mhaexp.tools.bench import train as train_section
+from mhaexp.tools.bench.gpu_profile import DEADLINE_S, GPU, TINY, TINY_DEADLINE_S, Mode, datasheet_peak
+from mhaexp.tools.bench.gpu_report import report, short, target_table, targets
 from mhaexp.tools.bench.harness import (
     SectionTimeoutError,
     block_seconds,
@@ -69,9 +71,8 @@ from mhaexp.tools.bench.harness import (
     median_call_seconds,
     sync,
 )
-from mhaexp.tools.bench.reference import DEFAULT_LAYER, GPT2_LAYER, GPT2_SMALL
+from mhaexp.tools.bench.reference import GPT2_LAYER, GPT2_SMALL
 from mhaexp.tools.bench.sweep import (
-    HEADS,
     cli_env,
     common_overrides,
     finished_jobs,
@@ -79,92 +80,6 @@ from mhaexp.tools.bench.sweep import (
     train_command,
     warm_up,
 )
-
-DEADLINE_S = 540.0  # the whole check; sections that would start past it are skipped (--tiny: TINY_DEADLINE_S)
-TINY_DEADLINE_S = 840.0
-# Dense bf16 tensor-core peaks from NVIDIA's datasheets (no sparsity), by a substring of the device name.
-DATASHEET_BF16_TFLOPS = [
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),
-    ("H200", 989.4),
-    ("GH200", 989.4),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("A10G", 70.0),
-]
-
-
-@dataclass(frozen=True)
-class Mode:
-    """Sizes and device of a run: the GPU check, or ``--tiny`` (the same code on the CPU, toy sizes)."""
-
-    tiny: bool
-    # (B, T, d_model, n_heads): the default model's layer, and GPT-2 small's at T=1024.
-    layer_shapes: tuple[tuple[int, int, int, int], ...]
-    gpt2: dict[str, int]  # the model of the compile/MFU section
-    batch: int
-    seq: int
-    compile_repeats: int
-    compile_steps: int  # timed steps per repeat
-    peak_n: int  # square matmul for the measured peak
-    sweep_steps: int
-    sweep_heads: str  # the sweep's jobs: model.n_heads values, one job each
-    sweep_overrides: tuple[str, ...] = field(default=())
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu" if self.tiny else "cuda")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32 if self.tiny else torch.bfloat16
-
-    @property
-    def autocast(self) -> torch.dtype | None:
-        return None if self.tiny else torch.bfloat16
-
-
-GPU = Mode(
-    tiny=False,
-    layer_shapes=(DEFAULT_LAYER, GPT2_LAYER),
-    gpt2=GPT2_SMALL,
-    batch=8,
-    seq=1024,
-    compile_repeats=5,
-    compile_steps=10,
-    peak_n=8192,
-    sweep_steps=300,
-    sweep_heads=HEADS,
-    sweep_overrides=("trainer=gpu",),
-)
-TINY = Mode(
-    tiny=True,
-    layer_shapes=((8, 16, 32, 4), (2, 64, 64, 4)),
-    gpt2={"vocab_size": 64, "n_layers": 1, "d_model": 32, "n_heads": 4, "max_seq_len": 32},
-    batch=4,
-    seq=32,
-    compile_repeats=3,
-    compile_steps=3,
-    peak_n=256,
-    sweep_steps=3,
-    sweep_heads="1,2",  # 2 jobs: the same code path, half the wait on a 2-core machine
-    sweep_overrides=(
-        "trainer=cpu",
-        "model=tiny",
-        "data.n_train=256",
-        "data.n_val=32",
-        "analysis.probe_sequences=8",
-        "analysis=off",
-        "logger=csv",
-        "trainer.val_check_interval=3",
-    ),
-)
-# Issue 14's targets: (name, the figure in the JSON it reads, comparison, bound).
-LAYER_TARGET = 1.0  # ours/nanoGPT layer forward + backward, at most
-COMPILE_TARGET = 1.5  # compiled/eager training tokens/s, at least
-MFU_TARGET = 0.40  # of the measured matmul peak, at least
-SWEEP_TARGET = 3.0  # 4 jobs sharing one GPU / sequential, jobs per hour, at least
 
 
 @contextmanager
@@ -181,14 +96,6 @@ def time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-def datasheet_peak(name: str) -> float | None:
-    """Dense bf16 FLOP/s of a device by its name, or None when we do not know it."""
-    for key, tflops in DATASHEET_BF16_TFLOPS:
-        if key in name:
-            return tflops * 1e12
-    return None
 
 
 # ---- sections -----------------------------------------------------------------------------------
@@ -528,63 +435,6 @@ def check_sweep(mode: Mode, limit: float) -> dict[str, Any]:
     return out
 
 
-def targets(results: dict[str, Any], mode: Mode) -> list[dict[str, Any]]:
-    """Issue 14's targets against what this run measured: one row each (value None when not measured)."""
-    rows: list[dict[str, Any]] = []
-
-    def row(name: str, value: Any, op: str, bound: float, unit: str = "x") -> None:
-        ok = None if value is None else (value <= bound if op == "<=" else value >= bound)
-        rows.append({"target": name, "value": value, "unit": unit, "bound": f"{op} {bound:g}", "ok": ok})
-
-    layer = _g(results, "layer", "fwd_bwd_bf16") or _g(results, "layer_timing", "fwd_bwd") or {}
-    for B, T, d, nh in mode.layer_shapes:
-        row(
-            f"layer fwd+bwd ours/nanoGPT B{B} T{T} d{d}",
-            _g(layer, f"B{B} T{T} d{d} h{nh}", "ours/nanoGPT", "median"),
-            "<=",
-            LAYER_TARGET,
-        )
-    comp = results.get("compile", {})
-    row(
-        "trainer.compile tokens/s compiled/eager",
-        _g(comp, "compiled/eager tokens_per_s", "median"),
-        ">=",
-        COMPILE_TARGET,
-    )
-    peak = "fp32" if mode.tiny else "bf16"
-    row(
-        f"MFU compiled, of measured {peak} matmul peak",
-        _g(comp, "compiled", "mfu_measured"),
-        ">=",
-        MFU_TARGET,
-        "of peak",
-    )
-    jobs = len(mode.sweep_heads.split(","))
-    row(
-        f"sweep {jobs} jobs parallel/sequential jobs per hour",
-        _g(results, "sweep", "parallel/sequential"),
-        ">=",
-        SWEEP_TARGET,
-    )
-    return rows
-
-
-def target_table(rows: list[dict[str, Any]]) -> list[str]:
-    head = ("target", "measured", "unit", "bound", "")
-    body = [
-        (
-            r["target"],
-            "not measured" if r["value"] is None else f"{r['value']:.3f}",
-            r["unit"],
-            r["bound"],
-            {True: "ok", False: "MISSED", None: "-"}[r["ok"]],
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
-    return ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -691,108 +541,6 @@ def check_cli(limit: float) -> dict[str, Any]:
 
 def default_out() -> Path:
     return Path(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else Path("gpu_check.json")
-
-
-def short(value: Any) -> str:
-    """One line of a section's result for the summary."""
-    text = json.dumps(value, default=str)
-    return text if len(text) < 400 else text[:400] + " ..."
-
-
-def _g(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def report(results: dict[str, Any]) -> list[str]:
-    """The figures a report needs, one line each (the JSON holds everything)."""
-    lines: list[str] = []
-    env = results.get("env", {})
-    if "torch" in env:
-        names = ", ".join(d["name"] for d in env["devices"])
-        lines.append(
-            f"env: torch {env['torch']} CUDA {env['cuda']} cuDNN {env['cudnn']} NCCL {env['nccl']}; "
-            f"{env['device_count']} x [{names}]; bf16 {env['bf16_supported']}"
-        )
-    for label in ("MHA", "GQA"):
-        lay = _g(results, "layer", label)
-        if lay:
-            fp = lay["fp32_fast_vs_explicit"]
-            bf = " ".join(f"{k} {v:.1e}" for k, v in lay["bf16_fast_vs_fp32_explicit_rel"].items())
-            lines.append(
-                f"layer {label}: fp32 fast-vs-explicit max|diff| y {fp['y']['max_abs']:.2e} "
-                f"dx {fp['dx']['max_abs']:.2e} dWq {fp['dWq']['max_abs']:.2e}; bf16-vs-fp32 rel {bf}"
-            )
-    timing = _g(results, "layer", "fwd_bwd_bf16") or _g(results, "layer_timing", "fwd_bwd") or {}
-    for shape, t in timing.items():
-        r = t["ours/nanoGPT"]
-        lines.append(
-            f"layer fwd+bwd {shape}: ours {t['ours_ms']:.3f} ms, nanoGPT {t['nanoGPT_ms']:.3f} ms, "
-            f"ours/nanoGPT {r['min']:.3f}-{r['median']:.3f}-{r['max']:.3f}"
-        )
-    for label in ("MHA", "GQA"):
-        sd = _g(results, "sdpa", label)
-        if sd:
-            parts = [f"default={sd['default']['backend']}"]
-            for b in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
-                r = sd.get(b, {})
-                parts.append(
-                    f"{b}=" + (f"runs {r['ms_fwd_bwd']:.2f}ms" if r.get("runs") else f"refused ({r.get('error')})")
-                )
-            lines.append(f"sdpa {label}: " + "; ".join(parts))
-    th = results.get("throughput", {})
-    if "measured_bf16_matmul_tflops" in th:
-        lines.append(
-            f"peak bf16: datasheet {th['datasheet_bf16_tflops']} TFLOP/s, measured matmul "
-            f"{th['measured_bf16_matmul_tflops']:.0f} TFLOP/s"
-        )
-        for case in ("model_small", "gpt2_small_shape"):
-            c = th.get(case)
-            if not c:
-                continue
-            for m in ("ours", "nanoGPT"):
-                r = c[m]
-                mfu_d = f"{r['mfu_datasheet']:.1%}" if r["mfu_datasheet"] is not None else "n/a"
-                lines.append(
-                    f"train {case} {m}: {r['tokens_per_s']:,.0f} tok/s, {r['step_ms']:.2f} ms/step, "
-                    f"{r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu_d} of datasheet, {r['mfu_measured']:.1%} of measured"
-                )
-            lines.append(f"train {case} ours/nanoGPT tokens/s: {c['ours/nanoGPT tokens_per_s']:.3f}")
-    comp = results.get("compile", {})
-    if "compiled" in comp:
-        for m in ("eager", "compiled"):
-            r = comp[m]
-            lines.append(
-                f"compile {m}: {r['tokens_per_s']:,.0f} tok/s, {r['step_ms']:.2f} ms/step, "
-                f"{r['achieved_tflops']:.2f} TFLOP/s, MFU {r['mfu_measured']:.1%} of measured peak"
-            )
-        be = comp["break_even_steps"]
-        lines.append(
-            f"compile: compiled/eager tokens/s {comp['compiled/eager tokens_per_s']['median']:.3f}, "
-            f"compile time {comp['compile_s']:.1f}s, pays off after " + ("never" if be is None else f"{be:,.0f} steps")
-        )
-    sw = results.get("sweep", {})
-    if "parallel_s" in sw:
-        lines.append(
-            f"sweep {sw['jobs']} jobs: sequential {sw['sequential_s']:.0f}s ({sw['sequential_jobs_per_hour']:.0f}/h), "
-            f"parallel {sw['parallel_s']:.0f}s ({sw['parallel_jobs_per_hour']:.0f}/h), "
-            f"ratio {sw['parallel/sequential']:.2f}, finished {sw['finished_jobs']}"
-        )
-    ddp = results.get("ddp", {})
-    if "ranks" in ddp:
-        reduced = ", ".join(f"r{r['rank']}={r.get('all_reduce')}/{r.get('all_reduce_expected')}" for r in ddp["ranks"])
-        norms = [round(g, 6) for g in ddp["ranks"][0].get("grad_norms", [])] if ddp["ranks"] else []
-        lines.append(f"ddp: world {ddp['world_size']}, {ddp['seconds']:.1f}s, all_reduce {reduced}, grad norms {norms}")
-    cli = results.get("cli", {})
-    if "exit_code" in cli:
-        lines.append(f"cli: exit {cli['exit_code']} after {cli['seconds']:.0f}s: {' | '.join(cli['tail'][-3:])}")
-    for name, res in results.items():
-        if isinstance(res, dict) and "error" in res:
-            lines.append(f"{name} error: {res['error']}")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
