@@ -69,7 +69,6 @@ from mhaexp.tools.bench.harness import (
     interleave,
     measured_peak,
     median_call_seconds,
-    sync,
 )
 from mhaexp.tools.bench.reference import GPT2_LAYER, GPT2_SMALL
 from mhaexp.tools.bench.sweep import (
@@ -383,11 +382,8 @@ def check_compile(mode: Mode) -> dict[str, Any]:
             loss.backward()
             opt.step()
 
-        t0 = time.perf_counter()
-        for _ in range(3):  # the first calls compile (forward, backward, then a steady shape)
-            step()
-        sync(dev)
-        res[f"{name}_first_3_steps_s"] = time.perf_counter() - t0
+        # The first calls compile (forward, backward, then a steady shape): their wall time, all three.
+        res[f"{name}_first_3_steps_s"] = 3 * block_seconds(step, 3, dev)
         steps[name] = step
     calls = mode.compile_steps  # timed steps per repeat, after one warm-up step
     times = interleave(["eager", "compiled"], mode.compile_repeats, lambda k: median_call_seconds(steps[k], calls, 1))
