@@ -42,7 +42,7 @@ bench: install
 	$(PY) -m mhaexp.tools.bench $(ARGS)
 
 gpu-check: install
-	$(PY) -m mhaexp.tools.gpu_check $(ARGS)
+	$(PY) -m mhaexp.tools.bench.gpu_check $(ARGS)
 
 clean:
 	rm -rf runs multirun outputs wandb studies .pytest_cache .ruff_cache bench_out soak_out

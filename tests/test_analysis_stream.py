@@ -123,7 +123,7 @@ def test_gradient_importance_in_micro_batches_is_the_whole_batch_gradient(setup:
 
 
 def test_bench_memory_rows_measure_one_step_in_a_fresh_process() -> None:
-    from mhaexp.tools.bench_analysis import memory_rows
+    from mhaexp.tools.bench.analysis import memory_rows
 
     rows = memory_rows(2, seq_lens=(64,))
     assert [r.metric for r in rows] == ["peak memory", "time per analysis step"]
@@ -135,7 +135,8 @@ def test_bench_memory_rows_measure_one_step_in_a_fresh_process() -> None:
 
 
 def test_row_groups_cut_the_padding_and_give_the_whole_batch_numbers(setup: dict) -> None:
-    from mhaexp.heads.importance import ablation_importance, gradient_importance, group_extent, row_groups
+    from mhaexp.heads.evaluation import group_extent, row_groups
+    from mhaexp.heads.importance import ablation_importance, gradient_importance
 
     model = setup["models"]["sharp"]
     batch = setup["probe"].batches[0]

@@ -82,7 +82,7 @@ def test_bench_register_adds_a_section() -> None:
 
 
 def test_flops_per_token_formula() -> None:
-    from mhaexp.tools.bench import NanoGPT, matmul_flops_per_token
+    from mhaexp.tools.bench.reference import NanoGPT, matmul_flops_per_token
 
     model = NanoGPT(vocab_size=100, block_size=16, n_layer=2, n_embd=32, n_head=4)
     weights = 2 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32) + 100 * 32  # per block: c_attn, c_proj, c_fc, c_proj
@@ -91,7 +91,7 @@ def test_flops_per_token_formula() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_gpu_check_without_cuda_exits_1_quickly(tmp_path: Path) -> None:
-    p = run_module("mhaexp.tools.gpu_check", "--out", str(tmp_path / "g.json"), timeout=60)
+    p = run_module("mhaexp.tools.bench.gpu_check", "--out", str(tmp_path / "g.json"), timeout=60)
     assert p.returncode == 1
     assert "no CUDA device" in p.stdout + p.stderr
     assert not (tmp_path / "g.json").exists()
@@ -106,7 +106,7 @@ def test_gpu_check_tiny_runs_every_performance_section_on_cpu(tmp_path: Path) ->
     """``gpu_check --tiny``: the GPU check's layer timing, compile, MFU and sweep code end to end on the CPU,
     the target table printed, strict JSON written (no NaN/Infinity)."""
     out = tmp_path / "g.json"
-    p = run_module("mhaexp.tools.gpu_check", "--tiny", "--out", str(out), timeout=1000)
+    p = run_module("mhaexp.tools.bench.gpu_check", "--tiny", "--out", str(out), timeout=1000)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     doc = json.loads(out.read_text(), parse_constant=_no_constants)
     assert doc["mode"] == "tiny" and doc["ok"] is True
@@ -126,7 +126,7 @@ def test_gpu_check_tiny_runs_every_performance_section_on_cpu(tmp_path: Path) ->
 def test_sweep_ceiling_times_a_step_of_each_jobs_own_model(tmp_path: Path, cli, tiny) -> None:
     """The sweep section's ceiling rebuilds each sequential job's model from its checkpoint, at that job's
     batch shape, and times it at a given thread count, alone and side by side."""
-    from mhaexp.tools.bench_sweep import ceiling
+    from mhaexp.tools.bench.sweep import ceiling
 
     jobs = []
     for heads in (1, 4):
@@ -142,7 +142,7 @@ def test_sweep_ceiling_times_a_step_of_each_jobs_own_model(tmp_path: Path, cli, 
         )
         assert p.returncode == 0, p.stderr[-2000:]
         jobs.append(run)
-    p = run_module("mhaexp.tools.bench_sweep", "--threads", "1", "--steps", "1", *map(str, jobs), timeout=120)
+    p = run_module("mhaexp.tools.bench.sweep", "--threads", "1", "--steps", "1", *map(str, jobs), timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     step_s = json.loads(p.stdout.strip().splitlines()[-1])["step_s"]
     assert math.isfinite(step_s) and step_s > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mhaexp.tools import bench_tlens
+from mhaexp.tools.bench import tlens as bench_tlens
 
 pytest.importorskip("transformer_lens")
 

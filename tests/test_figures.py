@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from mhaexp.analysis import plots
+from mhaexp.analysis.canvas import DPI, Canvas
 from mhaexp.analysis.collect import HeadMetrics
 from mhaexp.analysis.roles import HeadRole
 from mhaexp.errors import ConfigError
@@ -121,7 +122,7 @@ def test_role_timeline_fills_the_family_colour_at_each_step_a_head_held_it(tmp_p
 def _label_figure(tmp_path: Path, name: str, stamped: bool, fmt: str = "png") -> Path:
     """One canvas with labels in every alignment and rotation the figures use, drawn through the stamp
     artist or as matplotlib's own texts."""
-    canvas = plots._Canvas(3.0, 2.0)
+    canvas = Canvas(3.0, 2.0)
     specs = [
         (0.5, 0.4, "<bos>", 7, {"ha": "right", "va": "center"}),
         (1.5, 0.4, "fluffy", 6, {"ha": "center", "va": "top", "rotation": 90}),
@@ -200,14 +201,14 @@ def test_mds_map_places_each_head_at_its_coordinates_in_its_role_colour(tmp_path
     path = plots.mds_map(hm, roles, tmp_path / "mds.png")
     assert path is not None
     img = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    assert img.shape[:2] == (round(plots.MDS_SIZE[1] * plots.DPI), round(plots.MDS_SIZE[0] * plots.DPI))
+    assert img.shape[:2] == (round(plots.MDS_SIZE[1] * DPI), round(plots.MDS_SIZE[0] * DPI))
     x, y, w, h = plots.MDS_PANEL
     span = 2.0 * (1 + 2 * plots.MDS_PAD)  # both coordinates run from -1 to 1, padded on each side
 
     def at(mx: float, my: float) -> np.ndarray:
         inch_x = x + (mx + 1 + 2 * plots.MDS_PAD) / span * w
         inch_y = y + h - (my + 1 + 2 * plots.MDS_PAD) / span * h  # MDS 2 grows upwards
-        return img[int(inch_y * plots.DPI), int(inch_x * plots.DPI)]
+        return img[int(inch_y * DPI), int(inch_x * DPI)]
 
     def rgb(hex_colour: str) -> np.ndarray:
         return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
@@ -221,7 +222,7 @@ def test_mds_map_places_each_head_at_its_coordinates_in_its_role_colour(tmp_path
 def test_panels_are_blitted_cell_by_cell_in_png_and_embedded_as_images_in_svg(tmp_path: Path) -> None:
     from matplotlib import colormaps
 
-    canvas = plots._Canvas(3.0, 2.0)
+    canvas = Canvas(3.0, 2.0)
     values = np.array([[0.0, 0.5, 1.0], [0.25, np.nan, 0.75]])
     box = (0.5, 0.5, 1.5, 1.0)  # 3 columns of 0.5 in, 2 rows of 0.5 in
     canvas.image(values, box, cmap="viridis", vmin=0.0, vmax=1.0)
@@ -231,12 +232,12 @@ def test_panels_are_blitted_cell_by_cell_in_png_and_embedded_as_images_in_svg(tm
     cmap = colormaps["viridis"]
     for r in range(2):
         for c in range(3):
-            px = img[int((0.5 + 0.5 * r + 0.25) * plots.DPI), int((0.5 + 0.5 * c + 0.25) * plots.DPI)]
+            px = img[int((0.5 + 0.5 * r + 0.25) * DPI), int((0.5 + 0.5 * c + 0.25) * DPI)]
             want = (255, 255, 255) if math.isnan(values[r, c]) else cmap(values[r, c], bytes=True)[:3]
             assert np.abs(px - np.array(want)).max() <= 1, (r, c, px, want)
     # A cell edge falls on the pixel nearest its exact place: 0.5 in from the left edge at 90 DPI is pixel 45.
-    row = img[int(0.75 * plots.DPI)]
+    row = img[int(0.75 * DPI)]
     assert np.abs(row[46] - np.array(cmap(0.0, bytes=True)[:3])).max() <= 1
-    assert np.abs(row[int(1.0 * plots.DPI) + 1] - np.array(cmap(0.5, bytes=True)[:3])).max() <= 1
+    assert np.abs(row[int(1.0 * DPI) + 1] - np.array(cmap(0.5, bytes=True)[:3])).max() <= 1
     svg = (tmp_path / "panels.svg").read_text()
     assert svg.count("<image") == 2  # each panel embedded at its own resolution, not one raster of the page

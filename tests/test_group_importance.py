@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mhaexp.heads.importance import ablation_importance, evaluate, group_ablation, kv_groups
+from mhaexp.heads.evaluation import evaluate
+from mhaexp.heads.importance import ablation_importance, group_ablation, kv_groups
 from mhaexp.nn.config import ModelConfig
 from mhaexp.nn.model import Transformer
 

@@ -553,8 +553,8 @@ def test_l0_penalty_goes_through_extra_losses(tmp_path: Path) -> None:
 
 
 def test_bench_section_runs() -> None:
-    from mhaexp.tools import bench_pruning as pruning_bench
     from mhaexp.tools.bench import SECTIONS, Args
+    from mhaexp.tools.bench import pruning as pruning_bench
 
     assert SECTIONS["pruning"] is pruning_bench.bench_pruning
     assert pruning_bench.half_of_every_group(12, 3) == [(0, 0), (0, 1), (0, 4), (0, 5), (0, 8), (0, 9)]

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mhaexp.analysis.seed_table import SEED_ROWS, fill, format_table, read_roles
+from mhaexp.analysis.seed_roles import SEED_ROWS, fill, format_table, read_roles
 
 FIELDS = ("step", "layer", "head", "role", "family", "score", "margin")
 
@@ -54,7 +54,7 @@ def test_fill_picks_the_best_head_per_row_and_reports_gaps() -> None:
 def test_cli_merges_runs(tmp_path: Path) -> None:
     a, b = write_run(tmp_path / "causal", CAUSAL), write_run(tmp_path / "encoder", ENCODER)
     out = subprocess.run(
-        [sys.executable, "-m", "mhaexp.analysis.seed_table", str(a), str(b)], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "mhaexp.analysis.seed_roles", str(a), str(b)], capture_output=True, text=True, check=True
     ).stdout
     assert "5 of 5 rows reproduced" in out
     assert f"{b}: L0H3 positional:1 0.92 (+0.02)" in out and f"{a}: L1H2 syntactic:nsubj 1.00 (+0.60)" in out
@@ -62,7 +62,7 @@ def test_cli_merges_runs(tmp_path: Path) -> None:
 
 def test_cli_bad_run_dir_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "mhaexp.analysis.seed_table", str(tmp_path / "nope")], capture_output=True, text=True
+        [sys.executable, "-m", "mhaexp.analysis.seed_roles", str(tmp_path / "nope")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [

@@ -325,7 +325,7 @@ def test_init_errors(trained_ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_init_quality_callback_logs_before_and_after(trained_ckpt: Path, tmp_path: Path) -> None:
-    from mhaexp.heads.importance import evaluate
+    from mhaexp.heads.evaluation import evaluate
     from mhaexp.training.init_from import InitQualityCallback
 
     target = tiny(n_heads=8, n_kv_heads=1)  # MQA from the MHA checkpoint

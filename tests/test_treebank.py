@@ -193,7 +193,7 @@ def test_grammar_export_through_the_treebank_path_scores_as_the_grammar_path(tmp
     """Word-level tokenizer: one piece per word, so the treebank path is the grammar path's numbers."""
     from mhaexp.analysis.collect import compute_head_metrics, probe_from_datamodule
     from mhaexp.analysis.config import AnalysisConfig
-    from mhaexp.analysis.treebank import treebank_probe
+    from mhaexp.analysis.treebank_scores import treebank_probe
     from mhaexp.data import LMDataModule, generate_corpus, write_conllu
     from mhaexp.data.lexicon import VOCAB
     from mhaexp.nn.config import ModelConfig
@@ -294,7 +294,7 @@ def test_byte_text_model_tracks_and_scores_a_treebank(
 def _relation_rows(ckpt: Path, gold: Path) -> list:
     """The treebank path of ``mhaexp-analyze ckpt= conllu=`` without the role files: the table rows."""
     from mhaexp.analysis.config import AnalysisConfig
-    from mhaexp.analysis.treebank import relation_table, treebank_probe
+    from mhaexp.analysis.treebank_scores import relation_table, treebank_probe
     from mhaexp.cli.analyze import compose
     from mhaexp.config import instantiate_plain
     from mhaexp.training.module import load_module

@@ -264,7 +264,7 @@ def tier_probe(
     ``analysis.treebank``'s sentences up to ``treebank_max_sentences``) or of a cheap per-step one (the first
     ``step_probe_sequences`` of those sequences, and at most as many treebank sentences). A probe set
     holding fewer sequences than a full analysis asks for is read whole, with a warning."""
-    from mhaexp.analysis.treebank import probe_with_treebank
+    from mhaexp.analysis.treebank_scores import probe_with_treebank
 
     n = cfg.probe_sequences if full else min(cfg.step_probe_sequences, cfg.probe_sequences)
     probe = probe_from_datamodule(datamodule, n, objective)

@@ -42,16 +42,14 @@ from torch import Tensor
 from mhaexp.analysis import registry
 from mhaexp.analysis.registry import Metric, resolve
 from mhaexp.heads import patterns as M
+from mhaexp.heads.evaluation import eval_mode, group_extent, row_groups
 from mhaexp.heads.importance import (
     SentenceValues,
     ablation_values,
-    eval_mode,
     group_ablation,
-    group_extent,
     group_importance_values,
     importance_values,
     kv_groups,
-    row_groups,
 )
 from mhaexp.heads.longctx import massive_activations
 from mhaexp.heads.similarity import gqa_group_diversity, js_divergence_sums, mds_embedding
@@ -734,7 +732,7 @@ def js_within_across(js: Tensor, n_heads: Sequence[int]) -> dict[str, Tensor]:
 
 
 def _row_groups(probe: ProbeData) -> list[list[Tensor]]:
-    """:func:`~mhaexp.heads.importance.row_groups` of each probe batch: a function of the probe's masks,
+    """:func:`~mhaexp.heads.evaluation.row_groups` of each probe batch: a function of the probe's masks,
     computed once per probe."""
     if "row_groups" not in probe.cache:
         probe.cache["row_groups"] = [row_groups(b["attention_mask"]) for b in probe.batches]

@@ -124,7 +124,7 @@ def conllu_probe(path: str, module: Any, tokenizer: Any, batch_size: int, acfg: 
     """Probe batches from a CoNLL-U file as ``tokenizer`` (the model's) reads its sentences (all of them,
     or the first ``treebank_max_sentences``); the treebank."""
     from mhaexp.analysis.collect import objective_for
-    from mhaexp.analysis.treebank import treebank_probe
+    from mhaexp.analysis.treebank_scores import treebank_probe
     from mhaexp.data.treebank import load_treebank
 
     limit = acfg.treebank_max_sentences
@@ -228,7 +228,7 @@ def analyse(
     from mhaexp.analysis.export import all_role_counts
     from mhaexp.analysis.head_view import FILE_NAME as HEAD_VIEW
     from mhaexp.analysis.head_view import head_view_for
-    from mhaexp.analysis.treebank import (
+    from mhaexp.analysis.treebank_scores import (
         format_relation_table,
         probe_with_treebank,
         relation_table,

@@ -48,9 +48,7 @@ The criteria that need no model (``random``, ``role``) and the dispatch by name 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +57,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor
 
+from mhaexp.heads.evaluation import eval_mode, evaluate, group_extent
 from mhaexp.heads.patterns import entropy
 from mhaexp.nn.model import Transformer
 from mhaexp.nn.objectives import IGNORE, Batch, Objective, causal_lm_objective
@@ -70,50 +69,10 @@ IMPORTANCE_ESTIMATORS = ("per_token", "per_sentence")
 DEFAULT_IMPORTANCE_ESTIMATOR = "per_token"
 
 
-def layer_sizes(model: Transformer) -> list[int]:
-    """Query heads per layer."""
-    return [layer.n_heads for layer in model.attention_layers]
-
-
-@contextmanager
-def eval_mode(model: Transformer):
-    """Eval mode (no dropout, deterministic L0 gates) for the duration, then the previous mode."""
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
-
-
 # Called with (batch index, every layer's detached pattern of the batch's inputs, the batch's rows they are of)
 # by a forward that computes the explicit patterns anyway: the analysis shares the importance forward instead
 # of running its own. Patterns of a row group are cut to the group's extent (see ``groups``).
 PatternSink = Callable[[int, list[Tensor], Tensor], None]
-
-
-def _token_losses(model: Transformer, batch: Batch, index: int, objective: Objective) -> tuple[Tensor, Tensor, Tensor]:
-    """(per-token loss (B, T), correct (B, T) bool, scored (B, T) bool)."""
-    inputs, targets = objective(batch, index)
-    logits, _ = model(inputs, attention_mask=batch["attention_mask"])
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none")
-    scored = targets != IGNORE
-    return loss.view(targets.shape), logits.argmax(-1) == targets, scored
-
-
-@torch.no_grad()
-def evaluate(
-    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
-) -> tuple[float, float]:
-    """Token-weighted mean loss and accuracy over ``batches`` (every scored token weighs the same)."""
-    total = correct = count = 0.0
-    with eval_mode(model):
-        for i, batch in enumerate(batches):
-            loss, right, scored = _token_losses(model, batch, i, objective)
-            total += float(loss[scored].sum())
-            correct += float(right[scored].sum())
-            count += float(scored.sum())
-    return total / max(count, 1.0), correct / max(count, 1.0)
 
 
 def _token_gate_gradients(
@@ -134,8 +93,9 @@ def _token_gate_gradients(
     micro-batching can change them. A head gated to 0 gets 0 (its output, hence its gate's effect, is 0).
 
     ``max_tokens``: forwards of about that many tokens (memory). ``groups``: per batch, row groups (index
-    tensors) run as forwards cut to the extent of their real tokens (:func:`row_groups`); ``max_tokens`` is
-    then ignored. The weights' ``.grad`` is never touched.
+    tensors) run as forwards cut to the extent of their real tokens
+    (:func:`~mhaexp.heads.evaluation.row_groups`); ``max_tokens`` is then ignored. The weights' ``.grad`` is
+    never touched.
     """
     layers = model.attention_layers
     with eval_mode(model), torch.enable_grad():
@@ -170,38 +130,6 @@ def _token_gate_gradients(
                 # autograd.grad, not backward: the weights' .grad must stay as training left them.
                 grads = torch.autograd.grad(loss, gates)
                 yield [g.detach().double().cpu() for g in grads], real.bool().cpu()
-
-
-def row_groups(mask: Tensor, overhead_tokens: int = 192) -> list[Tensor]:
-    """The rows of a batch in groups of similar extent (last real token + 1), for forwards cut to each
-    group's extent: pads cost as much as tokens in every matmul, and a batch of sentences padded to its
-    longest is often half pads. Rows are independent (no real token sees a pad: causal or key-padding
-    masks), so what the groups compute adds up to what the whole batch computes. The grouping minimizes
-    sum(rows x extent) plus ``overhead_tokens`` per group (the fixed cost of one more forward); a function
-    of the mask alone."""
-    B, T = mask.shape
-    real = mask.bool()
-    extent = torch.where(real.any(1), T - real.flip(1).int().argmax(1), torch.zeros(B, dtype=torch.long))
-    order = torch.argsort(extent, stable=True)
-    ext = extent[order].tolist()
-    best, cut = [0.0] + [math.inf] * B, [0] * (B + 1)
-    for j in range(1, B + 1):
-        for i in range(j):
-            cost = best[i] + (j - i) * ext[j - 1] + overhead_tokens
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    out, j = [], B
-    while j > 0:
-        out.append(order[cut[j] : j])
-        j = cut[j]
-    return out[::-1]
-
-
-def group_extent(mask: Tensor, rows: Tensor) -> int:
-    """How far the real tokens of ``rows`` reach (at least 1): the width a group's forward is cut to."""
-    real = mask[rows].bool()
-    cols = real.any(0).nonzero()
-    return int(cols[-1]) + 1 if len(cols) else 1
 
 
 @dataclass(frozen=True)
@@ -299,9 +227,9 @@ def importance_values(
 
     ``estimator``: ``per_token`` (their code, the default) or ``per_sentence`` (their eq. 2 as written).
     ``max_tokens`` bounds the tokens of one forward + backward. ``groups`` (per batch, from
-    :func:`row_groups`): forwards cut to each row group's extent. ``on_patterns``: the forwards take the
-    explicit-attention path and hand their patterns to it; the gradient is the same function, computed
-    along the other attention path. None of these changes a value.
+    :func:`~mhaexp.heads.evaluation.row_groups`): forwards cut to each row group's extent. ``on_patterns``:
+    the forwards take the explicit-attention path and hand their patterns to it; the gradient is the same
+    function, computed along the other attention path. None of these changes a value.
     """
     _check_estimator(estimator)
     return _gather(_token_gate_gradients(model, batches, objective, max_tokens, on_patterns, groups), estimator)

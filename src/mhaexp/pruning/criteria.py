@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mhaexp.heads.importance import ablation_importance, entropy_scores, gradient_importance, layer_sizes
+from mhaexp.heads.evaluation import layer_sizes
+from mhaexp.heads.importance import ablation_importance, entropy_scores, gradient_importance
 from mhaexp.nn.model import Transformer
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 from mhaexp.pruning.schedules import CRITERIA

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mhaexp.heads.importance import evaluate, layer_sizes
+from mhaexp.heads.evaluation import evaluate, layer_sizes
 from mhaexp.nn.model import Transformer
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 from mhaexp.pruning.schedules import fraction_to_count, max_prunable

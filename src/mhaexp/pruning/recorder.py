@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 
 from mhaexp.checkpoint import atomic_save
 from mhaexp.errors import ConfigError
-from mhaexp.heads.importance import evaluate
+from mhaexp.heads.evaluation import evaluate
 from mhaexp.nn.model import ModelConfig
 from mhaexp.nn.objectives import Batch
 from mhaexp.pruning.config import PruningConfig

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from mhaexp.heads.importance import evaluate
+from mhaexp.heads.evaluation import evaluate
 from mhaexp.nn.model import Transformer
 from mhaexp.nn.objectives import Batch, Objective
 from mhaexp.pruning.criteria import Roles, head_scores

@@ -2,12 +2,12 @@
 
 The default causal LM and a bidirectional encoder are trained on the grammar, per seed; a row is
 reproduced in a seed when the best head across the two models holds one of the row's roles
-(:data:`mhaexp.analysis.seed_table.SEED_ROWS`, which clear the roles' bars over the baselines).
+(:data:`mhaexp.analysis.seed_roles.SEED_ROWS`, which clear the roles' bars over the baselines).
 """
 
 from __future__ import annotations
 
-from mhaexp.analysis.seed_table import SEED_ROWS, fill, read_roles
+from mhaexp.analysis.seed_roles import SEED_ROWS, fill, read_roles
 from mhaexp.studies.base import Study
 from mhaexp.studies.runner import StudyContext, run_config
 from mhaexp.studies.verdict import Claim, Measure, at_least, decided

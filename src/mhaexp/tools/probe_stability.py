@@ -78,7 +78,7 @@ def stability(model: Any, probe: Any, settings: Any, sizes: Sequence[int], pairs
 
     from mhaexp.analysis.collect import compute_head_metrics
     from mhaexp.analysis.export import tidy_rows
-    from mhaexp.analysis.treebank import arc_counts
+    from mhaexp.analysis.treebank_scores import arc_counts
 
     # The probe's batches come from one loader, padded to one width: one table of rows to slice.
     batch = {c: torch.cat([b[c] for b in probe.batches]) for c in probe.batches[0]}

@@ -20,7 +20,7 @@ import torch
 
 from mhaexp.checkpoint import read_checkpoint
 from mhaexp.errors import ConfigError
-from mhaexp.heads.importance import evaluate
+from mhaexp.heads.evaluation import evaluate
 from mhaexp.nn.config import ModelConfig
 from mhaexp.nn.io import checkpoint_config, data_vocab_bounds, model_state, saved_tokenizer, state_shapes
 from mhaexp.nn.model import Transformer

@@ -13,7 +13,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from mhaexp.analysis import index_page
 from mhaexp.analysis.callback import build_analysis_callback, build_roles_provider
 from mhaexp.analysis.registry import role_interval
-from mhaexp.analysis.seed_table import fill, format_table, read_roles
+from mhaexp.analysis.seed_roles import fill, format_table, read_roles
 from mhaexp.checkpoint import read_checkpoint
 from mhaexp.data.datamodule import LMDataModule
 from mhaexp.pruning.callback import build_pruning_callback

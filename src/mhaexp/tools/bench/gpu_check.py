@@ -1,4 +1,4 @@
-"""``python -m mhaexp.tools.gpu_check``: does mhaexp work, and work fast, on this machine's CUDA GPUs?
+"""``python -m mhaexp.tools.bench.gpu_check``: does mhaexp work, and work fast, on this machine's CUDA GPUs?
 
 Written for a GPU lent for a few minutes: every section is small, runs under
 its own time limit, and reports PASS or FAIL without stopping the others; the
@@ -30,6 +30,13 @@ Exit code: 0 when every required section passed, 1 otherwise (and at once, with
 at toy sizes, in about two minutes: it proves the script and its JSON end to end on a
 machine without a GPU. Its figures mean nothing for a GPU. Results also go to ``--out`` as JSON
 (default ``$OUT/gpu_check.json`` when ``OUT`` is set, else ``gpu_check.json``).
+
+It is the benchmark's profile for a lent GPU: a :class:`~mhaexp.tools.bench.gpu_profile.Mode` (``GPU``
+or ``TINY``, :mod:`~mhaexp.tools.bench.gpu_profile`) sets the sizes, and the timing, the matmul peak, the
+references and the sweep are the bench's own (:mod:`~mhaexp.tools.bench.harness`,
+:mod:`~mhaexp.tools.bench.reference`, :mod:`~mhaexp.tools.bench.sweep`). What is its own: the pass/fail
+checks and each section's time limit (here), the summary and issue 14's target table
+(:mod:`~mhaexp.tools.bench.gpu_report`).
 """
 
 from __future__ import annotations
@@ -47,103 +54,31 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mhaexp.errors import ArgumentParser
-
-DEADLINE_S = 540.0  # the whole check; sections that would start past it are skipped (--tiny: TINY_DEADLINE_S)
-TINY_DEADLINE_S = 840.0
-# Dense bf16 tensor-core peaks from NVIDIA's datasheets (no sparsity), by a substring of the device name.
-DATASHEET_BF16_TFLOPS = [
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),
-    ("H200", 989.4),
-    ("GH200", 989.4),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("A10G", 70.0),
-]
-
-
-@dataclass(frozen=True)
-class Mode:
-    """Sizes and device of a run: the GPU check, or ``--tiny`` (the same code on the CPU, toy sizes)."""
-
-    tiny: bool
-    # (B, T, d_model, n_heads): the default model's layer, and GPT-2 small's at T=1024.
-    layer_shapes: tuple[tuple[int, int, int, int], ...]
-    gpt2: dict[str, int]  # the model of the compile/MFU section
-    batch: int
-    seq: int
-    compile_repeats: int
-    compile_steps: int  # timed steps per repeat
-    peak_n: int  # square matmul for the measured peak
-    sweep_steps: int
-    sweep_heads: str  # the sweep's jobs: model.n_heads values, one job each
-    sweep_overrides: tuple[str, ...] = field(default=())
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu" if self.tiny else "cuda")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32 if self.tiny else torch.bfloat16
-
-    @property
-    def autocast(self) -> torch.dtype | None:
-        return None if self.tiny else torch.bfloat16
-
-
-GPU = Mode(
-    tiny=False,
-    layer_shapes=((64, 32, 128, 8), (8, 1024, 768, 12)),
-    gpt2={"vocab_size": 50304, "n_layers": 12, "d_model": 768, "n_heads": 12, "max_seq_len": 1024},
-    batch=8,
-    seq=1024,
-    compile_repeats=5,
-    compile_steps=10,
-    peak_n=8192,
-    sweep_steps=300,
-    sweep_heads="1,2,4,8",
-    sweep_overrides=("trainer=gpu",),
+from mhaexp.tools.bench import train as train_section
+from mhaexp.tools.bench.gpu_profile import DEADLINE_S, GPU, TINY, TINY_DEADLINE_S, Mode, datasheet_peak
+from mhaexp.tools.bench.gpu_report import report, short, target_table, targets
+from mhaexp.tools.bench.harness import (
+    SectionTimeoutError,
+    block_seconds,
+    interleave,
+    measured_peak,
+    median_call_seconds,
 )
-TINY = Mode(
-    tiny=True,
-    layer_shapes=((8, 16, 32, 4), (2, 64, 64, 4)),
-    gpt2={"vocab_size": 64, "n_layers": 1, "d_model": 32, "n_heads": 4, "max_seq_len": 32},
-    batch=4,
-    seq=32,
-    compile_repeats=3,
-    compile_steps=3,
-    peak_n=256,
-    sweep_steps=3,
-    sweep_heads="1,2",  # 2 jobs: the same code path, half the wait on a 2-core machine
-    sweep_overrides=(
-        "trainer=cpu",
-        "model=tiny",
-        "data.n_train=256",
-        "data.n_val=32",
-        "analysis.probe_sequences=8",
-        "analysis=off",
-        "logger=csv",
-        "trainer.val_check_interval=3",
-    ),
+from mhaexp.tools.bench.reference import GPT2_LAYER, GPT2_SMALL
+from mhaexp.tools.bench.sweep import (
+    cli_env,
+    common_overrides,
+    finished_jobs,
+    sequential_and_parallel,
+    train_command,
+    warm_up,
 )
-# Issue 14's targets: (name, the figure in the JSON it reads, comparison, bound).
-LAYER_TARGET = 1.0  # ours/nanoGPT layer forward + backward, at most
-COMPILE_TARGET = 1.5  # compiled/eager training tokens/s, at least
-MFU_TARGET = 0.40  # of the measured matmul peak, at least
-SWEEP_TARGET = 3.0  # 4 jobs sharing one GPU / sequential, jobs per hour, at least
-
-
-class SectionTimeoutError(Exception):
-    """A section ran past its own time limit."""
 
 
 @contextmanager
@@ -160,40 +95,6 @@ def time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-def cuda_time(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
-    """Median seconds per call over ``iters`` calls, each bracketed by CUDA events (CPU: the wall clock)."""
-    if not torch.cuda.is_available():
-        for _ in range(warmup):
-            fn()
-        cpu_times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            cpu_times.append(time.perf_counter() - t0)
-        return sorted(cpu_times)[len(cpu_times) // 2]
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def datasheet_peak(name: str) -> float | None:
-    """Dense bf16 FLOP/s of a device by its name, or None when we do not know it."""
-    for key, tflops in DATASHEET_BF16_TFLOPS:
-        if key in name:
-            return tflops * 1e12
-    return None
 
 
 # ---- sections -----------------------------------------------------------------------------------
@@ -256,7 +157,7 @@ def check_layer() -> dict[str, Any]:
     dev = torch.device("cuda")
     out: dict[str, Any] = {}
     ok = True
-    B, T, d, nh = 8, 1024, 768, 12
+    B, T, d, nh = GPT2_LAYER
     for label, nkv in (("MHA", nh), ("GQA", nh // 4)):
         torch.manual_seed(0)
         layer = MultiHeadAttention(d, nh, nkv).to(dev)
@@ -314,7 +215,7 @@ def check_sdpa() -> dict[str, Any]:
     from mhaexp.nn.attention import MultiHeadAttention
 
     dev = torch.device("cuda")
-    B, T, d, nh = 8, 1024, 768, 12
+    B, T, d, nh = GPT2_LAYER
     out: dict[str, Any] = {}
     for label, nkv in (("MHA", nh), ("GQA", nh // 4)):
         torch.manual_seed(0)
@@ -335,7 +236,7 @@ def check_sdpa() -> dict[str, Any]:
                     warnings.simplefilter("ignore", UserWarning)
                     step()
                     kernels = _backend_kernels(step)
-                    ms = cuda_time(step, 10) * 1e3
+                    ms = median_call_seconds(step, 10) * 1e3
                 res[backend.name] = {"runs": True, "ms_fwd_bwd": ms, "kernels": kernels}
             except Exception as e:  # refusal is an answer here, not a failure of the check
                 res[backend.name] = {"runs": False, "error": str(e).strip().splitlines()[0][:300]}
@@ -349,7 +250,7 @@ def check_sdpa() -> dict[str, Any]:
 
 def _throughput_case(cfg_kw: dict[str, Any], batch: int, seq: int, steps: int, peak: float | None) -> dict[str, Any]:
     from mhaexp.nn.model import ModelConfig, Transformer
-    from mhaexp.tools.bench import NanoGPT, matmul_flops_per_token, train_step_fn
+    from mhaexp.tools.bench.reference import NanoGPT, matmul_flops_per_token, train_step_fn
 
     dev = torch.device("cuda")
     cfg = ModelConfig(**cfg_kw)
@@ -365,12 +266,7 @@ def _throughput_case(cfg_kw: dict[str, Any], batch: int, seq: int, steps: int, p
         warm = max(3, steps // 4)
         for _ in range(warm):
             step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps - warm):
-            step()
-        torch.cuda.synchronize()
-        dt = (time.perf_counter() - t0) / (steps - warm)
+        dt = block_seconds(step, steps - warm, dev)
         fpt = matmul_flops_per_token(model, cfg.n_layers, seq, cfg.n_heads * cfg.head_dim)
         tok_s = batch * seq / dt
         res[name] = {
@@ -390,20 +286,15 @@ def check_throughput() -> dict[str, Any]:
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(0)
     peak = datasheet_peak(name)
-    # The measured ceiling: a large bf16 matmul on random data (zeros run faster and flatter the card).
-    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    c = torch.empty_like(a)
-    measured = 2 * 8192**3 / cuda_time(lambda: torch.mm(a, b, out=c), 10)
+    measured = measured_peak(GPU.peak_n, dev, GPU.dtype)  # the ceiling this card reaches
     out: dict[str, Any] = {
         "device": name,
         "datasheet_bf16_tflops": peak and peak / 1e12,
         "measured_bf16_matmul_tflops": measured / 1e12,
     }
-    small = {"vocab_size": 150, "n_layers": 3, "d_model": 128, "n_heads": 8, "d_ff": 512, "max_seq_len": 64}
-    gpt2 = {"vocab_size": 50304, "n_layers": 12, "d_model": 768, "n_heads": 12, "max_seq_len": 1024}
-    out["model_small"] = _throughput_case(small, 64, 32, 20, peak)
-    out["gpt2_small_shape"] = _throughput_case(gpt2, 8, 1024, 20, peak)
+    small = {"vocab_size": train_section.VOCAB, **train_section.SMALL_SHAPE}
+    out["model_small"] = _throughput_case(small, train_section.BATCH, train_section.SEQ, 20, peak)
+    out["gpt2_small_shape"] = _throughput_case(GPT2_SMALL, GPU.batch, GPU.seq, 20, peak)
     for case in ("model_small", "gpt2_small_shape"):
         for m in ("ours", "nanoGPT"):
             out[case][m]["mfu_measured"] = out[case][m]["achieved_tflops"] * 1e12 / measured
@@ -414,9 +305,10 @@ def check_throughput() -> dict[str, Any]:
 def layer_timing(mode: Mode) -> dict[str, Any]:
     """Our layer's forward + backward against nanoGPT's, same weights, at each of ``mode.layer_shapes``."""
     from mhaexp.nn.attention import MultiHeadAttention
-    from mhaexp.tools.bench import NanoCausalSelfAttention, copy_into_nano_attention
+    from mhaexp.tools.bench.reference import NanoCausalSelfAttention, copy_into_nano_attention
 
     dev, dt = mode.device, mode.dtype
+    iters = 3 if mode.tiny else 20
     timing = {}
     for B, T, d, nh in mode.layer_shapes:
         torch.manual_seed(0)
@@ -434,12 +326,9 @@ def layer_timing(mode: Mode) -> dict[str, Any]:
         def step_nano(nano: torch.nn.Module = nano, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
             nano(x).backward(g)
 
-        t_ours, t_nano = [], []
-        iters = 3 if mode.tiny else 20
-        for r in range(5):  # interleaved repeats, alternating who goes first: the ratio cancels drift
-            pair = [(t_ours, step_ours), (t_nano, step_nano)]
-            for times, fn in pair if r % 2 == 0 else pair[::-1]:
-                times.append(cuda_time(fn, iters))
+        steps = {"ours": step_ours, "nanoGPT": step_nano}
+        t = interleave(list(steps), 5, lambda name, steps=steps: median_call_seconds(steps[name], iters))
+        t_ours, t_nano = t["ours"], t["nanoGPT"]
         ratios = sorted(a / b for a, b in zip(t_ours, t_nano, strict=True))
         timing[f"B{B} T{T} d{d} h{nh}"] = {
             "ours_ms": sorted(t_ours)[2] * 1e3,
@@ -456,15 +345,6 @@ def check_layer_timing(mode: Mode) -> dict[str, Any]:
     return {"fwd_bwd": timing, "ok": all(math.isfinite(t["ours/nanoGPT"]["median"]) for t in timing.values())}
 
 
-def measured_peak(mode: Mode) -> float:
-    """FLOP/s of a large square matmul on random data in ``mode.dtype`` (zeros would flatter the card)."""
-    n, dev = mode.peak_n, mode.device
-    a = torch.randn(n, n, device=dev, dtype=mode.dtype)
-    b = torch.randn(n, n, device=dev, dtype=mode.dtype)
-    c = torch.empty_like(a)
-    return 2 * n**3 / cuda_time(lambda: torch.mm(a, b, out=c), 10)
-
-
 def check_compile(mode: Mode) -> dict[str, Any]:
     """``trainer.compile``: LMModule's training forward (``forward_fn``, exactly what the flag compiles)
     eager and compiled, each in a full step (cross-entropy, backward, fused AdamW on CUDA, bf16 autocast),
@@ -472,14 +352,14 @@ def check_compile(mode: Mode) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from mhaexp.nn.model import ModelConfig
-    from mhaexp.tools.bench import matmul_flops_per_token
+    from mhaexp.tools.bench.reference import matmul_flops_per_token
     from mhaexp.training.module import LMModule
 
     dev, B, T = mode.device, mode.batch, mode.seq
     cfg = ModelConfig(**mode.gpt2)
     ids = torch.randint(cfg.vocab_size, (B, T + 1), device=dev, generator=torch.Generator(dev).manual_seed(0))
     inputs, targets = ids[:, :-1], ids[:, 1:]
-    peak = measured_peak(mode)
+    peak = measured_peak(mode.peak_n, mode.device, mode.dtype)
     steps: dict[str, Callable[[], None]] = {}
     res: dict[str, Any] = {
         "shape": {**mode.gpt2, "batch": B, "seq_len": T},
@@ -502,16 +382,11 @@ def check_compile(mode: Mode) -> dict[str, Any]:
             loss.backward()
             opt.step()
 
-        t0 = time.perf_counter()
-        for _ in range(3):  # the first calls compile (forward, backward, then a steady shape)
-            step()
-        _sync(dev)
-        res[f"{name}_first_3_steps_s"] = time.perf_counter() - t0
+        # The first calls compile (forward, backward, then a steady shape): their wall time, all three.
+        res[f"{name}_first_3_steps_s"] = 3 * block_seconds(step, 3, dev)
         steps[name] = step
-    times: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for r in range(mode.compile_repeats):
-        for name in ("eager", "compiled") if r % 2 == 0 else ("compiled", "eager"):
-            times[name].append(cuda_time(steps[name], mode.compile_steps, warmup=1))
+    calls = mode.compile_steps  # timed steps per repeat, after one warm-up step
+    times = interleave(["eager", "compiled"], mode.compile_repeats, lambda k: median_call_seconds(steps[k], calls, 1))
     for name, ts in times.items():
         tok_s = sorted(B * T / t for t in ts)
         med = tok_s[len(tok_s) // 2]
@@ -533,122 +408,27 @@ def check_compile(mode: Mode) -> dict[str, Any]:
     return res
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _train_cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "mhaexp-train"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mhaexp.cli.train"]
-
-
-def _cli_env(root: Path) -> dict[str, str]:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", "MHAEXP_CACHE": str(root / "cache")}
-    src = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    return env
-
-
 def check_sweep(mode: Mode, limit: float) -> dict[str, Any]:
     """The same sweep (4 jobs; 2 in --tiny) through the real ``mhaexp-train -m``: Hydra's basic launcher
     (one job after another) and ``hydra/launcher=parallel`` with one slot per job (side by side on the one
     device). The data cache is built first, so neither pays for it. Jobs per hour = jobs * 3600 / wall s."""
-    t_start = time.perf_counter()
-    common = [*mode.sweep_overrides, f"trainer.max_steps={mode.sweep_steps}", "trainer.enable_progress_bar=false"]
-    sweep = [f"model.n_heads={mode.sweep_heads}"]
-    out: dict[str, Any] = {"overrides": common + sweep, "jobs": len(mode.sweep_heads.split(","))}
+    deadline = time.perf_counter() + limit
+    common = common_overrides(mode.sweep_steps, mode.sweep_overrides)
+    n = len(mode.sweep_heads.split(","))
+    out: dict[str, Any] = {"overrides": [*common, f"model.n_heads={mode.sweep_heads}"], "jobs": n}
     with tempfile.TemporaryDirectory(prefix="mhaexp-gpu-sweep-") as tmp:
         root = Path(tmp)
-        env = _cli_env(root)
-
-        def run(args: list[str], name: str) -> float:
-            left = limit - (time.perf_counter() - t_start)
-            if left < 5:
-                raise SectionTimeoutError(f"no time left for the {name} sweep")
-            t0 = time.perf_counter()
-            p = subprocess.run(_train_cmd() + args, cwd=root, env=env, capture_output=True, text=True, timeout=left)
-            if p.returncode != 0:
-                raise RuntimeError(f"{name} sweep exited {p.returncode}: {(p.stdout + p.stderr).strip()[-1500:]}")
-            return time.perf_counter() - t0
-
-        out["warm_s"] = run([*common, "trainer.max_steps=1", f"hydra.run.dir={root / 'warm'}"], "warm-up")
-        n = out["jobs"]
-        out["sequential_s"] = run(["-m", *sweep, *common, f"hydra.sweep.dir={root / 'seq'}"], "sequential")
-        out["parallel_s"] = run(
-            [
-                "-m",
-                "hydra/launcher=parallel",
-                f"hydra.launcher.n_jobs={n}",
-                *sweep,
-                *common,
-                f"hydra.sweep.dir={root / 'par'}",
-            ],
-            "parallel",
+        env = cli_env(root)
+        out["warm_s"] = warm_up(root, env, common, deadline)
+        out["sequential_s"], out["parallel_s"] = sequential_and_parallel(
+            root, env, common, mode.sweep_heads, n, deadline=deadline
         )
-        out["finished_jobs"] = {k: len(list((root / k).glob("*/summary.json"))) for k in ("seq", "par")}
+        out["finished_jobs"] = {k: finished_jobs(root / k) for k in ("seq", "par")}
     out["sequential_jobs_per_hour"] = n * 3600 / out["sequential_s"]
     out["parallel_jobs_per_hour"] = n * 3600 / out["parallel_s"]
     out["parallel/sequential"] = out["sequential_s"] / out["parallel_s"]
     out["ok"] = True
     return out
-
-
-def targets(results: dict[str, Any], mode: Mode) -> list[dict[str, Any]]:
-    """Issue 14's targets against what this run measured: one row each (value None when not measured)."""
-    rows: list[dict[str, Any]] = []
-
-    def row(name: str, value: Any, op: str, bound: float, unit: str = "x") -> None:
-        ok = None if value is None else (value <= bound if op == "<=" else value >= bound)
-        rows.append({"target": name, "value": value, "unit": unit, "bound": f"{op} {bound:g}", "ok": ok})
-
-    layer = _g(results, "layer", "fwd_bwd_bf16") or _g(results, "layer_timing", "fwd_bwd") or {}
-    for B, T, d, nh in mode.layer_shapes:
-        row(
-            f"layer fwd+bwd ours/nanoGPT B{B} T{T} d{d}",
-            _g(layer, f"B{B} T{T} d{d} h{nh}", "ours/nanoGPT", "median"),
-            "<=",
-            LAYER_TARGET,
-        )
-    comp = results.get("compile", {})
-    row(
-        "trainer.compile tokens/s compiled/eager",
-        _g(comp, "compiled/eager tokens_per_s", "median"),
-        ">=",
-        COMPILE_TARGET,
-    )
-    peak = "fp32" if mode.tiny else "bf16"
-    row(
-        f"MFU compiled, of measured {peak} matmul peak",
-        _g(comp, "compiled", "mfu_measured"),
-        ">=",
-        MFU_TARGET,
-        "of peak",
-    )
-    jobs = len(mode.sweep_heads.split(","))
-    row(
-        f"sweep {jobs} jobs parallel/sequential jobs per hour",
-        _g(results, "sweep", "parallel/sequential"),
-        ">=",
-        SWEEP_TARGET,
-    )
-    return rows
-
-
-def target_table(rows: list[dict[str, Any]]) -> list[str]:
-    head = ("target", "measured", "unit", "bound", "")
-    body = [
-        (
-            r["target"],
-            "not measured" if r["value"] is None else f"{r['value']:.3f}",
-            r["unit"],
-            r["bound"],
-            {True: "ok", False: "MISSED", None: "-"}[r["ok"]],
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
-    return ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
 
 
 def _free_port() -> int:
@@ -726,9 +506,7 @@ def check_ddp(limit: float) -> dict[str, Any]:
 
 
 def check_cli(limit: float) -> dict[str, Any]:
-    exe = Path(sys.executable).parent / "mhaexp-train"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mhaexp.cli.train"]
-    cmd += [
+    cmd = train_command() + [
         "trainer=ddp",
         "trainer.devices=-1",
         "trainer.max_steps=30",
@@ -737,9 +515,7 @@ def check_cli(limit: float) -> dict[str, Any]:
         "data.n_train=2000",
     ]
     with tempfile.TemporaryDirectory() as tmp:  # Hydra's run directories go here, not into the checkout
-        env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "disabled"}
-        src = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        env = cli_env(Path(tmp), WANDB_MODE="disabled")
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=limit)
@@ -763,110 +539,8 @@ def default_out() -> Path:
     return Path(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else Path("gpu_check.json")
 
 
-def short(value: Any) -> str:
-    """One line of a section's result for the summary."""
-    text = json.dumps(value, default=str)
-    return text if len(text) < 400 else text[:400] + " ..."
-
-
-def _g(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def report(results: dict[str, Any]) -> list[str]:
-    """The figures a report needs, one line each (the JSON holds everything)."""
-    lines: list[str] = []
-    env = results.get("env", {})
-    if "torch" in env:
-        names = ", ".join(d["name"] for d in env["devices"])
-        lines.append(
-            f"env: torch {env['torch']} CUDA {env['cuda']} cuDNN {env['cudnn']} NCCL {env['nccl']}; "
-            f"{env['device_count']} x [{names}]; bf16 {env['bf16_supported']}"
-        )
-    for label in ("MHA", "GQA"):
-        lay = _g(results, "layer", label)
-        if lay:
-            fp = lay["fp32_fast_vs_explicit"]
-            bf = " ".join(f"{k} {v:.1e}" for k, v in lay["bf16_fast_vs_fp32_explicit_rel"].items())
-            lines.append(
-                f"layer {label}: fp32 fast-vs-explicit max|diff| y {fp['y']['max_abs']:.2e} "
-                f"dx {fp['dx']['max_abs']:.2e} dWq {fp['dWq']['max_abs']:.2e}; bf16-vs-fp32 rel {bf}"
-            )
-    timing = _g(results, "layer", "fwd_bwd_bf16") or _g(results, "layer_timing", "fwd_bwd") or {}
-    for shape, t in timing.items():
-        r = t["ours/nanoGPT"]
-        lines.append(
-            f"layer fwd+bwd {shape}: ours {t['ours_ms']:.3f} ms, nanoGPT {t['nanoGPT_ms']:.3f} ms, "
-            f"ours/nanoGPT {r['min']:.3f}-{r['median']:.3f}-{r['max']:.3f}"
-        )
-    for label in ("MHA", "GQA"):
-        sd = _g(results, "sdpa", label)
-        if sd:
-            parts = [f"default={sd['default']['backend']}"]
-            for b in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"):
-                r = sd.get(b, {})
-                parts.append(
-                    f"{b}=" + (f"runs {r['ms_fwd_bwd']:.2f}ms" if r.get("runs") else f"refused ({r.get('error')})")
-                )
-            lines.append(f"sdpa {label}: " + "; ".join(parts))
-    th = results.get("throughput", {})
-    if "measured_bf16_matmul_tflops" in th:
-        lines.append(
-            f"peak bf16: datasheet {th['datasheet_bf16_tflops']} TFLOP/s, measured matmul "
-            f"{th['measured_bf16_matmul_tflops']:.0f} TFLOP/s"
-        )
-        for case in ("model_small", "gpt2_small_shape"):
-            c = th.get(case)
-            if not c:
-                continue
-            for m in ("ours", "nanoGPT"):
-                r = c[m]
-                mfu_d = f"{r['mfu_datasheet']:.1%}" if r["mfu_datasheet"] is not None else "n/a"
-                lines.append(
-                    f"train {case} {m}: {r['tokens_per_s']:,.0f} tok/s, {r['step_ms']:.2f} ms/step, "
-                    f"{r['achieved_tflops']:.1f} TFLOP/s, MFU {mfu_d} of datasheet, {r['mfu_measured']:.1%} of measured"
-                )
-            lines.append(f"train {case} ours/nanoGPT tokens/s: {c['ours/nanoGPT tokens_per_s']:.3f}")
-    comp = results.get("compile", {})
-    if "compiled" in comp:
-        for m in ("eager", "compiled"):
-            r = comp[m]
-            lines.append(
-                f"compile {m}: {r['tokens_per_s']:,.0f} tok/s, {r['step_ms']:.2f} ms/step, "
-                f"{r['achieved_tflops']:.2f} TFLOP/s, MFU {r['mfu_measured']:.1%} of measured peak"
-            )
-        be = comp["break_even_steps"]
-        lines.append(
-            f"compile: compiled/eager tokens/s {comp['compiled/eager tokens_per_s']['median']:.3f}, "
-            f"compile time {comp['compile_s']:.1f}s, pays off after " + ("never" if be is None else f"{be:,.0f} steps")
-        )
-    sw = results.get("sweep", {})
-    if "parallel_s" in sw:
-        lines.append(
-            f"sweep {sw['jobs']} jobs: sequential {sw['sequential_s']:.0f}s ({sw['sequential_jobs_per_hour']:.0f}/h), "
-            f"parallel {sw['parallel_s']:.0f}s ({sw['parallel_jobs_per_hour']:.0f}/h), "
-            f"ratio {sw['parallel/sequential']:.2f}, finished {sw['finished_jobs']}"
-        )
-    ddp = results.get("ddp", {})
-    if "ranks" in ddp:
-        reduced = ", ".join(f"r{r['rank']}={r.get('all_reduce')}/{r.get('all_reduce_expected')}" for r in ddp["ranks"])
-        norms = [round(g, 6) for g in ddp["ranks"][0].get("grad_norms", [])] if ddp["ranks"] else []
-        lines.append(f"ddp: world {ddp['world_size']}, {ddp['seconds']:.1f}s, all_reduce {reduced}, grad norms {norms}")
-    cli = results.get("cli", {})
-    if "exit_code" in cli:
-        lines.append(f"cli: exit {cli['exit_code']} after {cli['seconds']:.0f}s: {' | '.join(cli['tail'][-3:])}")
-    for name, res in results.items():
-        if isinstance(res, dict) and "error" in res:
-            lines.append(f"{name} error: {res['error']}")
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m mhaexp.tools.gpu_check", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m mhaexp.tools.bench.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="JSON results (default $OUT/gpu_check.json or ./)")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out, e.g. cli")
     p.add_argument(
@@ -952,8 +626,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main: spawned DDP workers unpickle mhaexp.tools.gpu_check._ddp_worker,
+    # Run the importable module's main: spawned DDP workers unpickle mhaexp.tools.bench.gpu_check._ddp_worker,
     # which must not be a __main__ attribute.
-    from mhaexp.tools.gpu_check import main as _main
+    from mhaexp.tools.bench.gpu_check import main as _main
 
     sys.exit(_main())

@@ -5,7 +5,7 @@ The seed names five heads on "the cat that sat on the mat was fluffy". Each row 
 role's bar (a syntactic role: 10 points over the best fixed-offset/position baseline; positional: one
 offset takes the argmax for 90% of queries). The best such head (largest margin) is shown.
 
-    python -m mhaexp.analysis.seed_table RUN_DIR [RUN_DIR ...]     # best head per row across runs
+    python -m mhaexp.analysis.seed_roles RUN_DIR [RUN_DIR ...]     # best head per row across runs
 
 Reads only ``<run>/analysis/head_roles.csv``; no torch.
 """
@@ -97,7 +97,7 @@ def format_table(filled: Sequence[tuple[SeedRow, Found | None]], show_run: bool 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
-        print("usage: python -m mhaexp.analysis.seed_table RUN_DIR [RUN_DIR ...]", file=sys.stderr)
+        print("usage: python -m mhaexp.analysis.seed_roles RUN_DIR [RUN_DIR ...]", file=sys.stderr)
         raise SystemExit(2)
     missing = [a for a in args if not (Path(a) / ANALYSIS_DIR / HEAD_ROLES_FILE).is_file()]
     if missing:

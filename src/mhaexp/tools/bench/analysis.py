@@ -25,7 +25,7 @@ B = 64 (8 with ``--quick``) on a 4-layer, 8-head, d = 256 model with a 4096-toke
 BPE text model), on random probe sequences with random dependency arcs (so the syntax metrics run too).
 Each step runs alone in a fresh subprocess; its peak is the growth of the process's ``ru_maxrss`` during
 the step (torch's CPU allocations are invisible to tracemalloc). Target at B = 64, T = 1024: under 1.5 GB,
-where the full patterns of all layers alone would take 8.6 GB. ``python -m mhaexp.tools.bench_analysis
+where the full patterns of all layers alone would take 8.6 GB. ``python -m mhaexp.tools.bench.analysis
 --batch 16`` prints the table for another B.
 """
 
@@ -43,11 +43,13 @@ from typing import Any
 
 import yaml
 
+from mhaexp.config import CONF_DIR
 from mhaexp.errors import ArgumentParser
 from mhaexp.rundir import ANALYSIS_DIR
-from mhaexp.tools.bench import Args, Row, default_model_config, register
+from mhaexp.tools.bench.harness import Args, Row, register
+from mhaexp.tools.bench.train import default_model_config
 
-CONF = Path(__file__).resolve().parents[3] / "conf" / ANALYSIS_DIR / "default.yaml"
+CONF = CONF_DIR / ANALYSIS_DIR / "default.yaml"
 DEFAULT_RUN_STEPS = 1500  # conf/trainer/cpu.yaml max_steps
 TARGET = "<= 0.02"
 MEMORY_SEQ_LENS = (128, 512, 1024)
@@ -192,7 +194,7 @@ def one_step(batch: int, seq_len: int, seed: int = 0) -> dict[str, float]:
 
 
 def _step_in_subprocess(batch: int, seq_len: int, seed: int) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "mhaexp.tools.bench_analysis", "--step", str(seq_len), "--batch", str(batch)]
+    cmd = [sys.executable, "-m", "mhaexp.tools.bench.analysis", "--step", str(seq_len), "--batch", str(batch)]
     cmd += ["--seed", str(seed)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
     return json.loads(out.stdout.strip().splitlines()[-1])

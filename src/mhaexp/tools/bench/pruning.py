@@ -1,7 +1,7 @@
 """Benchmark section ``pruning``: attention forward + backward after physically removing half the heads.
 
-Run with ``python -m mhaexp.tools.bench --sections pruning`` (``mhaexp.tools.bench`` imports this module as a
-plugin). For each of the bench's attention shapes, an MHA layer and a GQA layer (``n_heads / 4``
+Run with ``python -m mhaexp.tools.bench --sections pruning`` (the harness imports this module as the
+section). For each of the bench's attention shapes, an MHA layer and a GQA layer (``n_heads / 4``
 K/V heads) are timed unpruned, masked (half the gates at 0: same cost as unpruned, for
 orientation) and physically pruned, interleaved as every section is. Heads are removed evenly from
 every K/V group, so the GQA layout shrinks without padding.
@@ -21,17 +21,9 @@ import torch
 from mhaexp.nn.model import ModelConfig, Transformer
 from mhaexp.nn.shapes import group_size
 from mhaexp.pruning.surgery import apply_mask, prune_heads
-from mhaexp.tools.bench import (
-    Args,
-    Row,
-    attention_shapes,
-    fwd_bwd_step,
-    ratio_row,
-    register,
-    shape_name,
-    time_interleaved,
-)
-from mhaexp.tools.bench import time_row as _time_row
+from mhaexp.tools.bench.harness import Args, Row, ratio_row, register, time_interleaved
+from mhaexp.tools.bench.harness import time_row as _time_row
+from mhaexp.tools.bench.reference import GPT2_LAYER, attention_shapes, fwd_bwd_step, shape_name
 
 FRACTION = 0.5
 TARGET = "<= 0.6"
@@ -53,7 +45,7 @@ def pruning_shapes(args: Args) -> list[tuple[int, int, int, int]]:
     where the small ones are bound by kernel launches rather than by the heads' work."""
     shapes = attention_shapes(args)
     if args.torch_device.type == "cuda":
-        shapes = shapes + [(8, 1024, 768, 12)] + ([] if args.quick else [(4, 2048, 1024, 16)])
+        shapes = shapes + [GPT2_LAYER] + ([] if args.quick else [(4, 2048, 1024, 16)])
     return shapes
 
 

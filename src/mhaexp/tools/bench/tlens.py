@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from mhaexp.tools.bench import Args, Row, register
+from mhaexp.tools.bench.harness import Args, Row, register
 
 SHAPE = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1025, vocab_size=50257)
 QUICK_SHAPE = dict(n_layer=2, n_head=4, n_embd=64, n_positions=1025, vocab_size=1000)
@@ -140,7 +140,7 @@ def tlens_ids(directory: Path, seqs: list[str]) -> torch.Tensor:
 
 def _subprocess(*argv: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "mhaexp.tools.bench_tlens", *argv], check=True, capture_output=True, text=True
+        [sys.executable, "-m", "mhaexp.tools.bench.tlens", *argv], check=True, capture_output=True, text=True
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

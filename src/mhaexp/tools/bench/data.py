@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mhaexp.tools.bench import Args, Row, register
+from mhaexp.tools.bench.harness import Args, Row, register
 
 DEFAULT_MB, QUICK_MB, REFERENCE_MB = 200.0, 8.0, 1.0
 FILE_MB = 8.0
@@ -126,7 +126,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.run(
-        [sys.executable, "-m", "mhaexp.tools.bench_data", json.dumps(spec)],
+        [sys.executable, "-m", "mhaexp.tools.bench.data", json.dumps(spec)],
         capture_output=True,
         text=True,
         env=env,

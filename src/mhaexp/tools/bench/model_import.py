@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mhaexp.tools.bench import Args, Row, register
+from mhaexp.tools.bench.harness import Args, Row, register
 
 TARGET = "<= 1.3"
 SHAPE = dict(
@@ -78,7 +78,7 @@ def bench_import(args: Args) -> list[Row]:
     shape = QUICK_SHAPE if args.quick else SHAPE
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "hf", Path(tmp) / "imported.ckpt"
-        run = [sys.executable, "-m", "mhaexp.tools.bench_import"]
+        run = [sys.executable, "-m", "mhaexp.tools.bench.model_import"]
         subprocess.run([*run, "build", str(src), json.dumps(shape)], check=True, capture_output=True)
         proc = subprocess.run([*run, "measure", str(src), str(out)], check=True, capture_output=True, text=True)
         result = json.loads(proc.stdout.strip().splitlines()[-1])
