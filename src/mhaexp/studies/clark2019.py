@@ -258,9 +258,7 @@ class Clark2019(Study):
         verdict, why = paired_greater(diff, se)
         where = ", ".join(f"layer {layer}" for layer, _, _ in sep)
         no_punct = (
-            ""
-            if any(math.isfinite(p) for p in punct)
-            else " The input holds no period or comma (the grammar has none)."
+            "" if any(math.isfinite(p) for p in punct) else "the input holds no period or comma (the grammar has none)"
         )
         return Claim(
             claim="Much of the attention goes to the delimiter tokens: over half of a layer's on [SEP]",
@@ -279,7 +277,7 @@ class Clark2019(Study):
             criterion_source="Sec. 3.2: 'over half of BERT's attention in layers 6-10 focuses on [SEP]' (Fig. 2, "
             "average attention per layer)",
             holds=verdict,
-            why=(why + no_punct).strip(),
+            why="; ".join(w for w in (why, no_punct) if w),
             paper="over half of the attention in layers 6-10 on [SEP]; layers 1-2 on [CLS]; 11-12 on '.' and ','",
             runs=rel,
         )
@@ -344,12 +342,13 @@ class Clark2019(Study):
         tests = [layer_alike_test(*head_js(d)) for d in runs]
         effect = Measure.of(e for e, _ in tests)
         p = Measure.of(pv for _, pv in tests)
+        within = Measure.of(w for w in (_within(*head_js(d)) for d in runs))
         return Claim(
             claim="Heads of the same layer behave alike",
             source="Clark et al. 2019, Sec. 6 and Fig. 6",
             metric="mean JS divergence between heads of different layers minus between heads of one layer; "
             f"one-sided permutation test over the heads' layer labels ({PERMUTATIONS} resamples)",
-            ours={"across minus within": effect, "p": p},
+            ours={"across minus within": effect, "mean JS within a layer": within, "p": p},
             criterion=f"p < {ALPHA:g} with across > within{when}",
             criterion_source="Sec. 6: 'heads within the same layer are often fairly close to each other' in the "
             "JS-divergence embedding of heads (Fig. 6)",
@@ -359,6 +358,13 @@ class Clark2019(Study):
         )
 
     def notes(self, ctx: StudyContext) -> list[str]:
+        if ctx.budget.model is not None:
+            return [
+                f"{ctx.budget.model}, imported, read {_user_treebank(ctx.budget) or 'the grammar sentences'} "
+                "(CoNLL-U) through its own tokenizer, one sentence a sequence, [CLS] sentence [SEP]; Clark read "
+                "[SEP] attention on two-paragraph segments (Sec. 2) and the relations on the WSJ treebank.",
+                "One model: each criterion 'in every seed' is this model's value.",
+            ]
         return [
             "Changed from the 2026-12-02 design (issue 29). The encoder now reads BERT's input, [CLS] A [SEP] B "
             "[SEP] (data.pair_sentences), where it read one sentence between BOS and EOS.",
@@ -372,6 +378,12 @@ class Clark2019(Study):
             "Layer similarity: a permutation test over layer labels within each seed (then: the seed ranges of "
             "JS within 0.510, 0.518 and across 0.517, 0.526 overlapped: inconclusive).",
         ]
+
+
+def _within(heads: Sequence[tuple[int, int]], js: Sequence[Sequence[float]]) -> float:
+    """Mean JS divergence between two heads of one layer: the scale the effect is read against."""
+    pairs = [js[i][j] for i, a in enumerate(heads) for j, b in enumerate(heads) if i < j and a[0] == b[0]]
+    return sum(pairs) / len(pairs) if pairs else math.nan
 
 
 def _treebank_dir(ctx: StudyContext, index: int) -> Path:
