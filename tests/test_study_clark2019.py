@@ -149,7 +149,19 @@ def test_clark2019_relations_all_fixed_to_one_offset_are_untestable(tmp_path: Pa
     _, _, syntax, _ = _study(tmp_path, 0.7, 0.97, True, {"amod": 0.0, "acomp": 0.0}, js_alike=True)
     assert syntax.holds == "untestable" and "acomp" in syntax.why
     scores = relation_scores(_treebank_dir(StudyContext("clark2019", tmp_path, Budget()), 0) / "treebank_relations.csv")
-    assert scores["acomp"].baseline >= FIXED_OFFSET and scores["acomp"].direction == "dep2head"
+    assert scores["acomp"].fixed >= FIXED_OFFSET and scores["acomp"].direction == "dep2head"
+
+
+def test_each_direction_is_held_against_its_own_baseline(tmp_path: Path) -> None:
+    # obj: dep2head 0.50 vs 0.40 (+0.10); head2dep 0.60 vs 0.30 (+0.30): head2dep is the relation's best.
+    table = tmp_path / "treebank_relations.csv"
+    header = ["relation", "arcs", "direction", "layer", "head", "accuracy", "se", "offset_baseline"]
+    _write_csv(
+        table, header, [("obj", 50, "dep2head", 0, 1, 0.5, 0.01, 0.4), ("obj", 50, "head2dep", 1, 3, 0.6, 0.2, 0.3)]
+    )
+    obj = relation_scores(table)["obj"]
+    assert (obj.direction, obj.head, obj.baseline, obj.fixed) == ("head2dep", "L1H3", 0.3, 0.4)
+    assert obj.margin == pytest.approx(0.3) and obj.testable and not obj.beats  # 0.6 - 2 x 0.2 < 0.3
 
 
 # ---- --model on a random-init BERT, offline ------------------------------------------------------------
