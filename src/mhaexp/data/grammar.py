@@ -478,7 +478,8 @@ class GrammarSource:
                 raise ConfigError(
                     "data.probe_conllu",
                     self.probe_conllu,
-                    f"a CoNLL-U file with {self.per_sequence} sentence(s) of <= {self.max_words} words",
+                    f"a CoNLL-U file with {'two sentences' if self.pair_sentences else 'a sentence'} of <= "
+                    f"{self.max_words} words",
                 )
             self._user_probe = fitting[: self.sizes["probe"] * self.per_sequence]
         return self._user_probe
