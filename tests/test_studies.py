@@ -455,36 +455,6 @@ def test_ainslie2023_verdicts_pass_and_fail(tmp_path: Path) -> None:
     assert (pooling.holds, closed.holds, between.holds) == (False, False, False)
 
 
-def _clark_runs(tmp_path: Path, roles: list[str], margin: float, within: float, across: float) -> StudyContext:
-    import csv
-
-    ctx = StudyContext("clark2019", tmp_path, Budget(seeds=2))
-    for seed in (0, 1):
-        rows = [(300, 0, h, "syntactic_accuracy/nsubj", 0.5 + margin * h / 3) for h in range(4)]
-        rows += [(300, -1, -1, "syntactic_offset_baseline/nsubj", 0.5)]
-        rows += [
-            (300, layer, -1, key, v + 0.01 * seed)
-            for layer in (0, 1)
-            for key, v in (("js_within", within), ("js_across", across))
-        ]
-        run = fake_run(ctx.runs_dir / "train", seed, {"seed": seed}, rows)
-        with (run / "analysis" / "head_roles.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "layer", "head", "role", "family", "score", "margin"])
-            w.writerows([(300, 0, h, r, r, 0.9, 0.1) for h, r in enumerate(roles)])
-    return ctx
-
-
-def test_clark2019_verdicts_pass_and_fail(tmp_path: Path) -> None:
-    exist, syntax, alike = get_study("clark2019").verdicts(
-        _clark_runs(tmp_path / "a", ["broad", "sink"], 0.3, 0.1, 0.4)
-    )
-    assert (exist.holds, syntax.holds, alike.holds) == (True, True, True)
-    assert syntax.ours["nsubj"].values == pytest.approx((0.3, 0.3))
-    exist, syntax, alike = get_study("clark2019").verdicts(_clark_runs(tmp_path / "b", ["broad"], -0.3, 0.4, 0.1))
-    assert (exist.holds, syntax.holds, alike.holds) == (False, False, False)
-
-
 def _roles_file(run: Path, rows: list[tuple[int, int, str, float]]) -> None:
     import csv
 

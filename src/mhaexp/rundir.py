@@ -86,6 +86,7 @@ HEAD_METRICS_FILE = "head_metrics.csv"
 HEAD_ROLES_FILE = "head_roles.csv"
 HEAD_ROLES_HISTORY_FILE = "head_roles_history.csv"
 ANALYSIS_REPORT_FILE = "analysis.md"
+HEAD_JS_FILE = "head_js.csv"  # the JS divergence between every two heads, at the latest expensive analysis
 TREEBANK_RELATIONS_FILE = "treebank_relations.csv"  # mhaexp-analyze conllu=: the per-relation table
 # In a sweep directory.
 SWEEP_SUMMARY_FILE = "sweep_summary.json"

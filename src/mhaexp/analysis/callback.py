@@ -76,6 +76,7 @@ def run_analysis(
     export.append_metrics(out_dir, rows)
     faults.point("analysis", step)
     export.write_roles(out_dir, step, roles)
+    export.write_js(out_dir, step, hm)
     export.write_summary(out_dir, step, roles)
     formats = plots.check_formats(cfg.figure_formats)
     images = plots.all_figures(hm, roles, out_dir, cfg.max_pictures, step, formats) if pictures else {}

@@ -75,6 +75,7 @@ class ProbeData:
     token_freq: Tensor | None = None
     repeated: bool = False
     objective: Objective = causal_lm_objective
+    eos_id: int | None = None  # EOS / [SEP]: attention to it is measured per head (Clark et al. 2019, Sec. 3.2)
     # Results that depend on the probe alone (gold arcs, baselines), filled on first use.
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
@@ -159,6 +160,7 @@ def probe_from_datamodule(datamodule: Any, n_sequences: int, objective: Objectiv
         token_freq=freq,
         repeated=getattr(source, "repeat_offset", None) is not None,
         objective=objective,
+        eos_id=getattr(tok, "eos_id", None),
     )
 
 
@@ -168,6 +170,36 @@ def special_ids(tok: Any) -> frozenset[int]:
         for n in ("pad_id", "bos_id", "eos_id", "mask_id", "unk_id")
         if getattr(tok, n, None) is not None
     )
+
+
+# Clark et al. 2019 (Sec. 3.2, Fig. 2) measure attention to periods and commas ("." or ","); a piece's
+# word-boundary marks (WordPiece ##, SentencePiece ▁, byte-level Ġ) are not part of it.
+PUNCTUATION = frozenset({".", ","})
+_PIECE_MARKS = ("##", "\u2581", "\u0120")
+
+
+def token_class_keys(probe: ProbeData, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """``(B, T)`` bool key masks of the token classes Clark et al. 2019 (Sec. 3.2) measure attention to:
+    ``cls_keys`` (BOS / [CLS]), ``sep_keys`` (EOS / [SEP]) and ``punct_keys`` (periods and commas), real
+    positions only. A class the probe never holds is left out (its metric is not computed, not zero)."""
+    real = mask.bool()
+    out = {"cls_keys": (ids == probe.bos_id) & real}
+    if probe.eos_id is not None:
+        out["sep_keys"] = (ids == probe.eos_id) & real
+    punct = [
+        i
+        for i in torch.unique(ids[real]).tolist()
+        if i not in probe.special_ids and _strip_marks(probe.id_to_token(int(i))) in PUNCTUATION
+    ]
+    if punct:
+        out["punct_keys"] = torch.isin(ids, torch.tensor(punct, dtype=ids.dtype)) & real
+    return {k: v for k, v in out.items() if bool(v.any())}
+
+
+def _strip_marks(piece: str) -> str:
+    for mark in _PIECE_MARKS:
+        piece = piece.removeprefix(mark)
+    return piece
 
 
 def repeated_random_batch(probe: ProbeData, seq_len: int, n: int, seed: int = 0) -> Batch:
@@ -375,6 +407,8 @@ class _Sums:
         return M.ratio_stats({k: [r for r in self.parts[k] if r is not None] for k in keys})
 
 
+TOKEN_CLASSES = ("cls_keys", "sep_keys", "punct_keys")  # the key masks of token_class_keys
+
 # One layer's ``(value, standard error, n)`` of a metric; se and n None for metrics without them.
 Stats = tuple[Tensor, Tensor | None, Tensor | None]
 
@@ -394,6 +428,8 @@ class ChunkInputs:
             setattr(self, name, inputs.pop(name, None))
         for name in ("needle", "answer", "generated"):
             setattr(self, name, self.sub.get(name) if "generated" in self.sub else None)
+        for name in TOKEN_CLASSES:  # token_class_keys: absent when the probe holds no such token
+            setattr(self, name, self.sub.get(name))
         if self.needle is not None:
             self.needle, self.answer = self.needle.bool(), self.answer.bool()
         if inputs:
@@ -524,6 +560,7 @@ def compute_head_metrics(
     mask = batch["attention_mask"].bool()
     on = {k: v.to(device) for k, v in batch.items()}
     on["attention_mask"] = mask.to(device)
+    on.update({k: v.to(device) for k, v in token_class_keys(probe, batch["input_ids"], mask).items()})
     window = int(cfg["streaming_window"])
     thresholds = cfg["thresholds"]
     streamed = [m for m in registry.METRICS if m.sums is not None and m.tier == "cheap"]

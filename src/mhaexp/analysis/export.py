@@ -12,6 +12,9 @@
 * ``head_roles_history.csv``: columns ``step, layer, head, role, family, score, margin, se``, the roles
   of every head at every analysis step (``unassigned`` with empty score/margin if it has none);
   ``head_roles.csv``: the same for the latest step only (the final roles once training ended).
+* ``head_js.csv``: columns ``step, layer, head, other_layer, other_head, js``, the Jensen-Shannon divergence
+  between every two heads (Clark et al. 2019, Sec. 6), replaced at each expensive analysis (the last one
+  once training ended).
 * ``summary.json``: heads per role family (``roles/<family>``, zeros included) at the latest step.
 * ``analysis.md``: each head with its roles, and the role grid picture; the PNGs beside it.
 """
@@ -33,6 +36,7 @@ from mhaexp.analysis.registry import role_interval
 from mhaexp.analysis.roles import ROLE_FAMILIES, HeadRole, role_counts
 from mhaexp.rundir import (
     ANALYSIS_REPORT_FILE,
+    HEAD_JS_FILE,
     HEAD_METRICS_FILE,
     HEAD_ROLES_FILE,
     HEAD_ROLES_HISTORY_FILE,
@@ -40,6 +44,7 @@ from mhaexp.rundir import (
 )
 
 METRIC_COLUMNS = ("step", "layer", "head", "metric", "value", "se", "n")
+JS_COLUMNS = ("step", "layer", "head", "other_layer", "other_head", "js")
 ROLE_COLUMNS = ("step", "layer", "head", "role", "family", "score", "margin", "se")
 
 
@@ -197,6 +202,20 @@ def drop_after(out_dir: Path, step: int) -> None:
             table = pd.read_csv(path)
             if (table["step"] > step).any():
                 _write_atomic(path, table[table["step"] <= step].to_csv(index=False))
+
+
+def write_js(out_dir: Path, step: int, hm: HeadMetrics) -> None:
+    """``head_js.csv`` from the expensive tier's JS matrix (nothing without one)."""
+    if hm.js is None:
+        return
+    heads = hm.head_index
+    grid = hm.js.double().tolist()
+    rows = [
+        {"step": step, "layer": a[0], "head": a[1], "other_layer": b[0], "other_head": b[1], "js": grid[i][j]}
+        for i, a in enumerate(heads)
+        for j, b in enumerate(heads)
+    ]
+    _write_atomic(out_dir / HEAD_JS_FILE, csv_text(rows, JS_COLUMNS))
 
 
 def write_summary(out_dir: Path, step: int, roles: Sequence[HeadRole]) -> dict[str, Any]:

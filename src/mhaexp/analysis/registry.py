@@ -41,7 +41,8 @@ class Metric:
 
     ``needs``: attributes of :class:`mhaexp.analysis.collect.ChunkInputs` (``chunk``, ``words``,
     ``tokens``, ``token_freq``, ``max_offset``, ``streaming_window``, ``needle``, ``answer``,
-    ``generated``, ``syntax_targets``, ``syntax_directions``, ``coref``) or ``thresholds.<key>``; a
+    ``generated``, ``syntax_targets``, ``syntax_directions``, ``coref``, the token-class key masks
+    ``cls_keys``, ``sep_keys``, ``punct_keys``) or ``thresholds.<key>``; a
     metric whose input the probe lacks (None) is not computed.
     ``on``: ``probe`` (the probe sequences) or ``repeats`` (BOS + x + x random sequences, or the probe
     itself when it is repeated already).
@@ -123,6 +124,29 @@ METRICS: list[Metric] = [
         source="TransformerLens detect_head previous_token_head",
     ),
     Metric("sink", _P + "sink_sums", units="attention weight on the first token", source="Gu et al. 2024, Sec. 3"),
+    Metric(
+        "attn_cls",
+        _P + "token_class_sums",
+        ("chunk", "cls_keys"),
+        scale=None,
+        units="attention weight on BOS / [CLS]",
+        source="Clark et al. 2019, Sec. 3.2, Fig. 2",
+    ),
+    Metric(
+        "attn_sep",
+        _P + "token_class_sums",
+        ("chunk", "sep_keys"),
+        units="attention weight on EOS / [SEP] tokens",
+        source="Clark et al. 2019, Sec. 3.2, Fig. 2",
+    ),
+    Metric(
+        "attn_punct",
+        _P + "token_class_sums",
+        ("chunk", "punct_keys"),
+        scale=None,
+        units="attention weight on periods and commas",
+        source="Clark et al. 2019, Sec. 3.2, Fig. 2",
+    ),
     Metric(
         "sink_rate", _P + "sink_rate_sums", ("chunk", "thresholds.sink"), scale=None, source="Gu et al. 2024, Sec. 3"
     ),

@@ -55,6 +55,7 @@ def treebank_probe(
         vocab_size=tokenizer.vocab_size,
         token_freq=token_freq,
         objective=objective,
+        eos_id=getattr(tokenizer, "eos_id", None),
     )
 
 
@@ -116,6 +117,7 @@ class RelationRow:
     layer: int
     head: int
     accuracy: float
+    se: float  # the accuracy's standard error over sentences (NaN without one)
     offset_baseline: float
     position_baseline: float
     margin: float  # accuracy - the larger baseline (the bar of the syntactic role)
@@ -138,6 +140,7 @@ def relation_table(model: Any, probe: ProbeData, cfg: AnalysisConfig) -> list[Re
             continue
         out, names = hm.metrics, hm.relation_names
         acc = out["syntactic_accuracy"]  # (L, H, R)
+        se = hm.se.get("syntactic_accuracy", torch.full_like(acc, float("nan")))
         for r, name in enumerate(names):
             if bool(torch.isnan(out["syntactic_offset_baseline"][r])):
                 continue
@@ -152,6 +155,7 @@ def relation_table(model: Any, probe: ProbeData, cfg: AnalysisConfig) -> list[Re
                     layer,
                     head,
                     value,
+                    float(se[layer, head, r]),
                     float(out["syntactic_offset_baseline"][r]),
                     float(out["syntactic_position_baseline"][r]),
                     value - float(out["syntactic_baseline"][r]),

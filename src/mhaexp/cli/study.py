@@ -6,6 +6,7 @@ mhaexp-study wu2024 --steps 4000 --seeds 3 trainer=gpu
 STUDY_SMOKE=1 mhaexp-study wu2024           # a few dozen steps: proves it runs, says nothing
 mhaexp-study wu2024 --verdict-only          # recompute the verdicts from the runs already there
 mhaexp-study clark2019 --model bert-base-uncased   # the measurement claims on a pretrained model (network)
+mhaexp-study clark2019 --model path/to/bert conllu=my_treebank.conllu   # on your own treebank (offline)
 mhaexp-study gu2024 --model path/to/save_pretrained_dir --out studies/gu2024-gpt2   # offline
 """
 

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mhaexp.config import optional, string
+from mhaexp.config import boolean, optional, string
 from mhaexp.data.conllu_io import read_conllu
 from mhaexp.data.lexicon import (
     ADJECTIVES,
@@ -381,6 +381,30 @@ def encode_sentence(s: Sentence, tokenizer: WordTokenizer, relations: Sequence[s
     }
 
 
+def encode_pair(
+    a: Sentence, b: Sentence, tokenizer: WordTokenizer, relations: Sequence[str], seq_len: int
+) -> dict[str, list]:
+    """BOS + A + EOS + B + EOS ([CLS] A [SEP] B [SEP]), padded to ``seq_len``; each sentence's arcs point
+    within it, shifted to its place in the sequence."""
+    first = encode_sentence(a, tokenizer, relations, len(a) + 2)
+    second = encode_sentence(b, tokenizer, relations, len(b) + 2)
+    pad = seq_len - len(a) - len(b) - 3
+    if pad < 0:
+        raise ValueError(f"sentences of {len(a)} and {len(b)} words do not fit seq_len={seq_len} as a pair")
+    shift = len(a) + 1  # B's BOS is dropped: its position p lands at p - 1 + len(a) + 2
+
+    def moved(xs: list) -> list:
+        return [x + shift if x >= 0 else -1 for x in xs[1:]]
+
+    return {
+        "input_ids": first["input_ids"] + second["input_ids"][1:] + [tokenizer.pad_id] * pad,
+        "attention_mask": [True] * (seq_len - pad) + [False] * pad,
+        "heads": first["heads"] + moved(second["heads"]) + [-1] * pad,
+        "rels": first["rels"] + second["rels"][1:] + [-1] * pad,
+        "coref": first["coref"] + moved(second["coref"]) + [-1] * pad,
+    }
+
+
 def arc_masks(
     heads: torch.Tensor, rels: torch.Tensor, coref: torch.Tensor, relations: Sequence[str]
 ) -> dict[str, torch.Tensor]:
@@ -418,17 +442,32 @@ class GrammarSource(RowSource):
     """Feeds the datamodule: word tokenizer from the lexicon, seeded splits."""
 
     kind = "grammar"
-    config_keys = {"probe_conllu": optional(string())}
+    config_keys = {"probe_conllu": optional(string()), "pair_sentences": boolean()}
 
-    def __init__(self, seq_len: int, sizes: dict[str, int], seed: int, probe_conllu: str | None = None) -> None:
-        if seq_len < MIN_SEQ_LEN:
-            raise ConfigError("data.seq_len", seq_len, f"an int >= {MIN_SEQ_LEN} (BOS + '{SEED_TEXT}' + EOS)")
+    def __init__(
+        self,
+        seq_len: int,
+        sizes: dict[str, int],
+        seed: int,
+        probe_conllu: str | None = None,
+        pair_sentences: bool = False,
+    ) -> None:
+        # pair_sentences: BERT's input, [CLS] A [SEP] B [SEP] (BOS A EOS B EOS), two sentences a sequence
+        # (Devlin et al. 2019, Sec. 3.1; Clark et al. 2019, Sec. 2 read BERT's attention on such segments).
+        per = 2 if pair_sentences else 1
+        least = per * (MIN_SEQ_LEN - 2) + per + 1
+        if seq_len < least:
+            what = "BOS + A + EOS + B + EOS" if pair_sentences else "BOS + sentence + EOS"
+            raise ConfigError("data.seq_len", seq_len, f"an int >= {least} ({what}, '{SEED_TEXT}' as each)")
         if probe_conllu is not None and not Path(probe_conllu).expanduser().is_file():
             raise ConfigError("data.probe_conllu", probe_conllu, "null or an existing CoNLL-U file")
         self.seq_len = seq_len
         self.sizes = sizes
         self.seed = seed
         self.probe_conllu = probe_conllu
+        self.pair_sentences = pair_sentences
+        self.per_sequence = per
+        self.max_words = (seq_len - per - 1) // per  # the longest sentence a sequence holds
         self.tokenizer = WordTokenizer(VOCAB)
         self._user_probe: list[Sentence] | None = None
 
@@ -437,14 +476,15 @@ class GrammarSource(RowSource):
             assert self.probe_conllu is not None
             sents = read_conllu(Path(self.probe_conllu).expanduser(), self.tokenizer)
             # A treebank sentence cut short would lose arcs; keep only whole ones.
-            fitting = [s for s in sents if len(s) + 2 <= self.seq_len]
-            if not fitting:
+            fitting = [s for s in sents if len(s) <= self.max_words]
+            if len(fitting) < self.per_sequence:
                 raise ConfigError(
                     "data.probe_conllu",
                     self.probe_conllu,
-                    f"a CoNLL-U file with a sentence of <= {self.seq_len - 2} words",
+                    f"a CoNLL-U file with {'two sentences' if self.pair_sentences else 'a sentence'} of <= "
+                    f"{self.max_words} words",
                 )
-            self._user_probe = fitting[: self.sizes["probe"]]
+            self._user_probe = fitting[: self.sizes["probe"] * self.per_sequence]
         return self._user_probe
 
     @property
@@ -455,13 +495,16 @@ class GrammarSource(RowSource):
 
     def identity(self) -> dict:
         ident: dict = {"grammar_version": GRAMMAR_VERSION}
+        if self.pair_sentences:
+            ident["pair_sentences"] = True
         if self.probe_conllu is not None:
             st = Path(self.probe_conllu).expanduser().stat()
             ident["probe_conllu"] = [str(Path(self.probe_conllu).resolve()), st.st_size, st.st_mtime_ns]
         return ident
 
     def sentences(self, split: str) -> Iterator[Sentence]:
-        n = self.sizes[split]
+        """The split's sentences in order: ``per_sequence`` of them make one sequence."""
+        n = self.sizes[split] * self.per_sequence
         if split == "probe" and self.probe_conllu is not None:
             yield from self._probe_sentences()
             return
@@ -471,10 +514,15 @@ class GrammarSource(RowSource):
             yield seed_sentence()
             n -= 1
         for _ in range(n):
-            yield generate_sentence(rng, self.seq_len - 2)
+            yield generate_sentence(rng, self.max_words)
 
     def generate(self, split: str) -> Iterator[dict[str, list]]:
         relations = self.relations
+        if self.pair_sentences:
+            stream = self.sentences(split)
+            for a, b in zip(stream, stream, strict=False):
+                yield encode_pair(a, b, self.tokenizer, relations, self.seq_len)
+            return
         for s in self.sentences(split):
             yield encode_sentence(s, self.tokenizer, relations, self.seq_len)
 

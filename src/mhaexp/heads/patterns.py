@@ -700,6 +700,18 @@ def sink_sums(chunk: Chunk) -> Ratio:
     return _query_mean(_first_token_attention(chunk.patterns), chunk.mask)
 
 
+def token_class_sums(chunk: Chunk, keys: Tensor) -> Ratio:
+    """Attention a head pays to a class of tokens, averaged over real queries (Clark et al. 2019, Sec. 3.2,
+    Fig. 2: the average attention to [CLS], to [SEP], and to periods and commas, per head).
+
+    ``keys`` ``(B, T)`` bool marks the class's positions (every [SEP] of a sequence, say); a query's share
+    is the sum of its attention on them, so two [SEP]s count together, as in Clark et al.'s figure.
+    Returns a :class:`Ratio` of ``(H,)`` values in [0, 1].
+    """
+    on_class = (chunk.patterns * keys.to(chunk.patterns.dtype)[:, None, None, :]).sum(-1)  # (B, H, Q)
+    return _query_mean(on_class, chunk.mask)
+
+
 def sink_rate(patterns: Tensor, mask: Tensor | None = None, *, eps: float) -> Tensor:
     """Share of sequences where the first token is a sink (Gu et al. 2024, Sec. 3; their eps is 0.3,
     ``analysis.thresholds.sink``).

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from mhaexp.rundir import ANALYSIS_DIR, HEAD_METRICS_FILE, HEAD_ROLES_FILE, METRICS_FILE, SUMMARY_FILE
+from mhaexp.rundir import ANALYSIS_DIR, HEAD_JS_FILE, HEAD_METRICS_FILE, HEAD_ROLES_FILE, METRICS_FILE, SUMMARY_FILE
 
 Series = dict[int, dict[tuple[int, int], float]]  # {step: {(layer, head): value}}
 
@@ -28,6 +28,28 @@ def head_metrics(run_dir: Path, prefix: str) -> dict[str, Series]:
 def head_metric(run_dir: Path, metric: str) -> Series:
     """``{step: {(layer, head): value}}`` of one per-head metric from ``analysis/head_metrics.csv``."""
     return head_metrics(run_dir, metric).get(metric, {})
+
+
+def head_metric_stats(run_dir: Path, metric: str) -> dict[tuple[int, int], tuple[float, float]]:
+    """``{(layer, head): (value, se)}`` of one metric at its last step (se NaN where the table has none)."""
+    rows: dict[int, dict[tuple[int, int], tuple[float, float]]] = defaultdict(dict)
+    with (Path(run_dir) / ANALYSIS_DIR / HEAD_METRICS_FILE).open() as f:
+        for r in csv.DictReader(f):
+            if r["metric"] == metric:
+                value = float(r["value"]) if r["value"] else math.nan
+                rows[int(r["step"])][(int(r["layer"]), int(r["head"]))] = (value, float(r["se"] or "nan"))
+    return rows[max(rows)] if rows else {}
+
+
+def head_js(run_dir: Path) -> tuple[list[tuple[int, int]], list[list[float]]]:
+    """The heads in layer order and the JS divergence between every two (``analysis/head_js.csv``)."""
+    pairs: dict[tuple[tuple[int, int], tuple[int, int]], float] = {}
+    with (Path(run_dir) / ANALYSIS_DIR / HEAD_JS_FILE).open() as f:
+        for r in csv.DictReader(f):
+            a, b = (int(r["layer"]), int(r["head"])), (int(r["other_layer"]), int(r["other_head"]))
+            pairs[(a, b)] = float(r["js"])
+    heads = sorted({a for a, _ in pairs})
+    return heads, [[pairs[(a, b)] for b in heads] for a in heads]
 
 
 def head_metric_max(run_dir: Path, metric: str) -> list[tuple[int, float]]:
