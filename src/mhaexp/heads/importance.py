@@ -116,6 +116,21 @@ def evaluate(
     return total / max(count, 1.0), correct / max(count, 1.0)
 
 
+@torch.no_grad()
+def sequence_losses(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+) -> tuple[Tensor, Tensor]:
+    """(summed loss, scored tokens) per sequence of ``batches``, both ``(N,)``: :func:`evaluate`'s loss is
+    ``sum(loss) / sum(tokens)``; two models scored on the same sequences give paired per-sequence terms."""
+    losses, counts = [], []
+    with eval_mode(model):
+        for i, batch in enumerate(batches):
+            loss, _, scored = _token_losses(model, batch, i, objective)
+            losses.append((loss * scored).sum(1).double())
+            counts.append(scored.sum(1).double())
+    return torch.cat(losses), torch.cat(counts)
+
+
 def _token_gate_gradients(
     model: Transformer,
     batches: Sequence[Batch],
