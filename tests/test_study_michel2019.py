@@ -81,3 +81,31 @@ def test_seeds_that_disagree_are_inconclusive(tmp_path: Path) -> None:
     better, share, _ = get_study("michel2019").verdicts(michel_ctx(tmp_path, [0.01, 2.0], 1.0))
     assert better.holds is None and "seeds disagree" in better.why
     assert share.holds is None
+
+
+def test_curves_rank_on_one_half_and_measure_on_the_other() -> None:
+    import torch
+
+    from mhaexp.heads.importance import evaluate
+    from mhaexp.nn.model import ModelConfig, Transformer
+    from mhaexp.pruning.curves import compute_pruning_curve
+    from mhaexp.pruning.held_out import split_held_out
+
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {"input_ids": torch.randint(0, 32, (4, 10), generator=g), "attention_mask": torch.ones(4, 10, dtype=torch.bool)}
+        for _ in range(3)
+    ]
+    rank, measure = split_held_out(batches)
+    assert (len(rank), len(measure)) == (1, 2) and measure[0] is batches[1]
+    one_rank, one_measure = split_held_out(batches[:1])  # one batch: split by its rows
+    assert torch.equal(one_rank[0]["input_ids"], batches[0]["input_ids"][:2])
+    assert torch.equal(one_measure[0]["input_ids"], batches[0]["input_ids"][2:])
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=32, n_layers=2, d_model=32, n_heads=4, d_ff=32, max_seq_len=16))
+    held_out = compute_pruning_curve(model, rank, "importance", step_fraction=0.25, eval_batches=measure)
+    same = compute_pruning_curve(model, rank, "importance", step_fraction=0.25)
+    assert held_out[0]["val_loss"] == pytest.approx(evaluate(model, measure)[0])
+    assert same[0]["val_loss"] == pytest.approx(evaluate(model, rank)[0]) != held_out[0]["val_loss"]
+    assert [p["heads_pruned"] for p in held_out] == [p["heads_pruned"] for p in same] == [0, 2, 4, 6]

@@ -16,7 +16,19 @@ import pytest
 from mhaexp.studies import STUDIES
 
 BIN = Path(sys.executable).parent
-CLAIM_KEYS = {"claim", "source", "metric", "ours", "criterion", "holds", "why", "paper", "runs", "plot"}
+CLAIM_KEYS = {
+    "claim",
+    "source",
+    "metric",
+    "ours",
+    "criterion",
+    "criterion_source",
+    "holds",
+    "why",
+    "paper",
+    "runs",
+    "plot",
+}
 
 
 @pytest.fixture(scope="module")
