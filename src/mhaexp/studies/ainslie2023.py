@@ -201,7 +201,7 @@ class Ainslie2023(Study):
                 criterion="in every seed MQA minus GQA and GQA minus MHA are above zero by more than 2 standard errors",
                 criterion_source="Table 1 and Fig. 3 (T5-XXL): uptrained GQA-8 close to MHA-XXL, above uptrained MQA",
                 **decided(between),
-                paper="GQA-8 close to MHA, MQA below both, on T5-XXL",
+                paper="T5-XXL, average over tasks: MHA 47.2, GQA-8 47.1, MQA 46.6 (Table 1)",
                 runs=[*mha_runs, *runs_of(mqa["mean"]), *runs_of(gqa)],
             ),
         ]

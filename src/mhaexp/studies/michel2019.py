@@ -143,7 +143,8 @@ def against_random(result: dict[str, Any]) -> dict[str, Any]:
         others = [loss_at(c, f) for c in result["random"]]
         gaps.append(sum(others) / len(others) - mine)
         beaten.append(sum(o > mine for o in others) / len(others))
-    p = float(stats.wilcoxon(gaps, alternative="greater").pvalue) if len(gaps) >= 2 else math.nan
+    testable = len(gaps) >= 2 and any(g != 0 for g in gaps)  # all-zero gaps: no ranks to test
+    p = float(stats.wilcoxon(gaps, alternative="greater").pvalue) if testable else math.nan
     return {"fractions": fractions, "gaps": gaps, "beaten": beaten, "p": p}
 
 
