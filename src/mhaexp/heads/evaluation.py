@@ -91,3 +91,18 @@ def group_extent(mask: Tensor, rows: Tensor) -> int:
     real = mask[rows].bool()
     cols = real.any(0).nonzero()
     return int(cols[-1]) + 1 if len(cols) else 1
+
+
+@torch.no_grad()
+def sequence_losses(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+) -> tuple[Tensor, Tensor]:
+    """(summed loss, scored tokens) per sequence of ``batches``, both ``(N,)``: :func:`evaluate`'s loss is
+    ``sum(loss) / sum(tokens)``; two models scored on the same sequences give paired per-sequence terms."""
+    losses, counts = [], []
+    with eval_mode(model):
+        for i, batch in enumerate(batches):
+            loss, _, scored = token_losses(model, batch, i, objective)
+            losses.append((loss * scored).sum(1).double())
+            counts.append(scored.sum(1).double())
+    return torch.cat(losses), torch.cat(counts)

@@ -95,9 +95,13 @@ def compute_pruning_curve(
     exact: bool = True,
     seed: int = 0,
     roles: Any = None,
+    eval_batches: Sequence[Batch] | None = None,
 ) -> list[dict[str, Any]]:
     """Prune ``model`` step by step without fine-tuning and evaluate after each step (Michel et al.
     2019, Fig. 3): ``step_fraction`` of all heads per step, re-ranking each step when ``exact``.
+
+    Heads are ranked on ``batches``; the quality is measured on ``eval_batches`` when given (held-out
+    batches the ranking never saw), else on ``batches`` too.
 
     Each step is :func:`~mhaexp.pruning.step.prune_step`, the step the pruning callback takes.
     ``model``'s gates are restored afterwards. Heads already masked count as pruned from the start.
@@ -122,12 +126,20 @@ def compute_pruning_curve(
             "criterion": criterion,
         }
 
-    points = [point(*evaluate(model, batches, objective), 0)]
+    measured = batches if eval_batches is None else eval_batches
+    points = [point(*evaluate(model, measured, objective), 0)]
     scores = None
     try:
         while len(pruned) < limit:
             step = prune_step(
-                model, batches, objective, pruned, min(limit, len(pruned) + d), ranking, None if exact else scores
+                model,
+                batches,
+                objective,
+                pruned,
+                min(limit, len(pruned) + d),
+                ranking,
+                None if exact else scores,
+                eval_batches=measured,
             )
             scores = step.scores
             if not step.new:

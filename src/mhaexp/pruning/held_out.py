@@ -48,3 +48,26 @@ def log_to_loggers(trainer: pl.Trainer, metrics: dict[str, Any], step: int | Non
         return
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step if step is None else step)
+
+
+def split_held_out(batches: Sequence[Batch]) -> tuple[list[Batch], list[Batch]]:
+    """Two disjoint halves of held-out ``batches``: (rank on these, measure on those).
+
+    Split by batch; a single batch is split by its rows. A ranking fitted to the batches a pruning curve is
+    measured on flatters the curve (it picks heads that happen not to matter on exactly those sequences).
+    """
+    batches = list(batches)
+    if len(batches) >= 2:
+        half = len(batches) // 2
+        return batches[:half], batches[half:]
+    if not batches:
+        raise ValueError("the held-out data gave no batches")
+    (batch,) = batches
+    rows = next(v.shape[0] for v in batch.values() if isinstance(v, Tensor))
+    if rows < 2:
+        raise ValueError("one held-out sequence cannot be split into a ranking half and a measuring half")
+
+    def rows_of(part: slice) -> Batch:
+        return {k: v[part] if isinstance(v, Tensor) and v.shape[:1] == (rows,) else v for k, v in batch.items()}
+
+    return [rows_of(slice(0, rows // 2))], [rows_of(slice(rows // 2, rows))]

@@ -58,12 +58,15 @@ def prune_step(
     ranking: Ranking,
     scores: Sequence[Tensor] | None = None,
     agree: Callable[[list[Head]], list[Head]] | None = None,
+    eval_batches: Sequence[Batch] | None = None,
 ) -> PruneStep:
     """Mask the lowest-ranked live heads so that ``target`` are pruned in all; evaluate on ``batches``.
 
     Args:
         scores: rank by these (cached from an earlier step) instead of scoring the model again.
         agree: makes every process mask the same heads (the callback broadcasts rank 0's choice).
+        eval_batches: measure the quality on these instead: held-out batches the ranking never saw, so a
+            curve is not flattered by a ranking fitted to the batches it is measured on.
     """
     if scores is None:
         scores = ranking.scores(model, batches, objective)
@@ -71,5 +74,5 @@ def prune_step(
     if agree is not None:
         new = [tuple(h) for h in agree(new)]
     apply_mask(model, new)
-    loss, acc = evaluate(model, batches, objective)
+    loss, acc = evaluate(model, batches if eval_batches is None else eval_batches, objective)
     return PruneStep(list(new), list(scores), loss, acc)
