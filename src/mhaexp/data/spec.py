@@ -70,6 +70,7 @@ class DataConfig:
     cache_dir: str | None = setting(optional(string()), None)  # null: $MHAEXP_CACHE, else ~/.cache/mhaexp
     num_workers: int = setting(non_negative_int(), 0)  # DataLoader worker processes
     probe_conllu: str | None = source_key(optional(string()), "grammar", "probe_conllu")
+    pack: bool = source_key(boolean(), "grammar", "pack")  # sentences back to back in full rows
     variant: str = source_key(choice(*VARIANTS), "induction", "variant")
     n_tokens: int = source_key(int_at_least(2), "induction", "n_tokens")
     fixed_length: bool = source_key(boolean(), "induction", "fixed_length")
