@@ -21,9 +21,11 @@ the runs' ``analysis.thresholds.sink``; the mean over heads is ``Sink_1^eps``.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+from mhaexp.analysis.config import yaml_thresholds
 from mhaexp.data.grammar import render_text
 from mhaexp.rundir import ANALYSIS_DIR
 from mhaexp.studies.base import Study
@@ -41,6 +43,7 @@ ANALYSES = 20
 MODEL_PROBE = 100  # --model: sequences probed, as Gu et al. (Sec. 3.2, Fig. 3: "averaged on 100 sequences")
 MODEL_TEXT_SENTENCES = 10000  # --model: grammar sentences rendered as text; its held-out tenth feeds the probe
 SMOKE_MODEL_PROBE = 8
+MODEL_PROBE_FILE = "model_probe.json"  # --model: the sink bar and probe the analysis was run with
 Z = 2.0  # error bars: 2 standard errors
 
 
@@ -83,11 +86,18 @@ class Gu2024(Study):
 
     def run_model(self, ctx: StudyContext, ckpt: Path) -> None:
         """Grammar text (rendered here, offline) read through the model's own tokenizer in 64-token windows
-        (BOS + 63 tokens, ``data=text``), analysed by ``mhaexp-analyze``; a user's ``data.path=`` replaces it."""
-        n_text = MODEL_TEXT_SENTENCES // 10 if ctx.budget.smoke else MODEL_TEXT_SENTENCES
+        (BOS + 63 tokens, ``data=text``), analysed by ``mhaexp-analyze``; a user's ``data.path=`` replaces it.
+        The sink bar and probe size go to ``eval/model_probe.json``: the analysis' own files do not hold them."""
+        smoke = ctx.budget.smoke
         text = ctx.out / MODEL_DIR / "text"
-        render_text(text, n_text, seed=0)
-        probe = SMOKE_MODEL_PROBE if ctx.budget.smoke else MODEL_PROBE
+        render_text(text, MODEL_TEXT_SENTENCES // 10 if smoke else MODEL_TEXT_SENTENCES, seed=0)
+        probe = SMOKE_MODEL_PROBE if smoke else MODEL_PROBE
+        eps = float(yaml_thresholds()["sink"])
+        for o in ctx.budget.extra:  # the user's bar, if given (thresholds.sink= or analysis.thresholds.sink=)
+            key, _, value = o.partition("=")
+            if key.removeprefix("analysis.") == "thresholds.sink":
+                eps = float(value)
+        ctx.eval_path(MODEL_PROBE_FILE).write_text(json.dumps({"eps": eps, "sequences": probe, "seq_len": SEQ_LEN}))
         args = [
             f"ckpt={ckpt}",
             f"out={self._model_analysis(ctx)}",
@@ -97,6 +107,7 @@ class Gu2024(Study):
             f"data.n_val={probe}",
             f"probe_sequences={probe}",
             *ctx.budget.extra,
+            f"thresholds.sink={eps}",
         ]
         ctx.command("analyze", "mhaexp-analyze", args)
 
@@ -181,17 +192,17 @@ class Gu2024(Study):
 
     def model_verdicts(self, ctx: StudyContext) -> list[Claim]:
         analysis = self._model_analysis(ctx)
+        probe = json.loads(ctx.eval_path(MODEL_PROBE_FILE).read_text())
         rows = head_metric_mean_se(analysis.parent, "sink_rate")
         rate = Measure.of(rows[-1][1] if rows else math.nan)
         se = Measure.of(rows[-1][2] if rows else math.nan)
         low = Measure.of(rate.mean - Z * se.mean)
-        probe = SMOKE_MODEL_PROBE if ctx.budget.smoke else MODEL_PROBE
         return [
             Claim(
                 claim="A pretrained LM has attention sinks on the first token",
                 source="Gu et al. 2024, Sec. 3.3-3.4, Table 1 and Fig. 4 (left): GPT-2, Pythia, OPT, LLaMA",
-                metric=f"Sink_1^eps of {ctx.budget.model} (eps {self._eps([analysis.parent])}) on {probe} "
-                f"windows of {SEQ_LEN} tokens of grammar text read by its own tokenizer; lower end "
+                metric=f"Sink_1^eps of {ctx.budget.model} (eps {probe['eps']:g}) on {probe['sequences']} "
+                f"windows of {probe['seq_len']} tokens of grammar text read by its own tokenizer; lower end "
                 f"rate - {Z:g} se",
                 ours={"sink rate": rate, "se": se, "lower end": low},
                 criterion=f"the lower end of the sink rate's ±{Z:g} se interval >= {NEAR_ZERO:g} (out of the "
