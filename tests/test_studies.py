@@ -312,7 +312,7 @@ def test_olsson2022_verdicts_hold_when_heads_and_the_gap_jump_together(tmp_path:
     get_study("olsson2022").plot(ctx)
     assert (tmp_path / "phase_change.png").stat().st_size > 1000
     assert formed.ours["2 layers"].values == (0.9, 0.9) and formed.ours["1 layer"].values == (0.05, 0.05)
-    assert phase.ours.values == (0.0, 0.0)  # the whole climb between two analyses: 600 -> 600
+    assert phase.ours["window"].values == (0.0, 0.0)  # the whole climb between two analyses: 600 -> 600
     assert icl.ours.values == (1.0, 1.0)
 
 
