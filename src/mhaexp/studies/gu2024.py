@@ -124,6 +124,15 @@ class Gu2024(Study):
             ax.legend(fontsize=8)
 
     def notes(self, ctx: StudyContext) -> list[str]:
+        if ctx.budget.model is not None:
+            return [
+                "The text is the grammar's, rendered as prose here (offline) and read by the model's own "
+                f"tokenizer: windows of BOS + {SEQ_LEN - 1} tokens from its held-out tenth. Gu et al. read 64 "
+                "tokens of Pile text, and find the input domain has a negligible effect on the metric (App. C.2, "
+                "Fig. 9: 17 Pile domains). A user's own text replaces it with data.path=<file or directory>.",
+                "Error bar: the mean of the heads' standard errors, an upper bound on the standard error of their "
+                "mean over the probe windows.",
+            ]
         return [
             "Changed (issue 29): the study trained and probed one grammar sentence per row (37 tokens, padded). "
             "Uniform causal attention puts a mean of H_T / T on the first token (H_T the harmonic number), "
@@ -210,9 +219,8 @@ class Gu2024(Study):
                 criterion_source="Sec. 3.4 and Fig. 4 (left): every pretrained LM measured has sinks, down to "
                 "Pythia-14M; the no-sink range from Table 4, Table 6 and Sec. 7.4 (0.00-2.46%)",
                 **decided(at_least(low, NEAR_ZERO)),
-                paper="GPT2-XL 77.00% on natural text, 70.29% on random tokens (Table 1); GPT-2 family about "
-                "80-100% and every Pythia from 14M to 12B above zero (Fig. 4 left, Fig. 10: figures read from "
-                "plots)",
+                paper="GPT2-XL 77.00% on natural text, 70.29% on random tokens (Table 1); sinks in every GPT-2, "
+                "Pythia, OPT and LLaMA size measured, down to Pythia-14M (Fig. 4 left, Fig. 10: given as plots)",
                 runs=[ctx.rel(analysis)],
             )
         ]
