@@ -291,7 +291,7 @@ def _olsson_runs(tmp_path: Path, jump: int, gap_drop_at: int, final_2l: float, b
     """Two seeds of 1 and 2 layers over 1500 steps, analysed every 50; the 2-layer runs' best prefix
     matching jumps from 0.05 to ``final_2l`` at step ``jump``; the in-context gap falls at ``gap_drop_at``.
     The runs were trained with ``analysis.thresholds.induction=bar``."""
-    ctx = StudyContext("olsson2022", tmp_path, Budget(seeds=2))
+    ctx = StudyContext("olsson2022", tmp_path, Budget(steps=1500, seeds=2))
     steps = range(0, 1501, 50)
     num = 0
     for layers in (1, 2):
@@ -312,7 +312,7 @@ def test_olsson2022_verdicts_hold_when_heads_and_the_gap_jump_together(tmp_path:
     get_study("olsson2022").plot(ctx)
     assert (tmp_path / "phase_change.png").stat().st_size > 1000
     assert formed.ours["2 layers"].values == (0.9, 0.9) and formed.ours["1 layer"].values == (0.05, 0.05)
-    assert phase.ours.values == (0.0, 0.0)  # the whole climb between two analyses: 600 -> 600
+    assert phase.ours["window"].values == (0.0, 0.0)  # the whole climb between two analyses: 600 -> 600
     assert icl.ours.values == (1.0, 1.0)
 
 
@@ -332,29 +332,6 @@ def test_olsson2022_judges_heads_by_the_runs_own_induction_bar(tmp_path: Path) -
     assert formed.holds is True and ">= 0.5 " in formed.criterion
     formed = get_study("olsson2022").verdicts(_olsson_runs(tmp_path / "b", 600, 600, 0.9, bar=0.95))[0]
     assert formed.holds is False and ">= 0.95 " in formed.criterion
-
-
-def _gu_runs(tmp_path: Path, init: float, final: float) -> StudyContext:
-    ctx = StudyContext("gu2024", tmp_path, Budget(seeds=2))
-    for seed in (0, 1):
-        rows = []
-        for step in (0, 500, 1000, 1500):
-            rate = init if step == 0 else (final if step >= 1000 else init)
-            rows += [(step, 0, h, "sink_rate", rate + 0.01 * seed) for h in range(4)]
-        fake_run(ctx.runs_dir / "train", seed, {"seed": seed, "analysis": {"thresholds": {"sink": 0.3}}}, rows)
-    return ctx
-
-
-def test_gu2024_verdicts_pass_and_fail(tmp_path: Path) -> None:
-    ctx = _gu_runs(tmp_path / "a", 0.0, 0.6)
-    no_sink, emerges = get_study("gu2024").verdicts(ctx)
-    assert (no_sink.holds, emerges.holds) == (True, True)
-    assert "attending > 0.3 to the first token" in no_sink.metric  # the runs' analysis.thresholds.sink
-    get_study("gu2024").plot(ctx)
-    assert (tmp_path / "a" / "sink_rate.png").stat().st_size > 1000
-    assert emerges.ours["onset step"].values == (1000.0, 1000.0)
-    no_sink, emerges = get_study("gu2024").verdicts(_gu_runs(tmp_path / "b", 0.3, 0.1))
-    assert (no_sink.holds, emerges.holds) == (False, False)
 
 
 def _head_count_runs(tmp_path: Path, losses: dict[int, float]) -> StudyContext:

@@ -61,8 +61,9 @@ In batches every position is shifted by one for the leading BOS: ``heads`` and
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -405,6 +406,35 @@ def encode_pair(
     }
 
 
+def pack_sentences(
+    sentences: Iterable[Sentence], tokenizer: WordTokenizer, relations: Sequence[str], seq_len: int
+) -> Iterator[dict[str, list]]:
+    """Rows of exactly ``seq_len`` real tokens: BOS, then sentences back to back, each followed by EOS.
+
+    LM pre-training packs documents into full rows (Gu et al. 2024, Fig. 1 right; their sink metric reads
+    T = 64 tokens, Sec. 3.2). The sentence that reaches a row's end is cut there and not continued, so each
+    row starts with BOS and a whole sentence; arcs that cross the cut are dropped (-1). Annotations are
+    positions in the row, as :func:`encode_sentence` gives them in its own.
+    """
+    row: dict[str, list] = {}
+    for s in sentences:
+        if not row:
+            row = {"input_ids": [tokenizer.bos_id], "heads": [-1], "rels": [-1], "coref": [-1]}
+        enc = encode_sentence(s, tokenizer, relations, len(s) + 2)
+        offset = len(row["input_ids"]) - 1  # the sentence's own BOS would sit there
+        row["input_ids"] += enc["input_ids"][1:]
+        row["rels"] += enc["rels"][1:]
+        for key in ("heads", "coref"):
+            row[key] += [p + offset if p >= 0 else -1 for p in enc[key][1:]]
+        if len(row["input_ids"]) >= seq_len:
+            cut = {k: v[:seq_len] for k, v in row.items()}
+            cut["rels"] = [-1 if h >= seq_len else r for r, h in zip(cut["rels"], cut["heads"], strict=True)]
+            for key in ("heads", "coref"):
+                cut[key] = [p if p < seq_len else -1 for p in cut[key]]
+            yield {**cut, "attention_mask": [True] * seq_len}
+            row = {}
+
+
 def arc_masks(
     heads: torch.Tensor, rels: torch.Tensor, coref: torch.Tensor, relations: Sequence[str]
 ) -> dict[str, torch.Tensor]:
@@ -442,7 +472,7 @@ class GrammarSource(RowSource):
     """Feeds the datamodule: word tokenizer from the lexicon, seeded splits."""
 
     kind = "grammar"
-    config_keys = {"probe_conllu": optional(string()), "pair_sentences": boolean()}
+    config_keys = {"probe_conllu": optional(string()), "pair_sentences": boolean(), "pack": boolean()}
 
     def __init__(
         self,
@@ -451,9 +481,12 @@ class GrammarSource(RowSource):
         seed: int,
         probe_conllu: str | None = None,
         pair_sentences: bool = False,
+        pack: bool = False,
     ) -> None:
         # pair_sentences: BERT's input, [CLS] A [SEP] B [SEP] (BOS A EOS B EOS), two sentences a sequence
         # (Devlin et al. 2019, Sec. 3.1; Clark et al. 2019, Sec. 2 read BERT's attention on such segments).
+        if pack and pair_sentences:
+            raise ConfigError("data.pack", pack, "false with data.pair_sentences=true (a pair is not a packed row)")
         per = 2 if pair_sentences else 1
         least = per * (MIN_SEQ_LEN - 2) + per + 1
         if seq_len < least:
@@ -468,6 +501,8 @@ class GrammarSource(RowSource):
         self.pair_sentences = pair_sentences
         self.per_sequence = per
         self.max_words = (seq_len - per - 1) // per  # the longest sentence a sequence holds
+        # Packed rows (Gu et al. 2024, Fig. 1 right): several sentences back to back in one full row.
+        self.pack = pack
         self.tokenizer = WordTokenizer(VOCAB)
         self._user_probe: list[Sentence] | None = None
 
@@ -497,27 +532,36 @@ class GrammarSource(RowSource):
         ident: dict = {"grammar_version": GRAMMAR_VERSION}
         if self.pair_sentences:
             ident["pair_sentences"] = True
+        if self.pack:  # only when set: unpacked data keeps the cache entries it always had
+            ident["pack"] = True
         if self.probe_conllu is not None:
             st = Path(self.probe_conllu).expanduser().stat()
             ident["probe_conllu"] = [str(Path(self.probe_conllu).resolve()), st.st_size, st.st_mtime_ns]
         return ident
 
-    def sentences(self, split: str) -> Iterator[Sentence]:
-        """The split's sentences in order: ``per_sequence`` of them make one sequence."""
-        n = self.sizes[split] * self.per_sequence
+    def sentences(self, split: str, n: int | None = None) -> Iterator[Sentence]:
+        """The split's sentences in order: ``per_sequence`` of them make one sequence, ``sizes[split]``
+        sequences; or ``n`` sentences (``None`` with ``pack``: as many as the packed rows ask for)."""
+        if n is None and not self.pack:
+            n = self.sizes[split] * self.per_sequence
         if split == "probe" and self.probe_conllu is not None:
-            yield from self._probe_sentences()
+            yield from itertools.islice(self._probe_sentences(), n)
             return
         # String seeds hash deterministically (unlike hash()), one stream per split.
         rng = random.Random(f"mhaexp-grammar/{split}/{self.seed}")
         if split == "probe":
             yield seed_sentence()
-            n -= 1
-        for _ in range(n):
+        k = 1 if split == "probe" else 0
+        while n is None or k < n:
             yield generate_sentence(rng, self.max_words)
+            k += 1
 
     def generate(self, split: str) -> Iterator[dict[str, list]]:
         relations = self.relations
+        if self.pack:
+            rows = pack_sentences(self.sentences(split), self.tokenizer, relations, self.seq_len)
+            yield from itertools.islice(rows, self.sizes[split])
+            return
         if self.pair_sentences:
             stream = self.sentences(split)
             for a, b in zip(stream, stream, strict=False):

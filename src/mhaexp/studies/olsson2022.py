@@ -8,6 +8,10 @@ On ``experiment=induction`` (attention-only models on BOS + x + x):
    the first copy (``val/icl_gap``, :meth:`mhaexp.training.module.LMModule.validation_step`) falls there.
 
 The window is where the best head's prefix matching goes from 10% to 90% of its climb (start to peak).
+Its share of training means something only when training went on past it (Olsson et al. train far past the
+phase change, Argument 1): a climb still running near the end of the budget spans whatever share the budget
+leaves it. So the window must end before ``SATURATED`` of training (a precondition: otherwise the claim is
+inconclusive, not false), and the default budget trains past it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from mhaexp.studies.runner import Budget, StudyContext, run_config
 from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, decided
 
 SHORT_WINDOW = 0.25  # the climb spans at most this share of training
+SATURATED = 0.6  # precondition: the climb ends before this share of training (the run trained past it)
 IN_WINDOW = 0.5  # at least this share of the ICL gap's fall happens around the window
-ANALYSES = 30  # analysis and validation points per run: the resolution of the window
+ANALYSES = 40  # analysis and validation points per run: the resolution of the window
 
 
 def icl_fall_in_window(gap: list[tuple[int, float]], window: tuple[int, int]) -> float:
@@ -43,7 +48,9 @@ class Olsson2022(Study):
     name = "olsson2022"
     title = "Olsson et al. 2022: induction heads form in a phase change, with in-context learning"
     summary = "induction heads in 2 layers, not 1; the phase change and the in-context loss drop"
-    default_steps = 1500
+    # At 1500 steps the climb began at 43% of training and ended near its end (2026-12-02): 4000 steps put
+    # its end near 35%, well before SATURATED.
+    default_steps = 4000
     minutes = 8
 
     def preflight_overrides(self, budget: Budget) -> list[str]:
@@ -98,6 +105,7 @@ class Olsson2022(Study):
         steps = ctx.budget.n_steps(self.default_steps)
         windows = [rise_window(head_metric_max(d, "prefix_matching")) for d in two]
         width = Measure.of((w[1] - w[0]) / steps if w else math.nan for w in windows)
+        end = Measure.of(w[1] / steps if w else math.nan for w in windows)
         # Lightning logs a validation at step n - 1 after n optimizer steps; the analysis at step n sees the
         # same model. Put both on the analysis clock, so "before the window" means the same for both.
         gaps = [[(s + 1, v) for s, v in scalar(d, "val/icl_gap")] for d in two]
@@ -108,6 +116,16 @@ class Olsson2022(Study):
         bar, lenient = max(bars), min(bars)
         formed = at_least(pm2, bar)
         precondition = formed if formed[0] else (None, f"no induction head formed in the 2-layer model ({pm2})")
+        ended = at_most(end, SATURATED)
+        saturated = (
+            ended
+            if ended[0]
+            else (
+                None,
+                f"the climb had not ended before {SATURATED:g} of training in every seed (ends at {end}): "
+                "train longer (--steps) to measure its width",
+            )
+        )
         rel = [ctx.rel(d) for d in [*one, *two]]
         window_text = ", ".join(f"{w[0]}-{w[1]}" if w else "none" for w in windows)
         return [
@@ -118,6 +136,9 @@ class Olsson2022(Study):
                 ours={"2 layers": pm2, "1 layer": pm1},
                 criterion=f"every 2-layer seed >= {bar:g} and every 1-layer seed <= {lenient:g} "
                 "(analysis.thresholds.induction of the runs)",
+                criterion_source="Sec. 2 (definitions: prefix matching score) and Argument 1 (small attention-only "
+                "models: induction heads form with 2+ layers, not with 1); the 0.5 bar is the project's "
+                "analysis.thresholds.induction, the paper gives no number",
                 **decided(all_hold([formed, at_most(pm1, lenient)])),
                 paper="induction heads (prefix matching > 0.5) only in models of 2+ layers",
                 runs=rel,
@@ -128,9 +149,13 @@ class Olsson2022(Study):
                 source="Olsson et al. 2022, Argument 1 (the phase change)",
                 metric="steps for the best head's prefix matching to climb from 10% to 90% of its rise, "
                 f"as a share of training (windows: {window_text})",
-                ours=width,
-                criterion=f"every 2-layer seed's window <= {SHORT_WINDOW:g} of training",
-                **decided(all_hold([precondition, at_most(width, SHORT_WINDOW)])),
+                ours={"window": width, "window end": end},
+                criterion=f"every 2-layer seed's window <= {SHORT_WINDOW:g} of training; precondition: every "
+                f"window ends before {SATURATED:g} of training (else inconclusive)",
+                criterion_source="Argument 1 (the phase change): a narrow window early in training, a bump in "
+                "the loss curve, after which the models train on; the 25% bar and the 60% precondition are "
+                "the project's reading of that window, the paper gives no number",
+                **decided(all_hold([precondition, saturated, at_most(width, SHORT_WINDOW)])),
                 paper="a sharp bump early in training, a few % of it",
                 runs=[ctx.rel(d) for d in two],
                 plot="phase_change.png",
@@ -142,6 +167,9 @@ class Olsson2022(Study):
                 "the last validation before the window and the first after it",
                 ours=fall,
                 criterion=f"every 2-layer seed >= {IN_WINDOW:g}",
+                criterion_source="Argument 1: the in-context learning score (loss late in the context minus "
+                "early) improves abruptly in the same window as induction heads form; 'most of the fall' (>= "
+                "half) is the project's reading",
                 **decided(all_hold([precondition, at_least(fall, IN_WINDOW)])),
                 paper="the in-context learning score improves abruptly in the same window",
                 runs=[ctx.rel(d) for d in two],

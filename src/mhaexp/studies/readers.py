@@ -70,6 +70,20 @@ def head_metric_mean(run_dir: Path, metric: str) -> list[tuple[int, float]]:
     return series
 
 
+def head_metric_mean_se(run_dir: Path, metric: str) -> list[tuple[int, float, float]]:
+    """``[(step, mean over heads, se)]`` from ``analysis/head_metrics.csv`` (NaNs ignored). ``se`` is the mean of
+    the heads' standard errors: an upper bound on the standard error of their mean, whatever the correlation
+    between heads measured on the same sequences (the standard deviation of a sum is at most the sum of theirs)."""
+    values: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    with (Path(run_dir) / ANALYSIS_DIR / HEAD_METRICS_FILE).open() as f:
+        for r in csv.DictReader(f):
+            if r["metric"] == metric and math.isfinite(v := float(r["value"])):
+                values[int(r["step"])].append((v, float(r.get("se") or "nan")))
+    return [
+        (step, sum(v for v, _ in vs) / len(vs), sum(s for _, s in vs) / len(vs)) for step, vs in sorted(values.items())
+    ]
+
+
 def role_bar(run_dir: Path, key: str) -> float:
     """``analysis.thresholds.<key>`` of the run's own composed config (``.hydra/config.yaml``): the bar its
     roles were assigned with, whatever the YAML says today (one home for every threshold: the config)."""
