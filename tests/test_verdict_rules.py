@@ -29,6 +29,8 @@ def test_paired_difference_decides_with_its_error_bars() -> None:
     # without error bars the sign decides, and one seed is not enough
     assert paired_greater(Measure.of([0.01, 0.02]))[0] is True
     assert paired_greater(Measure.of([0.01]))[0] is None
+    # a seed whose error bar is missing is not decided on the others
+    assert paired_greater(Measure.of([0.3, 0.2]), Measure.of([0.1, float("nan")]))[0] is None
 
 
 def test_a_test_within_each_seed_must_be_significant_in_every_seed() -> None:

@@ -180,9 +180,9 @@ def paired_greater(diff: Measure, se: Measure | None = None, z: float = 2.0) -> 
     if not diff.n:
         return None, "not measured: no seed produced a value"
     bars = [0.0] * len(diff.values) if se is None else [z * s for s in se.values]
-    pairs = [(d, b) for d, b in zip(diff.values, bars, strict=True) if math.isfinite(d) and math.isfinite(b)]
-    if not pairs:  # every seed's error bar missing: all() of nothing would read as "holds"
-        return None, f"no seed has both a difference and an error bar ({diff}; se {se})"
+    pairs = [(d, b) for d, b in zip(diff.values, bars, strict=True) if math.isfinite(d)]
+    if not all(math.isfinite(b) for _, b in pairs):  # a seed without its bar would be decided on the others
+        return None, f"a seed's difference has no error bar ({diff}; se {se})"
     if se is None and len(pairs) < 2:
         return None, f"a paired difference without an error bar needs at least 2 seeds (have {len(pairs)})"
     if all(d > b for d, b in pairs):
