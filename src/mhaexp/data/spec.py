@@ -23,6 +23,7 @@ from mhaexp.config import (
     optional,
     param_default,
     positive_int,
+    positive_number,
     probability,
     setting,
     string,
@@ -30,6 +31,7 @@ from mhaexp.config import (
 from mhaexp.data.cache import cache_root
 from mhaexp.data.grammar import GrammarSource
 from mhaexp.data.induction import VARIANTS, InductionSource
+from mhaexp.data.lexicon import LEXICONS
 from mhaexp.data.retrieval import FILLERS, LOSSES, RetrievalSource
 from mhaexp.data.text import TextSource
 from mhaexp.data.tokenizers import BPE_MIN_VOCAB
@@ -70,6 +72,9 @@ class DataConfig:
     cache_dir: str | None = setting(optional(string()), None)  # null: $MHAEXP_CACHE, else ~/.cache/mhaexp
     num_workers: int = setting(non_negative_int(), 0)  # DataLoader worker processes
     probe_conllu: str | None = source_key(optional(string()), "grammar", "probe_conllu")
+    lexicon: str = source_key(choice(*LEXICONS), "grammar", "lexicon")  # zipf: a long tail of rare words
+    lexicon_size: int = source_key(positive_int(), "grammar", "lexicon_size")  # zipf: nouns (adjectives: 1/4)
+    zipf_exponent: float = source_key(positive_number(), "grammar", "zipf_exponent")
     variant: str = source_key(choice(*VARIANTS), "induction", "variant")
     n_tokens: int = source_key(int_at_least(2), "induction", "n_tokens")
     fixed_length: bool = source_key(boolean(), "induction", "fixed_length")
