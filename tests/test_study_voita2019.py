@@ -72,3 +72,8 @@ def test_too_few_heads_closed_or_no_role_holders_cannot_decide(tmp_path: Path) -
     bare = voita_runs(tmp_path / "b", {0.02: heads(OTHERS[:16])}, 0.0, roles={})
     have, keeps, _ = get_study("voita2019").verdicts(bare)
     assert have.holds is False and keeps.holds is None and "no role-holding head" in keeps.why
+    # Two role-holders of 32 with half the heads kept: even keeping both gives p = C(16,2) / C(32,2) = 0.24.
+    few = {(0, 0): "positional:-1", (1, 1): "syntactic:nsubj"}
+    others = [(layer, h) for layer in range(LAYERS) for h in range(HEADS) if (layer, h) not in few]
+    _, keeps, _ = get_study("voita2019").verdicts(voita_runs(tmp_path / "c", {0.03: heads(others[:16])}, 0.0, few))
+    assert keeps.holds is None and "keeping every role-holder would give p = 0.242, 0.242" in keeps.why

@@ -84,13 +84,15 @@ def pruned_heads(run_dir: Path) -> set[tuple[int, int]]:
     return {(int(h[1 : h.index("H")]), int(h[h.index("H") + 1 :])) for h in text.split(",") if h}
 
 
-def enrichment_p(roles: dict[tuple[int, int], set[str]], kept: list, gone: list) -> float:
-    """One-sided Fisher exact p that role-holding heads are kept more often than the others."""
-    table = [
-        [sum(specialised(roles.get(h, set())) for h in kept), sum(not specialised(roles.get(h, set())) for h in kept)],
-        [sum(specialised(roles.get(h, set())) for h in gone), sum(not specialised(roles.get(h, set())) for h in gone)],
-    ]
-    return float(stats.fisher_exact(table, alternative="greater").pvalue)
+def enrichment_p(roles: dict[tuple[int, int], set[str]], kept: list, gone: list) -> tuple[float, float]:
+    """One-sided Fisher exact p that role-holding heads are kept more often than the others, and the smallest
+    p this table's margins allow (every role-holder kept): at or above alpha, the run cannot decide."""
+    held_kept = sum(specialised(roles.get(h, set())) for h in kept)
+    held = held_kept + sum(specialised(roles.get(h, set())) for h in gone)
+    best = min(len(kept), held)
+    table = [[held_kept, len(kept) - held_kept], [held - held_kept, len(gone) - held + held_kept]]
+    ideal = [[best, len(kept) - best], [held - best, len(gone) - held + best]]
+    return tuple(float(stats.fisher_exact(t, alternative="greater").pvalue) for t in (table, ideal))
 
 
 def in_range(closed: float) -> bool:
@@ -153,7 +155,7 @@ class Voita2019(Study):
         base_loss = {s: summary(d).get("val/loss") for s, d in trained.items()}
         keep_parts, keep_ours, quality_parts, quality_ours, outside = [], {}, [], {}, []
         for lam, runs in sorted(self.l0_runs(ctx).items()):
-            kept_share, pruned_share, closed, rise, p_values, retained = [], [], [], [], [], []
+            kept_share, pruned_share, closed, rise, p_values, best_p, retained = [], [], [], [], [], [], []
             for seed, d in runs:
                 heads = roles[seed]
                 gone = pruned_heads(d)
@@ -162,9 +164,9 @@ class Voita2019(Study):
                 kept_share.append(specialised_share(heads, kept))
                 pruned_share.append(specialised_share(heads, pruned))
                 closed.append(len(gone) / max(1, len(heads)))
-                p_values.append(
-                    enrichment_p(heads, kept, pruned) if any(map(specialised, heads.values())) else math.nan
-                )
+                p_value, ideal = enrichment_p(heads, kept, pruned)
+                p_values.append(p_value)
+                best_p.append(ideal)
                 had = families_of(heads, list(heads))
                 retained.append(len(families_of(heads, kept) & had) / len(had) if had else math.nan)
                 loss = summary(d).get("val/loss")
@@ -178,6 +180,9 @@ class Voita2019(Study):
             else:
                 effect = Measure.of(a - b for a, b in zip(k.values, p.values, strict=True))
                 enriched = significant_in_every_seed(Measure.of(p_values), effect, ALPHA)
+                if any(b >= ALPHA for b in best_p):  # too few role-holders, or too many kept, for any outcome
+                    powerless = ", ".join(f"{b:.3g}" for b in best_p)
+                    enriched = (None, f"keeping every role-holder would give p = {powerless}, not < {ALPHA:g}")
                 keep_parts.append((enriched[0], f"{tag}: {enriched[1]}"))
                 if all(v <= ALL_FUNCTIONS_CLOSED for v in c.finite):
                     keep_ours[f"{tag}: role families kept"] = r = Measure.of(retained)
