@@ -106,9 +106,10 @@ class Voita2019(Study):
     # 1000 steps, then 2 x 200 of L0 tuning per seed (one round of two jobs). The Zipfian lexicon's 2.3k-word
     # vocabulary makes a step about 40% slower than the default lexicon's 189 words (the output layer). With
     # the default lexicon, 1000 steps and 3 x 250 L0 steps (two rounds a seed) took 17 min idle; this budget
-    # is about 17 min by step times (0.63 s a step on one idle core). --steps 2000 is the larger budget.
+    # is about 15 min by step times (+27% CPU a step); the 2026-12-06 run used 930 CPU-s in all.
+    # --steps 2000 is the larger budget.
     default_steps = 1000
-    minutes = 17
+    minutes = 15
 
     def preflight_overrides(self, budget: Budget) -> list[str]:
         return list(ENCODER)
