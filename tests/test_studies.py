@@ -334,32 +334,6 @@ def test_olsson2022_judges_heads_by_the_runs_own_induction_bar(tmp_path: Path) -
     assert formed.holds is False and ">= 0.95 " in formed.criterion
 
 
-def _head_count_runs(tmp_path: Path, losses: dict[int, float]) -> StudyContext:
-    ctx = StudyContext("head_count", tmp_path, Budget(seeds=2))
-    num = 0
-    for h, loss in losses.items():
-        for seed in (0, 1):
-            summary = {"best_val_loss": loss + 0.001 * seed}
-            fake_run(ctx.runs_dir / "sweep", num, {"seed": seed, "model": {"n_heads": h}}, summary=summary)
-            num += 1
-    return ctx
-
-
-def test_head_count_verdict_reads_the_gain_per_doubling(tmp_path: Path) -> None:
-    shrinking = {1: 2.5, 2: 2.2, 4: 2.05, 8: 2.0, 16: 1.99}
-    ctx = _head_count_runs(tmp_path / "a", shrinking)
-    (claim,) = get_study("head_count").verdicts(ctx)
-    assert claim.holds is True
-    get_study("head_count").plot(ctx)
-    assert (tmp_path / "a" / "loss_vs_heads.png").stat().st_size > 1000
-    assert claim.ours["1->2"].values == pytest.approx((0.3, 0.3)) and claim.ours["8->16"].values == pytest.approx(
-        (0.01, 0.01)
-    )
-    growing = {1: 2.5, 2: 2.49, 4: 2.4, 8: 2.2, 16: 1.8}
-    (claim,) = get_study("head_count").verdicts(_head_count_runs(tmp_path / "b", growing))
-    assert claim.holds is False
-
-
 def _roles_file(run: Path, rows: list[tuple[int, int, str, float]]) -> None:
     import csv
 
@@ -367,31 +341,6 @@ def _roles_file(run: Path, rows: list[tuple[int, int, str, float]]) -> None:
         w = csv.writer(f)
         w.writerow(["step", "layer", "head", "role", "family", "score", "margin"])
         w.writerows([(300, layer, h, role, role.split(":")[0], 0.9, margin) for layer, h, role, margin in rows])
-
-
-def _voita_runs(tmp_path: Path, pruned: str, rise: float) -> StudyContext:
-    ctx = StudyContext("voita2019", tmp_path, Budget(seeds=2))
-    roles = [(0, 0, "positional:-1", 0.1), (0, 1, "syntactic:nsubj", 0.1), (0, 2, "rare_word", 0.1)]
-    roles += [(0, 3, "unassigned", 0.0)] + [(1, h, "unassigned", 0.0) for h in range(4)]
-    for seed in (0, 1):
-        run = fake_run(ctx.runs_dir / "train", seed, {"seed": seed}, summary={"val/loss": 2.0})
-        _roles_file(run, roles)
-        for num, lam in enumerate((0.01, 0.1)):
-            cfg = {"seed": seed, "pruning": {"l0_lambda": lam}}
-            loss = 2.0 * (1 + rise) + 0.001 * seed
-            run = fake_run(ctx.runs_dir / f"l0_seed{seed}", num, cfg, summary={"val/loss": loss})
-            (run / "pruning.json").write_text(json.dumps({"pruned": pruned}))
-    return ctx
-
-
-def test_voita2019_verdicts_pass_and_fail(tmp_path: Path) -> None:
-    # L0 closes 4 of the 5 unspecialised heads, with 1% more loss.
-    have, keeps, quality = get_study("voita2019").verdicts(_voita_runs(tmp_path / "a", "L0H3,L1H0,L1H1,L1H2", 0.01))
-    assert (have.holds, keeps.holds, quality.holds) == (True, True, True)
-    assert keeps.ours["lambda 0.1: kept"].values == (0.75, 0.75) and keeps.ours["lambda 0.1: pruned"].values == (0, 0)
-    # It closes the specialised heads instead, and the loss rises 20%.
-    have, keeps, quality = get_study("voita2019").verdicts(_voita_runs(tmp_path / "b", "L0H0,L0H1,L0H2", 0.2))
-    assert (have.holds, keeps.holds, quality.holds) == (True, False, False)
 
 
 def test_seed_table_verdicts_pass_and_fail(tmp_path: Path) -> None:

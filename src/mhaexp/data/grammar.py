@@ -68,22 +68,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mhaexp.config import boolean, optional, string
+from mhaexp.config import boolean, choice, optional, positive_int, positive_number, string
 from mhaexp.data.conllu_io import read_conllu
 from mhaexp.data.lexicon import (
-    ADJECTIVES,
     ALL_CLASSES,
     COPULA,
+    DEFAULT,
     DETERMINERS,
-    NOUN_FEATS,
-    NOUNS,
-    PREPOSITIONS,
+    LEXICONS,
     PRONOUNS,
     TIME_ADVERBS,
     VERBS,
-    VOCAB,
+    ZIPF_EXPONENT,
+    ZIPF_SIZE,
+    Lexicon,
     Sentence,
     Verb,
+    zipf_lexicon,
 )
 from mhaexp.data.source import RowSource
 from mhaexp.data.tokenizers import WordTokenizer
@@ -171,21 +172,21 @@ def _weighted(rng: random.Random, options: Sequence[tuple[str, float]]) -> str:
     return rng.choices([o for o, _ in options], weights=[w for _, w in options])[0]
 
 
-def _adjective(rng: random.Random, cls: str) -> str:
-    pool = (
-        ADJECTIVES[ALL_CLASSES]
+def _adjective(rng: random.Random, cls: str, lex: Lexicon) -> str:
+    classes = (
+        ALL_CLASSES
         if rng.random() < P_GENERIC_ADJ
-        else next(adjs for classes, adjs in ADJECTIVES.items() if cls in classes and classes != ALL_CLASSES)
+        else next(k for k in lex.adjectives if cls in k and k != ALL_CLASSES)
     )
-    return rng.choice(pool)
+    return lex.draw(rng, lex.adjective_pool(classes))
 
 
-def _noun_phrase(b: _Builder, rng: random.Random, lemmas: Sequence[tuple[str, str, str]]) -> _NP:
-    """det [adj] noun; the noun's own head is set by the caller."""
-    sg, pl, cls = rng.choice(lemmas)
+def _noun_phrase(b: _Builder, rng: random.Random, lemmas: tuple, lex: Lexicon) -> _NP:
+    """det [adj] noun from the pool ``lemmas`` (``Lexicon.lemmas``); the noun's own head is set by the caller."""
+    sg, pl, cls = lex.draw(rng, lemmas)
     number = "pl" if rng.random() < P_PLURAL else "sg"
     det = b.add(_weighted(rng, DETERMINERS[number]))
-    adj = b.add(_adjective(rng, cls)) if rng.random() < P_ATTR_ADJ else None
+    adj = b.add(_adjective(rng, cls, lex)) if rng.random() < P_ATTR_ADJ else None
     noun = b.add(pl if number == "pl" else sg)
     b.attach(det, noun, "det")
     if adj is not None:
@@ -209,22 +210,21 @@ def _repeat_noun_phrase(b: _Builder, np: _NP) -> _NP:
     return copy
 
 
-def _lemmas(classes: frozenset[str]) -> list[tuple[str, str, str]]:
-    return [(sg, pl, c) for c in sorted(classes) for sg, pl in NOUNS[c]]
-
-
-_LEMMA_CLASS = {sg: (sg, pl, c) for c, pairs in NOUNS.items() for sg, pl in pairs}
-
-
-def _prep_phrase(b: _Builder, rng: random.Random, verb: Verb, head: int) -> None:
+def _prep_phrase(b: _Builder, rng: random.Random, verb: Verb, head: int, lex: Lexicon) -> None:
     prep = rng.choice(verb.preps)
     p = b.add(prep, head, "prep")
-    obj = _noun_phrase(b, rng, [_LEMMA_CLASS[w] for w in PREPOSITIONS[prep]])
+    obj = _noun_phrase(b, rng, lex.prep_objects(prep), lex)
     b.attach(obj.index, p, "pobj")
 
 
 def _predicate(
-    b: _Builder, rng: random.Random, cls: str, number: str, tense: str, kinds: Sequence[str] = ("cop", "intr", "tr")
+    b: _Builder,
+    rng: random.Random,
+    cls: str,
+    number: str,
+    tense: str,
+    lex: Lexicon,
+    kinds: Sequence[str] = ("cop", "intr", "tr"),
 ) -> int:
     """Verb (or copula) plus complements for a subject of ``cls``; returns the verb."""
     options = [(k, PREDICATE_WEIGHTS[k]) for k in kinds if k == "cop" or any(_fits(v, k, cls) for v in VERBS)]
@@ -233,17 +233,17 @@ def _predicate(
     kind = _weighted(rng, options)
     if kind == "cop":
         v = b.add(COPULA[(tense, number)])
-        b.add(_adjective(rng, cls), v, "acomp")
+        b.add(_adjective(rng, cls, lex), v, "acomp")
         return v
     verb = rng.choice([v for v in VERBS if _fits(v, kind, cls)])
     v = b.add(verb.form(tense, number))
     if kind == "tr":
         assert verb.obj is not None
-        obj = _noun_phrase(b, rng, _lemmas(verb.obj))
+        obj = _noun_phrase(b, rng, lex.lemmas(verb.obj), lex)
         b.attach(obj.index, v, "obj")
     p_pp = P_PP_TRANSITIVE if kind == "tr" else P_PP_INTRANSITIVE
     if verb.preps and rng.random() < p_pp:
-        _prep_phrase(b, rng, verb, v)
+        _prep_phrase(b, rng, verb, v, lex)
     return v
 
 
@@ -251,7 +251,7 @@ def _fits(verb: Verb, kind: str, cls: str) -> bool:
     return cls in verb.subj and (verb.obj is None) == (kind == "intr")
 
 
-def _relative_clause(b: _Builder, rng: random.Random, noun: _NP, tense: str) -> None:
+def _relative_clause(b: _Builder, rng: random.Random, noun: _NP, tense: str, lex: Lexicon) -> None:
     object_verbs = [v for v in VERBS if v.obj is not None and noun.cls in v.obj]
     that = b.add("that")
     b.coref[that] = noun.index
@@ -259,19 +259,18 @@ def _relative_clause(b: _Builder, rng: random.Random, noun: _NP, tense: str) -> 
         # "the cat that the dogs chased": the RC subject is a distracting noun
         # whose number may differ from the main subject's.
         verb = rng.choice(object_verbs)
-        subj = _noun_phrase(b, rng, _lemmas(verb.subj))
+        subj = _noun_phrase(b, rng, lex.lemmas(verb.subj), lex)
         v = b.add(verb.form(tense, subj.number))
         b.attach(subj.index, v, "nsubj")
         b.attach(that, v, "obj")
     else:
-        v = _predicate(
-            b, rng, noun.cls, noun.number, tense, kinds=("cop", "intr", "tr") if rng.random() < 0.2 else ("intr", "tr")
-        )
+        kinds = ("cop", "intr", "tr") if rng.random() < 0.2 else ("intr", "tr")
+        v = _predicate(b, rng, noun.cls, noun.number, tense, lex, kinds=kinds)
         b.attach(that, v, "nsubj")
     b.attach(v, noun.index, "acl:relcl")
 
 
-def _fronted(b: _Builder, rng: random.Random) -> tuple[list[int], str | None]:
+def _fronted(b: _Builder, rng: random.Random, lex: Lexicon) -> tuple[list[int], str | None]:
     """An optional sentence-initial adverb or place PP: (words to attach to the root, tense it fixes)."""
     u = rng.random()
     if u < P_FRONTED_ADVERB:
@@ -282,23 +281,23 @@ def _fronted(b: _Builder, rng: random.Random) -> tuple[list[int], str | None]:
         p = b.add(prep, rel="prep")
         # No adjective: keeps the longest sentence at MAX_SENTENCE_LEN.
         det = b.add("the")
-        word = rng.choice(PREPOSITIONS[prep])
+        word = lex.draw(rng, lex.prep_objects(prep, lemmas=False))
         noun = b.add(word, p, "pobj")
         b.attach(det, noun, "det")
-        b.nps.append(_NP(noun, NOUN_FEATS[word][0], "sg", det))
+        b.nps.append(_NP(noun, lex.noun_feats[word][0], "sg", det))
         return [p], None
     return [], None
 
 
-def _sentence(rng: random.Random) -> Sentence:
+def _sentence(rng: random.Random, lex: Lexicon) -> Sentence:
     b = _Builder()
-    front, fixed_tense = _fronted(b, rng)
+    front, fixed_tense = _fronted(b, rng, lex)
     tense = fixed_tense or ("past" if rng.random() < 0.5 else "present")
     cls = _weighted(rng, list(SUBJECT_CLASS_WEIGHTS.items()))
-    subj = _noun_phrase(b, rng, _lemmas(frozenset({cls})))
+    subj = _noun_phrase(b, rng, lex.lemmas(frozenset({cls})), lex)
     if rng.random() < P_RELCL:
-        _relative_clause(b, rng, subj, tense)
-    root = _predicate(b, rng, cls, subj.number, tense)
+        _relative_clause(b, rng, subj, tense, lex)
+    root = _predicate(b, rng, cls, subj.number, tense, lex)
     b.attach(subj.index, root, "nsubj")
     b.attach(root, -1, "root")
     for w in front:
@@ -313,15 +312,15 @@ def _sentence(rng: random.Random) -> Sentence:
             subj2 = b.add("they" if subj.number == "pl" else PRONOUNS[cls])
             b.coref[subj2] = subj.index
             cls2, number2 = cls, subj.number
-        v2 = _predicate(b, rng, cls2, number2, tense)
+        v2 = _predicate(b, rng, cls2, number2, tense, lex)
         b.attach(conj_word, v2, "cc")
         b.attach(subj2, v2, "nsubj")
         b.attach(v2, root, "conj")
     return b.build()
 
 
-def generate_sentence(rng: random.Random, max_len: int | None = None) -> Sentence:
-    """One sentence drawn with ``rng`` (consumes it; same state → same sentence).
+def generate_sentence(rng: random.Random, max_len: int | None = None, lexicon: Lexicon = DEFAULT) -> Sentence:
+    """One sentence drawn with ``rng`` from ``lexicon`` (consumes it; same state → same sentence).
 
     Sentences longer than ``max_len`` words are redrawn rather than cut, so
     every kept sentence is complete and its tree intact.
@@ -329,14 +328,14 @@ def generate_sentence(rng: random.Random, max_len: int | None = None) -> Sentenc
     if max_len is not None and max_len < len(SEED_TEXT.split()):
         raise ValueError(f"max_len={max_len} is shorter than the seed sentence")
     while True:
-        s = _sentence(rng)
+        s = _sentence(rng, lexicon)
         if max_len is None or len(s) <= max_len:
             return s
 
 
-def generate_corpus(n: int, seed: int, max_len: int | None = None) -> list[Sentence]:
+def generate_corpus(n: int, seed: int, max_len: int | None = None, lexicon: Lexicon = DEFAULT) -> list[Sentence]:
     rng = random.Random(seed)
-    return [generate_sentence(rng, max_len) for _ in range(n)]
+    return [generate_sentence(rng, max_len, lexicon) for _ in range(n)]
 
 
 def seed_sentence() -> Sentence:
@@ -472,7 +471,14 @@ class GrammarSource(RowSource):
     """Feeds the datamodule: word tokenizer from the lexicon, seeded splits."""
 
     kind = "grammar"
-    config_keys = {"probe_conllu": optional(string()), "pair_sentences": boolean(), "pack": boolean()}
+    config_keys = {
+        "probe_conllu": optional(string()),
+        "pair_sentences": boolean(),
+        "pack": boolean(),
+        "lexicon": choice(*LEXICONS),  # zipf: a long tail of rare words
+        "lexicon_size": positive_int(),  # zipf: nouns (adjectives: 1/4)
+        "zipf_exponent": positive_number(),
+    }
 
     def __init__(
         self,
@@ -482,6 +488,9 @@ class GrammarSource(RowSource):
         probe_conllu: str | None = None,
         pair_sentences: bool = False,
         pack: bool = False,
+        lexicon: str = "default",
+        lexicon_size: int = ZIPF_SIZE,
+        zipf_exponent: float = ZIPF_EXPONENT,
     ) -> None:
         # pair_sentences: BERT's input, [CLS] A [SEP] B [SEP] (BOS A EOS B EOS), two sentences a sequence
         # (Devlin et al. 2019, Sec. 3.1; Clark et al. 2019, Sec. 2 read BERT's attention on such segments).
@@ -494,6 +503,8 @@ class GrammarSource(RowSource):
             raise ConfigError("data.seq_len", seq_len, f"an int >= {least} ({what}, '{SEED_TEXT}' as each)")
         if probe_conllu is not None and not Path(probe_conllu).expanduser().is_file():
             raise ConfigError("data.probe_conllu", probe_conllu, "null or an existing CoNLL-U file")
+        if lexicon not in LEXICONS:
+            raise ConfigError("data.lexicon", lexicon, f"one of {list(LEXICONS)}")
         self.seq_len = seq_len
         self.sizes = sizes
         self.seed = seed
@@ -503,7 +514,10 @@ class GrammarSource(RowSource):
         self.max_words = (seq_len - per - 1) // per  # the longest sentence a sequence holds
         # Packed rows (Gu et al. 2024, Fig. 1 right): several sentences back to back in one full row.
         self.pack = pack
-        self.tokenizer = WordTokenizer(VOCAB)
+        # data.lexicon=zipf: a long tail of rare nouns and adjectives (Voita et al. 2019's rare-word heads).
+        self.zipf = (lexicon_size, zipf_exponent) if lexicon == "zipf" else None
+        self.lexicon = zipf_lexicon(lexicon_size, zipf_exponent) if self.zipf else DEFAULT
+        self.tokenizer = WordTokenizer(self.lexicon.vocab)
         self._user_probe: list[Sentence] | None = None
 
     def _probe_sentences(self) -> list[Sentence]:
@@ -534,6 +548,8 @@ class GrammarSource(RowSource):
             ident["pair_sentences"] = True
         if self.pack:  # only when set: unpacked data keeps the cache entries it always had
             ident["pack"] = True
+        if self.zipf is not None:  # absent for the default lexicon: its data and cache name stay as they were
+            ident["zipf_lexicon"] = list(self.zipf)
         if self.probe_conllu is not None:
             st = Path(self.probe_conllu).expanduser().stat()
             ident["probe_conllu"] = [str(Path(self.probe_conllu).resolve()), st.st_size, st.st_mtime_ns]
@@ -553,7 +569,7 @@ class GrammarSource(RowSource):
             yield seed_sentence()
         k = 1 if split == "probe" else 0
         while n is None or k < n:
-            yield generate_sentence(rng, self.max_words)
+            yield generate_sentence(rng, self.max_words, self.lexicon)
             k += 1
 
     def generate(self, split: str) -> Iterator[dict[str, list]]:

@@ -19,6 +19,7 @@ class Study(ABC):
     title: str
     default_steps: int
     minutes: float
+    default_seeds: int = 2  # seeds without --seeds
     summary: str  # one line for the table of studies
     # The paper measured a pretrained model: ``--model <source>`` imports one and runs the measurement
     # claims on it (run_model / model_verdicts) instead of training.
@@ -54,7 +55,7 @@ class Study(ABC):
         runs = recorded_budget(out, asked.n_jobs)
         for name, had, want in (
             ("steps", runs.n_steps(self.default_steps), asked.steps and asked.n_steps(self.default_steps)),
-            ("seeds", len(runs.seed_list()), asked.seeds and len(asked.seed_list())),
+            ("seeds", len(runs.seed_list(self.default_seeds)), asked.seeds and len(asked.seed_list())),
         ):
             if want and want != had:
                 raise ConfigError(f"--{name}", want, f"{had}, as the runs in {out} had (or leave it out)")
