@@ -21,6 +21,7 @@ def _run(
     run = stage / f"{num}_fixture"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "model": {"causal": causal}}))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([]))
     (run / "status.json").write_text(json.dumps({"status": "ok"}))
     (run / "analysis").mkdir()
     with (run / "analysis" / "head_roles.csv").open("w", newline="") as f:
