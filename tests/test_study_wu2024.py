@@ -36,7 +36,7 @@ def test_sparsity_is_untestable_below_twenty_heads_whatever_the_runs_did(tmp_pat
     (never false), while the other claims are decided on the same runs."""
     exists, sparse, collapse, control = _claims(tmp_path / "a", [dict(r) for r in CLEAR], n_heads=16)
     assert sparse.holds == UNTESTABLE
-    assert "6.2% of them" in sparse.why and "below 20 heads" in sparse.why
+    assert "6.25% of them" in sparse.why and "below 20 heads" in sparse.why
     assert (exists.holds, collapse.holds, control.holds) == (True, True, True)
     assert sparse.criterion_source and all(c.criterion_source for c in (exists, collapse, control))
     # 20 heads: one of them is exactly 5%, so the claim is decided.

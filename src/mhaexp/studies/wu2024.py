@@ -206,7 +206,7 @@ def _sparsity_testable(n_heads: list[int]) -> tuple[Verdict, str] | None:
     if 1 / small <= SPARSE_SHARE:
         return None
     return untestable(
-        f"with {small} heads one retrieval head is already {1 / small:.1%} of them: no share can be at least one "
+        f"with {small} heads one retrieval head is already {100 / small:.3g}% of them: no share can be at least one "
         f"head and at most {SPARSE_SHARE:.0%} below {math.ceil(1 / SPARSE_SHARE)} heads (Wu et al.'s models have "
         "hundreds to thousands)"
     )
