@@ -152,8 +152,8 @@ def test_wu2024_verdicts_hold_on_a_clear_case(tmp_path: Path) -> None:
         {"retrieval_heads": [[1, 2]], "acc_full": 0.95, "acc_retrieval_masked": 0.1, "acc_random_masked": [0.9, 0.93]},
         {"retrieval_heads": [[1, 5]], "acc_full": 0.9, "acc_retrieval_masked": 0.2, "acc_random_masked": [0.88, 0.9]},
     ]
-    sparse, collapse, control = _wu_fixture(tmp_path, rows)
-    assert (sparse.holds, collapse.holds, control.holds) == (True, True, True)
+    exists, sparse, collapse, control = _wu_fixture(tmp_path, rows)
+    assert (exists.holds, sparse.holds, collapse.holds, control.holds) == (True, True, True, True)
     get_study("wu2024").plot(StudyContext("wu2024", tmp_path, Budget()), rows)
     assert (tmp_path / "masking.png").stat().st_size > 1000
     assert sparse.ours["share"].values == (1 / 24, 1 / 24)
@@ -178,13 +178,13 @@ def test_wu2024_verdicts_fail_on_a_clear_counter_case(tmp_path: Path) -> None:
         {"retrieval_heads": heads, "acc_full": 0.95, "acc_retrieval_masked": 0.9, "acc_random_masked": [0.2, 0.3]},
         {"retrieval_heads": heads, "acc_full": 0.9, "acc_retrieval_masked": 0.85, "acc_random_masked": [0.1, 0.2]},
     ]
-    sparse, collapse, control = _wu_fixture(tmp_path, rows)
-    assert (sparse.holds, collapse.holds, control.holds) == (False, False, False)
+    exists, sparse, collapse, control = _wu_fixture(tmp_path, rows)
+    assert (exists.holds, sparse.holds, collapse.holds, control.holds) == (True, False, False, False)
 
 
 def test_wu2024_a_model_without_retrieval_heads_is_not_sparse_and_has_nothing_to_mask(tmp_path: Path) -> None:
-    """Learned the task by another route (no head copies the needle): 'universal and sparse' does not
-    hold; masking has nothing to act on, so its two claims are inconclusive."""
+    """Learned the task by another route (no head copies the needle): 'they exist' does not hold; their
+    share says nothing about sparsity and masking has nothing to act on, so those are inconclusive."""
     rows = [
         {
             "retrieval_heads": [],
@@ -201,9 +201,10 @@ def test_wu2024_a_model_without_retrieval_heads_is_not_sparse_and_has_nothing_to
             "acc_random_masked": [],
         },
     ]
-    sparse, collapse, control = _wu_fixture(tmp_path, rows)
-    assert (sparse.holds, collapse.holds, control.holds) == (False, None, None)
-    assert "no head reaches a retrieval score of 0.1" in sparse.why and "0.08" in sparse.why
+    exists, sparse, collapse, control = _wu_fixture(tmp_path, rows)
+    assert (exists.holds, sparse.holds, collapse.holds, control.holds) == (False, None, None, None)
+    assert "no head reaches a retrieval score of 0.1" in exists.why and "0.08" in exists.why
+    assert "no retrieval heads to count" in sparse.why
     assert "no retrieval head to mask" in collapse.why and "no retrieval head to mask" in control.why
 
 
@@ -213,7 +214,7 @@ def test_wu2024_is_inconclusive_when_the_task_was_not_learned(tmp_path: Path) ->
         {"retrieval_heads": [], "acc_full": 0.05, "acc_retrieval_masked": math.nan, "acc_random_masked": []},
     ]
     claims = _wu_fixture(tmp_path, rows)
-    assert [c.holds for c in claims] == [None, None, None]
+    assert [c.holds for c in claims] == [None, None, None, None]
     assert all("did not learn the task" in c.why for c in claims)
 
 

@@ -14,7 +14,8 @@ import yaml
 from test_import import gpt2_tokenizer
 
 from mhaexp.config import build
-from mhaexp.data.grammar import RELATIONS, VOCAB, pack_sentences, seed_sentence
+from mhaexp.data.grammar import RELATIONS, pack_sentences, seed_sentence
+from mhaexp.data.lexicon import DEFAULT
 from mhaexp.data.spec import DataConfig
 from mhaexp.data.tokenizers import WordTokenizer
 from mhaexp.heads.patterns import sink_rate
@@ -52,7 +53,7 @@ def test_packed_rows_are_full_and_start_with_bos_and_a_whole_sentence() -> None:
 
 
 def test_packing_positions_later_sentences_and_drops_arcs_cut_at_the_row_end() -> None:
-    tok = WordTokenizer(VOCAB)
+    tok = WordTokenizer(DEFAULT.vocab)
     s = seed_sentence()  # "the cat that sat on the mat was fluffy": 9 words, "the" -> "cat"
     n = len(s)
     rows = list(pack_sentences([s] * 20, tok, RELATIONS, 2 * (n + 1) + 3))

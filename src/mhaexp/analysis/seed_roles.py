@@ -27,19 +27,34 @@ from mhaexp.rundir import ANALYSIS_DIR, HEAD_ROLES_FILE
 class SeedRow:
     label: str
     roles: frozenset[str]  # any of these roles reproduces the row
+    example: str = ""  # the seed's own words for the row, on "The cat that sat on the mat was fluffy"
 
     def matches(self, role: str) -> bool:
         return role in self.roles
 
 
-# The seed's examples: "cat" <-> "was"; each token -> previous/next token; "cat" <-> "fluffy";
-# "that" <-> "cat"; "sat" <-> "on" <-> "mat".
 SEED_ROWS: tuple[SeedRow, ...] = (
-    SeedRow("syntactic: subject-verb", frozenset({"syntactic:nsubj"})),
-    SeedRow("positional: adjacent", frozenset({"positional:-1", "positional:1"})),
-    SeedRow("noun-adjective", frozenset({"syntactic:amod:pred", "syntactic:amod"})),
-    SeedRow("coreference", frozenset({"coreference"})),
-    SeedRow("prepositional", frozenset({"syntactic:pobj", "syntactic:prep"})),
+    SeedRow(
+        "syntactic: subject-verb",
+        frozenset({"syntactic:nsubj"}),
+        'HEAD 1 (Syntactic - Subject-Verb): "cat" <-> "was" (subject-verb agreement)',
+    ),
+    SeedRow(
+        "positional: adjacent",
+        frozenset({"positional:-1", "positional:1"}),
+        "HEAD 2 (Positional - Adjacent): each token -> previous/next token",
+    ),
+    SeedRow(
+        "noun-adjective",
+        frozenset({"syntactic:amod:pred", "syntactic:amod"}),
+        'HEAD 3 (Semantic - Noun-Adjective): "cat" <-> "fluffy"',
+    ),
+    SeedRow("coreference", frozenset({"coreference"}), 'HEAD 4 (Coreference): "that" <-> "cat"'),
+    SeedRow(
+        "prepositional",
+        frozenset({"syntactic:pobj", "syntactic:prep"}),
+        'HEAD 5 (Prepositional): "sat" <-> "on" <-> "mat" (PP attachment)',
+    ),
 )
 
 

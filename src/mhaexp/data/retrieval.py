@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mhaexp.batch import LOSS_MASK
 from mhaexp.config import boolean, choice, int_at_least, positive_int, probability
@@ -295,3 +295,62 @@ class RetrievalAccuracy(ValidationMetric):
             if c > 0:
                 out[f"val/retrieval_acc/depth_{label}"] = h / c
         return out
+
+
+# A needle in running text, for a pretrained model (Wu et al. 2024, Sec. 2: a needle sentence inserted
+# into a haystack at some depth, then a question whose answer is copied from it).
+NEEDLE_TEXT = " The secret code of the {key} is"
+QUESTION_TEXT = " What is the secret code of the {key}? The secret code of the {key} is"
+
+
+def text_needles(tokenizer: Any, n: int, length: int, seed: int, value_words: int = 6) -> list[dict[str, list[int]]]:
+    """``n`` needle-in-a-haystack sequences of exactly ``length`` tokens, written through ``tokenizer``
+    (any of :mod:`mhaexp.data.tokenizers`, e.g. a pretrained model's own) from the project's grammar.
+
+    The haystack is grammar sentences (:mod:`mhaexp.data.grammar`); the needle "The secret code of the
+    <noun> is <w_1 .. w_k>." sits at depth ``i / (n - 1)`` of it for sample ``i``, and the sequence ends with
+    the question and the gold answer ``<w_1 .. w_k>`` (``value_words`` distinct lexicon words, encoded once
+    so that the needle and the answer hold the same token ids). Columns as :meth:`RetrievalSource.generate`
+    writes them: ``needle`` on the value tokens in the needle, ``answer`` (1) at the positions predicting an
+    answer token, ``depth`` there in percent.
+    """
+    from mhaexp.data.grammar import generate_sentence
+    from mhaexp.data.lexicon import VOCAB
+
+    rng = random.Random(f"mhaexp-text-needles/{seed}")
+    words = sorted(VOCAB)
+    rows = []
+    for i in range(n):
+        key, *values = rng.sample(words, 1 + value_words)
+        value = tokenizer.encode(" " + " ".join(values))
+        needle = tokenizer.encode(NEEDLE_TEXT.format(key=key))
+        needle_end = tokenizer.encode(".")
+        question = tokenizer.encode(QUESTION_TEXT.format(key=key))
+        hay_len = length - 1 - len(needle) - 2 * len(value) - len(needle_end) - len(question)
+        if hay_len < 1:
+            raise ValueError(f"length {length} leaves no room for a haystack around a needle of {len(needle)} tokens")
+        hay: list[int] = []
+        while len(hay) < hay_len:
+            hay += tokenizer.encode(" " + " ".join(generate_sentence(rng).tokens) + ".")
+        depth = i / (n - 1) if n > 1 else 0.5
+        cut = round(depth * hay_len)
+        ids = [tokenizer.bos_id, *hay[:cut], *needle]
+        start = len(ids)
+        ids += [*value, *needle_end, *hay[cut:hay_len], *question]
+        first = len(ids)  # the answer's first token; the position before it predicts it
+        ids += value
+        T = len(ids)
+        needle_col, answer_col, depth_col = [0] * T, [0] * T, [-1] * T
+        needle_col[start : start + len(value)] = [1] * len(value)
+        answer_col[first - 1 : T - 1] = [1] * len(value)
+        depth_col[first - 1 : T - 1] = [round(100 * depth)] * len(value)
+        rows.append(
+            {
+                "input_ids": ids,
+                "attention_mask": [1] * T,
+                "needle": needle_col,
+                "answer": answer_col,
+                "depth": depth_col,
+            }
+        )
+    return rows
