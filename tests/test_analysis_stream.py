@@ -18,6 +18,8 @@ pytestmark = pytest.mark.xdist_group("test_analysis_stream")
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "analysis_reference.pt"
+# Registered after the reference (attn_punct appears only on a probe with punctuation, not the grammar's).
+LATER_METRICS = ("attn_cls", "attn_sep", "attn_punct")
 
 
 def _generator() -> Any:
@@ -78,7 +80,11 @@ def test_streamed_metrics_equal_the_full_pattern_reference(setup: dict, state: s
     finally:
         for h in hooks:
             h.remove()
-    assert list(hm.metrics) == list(ref["metrics"])
+    # Metrics registered after the reference was frozen have no full-pattern twin here; their own
+    # known-answer tests live beside them (attention to [CLS]/[SEP]: tests/test_study_clark2019.py).
+    later = [k for k in hm.metrics if k not in ref["metrics"]]
+    assert later == [k for k in LATER_METRICS if k in hm.metrics] and "attn_cls" in later
+    assert [k for k in hm.metrics if k not in later] == list(ref["metrics"])
     for key, want in ref["metrics"].items():
         if key == "importance":  # redefined after the reference was made (issue 28): the plain whole-batch estimate
             want = torch.stack(gradient_importance(model, setup["probe"].batches))

@@ -70,6 +70,9 @@ def _stop(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _stop)
+    # A study started in the background of a script inherits SIGINT ignored (POSIX shells do that without job
+    # control); Ctrl-C or kill -INT must still stop it and its sweep.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.study == "list":
         for name in STUDIES:

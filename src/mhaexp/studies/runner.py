@@ -126,13 +126,7 @@ class StudyContext:
             f"hydra.sweep.dir={sweep_dir}",
         ]
         self.echo(f"[{self.name}] {stage}: {' '.join(overrides)}")
-        start = time.perf_counter()
-        with log.open("w") as f:
-            f.write(" ".join(cmd) + "\n")
-            f.flush()
-            returncode = run_group(cmd, f, timeout)
-        seconds = time.perf_counter() - start
-        self.stage_seconds[stage] = round(seconds, 1)
+        returncode, seconds = self._logged(stage, cmd, log, timeout)
         jobs = [read_job(d) for d in job_dirs(sweep_dir)]
         bad = [j for j in jobs if j["status"] != "ok"]
         if returncode != 0 or bad or not jobs:
@@ -149,12 +143,7 @@ class StudyContext:
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [str(Path(sys.executable).parent / program), *args]
         self.echo(f"[{self.name}] {stage}: {program} {' '.join(args)}")
-        start = time.perf_counter()
-        with log.open("w") as f:
-            f.write(" ".join(cmd) + "\n")
-            f.flush()
-            returncode = run_group(cmd, f, timeout)
-        self.stage_seconds[stage] = round(time.perf_counter() - start, 1)
+        returncode, _ = self._logged(stage, cmd, log, timeout)
         if returncode != 0:
             raise StudyError(f"{self.name}: stage {stage} failed ({_last_line(log)}); see {log}")
 
@@ -169,6 +158,18 @@ class StudyContext:
         self.model_ckpt.parent.mkdir(parents=True, exist_ok=True)
         self.command("import", "mhaexp-import", [f"source={self.budget.model}", f"out={self.model_ckpt}"])
         return self.model_ckpt
+
+    def _logged(self, stage: str, cmd: Sequence[str], log: Path, timeout: float | None) -> tuple[int, float]:
+        """Run ``cmd`` with its output in ``log`` (the command line first); (exit code, seconds), the seconds
+        also recorded as the stage's."""
+        start = time.perf_counter()
+        with log.open("w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            returncode = run_group(cmd, f, timeout)
+        seconds = time.perf_counter() - start
+        self.stage_seconds[stage] = round(seconds, 1)
+        return returncode, seconds
 
     def stage_runs(self, stage: str) -> list[Path]:
         """The ok run directories of a finished stage, in job order (for ``verdicts``)."""
