@@ -13,14 +13,10 @@ import torch
 from omegaconf import DictConfig
 
 from mhaexp.cli.preflight import check_jobs, compose_job, hydra_context
-from mhaexp.config import CONF_DIR
+from mhaexp.config import group_options
 from mhaexp.training.config import build_run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def test_every_group_option_composes_and_builds(compose: Callable[[list[str]], DictConfig]) -> None:
@@ -86,6 +82,7 @@ BAD_INPUTS = [
     (["model.dropout=1.5"], "model.dropout=1.5 is invalid"),
     (["model=nosuch"], "model='nosuch' is invalid: no such model config; choose one of ['attn_only', 'base'"),
     (["data=nosuch"], "data='nosuch' is invalid: no such data config; choose one of"),
+    (["data=_base"], "data='_base' is invalid: no such data config; choose one of ['grammar', 'induction',"),
     (["experiment=null"], "experiment='null' is invalid: choose one of ['gqa_sweep', "),
     (["model=null"], "model='null' is invalid: choose one of ['attn_only', 'base', "),
     (["trainer=nosuch"], "trainer='nosuch' is invalid: no such trainer config; choose one of ['cpu', 'ddp'"),

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from mhaexp.data import (
     RELATIONS,
@@ -31,7 +30,6 @@ from mhaexp.errors import ConfigError
 # Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
 pytestmark = pytest.mark.xdist_group("test_data")
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 SMALL = {"n_train": 300, "n_val": 60, "n_probe": 12, "batch_size": 16}
 VERB_BY_FORM = {f: v for v in lex.VERBS for f in (v.base, v.s3, v.past)}
 LEMMA = {w: pair[0] for pairs in lex.NOUNS.values() for pair in pairs for w in pair}
@@ -415,13 +413,14 @@ def test_text_bad_path(tmp_path: Path, case: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["grammar", "induction", "text"])
-def test_yaml_configs_instantiate(tmp_path: Path, name: str) -> None:
-    # The probe set's size follows analysis.probe_sequences: composed, the data sits beside the analysis.
-    cfg = OmegaConf.create({"data": OmegaConf.load(CONF / f"{name}.yaml"), "analysis": {"probe_sequences": 16}})
+def test_yaml_configs_instantiate(tmp_path: Path, name: str, compose) -> None:
+    # Each option composed as the CLI composes it (over conf/data/_base.yaml), then instantiated on its own;
+    # the probe set's size follows analysis.probe_sequences.
     doc = tmp_path / "doc.txt"
     doc.write_text("some text " * 100)
-    overrides = {"cache_dir": str(tmp_path / "c"), "path": str(doc)} if name == "text" else {}
-    dm = instantiate(OmegaConf.merge(cfg, {"data": overrides}).data)
+    extra = [f"data.cache_dir={tmp_path / 'c'}", f"data.path={doc}"] if name == "text" else []
+    cfg = compose([f"data={name}", "analysis.probe_sequences=16", *extra])
+    dm = instantiate(cfg.data)
     assert dm.sizes["probe"] == 16
     cfg = cfg.data
     assert isinstance(dm, LMDataModule) and dm.kind == name

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from mhaexp.config import CONF_DIR, build, defaults_of, yaml_fields
+from mhaexp.config import CONF_DIR, build, defaults_of, group_options, yaml_fields
 from mhaexp.data.datamodule import LMDataModule
 from mhaexp.training.config import TABLED, TrainerConfig, cuda_available
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONS = [(g, p.stem) for g in TABLED for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+OPTIONS = [(g, o) for g in TABLED for o in group_options(g)]
 
 
 def needed(group: str, option: str) -> list[str]:

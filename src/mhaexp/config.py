@@ -302,9 +302,15 @@ def register_defaults(group: str, cls: type) -> None:
 
     store = ConfigStore.instance()
     has_kind = "kind" in yaml_fields(cls)
-    for path in sorted((CONF_DIR / group).glob("*.yaml")):
-        kind = option_kind(group, path.stem) if has_kind else None
-        store.store(group=f"{DEFAULTS_GROUP}/{group}", name=path.stem, node=defaults_of(cls, kind))
+    for option in group_options(group):
+        kind = option_kind(group, option) if has_kind else None
+        store.store(group=f"{DEFAULTS_GROUP}/{group}", name=option, node=defaults_of(cls, kind))
+
+
+def group_options(group: str) -> list[str]:
+    """The choices of ``conf/<group>/``: its YAML files but the ``_``-prefixed ones, which are bases that
+    options extend (``conf/data/_base.yaml``), never chosen on their own."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def option_kind(group: str, option: str) -> Any:
@@ -312,7 +318,7 @@ def option_kind(group: str, option: str) -> Any:
     raw = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
     if "kind" in raw:
         return raw["kind"]
-    bases = [e for e in raw.get("defaults", []) if isinstance(e, str) and e != "_self_"]
+    bases = [e for e in raw.get("defaults", []) if isinstance(e, str) and not e.startswith("_")]
     return option_kind(group, bases[0]) if bases else None
 
 

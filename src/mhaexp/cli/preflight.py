@@ -118,7 +118,8 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
         if key.startswith("hydra") or o.is_delete():
             continue
         if key in groups:
-            options = loader.get_group_options(key)
+            # A "_"-prefixed file is a base the options extend (conf/data/_base.yaml), not a choice.
+            options = [c for c in loader.get_group_options(key) if not c.startswith("_")]
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             for value in values:
                 if value == "null":  # Hydra rejects it with a traceback; "~group" is how to drop a group
