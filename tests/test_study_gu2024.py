@@ -22,6 +22,7 @@ from mhaexp.heads.patterns import sink_rate
 from mhaexp.studies import get_study
 from mhaexp.studies.gu2024 import NEAR_ZERO, SEQ_LEN
 from mhaexp.studies.runner import Budget, StudyContext
+from mhaexp.studies.verdict import UNTESTABLE
 
 GU = get_study("gu2024")
 
@@ -87,13 +88,16 @@ def test_uniform_attention_sinks_only_in_rows_of_nine_tokens_or_fewer(length: in
 
 
 # ---- verdicts on fixture runs ------------------------------------------------------------------
-def _run(stage: Path, num: int, seed: int, series: dict[int, float], se: float) -> None:
+# Enough training data for the paper's sink (> 100M tokens, Fig. 5 right): 2M rows of 64 tokens.
+ENOUGH_ROWS = 2_000_000
+
+
+def _run(stage: Path, num: int, seed: int, series: dict[int, float], se: float, n_train: int) -> None:
     """A run directory as the readers see it: .hydra/{config,overrides}.yaml, status.json, the head table."""
     run = stage / f"{num}_fixture"
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text(
-        yaml.safe_dump({"seed": seed, "analysis": {"thresholds": {"sink": 0.3}}})
-    )
+    config = {"seed": seed, "data": {"n_train": n_train, "seq_len": SEQ_LEN}, "analysis": {"thresholds": {"sink": 0.3}}}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
     (run / "status.json").write_text(json.dumps({"status": "ok"}))
     (run / "analysis").mkdir()
@@ -107,10 +111,12 @@ def _run(stage: Path, num: int, seed: int, series: dict[int, float], se: float) 
             )
 
 
-def _gu_runs(tmp_path: Path, rates: list[dict[int, float]], se: float = 0.02) -> StudyContext:
+def _gu_runs(
+    tmp_path: Path, rates: list[dict[int, float]], se: float = 0.02, n_train: int = ENOUGH_ROWS
+) -> StudyContext:
     ctx = StudyContext("gu2024", tmp_path, Budget(steps=1500, seeds=len(rates)))
     for seed, series in enumerate(rates):
-        _run(ctx.runs_dir / "train", seed, seed, series, se)
+        _run(ctx.runs_dir / "train", seed, seed, series, se, n_train)
     return ctx
 
 
@@ -139,6 +145,21 @@ def test_gu2024_is_inconclusive_when_the_rise_is_inside_its_error_bar(tmp_path: 
     no_sink, emerges = GU.verdicts(_gu_runs(tmp_path, [{0: 0.03, 1500: 0.3}, {0: 0.04, 1500: 0.08}]))
     assert no_sink.holds is True and emerges.holds is None
     assert "by more than 2 standard errors" in emerges.why
+
+
+@pytest.mark.parametrize("final", [0.02, 0.3], ids=["no-sink", "sink"])
+def test_gu2024_emergence_is_untestable_on_less_data_than_the_paper_needs(tmp_path: Path, final: float) -> None:
+    """The study's default data (20000 rows of 64 tokens: 1.28M tokens) is below the 100M at which Gu et al.
+    see no sink (Fig. 5 right): the claim is untestable whatever the rate, decided from the config alone."""
+    ctx = _gu_runs(tmp_path, [{0: 0.0, 1500: final}, {0: 0.0, 1500: final}], n_train=20000)
+    no_sink, emerges = GU.verdicts(ctx)
+    assert no_sink.holds is True and emerges.holds == UNTESTABLE
+    assert "1,280,000 tokens of data" in emerges.why and "Fig. 5 right" in emerges.why
+    assert emerges.ours["training data tokens"].values == (1_280_000.0, 1_280_000.0)
+    # One row past the paper's amount, the same runs are decided by the rate.
+    more = 100_000_000 // SEQ_LEN + 1
+    ctx = _gu_runs(tmp_path / "more", [{0: 0.0, 1500: final}, {0: 0.0, 1500: final}], n_train=more)
+    assert GU.verdicts(ctx)[1].holds is (final > NEAR_ZERO)
 
 
 # ---- --model on random-init GPT-2 and Pythia -----------------------------------------------------
