@@ -46,6 +46,10 @@ def test_study_runs_end_to_end_at_the_smoke_budget(study: str, cli, shared_cache
         study,
         "--out",
         str(out),
+        # One job at a time: beside the suite's other worker the second sweep worker only adds its start-up
+        # (about a fifth of a smoke study's CPU time); the parallel launcher is proven by the stop tests below.
+        "--jobs",
+        "1",
         cwd=tmp_path,
         timeout=900,
         extra_env={"STUDY_SMOKE": "1", "MHAEXP_CACHE": shared_cache},
