@@ -180,7 +180,7 @@ class Clark2019(Study):
         "head vs offset baseline per relation (both directions), a layer-label permutation test on JS"
     )
     default_steps = 3000
-    minutes = 14
+    minutes = 17
     takes_model = True
 
     def preflight_overrides(self, budget: Budget) -> list[str]:

@@ -51,7 +51,7 @@ class Olsson2022(Study):
     # At 1500 steps the climb began at 43% of training and ended near its end (2026-12-02): 4000 steps put
     # its end near 35%, well before SATURATED.
     default_steps = 4000
-    minutes = 8
+    minutes = 6
 
     def preflight_overrides(self, budget: Budget) -> list[str]:
         return ["experiment=induction"]
