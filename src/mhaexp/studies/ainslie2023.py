@@ -86,7 +86,7 @@ class Ainslie2023(Study):
     title = "Ainslie et al. 2023: mean-pooled MHA -> GQA conversion and uptraining"
     summary = "conversion by mean/first/random, 5% uptraining, GQA between MQA and MHA (paired per seed)"
     default_steps = 1500
-    minutes = 12
+    minutes = 10
 
     def run(self, ctx: StudyContext) -> None:
         steps = ctx.budget.n_steps(self.default_steps)
