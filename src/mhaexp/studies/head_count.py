@@ -41,7 +41,7 @@ class HeadCount(Study):
     # 2026-12-06 run used 885 CPU-s in all. --steps 1000 is the larger budget.
     default_steps = 600
     default_seeds = 3
-    minutes = 16
+    minutes = 7
 
     def preflight_overrides(self, budget: Budget) -> list[str]:
         return ["experiment=head_count_sweep"]
