@@ -21,7 +21,7 @@ class SeedTable(Study):
     title = 'The seed\'s "What Different Heads Learn": five kinds of heads, found in our models'
     summary = "the five rows of the seed's table, by the best head across a causal LM and an encoder"
     default_steps = 1500
-    minutes = 10
+    minutes = 7
 
     def run(self, ctx: StudyContext) -> None:
         steps = ctx.budget.n_steps(self.default_steps)
