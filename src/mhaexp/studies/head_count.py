@@ -35,7 +35,7 @@ SOURCE = (
 class HeadCount(Study):
     name = "head_count"
     title = "Head count at fixed width: does the gain per doubling of heads shrink?"
-    summary = "val loss vs head count at fixed width; the marginal gain per doubling"
+    summary = "val loss at 1, 4 and 16 heads at fixed width: the first quadrupling's gain vs the last, paired per seed"
     # 9 jobs (3 head counts x 3 seeds), two at a time, 600 steps each. The old design's 10 jobs (5 head counts
     # x 2 seeds) took 17.5 min on the idle machine; these 9 need about 9% less step compute (16 min). The
     # 2026-12-06 run used 885 CPU-s in all. --steps 1000 is the larger budget.
