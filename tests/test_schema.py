@@ -16,7 +16,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from mhaexp.analysis.config import AnalysisConfig
-from mhaexp.config import CONF_DIR, applies, check_fields, domain, yaml_fields
+from mhaexp.config import applies, check_fields, domain, group_options, yaml_fields
 from mhaexp.data.spec import DataConfig
 from mhaexp.errors import ConfigError
 from mhaexp.nn.config import ModelConfig
@@ -33,10 +33,6 @@ GROUPS: dict[str, type] = {
     "pruning": PruningConfig,
     "logger": LoggerConfig,
 }
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def needed(overrides: list[str]) -> list[str]:
@@ -67,8 +63,8 @@ def put(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 CASES = [("default", [], None)]
-CASES += [(f"{g}={o}", [f"{g}={o}"], g) for g in GROUPS for o in options(g)]
-CASES += [(f"experiment={o}", [f"experiment={o}"], None) for o in options("experiment")]
+CASES += [(f"{g}={o}", [f"{g}={o}"], g) for g in GROUPS for o in group_options(g)]
+CASES += [(f"experiment={o}", [f"experiment={o}"], None) for o in group_options("experiment")]
 Compose = Callable[[list[str]], DictConfig]
 
 
@@ -110,7 +106,7 @@ def test_every_field_of_a_group_config_has_its_value_in_that_groups_yaml(group: 
     """Defaults live in the YAML: each option holds every key its kind takes, and no field is YAML-less."""
     cls = GROUPS[group]
     seen: set[str] = set()
-    for option in options(group):
+    for option in group_options(group):
         overrides = [f"{group}={option}"]
         node = compose(overrides + needed(overrides))[group]
         kind = node.get("kind") if "kind" in yaml_fields(cls) else None
