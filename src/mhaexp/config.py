@@ -307,10 +307,14 @@ def register_defaults(group: str, cls: type) -> None:
         store.store(group=f"{DEFAULTS_GROUP}/{group}", name=option, node=defaults_of(cls, kind))
 
 
+def is_base(option: str) -> bool:
+    """A ``_``-prefixed file of a group is a base that options extend (``conf/data/_base.yaml``), never a choice."""
+    return option.startswith("_")
+
+
 def group_options(group: str) -> list[str]:
-    """The choices of ``conf/<group>/``: its YAML files but the ``_``-prefixed ones, which are bases that
-    options extend (``conf/data/_base.yaml``), never chosen on their own."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+    """The choices of ``conf/<group>/``: its YAML files but the bases (:func:`is_base`)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not is_base(p.stem))
 
 
 def option_kind(group: str, option: str) -> Any:
@@ -318,7 +322,7 @@ def option_kind(group: str, option: str) -> Any:
     raw = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
     if "kind" in raw:
         return raw["kind"]
-    bases = [e for e in raw.get("defaults", []) if isinstance(e, str) and not e.startswith("_")]
+    bases = [e for e in raw.get("defaults", []) if isinstance(e, str) and e != "_self_" and not is_base(e)]
     return option_kind(group, bases[0]) if bases else None
 
 

@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mhaexp.analysis.config import REPLACED_KEYS as ANALYSIS_REPLACED_KEYS
-from mhaexp.config import CONF_DIR
+from mhaexp.config import CONF_DIR, is_base
 from mhaexp.errors import ConfigError, close_key, unknown_key_hint
 from mhaexp.rundir import check_output_dir
 from mhaexp.training.config import RunConfig, build_run
@@ -118,8 +118,7 @@ def check_override_names(overrides: list[str], config_name: str) -> None:
         if key.startswith("hydra") or o.is_delete():
             continue
         if key in groups:
-            # A "_"-prefixed file is a base the options extend (conf/data/_base.yaml), not a choice.
-            options = [c for c in loader.get_group_options(key) if not c.startswith("_")]
+            options = [c for c in loader.get_group_options(key) if not is_base(c)]
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             for value in values:
                 if value == "null":  # Hydra rejects it with a traceback; "~group" is how to drop a group

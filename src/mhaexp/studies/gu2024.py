@@ -32,7 +32,7 @@ from mhaexp.analysis.config import yaml_thresholds
 from mhaexp.data.grammar import render_text
 from mhaexp.rundir import ANALYSIS_DIR
 from mhaexp.studies.base import Study
-from mhaexp.studies.readers import head_metric_mean, head_metric_mean_se, role_bar
+from mhaexp.studies.readers import head_metric_mean_se, role_bar
 from mhaexp.studies.report import figure
 from mhaexp.studies.runner import MODEL_DIR, Budget, StudyContext, run_config
 from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, decided, paired_greater, untestable
@@ -124,7 +124,8 @@ class Gu2024(Study):
     def plot(self, ctx: StudyContext) -> None:
         with figure(ctx.out / "sink_rate.png", (5, 3.2)) as (fig, ax):
             for i, d in enumerate(ctx.stage_runs("train")):
-                ax.plot(*zip(*head_metric_mean(d, "sink_rate"), strict=True), marker=".", label=f"seed {i}")
+                steps, rates, _ = zip(*head_metric_mean_se(d, "sink_rate"), strict=True)
+                ax.plot(steps, rates, marker=".", label=f"seed {i}")
             ax.axhline(NEAR_ZERO, color="grey", lw=0.8, ls="--")
             ax.set(xlabel="step", ylabel="sink rate (mean over heads)", ylim=(0, 1.02))
             ax.legend(fontsize=8)

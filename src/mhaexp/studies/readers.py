@@ -30,14 +30,20 @@ def head_metric(run_dir: Path, metric: str) -> Series:
     return head_metrics(run_dir, metric).get(metric, {})
 
 
-def head_metric_stats(run_dir: Path, metric: str) -> dict[tuple[int, int], tuple[float, float]]:
-    """``{(layer, head): (value, se)}`` of one metric at its last step (se NaN where the table has none)."""
+def head_metric_with_se(run_dir: Path, metric: str) -> dict[int, dict[tuple[int, int], tuple[float, float]]]:
+    """``{step: {(layer, head): (value, se)}}`` of one metric, steps in order (NaN where the table has none)."""
     rows: dict[int, dict[tuple[int, int], tuple[float, float]]] = defaultdict(dict)
     with (Path(run_dir) / ANALYSIS_DIR / HEAD_METRICS_FILE).open() as f:
         for r in csv.DictReader(f):
             if r["metric"] == metric:
                 value = float(r["value"]) if r["value"] else math.nan
                 rows[int(r["step"])][(int(r["layer"]), int(r["head"]))] = (value, float(r["se"] or "nan"))
+    return dict(sorted(rows.items()))
+
+
+def head_metric_stats(run_dir: Path, metric: str) -> dict[tuple[int, int], tuple[float, float]]:
+    """``{(layer, head): (value, se)}`` of one metric at its last step (se NaN where the table has none)."""
+    rows = head_metric_with_se(run_dir, metric)
     return rows[max(rows)] if rows else {}
 
 
@@ -61,27 +67,16 @@ def head_metric_max(run_dir: Path, metric: str) -> list[tuple[int, float]]:
     return series
 
 
-def head_metric_mean(run_dir: Path, metric: str) -> list[tuple[int, float]]:
-    """``[(step, mean over heads)]`` (NaNs ignored)."""
-    series = []
-    for step, heads in head_metric(run_dir, metric).items():
-        finite = [v for v in heads.values() if math.isfinite(v)]
-        series.append((step, sum(finite) / len(finite) if finite else math.nan))
-    return series
-
-
 def head_metric_mean_se(run_dir: Path, metric: str) -> list[tuple[int, float, float]]:
-    """``[(step, mean over heads, se)]`` from ``analysis/head_metrics.csv`` (NaNs ignored). ``se`` is the mean of
-    the heads' standard errors: an upper bound on the standard error of their mean, whatever the correlation
-    between heads measured on the same sequences (the standard deviation of a sum is at most the sum of theirs)."""
-    values: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    with (Path(run_dir) / ANALYSIS_DIR / HEAD_METRICS_FILE).open() as f:
-        for r in csv.DictReader(f):
-            if r["metric"] == metric and math.isfinite(v := float(r["value"])):
-                values[int(r["step"])].append((v, float(r.get("se") or "nan")))
-    return [
-        (step, sum(v for v, _ in vs) / len(vs), sum(s for _, s in vs) / len(vs)) for step, vs in sorted(values.items())
-    ]
+    """``[(step, mean over heads, se)]`` (heads without a finite value left out). ``se`` is the mean of the heads'
+    standard errors: an upper bound on the standard error of their mean, whatever the correlation between
+    heads measured on the same sequences (the standard deviation of a sum is at most the sum of theirs)."""
+    series = []
+    for step, heads in head_metric_with_se(run_dir, metric).items():
+        finite = [(v, se) for v, se in heads.values() if math.isfinite(v)]
+        if finite:
+            series.append((step, sum(v for v, _ in finite) / len(finite), sum(se for _, se in finite) / len(finite)))
+    return series
 
 
 def role_bar(run_dir: Path, key: str) -> float:
