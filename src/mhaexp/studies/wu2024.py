@@ -317,7 +317,7 @@ class Wu2024(Study):
     name = "wu2024"
     title = "Wu et al. 2024: retrieval heads exist, are sparse, and masking them breaks needle retrieval"
     summary = "retrieval heads on needle-in-a-haystack: existence, sparsity, masking them vs random heads"
-    default_steps = 4000  # conf/experiment/retrieval.yaml: its trainer.max_steps
+    default_steps = 5000  # conf/experiment/retrieval.yaml: its trainer.max_steps
     minutes = 13
     takes_model = True
 
