@@ -13,7 +13,7 @@ from mhaexp.studies import get_study
 from mhaexp.studies.michel2019 import CURVES_FILE, RANDOM_ORDERS, free_fraction
 from mhaexp.studies.runner import Budget, StudyContext
 
-FRACTIONS = [i / 12 for i in range(11)]  # 24 heads pruned 2 at a time, as on the default model
+FRACTIONS = [i / 12 for i in range(11)]  # e.g. 24 heads pruned 2 at a time
 
 
 def curve(slope: float) -> list[dict]:

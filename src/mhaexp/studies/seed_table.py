@@ -26,7 +26,7 @@ class SeedTable(Study):
     title = 'The seed\'s "What Different Heads Learn": five kinds of heads, found in our models'
     summary = "the five rows of the seed's table, by the best head across a causal LM and an encoder"
     default_steps = 1500
-    minutes = 7
+    minutes = 9
 
     def run(self, ctx: StudyContext) -> None:
         steps = ctx.budget.n_steps(self.default_steps)

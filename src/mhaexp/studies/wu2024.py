@@ -318,7 +318,7 @@ class Wu2024(Study):
     title = "Wu et al. 2024: retrieval heads exist, are sparse, and masking them breaks needle retrieval"
     summary = "retrieval heads on needle-in-a-haystack: existence, sparsity, masking them vs random heads"
     default_steps = 5000  # conf/experiment/retrieval.yaml: its trainer.max_steps
-    minutes = 13
+    minutes = 12
     takes_model = True
 
     def task_overrides(self) -> list[str]:
