@@ -158,7 +158,7 @@ class Michel2019(Study):
     title = "Michel et al. 2019: many heads can go, and importance says which"
     summary = "iterative head pruning by importance vs random orders (paired), ablation order as reference"
     default_steps = 1500
-    minutes = 5
+    minutes = 10
 
     def run(self, ctx: StudyContext) -> None:
         steps = ctx.budget.n_steps(self.default_steps)

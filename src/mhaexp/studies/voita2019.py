@@ -112,7 +112,7 @@ class Voita2019(Study):
     # is about 15 min by step times (+27% CPU a step); the 2026-12-06 run used 930 CPU-s in all.
     # --steps 2000 is the larger budget.
     default_steps = 1000
-    minutes = 7
+    minutes = 8
 
     def preflight_overrides(self, budget: Budget) -> list[str]:
         return list(ENCODER)
