@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from test_studies import fake_run
 
+from mhaexp.cli.study import preflight
+from mhaexp.errors import ConfigError
 from mhaexp.studies import get_study
 from mhaexp.studies.michel2019 import CURVES_FILE, RANDOM_ORDERS, free_fraction
 from mhaexp.studies.runner import Budget, StudyContext
@@ -109,3 +111,10 @@ def test_curves_rank_on_one_half_and_measure_on_the_other() -> None:
     assert held_out[0]["val_loss"] == pytest.approx(evaluate(model, measure)[0])
     assert same[0]["val_loss"] == pytest.approx(evaluate(model, rank)[0]) != held_out[0]["val_loss"]
     assert [p["heads_pruned"] for p in held_out] == [p["heads_pruned"] for p in same] == [0, 2, 4, 6]
+
+
+def test_the_preflight_checks_overrides_against_the_model_the_study_trains() -> None:
+    study = get_study("michel2019")
+    preflight(study.preflight_overrides(Budget()) + ["model.n_kv_heads=16"])  # 16 K/V heads of 16: valid here
+    with pytest.raises(ConfigError, match="n_kv_heads"):
+        preflight(study.preflight_overrides(Budget()) + ["model.n_kv_heads=5"])

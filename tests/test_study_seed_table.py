@@ -7,7 +7,11 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from mhaexp.analysis.seed_roles import SEED_ROWS
+from mhaexp.cli.study import preflight
+from mhaexp.errors import ConfigError
 from mhaexp.studies import get_study
 from mhaexp.studies.runner import Budget, StudyContext
 
@@ -49,3 +53,10 @@ def test_every_row_cites_the_seed_text_and_reports_the_error_bar(tmp_path: Path)
     assert '"cat" <-> "was"' in claims[0].criterion_source
     assert "L1H2 syntactic:nsubj 0.92 ± 0.03 (+0.60)" in claims[0].metric
     assert "not found" in claims[2].metric and "every seed misses" in claims[2].why
+
+
+def test_the_preflight_refuses_a_probe_smaller_than_the_study_reads() -> None:
+    study = get_study("seed_table")
+    with pytest.raises(ConfigError, match="data.n_probe=1000 is invalid"):
+        preflight(study.preflight_overrides(Budget()) + ["data.n_probe=1000"])
+    preflight(study.preflight_overrides(Budget(smoke=True)) + ["data.n_probe=1000"])  # smoke: the default probe

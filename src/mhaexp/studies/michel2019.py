@@ -44,7 +44,7 @@ from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import head_metric
 from mhaexp.studies.report import figure
-from mhaexp.studies.runner import StudyContext, run_config
+from mhaexp.studies.runner import Budget, StudyContext, run_config
 from mhaexp.studies.verdict import Claim, Measure, at_least, decided, significant_in_every_seed
 from mhaexp.training.module import load_module
 
@@ -159,6 +159,9 @@ class Michel2019(Study):
     summary = "iterative head pruning by importance vs random orders (paired), ablation order as reference"
     default_steps = 1500
     minutes = 10
+
+    def preflight_overrides(self, budget: Budget) -> list[str]:
+        return list(MODEL)
 
     def run(self, ctx: StudyContext) -> None:
         steps = ctx.budget.n_steps(self.default_steps)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from mhaexp.analysis.registry import role_interval
 from mhaexp.analysis.seed_roles import SEED_ROWS, fill, read_roles
 from mhaexp.studies.base import Study
-from mhaexp.studies.runner import StudyContext, run_config
+from mhaexp.studies.runner import Budget, StudyContext, run_config
 from mhaexp.studies.verdict import Claim, Measure, at_least, decided
 
 SEED_DOCUMENT = "the user's seed text (shared/seed/multi-head-attention.txt)"
@@ -28,16 +28,19 @@ class SeedTable(Study):
     default_steps = 1500
     minutes = 9
 
+    def preflight_overrides(self, budget: Budget) -> list[str]:
+        # A smoke run keeps the runner's small probe (runner.SMOKE_DATA).
+        return [] if budget.smoke else [f"analysis.probe_sequences={PROBE_SENTENCES}"]
+
     def run(self, ctx: StudyContext) -> None:
         steps = ctx.budget.n_steps(self.default_steps)
-        probe = [] if ctx.budget.smoke else [f"analysis.probe_sequences={PROBE_SENTENCES}"]
         ctx.sweep(
             "train",
             [
                 "model=small,encoder",
                 f"seed={','.join(map(str, ctx.budget.seed_list()))}",
                 f"trainer.max_steps={steps}",
-                *probe,
+                *self.preflight_overrides(ctx.budget),
             ],
         )
 
