@@ -131,3 +131,11 @@ def test_model_verdicts_on_a_model_that_answers(tmp_path: Path) -> None:
     result["retrieval_heads"] = [[0, h] for h in range(3)]  # 3 of 24: 12.5%
     ctx.eval_path("model_retrieval.json").write_text(json.dumps(result))
     assert get_study("wu2024").model_verdicts(ctx)[1].holds is False
+
+
+def test_study_trains_the_presets_own_budget(compose) -> None:
+    # The preset's reliability (seeds 0-4 at 1 and 2 threads) was measured at its trainer.max_steps; a
+    # study on fewer steps would train a run nobody measured.
+    cfg = compose(["experiment=retrieval"])
+    assert get_study("wu2024").default_steps == cfg.trainer.max_steps
+    assert get_study("wu2024").task_overrides() == ["experiment=retrieval"]

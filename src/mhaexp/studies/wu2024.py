@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from scipy import stats
 
 from mhaexp.analysis.config import yaml_thresholds
 from mhaexp.checkpoint import CHECKPOINT_KEY, read_checkpoint
-from mhaexp.config import instantiate_plain
+from mhaexp.config import CONF_DIR, instantiate_plain
 from mhaexp.data.retrieval import text_needles
 from mhaexp.data.tokenizers import load_saved_tokenizer
 from mhaexp.errors import ConfigError
@@ -72,6 +73,11 @@ MODEL_FILE = "model_retrieval.json"
 # to 50K tokens; a CPU pass over a 0.5B model takes seconds per 1K tokens, so one length, spread depths).
 MODEL_NEEDLES, MODEL_LENGTH = 20, 512
 SMOKE_NEEDLES, SMOKE_LENGTH = 4, 192
+# The study trains experiment=retrieval for the preset's own budget (the one its reliability was measured at).
+PRESET = "retrieval"
+PRESET_STEPS: int = yaml.safe_load((CONF_DIR / "experiment" / f"{PRESET}.yaml").read_text(encoding="utf-8"))["trainer"][
+    "max_steps"
+]
 PAPER_SHARE = "< 5% of heads (abstract, Sec. 3.1); Fig. 3: 3-6% of heads score above 0.1, 45-73% score 0"
 
 
@@ -317,13 +323,13 @@ class Wu2024(Study):
     name = "wu2024"
     title = "Wu et al. 2024: retrieval heads exist, are sparse, and masking them breaks needle retrieval"
     summary = "retrieval heads on needle-in-a-haystack: existence, sparsity, masking them vs random heads"
-    default_steps = 5000  # conf/experiment/retrieval.yaml: its trainer.max_steps
+    default_steps = PRESET_STEPS
     minutes = 12
     takes_model = True
 
     def task_overrides(self) -> list[str]:
         # The task and model are conf/experiment/retrieval.yaml (why that one: its comments).
-        return ["experiment=retrieval"]
+        return [f"experiment={PRESET}"]
 
     def preflight_overrides(self, budget: Budget) -> list[str]:
         return self.task_overrides()
