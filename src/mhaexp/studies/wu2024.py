@@ -400,6 +400,12 @@ class Wu2024(Study):
             "retrieval.yaml). Before, seeds 0, 1: 4 and 5 retrieval heads (best 0.91, 0.96), exact match 0.68, "
             "0.95 -> 0.00 masked; random minus retrieval-masked +0.022 (SE 0.014), +0.0025 (SE 0.0025): "
             "inconclusive.",
+            "Measured for issue 29 (2026-12-06), not adopted: models of 64 heads, on which sparsity would be "
+            "testable and a random set would hold a few of many heads, as in Wu et al. They learn sooner, but "
+            "their copy-paste heads depend on the seed: 2 x 32 heads at 2000 steps had 0 (seed 0: answers 0.75, "
+            "best score 0.055, its layer-1 heads' argmax 6 positions after the copied token), 1 (seed 1, masked "
+            "-> 0.00) and 5 (seed 2, 7.8% of the heads) retrieval heads; 4 x 16 heads (seed 0) had 12. Details: "
+            "conf/experiment/retrieval.yaml.",
         ]
 
 
