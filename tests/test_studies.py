@@ -13,7 +13,7 @@ import pytest
 from mhaexp.studies import STUDIES, get_study
 from mhaexp.studies.base import Study
 from mhaexp.studies.report import report_markdown, verdict_document, write_report
-from mhaexp.studies.runner import Budget, StudyContext, prepare_out
+from mhaexp.studies.runner import Budget, StudyContext, StudyError, prepare_out
 from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, greater
 
 
@@ -353,3 +353,14 @@ def test_seed_table_verdicts_pass_and_fail(tmp_path: Path) -> None:
         _roles_file(encoder, [(0, 3, "positional:-1", 0.3)] + ([(1, 1, "syntactic:pobj", 0.1)] if seed == 0 else []))
     verdict = {c.claim: c.holds for c in get_study("seed_table").verdicts(ctx)}
     assert list(verdict.values()) == [True, True, False, True, None]  # prepositional: seed 0 only
+
+
+def test_a_recorded_run_path_is_read_inside_this_study_directory(tmp_path: Path) -> None:
+    # A copied study must read its own runs, never the original's: old absolute paths are re-rooted.
+    ctx = StudyContext("x", tmp_path / "copy", Budget())
+    own = tmp_path / "copy" / "runs" / "train" / "0_job"
+    assert ctx.run_path(str(tmp_path / "original" / "runs" / "train" / "0_job")) == own
+    assert ctx.run_path("runs/train/0_job") == own
+    assert ctx.run_path("/data/runs/studies/wu/runs/prune/3_job") == tmp_path / "copy" / "runs" / "prune" / "3_job"
+    with pytest.raises(StudyError, match="no 'runs/' in the path"):
+        ctx.run_path("/data/elsewhere/0_job")

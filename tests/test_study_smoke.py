@@ -73,6 +73,14 @@ def test_study_runs_end_to_end_at_the_smoke_budget(study: str, cli, shared_cache
     for run in {r for c in doc["claims"] for r in c["runs"]}:
         config = (out / run / ".hydra" / "config.yaml").read_text()
         assert f"study:{study}" in config
+    # A study directory moved elsewhere recomputes the same verdicts from its own runs (eval files record
+    # the runs' old absolute paths; the old place is gone, so reading it would fail).
+    moved = out.rename(tmp_path / "moved")
+    again = cli("mhaexp-study", study, "--verdict-only", "--out", str(moved), cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    redone = json.loads((moved / "verdict.json").read_text())["claims"]
+    fields = lambda claims: json.dumps([[c[k] for k in ("claim", "holds", "runs", "ours")] for c in claims])  # noqa: E731
+    assert fields(redone) == fields(doc["claims"])  # as JSON text: NaN is not equal to itself
 
 
 def _processes() -> dict[int, int]:

@@ -145,10 +145,12 @@ class Ainslie2023(Study):
         mqa_gqa, mqa_gqa_se = gaps(f"uptrained {mqa['mean']}", f"uptrained {gqa}")
         gqa_mha, gqa_mha_se = gaps(f"uptrained {gqa}", "mha")
         between = all_hold([paired_greater(mqa_gqa, mqa_gqa_se), paired_greater(gqa_mha, gqa_mha_se)])
-        runs_of = lambda key: [ctx.rel(Path(r["uptrained_runs"][key])) for r in results]  # noqa: E731
-        mha_runs = [ctx.rel(Path(r["run"])) for r in results]
+        runs_of = lambda key: [ctx.rel(ctx.run_path(r["uptrained_runs"][key])) for r in results]  # noqa: E731
+        mha_runs = [ctx.rel(ctx.run_path(r["run"])) for r in results]
         kv = {
-            name: summary(Path(r["run"] if key is None else r["uptrained_runs"][key])).get("kv_cache_bytes_per_token")
+            name: summary(ctx.run_path(r["run"] if key is None else r["uptrained_runs"][key])).get(
+                "kv_cache_bytes_per_token"
+            )
             for name, key in (("MHA", None), ("GQA", gqa), ("MQA", mqa["mean"]))
             for r in results[:1]
         }

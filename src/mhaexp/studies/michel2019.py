@@ -199,7 +199,7 @@ class Michel2019(Study):
     def verdicts(self, ctx: StudyContext) -> list[Claim]:
         results = self.results(ctx)
         vs = [against_random(r) for r in results]
-        runs = [ctx.rel(Path(r["run"])) for r in results]
+        runs = [ctx.rel(ctx.run_path(r["run"])) for r in results]
         fractions = vs[0]["fractions"] if vs else []
         better_ours: dict[str, Measure] = {
             "Wilcoxon p over fractions": Measure.of(v["p"] for v in vs),

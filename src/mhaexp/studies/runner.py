@@ -178,6 +178,19 @@ class StudyContext:
     def rel(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.out.resolve()))
 
+    def run_path(self, recorded: str) -> Path:
+        """The run directory that a path recorded in one of this study's eval files names, inside this study.
+
+        Eval files record where each run was when it was measured. A study directory copied or moved since
+        must read its own runs, never the original's (a mixed result) nor fail: the path is re-rooted at its
+        last ``runs/`` component, below which a study's layout is fixed (``runs/<stage>/<job>``).
+        """
+        parts = Path(recorded).parts
+        if RUNS_DIR not in parts:
+            raise StudyError(f"{recorded}: not a run of a study (no '{RUNS_DIR}/' in the path)")
+        below = parts[len(parts) - parts[::-1].index(RUNS_DIR) :]
+        return self.runs_dir.joinpath(*below)
+
 
 def run_group(cmd: Sequence[str], log: Any, timeout: float | None = None) -> int:
     """Run ``cmd`` (output to the file ``log``) in a process group of its own and return its exit code.

@@ -377,7 +377,7 @@ class Wu2024(Study):
 
     def verdicts(self, ctx: StudyContext) -> list[Claim]:
         results = json.loads((ctx.out / "eval" / MASKING_FILE).read_text())
-        runs = [ctx.rel(Path(r["run"])) for r in results]
+        runs = [ctx.rel(ctx.run_path(r["run"])) for r in results]
         return retrieval_claims(results, runs, "the model did not learn the task at this budget", "masking.png")
 
     def model_verdicts(self, ctx: StudyContext) -> list[Claim]:
