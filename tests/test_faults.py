@@ -228,3 +228,12 @@ def test_non_finite_loss_stops_with_one_line_naming_the_step_and_fails_the_wandb
     records = wandb_records(next((run / "wandb").glob("offline-run-*")))
     exits = [r["exit"] for r in records if r["type"] == "exit"]
     assert exits and exits[-1]["exit_code"] == 1  # the W&B run is marked failed
+
+
+def test_a_malformed_fault_setting_is_refused_before_anything_starts(cli, tiny: list[str], tmp_path: Path) -> None:
+    env = {**env_for(tmp_path), "MHAEXP_FAULT": "chekpoint:2"}
+    proc = cli("mhaexp-train", *tiny, *EXTRA, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MHAEXP_FAULT" in lines[0] and "chekpoint:2" in lines[0] and "checkpoint" in lines[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

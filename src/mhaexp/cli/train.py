@@ -36,6 +36,8 @@ from mhaexp.cli.preflight import (
 )
 from mhaexp.config import CONF_DIR
 from mhaexp.errors import ConfigError, NonFiniteLossError, fail
+from mhaexp.faults import ENV as FAULT_ENV
+from mhaexp.faults import armed
 from mhaexp.rundir import STATUS_FILE
 from mhaexp.training import sweep
 from mhaexp.training.config import RunConfig
@@ -118,6 +120,7 @@ def skip_invalid_requested(argv: list[str], jobs: list[list[str]]) -> bool:
 def preflight(argv: list[str]) -> None:
     """Exit 2 with one line per invalid job, unless the sweep asked to skip them."""
     try:
+        armed(os.environ.get(FAULT_ENV))  # read at the first fault point, mid-training: checked before anything starts
         jobs, invalid = check_jobs(argv)
     except ConfigError as e:
         fail(PROG, e)
