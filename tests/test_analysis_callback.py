@@ -141,14 +141,23 @@ def test_wandb_holds_per_head_scalars_table_and_images(run: dict[str, Any]) -> N
     assert "heads/L00H00/ablation" in rows[10] and "heads/L00H00/ablation" not in rows[0]  # cheap at the start
     assert "analysis/role_grid._type" in rows[10] and "analysis/role_grid._type" not in rows[0]
     assert final["analysis/head_roles._type"] == "table-file"
-    assert final["analysis/head_roles.ncols"] == 5 and final["analysis/head_roles.nrows"] >= 8
+    assert final["analysis/head_roles.ncols"] == 6 and final["analysis/head_roles.nrows"] >= 8
     for image in ("role_grid", "heatmaps", "patterns_L00", "mds", "syntactic"):
         assert final[f"analysis/{image}._type"] == "image-file", image
         assert (run["wandb_dir"] / "files" / final[f"analysis/{image}.path"]).is_file()
     assert "analysis/patterns_L01._type" not in final  # max_pictures=1
     table = json.loads((run["wandb_dir"] / "files" / final["analysis/head_roles.path"]).read_text())
-    assert table["columns"] == ["layer", "head", "roles", "scores", "margins"]
+    assert table["columns"] == ["layer", "head", "roles", "scores", "ses", "margins"]
     assert sorted((r[0], r[1]) for r in table["data"]) == [(layer, h) for layer in range(2) for h in range(4)]
+    # Each role's score comes with its standard error, the same as head_roles.csv's at the last step.
+    csv = pd.read_csv(run["root"] / "analysis" / "head_roles.csv")
+    csv = csv[csv["step"] == csv["step"].max()]
+    for layer, head, roles, scores, ses, _ in table["data"]:
+        mine = csv[(csv["layer"] == layer) & (csv["head"] == head)]
+        assert roles.split(", ") == list(mine["role"])
+        want = ["" if math.isnan(v) else f"{v:.3g}" for v in mine["se"]]
+        assert ses.split(", ") == want and len(want) == len(scores.split(", "))
+    assert any(float(v) > 0 for row in table["data"] for v in row[4].split(", ") if v)  # broad: entropy's SE
     summaries = [r["summary"]["update"] for r in run["records"] if r.get("type") == "summary"]
     last = {k: v for s in summaries for k, v in s.items()}
     assert sum(last[f"roles/{f}"] for f in ("unassigned",)) >= 0 and "roles/broad" in last

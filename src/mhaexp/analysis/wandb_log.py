@@ -12,7 +12,8 @@ row with ``trainer/global_step``, the x-axis Lightning defines for every key):
 * ``roles/<family>``: heads per role family, zeros included;
 * ``analysis/<picture>``: ``wandb.Image`` (role grid, heatmaps, attention patterns, MDS);
 * ``analysis/head_view``: ``wandb.Html``, the interactive head view (:mod:`mhaexp.analysis.head_view`);
-* ``analysis/head_roles``: ``wandb.Table`` with columns layer, head, roles, scores, margins.
+* ``analysis/head_roles``: ``wandb.Table`` with columns layer, head, roles, scores, ses (the scores' standard
+  errors, as in ``head_roles.csv``), margins.
 
 The values are the rows of :func:`mhaexp.analysis.export.tidy_rows`, so W&B and ``head_metrics.csv``
 hold the same numbers.
@@ -30,7 +31,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from mhaexp.analysis.roles import HeadRole
 
-TABLE_COLUMNS = ["layer", "head", "roles", "scores", "margins"]
+TABLE_COLUMNS = ["layer", "head", "roles", "scores", "ses", "margins"]
 
 
 def find_wandb(trainer: pl.Trainer) -> WandbLogger | None:
@@ -61,7 +62,7 @@ def scalars(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def roles_table(roles: Sequence[HeadRole]) -> Any:
-    """One row per head: its roles, scores and margins as comma-separated text."""
+    """One row per head: its roles, scores, their standard errors and margins as comma-separated text."""
     import wandb
 
     by_head: dict[tuple[int, int], list[HeadRole]] = {}
@@ -75,6 +76,8 @@ def roles_table(roles: Sequence[HeadRole]) -> Any:
                 head,
                 ", ".join(r.role for r in held),
                 ", ".join("" if math.isnan(r.score) else f"{r.score:.3f}" for r in held),
+                # 3 significant digits, not decimals: an SE of 2e-4 must not print as 0.000 (exact)
+                ", ".join("" if math.isnan(r.se) else f"{r.se:.3g}" for r in held),
                 ", ".join("" if math.isnan(r.margin) else f"{r.margin:.3f}" for r in held),
             ]
         )
