@@ -355,6 +355,9 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
         assert torch.allclose(got[0, :4], per_group[0].repeat_interleave(2), rtol=1e-4, atol=1e-6), key
         assert torch.allclose(got[1, :2], per_group[1].repeat_interleave(2), rtol=1e-4, atol=1e-6), key
         assert torch.isnan(got[1, 2:]).all()
+    # The group ablation has its standard error over probe sentences, as the per-head ablation does.
+    ses = [r["se"] for r in rows if r["metric"] == "group_ablation"]
+    assert len(ses) == 6 and all(math.isfinite(v) and v > 0 for v in ses)
     assert [r["value"] for r in rows if r["metric"] == "massive_count"] == [0.0, 0.0]
     assert {"role_grid", "heatmaps", "mds", "patterns_L00"} <= set(images)
     # Gates: a head switched off has no OV circuit.

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from mhaexp.heads.evaluation import evaluate
-from mhaexp.heads.importance import ablation_importance, group_ablation, kv_groups
+from mhaexp.heads.importance import (
+    ablation_importance,
+    ablation_values,
+    group_ablation,
+    group_ablation_values,
+    kv_groups,
+)
 from mhaexp.nn.config import ModelConfig
 from mhaexp.nn.model import Transformer
 
@@ -53,3 +59,12 @@ def test_with_one_head_per_group_it_is_the_head_ablation() -> None:
     m = model(4)  # MHA: every query head is its own group
     for a, b in zip(group_ablation(m, HELD_OUT), ablation_importance(m, HELD_OUT), strict=True):
         torch.testing.assert_close(a, b.float(), atol=1e-5, rtol=0)
+
+
+def test_group_ablation_has_the_head_ablations_standard_error_with_one_head_per_group() -> None:
+    m = model(4)  # MHA: each group is one head, so the sentence-by-sentence values must be the head's
+    for a, b in zip(group_ablation_values(m, HELD_OUT), ablation_values(m, HELD_OUT), strict=True):
+        assert a.n == b.n == 8  # 2 batches of 4 rows, each with scored tokens
+        torch.testing.assert_close(a.mean(), b.mean(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.se(), b.se(), atol=1e-5, rtol=0)
+        assert bool((a.se() > 0).all())

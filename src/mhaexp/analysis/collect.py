@@ -46,7 +46,7 @@ from mhaexp.heads.evaluation import eval_mode, group_extent, row_groups
 from mhaexp.heads.importance import (
     SentenceValues,
     ablation_values,
-    group_ablation,
+    group_ablation_values,
     group_importance_values,
     importance_values,
     kv_groups,
@@ -719,17 +719,12 @@ def _put(result: HeadMetrics, name: str, per_layer: Sequence[Stats], width: int)
 
 
 def _per_head_stats(per_group: Sequence[Stats], model: Any) -> list[Stats]:
-    """:func:`_per_head` of a per-group ``(value, se, n)``: each query head gets its group's three."""
+    """A per-KV-group ``(value, se, n)`` (``(n_kv_heads,)`` each, per layer): each query head gets its group's three."""
     groups = kv_groups(model)
     return [
         tuple(None if t is None else t[grp.to(t.device)] for t in stats)  # type: ignore[misc]
         for stats, grp in zip(per_group, groups, strict=True)
     ]
-
-
-def _per_head(per_group: Sequence[Tensor], model: Any) -> list[Tensor]:
-    """A per-KV-group value (``(n_kv_heads,)`` per layer) given to each query head of the group."""
-    return [g[grp.to(g.device)] for g, grp in zip(per_group, kv_groups(model), strict=True)]
 
 
 def _massive(resid: Sequence[Tensor], mask: Tensor, ratio: float) -> dict[str, Tensor]:
@@ -848,5 +843,5 @@ def _expensive(model: Any, probe: ProbeData, js: Tensor, result: HeadMetrics, wi
         result.layer_metrics.update(
             {"gqa_within": torch.tensor(within), "gqa_across": torch.tensor(across), "gqa_ratio": torch.tensor(ratio)}
         )
-        groups = group_ablation(model, _to(probe.batches, device), probe.objective)
-        _put(result, "group_ablation", estimate_stats(_per_head(groups, model)), width)
+        groups = group_ablation_values(model, _to(probe.batches, device), probe.objective)
+        _put(result, "group_ablation", _per_head_stats(estimate_stats(groups), model), width)

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor
 
-from mhaexp.heads.evaluation import eval_mode, evaluate, group_extent
+from mhaexp.heads.evaluation import eval_mode, group_extent, sequence_losses
 from mhaexp.heads.patterns import entropy
 from mhaexp.nn.model import Transformer
 from mhaexp.nn.objectives import IGNORE, Batch, Objective, causal_lm_objective
@@ -282,12 +282,14 @@ def group_importance(
 
 
 @torch.no_grad()
-def group_ablation(
+def group_ablation_values(
     model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
-) -> list[Tensor]:
-    """Loss increase when a whole GQA group (every query head reading one K/V head) is gated to 0,
-    the group analogue of Michel et al. 2019's single-head ablation (Sec. 3.2). ``(n_kv_heads,)`` per layer."""
-    base, _ = evaluate(model, batches, objective)
+) -> list[SentenceValues]:
+    """Loss increase when a whole GQA group (every query head reading one K/V head) is gated to 0, the group
+    analogue of Michel et al. 2019's single-head ablation (Sec. 3.2), sentence by sentence as
+    :func:`ablation_values`: per layer ``(n, n_kv_heads)`` summed increases, weighted by scored tokens, so
+    ``.mean()`` is the token-weighted increase over ``batches`` and ``.se()`` its standard error."""
+    base, tokens = sequence_losses(model, batches, objective)
     out = []
     for layer, grp in zip(model.attention_layers, kv_groups(model), strict=True):
         saved = layer.head_gate.detach().clone()
@@ -295,11 +297,18 @@ def group_ablation(
         try:
             for g in range(int(grp.max()) + 1):
                 layer.head_gate.copy_(saved.masked_fill(grp.to(saved.device) == g, 0.0))
-                deltas.append(evaluate(model, batches, objective)[0] - base)
+                deltas.append(sequence_losses(model, batches, objective)[0] - base)
         finally:
             layer.head_gate.copy_(saved)
-        out.append(torch.tensor(deltas))
+        out.append(sentence_values(torch.stack(deltas, dim=1), tokens))
     return out
+
+
+def group_ablation(
+    model: Transformer, batches: Sequence[Batch], objective: Objective = causal_lm_objective
+) -> list[Tensor]:
+    """The loss increase ``(n_kv_heads,)`` of each layer's GQA groups: the means of :func:`group_ablation_values`."""
+    return [v.mean().float() for v in group_ablation_values(model, batches, objective)]
 
 
 @torch.no_grad()
