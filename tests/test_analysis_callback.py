@@ -564,3 +564,35 @@ def test_each_tier_reads_its_probe_size(tmp_path: Path) -> None:
     # A probe set that holds fewer than asked (a short held-out text, data.probe_conllu): read whole, said.
     with pytest.warns(UserWarning, match="the probe set holds 24 sequences, fewer than analysis.probe_sequences=30"):
         assert tier_probe(analysis_settings(analysis_cfg(probe_sequences=30)), dm, model).n_sequences == 24
+
+
+def test_copying_reads_the_datas_tokens_not_padded_embedding_rows(tmp_path: Path) -> None:
+    from mhaexp.analysis.callback import analysis_settings, run_analysis
+    from mhaexp.analysis.collect import probe_from_datamodule
+    from mhaexp.data import LMDataModule
+    from mhaexp.heads.weights import copying_score
+    from mhaexp.nn.model import ModelConfig, Transformer
+
+    dm = LMDataModule(**{**DATA, "n_train": 40, "n_val": 8, "n_probe": 8}, cache_dir=str(tmp_path / "cache"))
+    V = dm.vocab_size
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V + 16, n_layers=1, d_model=32, n_heads=4, d_ff=64, max_seq_len=32)
+    model = Transformer(cfg)
+    with torch.no_grad():  # rows past the tokenizer, as an imported table padded to a multiple of 64
+        model.tok_emb.weight[V:] = 50.0 * torch.randn(16, 32)
+    hm, *_ = run_analysis(
+        model,
+        probe_from_datamodule(dm, 8),
+        analysis_settings(analysis_cfg()),
+        tmp_path / "a",
+        0,
+        expensive=False,
+        pictures=False,
+    )
+    attn = model.attention_layers[0]
+    W_V = attn.split_qkv(attn.qkv_proj.weight.detach())[2].view(4, 8, 32).transpose(1, 2)
+    W_O = attn.o_proj.weight.detach().view(32, 4, 8).permute(1, 2, 0)
+    W_E, W_U = model.tok_emb.weight.detach(), model.lm_head.weight.detach().T
+    real = copying_score(W_E[:V], W_U[:, :V], W_V, W_O)
+    torch.testing.assert_close(hm.metrics["copying"][0], real, atol=1e-5, rtol=0)
+    assert not torch.allclose(real, copying_score(W_E, W_U, W_V, W_O), atol=1e-3)  # the padding would move it

@@ -362,9 +362,11 @@ def _coref_outputs(bases: Mapping[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
-def _copying(model: Any) -> list[Tensor]:
-    W_E = model.tok_emb.weight.detach()
-    W_U = model.lm_head.weight.detach().T
+def _copying(model: Any, vocab_size: int) -> list[Tensor]:
+    # The OV circuit over the data's tokens only: an imported embedding is often padded past its tokenizer
+    # (Pythia: 50277 tokens in 50304 rows), and rows no token reads would enter W_U W_E.
+    W_E = model.tok_emb.weight.detach()[:vocab_size]
+    W_U = model.lm_head.weight.detach()[:vocab_size].T
     out = []
     for attn in model.attention_layers:
         d, hs = attn.d_model, attn.head_dim
@@ -685,7 +687,7 @@ def compute_head_metrics(
                 computed.update(resolve(metric.finish)(per_layer, cfg))
             else:
                 computed[metric.name] = per_layer
-    computed["copying"] = [(c, None, None) for c in _copying(model)]
+    computed["copying"] = [(c, None, None) for c in _copying(model, probe.vocab_size)]
     if importance:
         computed["importance"] = estimate_stats(grads)
         if gqa:
