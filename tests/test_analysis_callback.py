@@ -307,6 +307,15 @@ def test_predictive_arcs_and_derived_amod_pred() -> None:
     assert derived_amod_pred(heads, rels, RELATIONS).tolist() == [[-1] * 9 + [2, -1]]
 
 
+def cheap_analysis(model: Any, dm: Any, out: Path) -> Any:
+    """The cheap tier on the first 8 probe sequences of ``dm``, no pictures: the HeadMetrics."""
+    from mhaexp.analysis.callback import analysis_settings, run_analysis
+    from mhaexp.analysis.collect import probe_from_datamodule
+
+    settings = analysis_settings(analysis_cfg())
+    return run_analysis(model, probe_from_datamodule(dm, 8), settings, out, 0, expensive=False, pictures=False)[0]
+
+
 def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     from mhaexp.analysis.callback import analysis_settings, run_analysis
     from mhaexp.analysis.collect import probe_from_datamodule
@@ -362,15 +371,7 @@ def test_pruned_layers_are_nan_padded_and_left_out(tmp_path: Path) -> None:
     assert {"role_grid", "heatmaps", "mds", "patterns_L00"} <= set(images)
     # Gates: a head switched off has no OV circuit.
     model.blocks[0].attn.head_gate[1] = 0.0
-    hm2, *_ = run_analysis(
-        model,
-        probe_from_datamodule(dm, 8),
-        analysis_settings(analysis_cfg()),
-        tmp_path / "b",
-        0,
-        expensive=False,
-        pictures=False,
-    )
+    hm2 = cheap_analysis(model, dm, tmp_path / "b")
     assert math.isnan(float(hm2.metrics["copying"][0, 1]))
     # The same classification feeds the pruner's role criterion.
     from mhaexp.analysis.callback import build_roles_provider
@@ -567,8 +568,6 @@ def test_each_tier_reads_its_probe_size(tmp_path: Path) -> None:
 
 
 def test_copying_reads_the_datas_tokens_not_padded_embedding_rows(tmp_path: Path) -> None:
-    from mhaexp.analysis.callback import analysis_settings, run_analysis
-    from mhaexp.analysis.collect import probe_from_datamodule
     from mhaexp.data import LMDataModule
     from mhaexp.heads.weights import copying_score
     from mhaexp.nn.model import ModelConfig, Transformer
@@ -580,15 +579,7 @@ def test_copying_reads_the_datas_tokens_not_padded_embedding_rows(tmp_path: Path
     model = Transformer(cfg)
     with torch.no_grad():  # rows past the tokenizer, as an imported table padded to a multiple of 64
         model.tok_emb.weight[V:] = 50.0 * torch.randn(16, 32)
-    hm, *_ = run_analysis(
-        model,
-        probe_from_datamodule(dm, 8),
-        analysis_settings(analysis_cfg()),
-        tmp_path / "a",
-        0,
-        expensive=False,
-        pictures=False,
-    )
+    hm = cheap_analysis(model, dm, tmp_path / "a")
     attn = model.attention_layers[0]
     W_V = attn.split_qkv(attn.qkv_proj.weight.detach())[2].view(4, 8, 32).transpose(1, 2)
     W_O = attn.o_proj.weight.detach().view(32, 4, 8).permute(1, 2, 0)
