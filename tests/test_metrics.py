@@ -380,6 +380,18 @@ def test_rare_token_ties_all_count() -> None:
     assert rare_token_score(A, tokens, freq, causal=True).item() == 1.0
 
 
+def test_rare_token_scores_only_sentences_whose_rarest_token_is_not_frequent() -> None:
+    # Voita et al. score sentences whose rarest token lies outside their 500 most frequent of 32k: 2 of 128.
+    freq = torch.ones(128)
+    freq[10], freq[11], freq[12] = 1000.0, 900.0, 5.0  # tokens 10 and 11 are the 2 most frequent
+    common = torch.tensor([[0, 11, 10, 10, 11]])  # its rarest token (11) is among them: not scored
+    rare = torch.tensor([[0, 10, 12, 11, 10]])  # its rarest token (12) is not: scored
+    A = torch.cat([onehot_pattern([[2, 2, 2, 2, 2]]), onehot_pattern([[2, 2, 2, 2, 2]])])  # key 2 everywhere
+    # Key 2 holds the rarest token in the scored sentence only; counting the other too would give 1/2.
+    assert rare_token_score(A, torch.cat([common, rare]), freq, causal=False).item() == 1.0
+    assert math.isnan(rare_token_score(A[:1], common, freq, causal=False).item())
+
+
 # ------------------------------------------------------------------------------------------------
 # 8-9. Weights: copying score, layer normalization
 # ------------------------------------------------------------------------------------------------
