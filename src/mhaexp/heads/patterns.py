@@ -969,14 +969,14 @@ def rare_token_sums(chunk: Chunk, tokens: Tensor, token_freq: Tensor) -> Ratio:
     tokens = _check_tokens(tokens, patterns)
     T = patterns.shape[-1]
     # Pad ids may lie outside the vocabulary (e.g. -100); pads are never candidates, so clamp to look up.
-    freq = token_freq.to(device=patterns.device, dtype=torch.float64)[tokens.clamp(0, token_freq.numel() - 1)]
+    vocab_freq = token_freq.to(device=patterns.device, dtype=torch.float64)
+    freq = vocab_freq[tokens.clamp(0, vocab_freq.numel() - 1)]
     not_bos = torch.arange(T, device=patterns.device) != 0
     candidate = _visible(mask & not_bos, causal)  # (B, Q, K)
     cand_freq = torch.where(candidate, freq[:, None, :], torch.full_like(candidate, math.inf, dtype=torch.float64))
     rarest = candidate & (cand_freq == cand_freq.amin(dim=-1, keepdim=True))
     # The sentence's rarest token must lie outside the most frequent ones (a frequency below the k-th largest).
-    n_frequent = max(1, round(FREQUENT_SHARE * token_freq.numel()))
-    frequent_floor = token_freq.to(freq).topk(min(n_frequent, token_freq.numel())).values[-1]
+    frequent_floor = vocab_freq.topk(max(1, round(FREQUENT_SHARE * vocab_freq.numel()))).values[-1]
     sentence_rarest = torch.where(mask & not_bos, freq, math.inf).amin(dim=-1)  # (B,)
     eligible = mask & candidate.any(-1) & (sentence_rarest < frequent_floor)[:, None]
     hit = rarest[:, None].expand(-1, patterns.shape[1], -1, -1).gather(-1, chunk.top[..., None])[..., 0]
