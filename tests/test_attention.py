@@ -103,6 +103,29 @@ def test_gate_zero_removes_exactly_one_head() -> None:
     torch.testing.assert_close(full - gated, contribution, atol=1e-5, rtol=1e-5)
 
 
+def test_query_gate_zero_attends_uniformly_over_what_the_query_may_see() -> None:
+    """Wu et al.'s masking: a head whose query is 0 at a position averages the values its query may see
+    there (RoPE on), in both paths; other heads and earlier positions are untouched."""
+    torch.manual_seed(0)
+    layer = MultiHeadAttention(32, 4, n_kv_heads=2, rope=True, max_seq_len=16).eval()
+    x = torch.randn(2, 6, 32)
+    full, _ = layer(x)
+    _, w_full = layer(x, need_weights=True)
+    gate = torch.ones(2, 6, 4)
+    gate[:, 3:, 1] = 0.0
+    layer.query_gate = gate
+    fast, _ = layer(x)
+    slow, w = layer(x, need_weights=True)
+    layer.query_gate = None
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    uniform = torch.ones(6, 6).tril() / torch.arange(1, 7)[:, None]
+    torch.testing.assert_close(w[:, 1, 3:], uniform[3:].expand(2, 3, 6))
+    torch.testing.assert_close(w[:, 1, :3], w_full[:, 1, :3])
+    torch.testing.assert_close(w[:, [0, 2, 3]], w_full[:, [0, 2, 3]])
+    torch.testing.assert_close(fast[:, :3], full[:, :3])
+    assert (fast[:, 3:] - full[:, 3:]).abs().max() > 1e-4
+
+
 def test_gradients_reach_the_gates() -> None:
     layer = MultiHeadAttention(32, 4)
     layer.head_gate.requires_grad_(True)

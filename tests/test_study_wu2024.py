@@ -139,3 +139,39 @@ def test_study_trains_the_presets_own_budget(compose) -> None:
     cfg = compose(["experiment=retrieval"])
     assert get_study("wu2024").default_steps == cfg.trainer.max_steps
     assert get_study("wu2024").task_overrides() == ["experiment=retrieval"]
+
+
+def test_masking_zeroes_the_queries_only_while_answering(compose, tmp_path: Path, monkeypatch) -> None:
+    """Wu et al.'s code masks a head by zeroing its query at the decoding steps; the prompt is encoded with
+    every head. So the logits before the first answer step are the unmasked ones, and the answer steps
+    change; a 0 gate (our old masking) also changed the prompt's."""
+    import torch
+
+    from mhaexp.config import instantiate_plain
+    from mhaexp.nn.config import ModelConfig
+    from mhaexp.nn.model import Transformer
+    from mhaexp.studies.wu2024 import masked_logits
+
+    monkeypatch.setenv("MHAEXP_CACHE", str(tmp_path / "cache"))
+    cfg = compose(["experiment=retrieval", "data.n_train=64", "data.n_val=8"])
+    dm = instantiate_plain(cfg.data)
+    dm.prepare_data()
+    batch = next(iter(dm.val_dataloader()))
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=dm.vocab_size, n_layers=2, d_model=32, n_heads=4, max_seq_len=64))
+    model.eval()
+    heads = [(0, 1), (1, 2)]
+    full = masked_logits(model, batch, [])
+    with torch.no_grad():
+        torch.testing.assert_close(full, model(batch["input_ids"], attention_mask=batch["attention_mask"])[0])
+    masked = masked_logits(model, batch, heads)
+    assert all(a.query_gate is None for a in model.attention_layers)  # restored
+    steps = batch["answer"] > 0
+    first = int(steps.long().argmax(dim=1).min())  # no row decodes before this position
+    torch.testing.assert_close(masked[:, :first], full[:, :first])
+    assert (masked[steps] - full[steps]).abs().max() > 1e-4
+    for layer, head in heads:
+        model.attention_layers[layer].head_gate[head] = 0.0
+    with torch.no_grad():
+        gated, _ = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert (gated[:, :first] - full[:, :first]).abs().max() > 1e-4

@@ -34,6 +34,11 @@ exposes dL/dgate for gradient importance (Michel et al. 2019). ``token_gate`` (N
 ``(B, T, n_heads)``) scales each head's output at each token on top of that: ones with
 ``requires_grad`` give the per-token dL/dgate of every head in one backward
 (:mod:`mhaexp.heads.importance`).
+
+``query_gate`` (None, or ``(B, T, n_heads)``) scales each head's query at each token, after RoPE. A 0
+makes that head attend uniformly over the keys its query may see (every score is 0), which is how Wu et
+al. 2024's code masks a head (:mod:`mhaexp.studies.wu2024`); unlike a 0 gate, the head still writes the
+mean of its values.
 """
 
 from __future__ import annotations
@@ -196,6 +201,8 @@ class MultiHeadAttention(nn.Module):
         self.gate_fn: Callable[[], torch.Tensor] | None = None
         # Per-token gates (B, T, n_heads), set only for the duration of an importance forward.
         self.token_gate: torch.Tensor | None = None
+        # Per-token query scales (B, T, n_heads), set only for the duration of a masking forward.
+        self.query_gate: torch.Tensor | None = None
         self.register_load_state_dict_pre_hook(_load_separate_qkv)
 
     @property
@@ -271,6 +278,8 @@ class MultiHeadAttention(nn.Module):
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
+        if self.query_gate is not None:
+            q = q * self.query_gate.transpose(1, 2)[..., None].to(q.dtype)  # (B, nh, T, 1)
         mask = None
         if key_padding_mask is not None and not self.causal:
             mask = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, T)

@@ -13,8 +13,9 @@ Claims checked at small scale, on ``data=retrieval`` (needle in a haystack):
 
 The retrieval score and roles come from the run's own analysis (``analysis/head_metrics.csv``, metric
 ``retrieval``, Wu et al.'s definition in :func:`mhaexp.heads.longctx.retrieval_score`). The masked
-accuracies are measured here on each run's last checkpoint, by zeroing head gates, and written to
-``eval/masking.json``; the verdicts read only that file and the runs.
+accuracies are measured here on each run's last checkpoint, masking a head as Wu et al.'s code does (its
+query zeroed while answering: :func:`masked_accuracy`), and written to ``eval/masking.json``; the
+verdicts read only that file and the runs.
 
 ``--model <source>`` (a pretrained Qwen2 or Llama, as Wu et al. measured): the same claims on the imported
 model, on needles the project writes through the model's own tokenizer
@@ -98,23 +99,39 @@ def retrieval_heads(run_dir: Path) -> tuple[list[tuple[int, int]], int, float]:
     return found, len(scored), max(scored.values(), default=math.nan)
 
 
-def masked_accuracy(model: Transformer, batches: list[dict[str, torch.Tensor]], heads: list[tuple[int, int]]) -> float:
-    """Exact-match retrieval accuracy with the gates of ``heads`` at 0 (restored afterwards)."""
+def masked_logits(model: Transformer, batch: dict[str, torch.Tensor], heads: list[tuple[int, int]]) -> torch.Tensor:
+    """The model's logits on ``batch`` with ``heads`` masked as Wu et al.'s code masks them.
+
+    Their ``needle_in_haystack_with_mask.py`` encodes the prompt with every head, then at each decoding step
+    (the prompt's last token and every generated one) sets a masked head's query to zero, so it attends
+    uniformly over the context. Here that is one teacher-forced pass: the masked heads' ``query_gate`` is 0
+    at the positions that predict an answer token (``answer > 0``) and 1 elsewhere. The paper's text says
+    only "masking out"; we follow the code.
+    """
     layers = model.attention_layers
-    saved = [a.head_gate.clone() for a in layers]
-    hits: list[torch.Tensor] = []
+    ids = batch["input_ids"]
+    kept = (batch["answer"] <= 0).to(torch.float32)  # (B, T): 0 at the decoding steps
+    gates: dict[int, torch.Tensor] = {}
+    for layer, head in heads:
+        gates.setdefault(layer, torch.ones(*ids.shape, layers[layer].n_heads))[..., head] = kept
     try:
-        for layer, head in heads:
-            layers[layer].head_gate[head] = 0.0
+        for i, layer in enumerate(layers):
+            layer.query_gate = gates.get(i)
         with torch.no_grad():
-            for b in batches:
-                ids, real = b["input_ids"], b["attention_mask"].bool()
-                logits, _ = model(ids, attention_mask=b["attention_mask"])
-                hit = answer_exact_match(logits, causal_targets(ids, real), b["answer"])
-                hits.append(hit[~hit.isnan()])
+            logits, _ = model(ids, attention_mask=batch["attention_mask"])
     finally:
-        for a, g in zip(layers, saved, strict=True):
-            a.head_gate.copy_(g)
+        for layer in layers:
+            layer.query_gate = None
+    return logits
+
+
+def masked_accuracy(model: Transformer, batches: list[dict[str, torch.Tensor]], heads: list[tuple[int, int]]) -> float:
+    """Exact-match retrieval accuracy with ``heads`` masked (:func:`masked_logits`)."""
+    hits: list[torch.Tensor] = []
+    for b in batches:
+        targets = causal_targets(b["input_ids"], b["attention_mask"].bool())
+        hit = answer_exact_match(masked_logits(model, b, heads), targets, b["answer"])
+        hits.append(hit[~hit.isnan()])
     every = torch.cat(hits)
     return float(every.mean()) if every.numel() else math.nan
 
@@ -409,6 +426,14 @@ class Wu2024(Study):
             "retrieval.yaml). Before, seeds 0, 1: 4 and 5 retrieval heads (best 0.91, 0.96), exact match 0.68, "
             "0.95 -> 0.00 masked; random minus retrieval-masked +0.022 (SE 0.014), +0.0025 (SE 0.0025): "
             "inconclusive.",
+            "Changed for issue 29 (2026-12-06), before measuring: a head is masked as Wu et al.'s code masks it "
+            "(needle_in_haystack_with_mask.py: its query set to zero at the decoding steps, so it attends "
+            "uniformly; the prompt is encoded with every head). Before, a 0 gate removed the head at every "
+            "position, the needle's included, so a random set holding a layer-0 head broke the copy circuit "
+            "where it reads the needle. Figures with the 0 gate (the same runs): retrieval-masked 0.00, 0.00; "
+            "random minus retrieval-masked 0.000 (every draw 0.00), +0.226 (SE 0.139): inconclusive. Wu et al.'s "
+            "code draws the random heads outside the top 100 by retrieval score (of 1024); ours outside the "
+            "retrieval heads, as the text says ('random non-retrieval heads').",
             "Measured for issue 29 (2026-12-06), not adopted: models of 64 heads, on which sparsity would be "
             "testable and a random set would hold a few of many heads, as in Wu et al. They learn sooner, but "
             "their copy-paste heads depend on the seed: 2 x 32 heads at 2000 steps had 0 (seed 0: answers 0.75, "
