@@ -113,7 +113,7 @@ def masked_logits(model: Transformer, batch: dict[str, torch.Tensor], heads: lis
     kept = (batch["answer"] <= 0).to(torch.float32)  # (B, T): 0 at the decoding steps
     gates: dict[int, torch.Tensor] = {}
     for layer, head in heads:
-        gates.setdefault(layer, torch.ones(*ids.shape, layers[layer].n_heads))[..., head] = kept
+        gates.setdefault(layer, torch.ones(*ids.shape, layers[layer].n_heads, device=ids.device))[..., head] = kept
     try:
         for i, layer in enumerate(layers):
             layer.query_gate = gates.get(i)
