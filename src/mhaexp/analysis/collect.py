@@ -474,18 +474,14 @@ def best_offset_stats(per_layer: Sequence[Stats], cfg: Mapping[str, Any]) -> dic
     return {"positional_frac": frac_out, "positional_offset": offset_out}
 
 
-def estimate_stats(per_layer: Sequence[SentenceValues | Tensor]) -> list[Stats]:
-    """Gradient importance and ablation (:mod:`mhaexp.heads.importance`) as ``(value, se, n)`` per layer:
-    the mean over probe sentences, its standard error over them and their number, from each layer's
-    :class:`~mhaexp.heads.importance.SentenceValues`; a bare tensor (a per-group ablation, which has no
-    per-sentence values) keeps se and n empty."""
+def estimate_stats(per_layer: Sequence[SentenceValues]) -> list[Stats]:
+    """Gradient importance and ablation, per head or per GQA group (:mod:`mhaexp.heads.importance`), as
+    ``(value, se, n)`` per layer: the mean over probe sentences, its standard error over them and their
+    number, from each layer's :class:`~mhaexp.heads.importance.SentenceValues`."""
     out: list[Stats] = []
     for r in per_layer:
-        if isinstance(r, SentenceValues):
-            mean = r.mean().float()
-            out.append((mean, r.se().float(), torch.full_like(mean, float(r.n))))
-        else:
-            out.append((r, None, None))
+        mean = r.mean().float()
+        out.append((mean, r.se().float(), torch.full_like(mean, float(r.n))))
     return out
 
 
