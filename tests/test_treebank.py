@@ -226,6 +226,55 @@ def test_grammar_export_through_the_treebank_path_scores_as_the_grammar_path(tmp
     assert not bool(torch.isnan(a.metrics["syntactic_accuracy"][..., a.relation_names.index("nsubj")]).any())
 
 
+def test_arc_keys_words_ignores_the_frame_as_clarks_notebook_does(tmp_path: Path) -> None:
+    """analysis.arc_keys=words: a head's prediction is its most-attended word, [CLS]/[SEP] (BOS/EOS) ignored
+    (Clark et al.'s attn_head_predictor); the arcs and the baselines do not move."""
+    from mhaexp.analysis.collect import ChunkInputs, compute_head_metrics
+    from mhaexp.analysis.config import AnalysisConfig
+    from mhaexp.analysis.treebank_scores import treebank_probe
+    from mhaexp.data import generate_corpus, write_conllu
+    from mhaexp.data.lexicon import VOCAB
+    from mhaexp.nn.config import ModelConfig
+    from mhaexp.nn.model import Transformer
+
+    # One sentence, BOS w1 w2 w3 EOS, w1 -> w2 (det), w2 -> w3: each word rests 0.6 on EOS, 0.4 on its head.
+    p = torch.zeros(1, 1, 5, 5)
+    p[0, 0, :, 4] = 0.6
+    p[0, 0, 1, 2] = p[0, 0, 2, 3] = 0.4
+    p[0, 0, [0, 3, 4], 0] = 0.4
+    sub = {
+        "word_of_token": torch.tensor([[0, 1, 2, 3, 4]]),
+        "cls_keys": torch.tensor([[True, False, False, False, False]]),
+        "sep_keys": torch.tensor([[False, False, False, False, True]]),
+    }
+    heads, rels = torch.tensor([[-1, 2, 3, -1, -1]]), torch.tensor([[-1, 0, 0, -1, -1]])
+    acc = {}
+    for keys in ("all", "words"):
+        words = ChunkInputs(M.Chunk(p, torch.ones(1, 5, dtype=torch.bool), False), {}, sub=sub, arc_keys=keys).words
+        acc[keys] = M.dependency_sums(words, heads, rels, 1).value().item()
+    assert acc == {"all": 0.0, "words": 1.0}
+
+    gold = tmp_path / "gold.conllu"
+    write_conllu(gold, generate_corpus(64, seed=5, max_len=20))
+    tokenizer = WordTokenizer(VOCAB)
+    tb = load_treebank(gold, tokenizer, 37, "conllu", min_arcs=1)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, n_layers=2, d_model=32, n_heads=4,
+                                    max_seq_len=37, causal=False))  # fmt: skip
+    out = {
+        keys: compute_head_metrics(
+            model, treebank_probe(tb, tokenizer, 16), AnalysisConfig(arc_keys=keys, direction="dep2head").to_dict(),
+            expensive=False, importance=False,
+        ).metrics
+        for keys in ("all", "words")
+    }  # fmt: skip
+    a, w = out["all"]["syntactic_accuracy"], out["words"]["syntactic_accuracy"]
+    seen = ~torch.isnan(a)
+    assert bool((w[seen] >= a[seen]).all()) and bool((w[seen] > a[seen]).any())  # a miss on the frame can only hit
+    for key in ("syntactic_offset_baseline", "syntactic_position_baseline", "syntactic_baseline"):
+        torch.testing.assert_close(out["words"][key], out["all"][key], equal_nan=True)
+
+
 # ------------------------------------------------------------------------------ the CLI, bytes --
 
 

@@ -426,7 +426,8 @@ class ChunkInputs:
         self.thresholds = thresholds
         self.sub: Batch = inputs.pop("sub", {})
         self.tokens: Tensor | None = inputs.pop("tokens", None)
-        for name in ("token_freq", "max_offset", "streaming_window", "syntax_targets", "syntax_directions", "coref"):
+        optional = ("token_freq", "max_offset", "streaming_window", "syntax_targets", "syntax_directions")
+        for name in (*optional, "coref", "arc_keys"):
             setattr(self, name, inputs.pop(name, None))
         for name in ("needle", "answer", "generated"):
             setattr(self, name, self.sub.get(name) if "generated" in self.sub else None)
@@ -440,7 +441,7 @@ class ChunkInputs:
 
     @cached_property
     def words(self) -> M.Chunk:
-        return _word_chunk(self.chunk, self.sub, self.chunk.causal)
+        return _word_chunk(self.chunk, self.sub, self.chunk.causal, frame_keys=self.arc_keys != "words")
 
     def get(self, need: str) -> Any:
         if need.startswith("thresholds."):
@@ -508,12 +509,24 @@ def _pattern_chunks(
         start += ids.shape[0]
 
 
-def _word_chunk(chunk: M.Chunk, sub: Batch, causal: bool) -> M.Chunk:
-    """The chunk as arcs see it: word-level attention (:func:`word_attention`) when the probe splits words."""
+def _word_chunk(chunk: M.Chunk, sub: Batch, causal: bool, frame_keys: bool = True) -> M.Chunk:
+    """The chunk as arcs see it: word-level attention (:func:`word_attention`) when the probe splits words.
+    Without ``frame_keys`` (``analysis.arc_keys=words``) the frame's units (BOS/[CLS], EOS/[SEP]) leave the
+    mask, so a head's most-attended key is the most-attended word: no arc ends on the frame, so only the
+    argmax moves, never the arcs or the baselines."""
+    frame = None
+    if not frame_keys:
+        frame = torch.zeros_like(chunk.mask)
+        for name in ("cls_keys", "sep_keys"):
+            if name in sub:
+                frame = frame | sub[name].bool()
     if "word_of_token" not in sub:
-        return chunk
+        return chunk if frame is None else M.Chunk(chunk.patterns, chunk.mask & ~frame, causal)
     words = sub["word_of_token"]
-    return M.Chunk(word_attention(chunk.patterns, words), word_mask(words), causal)
+    mask = word_mask(words)
+    if frame is not None:
+        mask = mask & ~word_mask(torch.where(frame, words, -1), mask.shape[1])
+    return M.Chunk(word_attention(chunk.patterns, words), mask, causal)
 
 
 def _can_share_forward(model: Any, probe: ProbeData, seq_len: int, chunk_elements: int) -> bool:
@@ -602,6 +615,7 @@ def compute_head_metrics(
             syntax_targets=None if syntax is None else targets[:, rows, :t],
             syntax_directions=None if syntax is None else syntax[1],
             coref=sub["coref"].long() if has_coref else None,
+            arc_keys=str(cfg["arc_keys"]),
         )
         for metric in on_probe:
             ratio = inputs.run(metric)

@@ -30,6 +30,7 @@ from mhaexp.config import (
 )
 
 DIRECTIONS = ("auto", "predictive", "visible", "dep2head", "head2dep")
+ARC_KEYS = ("all", "words")
 # Keys that were replaced, with what to write instead: an override naming one gets this, not "no such key".
 REPLACED_KEYS = {
     "probe_batches": "replaced by analysis.probe_sequences (sequences, not batches: probe_batches=N read "
@@ -71,6 +72,7 @@ class AnalysisConfig:
     expensive_every: int = setting(non_negative_int(), 0)
     at_start: bool = setting(boolean(), True)
     direction: str = setting(choice(*DIRECTIONS), "auto")
+    arc_keys: str = setting(choice(*ARC_KEYS), "all")
     position_baseline: bool = setting(boolean(), True)
     induction_sequences: int = setting(positive_int(), 256)
     js_sequences: int = setting(positive_int(), 16)
