@@ -336,6 +336,23 @@ def test_dependency_accuracy_head2dep_and_baseline() -> None:
     assert offset.tolist() == [1, -2]
 
 
+def test_transposed_is_clarks_head_from_dep_the_column_argmax() -> None:
+    """Clark et al.'s "head<-dep": per dependent, the other word attending to it most is its predicted head."""
+    from mhaexp.heads.patterns import Chunk, relation_sums
+
+    # BOS w1 w2 w3; w1 -> w2 and w3 -> w2 (one relation).
+    A = torch.tensor([[1.0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4], [0.1, 0.6, 0.1, 0.2], [0.7, 0.1, 0.1, 0.1]])
+    chunk = Chunk(A[None, None], torch.ones(1, 4, dtype=torch.bool), causal=False)
+    targets = torch.tensor([[[-1, 2, -1, 2]]])
+    # dep2head: w1's most-attended other word is w3, w3's is BOS: 0 of 2. Transposed: w1's column peaks at w2
+    # (0.6, a hit), w3's at w1 (0.4, a miss): 1 of 2.
+    assert relation_sums(chunk, targets, ["dep2head"]).value().item() == 0.0
+    assert relation_sums(chunk, targets, ["transposed"]).value().item() == 0.5
+    flipped = Chunk(A.T[None, None].contiguous(), chunk.mask, causal=False)
+    same = relation_sums(flipped, targets, ["dep2head"]).value()
+    assert relation_sums(chunk, targets, ["transposed"]).value() == same
+
+
 def test_dependency_accuracy_excludes_self_and_handles_empty_relations() -> None:
     A = onehot_pattern([list(range(T_DEP))])  # pure self-attention: argmax falls back to BOS after masking
     acc = dependency_accuracy(A, DEP_HEADS, DEP_RELS, 3)

@@ -106,12 +106,12 @@ def _run(run: Path, seed: int, sep: float, entropy: float, broad: bool, js_alike
 
 
 def _relations(path: Path, margins: dict[str, float], fixed: tuple[str, ...] = ("amod", "acomp")) -> None:
-    """treebank_relations.csv: per relation, dep2head and head2dep rows; ``fixed`` relations at baseline 1."""
+    """treebank_relations.csv: per relation, dep2head and transposed rows; ``fixed`` relations at baseline 1."""
     rows = []
     for rel, margin in margins.items():
         base = 1.0 if rel in fixed else 0.4
         rows.append((rel, 100, "dep2head", 1, 2, min(1.0, base + margin), 0.02, base, 0.3, margin))
-        rows.append((rel, 100, "head2dep", 0, 1, base - 0.2, 0.02, base, float("nan"), -0.2))
+        rows.append((rel, 100, "transposed", 0, 1, base - 0.2, 0.02, base, 0.3, -0.2))
     header = ["relation", "arcs", "direction", "layer", "head", "accuracy", "se", "offset_baseline",
               "position_baseline", "margin"]  # fmt: skip
     _write_csv(path, header, rows)
@@ -152,16 +152,16 @@ def test_clark2019_relations_all_fixed_to_one_offset_are_untestable(tmp_path: Pa
     assert scores["acomp"].fixed >= FIXED_OFFSET and scores["acomp"].direction == "dep2head"
 
 
-def test_each_direction_is_held_against_its_own_baseline(tmp_path: Path) -> None:
-    # obj: dep2head 0.50 vs 0.40 (+0.10); head2dep 0.60 vs 0.30 (+0.30): head2dep is the relation's best.
+def test_relations_read_clarks_two_directions_only(tmp_path: Path) -> None:
+    # obj: dep2head 0.50 vs 0.40 (+0.10); transposed 0.65 vs 0.40 (+0.25): the relation's best of Clark's two.
+    # Voita's head2dep reading (0.90 vs 0.30) is in the table but is not Clark's: not read.
     table = tmp_path / "treebank_relations.csv"
     header = ["relation", "arcs", "direction", "layer", "head", "accuracy", "se", "offset_baseline"]
-    _write_csv(
-        table, header, [("obj", 50, "dep2head", 0, 1, 0.5, 0.01, 0.4), ("obj", 50, "head2dep", 1, 3, 0.6, 0.2, 0.3)]
-    )
+    rows = [("obj", 50, "dep2head", 0, 1, 0.5, 0.01, 0.4), ("obj", 50, "transposed", 1, 3, 0.65, 0.2, 0.4)]
+    _write_csv(table, header, [*rows, ("obj", 50, "head2dep", 2, 0, 0.9, 0.01, 0.3)])
     obj = relation_scores(table)["obj"]
-    assert (obj.direction, obj.head, obj.baseline, obj.fixed) == ("head2dep", "L1H3", 0.3, 0.4)
-    assert obj.margin == pytest.approx(0.3) and obj.testable and not obj.beats  # 0.6 - 2 x 0.2 < 0.3
+    assert (obj.direction, obj.head, obj.baseline, obj.fixed) == ("transposed", "L1H3", 0.4, 0.4)
+    assert obj.margin == pytest.approx(0.25) and obj.testable and not obj.beats  # 0.65 - 2 x 0.2 < 0.4
 
 
 # ---- --model on a random-init BERT, offline ------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_clark2019_on_a_bert_through_mhaexp_study(tmp_path: Path, cli) -> None:
     assert len(claims) == 4 and all(c["criterion_source"] for c in claims.values())
     # The imported model read the grammar's sentences as [CLS] sentence [SEP] through its own WordPiece.
     table = (out / "model" / "analysis" / "treebank_relations.csv").read_text()
-    assert "dep2head" in table and "head2dep" in table
+    assert "dep2head" in table and "transposed" in table
     metrics = (out / "model" / "analysis" / "head_metrics.csv").read_text()
     assert ",attn_sep," in metrics and ",attn_cls," in metrics
     sep = next(c for c in doc["claims"] if "[SEP]" in c["claim"])

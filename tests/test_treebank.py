@@ -307,7 +307,8 @@ def test_byte_text_model_tracks_and_scores_a_treebank(
     assert out[header].split() == "relation arcs direction best head accuracy offset position margin".split()
     table = pd.read_csv(tmp_path / "a" / "treebank_relations.csv")
     assert set(table.relation) == {"nsubj", "obj", "punct", "det"}
-    assert set(table.direction) <= {"dep2head", "head2dep", "predictive"} and "head2dep" in set(table.direction)
+    assert set(table.direction) <= {"dep2head", "head2dep", "transposed", "predictive"}
+    assert {"head2dep", "transposed"} <= set(table.direction)
     assert table.set_index(["relation", "direction"]).arcs.xs("nsubj", level=0).eq(5).all()
     for row in table.itertuples():  # margin = accuracy - the larger baseline
         bar = row.offset_baseline if pd.isna(row.position_baseline) else max(row.offset_baseline, row.position_baseline)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mhaexp.analysis import registry
+from mhaexp.analysis.config import DIRECTIONS
 from mhaexp.analysis.registry import Metric, resolve
 from mhaexp.heads import patterns as M
 from mhaexp.heads.evaluation import eval_mode, group_extent, row_groups
@@ -252,13 +253,12 @@ def _per_layer(values: Sequence[Tensor], width: int) -> Tensor:
     return out
 
 
-DIRECTIONS = ("auto", "predictive", "visible", "dep2head", "head2dep")
-
-
 def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, causal: bool, mode: str) -> list[str]:
     """Per relation, how its arcs are scored: ``dep2head``, ``head2dep`` or ``predictive``.
 
     * ``dep2head`` / ``head2dep``: Clark et al. (2019) / Voita et al. (2019), query = dependent / head.
+    * ``transposed``: Clark et al.'s other direction ("head<-dep" in their notebook): per dependent, the
+      word that attends to it most (the argmax of its column) is the predicted head.
     * ``predictive`` (causal models): query = the position that predicts the later word of the arc,
       target = the earlier word (:func:`~mhaexp.heads.patterns.predictive_arcs`).
     * ``visible`` (causal models): per relation, the one of dep2head / head2dep a causal head can see
@@ -273,7 +273,7 @@ def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, caus
     """
     if mode not in DIRECTIONS:
         raise ValueError(f"analysis.direction must be one of {', '.join(DIRECTIONS)}; got {mode!r}")
-    if mode in ("dep2head", "head2dep"):
+    if mode in ("dep2head", "head2dep", "transposed"):
         return [mode] * n_rel
     if not causal:
         return ["dep2head"] * n_rel

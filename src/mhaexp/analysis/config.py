@@ -29,7 +29,7 @@ from mhaexp.config import (
     setting,
 )
 
-DIRECTIONS = ("auto", "predictive", "visible", "dep2head", "head2dep")
+DIRECTIONS = ("auto", "predictive", "visible", "dep2head", "head2dep", "transposed")
 ARC_KEYS = ("all", "words")
 # Keys that were replaced, with what to write instead: an override naming one gets this, not "no such key".
 REPLACED_KEYS = {

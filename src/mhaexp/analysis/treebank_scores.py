@@ -23,7 +23,7 @@ from mhaexp.data.treebank import Treebank, load_treebank
 from mhaexp.heads import patterns as M
 from mhaexp.nn.objectives import Batch, Objective, causal_lm_objective
 
-TABLE_DIRECTIONS = ("dep2head", "head2dep")  # + "predictive" for causal models
+TABLE_DIRECTIONS = ("dep2head", "head2dep", "transposed")  # + "predictive" for causal models
 
 
 def treebank_batches(tb: Treebank, batch_size: int) -> list[Batch]:
@@ -124,7 +124,7 @@ class RelationRow:
 
 
 def relation_table(model: Any, probe: ProbeData, cfg: AnalysisConfig) -> list[RelationRow]:
-    """Per relation of ``probe`` and direction (dep2head, head2dep, and predictive for causal models):
+    """Per relation of ``probe`` and direction (dep2head, head2dep, transposed, and predictive for causal models):
     the head with the best word-level accuracy, its baselines and margin. Relations without an arc
     in a direction are left out of it.
 

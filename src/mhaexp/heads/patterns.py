@@ -1075,18 +1075,28 @@ def dep2head_sums(pred: Tensor, targets: Tensor, mask: Tensor) -> Ratio:
 def relation_sums(chunk: Chunk, targets: Tensor, directions: Sequence[str]) -> Ratio:
     """Per-relation accuracy ``(H, R)`` as a :class:`Ratio`: :func:`dep2head_sums` for the relations scored
     from the dependent, :func:`dependency_sums` ``head2dep`` for those scored from the head (``directions``
-    per relation). ``targets`` ``(R, B, T)``: each query's gold key per relation (-1 for none)."""
+    per relation). ``targets`` ``(R, B, T)``: each query's gold key per relation (-1 for none).
+
+    ``transposed`` relations are Clark et al.'s "head<-dep" (Syntax_Analysis.ipynb, ``attn_head_predictor``
+    with ``mode="transpose"``): dep2head on the transposed map, so each dependent's prediction is the real
+    word, itself excluded, that puts the most attention on it."""
     acc = dep2head_sums(chunk.top_other, targets, chunk.mask)
-    by_h2d = [r for r, d in enumerate(directions) if d == "head2dep"]
-    if not by_h2d:
+    others = {r: d for r, d in enumerate(directions) if d in ("head2dep", "transposed")}
+    if not others:
         return acc
     num, den = acc.num.clone(), acc.den.clone()
     seq_num, seq_den = acc.seq_num.clone(), acc.seq_den.clone()
-    for r in by_h2d:
-        one = torch.where(targets[r] >= 0, 0, -1)
-        h2d = dependency_sums(chunk, targets[r], one, 1, "head2dep")
-        num[:, r], den[r] = h2d.num[:, 0], h2d.den[0]
-        seq_num[:, :, r], seq_den[:, r] = h2d.seq_num[..., 0], h2d.seq_den[:, 0]
+    flipped = None
+    for r, d in others.items():
+        if d == "head2dep":
+            one = torch.where(targets[r] >= 0, 0, -1)
+            part = dependency_sums(chunk, targets[r], one, 1, "head2dep")
+        else:
+            if flipped is None:
+                flipped = Chunk(chunk.patterns.transpose(-1, -2), chunk.mask, chunk.causal).top_other
+            part = dep2head_sums(flipped, targets[r : r + 1], chunk.mask)
+        num[:, r], den[r] = part.num[:, 0], part.den[0]
+        seq_num[:, :, r], seq_den[:, r] = part.seq_num[..., 0], part.seq_den[:, 0]
     return Ratio(num, den, acc.empty, seq_num, seq_den)
 
 

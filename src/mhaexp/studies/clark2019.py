@@ -7,8 +7,9 @@ with ``--model <BERT>``, a pretrained model measured as it is:
 1. attention concentrates on the delimiter tokens: some layer puts over half its attention on [SEP]
    (Sec. 3.2, Fig. 2), measured separately for [CLS] (BOS), [SEP] (EOS) and periods/commas per head;
 2. broad heads exist: attention near uniform (Sec. 3.3, Fig. 4), with the largest normalised entropy beside;
-3. certain heads do particular dependency relations well: per relation the best head in either direction
-   (dependent -> head, head -> dependent) against the best fixed-offset baseline (Sec. 4.2, Table 1);
+3. certain heads do particular dependency relations well: per relation the best head in either of Clark's
+   directions (the dependent's most-attended word; the word attending most to the dependent, the notebook's
+   "head<-dep") against the best fixed-offset baseline (Sec. 4.2, Table 1);
    relations the grammar fixes to one offset (baseline >= :data:`FIXED_OFFSET`) cannot be tested;
 4. heads of the same layer behave alike: JS divergence between heads of one layer below that between
    heads of different layers, a permutation test over layer labels within each seed (Sec. 6, Fig. 6).
@@ -58,6 +59,7 @@ BERT_INPUT = ["data.pair_sentences=true", f"data.seq_len={2 * MAX_SENTENCE_LEN +
 # Clark et al.'s notebook scores a head's most-attended *word*: "ignore attention to self and [CLS]/[SEP]
 # tokens" (Syntax_Analysis.ipynb, attn_head_predictor). Both the grammar models and --model are read so.
 CLARK_ARCS = "analysis.arc_keys=words"
+CLARK_DIRECTIONS = ("dep2head", "transposed")  # the notebook's "dep->head" and "head<-dep"
 TREEBANK_FILE = "grammar.conllu"  # the grammar's sentences with their gold arcs, for mhaexp-analyze conllu=
 CORPUS_FILE = "treebank.txt"  # --model: the treebank's text, the data=text an imported tokenizer reads
 TREEBANK_SENTENCES = 512  # as many as the analysis probe reads (analysis.probe_sequences)
@@ -98,15 +100,16 @@ class RelationScore:
 
 
 def relation_scores(table: Path) -> dict[str, RelationScore]:
-    """Per relation of ``treebank_relations.csv``: the direction whose best head clears its own direction's
-    offset baseline by the most (Clark's Table 1 takes the best head over both directions). Each direction
-    is held against its own baseline: head2dep here counts a hit on any of a governor's dependents
-    (Voita et al.'s reading; Clark's notebook transposes the map per dependent), and its baseline is scored
-    the same way. Whether one offset decides the relation is read from the dep2head baseline, Clark's."""
+    """Per relation of ``treebank_relations.csv``: of Clark's two directions (Table 1 takes the best head
+    over both), the one whose best head clears the offset baseline by the most. Both predict the dependent's
+    head, so both meet the same dep2head baseline: ``dep2head`` (the dependent's most-attended word) and
+    ``transposed`` (the word that attends most to the dependent: the notebook's "head<-dep", the map
+    transposed). The table's ``head2dep`` rows (Voita et al.'s reading: the governor's most-attended word
+    is one of its dependents) are not Clark's and are not read here."""
     rows: dict[str, list[dict[str, str]]] = defaultdict(list)
     with table.open() as f:
         for r in csv.DictReader(f):
-            if r["direction"] in ("dep2head", "head2dep"):
+            if r["direction"] in CLARK_DIRECTIONS:
                 rows[r["relation"]].append(r)
     out = {}
     for rel, rs in rows.items():
@@ -388,7 +391,12 @@ class Clark2019(Study):
             "most-attended word, attention to [CLS] and [SEP] ignored (analysis.arc_keys=words). Before, the "
             "argmax could land on [CLS]/[SEP], a miss: 3 and 5 of 10 testable relations beaten at 3000 steps "
             "(margins conj +0.31, +0.29; pobj +0.22, +0.18; advmod +0.15, +0.15; cc +0.03, +0.29; obj +0.05, "
-            "+0.08; acl:relcl, amod:pred, det, nsubj, prep 0.00, the best head an offset head).",
+            "+0.08; acl:relcl, amod:pred, det, nsubj, prep 0.00, the best head an offset head); with the frame "
+            "ignored and Voita's head2dep still as the other direction: the same 3 and 5.",
+            "The other direction is Clark's (2026-12-06): per dependent, the word that attends to it most (the "
+            "notebook's 'head<-dep', the map transposed), held against the same offset baseline. Before it was "
+            "Voita et al.'s reading (the governor's most-attended word is one of its dependents), with its own "
+            "baseline (figures above).",
             "Layer similarity: a permutation test over layer labels within each seed (then: the seed ranges of "
             "JS within 0.510, 0.518 and across 0.517, 0.526 overlapped: inconclusive).",
         ]
