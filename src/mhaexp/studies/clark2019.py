@@ -187,7 +187,7 @@ class Clark2019(Study):
         "head vs offset baseline per relation (both directions), a layer-label permutation test on JS"
     )
     default_steps = 3000
-    minutes = 17
+    minutes = 11
     takes_model = True
 
     def preflight_overrides(self, budget: Budget) -> list[str]:
