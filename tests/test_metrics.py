@@ -353,6 +353,21 @@ def test_transposed_is_clarks_head_from_dep_the_column_argmax() -> None:
     assert relation_sums(chunk, targets, ["transposed"]).value() == same
 
 
+def test_transposed_meets_the_bidirectional_baselines_even_on_a_causal_model() -> None:
+    """In a causal model only later words attend to a dependent: its bar is every offset, never the causal one."""
+    from mhaexp.analysis.collect import _baselines
+
+    targets = torch.where(DEP_RELS == 1, DEP_HEADS, -1)[None]  # relation 1: heads at +2, +2, -3
+    mask = torch.ones(1, T_DEP, dtype=torch.bool)
+    cfg = {"max_offset": 3, "position_baseline": True}
+    both = _baselines(targets, ["dep2head"], mask, cfg, causal=False)
+    causal = _baselines(targets, ["dep2head"], mask, cfg, causal=True)
+    transposed = _baselines(targets, ["transposed"], mask, cfg, causal=True)
+    assert causal["offset"].item() == pytest.approx(1 / 3) and both["offset"].item() == pytest.approx(2 / 3)
+    for key in ("offset", "position", "combined"):
+        torch.testing.assert_close(transposed[key], both[key])
+
+
 def test_dependency_accuracy_excludes_self_and_handles_empty_relations() -> None:
     A = onehot_pattern([list(range(T_DEP))])  # pure self-attention: argmax falls back to BOS after masking
     acc = dependency_accuracy(A, DEP_HEADS, DEP_RELS, 3)

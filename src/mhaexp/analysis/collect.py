@@ -293,14 +293,21 @@ def _baselines(
     targets: Tensor, directions: Sequence[str], mask: Tensor, cfg: Mapping[str, Any], causal: bool
 ) -> dict[str, Tensor]:
     """``offset`` (R,), ``position`` (R,) and their maximum, ``combined``: the bar a head must clear.
-    Head2dep relations have no position baseline (NaN): a governor has several dependents."""
-    offset = []
+    Head2dep relations have no position baseline (NaN): a governor has several dependents.
+
+    A transposed relation predicts the dependent's head as dep2head does, so it meets dep2head's baselines,
+    always the bidirectional ones: in a causal model only a later word can attend to the dependent, and the
+    causal baselines (earlier words only) would be a bar for the other arcs. All offsets make a bar at least
+    as high as any fair one."""
+    offset, pos = [], []
     for t, d in zip(targets, directions, strict=True):
         one = torch.where(t >= 0, 0, -1)
         scored = "head2dep" if d == "head2dep" else "dep2head"
-        offset.append(M.offset_baseline(t, one, 1, mask, int(cfg["max_offset"]), scored, causal=causal)[0][0].float())
+        causal_r = causal and d != "transposed"
+        offset.append(M.offset_baseline(t, one, 1, mask, int(cfg["max_offset"]), scored, causal=causal_r)[0][0].float())
+        pos.append(M.position_baseline(t[None], mask, causal_r)[0])
     off = torch.stack(offset)
-    pos = M.position_baseline(targets, mask, causal)
+    pos = torch.stack(pos)
     pos = torch.where(torch.tensor([d == "head2dep" for d in directions]), torch.full_like(pos, float("nan")), pos)
     combined = torch.fmax(off, pos) if cfg["position_baseline"] else off
     return {"offset": off, "position": pos, "combined": combined}
