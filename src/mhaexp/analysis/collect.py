@@ -254,7 +254,7 @@ def _per_layer(values: Sequence[Tensor], width: int) -> Tensor:
 
 
 def _pick_directions(heads: Tensor, mask: Tensor, rels: Tensor, n_rel: int, causal: bool, mode: str) -> list[str]:
-    """Per relation, how its arcs are scored: ``dep2head``, ``head2dep`` or ``predictive``.
+    """Per relation, how its arcs are scored: ``dep2head``, ``head2dep``, ``transposed`` or ``predictive``.
 
     * ``dep2head`` / ``head2dep``: Clark et al. (2019) / Voita et al. (2019), query = dependent / head.
     * ``transposed``: Clark et al.'s other direction ("head<-dep" in their notebook): per dependent, the
