@@ -3,8 +3,10 @@
 ``python -m mhaexp.tools.bench --sections import``. transformers builds a random-init Llama-shaped
 model (GQA, untied embeddings; :data:`SHAPE`, 2.7 GB of fp32 weights, the largest that fits next to
 other work on the 2-core, 23 GB reference machine; ``--quick``: :data:`QUICK_SHAPE`) and saves it with
-``save_pretrained`` in one process; the real ``mhaexp-import`` then runs on that directory in a
-process of its own, checkpoint writing included, and its peak resident memory is read from ``wait4``.
+``save_pretrained`` in one process, once per weight format (:data:`FORMATS`: ``model.safetensors``, read
+with plain reads, and ``pytorch_model.bin``, memory-mapped, as older hub revisions and Pythia's step
+branches hold it); the real ``mhaexp-import`` then runs on that directory in a process of its own,
+checkpoint writing included, and its peak resident memory is read from ``wait4``.
 
 Rows: (peak RSS - the process's RSS once its libraries are imported) / weight bytes, target
 ``<= 1.3`` (issue 30: streamed import); the raw peak RSS / weight bytes (the interpreter, torch and
@@ -35,6 +37,7 @@ SHAPE = dict(
     tie_word_embeddings=False,
 )
 QUICK_SHAPE = dict(SHAPE, num_hidden_layers=2, hidden_size=256, intermediate_size=704, vocab_size=4000)
+FORMATS = {"safetensors": True, "bin": False}  # name -> save_pretrained's safe_serialization
 
 
 def _peak_rss(argv: list[str]) -> tuple[int, float]:
@@ -48,13 +51,13 @@ def _peak_rss(argv: list[str]) -> tuple[int, float]:
     return usage.ru_maxrss * 1024, seconds  # ru_maxrss is in KiB on Linux
 
 
-def build(directory: Path, shape: dict) -> None:
-    """The random-init HF model of ``shape``, saved in ``directory``."""
+def build(directory: Path, shape: dict, weight_format: str) -> None:
+    """The random-init HF model of ``shape``, saved in ``directory`` as ``weight_format`` (:data:`FORMATS`)."""
     from transformers import AutoConfig
 
     from mhaexp.tools.import_parity import save_random_hf
 
-    save_random_hf(AutoConfig.for_model("llama", **shape), directory)
+    save_random_hf(AutoConfig.for_model("llama", **shape), directory, safe_serialization=FORMATS[weight_format])
 
 
 def measure(directory: Path, out: Path) -> dict:
@@ -76,35 +79,39 @@ def measure(directory: Path, out: Path) -> dict:
 @register("import")
 def bench_import(args: Args) -> list[Row]:
     shape = QUICK_SHAPE if args.quick else SHAPE
-    with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "hf", Path(tmp) / "imported.ckpt"
-        run = [sys.executable, "-m", "mhaexp.tools.bench.model_import"]
-        subprocess.run([*run, "build", str(src), json.dumps(shape)], check=True, capture_output=True)
-        proc = subprocess.run([*run, "measure", str(src), str(out)], check=True, capture_output=True, text=True)
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-    weights = result["weights"]
-    case = f"llama {shape['num_hidden_layers']}L d{shape['hidden_size']} ({weights / 1e9:.2f} GB fp32)"
-    above = (result["peak"] - result["baseline"]) / weights
-    extra = dict(result)
-    return [
-        # --quick's model is smaller than what the libraries load lazily on first use: no target there.
-        Row(
-            "import",
-            case,
-            "peak RSS above baseline / weights",
-            *(above,) * 3,
-            target=None if args.quick else TARGET,
-            extra=extra,
-        ),
-        Row("import", case, "peak RSS / weights", *(result["peak"] / weights,) * 3, extra=extra),
-        Row("import", case, "import s", *(result["seconds"],) * 3, unit="s"),
-    ]
+    rows = []
+    for weight_format in FORMATS:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out = Path(tmp) / "hf", Path(tmp) / "imported.ckpt"
+            run = [sys.executable, "-m", "mhaexp.tools.bench.model_import"]
+            subprocess.run([*run, "build", str(src), json.dumps(shape), weight_format], check=True, capture_output=True)
+            proc = subprocess.run([*run, "measure", str(src), str(out)], check=True, capture_output=True, text=True)
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+        weights = result["weights"]
+        size = f"{weights / 1e9:.2f} GB fp32, .{weight_format}"
+        case = f"llama {shape['num_hidden_layers']}L d{shape['hidden_size']} ({size})"
+        above = (result["peak"] - result["baseline"]) / weights
+        extra = dict(result)
+        rows += [
+            # --quick's model is smaller than what the libraries load lazily on first use: no target there.
+            Row(
+                "import",
+                case,
+                "peak RSS above baseline / weights",
+                *(above,) * 3,
+                target=None if args.quick else TARGET,
+                extra=extra,
+            ),
+            Row("import", case, "peak RSS / weights", *(result["peak"] / weights,) * 3, extra=extra),
+            Row("import", case, "import s", *(result["seconds"],) * 3, unit="s"),
+        ]
+    return rows
 
 
 def main(argv: list[str]) -> None:
-    """``build <dir> <shape json>`` or ``measure <dir> <out.ckpt>`` (the section's two processes)."""
+    """``build <dir> <shape json> <format>`` or ``measure <dir> <out.ckpt>`` (the section's two processes)."""
     if argv[0] == "build":
-        build(Path(argv[1]), json.loads(argv[2]))
+        build(Path(argv[1]), json.loads(argv[2]), argv[3])
     else:
         print(json.dumps(measure(Path(argv[1]), Path(argv[2]))))
 
