@@ -171,11 +171,8 @@ def hf_config(case: Case) -> Any:
 
 
 @torch.no_grad()
-def save_random_hf(
-    config: Any, directory: Path, seed: int = 0, std: float = INIT_STD, safe_serialization: bool = True
-) -> Any:
-    """A random-init HF model for ``config`` (matrices at ``std``, norms near 1), saved in ``directory``
-    (``model.safetensors``, or ``pytorch_model.bin`` without ``safe_serialization``)."""
+def save_random_hf(config: Any, directory: Path, seed: int = 0, std: float = INIT_STD) -> Any:
+    """A random-init HF model for ``config`` (matrices at ``std``, norms near 1), saved in ``directory``."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     torch.manual_seed(seed)
@@ -187,7 +184,7 @@ def save_random_hf(
             p.uniform_(0.5, 1.5)  # norm gains off 1, so a swapped or skipped norm shows
         else:
             p.normal_(0.0, std)  # matrices and biases
-    model.save_pretrained(str(directory), safe_serialization=safe_serialization)
+    model.save_pretrained(str(directory))
     return model
 
 

@@ -37,7 +37,10 @@ SHAPE = dict(
     tie_word_embeddings=False,
 )
 QUICK_SHAPE = dict(SHAPE, num_hidden_layers=2, hidden_size=256, intermediate_size=704, vocab_size=4000)
-FORMATS = {"safetensors": True, "bin": False}  # name -> save_pretrained's safe_serialization
+# The weight file each format leaves in the directory. save_pretrained writes safetensors only (transformers
+# 5 ignores safe_serialization=False), so the .bin is that file's tensors written by torch.save, as the
+# hub's pytorch_model.bin files were.
+FORMATS = {"safetensors": "model.safetensors", "bin": "pytorch_model.bin"}
 
 
 def _peak_rss(argv: list[str]) -> tuple[int, float]:
@@ -52,12 +55,22 @@ def _peak_rss(argv: list[str]) -> tuple[int, float]:
 
 
 def build(directory: Path, shape: dict, weight_format: str) -> None:
-    """The random-init HF model of ``shape``, saved in ``directory`` as ``weight_format`` (:data:`FORMATS`)."""
+    """The random-init HF model of ``shape``, saved in ``directory`` as ``weight_format`` (:data:`FORMATS`):
+    its one weight file, so that the import can read nothing else."""
+    import torch
+    from safetensors.torch import load_file
     from transformers import AutoConfig
 
     from mhaexp.tools.import_parity import save_random_hf
 
-    save_random_hf(AutoConfig.for_model("llama", **shape), directory, safe_serialization=FORMATS[weight_format])
+    save_random_hf(AutoConfig.for_model("llama", **shape), directory)
+    safetensors = directory / FORMATS["safetensors"]
+    if weight_format == "bin":
+        torch.save(load_file(str(safetensors)), directory / FORMATS["bin"])
+        safetensors.unlink()
+    weights = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
+    if weights != [FORMATS[weight_format]]:
+        raise RuntimeError(f"{directory} holds {weights}, not {FORMATS[weight_format]}")
 
 
 def measure(directory: Path, out: Path) -> dict:
