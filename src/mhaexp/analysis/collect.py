@@ -433,8 +433,15 @@ class ChunkInputs:
         self.thresholds = thresholds
         self.sub: Batch = inputs.pop("sub", {})
         self.tokens: Tensor | None = inputs.pop("tokens", None)
-        optional = ("token_freq", "max_offset", "streaming_window", "syntax_targets", "syntax_directions")
-        for name in (*optional, "coref", "arc_keys"):
+        for name in (
+            "token_freq",
+            "max_offset",
+            "streaming_window",
+            "syntax_targets",
+            "syntax_directions",
+            "coref",
+            "arc_keys",
+        ):
             setattr(self, name, inputs.pop(name, None))
         for name in ("needle", "answer", "generated"):
             setattr(self, name, self.sub.get(name) if "generated" in self.sub else None)
