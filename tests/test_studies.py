@@ -14,7 +14,7 @@ from mhaexp.studies import STUDIES, get_study
 from mhaexp.studies.base import Study
 from mhaexp.studies.report import report_markdown, verdict_document, write_report
 from mhaexp.studies.runner import Budget, StudyContext, StudyError, prepare_out
-from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, greater
+from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, at_most, every, greater, untestable
 
 
 # ---- decision rules ----------------------------------------------------------------------------
@@ -47,6 +47,17 @@ def test_all_hold_takes_the_first_part_that_is_not_true() -> None:
     assert all_hold([(True, ""), (True, "")]) == (True, "")
     assert all_hold([(None, "precondition"), (False, "x")]) == (None, "precondition")
     assert all_hold([(True, ""), (False, "x"), (None, "y")]) == (False, "x")
+
+
+def test_every_fails_a_conjunction_on_any_failed_part() -> None:
+    # voita2019's "positional, syntactic and rare-word heads": seeds disagreeing on positional heads must not
+    # hide that neither seed has a rare-word head (all_hold would stop at the undecided part).
+    assert all_hold([(None, "positional"), (True, ""), (False, "rare")]) == (None, "positional")
+    assert every([(None, "positional"), (True, ""), (False, "rare")]) == (False, "rare")
+    assert every([(True, ""), (None, "y"), (True, "")]) == (None, "y")
+    assert every([(True, "a"), (True, "b")]) == (True, "a; b")
+    assert every([(True, ""), untestable("by construction")]) == untestable("by construction")
+    assert every([untestable("by construction"), (False, "x")]) == (False, "x")
 
 
 # ---- report files ------------------------------------------------------------------------------

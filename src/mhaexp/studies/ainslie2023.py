@@ -35,7 +35,7 @@ from mhaexp.rundir import CHECKPOINT_DIR, LAST_CHECKPOINT
 from mhaexp.studies.base import Study
 from mhaexp.studies.readers import summary
 from mhaexp.studies.runner import StudyContext, run_config
-from mhaexp.studies.verdict import Claim, Measure, all_hold, at_least, decided, paired_greater, verdict_word
+from mhaexp.studies.verdict import Claim, Measure, at_least, decided, every, paired_greater, verdict_word
 from mhaexp.training.module import load_module
 
 UPTRAIN_SHARE = 0.05  # Ainslie et al. uptrain with alpha = 5% of the pre-training steps
@@ -131,8 +131,8 @@ class Ainslie2023(Study):
                 pooling_ours[f"{stage}: {other} minus mean"] = d
                 pooling_ours[f"{stage}: {other} minus mean, s.e."] = se
                 parts.append(paired_greater(d, se))
-        pooling = all_hold(pooling_parts)
-        before = all_hold(at_conversion_parts)
+        pooling = every(pooling_parts)
+        before = every(at_conversion_parts)
         closed = {}
         for name in (gqa, mqa["mean"]):
             shares = []
@@ -144,7 +144,7 @@ class Ainslie2023(Study):
         gqa_name = f"GQA-{GQA_KV} (mean-pooled)"
         mqa_gqa, mqa_gqa_se = gaps(f"uptrained {mqa['mean']}", f"uptrained {gqa}")
         gqa_mha, gqa_mha_se = gaps(f"uptrained {gqa}", "mha")
-        between = all_hold([paired_greater(mqa_gqa, mqa_gqa_se), paired_greater(gqa_mha, gqa_mha_se)])
+        between = every([paired_greater(mqa_gqa, mqa_gqa_se), paired_greater(gqa_mha, gqa_mha_se)])
         runs_of = lambda key: [ctx.rel(ctx.run_path(r["uptrained_runs"][key])) for r in results]  # noqa: E731
         mha_runs = [ctx.rel(ctx.run_path(r["run"])) for r in results]
         kv = {

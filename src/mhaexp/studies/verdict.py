@@ -213,3 +213,14 @@ def all_hold(parts: Sequence[tuple[Verdict, str]]) -> tuple[Verdict, str]:
         if verdict is not True:
             return verdict, why
     return True, "; ".join(w for _, w in parts if w)
+
+
+def every(parts: Sequence[tuple[Verdict, str]]) -> tuple[Verdict, str]:
+    """A claim that is the conjunction of its parts (no preconditions among them): one part that fails
+    fails the claim, whatever the others say; else an undecided part leaves it undecided. With
+    :func:`all_hold` a part undecided before a failed one would report the claim as inconclusive."""
+    for failed in (False, None):
+        hits = [why for verdict, why in parts if verdict is failed]
+        if hits:
+            return failed, "; ".join(w for w in hits if w)
+    return all_hold(parts)  # the rest are true or untestable: the first untestable part says why

@@ -38,6 +38,7 @@ from mhaexp.studies.verdict import (
     all_hold,
     at_least,
     decided,
+    every,
     significant_in_every_seed,
 )
 
@@ -155,7 +156,7 @@ class Voita2019(Study):
             for fam in FAMILIES
         }
         best_rare = Measure.of(_last(head_metric_max(d, "rare_word")) for d in trained.values())
-        have = all_hold([at_least(m, 1) for m in counts.values()])
+        have = every([at_least(m, 1) for m in counts.values()])
         base_loss = {s: summary(d).get("val/loss") for s, d in trained.items()}
         keep_parts, keep_ours, quality_parts, quality_ours, outside = [], {}, [], {}, []
         for lam, runs in sorted(self.l0_runs(ctx).items()):
@@ -207,7 +208,7 @@ class Voita2019(Study):
         if bare:
             keeps = (None, f"seed {', '.join(map(str, bare))}: the encoder has no role-holding head for L0 to keep")
         elif keep_parts:
-            keeps = all_hold(keep_parts)
+            keeps = every(keep_parts)
             keeps = (
                 keeps[0],
                 "; ".join(filter(None, [keeps[1], *(f"not in the paper's range: {o}" for o in outside)])),
