@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pandas as pd
 import pytest
+import torch
 
 # Module-scoped fixtures: one worker runs the whole module under pytest-xdist (make test).
 pytestmark = pytest.mark.xdist_group("test_parallel_sweep")
@@ -57,6 +58,9 @@ def test_every_job_ran_in_its_own_run_dir_and_the_summary_says_how(sweep: dict) 
             assert record["global_step"] == 20
             # Two job slots on this machine's cores: each job had its share of the threads.
             assert record["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+            # What the numbers depend on beyond config and seed, for comparing runs across machines.
+            assert record["torch_version"] == torch.__version__
+            assert record["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
             runs = list((d / "wandb").glob("offline-run-*"))
             assert len(runs) == 1  # one W&B run per job
 

@@ -56,6 +56,10 @@ class RunRecord(pl.Callback):
         self.summary["n_heads_total"] = sum(cfg.heads_in_layer(i)[0] for i in range(cfg.n_layers))
         # How the job ran: parallel sweep jobs share the cores out (mhaexp.training.parallel).
         self.summary["torch_threads"] = torch.get_num_threads()
+        # A seed repeats its numbers bit for bit only on the same torch build and CPU kernels: another
+        # machine's floating-point path trains another way from the same seed, as another seed would.
+        self.summary["torch_version"] = torch.__version__
+        self.summary["cpu_kernels"] = torch.backends.cpu.get_cpu_capability()
         for logger in trainer.loggers:
             logger.log_hyperparams(self.summary)
         self._to_wandb(trainer, self.summary)
